@@ -1,0 +1,201 @@
+//! Reading a config file: TOML parsing with line-accurate errors, password
+//! sources (`password`, `password_env`, `password_file`) and the cross-field
+//! checks serde cannot express.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use super::schema::Config;
+use super::types::{ClientAuth, Secret};
+
+/// Why a config file was refused. Every variant names the file and the key
+/// (or line) so the operator knows what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}\n    {line_text}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+        line_text: String,
+    },
+    #[error("{path}: invalid `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column, line_text) = match e.span() {
+                Some(span) => locate(text, span.start),
+                None => (0, 0, String::new()),
+            };
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+                line_text,
+            }
+        })?;
+        config
+            .resolve_and_validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// Resolves password sources and checks rules that span fields.
+    /// Errors are `(key, message)`.
+    fn resolve_and_validate(&mut self) -> Result<(), (String, String)> {
+        let mut names = HashSet::new();
+        for (i, user) in self.users.iter_mut().enumerate() {
+            let key = |k: &str| format!("users[{i}].{k}");
+            if user.name.is_empty() {
+                return Err((key("name"), "must not be empty".into()));
+            }
+            if !names.insert(user.name.clone()) {
+                return Err((key("name"), format!("user `{}` is listed twice", user.name)));
+            }
+            let sources = [
+                user.password.is_some(),
+                user.password_env.is_some(),
+                user.password_file.is_some(),
+            ];
+            if sources.iter().filter(|s| **s).count() > 1 {
+                return Err((
+                    key("password"),
+                    "give only one of password, password_env, password_file".into(),
+                ));
+            }
+            if let Some(var) = &user.password_env {
+                let value = std::env::var(var).map_err(|_| {
+                    (
+                        key("password_env"),
+                        format!("environment variable `{var}` is not set"),
+                    )
+                })?;
+                user.password = Some(Secret::new(value));
+            }
+            if let Some(file) = &user.password_file {
+                let value = std::fs::read_to_string(file).map_err(|e| {
+                    (
+                        key("password_file"),
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                })?;
+                user.password = Some(Secret::new(value.trim_end_matches(['\r', '\n'])));
+            }
+            if user.password.is_none() && self.auth.client_auth != ClientAuth::Trust {
+                return Err((
+                    key("password"),
+                    format!(
+                        "user `{}` needs a password (client_auth is {})",
+                        user.name, self.auth.client_auth
+                    ),
+                ));
+            }
+        }
+        for (i, admin) in self.admin.users.iter().enumerate() {
+            if !names.contains(admin) {
+                return Err((
+                    format!("admin.users[{i}]"),
+                    format!("`{admin}` is not defined in [[users]]"),
+                ));
+            }
+        }
+        for (i, replica) in self.cluster.replicas.iter().enumerate() {
+            if *replica == self.cluster.primary {
+                return Err((
+                    format!("cluster.replicas[{i}]"),
+                    format!("{replica} is also the primary"),
+                ));
+            }
+            if self.cluster.replicas[..i].contains(replica) {
+                return Err((
+                    format!("cluster.replicas[{i}]"),
+                    format!("{replica} is listed twice"),
+                ));
+            }
+        }
+        let positive = [
+            ("proxy.max_client_conn", self.proxy.max_client_conn as u64),
+            (
+                "proxy.max_message_size",
+                u64::from(self.proxy.max_message_size >= 1024),
+            ),
+            ("pool.db_cores", self.pool.db_cores as u64),
+            ("pool.sidecars", self.pool.sidecars as u64),
+            (
+                "pool.checkout_timeout",
+                self.pool.checkout_timeout.as_millis() as u64,
+            ),
+            (
+                "cluster.connect_timeout",
+                self.cluster.connect_timeout.as_millis() as u64,
+            ),
+            (
+                "routing.lag_check_interval",
+                self.routing.lag_check_interval.as_millis() as u64,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                let what = if key == "proxy.max_message_size" {
+                    "must be at least 1024 bytes"
+                } else {
+                    "must be greater than zero"
+                };
+                return Err((key.to_string(), what.into()));
+            }
+        }
+        let rate = self.observability.explain_sample_rate;
+        if !(0.0..=1.0).contains(&rate) {
+            return Err((
+                "observability.explain_sample_rate".into(),
+                format!("must be between 0.0 and 1.0, got {rate}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Looks a user up by name.
+    pub fn user(&self, name: &str) -> Option<&super::schema::UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}
+
+/// 1-based line and column of a byte offset, plus the line's text.
+fn locate(text: &str, offset: usize) -> (usize, usize, String) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |p| p + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line_text = text[line_start..].lines().next().unwrap_or("").to_string();
+    (line, column, line_text)
+}

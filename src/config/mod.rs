@@ -1,0 +1,32 @@
+//! Configuration: the TOML schema, loading with precise errors, the pool-size
+//! formula, and the shared handle through which running code reads the
+//! current config (swapped atomically on reload).
+
+mod load;
+mod schema;
+mod types;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+pub use load::ConfigError;
+pub use schema::{
+    AdminConfig, AuthConfig, ClusterConfig, Config, HttpConfig, ObservabilityConfig, PoolConfig,
+    ProxyConfig, RoutingConfig, UserConfig,
+};
+pub use types::{
+    ClientAuth, ExplainMode, LogFormat, NodeAddr, PoolMode, PoolSize, ReadYourWrites, Secret,
+};
+
+/// The running config. Readers call `load()` once per unit of work (a
+/// transaction, a connection) and keep that snapshot; reload swaps it.
+pub type ConfigHandle = Arc<ArcSwap<Config>>;
+
+/// Wraps a loaded config in a handle.
+pub fn handle(config: Config) -> ConfigHandle {
+    Arc::new(ArcSwap::from_pointee(config))
+}
+
+#[cfg(test)]
+mod tests;

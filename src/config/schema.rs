@@ -1,0 +1,219 @@
+//! The TOML schema: one struct per section, every field with its default.
+//! Field names are the contract's config keys (see DESIGN.md).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::types::{
+    ClientAuth, ExplainMode, LogFormat, NodeAddr, PoolMode, PoolSize, ReadYourWrites, Secret,
+};
+
+/// The whole file. Sections other than `[cluster]` may be omitted.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub observability: ObservabilityConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub pool_mode: PoolMode,
+    pub max_client_conn: u32,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Time a new client has to finish startup and authentication.
+    #[serde(with = "humantime_serde")]
+    pub client_login_timeout: Duration,
+    /// Largest protocol message (bytes) the proxy accepts from a client.
+    pub max_message_size: u32,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: "127.0.0.1:6432".parse().expect("static address"),
+            pool_mode: PoolMode::Transaction,
+            max_client_conn: 10_000,
+            shutdown_timeout: Duration::from_secs(30),
+            client_login_timeout: Duration::from_secs(15),
+            max_message_size: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9930".parse().expect("static address"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub primary: NodeAddr,
+    #[serde(default)]
+    pub replicas: Vec<NodeAddr>,
+    /// Time allowed to open and log in a server connection.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub client_auth: ClientAuth,
+}
+
+/// One `[[users]]` entry. At most one password source may be given; the
+/// loader resolves it into `password`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    pub size: PoolSize,
+    pub db_cores: u32,
+    pub effective_spindle_count: u32,
+    pub sidecars: u32,
+    #[serde(with = "humantime_serde")]
+    pub checkout_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            size: PoolSize::Auto,
+            db_cores: 4,
+            effective_spindle_count: 1,
+            sidecars: 1,
+            checkout_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Server connections per (database, user, node) pool: the fixed size, or
+    /// `db_cores * 2 + effective_spindle_count` shared among `sidecars`,
+    /// never less than one.
+    pub fn effective_size(&self) -> u32 {
+        match self.size {
+            PoolSize::Fixed(n) => n.max(1),
+            PoolSize::Auto => {
+                let total = self
+                    .db_cores
+                    .saturating_mul(2)
+                    .saturating_add(self.effective_spindle_count);
+                (total / self.sidecars.max(1)).max(1)
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    pub read_write_split: bool,
+    pub read_your_writes: ReadYourWrites,
+    #[serde(with = "humantime_serde")]
+    pub read_your_writes_window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_replica_lag: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lag_check_interval: Duration,
+    pub fallback_to_primary: bool,
+    /// Functions (beyond the built-in allow-list) that are safe on a replica.
+    pub read_only_functions: Vec<String>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            read_write_split: true,
+            read_your_writes: ReadYourWrites::Lsn,
+            read_your_writes_window: Duration::from_secs(1),
+            max_replica_lag: Duration::from_secs(1),
+            lag_check_interval: Duration::from_millis(100),
+            fallback_to_primary: true,
+            read_only_functions: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub users: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObservabilityConfig {
+    #[serde(with = "humantime_serde")]
+    pub slow_query_threshold: Duration,
+    pub explain: ExplainMode,
+    pub explain_sample_rate: f64,
+    #[serde(with = "humantime_serde")]
+    pub explain_min_interval: Duration,
+    pub log_format: LogFormat,
+}
+
+impl Default for ObservabilityConfig {
+    fn default() -> Self {
+        ObservabilityConfig {
+            slow_query_threshold: Duration::from_millis(200),
+            explain: ExplainMode::Slow,
+            explain_sample_rate: 0.0,
+            explain_min_interval: Duration::from_secs(300),
+            log_format: LogFormat::Text,
+        }
+    }
+}

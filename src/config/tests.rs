@@ -1,0 +1,105 @@
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[cluster]
+primary = "127.0.0.1:5432"
+
+[[users]]
+name = "app"
+password = "secret"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, Path::new("test.toml"))
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.proxy.listen.to_string(), "127.0.0.1:6432");
+    assert_eq!(c.proxy.pool_mode, PoolMode::Transaction);
+    assert_eq!(c.auth.client_auth, ClientAuth::ScramSha256);
+    assert_eq!(c.pool.checkout_timeout, Duration::from_secs(5));
+    assert_eq!(c.pool.effective_size(), 9);
+    assert_eq!(c.routing.lag_check_interval, Duration::from_millis(100));
+}
+
+#[test]
+fn auto_pool_size_follows_formula_and_sidecars() {
+    let text = format!("{MINIMAL}\n[pool]\ndb_cores = 8\neffective_spindle_count = 2\nsidecars = 3\n");
+    assert_eq!(parse(&text).unwrap().pool.effective_size(), 6);
+    let text = format!("{MINIMAL}\n[pool]\ndb_cores = 1\neffective_spindle_count = 0\nsidecars = 10\n");
+    assert_eq!(parse(&text).unwrap().pool.effective_size(), 1);
+    let text = format!("{MINIMAL}\n[pool]\nsize = 5\n");
+    assert_eq!(parse(&text).unwrap().pool.effective_size(), 5);
+}
+
+#[test]
+fn misspelled_key_is_named_with_its_line() {
+    let text = "[proxy]\nlisen = \"127.0.0.1:1\"\n[cluster]\nprimary = \"h:1\"\n";
+    let err = parse(text).unwrap_err().to_string();
+    assert!(err.contains("lisen"), "{err}");
+    assert!(err.contains("test.toml:2:"), "{err}");
+}
+
+#[test]
+fn bad_values_are_refused_with_the_key() {
+    let cases = [
+        ("[pool]\nsize = \"big\"\n", "pool size"),
+        ("[pool]\ncheckout_timeout = \"5 parsecs\"\n", "checkout_timeout"),
+        ("[proxy]\npool_mode = \"statement\"\n", "statement"),
+        ("[auth]\nclient_auth = \"kerberos\"\n", "kerberos"),
+        ("[observability]\nexplain_sample_rate = 2.0\n", "explain_sample_rate"),
+        ("[admin]\nusers = [\"root\"]\n", "admin.users[0]"),
+        ("[proxy]\nmax_client_conn = 0\n", "proxy.max_client_conn"),
+    ];
+    for (extra, needle) in cases {
+        let text = format!("{MINIMAL}\n{extra}");
+        let err = parse(&text).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains(needle), "{extra:?} gave {err}");
+    }
+}
+
+#[test]
+fn bad_cluster_addresses_are_refused() {
+    let err = parse("[cluster]\nprimary = \"localhost\"\n").unwrap_err().to_string();
+    assert!(err.contains("host:port"), "{err}");
+    let err = parse("[cluster]\nprimary = \"h:1\"\nreplicas = [\"h:1\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cluster.replicas[0]"), "{err}");
+}
+
+#[test]
+fn user_password_sources() {
+    let err = parse("[cluster]\nprimary = \"h:1\"\n[[users]]\nname = \"a\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("users[0].password"), "{err}");
+    let trust = parse("[cluster]\nprimary = \"h:1\"\n[auth]\nclient_auth = \"trust\"\n[[users]]\nname = \"a\"\n");
+    assert!(trust.is_ok());
+    let err = parse("[cluster]\nprimary = \"h:1\"\n[[users]]\nname = \"a\"\npassword_env = \"PGSIDECAR_TEST_UNSET_VAR\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("PGSIDECAR_TEST_UNSET_VAR"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "from-file\n").unwrap();
+    let text = format!(
+        "[cluster]\nprimary = \"h:1\"\n[[users]]\nname = \"a\"\npassword_file = \"{}\"\n",
+        file.display()
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.users[0].password.as_ref().unwrap().expose(), "from-file");
+}
+
+#[test]
+fn serialised_config_masks_passwords() {
+    let c = parse(MINIMAL).unwrap();
+    let out = toml::to_string(&c).unwrap();
+    assert!(!out.contains("secret"), "{out}");
+    assert!(out.contains("********"), "{out}");
+}

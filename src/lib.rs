@@ -1,0 +1,17 @@
+//! pgsidecar: a Postgres connection proxy that runs next to each application
+//! server, pools backend connections, routes reads to fresh replicas and
+//! shows what it does.
+//!
+//! # Layout
+//! - [`config`]: TOML schema, loading, validation, reloadable handle.
+//! - [`protocol`]: wire framing, startup negotiation, auth exchanges, errors.
+//! - [`server`]: backend connections and their pools.
+//! - [`client`]: listener and the per-client session.
+//! - [`routing`]: statement classification and routing policy.
+//! - [`cluster`]: node roles, health, replication lag.
+//! - [`observe`]: metrics, slow-query log, plans, query digests, HTTP.
+//! - [`admin`]: the `pgsidecar` admin console.
+//! - [`demo`]: a throwaway local primary + replica (used by `demo` and tests).
+//! - [`proxy`]: wires the parts together and runs them.
+
+pub mod config;

@@ -15,3 +15,7 @@
 //! - [`proxy`]: wires the parts together and runs them.
 
 pub mod config;
+pub mod protocol;
+pub mod server;
+pub mod client;
+pub mod proxy;

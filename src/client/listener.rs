@@ -1,0 +1,80 @@
+//! Accepting client connections: one task per client, each with a login
+//! deadline, the client counter, and cancel requests handled on the spot.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::handshake::{self, Opening};
+use super::{login, session};
+use crate::proxy::Shared;
+
+/// Accepts clients until the listener fails or the task is dropped.
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    tracing::debug!(%peer, "client connected");
+                    handle(shared, stream).await;
+                });
+            }
+            Err(error) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Decrements the client count however the task ends.
+struct Counted(Arc<Shared>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
+    shared.clients.fetch_add(1, Ordering::Relaxed);
+    let _counted = Counted(shared.clone());
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(1024);
+    let deadline = shared.config.load().proxy.client_login_timeout;
+
+    let logged_in = tokio::time::timeout(deadline, async {
+        match handshake::negotiate(&mut stream, &mut buf).await? {
+            Opening::Closed => Ok(None),
+            Opening::Cancel { pid, secret } => {
+                shared.cancels.cancel(pid, &secret).await;
+                Ok(None)
+            }
+            Opening::Startup(startup) => login::login(&shared, &mut stream, &mut buf, startup).await,
+        }
+    })
+    .await;
+
+    let ctx = match logged_in {
+        Ok(Ok(Some(ctx))) => ctx,
+        Ok(Ok(None)) => return,
+        Ok(Err(error)) => {
+            let _ = stream.write_all(&error.to_bytes()).await;
+            return;
+        }
+        Err(_) => {
+            let error = crate::protocol::WireError::fatal(
+                crate::protocol::SqlState::CANNOT_CONNECT_NOW,
+                format!("login did not complete within {deadline:?} (proxy.client_login_timeout)"),
+            );
+            let _ = stream.write_all(&error.to_bytes()).await;
+            return;
+        }
+    };
+    session::run(stream, buf, ctx).await;
+}

@@ -1,0 +1,141 @@
+//! From StartupMessage to ReadyForQuery: limits, user and database checks,
+//! authentication, the server parameters the client is shown, and its
+//! cancel key.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::auth::{self, AuthFailure};
+use super::session::SessionCtx;
+use crate::protocol::backend;
+use crate::protocol::startup::StartupMessage;
+use crate::protocol::{SqlState, WireError};
+use crate::proxy::Shared;
+use crate::server::{ClientReport, PoolKey};
+
+/// Startup parameters that only the proxy may set on server connections.
+const REFUSED_PARAMS: &[&str] = &["replication"];
+
+/// Logs a client in. On success the client has received AuthenticationOk,
+/// its ParameterStatus set, BackendKeyData and ReadyForQuery.
+pub async fn login<S>(
+    shared: &Arc<Shared>,
+    stream: &mut S,
+    buf: &mut BytesMut,
+    startup: StartupMessage,
+) -> Result<Option<SessionCtx>, WireError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = shared.config.load_full();
+    let mut out = BytesMut::with_capacity(512);
+    if startup.minor > 0 {
+        // Newer 3.x clients: say which version and options we speak, as
+        // Postgres does, and carry on with 3.0.
+        let unsupported = startup
+            .params
+            .iter()
+            .filter(|(k, _)| k.starts_with("_pq_."))
+            .map(|(k, _)| k.clone())
+            .collect();
+        backend::negotiate_protocol_version(&mut out, 0, unsupported);
+    }
+    if let Some((name, _)) = startup
+        .params
+        .iter()
+        .find(|(k, _)| REFUSED_PARAMS.contains(&k.as_str()))
+    {
+        return Err(WireError::fatal(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            format!("pgsidecar does not support the \"{name}\" startup parameter (replication connections)"),
+        ));
+    }
+    let Some(user) = startup.param("user").filter(|u| !u.is_empty()) else {
+        return Err(WireError::fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        ));
+    };
+    let database = startup.param("database").filter(|d| !d.is_empty()).unwrap_or(user);
+
+    let connected = shared.clients.load(std::sync::atomic::Ordering::Relaxed);
+    if connected > config.proxy.max_client_conn as usize {
+        return Err(WireError::fatal(
+            SqlState::TOO_MANY_CONNECTIONS,
+            format!(
+                "sorry, too many clients already (max_client_conn is {})",
+                config.proxy.max_client_conn
+            ),
+        ));
+    }
+
+    let credentials = shared.credentials.load_full();
+    let Some(user_auth) = credentials.user(user).cloned() else {
+        return Err(WireError::fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            format!("role \"{user}\" is not allowed to connect through pgsidecar"),
+        )
+        .with_hint("add it to [[users]] in the pgsidecar config"));
+    };
+    if !stream_is_ok(stream, &out).await {
+        return Ok(None);
+    }
+    out.clear();
+    match auth::authenticate(stream, buf, config.auth.client_auth, &user_auth).await {
+        Ok(()) => {}
+        Err(AuthFailure::Gone) => return Ok(None),
+        Err(AuthFailure::Refused(e)) => {
+            tracing::info!(user, database, error = %e, "client authentication failed");
+            return Err(e);
+        }
+    }
+    backend::auth_ok(&mut out);
+
+    let key = PoolKey {
+        database: database.to_string(),
+        user: user.to_string(),
+        node: config.cluster.primary.clone(),
+    };
+    let pool = shared.pools.get(&key, &config, || user_auth.server_secret());
+    let params = match pool.server_params().await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(user, database, error = %e, "server login failed");
+            shared.pools.forget_if_unused(&key);
+            match e.to_client() {
+                ClientReport::Forward(frame) => out.extend_from_slice(&frame),
+                ClientReport::Error(w) => w.encode(&mut out),
+            }
+            let _ = stream.write_all(&out).await;
+            return Ok(None);
+        }
+    };
+
+    let application_name = startup.param("application_name").unwrap_or("");
+    for (name, value) in &params.params {
+        let value = if name == "application_name" {
+            application_name
+        } else {
+            value.as_str()
+        };
+        backend::parameter_status(&mut out, name, value);
+    }
+    let cancel = shared.cancels.register();
+    backend::backend_key_data(&mut out, cancel.slot.pid, cancel.slot.secret);
+    backend::ready_for_query(&mut out, b'I');
+    if !stream_is_ok(stream, &out).await {
+        return Ok(None);
+    }
+    Ok(Some(SessionCtx {
+        pool,
+        mode: config.proxy.pool_mode,
+        max_message: config.proxy.max_message_size as usize,
+        cancel,
+    }))
+}
+
+async fn stream_is_ok<S: AsyncWrite + Unpin>(stream: &mut S, out: &[u8]) -> bool {
+    out.is_empty() || stream.write_all(out).await.is_ok()
+}

@@ -1,0 +1,335 @@
+//! Moves bytes between a client and the server it holds, both directions at
+//! once, inspecting only the frames the session asks about. Server bytes
+//! are written to the client straight from the server's read buffer; frames
+//! the session drops are skipped in place, so a result set is never copied.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::io::poll_read_buf;
+
+use crate::protocol::frame;
+use crate::protocol::{ProtocolError, WireError};
+use crate::server::ServerConn;
+
+/// Stop reading a side once this much is waiting to be written to the other.
+const HIGH_WATER: usize = 256 * 1024;
+/// Read buffers are topped up to at least this much free space.
+const READ_CHUNK: usize = 16 * 1024;
+/// Largest server frame the proxy will hold whole to inspect it.
+const MAX_INSPECTED: usize = 16 * 1024 * 1024;
+
+/// What the session decides about a client frame.
+pub enum ClientStep {
+    Continue,
+    /// The client sent Terminate.
+    Terminate,
+}
+
+/// What the session decides about an inspected server frame.
+pub enum ServerStep {
+    Forward,
+    Drop,
+    /// Forward it, then end the relay: the server can be released.
+    ForwardAndRelease,
+}
+
+/// The session's part of the relay.
+pub trait Flow {
+    /// A complete client frame; append what the server must receive to
+    /// `to_server`.
+    fn client_frame(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        to_server: &mut BytesMut,
+    ) -> Result<ClientStep, WireError>;
+    /// Whether `server_frame` wants to see complete frames with this tag.
+    fn inspects(&self, tag: u8) -> bool;
+    /// A complete server frame with an inspected tag.
+    fn server_frame(&mut self, tag: u8, frame: &[u8]) -> ServerStep;
+}
+
+/// Why a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// The session's release point was reached and everything before it was
+    /// delivered to the client.
+    Released,
+    /// The client closed the connection or sent Terminate.
+    ClientGone,
+    /// The client broke the protocol; the error says how.
+    ClientError(WireError),
+    /// The server connection closed or failed; its last bytes (a FATAL
+    /// error, usually) were delivered to the client.
+    ServerGone(Option<std::io::Error>),
+}
+
+#[derive(Debug)]
+enum Chunk {
+    /// The next n bytes of the server buffer go to the client.
+    Forward(usize),
+    /// The next n bytes of the server buffer are dropped.
+    Skip(usize),
+}
+
+/// s2c bookkeeping: which scanned server bytes go where.
+#[derive(Default)]
+struct ServerSide {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the server buffer covered by `chunks`.
+    scanned: usize,
+    /// Bytes still to come of a frame being streamed through.
+    partial: usize,
+    release: bool,
+    eof: Option<Option<std::io::Error>>,
+}
+
+impl ServerSide {
+    fn push(&mut self, chunk: Chunk) {
+        match (self.chunks.back_mut(), chunk) {
+            (Some(Chunk::Forward(n)), Chunk::Forward(m)) => *n += m,
+            (_, c) => self.chunks.push_back(c),
+        }
+    }
+
+    fn add(&mut self, chunk: Chunk) {
+        self.scanned += match chunk {
+            Chunk::Forward(n) | Chunk::Skip(n) => n,
+        };
+        self.push(chunk);
+    }
+
+    /// Scans newly read server bytes into chunks.
+    fn scan<F: Flow>(&mut self, buf: &[u8], flow: &mut F) -> Result<(), ProtocolError> {
+        while !self.release {
+            let rest = &buf[self.scanned..];
+            if self.partial > 0 {
+                let take = self.partial.min(rest.len());
+                if take == 0 {
+                    break;
+                }
+                self.partial -= take;
+                self.add(Chunk::Forward(take));
+                continue;
+            }
+            let Some((tag, total)) = frame::header(rest)? else {
+                break;
+            };
+            if flow.inspects(tag) {
+                if total > MAX_INSPECTED {
+                    return Err(ProtocolError::TooLarge {
+                        len: total,
+                        max: MAX_INSPECTED,
+                    });
+                }
+                if rest.len() < total {
+                    break;
+                }
+                match flow.server_frame(tag, &rest[..total]) {
+                    ServerStep::Forward => self.add(Chunk::Forward(total)),
+                    ServerStep::Drop => self.add(Chunk::Skip(total)),
+                    ServerStep::ForwardAndRelease => {
+                        self.add(Chunk::Forward(total));
+                        self.release = true;
+                    }
+                }
+            } else {
+                let take = total.min(rest.len());
+                self.partial = total - take;
+                self.add(Chunk::Forward(take));
+            }
+        }
+        Ok(())
+    }
+
+    fn pending_bytes(&self) -> usize {
+        self.scanned
+    }
+}
+
+/// Splits complete client frames off `cbuf`, passes them to the flow.
+/// Returns true when the client sent Terminate.
+fn process_client<F: Flow>(
+    cbuf: &mut BytesMut,
+    wbuf: &mut BytesMut,
+    flow: &mut F,
+    max_message: usize,
+) -> Result<bool, WireError> {
+    loop {
+        let Some((tag, total)) = frame::header(cbuf)? else {
+            return Ok(false);
+        };
+        if total > max_message {
+            return Err(ProtocolError::TooLarge {
+                len: total,
+                max: max_message,
+            }
+            .into());
+        }
+        if cbuf.len() < total {
+            cbuf.reserve(total - cbuf.len());
+            return Ok(false);
+        }
+        let step = flow.client_frame(tag, &cbuf[..total], wbuf)?;
+        cbuf.advance(total);
+        if let ClientStep::Terminate = step {
+            return Ok(true);
+        }
+    }
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+/// Runs the relay until the flow releases the server or a side ends.
+/// `cbuf` may already hold client bytes; unprocessed bytes stay in it.
+pub async fn relay<S, F>(
+    client: &mut S,
+    cbuf: &mut BytesMut,
+    server: &mut ServerConn,
+    flow: &mut F,
+    max_message: usize,
+) -> RelayEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Flow,
+{
+    let (sstream, rbuf, wbuf) = server.parts();
+    let mut side = ServerSide::default();
+    // Frames already read from the client are handled before any I/O.
+    match process_client(cbuf, wbuf, flow, max_message) {
+        Err(e) => return RelayEnd::ClientError(e),
+        Ok(true) => return RelayEnd::ClientGone,
+        Ok(false) => {}
+    }
+    poll_fn(|cx| {
+        poll_relay(cx, client, cbuf, sstream, rbuf, wbuf, &mut side, flow, max_message)
+    })
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+fn poll_relay<S, F>(
+    cx: &mut Context<'_>,
+    client: &mut S,
+    cbuf: &mut BytesMut,
+    server: &mut tokio::net::TcpStream,
+    rbuf: &mut BytesMut,
+    wbuf: &mut BytesMut,
+    side: &mut ServerSide,
+    flow: &mut F,
+    max_message: usize,
+) -> Poll<RelayEnd>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Flow,
+{
+    loop {
+        let mut progress = false;
+
+        // Client → proxy.
+        if wbuf.len() < HIGH_WATER && !side.release && side.eof.is_none() {
+            reserve(cbuf);
+            match poll_read_buf(Pin::new(&mut *client), cx, cbuf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
+                Poll::Ready(Ok(_)) => {
+                    progress = true;
+                    match process_client(cbuf, wbuf, flow, max_message) {
+                        Err(e) => return Poll::Ready(RelayEnd::ClientError(e)),
+                        Ok(true) => return Poll::Ready(RelayEnd::ClientGone),
+                        Ok(false) => {}
+                    }
+                }
+                Poll::Pending => {}
+            }
+        }
+
+        // Proxy → server.
+        if !wbuf.is_empty() && side.eof.is_none() {
+            match Pin::new(&mut *server).poll_write(cx, wbuf) {
+                Poll::Ready(Ok(n)) => {
+                    wbuf.advance(n);
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => side.eof = Some(Some(e)),
+                Poll::Pending => {}
+            }
+        }
+
+        // Server → proxy.
+        if side.eof.is_none() && !side.release && side.pending_bytes() < HIGH_WATER {
+            reserve(rbuf);
+            match poll_read_buf(Pin::new(&mut *server), cx, rbuf) {
+                Poll::Ready(Ok(0)) => {
+                    side.eof = Some(None);
+                    progress = true;
+                }
+                Poll::Ready(Ok(_)) => {
+                    progress = true;
+                    if let Err(e) = side.scan(rbuf, flow) {
+                        return Poll::Ready(RelayEnd::ServerGone(Some(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            e,
+                        ))));
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    side.eof = Some(Some(e));
+                    progress = true;
+                }
+                Poll::Pending => {}
+            }
+        }
+
+        // Proxy → client.
+        let mut wrote = false;
+        while let Some(chunk) = side.chunks.front_mut() {
+            match chunk {
+                Chunk::Skip(n) => {
+                    rbuf.advance(*n);
+                    side.scanned -= *n;
+                    side.chunks.pop_front();
+                }
+                Chunk::Forward(n) => match Pin::new(&mut *client).poll_write(cx, &rbuf[..*n]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(RelayEnd::ClientGone);
+                    }
+                    Poll::Ready(Ok(w)) => {
+                        rbuf.advance(w);
+                        side.scanned -= w;
+                        *n -= w;
+                        if *n == 0 {
+                            side.chunks.pop_front();
+                        }
+                        wrote = true;
+                        progress = true;
+                    }
+                    Poll::Pending => break,
+                },
+            }
+        }
+        if wrote && let Poll::Ready(Err(_)) = Pin::new(&mut *client).poll_flush(cx) {
+            return Poll::Ready(RelayEnd::ClientGone);
+        }
+
+        if side.chunks.is_empty() {
+            if side.release {
+                return Poll::Ready(RelayEnd::Released);
+            }
+            if let Some(err) = side.eof.take() {
+                return Poll::Ready(RelayEnd::ServerGone(err));
+            }
+        }
+        if !progress {
+            return Poll::Pending;
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Errors the proxy reports on the wire: SQLSTATE codes, the ErrorResponse
+//! builder, and the protocol-level failures that lead to them.
+
+use bytes::BytesMut;
+use pgwire::messages::Message;
+use pgwire::messages::response::ErrorResponse;
+
+/// The SQLSTATE codes the proxy itself sends (see DESIGN.md, "Errors").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SqlState(pub &'static str);
+
+impl SqlState {
+    pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
+    pub const CONNECTION_FAILURE: SqlState = SqlState("08006");
+    pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
+    pub const INVALID_AUTHORIZATION: SqlState = SqlState("28000");
+    pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
+    pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
+    pub const READ_ONLY_TRANSACTION: SqlState = SqlState("25006");
+    pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
+    pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
+    pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
+    pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
+    pub const QUERY_CANCELED: SqlState = SqlState("57014");
+    pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState("57P05");
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState("25P03");
+    pub const SYNTAX_ERROR: SqlState = SqlState("42601");
+    pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+    pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
+}
+
+/// Severity of an error the proxy sends. FATAL means the proxy closes the
+/// client connection right after sending it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Fatal,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+}
+
+/// An error the proxy answers a client with, in words a user understands.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}", code = code.0)]
+pub struct WireError {
+    pub severity: Severity,
+    pub code: SqlState,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl WireError {
+    pub fn error(code: SqlState, message: impl Into<String>) -> Self {
+        WireError {
+            severity: Severity::Error,
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    pub fn fatal(code: SqlState, message: impl Into<String>) -> Self {
+        WireError {
+            severity: Severity::Fatal,
+            ..WireError::error(code, message)
+        }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Appends the ErrorResponse frame.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let sev = self.severity.as_str().to_string();
+        let mut fields = vec![
+            (b'S', sev.clone()),
+            (b'V', sev),
+            (b'C', self.code.0.to_string()),
+            (b'M', self.message.clone()),
+        ];
+        if let Some(d) = &self.detail {
+            fields.push((b'D', d.clone()));
+        }
+        if let Some(h) = &self.hint {
+            fields.push((b'H', h.clone()));
+        }
+        // Encoding into a BytesMut cannot fail for an ErrorResponse (its limit
+        // is i32::MAX and the proxy's messages are short).
+        let _ = ErrorResponse::new(fields).encode(out);
+    }
+
+    pub fn to_bytes(&self) -> BytesMut {
+        let mut b = BytesMut::with_capacity(64 + self.message.len());
+        self.encode(&mut b);
+        b
+    }
+}
+
+/// A peer broke the framing rules. Each variant becomes an 08P01 error.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("message '{}' declares an impossible length {len}", char::from(*tag))]
+    BadLength { tag: u8, len: usize },
+    #[error("message of {len} bytes exceeds the limit of {max} bytes (proxy.max_message_size)")]
+    TooLarge { len: usize, max: usize },
+    #[error("a string in the message is not terminated")]
+    MissingTerminator,
+    #[error("a string in the message is not valid UTF-8")]
+    NotUtf8,
+    #[error("message '{}' is malformed: {what}", char::from(*tag))]
+    Malformed { tag: u8, what: &'static str },
+    #[error("unexpected message '{}' {when}", char::from(*tag))]
+    Unexpected { tag: u8, when: &'static str },
+}
+
+impl From<ProtocolError> for WireError {
+    fn from(e: ProtocolError) -> Self {
+        WireError::fatal(SqlState::PROTOCOL_VIOLATION, format!("invalid protocol: {e}"))
+    }
+}
+
+/// Reads the SQLSTATE and message out of an ErrorResponse/NoticeResponse
+/// frame from a server (for logs and decisions, not forwarding).
+pub fn parse_error_fields(frame: &[u8]) -> (Option<&str>, Option<&str>, Option<&str>) {
+    let mut code = None;
+    let mut message = None;
+    let mut severity = None;
+    let mut rest = super::frame::body(frame);
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let Ok((value, tail)) = super::frame::cstr(tail) else {
+            break;
+        };
+        match field {
+            b'C' => code = Some(value),
+            b'M' => message = Some(value),
+            b'V' => severity = Some(value),
+            _ => {}
+        }
+        rest = tail;
+    }
+    (severity, code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_round_trips_through_the_field_parser() {
+        let e = WireError::fatal(SqlState::TOO_MANY_CONNECTIONS, "too many clients")
+            .with_detail("max_client_conn is 1");
+        let b = e.to_bytes();
+        assert_eq!(b[0], b'E');
+        let (sev, code, msg) = parse_error_fields(&b);
+        assert_eq!(sev, Some("FATAL"));
+        assert_eq!(code, Some("53300"));
+        assert_eq!(msg, Some("too many clients"));
+    }
+}

@@ -1,0 +1,148 @@
+//! Framing of regular protocol messages (`tag`, `int32 length`, body) and
+//! the message tags the proxy inspects. Bytes are never copied here: helpers
+//! look at a buffer and say where frames end.
+
+use super::ProtocolError;
+
+/// Frontend (client → server) message tags the proxy looks at.
+pub mod fe {
+    pub const QUERY: u8 = b'Q';
+    pub const PARSE: u8 = b'P';
+    pub const BIND: u8 = b'B';
+    pub const DESCRIBE: u8 = b'D';
+    pub const EXECUTE: u8 = b'E';
+    pub const CLOSE: u8 = b'C';
+    pub const SYNC: u8 = b'S';
+    pub const FLUSH: u8 = b'H';
+    pub const FUNCTION_CALL: u8 = b'F';
+    pub const TERMINATE: u8 = b'X';
+    pub const COPY_DATA: u8 = b'd';
+    pub const COPY_DONE: u8 = b'c';
+    pub const COPY_FAIL: u8 = b'f';
+    pub const PASSWORD: u8 = b'p';
+}
+
+/// Backend (server → client) message tags the proxy looks at.
+pub mod be {
+    pub const AUTHENTICATION: u8 = b'R';
+    pub const PARAMETER_STATUS: u8 = b'S';
+    pub const BACKEND_KEY_DATA: u8 = b'K';
+    pub const READY_FOR_QUERY: u8 = b'Z';
+    pub const ERROR_RESPONSE: u8 = b'E';
+    pub const NOTICE_RESPONSE: u8 = b'N';
+    pub const COMMAND_COMPLETE: u8 = b'C';
+    pub const PARSE_COMPLETE: u8 = b'1';
+    pub const BIND_COMPLETE: u8 = b'2';
+    pub const CLOSE_COMPLETE: u8 = b'3';
+    pub const COPY_IN_RESPONSE: u8 = b'G';
+    pub const COPY_OUT_RESPONSE: u8 = b'H';
+    pub const COPY_BOTH_RESPONSE: u8 = b'W';
+    pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
+}
+
+/// Header of a regular message: tag byte plus a length that counts itself.
+pub const HEADER_LEN: usize = 5;
+
+/// The header of the frame at the start of `buf`, if five bytes are there:
+/// `(tag, total frame length including the tag byte)`.
+///
+/// A length below 4 cannot be produced by a real peer, so it is refused here
+/// rather than letting a caller loop on a zero-sized frame.
+#[inline]
+pub fn header(buf: &[u8]) -> Result<Option<(u8, usize)>, ProtocolError> {
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len < 4 || len > i32::MAX as usize {
+        return Err(ProtocolError::BadLength { tag: buf[0], len });
+    }
+    Ok(Some((buf[0], len + 1)))
+}
+
+/// The frame at the start of `buf` if it is complete.
+#[inline]
+pub fn complete(buf: &[u8]) -> Result<Option<(u8, &[u8])>, ProtocolError> {
+    match header(buf)? {
+        Some((tag, total)) if buf.len() >= total => Ok(Some((tag, &buf[..total]))),
+        _ => Ok(None),
+    }
+}
+
+/// Body of a complete frame (after tag and length).
+#[inline]
+pub fn body(frame: &[u8]) -> &[u8] {
+    frame.get(HEADER_LEN..).unwrap_or(&[])
+}
+
+/// Reads a NUL-terminated string from the front of `buf`, returning it and
+/// the rest. Invalid UTF-8 is refused: every string the proxy inspects
+/// (query text, names) must be text it can reason about.
+pub fn cstr(buf: &[u8]) -> Result<(&str, &[u8]), ProtocolError> {
+    let end = buf
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or(ProtocolError::MissingTerminator)?;
+    let s = std::str::from_utf8(&buf[..end]).map_err(|_| ProtocolError::NotUtf8)?;
+    Ok((s, &buf[end + 1..]))
+}
+
+/// The SQL text of a complete Query ('Q') frame.
+pub fn query_text(frame: &[u8]) -> Result<&str, ProtocolError> {
+    cstr(body(frame)).map(|(s, _)| s)
+}
+
+/// The transaction status byte of a complete ReadyForQuery ('Z') frame.
+#[inline]
+pub fn ready_status(frame: &[u8]) -> u8 {
+    frame.get(HEADER_LEN).copied().unwrap_or(b'I')
+}
+
+/// Appends a frame with the given tag and body.
+pub fn put_frame(out: &mut bytes::BytesMut, tag: u8, body: &[u8]) {
+    use bytes::BufMut;
+    out.reserve(HEADER_LEN + body.len());
+    out.put_u8(tag);
+    out.put_u32((body.len() + 4) as u32);
+    out.put_slice(body);
+}
+
+/// Appends a simple Query frame.
+pub fn put_query(out: &mut bytes::BytesMut, sql: &str) {
+    use bytes::BufMut;
+    out.reserve(HEADER_LEN + sql.len() + 1);
+    out.put_u8(fe::QUERY);
+    out.put_u32((sql.len() + 5) as u32);
+    out.put_slice(sql.as_bytes());
+    out.put_u8(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_needs_five_bytes_and_a_sane_length() {
+        assert_eq!(header(b"Q\0\0").unwrap(), None);
+        assert_eq!(header(b"Q\0\0\0\x09").unwrap(), Some((b'Q', 10)));
+        assert!(header(b"Q\0\0\0\x03").is_err());
+        assert!(header(b"Q\xff\xff\xff\xff").is_err());
+    }
+
+    #[test]
+    fn query_round_trip() {
+        let mut b = bytes::BytesMut::new();
+        put_query(&mut b, "select 1");
+        let (tag, frame) = complete(&b).unwrap().unwrap();
+        assert_eq!(tag, b'Q');
+        assert_eq!(query_text(frame).unwrap(), "select 1");
+        assert!(complete(&b[..b.len() - 1]).unwrap().is_none());
+    }
+
+    #[test]
+    fn cstr_rejects_unterminated_and_non_utf8() {
+        assert!(cstr(b"abc").is_err());
+        assert!(cstr(b"\xff\0").is_err());
+        assert_eq!(cstr(b"ab\0cd").unwrap(), ("ab", &b"cd"[..]));
+    }
+}

@@ -1,0 +1,150 @@
+//! One open connection to a Postgres node, logged in and ready for queries,
+//! with the buffers the relay uses while a client holds it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+
+/// What a server reported at login: its ParameterStatus values and the key
+/// a CancelRequest needs.
+#[derive(Debug, Default, Clone)]
+pub struct ServerParams {
+    pub params: Vec<(String, String)>,
+    pub backend_pid: i32,
+    pub backend_secret: Vec<u8>,
+}
+
+impl ServerParams {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Whether a connection may go back to the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Idle at a protocol boundary (ReadyForQuery 'I'): reusable.
+    Clean,
+    /// Mid-protocol, in a transaction, or failed: must be closed.
+    Broken,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A logged-in server connection.
+pub struct ServerConn {
+    pub(crate) stream: TcpStream,
+    /// Bytes read from the server not yet forwarded.
+    pub(crate) rbuf: BytesMut,
+    /// Bytes queued for the server.
+    pub(crate) wbuf: BytesMut,
+    pub id: u64,
+    pub addr: Arc<str>,
+    pub peer: std::net::SocketAddr,
+    pub params: Arc<ServerParams>,
+    pub created: Instant,
+    health: Health,
+}
+
+impl ServerConn {
+    pub(crate) fn new(
+        stream: TcpStream,
+        rbuf: BytesMut,
+        addr: Arc<str>,
+        peer: std::net::SocketAddr,
+        params: ServerParams,
+    ) -> Self {
+        ServerConn {
+            stream,
+            rbuf,
+            wbuf: BytesMut::with_capacity(4096),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            addr,
+            peer,
+            params: Arc::new(params),
+            created: Instant::now(),
+            health: Health::Clean,
+        }
+    }
+
+    /// Marks the connection unusable: the pool will close it instead of
+    /// handing it to the next client.
+    pub fn mark_broken(&mut self) {
+        self.health = Health::Broken;
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.health == Health::Broken
+    }
+
+    /// Cheap check before handing an idle connection out: an idle server
+    /// sends nothing, so anything readable (a FATAL from
+    /// pg_terminate_backend, EOF after a restart) means it is gone. Uses the
+    /// reactor's readiness, so the common case costs no system call.
+    pub fn check_idle(&mut self) -> bool {
+        if self.is_broken() || !self.rbuf.is_empty() || !self.wbuf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                match self.stream.try_read(&mut probe) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    /// Splits the connection into what the relay drives.
+    pub(crate) fn parts(&mut self) -> (&mut TcpStream, &mut BytesMut, &mut BytesMut) {
+        (&mut self.stream, &mut self.rbuf, &mut self.wbuf)
+    }
+}
+
+impl ServerConn {
+    /// Runs a statement of the proxy's own (ROLLBACK, DISCARD ALL) and waits
+    /// for ReadyForQuery, returning its status. Any error response marks
+    /// the connection broken: the proxy's statements are not supposed to fail.
+    pub async fn run_internal(&mut self, sql: &str) -> std::io::Result<u8> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut out = BytesMut::with_capacity(sql.len() + 6);
+        crate::protocol::frame::put_query(&mut out, sql);
+        self.stream.write_all(&out).await?;
+        let mut failed = false;
+        loop {
+            while let Some((tag, total)) = crate::protocol::frame::header(&self.rbuf)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
+            {
+                if self.rbuf.len() < total {
+                    break;
+                }
+                let msg = self.rbuf.split_to(total);
+                match tag {
+                    b'E' => failed = true,
+                    b'Z' => {
+                        if failed {
+                            self.mark_broken();
+                        }
+                        return Ok(crate::protocol::frame::ready_status(&msg));
+                    }
+                    _ => {}
+                }
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                self.mark_broken();
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+}

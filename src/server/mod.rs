@@ -1,0 +1,12 @@
+//! Backend side: connections to Postgres nodes (connect, log in, health)
+//! and the bb8 pools that hold them, one per (database, user, node).
+
+mod connection;
+mod error;
+mod login;
+mod pool;
+
+pub use connection::{ServerConn, ServerParams};
+pub use error::{CheckoutError, ClientReport, ServerError};
+pub use login::{LoginParams, ServerSecret};
+pub use pool::{Lease, PoolKey, Pools, ServerPool};

@@ -1,0 +1,229 @@
+//! Server connection pools: one bb8 pool per (database, user, node), the
+//! registry that creates them on first use, and checkout with the errors a
+//! client understands.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bb8::{ErrorSink, ManageConnection, QueueStrategy, RunError};
+
+use super::connection::{ServerConn, ServerParams};
+use super::error::{CheckoutError, ServerError};
+use super::login::{self, LoginParams, ServerSecret};
+use crate::config::{Config, NodeAddr};
+
+/// A server connection checked out of its pool; dropping it gives it back
+/// (or closes it if it was marked broken).
+pub type Lease = bb8::PooledConnection<'static, ServerManager>;
+
+/// Identifies a pool.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub database: String,
+    pub user: String,
+    pub node: NodeAddr,
+}
+
+/// The last failure to open a connection, kept so that a client waiting in
+/// vain is told why instead of only "timed out".
+type LastError = Arc<Mutex<Option<(Instant, String)>>>;
+
+/// bb8's view of how to make and check server connections.
+pub struct ServerManager {
+    login: LoginParams,
+    addr: Arc<str>,
+    last_error: LastError,
+}
+
+impl ManageConnection for ServerManager {
+    type Connection = ServerConn;
+    type Error = ServerError;
+
+    async fn connect(&self) -> Result<ServerConn, ServerError> {
+        let result = login::connect(&self.login, self.addr.clone()).await;
+        if result.is_ok() {
+            *lock(&self.last_error) = None;
+        }
+        result
+    }
+
+    async fn is_valid(&self, conn: &mut ServerConn) -> Result<(), ServerError> {
+        if conn.check_idle() {
+            Ok(())
+        } else {
+            Err(ServerError::Closed {
+                addr: self.addr.to_string(),
+            })
+        }
+    }
+
+    fn has_broken(&self, conn: &mut ServerConn) -> bool {
+        conn.is_broken()
+    }
+}
+
+/// Records connect failures for [`CheckoutError::Unreachable`].
+#[derive(Debug, Clone)]
+struct RecordError(LastError);
+
+impl ErrorSink<ServerError> for RecordError {
+    fn sink(&self, error: ServerError) {
+        if !matches!(error, ServerError::Closed { .. }) {
+            tracing::warn!(%error, "server connection failed");
+            *lock(&self.0) = Some((Instant::now(), error.to_string()));
+        }
+    }
+
+    fn boxed_clone(&self) -> Box<dyn ErrorSink<ServerError>> {
+        Box::new(self.clone())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One pool of connections to one node for one (database, user).
+pub struct ServerPool {
+    pub key: PoolKey,
+    pub size: u32,
+    pool: bb8::Pool<ServerManager>,
+    checkout_timeout: Duration,
+    params: ArcSwapOption<ServerParams>,
+    first_connect: tokio::sync::Mutex<()>,
+    last_error: LastError,
+}
+
+impl ServerPool {
+    fn new(key: PoolKey, config: &Config, secret: ServerSecret) -> Self {
+        let last_error = LastError::default();
+        let manager = ServerManager {
+            login: LoginParams {
+                host: key.node.host.clone(),
+                port: key.node.port,
+                user: key.user.clone(),
+                database: key.database.clone(),
+                secret,
+                connect_timeout: config.cluster.connect_timeout,
+            },
+            addr: key.node.to_string().into(),
+            last_error: last_error.clone(),
+        };
+        let size = config.pool.effective_size();
+        let pool = bb8::Pool::builder()
+            .max_size(size)
+            .min_idle(None)
+            .connection_timeout(config.pool.checkout_timeout)
+            .idle_timeout(Some(config.pool.idle_timeout))
+            .max_lifetime(Some(config.pool.max_lifetime))
+            .reaper_rate(Duration::from_secs(1).min(config.pool.idle_timeout))
+            .queue_strategy(QueueStrategy::Lifo)
+            .error_sink(Box::new(RecordError(last_error.clone())))
+            .build_unchecked(manager);
+        ServerPool {
+            key,
+            size,
+            pool,
+            checkout_timeout: config.pool.checkout_timeout,
+            params: ArcSwapOption::empty(),
+            first_connect: tokio::sync::Mutex::new(()),
+            last_error,
+        }
+    }
+
+    /// The server's login parameters (server_version, encoding, …) for new
+    /// clients. The first call opens a connection itself so that a login
+    /// failure (unknown database, bad server password) reaches the client
+    /// at once with the server's own error, instead of as a timeout.
+    pub async fn server_params(&self) -> Result<Arc<ServerParams>, ServerError> {
+        if let Some(p) = self.params.load_full() {
+            return Ok(p);
+        }
+        let _only_one = self.first_connect.lock().await;
+        if let Some(p) = self.params.load_full() {
+            return Ok(p);
+        }
+        let conn = self.pool.dedicated_connection().await?;
+        let params = conn.params.clone();
+        self.params.store(Some(params.clone()));
+        // A full pool (other clients got there first) just closes this one.
+        let _ = self.pool.add(conn);
+        Ok(params)
+    }
+
+    /// Takes a connection, waiting up to `checkout_timeout`.
+    pub async fn checkout(&self) -> Result<Lease, CheckoutError> {
+        match self.pool.get_owned().await {
+            Ok(lease) => Ok(lease),
+            Err(RunError::User(e)) => Err(e.into()),
+            Err(RunError::TimedOut) => {
+                let recent = lock(&self.last_error)
+                    .as_ref()
+                    .filter(|(at, _)| at.elapsed() < self.checkout_timeout * 2)
+                    .map(|(_, e)| e.clone());
+                Err(match recent {
+                    Some(last_error) => CheckoutError::Unreachable {
+                        node: self.key.node.to_string(),
+                        last_error,
+                    },
+                    None => CheckoutError::Timeout {
+                        node: self.key.node.to_string(),
+                        waited: self.checkout_timeout,
+                        size: self.size,
+                    },
+                })
+            }
+        }
+    }
+
+    /// (open connections, idle connections).
+    pub fn state(&self) -> (u32, u32) {
+        let s = self.pool.state();
+        (s.connections, s.idle_connections)
+    }
+
+    fn never_connected(&self) -> bool {
+        self.params.load().is_none()
+    }
+}
+
+/// All pools, created on first use.
+#[derive(Default)]
+pub struct Pools {
+    map: RwLock<HashMap<PoolKey, Arc<ServerPool>>>,
+}
+
+impl Pools {
+    /// The pool for `key`, created with `config` and the user's server
+    /// secret if it does not exist.
+    pub fn get(&self, key: &PoolKey, config: &Config, secret: impl FnOnce() -> ServerSecret) -> Arc<ServerPool> {
+        if let Some(p) = self.map.read().unwrap_or_else(|p| p.into_inner()).get(key) {
+            return p.clone();
+        }
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(key.clone())
+            .or_insert_with(|| Arc::new(ServerPool::new(key.clone(), config, secret())))
+            .clone()
+    }
+
+    /// Drops a pool that never managed to connect (an unknown database, a
+    /// wrong server password), so that bogus names cannot pile up pools.
+    pub fn forget_if_unused(&self, key: &PoolKey) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if map.get(key).is_some_and(|p| p.never_connected()) {
+            map.remove(key);
+        }
+    }
+
+    /// A snapshot of every pool, for metrics and the admin console.
+    pub fn all(&self) -> Vec<Arc<ServerPool>> {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}

@@ -14,8 +14,8 @@
 //! - [`demo`]: a throwaway local primary + replica (used by `demo` and tests).
 //! - [`proxy`]: wires the parts together and runs them.
 
+pub mod client;
 pub mod config;
 pub mod protocol;
-pub mod server;
-pub mod client;
 pub mod proxy;
+pub mod server;

@@ -53,7 +53,10 @@ fn main() -> ExitCode {
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    print!("{}", toml::to_string(&config).context("printing the config")?);
+    print!(
+        "{}",
+        toml::to_string(&config).context("printing the config")?
+    );
     println!(
         "\n# computed pool size per (database, user, node): {}",
         config.pool.effective_size()
@@ -81,7 +84,9 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     runtime.block_on(async {
         let proxy = Proxy::start(config).await?;
         tracing::info!(addr = %proxy.addr, "ready");
-        tokio::signal::ctrl_c().await.context("waiting for a signal")?;
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for a signal")?;
         tracing::info!("shutting down");
         anyhow::Ok(())
     })

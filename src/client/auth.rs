@@ -63,7 +63,11 @@ where
     }
 }
 
-async fn cleartext<S>(stream: &mut S, buf: &mut BytesMut, user: &UserAuth) -> Result<(), AuthFailure>
+async fn cleartext<S>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    user: &UserAuth,
+) -> Result<(), AuthFailure>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -98,7 +102,11 @@ where
     }
 }
 
-async fn scram_exchange<S>(stream: &mut S, buf: &mut BytesMut, user: &UserAuth) -> Result<(), AuthFailure>
+async fn scram_exchange<S>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    user: &UserAuth,
+) -> Result<(), AuthFailure>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -106,7 +114,11 @@ where
         return Err(wrong_password(&user.name));
     };
     let mut server = ScramServer::new(verifier);
-    send(stream, Authentication::SASL(vec![scram::MECHANISM.to_string()])).await?;
+    send(
+        stream,
+        Authentication::SASL(vec![scram::MECHANISM.to_string()]),
+    )
+    .await?;
 
     // SASLInitialResponse: mechanism, int32 length, client-first-message.
     let msg = read_password_message(stream, buf).await?;
@@ -117,8 +129,12 @@ where
             format!("client selected an invalid SASL authentication mechanism \"{mechanism}\""),
         )));
     }
-    let data = rest.get(4..).ok_or_else(|| malformed("SASLInitialResponse"))?;
-    let server_first = server.client_first(data).map_err(|e| scram_failure(e, &user.name))?;
+    let data = rest
+        .get(4..)
+        .ok_or_else(|| malformed("SASLInitialResponse"))?;
+    let server_first = server
+        .client_first(data)
+        .map_err(|e| scram_failure(e, &user.name))?;
     send(stream, Authentication::SASLContinue(server_first.into())).await?;
 
     // SASLResponse: client-final-message.
@@ -137,7 +153,11 @@ fn scram_failure(e: ScramError, user: &str) -> AuthFailure {
     match e {
         ScramError::InvalidProof => wrong_password(user),
         other => AuthFailure::Refused(WireError::fatal(
-            SqlState(if other.sqlstate() == "0A000" { "0A000" } else { "08P01" }),
+            SqlState(if other.sqlstate() == "0A000" {
+                "0A000"
+            } else {
+                "08P01"
+            }),
             format!("SCRAM authentication failed: {other}"),
         )),
     }
@@ -153,14 +173,20 @@ fn malformed(what: &'static str) -> AuthFailure {
     )
 }
 
-async fn send<S: AsyncWrite + Unpin>(stream: &mut S, auth: Authentication) -> Result<(), AuthFailure> {
+async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    auth: Authentication,
+) -> Result<(), AuthFailure> {
     let mut out = BytesMut::with_capacity(64);
     backend::authentication(&mut out, auth);
     stream.write_all(&out).await.map_err(|_| AuthFailure::Gone)
 }
 
 /// Reads the client's next message, which must be a password-family 'p'.
-async fn read_password_message<S>(stream: &mut S, buf: &mut BytesMut) -> Result<BytesMut, AuthFailure>
+async fn read_password_message<S>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<BytesMut, AuthFailure>
 where
     S: AsyncRead + Unpin,
 {

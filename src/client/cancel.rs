@@ -34,7 +34,10 @@ impl CancelSlot {
     }
 
     fn target(&self) -> Option<CancelTarget> {
-        self.target.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.target
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -108,7 +111,8 @@ impl CancelRegistry {
 /// Sends a CancelRequest to a server.
 pub async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
     let mut s = tokio::net::TcpStream::connect(target.server).await?;
-    s.write_all(&encode_cancel(target.pid, &target.secret)).await?;
+    s.write_all(&encode_cancel(target.pid, &target.secret))
+        .await?;
     s.shutdown().await
 }
 

@@ -79,9 +79,11 @@ impl UserAuth {
         match &self.stored {
             None => false,
             Some(Stored::Plain(p)) => bool::from(p.expose().as_bytes().ct_eq(given.as_bytes())),
-            Some(Stored::Md5(h)) => {
-                bool::from(md5::md5_hash(&self.name, given).as_bytes().ct_eq(h.as_bytes()))
-            }
+            Some(Stored::Md5(h)) => bool::from(
+                md5::md5_hash(&self.name, given)
+                    .as_bytes()
+                    .ct_eq(h.as_bytes()),
+            ),
             Some(Stored::Scram(v)) => ScramVerifier::with_salt(given, &v.salt, v.iterations)
                 .is_ok_and(|derived| bool::from(derived.stored_key.ct_eq(&v.stored_key))),
         }

@@ -11,7 +11,10 @@ use crate::protocol::{SqlState, WireError};
 /// What a new connection turned out to be.
 pub enum Opening {
     Startup(StartupMessage),
-    Cancel { pid: i32, secret: Vec<u8> },
+    Cancel {
+        pid: i32,
+        secret: Vec<u8>,
+    },
     /// The client went away before saying anything useful.
     Closed,
 }
@@ -44,7 +47,9 @@ where
                         SqlState::PROTOCOL_VIOLATION,
                         "received unencrypted data after an SSL/GSS encryption request",
                     )
-                    .with_detail("a client must wait for the server's answer before sending more"));
+                    .with_detail(
+                        "a client must wait for the server's answer before sending more",
+                    ));
                 }
                 if stream.write_all(b"N").await.is_err() {
                     return Ok(Opening::Closed);

@@ -55,7 +55,9 @@ async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
                 shared.cancels.cancel(pid, &secret).await;
                 Ok(None)
             }
-            Opening::Startup(startup) => login::login(&shared, &mut stream, &mut buf, startup).await,
+            Opening::Startup(startup) => {
+                login::login(&shared, &mut stream, &mut buf, startup).await
+            }
         }
     })
     .await;

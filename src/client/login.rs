@@ -49,7 +49,9 @@ where
     {
         return Err(WireError::fatal(
             SqlState::FEATURE_NOT_SUPPORTED,
-            format!("pgsidecar does not support the \"{name}\" startup parameter (replication connections)"),
+            format!(
+                "pgsidecar does not support the \"{name}\" startup parameter (replication connections)"
+            ),
         ));
     }
     let Some(user) = startup.param("user").filter(|u| !u.is_empty()) else {
@@ -58,7 +60,10 @@ where
             "no PostgreSQL user name specified in startup packet",
         ));
     };
-    let database = startup.param("database").filter(|d| !d.is_empty()).unwrap_or(user);
+    let database = startup
+        .param("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(user);
 
     let connected = shared.clients.load(std::sync::atomic::Ordering::Relaxed);
     if connected > config.proxy.max_client_conn as usize {
@@ -98,7 +103,9 @@ where
         user: user.to_string(),
         node: config.cluster.primary.clone(),
     };
-    let pool = shared.pools.get(&key, &config, || user_auth.server_secret());
+    let pool = shared
+        .pools
+        .get(&key, &config, || user_auth.server_secret());
     let params = match pool.server_params().await {
         Ok(p) => p,
         Err(e) => {

@@ -211,7 +211,17 @@ where
         Ok(false) => {}
     }
     poll_fn(|cx| {
-        poll_relay(cx, client, cbuf, sstream, rbuf, wbuf, &mut side, flow, max_message)
+        poll_relay(
+            cx,
+            client,
+            cbuf,
+            sstream,
+            rbuf,
+            wbuf,
+            &mut side,
+            flow,
+            max_message,
+        )
     })
     .await
 }
@@ -239,7 +249,9 @@ where
         if wbuf.len() < HIGH_WATER && !side.release && side.eof.is_none() {
             reserve(cbuf);
             match poll_read_buf(Pin::new(&mut *client), cx, cbuf) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    return Poll::Ready(RelayEnd::ClientGone);
+                }
                 Poll::Ready(Ok(_)) => {
                     progress = true;
                     match process_client(cbuf, wbuf, flow, max_message) {

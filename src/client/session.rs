@@ -76,8 +76,18 @@ impl Flow for TxFlow<'_> {
 /// does, without bothering a server with them.
 fn check_frontend_tag(tag: u8) -> Result<(), WireError> {
     match tag {
-        fe::QUERY | fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE | fe::SYNC
-        | fe::FLUSH | fe::FUNCTION_CALL | fe::TERMINATE | fe::COPY_DATA | fe::COPY_DONE
+        fe::QUERY
+        | fe::PARSE
+        | fe::BIND
+        | fe::DESCRIBE
+        | fe::EXECUTE
+        | fe::CLOSE
+        | fe::SYNC
+        | fe::FLUSH
+        | fe::FUNCTION_CALL
+        | fe::TERMINATE
+        | fe::COPY_DATA
+        | fe::COPY_DONE
         | fe::COPY_FAIL => Ok(()),
         other => Err(ProtocolError::Unexpected {
             tag: other,

@@ -29,9 +29,11 @@ fn minimal_config_gets_defaults() {
 
 #[test]
 fn auto_pool_size_follows_formula_and_sidecars() {
-    let text = format!("{MINIMAL}\n[pool]\ndb_cores = 8\neffective_spindle_count = 2\nsidecars = 3\n");
+    let text =
+        format!("{MINIMAL}\n[pool]\ndb_cores = 8\neffective_spindle_count = 2\nsidecars = 3\n");
     assert_eq!(parse(&text).unwrap().pool.effective_size(), 6);
-    let text = format!("{MINIMAL}\n[pool]\ndb_cores = 1\neffective_spindle_count = 0\nsidecars = 10\n");
+    let text =
+        format!("{MINIMAL}\n[pool]\ndb_cores = 1\neffective_spindle_count = 0\nsidecars = 10\n");
     assert_eq!(parse(&text).unwrap().pool.effective_size(), 1);
     let text = format!("{MINIMAL}\n[pool]\nsize = 5\n");
     assert_eq!(parse(&text).unwrap().pool.effective_size(), 5);
@@ -49,10 +51,16 @@ fn misspelled_key_is_named_with_its_line() {
 fn bad_values_are_refused_with_the_key() {
     let cases = [
         ("[pool]\nsize = \"big\"\n", "pool size"),
-        ("[pool]\ncheckout_timeout = \"5 parsecs\"\n", "checkout_timeout"),
+        (
+            "[pool]\ncheckout_timeout = \"5 parsecs\"\n",
+            "checkout_timeout",
+        ),
         ("[proxy]\npool_mode = \"statement\"\n", "statement"),
         ("[auth]\nclient_auth = \"kerberos\"\n", "kerberos"),
-        ("[observability]\nexplain_sample_rate = 2.0\n", "explain_sample_rate"),
+        (
+            "[observability]\nexplain_sample_rate = 2.0\n",
+            "explain_sample_rate",
+        ),
         ("[admin]\nusers = [\"root\"]\n", "admin.users[0]"),
         ("[proxy]\nmax_client_conn = 0\n", "proxy.max_client_conn"),
     ];
@@ -65,7 +73,9 @@ fn bad_values_are_refused_with_the_key() {
 
 #[test]
 fn bad_cluster_addresses_are_refused() {
-    let err = parse("[cluster]\nprimary = \"localhost\"\n").unwrap_err().to_string();
+    let err = parse("[cluster]\nprimary = \"localhost\"\n")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("host:port"), "{err}");
     let err = parse("[cluster]\nprimary = \"h:1\"\nreplicas = [\"h:1\"]\n")
         .unwrap_err()
@@ -79,7 +89,9 @@ fn user_password_sources() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("users[0].password"), "{err}");
-    let trust = parse("[cluster]\nprimary = \"h:1\"\n[auth]\nclient_auth = \"trust\"\n[[users]]\nname = \"a\"\n");
+    let trust = parse(
+        "[cluster]\nprimary = \"h:1\"\n[auth]\nclient_auth = \"trust\"\n[[users]]\nname = \"a\"\n",
+    );
     assert!(trust.is_ok());
     let err = parse("[cluster]\nprimary = \"h:1\"\n[[users]]\nname = \"a\"\npassword_env = \"PGSIDECAR_TEST_UNSET_VAR\"\n")
         .unwrap_err()

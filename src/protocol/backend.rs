@@ -74,7 +74,12 @@ pub fn row_description(out: &mut BytesMut, columns: &[&str]) {
 
 /// A DataRow of text values (`None` is SQL NULL).
 pub fn data_row(out: &mut BytesMut, values: &[Option<&str>]) {
-    let len = 4 + 2 + values.iter().map(|v| 4 + v.map_or(0, str::len)).sum::<usize>();
+    let len = 4
+        + 2
+        + values
+            .iter()
+            .map(|v| 4 + v.map_or(0, str::len))
+            .sum::<usize>();
     out.reserve(len + 1);
     out.put_u8(b'D');
     out.put_u32(len as u32);

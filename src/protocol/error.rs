@@ -131,7 +131,10 @@ pub enum ProtocolError {
 
 impl From<ProtocolError> for WireError {
     fn from(e: ProtocolError) -> Self {
-        WireError::fatal(SqlState::PROTOCOL_VIOLATION, format!("invalid protocol: {e}"))
+        WireError::fatal(
+            SqlState::PROTOCOL_VIOLATION,
+            format!("invalid protocol: {e}"),
+        )
     }
 }
 

@@ -88,11 +88,17 @@ fn parse_startup(version: u32, body: &[u8]) -> Result<StartupMessage, WireError>
     if major != 3 {
         return Err(WireError::fatal(
             SqlState::FEATURE_NOT_SUPPORTED,
-            format!("unsupported frontend protocol {major}.{minor}: pgsidecar supports protocol 3.0"),
+            format!(
+                "unsupported frontend protocol {major}.{minor}: pgsidecar supports protocol 3.0"
+            ),
         ));
     }
-    let malformed =
-        |what: &str| WireError::fatal(SqlState::PROTOCOL_VIOLATION, format!("invalid startup packet: {what}"));
+    let malformed = |what: &str| {
+        WireError::fatal(
+            SqlState::PROTOCOL_VIOLATION,
+            format!("invalid startup packet: {what}"),
+        )
+    };
     let mut params = Vec::new();
     let mut rest = body;
     loop {
@@ -103,18 +109,23 @@ fn parse_startup(version: u32, body: &[u8]) -> Result<StartupMessage, WireError>
         if end == 0 {
             break;
         }
-        let key = std::str::from_utf8(&rest[..end]).map_err(|_| malformed("parameter name is not UTF-8"))?;
+        let key = std::str::from_utf8(&rest[..end])
+            .map_err(|_| malformed("parameter name is not UTF-8"))?;
         rest = &rest[end + 1..];
         let vend = rest
             .iter()
             .position(|b| *b == 0)
             .ok_or_else(|| malformed(&format!("parameter \"{key}\" has no value")))?;
-        let value =
-            std::str::from_utf8(&rest[..vend]).map_err(|_| malformed(&format!("value of \"{key}\" is not UTF-8")))?;
+        let value = std::str::from_utf8(&rest[..vend])
+            .map_err(|_| malformed(&format!("value of \"{key}\" is not UTF-8")))?;
         rest = &rest[vend + 1..];
         params.push((key.to_string(), value.to_string()));
     }
-    Ok(StartupMessage { major, minor, params })
+    Ok(StartupMessage {
+        major,
+        minor,
+        params,
+    })
 }
 
 fn looks_like_http(buf: &[u8]) -> bool {
@@ -125,7 +136,12 @@ fn looks_like_http(buf: &[u8]) -> bool {
 /// Encodes a StartupMessage for protocol 3.0 (used when logging into servers).
 pub fn encode_startup(out: &mut bytes::BytesMut, params: &[(&str, &str)]) {
     use bytes::BufMut;
-    let len: usize = 8 + params.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>() + 1;
+    let len: usize = 8
+        + params
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum::<usize>()
+        + 1;
     out.put_u32(len as u32);
     out.put_u32(196_608);
     for (k, v) in params {
@@ -173,7 +189,9 @@ mod tests {
         encode_startup(&mut b, &[("user", "app"), ("database", "db")]);
         let (p, n) = parse(&b).unwrap().unwrap();
         assert_eq!(n, b.len());
-        let StartupPacket::Startup(s) = p else { panic!() };
+        let StartupPacket::Startup(s) = p else {
+            panic!()
+        };
         assert_eq!((s.major, s.minor), (3, 0));
         assert_eq!(s.param("user"), Some("app"));
         assert_eq!(s.param("database"), Some("db"));
@@ -183,7 +201,13 @@ mod tests {
     fn cancel_round_trip() {
         let c = encode_cancel(42, &7i32.to_be_bytes());
         let (p, _) = parse(&c).unwrap().unwrap();
-        assert_eq!(p, StartupPacket::Cancel { pid: 42, secret: 7i32.to_be_bytes().to_vec() });
+        assert_eq!(
+            p,
+            StartupPacket::Cancel {
+                pid: 42,
+                secret: 7i32.to_be_bytes().to_vec()
+            }
+        );
     }
 
     #[test]

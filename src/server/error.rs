@@ -25,9 +25,13 @@ pub enum ServerError {
         /// The server's ErrorResponse, forwarded to the client unchanged.
         frame: Bytes,
     },
-    #[error("server {addr} asked for authentication method {method}, which pgsidecar does not support")]
+    #[error(
+        "server {addr} asked for authentication method {method}, which pgsidecar does not support"
+    )]
     UnsupportedAuth { addr: String, method: String },
-    #[error("server {addr} asked user \"{user}\" for a password, but pgsidecar has no {what} for it")]
+    #[error(
+        "server {addr} asked user \"{user}\" for a password, but pgsidecar has no {what} for it"
+    )]
     NoPassword {
         addr: String,
         user: String,

@@ -104,7 +104,8 @@ async fn connect_inner(p: &LoginParams, addr: Arc<str>) -> Result<ServerConn, Se
         let body = frame::body(&msg);
         match tag {
             be::AUTHENTICATION => {
-                let code = be_i32(body).ok_or_else(|| protocol(p, "short authentication message"))?;
+                let code =
+                    be_i32(body).ok_or_else(|| protocol(p, "short authentication message"))?;
                 out.clear();
                 match code {
                     0 => {}
@@ -129,10 +130,7 @@ async fn connect_inner(p: &LoginParams, addr: Arc<str>) -> Result<ServerConn, Se
                     }
                     10 => {
                         let mechanisms = &body[4..];
-                        if !mechanisms
-                            .split(|b| *b == 0)
-                            .any(|m| m == b"SCRAM-SHA-256")
-                        {
+                        if !mechanisms.split(|b| *b == 0).any(|m| m == b"SCRAM-SHA-256") {
                             return Err(ServerError::UnsupportedAuth {
                                 addr: p.addr(),
                                 method: String::from_utf8_lossy(mechanisms).replace('\0', " "),
@@ -153,12 +151,16 @@ async fn connect_inner(p: &LoginParams, addr: Arc<str>) -> Result<ServerConn, Se
                         scram = Some(s);
                     }
                     11 => {
-                        let s = scram.as_mut().ok_or_else(|| protocol(p, "SASL continue without SASL"))?;
+                        let s = scram
+                            .as_mut()
+                            .ok_or_else(|| protocol(p, "SASL continue without SASL"))?;
                         let reply = s.server_first(&body[4..]).map_err(|e| scram_error(p, e))?;
                         password_message(&mut out, &reply, false);
                     }
                     12 => {
-                        let s = scram.as_ref().ok_or_else(|| protocol(p, "SASL final without SASL"))?;
+                        let s = scram
+                            .as_ref()
+                            .ok_or_else(|| protocol(p, "SASL final without SASL"))?;
                         s.server_final(&body[4..]).map_err(|e| scram_error(p, e))?;
                     }
                     other => {
@@ -178,7 +180,8 @@ async fn connect_inner(p: &LoginParams, addr: Arc<str>) -> Result<ServerConn, Se
                 params.params.push((name.to_string(), value.to_string()));
             }
             be::BACKEND_KEY_DATA => {
-                params.backend_pid = be_i32(body).ok_or_else(|| protocol(p, "short BackendKeyData"))?;
+                params.backend_pid =
+                    be_i32(body).ok_or_else(|| protocol(p, "short BackendKeyData"))?;
                 params.backend_secret = body[4..].to_vec();
             }
             be::READY_FOR_QUERY => {
@@ -220,10 +223,13 @@ async fn read_message(
             }
             _ => {}
         }
-        let n = stream.read_buf(buf).await.map_err(|source| ServerError::Io {
-            addr: p.addr(),
-            source,
-        })?;
+        let n = stream
+            .read_buf(buf)
+            .await
+            .map_err(|source| ServerError::Io {
+                addr: p.addr(),
+                source,
+            })?;
         if n == 0 {
             return Err(ServerError::Closed { addr: p.addr() });
         }

@@ -198,7 +198,12 @@ pub struct Pools {
 impl Pools {
     /// The pool for `key`, created with `config` and the user's server
     /// secret if it does not exist.
-    pub fn get(&self, key: &PoolKey, config: &Config, secret: impl FnOnce() -> ServerSecret) -> Arc<ServerPool> {
+    pub fn get(
+        &self,
+        key: &PoolKey,
+        config: &Config,
+        secret: impl FnOnce() -> ServerSecret,
+    ) -> Arc<ServerPool> {
         if let Some(p) = self.map.read().unwrap_or_else(|p| p.into_inner()).get(key) {
             return p.clone();
         }

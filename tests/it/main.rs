@@ -1,1 +1,5 @@
 //! Integration tests against real PostgreSQL (one binary).
+
+mod harness;
+
+mod cluster_smoke;

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::client::cancel::CancelRegistry;
 use crate::client::credentials::Credentials;
+use crate::client::prepared::StatementRegistry;
 use crate::config::{Config, ConfigHandle};
 use crate::server::Pools;
 
@@ -21,6 +22,8 @@ pub struct Shared {
     pub credentials: ArcSwap<Credentials>,
     pub pools: Pools,
     pub cancels: Arc<CancelRegistry>,
+    /// Prepared statements shared by all clients.
+    pub statements: Arc<StatementRegistry>,
     /// Connected clients (for max_client_conn).
     pub clients: AtomicUsize,
 }
@@ -53,6 +56,7 @@ impl Proxy {
             credentials: ArcSwap::from_pointee(credentials),
             pools: Pools::default(),
             cancels: Arc::new(CancelRegistry::default()),
+            statements: Arc::new(StatementRegistry::default()),
             clients: AtomicUsize::new(0),
         });
         let listener = TcpListener::bind(listen)

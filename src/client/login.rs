@@ -140,6 +140,7 @@ where
         mode: config.proxy.pool_mode,
         max_message: config.proxy.max_message_size as usize,
         cancel,
+        registry: shared.statements.clone(),
     }))
 }
 

@@ -4,11 +4,14 @@
 mod auth;
 pub mod cancel;
 pub mod credentials;
+mod expect;
+mod flow;
 mod handshake;
+mod idle;
 mod listener;
 mod login;
+pub mod prepared;
 mod relay;
 mod session;
-mod tracker;
 
 pub use listener::accept_loop;

@@ -8,13 +8,12 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 
 use crate::protocol::frame;
 use crate::protocol::{ProtocolError, WireError};
-use crate::server::ServerConn;
 
 /// Stop reading a side once this much is waiting to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -34,24 +33,44 @@ pub enum ClientStep {
 pub enum ServerStep {
     Forward,
     Drop,
-    /// Forward it, then end the relay: the server can be released.
-    ForwardAndRelease,
+    /// Forward it (or drop it, if `false`), then end the relay: the server
+    /// can be released.
+    Release(bool),
+}
+
+/// Bytes the proxy itself sends the client, in order with server output.
+#[derive(Default)]
+pub struct Outbox(Vec<Bytes>);
+
+impl Outbox {
+    pub fn push(&mut self, bytes: Bytes) {
+        self.0.push(bytes);
+    }
 }
 
 /// The session's part of the relay.
 pub trait Flow {
-    /// A complete client frame; append what the server must receive to
-    /// `to_server`.
+    /// A complete client frame: append what the server must receive to
+    /// `to_server`, and any reply the proxy makes itself to `to_client`.
     fn client_frame(
         &mut self,
         tag: u8,
         frame: &[u8],
         to_server: &mut BytesMut,
+        to_client: &mut Outbox,
     ) -> Result<ClientStep, WireError>;
     /// Whether `server_frame` wants to see complete frames with this tag.
     fn inspects(&self, tag: u8) -> bool;
-    /// A complete server frame with an inspected tag.
-    fn server_frame(&mut self, tag: u8, frame: &[u8]) -> ServerStep;
+    /// A complete server frame with an inspected tag; `then` receives bytes
+    /// to send the client right after it.
+    fn server_frame(&mut self, tag: u8, frame: &[u8], then: &mut Outbox) -> ServerStep;
+}
+
+/// The server connection's I/O parts the relay drives.
+pub struct ServerIo<'a> {
+    pub stream: &'a mut tokio::net::TcpStream,
+    pub rbuf: &'a mut BytesMut,
+    pub wbuf: &'a mut BytesMut,
 }
 
 /// Why a relay ended.
@@ -75,6 +94,8 @@ enum Chunk {
     Forward(usize),
     /// The next n bytes of the server buffer are dropped.
     Skip(usize),
+    /// Bytes made by the proxy.
+    Own(Bytes),
 }
 
 /// s2c bookkeeping: which scanned server bytes go where.
@@ -98,10 +119,16 @@ impl ServerSide {
     }
 
     fn add(&mut self, chunk: Chunk) {
-        self.scanned += match chunk {
-            Chunk::Forward(n) | Chunk::Skip(n) => n,
-        };
+        if let Chunk::Forward(n) | Chunk::Skip(n) = chunk {
+            self.scanned += n;
+        }
         self.push(chunk);
+    }
+
+    fn add_own(&mut self, outbox: &mut Outbox) {
+        for b in outbox.0.drain(..) {
+            self.push(Chunk::Own(b));
+        }
     }
 
     /// Scans newly read server bytes into chunks.
@@ -130,14 +157,20 @@ impl ServerSide {
                 if rest.len() < total {
                     break;
                 }
-                match flow.server_frame(tag, &rest[..total]) {
+                let mut then = Outbox::default();
+                match flow.server_frame(tag, &rest[..total], &mut then) {
                     ServerStep::Forward => self.add(Chunk::Forward(total)),
                     ServerStep::Drop => self.add(Chunk::Skip(total)),
-                    ServerStep::ForwardAndRelease => {
-                        self.add(Chunk::Forward(total));
+                    ServerStep::Release(forward) => {
+                        self.add(if forward {
+                            Chunk::Forward(total)
+                        } else {
+                            Chunk::Skip(total)
+                        });
                         self.release = true;
                     }
                 }
+                self.add_own(&mut then);
             } else {
                 let take = total.min(rest.len());
                 self.partial = total - take;
@@ -157,9 +190,11 @@ impl ServerSide {
 fn process_client<F: Flow>(
     cbuf: &mut BytesMut,
     wbuf: &mut BytesMut,
+    side: &mut ServerSide,
     flow: &mut F,
     max_message: usize,
 ) -> Result<bool, WireError> {
+    let mut outbox = Outbox::default();
     loop {
         let Some((tag, total)) = frame::header(cbuf)? else {
             return Ok(false);
@@ -175,7 +210,8 @@ fn process_client<F: Flow>(
             cbuf.reserve(total - cbuf.len());
             return Ok(false);
         }
-        let step = flow.client_frame(tag, &cbuf[..total], wbuf)?;
+        let step = flow.client_frame(tag, &cbuf[..total], wbuf, &mut outbox)?;
+        side.add_own(&mut outbox);
         cbuf.advance(total);
         if let ClientStep::Terminate = step {
             return Ok(true);
@@ -194,7 +230,7 @@ fn reserve(buf: &mut BytesMut) {
 pub async fn relay<S, F>(
     client: &mut S,
     cbuf: &mut BytesMut,
-    server: &mut ServerConn,
+    server: ServerIo<'_>,
     flow: &mut F,
     max_message: usize,
 ) -> RelayEnd
@@ -202,10 +238,14 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: Flow,
 {
-    let (sstream, rbuf, wbuf) = server.parts();
+    let ServerIo {
+        stream: sstream,
+        rbuf,
+        wbuf,
+    } = server;
     let mut side = ServerSide::default();
     // Frames already read from the client are handled before any I/O.
-    match process_client(cbuf, wbuf, flow, max_message) {
+    match process_client(cbuf, wbuf, &mut side, flow, max_message) {
         Err(e) => return RelayEnd::ClientError(e),
         Ok(true) => return RelayEnd::ClientGone,
         Ok(false) => {}
@@ -254,7 +294,7 @@ where
                 }
                 Poll::Ready(Ok(_)) => {
                     progress = true;
-                    match process_client(cbuf, wbuf, flow, max_message) {
+                    match process_client(cbuf, wbuf, side, flow, max_message) {
                         Err(e) => return Poll::Ready(RelayEnd::ClientError(e)),
                         Ok(true) => return Poll::Ready(RelayEnd::ClientGone),
                         Ok(false) => {}
@@ -310,6 +350,20 @@ where
                     side.scanned -= *n;
                     side.chunks.pop_front();
                 }
+                Chunk::Own(b) => match Pin::new(&mut *client).poll_write(cx, b) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(RelayEnd::ClientGone);
+                    }
+                    Poll::Ready(Ok(w)) => {
+                        b.advance(w);
+                        if b.is_empty() {
+                            side.chunks.pop_front();
+                        }
+                        wrote = true;
+                        progress = true;
+                    }
+                    Poll::Pending => break,
+                },
                 Chunk::Forward(n) => match Pin::new(&mut *client).poll_write(cx, &rbuf[..*n]) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(RelayEnd::ClientGone);

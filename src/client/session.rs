@@ -10,13 +10,16 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::cancel::{CancelHandle, CancelTarget};
-use super::relay::{self, ClientStep, Flow, RelayEnd, ServerStep};
-use super::tracker::Tracker;
+use super::expect::Expectations;
+use super::flow::{SessionFlow, check_frontend_tag};
+use super::idle::{self, Idle};
+use super::prepared::{ClientStatements, StatementRegistry};
+use super::relay::{self, RelayEnd, ServerIo};
 use crate::config::PoolMode;
 use crate::protocol::backend;
-use crate::protocol::frame::{self, be, fe};
+use crate::protocol::frame::{self, fe};
 use crate::protocol::{ProtocolError, SqlState, WireError};
-use crate::server::{Lease, ServerConn, ServerPool};
+use crate::server::{Lease, ServerPool};
 
 /// Time allowed for the proxy's own clean-up statements (ROLLBACK,
 /// DISCARD ALL) before the server connection is closed instead.
@@ -28,73 +31,21 @@ pub struct SessionCtx {
     pub mode: PoolMode,
     pub max_message: usize,
     pub cancel: CancelHandle,
+    pub registry: Arc<StatementRegistry>,
 }
 
-/// A server connection held by the session, with its protocol position.
+/// A server connection held by the session, with what it still owes.
 struct Held {
     lease: Lease,
-    tracker: Tracker,
+    expect: Expectations,
+    /// The client's unnamed statement exists on this server.
+    unnamed_here: bool,
 }
 
-/// The relay's view of the session for one stretch of work on a server.
-struct TxFlow<'a> {
-    tracker: &'a mut Tracker,
-    release_when_idle: bool,
-}
-
-impl Flow for TxFlow<'_> {
-    fn client_frame(
-        &mut self,
-        tag: u8,
-        frame: &[u8],
-        to_server: &mut BytesMut,
-    ) -> Result<ClientStep, WireError> {
-        check_frontend_tag(tag)?;
-        if tag == fe::TERMINATE {
-            return Ok(ClientStep::Terminate);
-        }
-        self.tracker.sent(tag);
-        to_server.extend_from_slice(frame);
-        Ok(ClientStep::Continue)
-    }
-
-    fn inspects(&self, tag: u8) -> bool {
-        matches!(tag, be::READY_FOR_QUERY | be::COPY_IN_RESPONSE)
-    }
-
-    fn server_frame(&mut self, tag: u8, frame: &[u8]) -> ServerStep {
-        let quiet = self.tracker.received(tag, frame::ready_status(frame));
-        if quiet && self.release_when_idle && self.tracker.is_reusable() {
-            ServerStep::ForwardAndRelease
-        } else {
-            ServerStep::Forward
-        }
-    }
-}
-
-/// Refuses message types a client may not send after login, as Postgres
-/// does, without bothering a server with them.
-fn check_frontend_tag(tag: u8) -> Result<(), WireError> {
-    match tag {
-        fe::QUERY
-        | fe::PARSE
-        | fe::BIND
-        | fe::DESCRIBE
-        | fe::EXECUTE
-        | fe::CLOSE
-        | fe::SYNC
-        | fe::FLUSH
-        | fe::FUNCTION_CALL
-        | fe::TERMINATE
-        | fe::COPY_DATA
-        | fe::COPY_DONE
-        | fe::COPY_FAIL => Ok(()),
-        other => Err(ProtocolError::Unexpected {
-            tag: other,
-            when: "after login",
-        }
-        .into()),
-    }
+/// Per-client state that outlives any one server.
+#[derive(Default)]
+struct ClientState {
+    statements: ClientStatements,
 }
 
 /// Runs a logged-in client until it leaves.
@@ -102,8 +53,13 @@ pub async fn run<S>(mut stream: S, mut cbuf: BytesMut, ctx: SessionCtx)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    use tracing::Instrument;
     let mut held: Option<Held> = None;
-    let result = serve(&mut stream, &mut cbuf, &ctx, &mut held).await;
+    let mut client = ClientState::default();
+    let span = tracing::debug_span!("client", pid = ctx.cancel.slot.pid);
+    let result = serve(&mut stream, &mut cbuf, &ctx, &mut client, &mut held)
+        .instrument(span)
+        .await;
     if let Err(e) = result {
         let _ = stream.write_all(&e.to_bytes()).await;
     }
@@ -118,11 +74,14 @@ async fn serve<S>(
     stream: &mut S,
     cbuf: &mut BytesMut,
     ctx: &SessionCtx,
+    client: &mut ClientState,
     held: &mut Option<Held>,
 ) -> Result<(), WireError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // Replies made while idle, written once no further request is buffered.
+    let mut out = BytesMut::new();
     loop {
         if held.is_none() {
             // Idle: nothing is held until a request needs a server.
@@ -130,26 +89,35 @@ where
                 return Ok(());
             };
             check_frontend_tag(tag)?;
-            match tag {
-                fe::TERMINATE => return Ok(()),
-                fe::SYNC | fe::FLUSH if cbuf_only_this(cbuf) => {
-                    // Nothing to synchronise with: answer without a server.
-                    let sync = tag == fe::SYNC;
-                    cbuf.clear();
-                    if sync {
-                        let mut out = BytesMut::new();
-                        backend::ready_for_query(&mut out, b'I');
+            let (_, total) = frame::header(cbuf)?.expect("complete frame");
+            match idle::answer(
+                tag,
+                &cbuf[..total],
+                &mut client.statements,
+                &ctx.registry,
+                &ctx.pool,
+                &mut out,
+            )? {
+                Idle::Terminate => return Ok(()),
+                Idle::Answered => {
+                    cbuf.advance(total);
+                    if !matches!(frame::complete(cbuf), Ok(Some(_))) {
                         write(stream, &out).await?;
+                        out.clear();
                     }
                     continue;
                 }
-                _ => {}
+                Idle::NeedServer => {
+                    write(stream, &out).await?;
+                    out.clear();
+                }
             }
             match ctx.pool.checkout().await {
                 Ok(lease) => {
                     *held = Some(Held {
                         lease,
-                        tracker: Tracker::default(),
+                        expect: Expectations::default(),
+                        unnamed_here: false,
                     })
                 }
                 Err(e) => {
@@ -160,18 +128,29 @@ where
             }
         }
         let Some(h) = held.as_mut() else { continue };
-        let server: &mut ServerConn = &mut h.lease;
         ctx.cancel.slot.set(Some(CancelTarget {
-            server: server.peer,
-            pid: server.params.backend_pid,
-            secret: server.params.backend_secret.clone(),
+            server: h.lease.peer,
+            pid: h.lease.params.backend_pid,
+            secret: h.lease.params.backend_secret.clone(),
         }));
-        let mut flow = TxFlow {
-            tracker: &mut h.tracker,
+        let (io, state) = h.lease.split();
+        let mut flow = SessionFlow {
+            expect: &mut h.expect,
+            statements: &mut client.statements,
+            registry: &ctx.registry,
+            server: state,
+            pool: &ctx.pool,
+            unnamed_here: &mut h.unnamed_here,
             release_when_idle: ctx.mode == PoolMode::Transaction,
         };
-        let end = relay::relay(stream, cbuf, server, &mut flow, ctx.max_message).await;
+        let io = ServerIo {
+            stream: io.stream,
+            rbuf: io.rbuf,
+            wbuf: io.wbuf,
+        };
+        let end = relay::relay(stream, cbuf, io, &mut flow, ctx.max_message).await;
         ctx.cancel.slot.set(None);
+        tracing::debug!(pid = ctx.cancel.slot.pid, ?end, status = %char::from(h.expect.status()), "relay ended");
         match end {
             RelayEnd::Released => {
                 *held = None;
@@ -191,11 +170,6 @@ where
             }
         }
     }
-}
-
-/// True if the buffer holds exactly one complete frame.
-fn cbuf_only_this(cbuf: &BytesMut) -> bool {
-    matches!(frame::header(cbuf), Ok(Some((_, total))) if total == cbuf.len())
 }
 
 /// Waits until `cbuf` starts with a complete frame; returns its tag, or
@@ -262,6 +236,9 @@ where
 }
 
 async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> Result<(), WireError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
     // A client that cannot be written to is gone; the caller's next read
     // will see it.
     let _ = stream.write_all(bytes).await;
@@ -273,8 +250,10 @@ async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> Result<()
 /// DISCARD ALL; anything else closes it, so no transaction or session state
 /// reaches the next client.
 async fn leave_server_clean(held: Held, mode: PoolMode) {
-    let Held { mut lease, tracker } = held;
-    if !tracker.is_quiet() {
+    let Held {
+        mut lease, expect, ..
+    } = held;
+    if !expect.is_quiet() {
         // A query is still running: cancel it and close the connection.
         let target = CancelTarget {
             server: lease.peer,
@@ -287,12 +266,16 @@ async fn leave_server_clean(held: Held, mode: PoolMode) {
         lease.mark_broken();
         return;
     }
-    let script = match (tracker.status(), mode) {
+    let script = match (expect.status(), mode) {
         (b'I', PoolMode::Transaction) => return,
         (b'I', PoolMode::Session) => "DISCARD ALL",
         (_, PoolMode::Transaction) => "ROLLBACK",
         (_, PoolMode::Session) => "ROLLBACK; DISCARD ALL",
     };
+    if mode == PoolMode::Session {
+        // DISCARD ALL drops every prepared statement on the server.
+        lease.state.prepared.clear();
+    }
     match tokio::time::timeout(CLEANUP_TIMEOUT, lease.run_internal(script)).await {
         Ok(Ok(b'I')) => {}
         _ => lease.mark_broken(),

@@ -149,6 +149,10 @@ impl Config {
                 u64::from(self.proxy.max_message_size >= 1024),
             ),
             ("pool.db_cores", self.pool.db_cores as u64),
+            (
+                "pool.prepared_statements_cache",
+                self.pool.prepared_statements_cache as u64,
+            ),
             ("pool.sidecars", self.pool.sidecars as u64),
             (
                 "pool.checkout_timeout",

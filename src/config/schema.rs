@@ -124,6 +124,8 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub max_lifetime: Duration,
+    /// Prepared statements kept per server connection (LRU).
+    pub prepared_statements_cache: u32,
 }
 
 impl Default for PoolConfig {
@@ -136,6 +138,7 @@ impl Default for PoolConfig {
             checkout_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
+            prepared_statements_cache: 500,
         }
     }
 }

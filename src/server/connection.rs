@@ -9,6 +9,8 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
+use super::prepared::PreparedOnServer;
+
 /// What a server reported at login: its ParameterStatus values and the key
 /// a CancelRequest needs.
 #[derive(Debug, Default, Clone)]
@@ -51,6 +53,20 @@ pub struct ServerConn {
     pub params: Arc<ServerParams>,
     pub created: Instant,
     health: Health,
+    pub state: ServerState,
+}
+
+/// Session state the proxy has left on a server connection.
+pub struct ServerState {
+    /// Proxy-named prepared statements present on it.
+    pub prepared: PreparedOnServer,
+}
+
+/// The I/O half of a split connection.
+pub struct ServerIoParts<'a> {
+    pub stream: &'a mut TcpStream,
+    pub rbuf: &'a mut BytesMut,
+    pub wbuf: &'a mut BytesMut,
 }
 
 impl ServerConn {
@@ -60,6 +76,7 @@ impl ServerConn {
         addr: Arc<str>,
         peer: std::net::SocketAddr,
         params: ServerParams,
+        prepared_capacity: usize,
     ) -> Self {
         ServerConn {
             stream,
@@ -71,6 +88,9 @@ impl ServerConn {
             params: Arc::new(params),
             created: Instant::now(),
             health: Health::Clean,
+            state: ServerState {
+                prepared: PreparedOnServer::new(prepared_capacity),
+            },
         }
     }
 
@@ -98,17 +118,23 @@ impl ServerConn {
             Poll::Ready(Err(_)) => false,
             Poll::Ready(Ok(())) => {
                 let mut probe = [0u8; 1];
-                match self.stream.try_read(&mut probe) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
-                    _ => false,
-                }
+                matches!(self.stream.try_read(&mut probe),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
             }
         }
     }
 
-    /// Splits the connection into what the relay drives.
-    pub(crate) fn parts(&mut self) -> (&mut TcpStream, &mut BytesMut, &mut BytesMut) {
-        (&mut self.stream, &mut self.rbuf, &mut self.wbuf)
+    /// Splits the connection into its I/O parts and its session state, so
+    /// the relay can drive one while the session updates the other.
+    pub fn split(&mut self) -> (ServerIoParts<'_>, &mut ServerState) {
+        (
+            ServerIoParts {
+                stream: &mut self.stream,
+                rbuf: &mut self.rbuf,
+                wbuf: &mut self.wbuf,
+            },
+            &mut self.state,
+        )
     }
 }
 

@@ -26,6 +26,8 @@ pub struct LoginParams {
     pub database: String,
     pub secret: ServerSecret,
     pub connect_timeout: Duration,
+    /// Capacity of the connection's prepared-statement LRU.
+    pub prepared_capacity: usize,
 }
 
 /// How the proxy proves itself to a server. `Debug` names the kind only.
@@ -185,7 +187,14 @@ async fn connect_inner(p: &LoginParams, addr: Arc<str>) -> Result<ServerConn, Se
                 params.backend_secret = body[4..].to_vec();
             }
             be::READY_FOR_QUERY => {
-                return Ok(ServerConn::new(stream, buf, addr, peer, params));
+                return Ok(ServerConn::new(
+                    stream,
+                    buf,
+                    addr,
+                    peer,
+                    params,
+                    p.prepared_capacity,
+                ));
             }
             be::ERROR_RESPONSE => {
                 let (_, code, message) = crate::protocol::error::parse_error_fields(&msg);

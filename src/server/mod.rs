@@ -5,8 +5,10 @@ mod connection;
 mod error;
 mod login;
 mod pool;
+mod prepared;
 
-pub use connection::{ServerConn, ServerParams};
+pub use connection::{ServerConn, ServerIoParts, ServerParams, ServerState};
 pub use error::{CheckoutError, ClientReport, ServerError};
 pub use login::{LoginParams, ServerSecret};
 pub use pool::{Lease, PoolKey, Pools, ServerPool};
+pub use prepared::{PreparedOnServer, statement_name};

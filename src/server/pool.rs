@@ -2,7 +2,7 @@
 //! registry that creates them on first use, and checkout with the errors a
 //! client understands.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -94,6 +94,10 @@ pub struct ServerPool {
     params: ArcSwapOption<ServerParams>,
     first_connect: tokio::sync::Mutex<()>,
     last_error: LastError,
+    /// Statements that have been prepared successfully on a server of this
+    /// pool, so a client's Parse of one can be acknowledged before it is
+    /// needed on a server.
+    good_statements: RwLock<HashSet<u64>>,
 }
 
 impl ServerPool {
@@ -107,6 +111,7 @@ impl ServerPool {
                 database: key.database.clone(),
                 secret,
                 connect_timeout: config.cluster.connect_timeout,
+                prepared_capacity: config.pool.prepared_statements_cache as usize,
             },
             addr: key.node.to_string().into(),
             last_error: last_error.clone(),
@@ -130,6 +135,7 @@ impl ServerPool {
             params: ArcSwapOption::empty(),
             first_connect: tokio::sync::Mutex::new(()),
             last_error,
+            good_statements: RwLock::default(),
         }
     }
 
@@ -175,6 +181,26 @@ impl ServerPool {
                     },
                 })
             }
+        }
+    }
+
+    /// Whether statement `id` was prepared successfully in this pool.
+    pub fn statement_ok(&self, id: Option<u64>) -> bool {
+        id.is_some_and(|id| {
+            self.good_statements
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&id)
+        })
+    }
+
+    /// Records that statement `id` was prepared successfully.
+    pub fn mark_statement_ok(&self, id: u64) {
+        if !self.statement_ok(Some(id)) {
+            self.good_statements
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id);
         }
     }
 

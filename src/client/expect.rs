@@ -1,0 +1,325 @@
+//! What a server owes the client, in order. Every message sent to a server
+//! (the client's, or one the proxy injected) adds the response it will get;
+//! every response frame from the server is matched against the head of this
+//! queue. That is how the proxy drops the answers to its own messages, puts
+//! made-up answers (ParseComplete for a statement it did not need to send)
+//! at the right place, and knows when a server can change hands.
+
+use std::collections::VecDeque;
+
+use crate::protocol::frame::{be, fe};
+
+/// The request a response belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Parse,
+    Bind,
+    DescribeStatement,
+    DescribePortal,
+    Execute,
+    Close,
+    Sync,
+    /// A simple Query (possibly several statements): ends with ReadyForQuery.
+    Query,
+    FunctionCall,
+}
+
+impl Request {
+    /// Requests that end with ReadyForQuery.
+    fn ends_with_ready(self) -> bool {
+        matches!(self, Request::Sync | Request::Query | Request::FunctionCall)
+    }
+
+    /// The request a client message makes, if it gets any response.
+    pub fn of_frontend(tag: u8, describe_kind: u8) -> Option<Request> {
+        Some(match tag {
+            fe::PARSE => Request::Parse,
+            fe::BIND => Request::Bind,
+            fe::DESCRIBE if describe_kind == b'S' => Request::DescribeStatement,
+            fe::DESCRIBE => Request::DescribePortal,
+            fe::EXECUTE => Request::Execute,
+            fe::CLOSE => Request::Close,
+            fe::SYNC => Request::Sync,
+            fe::QUERY => Request::Query,
+            fe::FUNCTION_CALL => Request::FunctionCall,
+            _ => return None,
+        })
+    }
+}
+
+/// Who the response is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// The client asked: forward the response.
+    Client,
+    /// The proxy asked: drop the response (errors of injected Parse/Close
+    /// are still forwarded, because they are the client's errors too).
+    Proxy,
+}
+
+/// A made-up reply the proxy owes the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synthetic {
+    ParseComplete,
+    CloseComplete,
+}
+
+impl Synthetic {
+    pub fn bytes(self) -> &'static [u8] {
+        match self {
+            Synthetic::ParseComplete => b"1\0\0\0\x04",
+            Synthetic::CloseComplete => b"3\0\0\0\x04",
+        }
+    }
+}
+
+/// One queue entry. `token` lets the session recognise its own entries when
+/// they complete or fail (e.g. which statement a failed Parse was for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    Response {
+        request: Request,
+        audience: Audience,
+        token: u64,
+    },
+    Reply(Synthetic),
+}
+
+/// What to do with one server frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Forward,
+    Drop,
+}
+
+/// Something the session may need to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A request carrying this token failed with an ErrorResponse.
+    Failed { request: Request, token: u64 },
+    /// A request carrying this token completed successfully.
+    Done { request: Request, token: u64 },
+}
+
+/// The result of matching one server frame.
+#[derive(Debug, Default)]
+pub struct Matched {
+    pub disposition: Option<Disposition>,
+    /// Made-up replies to send right after this frame.
+    pub replies: Vec<Synthetic>,
+    pub events: Vec<Event>,
+    /// This frame was a ReadyForQuery.
+    pub ready: bool,
+}
+
+/// The response queue of one server connection plus the protocol position
+/// that decides when it may be released.
+#[derive(Debug)]
+pub struct Expectations {
+    queue: VecDeque<Expect>,
+    /// Extended-query messages sent since the last Sync.
+    batch_open: bool,
+    /// Between the server's CopyInResponse and the client's CopyDone/Fail.
+    copy_in: bool,
+    status: u8,
+}
+
+impl Default for Expectations {
+    fn default() -> Self {
+        Expectations {
+            queue: VecDeque::new(),
+            batch_open: false,
+            copy_in: false,
+            status: b'I',
+        }
+    }
+}
+
+impl Expectations {
+    /// Notes a message sent to the server. `token` is 0 unless the caller
+    /// wants events for it.
+    pub fn sent(&mut self, tag: u8, request: Option<Request>, audience: Audience, token: u64) {
+        match tag {
+            fe::SYNC => self.batch_open = false,
+            fe::QUERY | fe::FUNCTION_CALL => {}
+            fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE | fe::FLUSH => {
+                self.batch_open = true
+            }
+            fe::COPY_DONE | fe::COPY_FAIL => self.copy_in = false,
+            _ => {}
+        }
+        if tag == fe::SYNC && self.copy_in {
+            // The server ignores Sync during COPY IN: nothing to expect.
+            return;
+        }
+        if let Some(request) = request {
+            self.queue.push_back(Expect::Response {
+                request,
+                audience,
+                token,
+            });
+        }
+    }
+
+    /// A made-up reply for a client message the proxy answered itself.
+    /// Returns true if it is due right away (nothing owed before it).
+    pub fn reply(&mut self, reply: Synthetic) -> bool {
+        if self.queue.is_empty() {
+            true
+        } else {
+            self.queue.push_back(Expect::Reply(reply));
+            false
+        }
+    }
+
+    /// Matches one server frame (tag and, for ReadyForQuery, its status).
+    pub fn received(&mut self, tag: u8, status: u8) -> Matched {
+        let mut m = Matched::default();
+        let Some(Expect::Response {
+            request, audience, ..
+        }) = self.queue.front().cloned()
+        else {
+            // Nothing expected: asynchronous messages (NOTICE, NOTIFY,
+            // ParameterStatus) or a confused server; pass them on.
+            m.disposition = Some(Disposition::Forward);
+            if tag == be::READY_FOR_QUERY {
+                self.status = status;
+                m.ready = true;
+            }
+            return m;
+        };
+        let keep_for_client = match tag {
+            be::ERROR_RESPONSE => {
+                audience == Audience::Client || matches!(request, Request::Parse | Request::Close)
+            }
+            b'A' => true, // notifications are always the client's
+            _ => audience == Audience::Client,
+        };
+        m.disposition = Some(if keep_for_client {
+            Disposition::Forward
+        } else {
+            Disposition::Drop
+        });
+        let completes = match tag {
+            be::ERROR_RESPONSE => {
+                self.fail_head(&mut m);
+                false
+            }
+            be::READY_FOR_QUERY => {
+                self.status = status;
+                self.copy_in = false;
+                m.ready = true;
+                request.ends_with_ready()
+            }
+            be::PARSE_COMPLETE => request == Request::Parse,
+            be::BIND_COMPLETE => request == Request::Bind,
+            be::CLOSE_COMPLETE => request == Request::Close,
+            b'T' | b'n' => {
+                matches!(
+                    request,
+                    Request::DescribeStatement | Request::DescribePortal
+                )
+            }
+            be::COMMAND_COMPLETE | b'I' | b's' => request == Request::Execute,
+            be::COPY_IN_RESPONSE => {
+                self.start_copy_in();
+                false
+            }
+            _ => false,
+        };
+        if completes
+            && let Some(Expect::Response { request, token, .. }) = self.queue.pop_front()
+            && token != 0
+        {
+            m.events.push(Event::Done { request, token });
+        }
+        self.drain_replies(&mut m);
+        m
+    }
+
+    /// After an ErrorResponse: a simple Query or FunctionCall still ends
+    /// with ReadyForQuery; an extended-query request fails and the server
+    /// skips everything up to the next Sync, so those entries (and replies
+    /// made up for them) are dropped, as the server would have.
+    fn fail_head(&mut self, m: &mut Matched) {
+        let Some(Expect::Response { request, token, .. }) = self.queue.front().cloned() else {
+            return;
+        };
+        if token != 0 {
+            m.events.push(Event::Failed { request, token });
+        }
+        if request.ends_with_ready() {
+            return;
+        }
+        while let Some(e) = self.queue.front() {
+            if matches!(
+                e,
+                Expect::Response {
+                    request: Request::Sync,
+                    ..
+                }
+            ) {
+                break;
+            }
+            self.queue.pop_front();
+        }
+    }
+
+    /// Syncs the client sent after the COPY command but before the server
+    /// entered COPY IN are ignored by the server.
+    fn start_copy_in(&mut self) {
+        self.copy_in = true;
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        let mut first = true;
+        for e in self.queue.drain(..) {
+            let is_sync = matches!(
+                e,
+                Expect::Response {
+                    request: Request::Sync,
+                    ..
+                }
+            );
+            if first || !is_sync {
+                kept.push_back(e);
+            }
+            first = false;
+        }
+        self.queue = kept;
+    }
+
+    fn drain_replies(&mut self, m: &mut Matched) {
+        while let Some(Expect::Reply(r)) = self.queue.front() {
+            m.replies.push(*r);
+            self.queue.pop_front();
+        }
+    }
+
+    /// The next response answers a message of the proxy's own.
+    pub fn head_is_proxy(&self) -> bool {
+        matches!(
+            self.queue.front(),
+            Some(Expect::Response {
+                audience: Audience::Proxy,
+                ..
+            })
+        )
+    }
+
+    /// Nothing owed and no batch open: the server is at a message boundary.
+    pub fn is_quiet(&self) -> bool {
+        self.queue.is_empty() && !self.batch_open
+    }
+
+    /// Quiet and outside a transaction block: safe for another client.
+    pub fn is_reusable(&self) -> bool {
+        self.is_quiet() && self.status == b'I'
+    }
+
+    /// Last transaction status from ReadyForQuery ('I', 'T' or 'E').
+    pub fn status(&self) -> u8 {
+        self.status
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+use super::*;
+
+fn client(e: &mut Expectations, tag: u8) {
+    let req = Request::of_frontend(tag, b'S');
+    e.sent(tag, req, Audience::Client, 0);
+}
+
+fn recv(e: &mut Expectations, tags: &[u8]) -> Vec<Disposition> {
+    tags.iter()
+        .map(|t| e.received(*t, b'I').disposition.unwrap())
+        .collect()
+}
+
+use Disposition::{Drop as D, Forward as F};
+
+#[test]
+fn simple_query_is_quiet_after_ready() {
+    let mut e = Expectations::default();
+    client(&mut e, fe::QUERY);
+    assert!(!e.is_quiet());
+    assert_eq!(recv(&mut e, b"TDCZ"), vec![F, F, F, F]);
+    assert!(e.is_reusable());
+}
+
+#[test]
+fn pipelined_queries_need_every_ready() {
+    let mut e = Expectations::default();
+    client(&mut e, fe::QUERY);
+    client(&mut e, fe::QUERY);
+    recv(&mut e, b"CZ");
+    assert!(!e.is_quiet());
+    recv(&mut e, b"CZ");
+    assert!(e.is_quiet());
+}
+
+#[test]
+fn extended_batch_without_sync_holds_the_server() {
+    let mut e = Expectations::default();
+    client(&mut e, fe::PARSE);
+    client(&mut e, fe::FLUSH);
+    recv(&mut e, b"1");
+    assert!(!e.is_quiet());
+    client(&mut e, fe::SYNC);
+    recv(&mut e, b"Z");
+    assert!(e.is_reusable());
+}
+
+#[test]
+fn injected_parse_is_dropped_and_client_bind_forwarded() {
+    let mut e = Expectations::default();
+    e.sent(fe::PARSE, Some(Request::Parse), Audience::Proxy, 7);
+    client(&mut e, fe::BIND);
+    client(&mut e, fe::EXECUTE);
+    client(&mut e, fe::SYNC);
+    let m = e.received(b'1', 0);
+    assert_eq!(m.disposition, Some(D));
+    assert_eq!(
+        m.events,
+        vec![Event::Done {
+            request: Request::Parse,
+            token: 7
+        }]
+    );
+    assert_eq!(recv(&mut e, b"2DCZ"), vec![F, F, F, F]);
+    assert!(e.is_reusable());
+}
+
+#[test]
+fn made_up_reply_comes_after_earlier_responses() {
+    let mut e = Expectations::default();
+    client(&mut e, fe::BIND);
+    assert!(!e.reply(Synthetic::ParseComplete));
+    let m = e.received(be::BIND_COMPLETE, 0);
+    assert_eq!(m.replies, vec![Synthetic::ParseComplete]);
+    let mut idle = Expectations::default();
+    assert!(idle.reply(Synthetic::CloseComplete));
+}
+
+#[test]
+fn error_skips_to_sync_including_made_up_replies() {
+    let mut e = Expectations::default();
+    client(&mut e, fe::BIND);
+    e.reply(Synthetic::ParseComplete);
+    client(&mut e, fe::EXECUTE);
+    client(&mut e, fe::SYNC);
+    let m = e.received(be::ERROR_RESPONSE, 0);
+    assert_eq!(m.disposition, Some(F));
+    assert!(m.replies.is_empty());
+    recv(&mut e, b"Z");
+    assert!(e.is_reusable());
+}
+
+#[test]
+fn failed_injected_parse_is_reported_and_its_error_forwarded() {
+    let mut e = Expectations::default();
+    e.sent(fe::PARSE, Some(Request::Parse), Audience::Proxy, 3);
+    client(&mut e, fe::BIND);
+    client(&mut e, fe::SYNC);
+    let m = e.received(be::ERROR_RESPONSE, 0);
+    assert_eq!(m.disposition, Some(F));
+    assert_eq!(
+        m.events,
+        vec![Event::Failed {
+            request: Request::Parse,
+            token: 3
+        }]
+    );
+    recv(&mut e, b"Z");
+    assert!(e.is_quiet());
+}
+
+#[test]
+fn injected_query_is_dropped_entirely() {
+    let mut e = Expectations::default();
+    e.sent(fe::QUERY, Some(Request::Query), Audience::Proxy, 0);
+    client(&mut e, fe::QUERY);
+    assert_eq!(recv(&mut e, b"CSZ"), vec![D, D, D]);
+    assert!(!e.is_quiet());
+    assert_eq!(recv(&mut e, b"TDCZ"), vec![F, F, F, F]);
+    assert!(e.is_quiet());
+}
+
+#[test]
+fn extended_copy_in_ignores_syncs_sent_during_copy() {
+    // libpq: Parse Bind Execute Sync, CopyData…, CopyDone, Sync
+    let mut e = Expectations::default();
+    for tag in [fe::PARSE, fe::BIND, fe::EXECUTE, fe::SYNC] {
+        client(&mut e, tag);
+    }
+    recv(&mut e, b"12G");
+    client(&mut e, fe::COPY_DATA);
+    client(&mut e, fe::SYNC); // ignored by the server
+    client(&mut e, fe::COPY_DONE);
+    client(&mut e, fe::SYNC);
+    recv(&mut e, b"CZ");
+    assert!(e.is_reusable());
+}
+
+#[test]
+fn simple_copy_in_and_failure() {
+    let mut e = Expectations::default();
+    client(&mut e, fe::QUERY);
+    recv(&mut e, b"G");
+    client(&mut e, fe::COPY_DATA);
+    client(&mut e, fe::COPY_FAIL);
+    recv(&mut e, b"EZ");
+    assert!(e.is_reusable());
+}
+
+#[test]
+fn describe_statement_ends_at_row_description() {
+    let mut e = Expectations::default();
+    for tag in [fe::PARSE, fe::DESCRIBE, fe::SYNC] {
+        client(&mut e, tag);
+    }
+    recv(&mut e, b"1tT");
+    assert!(!e.is_quiet());
+    recv(&mut e, b"Z");
+    assert!(e.is_quiet());
+}
+
+#[test]
+fn transaction_block_is_not_reusable() {
+    let mut e = Expectations::default();
+    client(&mut e, fe::QUERY);
+    e.received(be::COMMAND_COMPLETE, 0);
+    e.received(be::READY_FOR_QUERY, b'T');
+    assert!(e.is_quiet() && !e.is_reusable());
+}

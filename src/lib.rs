@@ -15,8 +15,9 @@
 //! - [`proxy`]: wires the parts together and runs them.
 
 pub mod client;
+pub mod cluster;
 pub mod config;
+pub mod demo;
 pub mod protocol;
 pub mod proxy;
 pub mod server;
-pub mod demo;

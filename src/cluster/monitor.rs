@@ -57,7 +57,11 @@ impl ClusterView {
     /// Starts the monitor: one task per node, running until the returned
     /// handle is aborted (which stops every node task and closes their
     /// connections). Each task holds one connection to its node, as
-    /// `cluster.monitor_user` on `cluster.monitor_database`.
+    /// `cluster.monitor_user` on `cluster.monitor_database`: these count as
+    /// the proxy's own connections (one per node, besides the pools) against
+    /// the server's `max_connections`. Interval, timeouts and login are
+    /// re-read from `config` every round, so a reload applies at the next
+    /// check (a changed login reconnects).
     pub fn spawn_monitor(self: &Arc<Self>, config: ConfigHandle) -> JoinHandle<()> {
         let view = self.clone();
         tokio::spawn(async move {

@@ -42,6 +42,10 @@ const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(3);
 /// 0 however long the primary has been idle. One that is behind every sample
 /// kept ([`TIMELINE_WINDOW`](super::TIMELINE_WINDOW)) reports a lower bound
 /// and is never eligible; so is one whose lag is not known yet.
+///
+/// The monitor does not ask which primary a replica follows. After a
+/// failover, a replica still following the dead primary stops advancing,
+/// so the new primary's first write makes it lag and it loses its reads.
 #[derive(Debug)]
 pub struct ClusterView {
     pub(crate) nodes: Vec<NodeState>,

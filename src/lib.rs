@@ -15,6 +15,7 @@
 //! - [`proxy`]: wires the parts together and runs them.
 
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod protocol;

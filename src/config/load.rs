@@ -128,6 +128,7 @@ impl Config {
                 ));
             }
         }
+        self.cluster.validate_monitor(&self.users)?;
         for (i, replica) in self.cluster.replicas.iter().enumerate() {
             if *replica == self.cluster.primary {
                 return Err((

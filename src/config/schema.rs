@@ -85,10 +85,48 @@ pub struct ClusterConfig {
     /// Time allowed to open and log in a server connection.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Role the cluster monitor logs in as on every node (it checks role,
+    /// WAL position and replay lag each `routing.lag_check_interval`).
+    /// Must be one of `[[users]]`, whose password it uses; default: the
+    /// first `[[users]]` entry (`postgres` if there is none). The monitor
+    /// holds one connection per node, on top of the pools: count them
+    /// among the proxy's own connections when sizing `max_connections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor_user: Option<String>,
+    /// Database the monitor's connections open (any database works; the
+    /// checks read only cluster-wide state).
+    #[serde(default = "default_monitor_database")]
+    pub monitor_database: String,
 }
 
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
+}
+
+fn default_monitor_database() -> String {
+    "postgres".into()
+}
+
+impl ClusterConfig {
+    /// Checks the monitor keys against the `[[users]]` list. Errors are
+    /// `(key, message)` like the loader's other cross-field checks.
+    pub(super) fn validate_monitor(&self, users: &[UserConfig]) -> Result<(), (String, String)> {
+        if let Some(user) = &self.monitor_user
+            && !users.iter().any(|u| &u.name == user)
+        {
+            return Err((
+                "cluster.monitor_user".into(),
+                format!("`{user}` is not defined in [[users]]"),
+            ));
+        }
+        if self.monitor_database.is_empty() {
+            return Err((
+                "cluster.monitor_database".into(),
+                "must not be empty".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

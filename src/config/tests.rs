@@ -115,3 +115,28 @@ fn serialised_config_masks_passwords() {
     assert!(!out.contains("secret"), "{out}");
     assert!(out.contains("********"), "{out}");
 }
+
+#[test]
+fn monitor_keys_default_and_are_checked_against_users() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.cluster.monitor_user, None);
+    assert_eq!(c.cluster.monitor_database, "postgres");
+    let text = MINIMAL.replace(
+        "primary = \"127.0.0.1:5432\"",
+        "primary = \"127.0.0.1:5432\"\nmonitor_user = \"app\"\nmonitor_database = \"ops\"",
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.cluster.monitor_user.as_deref(), Some("app"));
+    assert_eq!(c.cluster.monitor_database, "ops");
+    for (key, needle) in [
+        ("monitor_user = \"nobody\"", "cluster.monitor_user"),
+        ("monitor_database = \"\"", "cluster.monitor_database"),
+    ] {
+        let text = MINIMAL.replace(
+            "primary = \"127.0.0.1:5432\"",
+            &format!("primary = \"127.0.0.1:5432\"\n{key}"),
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains(needle), "{key}: {err}");
+    }
+}

@@ -3,3 +3,5 @@
 mod harness;
 
 mod cluster_smoke;
+
+mod cluster_monitor;

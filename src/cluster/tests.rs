@@ -1,0 +1,247 @@
+//! The view driven the way the monitor drives it (check outcomes in,
+//! routing answers out), without a database.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::update::Probe;
+use super::*;
+use crate::config::Config;
+
+const MAX_LAG: Duration = Duration::from_millis(500);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A view of a primary and two replicas, and an instant after its epoch.
+fn view() -> (Arc<ClusterView>, Instant) {
+    let text = "[cluster]\nprimary = \"p:5432\"\nreplicas = [\"r1:5432\", \"r2:5432\"]\n";
+    let config = Config::from_toml(text, Path::new("t.toml")).unwrap();
+    let view = ClusterView::new(&config);
+    (view, Instant::now())
+}
+
+fn primary(lsn: u64, timeline: u32) -> Probe {
+    Probe {
+        in_recovery: false,
+        lsn: Some(Lsn(lsn)),
+        timeline: Some(timeline),
+    }
+}
+
+fn replica(lsn: u64) -> Probe {
+    Probe {
+        in_recovery: true,
+        lsn: Some(Lsn(lsn)),
+        timeline: None,
+    }
+}
+
+/// Records a check of `id` sent at `at` and answered 1 ms later.
+fn check(view: &ClusterView, id: NodeId, at: Instant, probe: Probe) {
+    view.record_success(id, at, at + ms(1), probe);
+}
+
+#[test]
+fn before_any_check_the_configured_primary_leads_and_nothing_is_routable() {
+    let (view, t0) = view();
+    assert_eq!(view.node_count(), 3);
+    assert_eq!(view.primary(), Some(0));
+    assert_eq!(view.addr(2).to_string(), "r2:5432");
+    assert!(!view.primary_ready());
+    assert!(!view.is_healthy(1) && !view.is_healthy(99));
+    let err = view.choose_replica(None, MAX_LAG).unwrap_err();
+    assert_eq!(err, NoReplica::AllUnhealthy);
+    assert_eq!(view.lsn_after(t0), None);
+    assert_eq!(view.latest_primary_lsn(), None);
+    let status = view.status();
+    assert_eq!(status[0].role, Role::Primary);
+    assert_eq!(status[1].role, Role::Replica);
+    assert!(status.iter().all(|s| !s.healthy && s.lag_seconds.is_none()));
+}
+
+#[test]
+fn a_replica_is_unproven_until_the_primary_has_been_sampled() {
+    let (view, t0) = view();
+    check(&view, 1, t0, replica(100));
+    let err = view.choose_replica_at(t0, None, MAX_LAG).unwrap_err();
+    assert_eq!(err, NoReplica::AllLagging);
+    check(&view, 0, t0 + ms(10), primary(100, 1));
+    assert!(view.primary_ready());
+    let lease = view.choose_replica_at(t0 + ms(20), None, MAX_LAG).unwrap();
+    assert_eq!(lease.id, 1);
+}
+
+#[test]
+fn an_idle_primary_and_a_caught_up_replica_mean_zero_lag() {
+    let (view, t0) = view();
+    check(&view, 0, t0, primary(100, 1));
+    check(&view, 1, t0 + ms(5), replica(100));
+    // An hour later the primary has written nothing.
+    let later = t0 + Duration::from_secs(3600);
+    check(&view, 0, later, primary(100, 1));
+    check(&view, 1, later, replica(100));
+    let status = view.status_at(later);
+    assert_eq!(status[1].lag_seconds, Some(0.0));
+    assert_eq!(status[1].lag_bytes, Some(0));
+    assert_eq!(status[1].replay_lsn, Some(Lsn(100)));
+    assert_eq!(status[0].timeline_id, Some(1));
+    assert_eq!(status[0].replay_lsn, None);
+    assert!(view.choose_replica_at(later, None, Duration::ZERO).is_ok());
+}
+
+#[test]
+fn a_lagging_replica_is_refused_and_returns_when_it_catches_up() {
+    let (view, t0) = view();
+    for (i, lsn) in [10, 20, 30, 40].into_iter().enumerate() {
+        check(&view, 0, t0 + ms(100 * i as u64), primary(lsn, 1));
+    }
+    check(&view, 1, t0 + ms(310), replica(20));
+    let now = t0 + ms(1100);
+    let status = view.status_at(now);
+    // Missing WAL written after the +100 ms sample: at most 1 s old.
+    assert_eq!(status[1].lag_seconds, Some(1.0));
+    assert_eq!(status[1].lag_bytes, Some(20));
+    let err = view.choose_replica_at(now, None, MAX_LAG).unwrap_err();
+    assert_eq!(err, NoReplica::AllLagging);
+    assert!(
+        view.choose_replica_at(now, None, Duration::from_secs(1))
+            .is_ok()
+    );
+    check(&view, 1, t0 + ms(1200), replica(40));
+    assert!(view.choose_replica_at(now, None, MAX_LAG).is_ok());
+}
+
+#[test]
+fn read_your_writes_floor_follows_the_samples() {
+    let (view, t0) = view();
+    check(&view, 0, t0 + ms(100), primary(10, 1));
+    check(&view, 0, t0 + ms(200), primary(20, 1));
+    check(&view, 1, t0 + ms(210), replica(10));
+    let commit = t0 + ms(150);
+    assert_eq!(view.lsn_after(commit), Some(Lsn(20)));
+    assert_eq!(
+        view.lsn_after(t0 + ms(50)),
+        Some(Lsn(10)),
+        "from the timeline"
+    );
+    assert_eq!(
+        view.lsn_after(t0 + ms(200)),
+        None,
+        "no sample sent after yet"
+    );
+    let now = t0 + ms(220);
+    let floor = view.lsn_after(commit);
+    let err = view.choose_replica_at(now, floor, MAX_LAG).unwrap_err();
+    assert_eq!(err, NoReplica::BehindReadYourWritesFloor);
+    check(&view, 1, t0 + ms(230), replica(20));
+    assert_eq!(view.choose_replica_at(now, floor, MAX_LAG).unwrap().id, 1);
+    assert_eq!(view.latest_primary_lsn(), Some(Lsn(20)));
+}
+
+#[test]
+fn reads_spread_by_outstanding_leases() {
+    let (view, t0) = view();
+    check(&view, 0, t0, primary(10, 1));
+    check(&view, 1, t0, replica(10));
+    check(&view, 2, t0, replica(10));
+    let a = view.choose_replica_at(t0, None, MAX_LAG).unwrap();
+    let b = view.choose_replica_at(t0, None, MAX_LAG).unwrap();
+    assert_ne!(a.id, b.id, "the second read goes to the idle replica");
+    let c = view.choose_replica_at(t0, None, MAX_LAG).unwrap();
+    assert_eq!(view.status_at(t0)[c.id].outstanding, 2);
+    drop((a, b, c));
+    assert!(view.status_at(t0).iter().all(|s| s.outstanding == 0));
+}
+
+#[test]
+fn a_failed_check_bans_at_once_and_a_success_restores() {
+    let (view, t0) = view();
+    check(&view, 0, t0, primary(10, 1));
+    check(&view, 1, t0, replica(10));
+    view.record_failure(1, "monitor query on r1:5432 got no answer within 1s".into());
+    assert!(!view.is_healthy(1));
+    let status = view.status_at(t0);
+    assert!(
+        status[1]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("no answer")
+    );
+    let err = view.choose_replica_at(t0, None, MAX_LAG).unwrap_err();
+    assert_eq!(err, NoReplica::AllUnhealthy);
+    check(&view, 1, t0 + ms(100), replica(10));
+    assert!(view.is_healthy(1));
+    assert_eq!(view.status_at(t0)[1].last_error, None);
+}
+
+#[test]
+fn a_node_whose_checks_stopped_goes_stale() {
+    let (view, t0) = view();
+    check(&view, 0, t0, primary(10, 1));
+    check(&view, 1, t0, replica(10));
+    view.set_stale_after(ms(300));
+    assert!(view.choose_replica_at(t0 + ms(200), None, MAX_LAG).is_ok());
+    let err = view
+        .choose_replica_at(t0 + ms(400), None, MAX_LAG)
+        .unwrap_err();
+    assert_eq!(err, NoReplica::AllUnhealthy);
+}
+
+#[test]
+fn a_promoted_replica_takes_over_and_the_old_primary_is_refused() {
+    let (view, t0) = view();
+    let mut changes = view.changes();
+    check(&view, 0, t0, primary(100, 1));
+    check(&view, 1, t0, replica(100));
+    assert!(!changes.has_changed().unwrap());
+    view.record_failure(0, "cannot connect to p:5432".into());
+    check(&view, 1, t0 + ms(100), primary(120, 2));
+    assert_eq!(view.primary(), Some(1));
+    assert!(changes.has_changed().unwrap());
+    assert_eq!(*changes.borrow_and_update(), 1);
+    // The timeline restarted with the new primary's samples.
+    assert_eq!(view.latest_primary_lsn(), Some(Lsn(120)));
+    assert_eq!(view.lsn_after(t0 + ms(50)), Some(Lsn(120)));
+    // The old primary comes back, still a primary on timeline 1.
+    check(&view, 0, t0 + ms(200), primary(110, 1));
+    assert_eq!(view.primary(), Some(1), "never two primaries");
+    assert!(!view.is_healthy(0));
+    let error = view.status_at(t0)[0].last_error.clone().unwrap();
+    assert!(
+        error.contains("two primaries") && error.contains("r1:5432"),
+        "{error}"
+    );
+    // No replica is left but r2, unchecked.
+    let err = view.choose_replica_at(t0, None, MAX_LAG).unwrap_err();
+    assert_eq!(err, NoReplica::AllUnhealthy);
+    // Rewound into a replica of the new primary: refused no more.
+    check(&view, 0, t0 + ms(300), replica(120));
+    assert!(view.is_healthy(0));
+    assert_eq!(view.status_at(t0)[0].role, Role::Replica);
+    assert!(changes.has_changed().unwrap());
+}
+
+#[test]
+fn on_equal_timelines_the_configured_primary_keeps_the_role() {
+    let (view, t0) = view();
+    check(&view, 0, t0, primary(100, 3));
+    check(&view, 2, t0, primary(100, 3));
+    assert_eq!(view.primary(), Some(0));
+    assert!(view.is_healthy(0));
+    assert!(!view.is_healthy(2));
+    assert_eq!(view.status_at(t0)[2].role, Role::Primary);
+}
+
+#[test]
+fn no_claimant_means_no_primary() {
+    let (view, t0) = view();
+    let changes = view.changes();
+    check(&view, 0, t0, replica(100));
+    assert_eq!(view.primary(), None);
+    assert!(!view.primary_ready());
+    assert!(changes.has_changed().unwrap());
+}

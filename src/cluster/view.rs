@@ -1,0 +1,257 @@
+//! `ClusterView`: the router's read side of the cluster — current primary,
+//! replica choice, read-your-writes floors, status — answered from atomics
+//! and arc-swap snapshots, never by I/O, never behind a lock the monitor
+//! holds across anything slow.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::watch;
+
+use super::NodeId;
+use super::choose::{self, Candidate, NoReplica, ReplicaLease};
+use super::lsn::Lsn;
+use super::node::{NodeState, NodeStatus, Role};
+use super::timeline::{Head, Timeline};
+use super::update::MonitorState;
+use crate::config::{Config, NodeAddr};
+
+/// `primary` value meaning no node holds the primary role.
+const NO_PRIMARY: usize = usize::MAX;
+/// Until the monitor says otherwise: how old a node's last successful
+/// check may be for it to count as healthy.
+const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(3);
+
+/// What the proxy knows about the configured nodes, kept fresh by the
+/// monitor ([`spawn_monitor`](Self::spawn_monitor)).
+///
+/// Nodes are fixed at construction: `NodeId` `0` is `cluster.primary`,
+/// `1..` are `cluster.replicas` in order. A reload that changes the node
+/// list needs a new view (a restart); the monitor picks up everything else
+/// (check interval, timeouts, credentials) on reload.
+///
+/// # Replica lag
+/// Lag in bytes is the newest primary position minus the replica's replay
+/// position. Lag in seconds is `now - (send time of the last primary sample
+/// that the replica had fully replayed)` — an upper bound, over by at most
+/// one check interval plus a round trip, so a replica is never believed
+/// fresher than it is. A replica that has replayed the newest sample has lag
+/// 0 however long the primary has been idle. One that is behind every sample
+/// kept ([`TIMELINE_WINDOW`](super::TIMELINE_WINDOW)) reports a lower bound
+/// and is never eligible; so is one whose lag is not known yet.
+///
+/// The monitor does not ask which primary a replica follows. After a
+/// failover, a replica still following the dead primary stops advancing,
+/// so the new primary's first write makes it lag and it loses its reads.
+#[derive(Debug)]
+pub struct ClusterView {
+    pub(crate) nodes: Vec<NodeState>,
+    /// Origin of the instants packed into atomics.
+    pub(crate) epoch: Instant,
+    pub(crate) primary: AtomicUsize,
+    /// Monitor-only bookkeeping; the router never takes this lock.
+    pub(crate) monitor: Mutex<MonitorState>,
+    /// Written by the primary's monitor task; read by the router only for
+    /// read-your-writes floors older than the newest run (rare).
+    pub(crate) timeline: RwLock<Timeline>,
+    pub(crate) head: ArcSwapOption<Head>,
+    pub(crate) changes: watch::Sender<u64>,
+    pub(crate) stale_after_nanos: AtomicU64,
+}
+
+impl ClusterView {
+    /// A view of `config`'s nodes: the configured primary is the primary,
+    /// and nothing is healthy until the monitor has checked it.
+    pub fn new(config: &Config) -> Arc<ClusterView> {
+        let epoch = Instant::now();
+        let addrs = std::iter::once(&config.cluster.primary).chain(&config.cluster.replicas);
+        let nodes: Vec<NodeState> = addrs
+            .enumerate()
+            .map(|(id, addr)| {
+                let role = if id == 0 {
+                    Role::Primary
+                } else {
+                    Role::Replica
+                };
+                NodeState::new(addr.clone(), role, epoch)
+            })
+            .collect();
+        let (changes, _) = watch::channel(0);
+        Arc::new(ClusterView {
+            monitor: Mutex::new(MonitorState::new(nodes.len())),
+            nodes,
+            epoch,
+            primary: AtomicUsize::new(0),
+            timeline: RwLock::new(Timeline::new(Some(0))),
+            head: ArcSwapOption::empty(),
+            changes,
+            stale_after_nanos: AtomicU64::new(DEFAULT_STALE_AFTER.as_nanos() as u64),
+        })
+    }
+
+    /// Number of configured nodes; ids are `0..node_count()`.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The node writes go to: the configured primary until another node
+    /// wins the role (see the `roles` module); `None` while no node claims
+    /// it (e.g. the old primary came back as a replica and nothing was
+    /// promoted). Combine with [`is_healthy`](Self::is_healthy) to fail fast.
+    pub fn primary(&self) -> Option<NodeId> {
+        match self.primary.load(Ordering::Acquire) {
+            NO_PRIMARY => None,
+            id => Some(id),
+        }
+    }
+
+    /// The node's configured address.
+    ///
+    /// # Panics
+    /// If `id` is not below [`node_count`](Self::node_count).
+    pub fn addr(&self, id: NodeId) -> &NodeAddr {
+        &self.nodes[id].addr
+    }
+
+    /// Its last check succeeded, recently, and it is not a refused second
+    /// primary. Unknown ids are not healthy.
+    pub fn is_healthy(&self, id: NodeId) -> bool {
+        let stale_after = self.stale_after();
+        self.nodes
+            .get(id)
+            .is_some_and(|n| n.healthy_at(Instant::now(), self.epoch, stale_after))
+    }
+
+    /// A primary exists and answered its last check recently (`/readyz`).
+    pub fn primary_ready(&self) -> bool {
+        self.primary().is_some_and(|p| self.is_healthy(p))
+    }
+
+    /// The replica to send a read to: among replicas that are healthy, no
+    /// more than `max_lag` behind (in seconds, see the type's docs) and,
+    /// given a read-your-writes floor, have replayed at least `min_lsn`,
+    /// the one with the fewest outstanding reads (ties rotate). The lease
+    /// counts the read until dropped.
+    pub fn choose_replica(
+        &self,
+        min_lsn: Option<Lsn>,
+        max_lag: Duration,
+    ) -> Result<ReplicaLease, NoReplica> {
+        self.choose_replica_at(Instant::now(), min_lsn, max_lag)
+    }
+
+    /// [`choose_replica`](Self::choose_replica) as of `now`.
+    pub(crate) fn choose_replica_at(
+        &self,
+        now: Instant,
+        min_lsn: Option<Lsn>,
+        max_lag: Duration,
+    ) -> Result<ReplicaLease, NoReplica> {
+        let stale_after = self.stale_after();
+        let n = self.nodes.len();
+        let start = next_rotation() % n.max(1);
+        let candidates = (0..n).map(|i| {
+            let id = (start + i) % n;
+            let node = &self.nodes[id];
+            Candidate {
+                id,
+                role: node.role(),
+                healthy: node.healthy_at(now, self.epoch, stale_after),
+                fresh: node.lag.load(self.epoch).within(now, max_lag),
+                replay: node.replay_lsn(),
+                outstanding: node.outstanding(),
+            }
+        });
+        let id = choose::pick(candidates, min_lsn)?;
+        Ok(ReplicaLease::new(id, self.nodes[id].outstanding.clone()))
+    }
+
+    /// Read-your-writes floor for a write that committed at `t`: the WAL
+    /// position seen by the first primary sample whose query was *sent*
+    /// after `t`. `None` until the monitor has taken such a sample (the
+    /// client's reads stay on the primary meanwhile). Since the commit was
+    /// complete before that query was sent, the position includes it.
+    pub fn lsn_after(&self, t: Instant) -> Option<Lsn> {
+        if let Some(head) = self.head.load().as_deref()
+            && let Some(answer) = head.lsn_after(t)
+        {
+            return answer;
+        }
+        self.timeline
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .lsn_after(t)
+    }
+
+    /// The newest WAL position sampled on the current primary.
+    pub fn latest_primary_lsn(&self) -> Option<Lsn> {
+        self.head.load().as_deref().map(|h| h.lsn)
+    }
+
+    /// Every node's state, for metrics and the admin console.
+    pub fn status(&self) -> Vec<NodeStatus> {
+        self.status_at(Instant::now())
+    }
+
+    /// [`status`](Self::status) as of `now`.
+    pub(crate) fn status_at(&self, now: Instant) -> Vec<NodeStatus> {
+        let stale_after = self.stale_after();
+        let latest = self.latest_primary_lsn();
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(id, node)| {
+                let role = node.role();
+                let replica = role == Role::Replica;
+                let replay_lsn = node.replay_lsn().filter(|_| replica);
+                NodeStatus {
+                    id,
+                    addr: node.addr.clone(),
+                    role,
+                    healthy: node.healthy_at(now, self.epoch, stale_after),
+                    replay_lsn,
+                    lag_bytes: replay_lsn.zip(latest).map(|(r, l)| l.bytes_since(r)),
+                    lag_seconds: replica
+                        .then(|| node.lag.load(self.epoch).lag(now))
+                        .flatten()
+                        .map(|d| d.as_secs_f64()),
+                    timeline_id: node.timeline_id().filter(|_| !replica),
+                    last_error: node.last_error(),
+                    outstanding: node.outstanding(),
+                }
+            })
+            .collect()
+    }
+
+    /// A receiver whose value (a generation number) goes up whenever the
+    /// primary changes, a node's role changes, or a node is refused or
+    /// stops being refused as a second primary. Not on health changes.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub(crate) fn stale_after(&self) -> Duration {
+        Duration::from_nanos(self.stale_after_nanos.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_primary(&self, id: Option<NodeId>) {
+        self.primary
+            .store(id.unwrap_or(NO_PRIMARY), Ordering::Release);
+    }
+}
+
+/// A per-thread rotating start index, so equal candidates share the load
+/// without every read bumping one shared counter.
+fn next_rotation() -> usize {
+    thread_local! {
+        static NEXT: Cell<usize> = const { Cell::new(0) };
+    }
+    NEXT.with(|c| {
+        let v = c.get();
+        c.set(v.wrapping_add(1));
+        v
+    })
+}

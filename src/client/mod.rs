@@ -10,6 +10,7 @@ mod handshake;
 mod idle;
 mod listener;
 mod login;
+pub mod params;
 pub mod prepared;
 mod relay;
 mod session;

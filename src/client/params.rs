@@ -1,0 +1,285 @@
+//! Session parameters per client: what the client set at startup and with
+//! SET/RESET/set_config, and the SQL that makes a pooled server match it
+//! before the client's first message runs there. Values are kept in the form
+//! they must be re-applied in: SQL text from a SET statement, or a raw
+//! string (startup packet, set_config) re-applied with set_config, since for
+//! list parameters such as search_path the two mean different things.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+/// A parameter value as it must be re-applied.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ParamValue {
+    /// SQL text after `SET name TO`.
+    Sql(Box<str>),
+    /// A raw string for `set_config(name, value, false)`.
+    Raw(Box<str>),
+}
+
+/// A change requested by a statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParamChange {
+    Set(Box<str>, ParamValue),
+    Reset(Box<str>),
+    ResetAll,
+}
+
+/// Startup parameters that are not session settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
+
+/// Parameters of one client.
+#[derive(Clone, Debug)]
+pub struct ClientParams {
+    startup: BTreeMap<Box<str>, ParamValue>,
+    current: BTreeMap<Box<str>, ParamValue>,
+    /// Changes made inside the open transaction block: they take effect at
+    /// COMMIT and vanish at ROLLBACK, as on the server.
+    pending: Vec<ParamChange>,
+    hash: u64,
+}
+
+impl Default for ClientParams {
+    fn default() -> Self {
+        ClientParams::from_startup(&[])
+    }
+}
+
+fn hash_of(params: &BTreeMap<Box<str>, ParamValue>) -> u64 {
+    let mut h = DefaultHasher::new();
+    params.hash(&mut h);
+    h.finish()
+}
+
+impl ClientParams {
+    /// From the StartupMessage: every parameter except user/database, plus
+    /// the `-c name=value` settings inside `options`.
+    pub fn from_startup(params: &[(String, String)]) -> Self {
+        let mut startup = BTreeMap::new();
+        for (k, v) in params {
+            if k == "options" {
+                for (name, value) in parse_options(v) {
+                    startup.insert(name.to_lowercase().into(), ParamValue::Raw(value.into()));
+                }
+            } else if !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_.") {
+                startup.insert(k.to_lowercase().into(), ParamValue::Raw(v.as_str().into()));
+            }
+        }
+        let mut p = ClientParams {
+            current: startup.clone(),
+            startup,
+            pending: Vec::new(),
+            hash: 0,
+        };
+        p.rehash();
+        p
+    }
+
+    /// Identifies the current settings; equal hashes mean nothing to sync.
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    pub fn current(&self) -> &BTreeMap<Box<str>, ParamValue> {
+        &self.current
+    }
+
+    /// A startup value given as a raw string (for ParameterStatus at login).
+    pub fn startup_raw(&self, name: &str) -> Option<&str> {
+        match self.startup.get(name) {
+            Some(ParamValue::Raw(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Applies a change that ran successfully, now or at COMMIT.
+    pub fn apply(&mut self, change: ParamChange, in_transaction: bool) {
+        if in_transaction {
+            self.pending.push(change);
+            return;
+        }
+        match change {
+            ParamChange::Set(name, value) => {
+                self.current.insert(name, value);
+            }
+            ParamChange::Reset(name) => match self.startup.get(&name) {
+                Some(v) => {
+                    self.current.insert(name, v.clone());
+                }
+                None => {
+                    self.current.remove(&name);
+                }
+            },
+            ParamChange::ResetAll => self.current = self.startup.clone(),
+        }
+        self.rehash();
+    }
+
+    /// The transaction block ended: keep (COMMIT) or drop its changes.
+    pub fn end_transaction(&mut self, committed: bool) {
+        let pending = std::mem::take(&mut self.pending);
+        if committed {
+            for change in pending {
+                self.apply(change, false);
+            }
+        }
+    }
+
+    fn rehash(&mut self) {
+        self.hash = hash_of(&self.current);
+    }
+}
+
+/// What the proxy has set on one server connection.
+#[derive(Clone, Debug)]
+pub struct ServerParamsState {
+    params: BTreeMap<Box<str>, ParamValue>,
+    hash: u64,
+    /// A sync failed half-way: the server's settings are not known.
+    unknown: bool,
+}
+
+impl Default for ServerParamsState {
+    fn default() -> Self {
+        ServerParamsState {
+            params: BTreeMap::new(),
+            hash: hash_of(&BTreeMap::new()),
+            unknown: false,
+        }
+    }
+}
+
+impl ServerParamsState {
+    pub fn matches(&self, client: &ClientParams) -> bool {
+        !self.unknown && self.hash == client.hash
+    }
+
+    /// Records that the server now has the client's settings.
+    pub fn assume(&mut self, client: &ClientParams) {
+        if !self.matches(client) {
+            self.params = client.current.clone();
+            self.hash = client.hash;
+            self.unknown = false;
+        }
+    }
+
+    pub fn mark_unknown(&mut self) {
+        self.unknown = true;
+    }
+
+    /// The server ran DISCARD ALL / RESET ALL itself.
+    pub fn reset(&mut self) {
+        *self = ServerParamsState::default();
+    }
+
+    /// SQL that turns this server's settings into the client's, or `None`
+    /// if they already match.
+    pub fn sync_sql(&self, client: &ClientParams) -> Option<String> {
+        if self.matches(client) {
+            return None;
+        }
+        let mut sql = String::new();
+        let base = if self.unknown {
+            sql.push_str("RESET ALL;");
+            &BTreeMap::new()
+        } else {
+            &self.params
+        };
+        for name in base.keys() {
+            if !client.current.contains_key(name) {
+                sql.push_str("RESET ");
+                push_name(&mut sql, name);
+                sql.push(';');
+            }
+        }
+        for (name, value) in &client.current {
+            if base.get(name) == Some(value) {
+                continue;
+            }
+            match value {
+                ParamValue::Sql(text) => {
+                    sql.push_str("SET ");
+                    push_name(&mut sql, name);
+                    sql.push_str(" TO ");
+                    sql.push_str(text);
+                    sql.push(';');
+                }
+                ParamValue::Raw(text) => {
+                    sql.push_str("SELECT pg_catalog.set_config(");
+                    push_literal(&mut sql, name);
+                    sql.push_str(", ");
+                    push_literal(&mut sql, text);
+                    sql.push_str(", false);");
+                }
+            }
+        }
+        Some(sql)
+    }
+}
+
+/// Appends a parameter name, quoting each dotted part that needs it.
+fn push_name(sql: &mut String, name: &str) {
+    for (i, part) in name.split('.').enumerate() {
+        if i > 0 {
+            sql.push('.');
+        }
+        let plain = !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !part.as_bytes()[0].is_ascii_digit();
+        if plain {
+            sql.push_str(part);
+        } else {
+            sql.push('"');
+            sql.push_str(&part.replace('"', "\"\""));
+            sql.push('"');
+        }
+    }
+}
+
+fn push_literal(sql: &mut String, text: &str) {
+    sql.push('\'');
+    sql.push_str(&text.replace('\'', "''"));
+    sql.push('\'');
+}
+
+/// Parses the `options` startup parameter: `-c name=value`, `--name=value`,
+/// separated by spaces, backslash escaping the next character.
+fn parse_options(options: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut out = Vec::new();
+    let mut iter = words.into_iter();
+    while let Some(w) = iter.next() {
+        let setting = if w == "-c" {
+            iter.next()
+        } else if let Some(rest) = w.strip_prefix("--") {
+            Some(rest.to_string())
+        } else {
+            w.strip_prefix("-c").map(str::to_string)
+        };
+        if let Some((k, v)) = setting.as_deref().and_then(|s| s.split_once('=')) {
+            out.push((k.replace('-', "_"), v.to_string()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,7 @@
 //! Integration tests against real PostgreSQL (one binary).
 
 mod harness;
+mod wire;
 
+mod bad_input;
 mod cluster_smoke;

@@ -3,5 +3,6 @@
 mod harness;
 mod wire;
 
+mod auth;
 mod bad_input;
 mod cluster_smoke;

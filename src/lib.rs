@@ -16,7 +16,7 @@
 
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod protocol;
 pub mod proxy;
 pub mod server;
-pub mod demo;

@@ -272,6 +272,20 @@ pub fn pg_tool(name: &str) -> tokio::process::Command {
     cmd
 }
 
+/// Runs `psql -X` as `role` (password in `PGPASSWORD`) against
+/// 127.0.0.1:`port` — the proxy's or a node's — on `db`, with `args` after
+/// the connection options.
+pub async fn psql(port: u16, role: TestRole, db: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = pg_tool("psql");
+    cmd.args(["-X", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", role.name, "-d", db])
+        .args(args);
+    if let Some(pw) = role.password {
+        cmd.env("PGPASSWORD", pw);
+    }
+    cmd.output().await.expect("running psql")
+}
+
 fn table<const N: usize>(entries: [(&str, toml::Value); N]) -> toml::Table {
     entries
         .into_iter()

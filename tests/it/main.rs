@@ -6,3 +6,4 @@ mod wire;
 mod auth;
 mod bad_input;
 mod cluster_smoke;
+mod proxy_core;

@@ -33,6 +33,8 @@ pub enum ClientStep {
 /// What the session decides about an inspected server frame.
 pub enum ServerStep {
     Forward,
+    /// Swallow it (a reply to a request the proxy injected itself).
+    #[allow(dead_code)] // no injected requests yet
     Drop,
     /// Forward it, then end the relay: the server can be released.
     ForwardAndRelease,

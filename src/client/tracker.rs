@@ -95,6 +95,7 @@ impl Tracker {
     }
 
     /// Requests sent and not answered yet.
+    #[allow(dead_code)] // not read anywhere yet
     pub fn outstanding(&self) -> u32 {
         self.outstanding
     }

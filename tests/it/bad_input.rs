@@ -1,7 +1,8 @@
 //! Bad input from clients — unknown users and databases, old protocol
 //! versions, HTTP, garbage, absurd lengths, oversized messages, SSL
-//! negotiation abuse, unknown message types — is answered with a clear
-//! error (or a clean close), and other clients of the same proxy carry on.
+//! negotiation abuse, unknown message types, a login that never finishes —
+//! is answered with a clear error (or a clean close), and other clients of
+//! the same proxy carry on.
 
 use tokio::io::AsyncWriteExt;
 use tokio_postgres::Client;
@@ -120,6 +121,22 @@ async fn random_bytes_get_an_error_or_a_clean_close() {
         );
         still_works(&bystander).await;
     }
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_finish_logging_in_is_dropped_after_client_login_timeout() {
+    let (proxy, db, bystander) = setup("[proxy]\nclient_login_timeout = \"300ms\"\n").await;
+    // Half a startup packet, then silence.
+    let packet = wire::startup(PROTOCOL_3_0, &[("user", "app"), ("database", &db)]);
+    let mut raw = Raw::connect(proxy.addr).await;
+    raw.send(&packet[..packet.len() / 2]).await;
+    let e = raw.fatal().await;
+    assert_eq!(e.code, "57P03", "{e:?}");
+    assert!(
+        e.message.contains("proxy.client_login_timeout") && e.message.contains("300ms"),
+        "{e:?}"
+    );
+    still_works(&bystander).await;
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 
 use tokio_postgres::error::SqlState;
 
-use crate::harness::{self, APP, MD5_USER, PROXY_ROLES, PW_USER, TestRole};
+use crate::harness::{self, APP, MD5_USER, POSTGRES, PROXY_ROLES, PW_USER, TestRole};
 use crate::wire::{self, Msg, PROTOCOL_3_0, Raw};
 
 /// The authentication request code the proxy opens with for `role`.
@@ -93,13 +93,26 @@ async fn trust_asks_no_password() {
     }
 }
 
-/// The shared cluster checks md5user by MD5, pwuser by cleartext and app by
-/// SCRAM (see `cluster_smoke::each_role_logs_in_with_its_method`).
+/// The shared cluster checks md5user by MD5, pwuser by cleartext, app by
+/// SCRAM and trusts postgres (see
+/// `cluster_smoke::each_role_logs_in_with_its_method`).
 #[tokio::test]
 async fn the_proxy_logs_into_postgres_with_each_server_method() {
     let db = harness::fresh_db("server_auth");
-    let proxy = harness::proxy("").await;
-    for role in [MD5_USER, PW_USER, APP] {
+    let postgres = TestRole {
+        password: Some("only-the-proxy-asks-for-this"),
+        ..POSTGRES
+    };
+    let mut users = String::new();
+    for role in [MD5_USER, PW_USER, APP, postgres] {
+        users.push_str(&format!(
+            "[[users]]\nname = \"{}\"\npassword = \"{}\"\n",
+            role.name,
+            role.password.unwrap()
+        ));
+    }
+    let proxy = harness::proxy(&users).await;
+    for role in [MD5_USER, PW_USER, APP, postgres] {
         assert_eq!(current_user(&proxy, role, &db).await, role.name);
     }
 }

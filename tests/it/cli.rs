@@ -114,6 +114,15 @@ fn check_prints_the_effective_config_masked_and_the_pool_size() {
         Some("transaction")
     );
     assert_eq!(effective["pool"]["checkout_timeout"].as_str(), Some("5s"));
+
+    // PGSIDECAR_CONFIG stands in for --config.
+    let out = pgsidecar()
+        .arg("check")
+        .env("PGSIDECAR_CONFIG", &path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(text(&out.stdout), printed);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
-use crate::harness::{self, APP};
+use crate::harness::{self, APP, TestRole};
 use crate::wire::{self, Msg, PROTOCOL_3_0, Raw, SSL_REQUEST};
 
 /// A proxy that lets `app` in without a password (so raw clients can log
@@ -34,9 +34,14 @@ async fn still_works(bystander: &Client) {
 #[tokio::test]
 async fn an_unknown_user_gets_28000() {
     let (proxy, db, bystander) = setup("").await;
-    let mut conn = proxy_conn(&proxy, "nobody", &db);
-    conn.push_str(" password=whatever");
-    let err = harness::connect(&conn).await.unwrap_err();
+    let nobody = TestRole {
+        name: "nobody",
+        password: Some("whatever"),
+        ..APP
+    };
+    let err = harness::connect_proxy(&proxy, nobody, &db)
+        .await
+        .unwrap_err();
     assert_eq!(
         err.code(),
         Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
@@ -238,11 +243,4 @@ async fn an_unknown_message_type_after_login_gets_08p01() {
     assert_eq!(e.code, "08P01", "{e:?}");
     assert!(e.message.contains("unexpected message 'y'"), "{e:?}");
     still_works(&bystander).await;
-}
-
-fn proxy_conn(proxy: &pgsidecar::proxy::Proxy, user: &str, db: &str) -> String {
-    format!(
-        "host=127.0.0.1 port={} user={user} dbname={db}",
-        proxy.addr.port()
-    )
 }

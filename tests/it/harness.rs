@@ -99,6 +99,8 @@ pub async fn connect(conn_string: &str) -> Result<Client, tokio_postgres::Error>
     Ok(client)
 }
 
+// ---- pgsidecar in front of the shared cluster ----------------------------
+
 /// Roles every test proxy lists in `[[users]]`, with their passwords. The
 /// trusted `postgres` is not among them: tests reach it directly.
 pub const PROXY_ROLES: [TestRole; 3] = [APP, MD5_USER, PW_USER];
@@ -173,6 +175,8 @@ pub async fn connect_proxy(
     connect(&proxy_conn_string(proxy, role, db)).await
 }
 
+// ---- looking and waiting ---------------------------------------------------
+
 /// A direct superuser connection to the primary's `postgres` database, for
 /// looking at the server from the side (`pg_stat_activity`) without being
 /// counted in a test database.
@@ -182,8 +186,9 @@ pub async fn superuser() -> Client {
         .expect("superuser connection to the primary")
 }
 
-/// Client backends the primary has open on `db` (`pg_stat_activity`), by
-/// state (`active`, `idle`, `idle in transaction`, …).
+/// Client backends the primary has open on `db`, from `pg_stat_activity`:
+/// `(pid, state, query)`, state being `active`, `idle`,
+/// `idle in transaction`, …
 pub async fn backends(su: &Client, db: &str) -> Vec<(i32, String, String)> {
     su.query(
         "SELECT pid, coalesce(state, ''), coalesce(query, '') FROM pg_stat_activity \
@@ -253,6 +258,8 @@ where
     }
 }
 
+// ---- client programs ---------------------------------------------------------
+
 /// A PostgreSQL client program (`psql`, `pgbench`) from the cluster's
 /// binaries (or PATH), with `PG*` variables cleared and messages in English.
 pub fn pg_tool(name: &str) -> tokio::process::Command {
@@ -285,6 +292,8 @@ pub async fn psql(port: u16, role: TestRole, db: &str, args: &[&str]) -> std::pr
     }
     cmd.output().await.expect("running psql")
 }
+
+// ---- config building -----------------------------------------------------------
 
 fn table<const N: usize>(entries: [(&str, toml::Value); N]) -> toml::Table {
     entries

@@ -264,10 +264,10 @@ async fn a_cancel_request_with_a_wrong_key_cancels_nothing() {
     let su = harness::superuser().await;
     let (mut raw, pid, secret) = Raw::login_trust(proxy.addr, "app", &db).await;
 
-    let sql = "select pg_sleep(1.5), 7";
+    let sql = "select pg_sleep(2.5), 7";
     raw.send(&wire::query(sql)).await;
     wait_active(&su, &db, sql).await;
-    for (p, s) in [(pid, secret ^ 1), (pid ^ 1, secret), (pid, 0)] {
+    for (p, s) in [(pid, secret ^ 1), (pid ^ 1, secret), (pid, !secret)] {
         let mut cancel = Raw::connect(proxy.addr).await;
         cancel.send(&wire::cancel_request(p, s)).await;
         // The proxy closes a cancel connection once it has dealt with it.

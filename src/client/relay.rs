@@ -32,6 +32,7 @@ pub enum ClientStep {
 /// What the session decides about an inspected server frame.
 pub enum ServerStep {
     Forward,
+    /// Swallow it (a reply to a request the proxy injected itself).
     Drop,
     /// Forward it (or drop it, if `false`), then end the relay: the server
     /// can be released.

@@ -118,8 +118,10 @@ impl ServerConn {
             Poll::Ready(Err(_)) => false,
             Poll::Ready(Ok(())) => {
                 let mut probe = [0u8; 1];
-                matches!(self.stream.try_read(&mut probe),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                matches!(
+                    self.stream.try_read(&mut probe),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+                )
             }
         }
     }

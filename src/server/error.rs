@@ -30,7 +30,7 @@ pub enum ServerError {
     )]
     UnsupportedAuth { addr: String, method: String },
     #[error(
-        "server {addr} asked user \"{user}\" for a password, but pgsidecar has no {what} for it"
+        "server {addr} asked user \"{user}\" for a password, but pgsidecar does not have {what} for it"
     )]
     NoPassword {
         addr: String,

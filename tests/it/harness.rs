@@ -1,18 +1,29 @@
 //! Shared fixtures for the integration tests: one real PostgreSQL cluster
-//! (primary + one streaming replica) per test binary, and helpers to reach it.
+//! (primary + one streaming replica) per test binary, helpers to reach it,
+//! and an in-process pgsidecar in front of it.
 //!
 //! ```ignore
 //! let cluster = harness::cluster();           // started on first use
 //! let db = harness::fresh_db("routing");      // a database of your own
 //! let client = harness::connect(&cluster.primary().conn_string_as(
 //!     harness::APP.name, harness::APP.password, &db)).await?;
+//!
+//! // A proxy on a free port in front of the shared primary; the snippet is
+//! // merged over the defaults (see `proxy_config`).
+//! let proxy = harness::proxy("[pool]\nsize = 1").await;
+//! let via_proxy = harness::connect_proxy(&proxy, harness::APP, &db).await?;
 //! ```
 //! Tests share the cluster and run in parallel: don't stop, promote or
 //! delay its nodes — start a `LocalCluster` of your own for that.
 
+use std::future::Future;
+use std::path::Path;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
+use pgsidecar::config::Config;
 use pgsidecar::demo::{AuthMethod, ClusterOptions, LocalCluster, RoleSpec};
+use pgsidecar::proxy::Proxy;
 use tokio_postgres::{Client, NoTls};
 
 /// A login role of the shared cluster.
@@ -86,4 +97,219 @@ pub async fn connect(conn_string: &str) -> Result<Client, tokio_postgres::Error>
     let (client, connection) = tokio_postgres::connect(conn_string, NoTls).await?;
     tokio::spawn(connection);
     Ok(client)
+}
+
+// ---- pgsidecar in front of the shared cluster ----------------------------
+
+/// Roles every test proxy lists in `[[users]]`, with their passwords. The
+/// trusted `postgres` is not among them: tests reach it directly.
+pub const PROXY_ROLES: [TestRole; 3] = [APP, MD5_USER, PW_USER];
+
+/// The config of a test proxy: listens on a free port (`127.0.0.1:0`, also
+/// for `[http]`), `[cluster] primary` is the shared primary (no replicas),
+/// and `[[users]]` holds [`PROXY_ROLES`] with their plaintext passwords.
+/// `extra_toml` is merged over that, key by key: a table in it extends the
+/// default table, any other value (including a `[[users]]` array) replaces
+/// it. Panics naming the problem if the result is not a valid config.
+pub fn proxy_config(extra_toml: &str) -> Config {
+    let mut base = toml::Table::new();
+    base.insert(
+        "proxy".into(),
+        toml::Value::Table(table([("listen", "127.0.0.1:0".into())])),
+    );
+    base.insert(
+        "http".into(),
+        toml::Value::Table(table([("listen", "127.0.0.1:0".into())])),
+    );
+    base.insert(
+        "cluster".into(),
+        toml::Value::Table(table([("primary", cluster().primary().addr().into())])),
+    );
+    let users = PROXY_ROLES
+        .iter()
+        .map(|r| {
+            toml::Value::Table(table([
+                ("name", r.name.into()),
+                ("password", r.password.unwrap_or_default().into()),
+            ]))
+        })
+        .collect();
+    base.insert("users".into(), toml::Value::Array(users));
+    let extra: toml::Table = extra_toml
+        .parse()
+        .unwrap_or_else(|e| panic!("test proxy snippet is not TOML: {e}\n{extra_toml}"));
+    merge(&mut base, extra);
+    let text = toml::to_string(&base).expect("a TOML table serialises");
+    Config::from_toml(&text, Path::new("<test proxy config>"))
+        .unwrap_or_else(|e| panic!("test proxy config refused: {e}\n{text}"))
+}
+
+/// Starts an in-process proxy with [`proxy_config`]`(extra_toml)`. It stops
+/// accepting when dropped; its server connections close when the test's
+/// runtime ends.
+pub async fn proxy(extra_toml: &str) -> Proxy {
+    Proxy::start(proxy_config(extra_toml))
+        .await
+        .unwrap_or_else(|e| panic!("the test proxy did not start: {e}"))
+}
+
+/// tokio-postgres/libpq connection string for `role` on `db` through `proxy`.
+pub fn proxy_conn_string(proxy: &Proxy, role: TestRole, db: &str) -> String {
+    let mut s = format!(
+        "host=127.0.0.1 port={} user={} dbname={db}",
+        proxy.addr.port(),
+        role.name
+    );
+    if let Some(pw) = role.password {
+        s.push_str(&format!(" password='{pw}'"));
+    }
+    s
+}
+
+/// Connects as `role` to `db` through `proxy` (tokio-postgres, no TLS).
+pub async fn connect_proxy(
+    proxy: &Proxy,
+    role: TestRole,
+    db: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    connect(&proxy_conn_string(proxy, role, db)).await
+}
+
+// ---- looking and waiting ---------------------------------------------------
+
+/// A direct superuser connection to the primary's `postgres` database, for
+/// looking at the server from the side (`pg_stat_activity`) without being
+/// counted in a test database.
+pub async fn superuser() -> Client {
+    connect(&cluster().primary().conn_string())
+        .await
+        .expect("superuser connection to the primary")
+}
+
+/// Client backends the primary has open on `db`, from `pg_stat_activity`:
+/// `(pid, state, query)`, state being `active`, `idle`,
+/// `idle in transaction`, …
+pub async fn backends(su: &Client, db: &str) -> Vec<(i32, String, String)> {
+    su.query(
+        "SELECT pid, coalesce(state, ''), coalesce(query, '') FROM pg_stat_activity \
+         WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        &[&db],
+    )
+    .await
+    .expect("reading pg_stat_activity")
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+/// Runs `sql` with the simple protocol and returns the first column of the
+/// first row (`None` for SQL NULL). Panics if there is no row.
+///
+/// Through a transaction-mode proxy prefer this (or `batch_execute`,
+/// `query_typed`) to `query*` with a `&str`: tokio-postgres prepares a named
+/// statement in one round trip and uses it in the next, which may land on
+/// another server connection.
+pub async fn scalar(client: &Client, sql: &str) -> Result<Option<String>, tokio_postgres::Error> {
+    let messages = client.simple_query(sql).await?;
+    let row = messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("`{sql}` returned no row"));
+    Ok(row.get(0).map(str::to_string))
+}
+
+/// What a user would read for a tokio-postgres error: the server's (or the
+/// proxy's) message for a database error, the error chain otherwise.
+pub fn error_text(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => {
+            let mut text = err.to_string();
+            let mut source = std::error::Error::source(err);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+/// Calls `check` every 20 ms until it returns `Some`, and returns that.
+/// Panics naming `what` if that takes longer than `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---- client programs ---------------------------------------------------------
+
+/// A PostgreSQL client program (`psql`, `pgbench`) from the cluster's
+/// binaries (or PATH), with `PG*` variables cleared and messages in English.
+pub fn pg_tool(name: &str) -> tokio::process::Command {
+    let bundled = cluster().binaries().tool(name);
+    let program = if bundled.exists() {
+        bundled
+    } else {
+        name.into()
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PG") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("LC_ALL", "C").stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// Runs `psql -X` as `role` (password in `PGPASSWORD`) against
+/// 127.0.0.1:`port` — the proxy's or a node's — on `db`, with `args` after
+/// the connection options.
+pub async fn psql(port: u16, role: TestRole, db: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = pg_tool("psql");
+    cmd.args(["-X", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", role.name, "-d", db])
+        .args(args);
+    if let Some(pw) = role.password {
+        cmd.env("PGPASSWORD", pw);
+    }
+    cmd.output().await.expect("running psql")
+}
+
+// ---- config building -----------------------------------------------------------
+
+fn table<const N: usize>(entries: [(&str, toml::Value); N]) -> toml::Table {
+    entries
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
+/// Merges `extra` into `base`: tables recursively, other values replaced.
+fn merge(base: &mut toml::Table, extra: toml::Table) {
+    for (key, value) in extra {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(e)) => merge(b, e),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
 }

@@ -1,0 +1,273 @@
+//! The `pgsidecar` binary: `check` validates a config (naming the key and
+//! line of a mistake, masking passwords, printing the pool size), the
+//! example config documents every key with its default, and `run` serves
+//! clients until interrupted.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::harness::{self, APP};
+
+fn pgsidecar() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsidecar"));
+    cmd.env_remove("PGSIDECAR_CONFIG").stdin(Stdio::null());
+    cmd
+}
+
+fn check(path: &Path) -> Output {
+    pgsidecar()
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .expect("running pgsidecar check")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+const GOOD: &str = r#"[proxy]
+listen = "127.0.0.1:7432"
+
+[cluster]
+primary = "db.internal:5432"
+
+[[users]]
+name = "app"
+password = "hunter2-do-not-print"
+
+[pool]
+db_cores = 3
+effective_spindle_count = 2
+"#;
+
+#[test]
+fn check_names_a_misspelled_key_and_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgsidecar.toml");
+    let bad = GOOD.replace("db_cores = 3", "db_coers = 3");
+    std::fs::write(&path, &bad).unwrap();
+    let line = bad.lines().position(|l| l.starts_with("db_coers")).unwrap() + 1;
+
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("db_coers"), "{err}");
+    assert!(
+        err.contains(&format!("{}:{line}:", path.display())),
+        "names file and line {line}: {err}"
+    );
+    assert!(out.stdout.is_empty(), "nothing printed on stdout: {out:?}");
+}
+
+#[test]
+fn check_refuses_a_bad_value_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgsidecar.toml");
+    std::fs::write(
+        &path,
+        GOOD.replace("[pool]\n", "[pool]\ncheckout_timeout = \"soon\"\n"),
+    )
+    .unwrap();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stderr).contains("checkout_timeout"), "{out:?}");
+}
+
+#[test]
+fn check_names_a_missing_file() {
+    let out = check(Path::new("/nonexistent/pgsidecar.toml"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("/nonexistent/pgsidecar.toml"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn check_prints_the_effective_config_masked_and_the_pool_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgsidecar.toml");
+    std::fs::write(&path, GOOD).unwrap();
+
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let printed = text(&out.stdout);
+    assert!(!printed.contains("hunter2"), "password printed:\n{printed}");
+    assert!(printed.contains("password = \"********\""), "{printed}");
+    // 3 cores * 2 + 2 spindles
+    assert!(
+        printed.contains("# computed pool size per (database, user, node): 8"),
+        "{printed}"
+    );
+    // The effective config is TOML with the defaults filled in.
+    let effective: toml::Table = printed.parse().expect("check prints TOML");
+    assert_eq!(
+        effective["proxy"]["listen"].as_str(),
+        Some("127.0.0.1:7432")
+    );
+    assert_eq!(
+        effective["proxy"]["pool_mode"].as_str(),
+        Some("transaction")
+    );
+    assert_eq!(effective["pool"]["checkout_timeout"].as_str(), Some("5s"));
+
+    // PGSIDECAR_CONFIG stands in for --config.
+    let out = pgsidecar()
+        .arg("check")
+        .env("PGSIDECAR_CONFIG", &path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(text(&out.stdout), printed);
+}
+
+#[test]
+fn the_example_config_sets_every_key_to_its_default() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/pgsidecar.toml");
+    let out = pgsidecar()
+        .args(["check", "--config"])
+        .arg(&example)
+        .env("PGSIDECAR_APP_PASSWORD", "from-the-environment")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let from_example: toml::Table = text(&out.stdout).parse().unwrap();
+
+    // The same cluster and user with nothing else set: pure defaults.
+    let dir = tempfile::tempdir().unwrap();
+    let minimal = dir.path().join("minimal.toml");
+    std::fs::write(
+        &minimal,
+        "[cluster]\nprimary = \"127.0.0.1:5432\"\n\
+         [[users]]\nname = \"app\"\npassword_env = \"PGSIDECAR_APP_PASSWORD\"\n",
+    )
+    .unwrap();
+    let out = pgsidecar()
+        .args(["check", "--config"])
+        .arg(&minimal)
+        .env("PGSIDECAR_APP_PASSWORD", "from-the-environment")
+        .output()
+        .unwrap();
+    let defaults: toml::Table = text(&out.stdout).parse().unwrap();
+    assert_eq!(
+        from_example, defaults,
+        "conf/pgsidecar.toml must show the defaults"
+    );
+
+    // Every key of every section is written out in the example; the
+    // [[users]] entry shows one password source and documents the others.
+    let example_text = std::fs::read_to_string(&example).unwrap();
+    for (section, value) in &defaults {
+        if section == "users" {
+            continue;
+        }
+        let table = value
+            .as_table()
+            .unwrap_or_else(|| panic!("[{section}] is a table"));
+        let header = format!("[{section}]");
+        let start = example_text
+            .find(&format!("\n{header}\n"))
+            .unwrap_or_else(|| panic!("{header} is missing from the example"));
+        let body = &example_text[start + header.len() + 2..];
+        let body = &body[..body.find("\n[").unwrap_or(body.len())];
+        for key in table.keys() {
+            assert!(
+                body.lines().any(|l| l.starts_with(&format!("{key} = "))),
+                "{header} {key} is not set in conf/pgsidecar.toml"
+            );
+        }
+    }
+    for documented in [
+        "[[users]]\nname = ",
+        "password = ",
+        "password_env = ",
+        "password_file = ",
+    ] {
+        assert!(example_text.contains(documented), "{documented}");
+    }
+}
+
+#[test]
+fn version_and_help() {
+    let out = pgsidecar().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("pgsidecar {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = pgsidecar().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for command in ["run", "check"] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{command} "))),
+            "{help}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn run_serves_clients_until_interrupted() {
+    let db = harness::fresh_db("cli_run");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgsidecar.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [cluster]\nprimary = \"{}\"\n\
+             [[users]]\nname = \"app\"\npassword = \"{}\"\n",
+            harness::cluster().primary().addr(),
+            APP.password.unwrap()
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // The log says where it listens (port 0 was asked for).
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("listening")
+                && let Some(at) = line.find("127.0.0.1:")
+            {
+                let digits: String = line[at + 10..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                return digits.parse::<u16>().unwrap();
+            }
+        }
+        panic!("pgsidecar run exited without saying where it listens");
+    })
+    .await
+    .expect("pgsidecar run logged its address");
+    // Keep draining the log so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let out = harness::psql(port, APP, &db, &["-At", "-c", "select 'via run'"]).await;
+    assert_eq!(text(&out.stdout), "via run\n", "{out:?}");
+
+    let pid = child.id().expect("running") as i32;
+    // SAFETY: sending SIGINT to the child we spawned and still own.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("pgsidecar run exits on SIGINT")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -6,7 +6,7 @@ mod wire;
 mod auth;
 mod bad_input;
 mod cli;
-mod cluster_smoke;
 mod cluster_monitor;
+mod cluster_smoke;
 mod pooling;
 mod proxy_core;

@@ -15,3 +15,4 @@
 //! - [`proxy`]: wires the parts together and runs them.
 
 pub mod config;
+pub mod routing;

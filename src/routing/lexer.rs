@@ -137,9 +137,15 @@ impl<'a> Lexer<'a> {
     }
 
     fn word(&mut self) {
-        while self.pos < self.src.len() && is_ident_continue(self.src[self.pos]) {
-            self.pos += 1;
-        }
+        self.skip_while(is_ident_continue);
+    }
+
+    /// Advances past bytes matching `class` (a tight loop: no bounds checks
+    /// beyond the slice iterator's).
+    #[inline]
+    fn skip_while(&mut self, class: fn(u8) -> bool) {
+        let rest = self.src.get(self.pos..).unwrap_or(&[]);
+        self.pos += rest.iter().position(|&b| !class(b)).unwrap_or(rest.len());
     }
 
     fn number(&mut self) {
@@ -299,9 +305,7 @@ impl Iterator for Lexer<'_> {
     type Item = Token;
 
     fn next(&mut self) -> Option<Token> {
-        while self.pos < self.src.len() && is_space(self.src[self.pos]) {
-            self.pos += 1;
-        }
+        self.skip_while(is_space);
         if self.pos >= self.src.len() {
             return None;
         }
@@ -317,23 +321,78 @@ impl Iterator for Lexer<'_> {
     }
 }
 
+const SPACE: u8 = 1;
+const IDENT_START: u8 = 2;
+const IDENT_CONTINUE: u8 = 4;
+const OPERATOR: u8 = 8;
+
+/// Byte classes in one table lookup: the lexer's inner loops run on every
+/// byte of every statement, so they must not chain comparisons.
+static CLASSES: [u8; 256] = classes();
+
+const fn classes() -> [u8; 256] {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let mut class = 0;
+        if matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+            class |= SPACE;
+        }
+        // Letters, `_` and any non-ASCII byte (PostgreSQL accepts those in
+        // identifiers; keeping whole UTF-8 sequences together also keeps
+        // token boundaries on character boundaries).
+        if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 {
+            class |= IDENT_START | IDENT_CONTINUE;
+        }
+        if b.is_ascii_digit() || b == b'$' {
+            class |= IDENT_CONTINUE;
+        }
+        if matches!(
+            b,
+            b'+' | b'-'
+                | b'*'
+                | b'/'
+                | b'<'
+                | b'>'
+                | b'='
+                | b'~'
+                | b'!'
+                | b'@'
+                | b'#'
+                | b'%'
+                | b'^'
+                | b'&'
+                | b'|'
+                | b'`'
+                | b'?'
+        ) {
+            class |= OPERATOR;
+        }
+        table[i] = class;
+        i += 1;
+    }
+    table
+}
+
+#[inline]
 fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c')
+    CLASSES[b as usize] & SPACE != 0
 }
 
-/// Letters, `_` and any non-ASCII byte (PostgreSQL accepts those in
-/// identifiers; keeping whole UTF-8 sequences together also keeps token
-/// boundaries on character boundaries).
+#[inline]
 fn is_ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+    CLASSES[b as usize] & IDENT_START != 0
 }
 
+#[inline]
 fn is_ident_continue(b: u8) -> bool {
-    is_ident_start(b) || b.is_ascii_digit() || b == b'$'
+    CLASSES[b as usize] & IDENT_CONTINUE != 0
 }
 
+#[inline]
 fn is_op_char(b: u8) -> bool {
-    b"+-*/<>=~!@#%^&|`?".contains(&b)
+    CLASSES[b as usize] & OPERATOR != 0
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -29,9 +29,7 @@ impl Sink for HashSink {
     }
     #[inline]
     fn push_lower(&mut self, s: &str) {
-        for b in s.bytes() {
-            self.0.byte(b.to_ascii_lowercase());
-        }
+        self.0.lower(s.as_bytes());
     }
 }
 
@@ -76,9 +74,7 @@ impl Sink for TextSink {
         }
     }
     fn push_lower(&mut self, s: &str) {
-        for b in s.bytes() {
-            self.hash.byte(b.to_ascii_lowercase());
-        }
+        self.hash.lower(s.as_bytes());
         if self.room(s) {
             self.text.extend(s.chars().map(|c| c.to_ascii_lowercase()));
         }
@@ -163,7 +159,7 @@ pub(crate) fn run(
             pending_semicolon = false;
         }
         if let Some(p) = prev
-            && wants_space(sql, p, tok)
+            && wants_space(sql.as_bytes(), p, tok)
         {
             sink.push(" ");
         }
@@ -214,15 +210,16 @@ fn format_u32(mut n: u32, buf: &mut [u8; 10]) -> &str {
     std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
-fn wants_space(sql: &str, prev: Token, cur: Token) -> bool {
-    let p = prev.text(sql);
-    let c = cur.text(sql);
-    let tight_after = prev.kind == TokenKind::Punct && matches!(p, "(" | "[" | "." | "::");
+fn wants_space(src: &[u8], prev: Token, cur: Token) -> bool {
+    let p = src.get(prev.start).copied().unwrap_or(0);
+    let c = src.get(cur.start).copied().unwrap_or(0);
+    // Punct tokens are `( ) [ ] , . :` or `::`: the first byte says which.
+    let tight_after = prev.kind == TokenKind::Punct && matches!(p, b'(' | b'[' | b'.' | b':');
     let tight_before =
-        cur.kind == TokenKind::Punct && matches!(c, ")" | "]" | "," | "." | "::" | "[");
+        cur.kind == TokenKind::Punct && matches!(c, b')' | b']' | b',' | b'.' | b':' | b'[');
     // `count(*)`, `in(...)`: no space between a word and its parenthesis.
-    let call = c == "("
-        && cur.kind == TokenKind::Punct
+    let call = cur.kind == TokenKind::Punct
+        && c == b'('
         && matches!(prev.kind, TokenKind::Word | TokenKind::QuotedIdent);
     !(tight_after || tight_before || call)
 }

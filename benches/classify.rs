@@ -4,7 +4,40 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use pgsidecar::routing::Classifier;
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Counts heap allocations, to check (not just claim) that a cache hit
+/// allocates nothing.
+struct CountingAlloc;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call unchanged to the system allocator.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+fn allocations_per_call(f: impl Fn()) -> f64 {
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..1000 {
+        f();
+    }
+    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / 1000.0
+}
 
 const POINT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = 12345";
 
@@ -45,6 +78,11 @@ LIMIT 100
 fn benches(c: &mut Criterion) {
     let warm = Classifier::new(&[], 1 << 20, 10_000);
     warm.classify(POINT);
+    let per_hit = allocations_per_call(|| {
+        black_box(warm.classify(black_box(POINT)));
+    });
+    println!("allocations per cache hit: {per_hit}");
+    assert_eq!(per_hit, 0.0, "the cache-hit path must not allocate");
     c.bench_function("point_select_hit", |b| {
         b.iter(|| warm.classify(black_box(POINT)))
     });
@@ -53,6 +91,10 @@ fn benches(c: &mut Criterion) {
     });
     // Capacity 0 disables the cache: every call takes the miss path.
     let cold = Classifier::new(&[], 1 << 20, 0);
+    let per_miss = allocations_per_call(|| {
+        black_box(cold.classify(black_box(POINT)));
+    });
+    println!("allocations per point-select miss: {per_miss}");
     c.bench_function("point_select_miss", |b| {
         b.iter(|| cold.classify(black_box(POINT)))
     });

@@ -167,7 +167,8 @@ pub enum Unpin {
     AdvisoryUnlockAll,
     /// UNLISTEN *.
     UnlistenAll,
-    /// DISCARD ALL: releases everything, including prepared statements.
+    /// DISCARD ALL: releases everything (locks, listens, temp objects,
+    /// prepared statements) and resets every parameter like RESET ALL.
     DiscardAll,
     /// DEALLOCATE [PREPARE] name (name as the server folds it).
     Deallocate(Arc<str>),

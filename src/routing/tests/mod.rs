@@ -117,3 +117,10 @@ fn cache_is_bounded_and_concurrent() {
     let n = c.cached_statements();
     assert!(n > 0 && n <= 128 + 64, "{n} cached");
 }
+
+#[test]
+fn classifier_is_shareable_across_tasks() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<Classifier>();
+    shareable::<Classified>();
+}

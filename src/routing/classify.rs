@@ -178,6 +178,11 @@ fn by_kind(stmt: &Statement, facts: &Facts) -> StmtClass {
         S::Query(q) if is_write_body(&q.body) => StmtClass::write(Reason::Write),
         S::Query(_) => read_or_escalate(facts),
         S::ShowVariable { .. } => StmtClass::new(Route::Read, Reason::Read),
+        // `COPY (INSERT … RETURNING …) TO STDOUT` is a write.
+        S::Copy {
+            source: CopySource::Query(q),
+            ..
+        } if is_write_body(&q.body) => StmtClass::write(Reason::Write),
         S::Copy {
             to: true,
             target: CopyTarget::Stdout,

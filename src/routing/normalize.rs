@@ -217,11 +217,56 @@ fn wants_space(src: &[u8], prev: Token, cur: Token) -> bool {
     let tight_after = prev.kind == TokenKind::Punct && matches!(p, b'(' | b'[' | b'.' | b':');
     let tight_before =
         cur.kind == TokenKind::Punct && matches!(c, b')' | b']' | b',' | b'.' | b':' | b'[');
-    // `count(*)`, `in(...)`: no space between a word and its parenthesis.
+    // `count(*)`: no space between a function name and its parenthesis,
+    // but `as (`, `in (`, `values (` keep theirs.
     let call = cur.kind == TokenKind::Punct
         && c == b'('
-        && matches!(prev.kind, TokenKind::Word | TokenKind::QuotedIdent);
+        && match prev.kind {
+            TokenKind::QuotedIdent => true,
+            TokenKind::Word => !is_clause_keyword(src.get(prev.start..prev.end).unwrap_or(&[])),
+            _ => false,
+        };
     !(tight_after || tight_before || call)
+}
+
+/// Keywords that are followed by a parenthesised list or subquery rather
+/// than called like functions (only affects the normalised text's looks).
+fn is_clause_keyword(word: &[u8]) -> bool {
+    const KEYWORDS: &[&[u8]] = &[
+        b"all",
+        b"and",
+        b"any",
+        b"as",
+        b"by",
+        b"else",
+        b"except",
+        b"exists",
+        b"filter",
+        b"from",
+        b"in",
+        b"intersect",
+        b"into",
+        b"join",
+        b"lateral",
+        b"not",
+        b"on",
+        b"or",
+        b"over",
+        b"returning",
+        b"select",
+        b"set",
+        b"some",
+        b"table",
+        b"then",
+        b"union",
+        b"using",
+        b"values",
+        b"when",
+        b"where",
+        b"with",
+        b"within",
+    ];
+    word.len() <= 9 && KEYWORDS.iter().any(|k| k.eq_ignore_ascii_case(word))
 }
 
 /// Recognises `/* pgsidecar:primary */` and `/* pgsidecar:replica */`,

@@ -71,7 +71,12 @@ fn normalized_text() {
     let got = classify("SELECT a, count(*)  FROM \"T\" WHERE b IN (1, 'x', $3) -- c\n; ");
     assert_eq!(
         &*got.info.normalized,
-        "select a, count(*) from \"T\" where b in($1, $2, $3)"
+        "select a, count(*) from \"T\" where b in ($1, $2, $3)"
+    );
+    let got = classify("with x AS (select 1) insert into t values (1) on conflict(a) do nothing");
+    assert_eq!(
+        &*got.info.normalized,
+        "with x as (select $1) insert into t values ($2) on conflict(a) do nothing"
     );
     let got = classify("select t.a::int, arr[1] from s.t");
     assert_eq!(&*got.info.normalized, "select t.a::int, arr[$1] from s.t");

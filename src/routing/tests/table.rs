@@ -117,6 +117,8 @@ pub(super) const CASES: &[(&str, Route, &str)] = &[
     ("copy t from stdin", W, "write"),
     ("copy t to '/tmp/out.csv'", W, "write"),
     ("copy (select nextval('s')) to stdout", W, "write_function"),
+    ("copy (insert into t values (1) returning *) to stdout", W, "write"),
+    ("copy (with d as (delete from t returning *) select * from d) to stdout", W, "writing_cte"),
     // EXPLAIN
     ("explain select * from t", R, "read"),
     ("explain delete from t", R, "read"),

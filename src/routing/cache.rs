@@ -43,7 +43,7 @@ struct Entry {
 type Shard = HashMap<Fingerprint, Entry, BuildHasherDefault<PassThrough>>;
 
 /// Bounded concurrent map from fingerprint to classification.
-pub struct Cache {
+pub(crate) struct Cache {
     shards: Box<[RwLock<Shard>]>,
     per_shard: usize,
 }
@@ -51,7 +51,7 @@ pub struct Cache {
 impl Cache {
     /// At most about `capacity` entries (rounded up to a multiple of the
     /// shard count); `0` disables caching.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         let per_shard = capacity.div_ceil(SHARDS);
         let shards = (0..SHARDS)
             .map(|_| RwLock::new(Shard::with_capacity_and_hasher(0, Default::default())))
@@ -65,7 +65,7 @@ impl Cache {
     }
 
     /// Allocation-free lookup.
-    pub fn get(&self, fp: Fingerprint) -> Option<Arc<StatementInfo>> {
+    pub(crate) fn get(&self, fp: Fingerprint) -> Option<Arc<StatementInfo>> {
         // A poisoned lock only means another thread panicked mid-insert; the
         // map itself is still consistent, so keep using it.
         let shard = self.shard(fp).read().unwrap_or_else(|e| e.into_inner());
@@ -78,7 +78,7 @@ impl Cache {
 
     /// Inserts unless present; returns the entry that ends up cached (the
     /// earlier one if two threads raced on the same miss).
-    pub fn insert(&self, info: Arc<StatementInfo>) -> Arc<StatementInfo> {
+    pub(crate) fn insert(&self, info: Arc<StatementInfo>) -> Arc<StatementInfo> {
         if self.per_shard == 0 {
             return info;
         }
@@ -101,15 +101,11 @@ impl Cache {
     }
 
     /// Number of cached statements.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len())
             .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

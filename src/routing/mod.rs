@@ -38,7 +38,7 @@ mod classify;
 mod fallback;
 mod fingerprint;
 mod functions;
-pub mod lexer;
+mod lexer;
 mod normalize;
 mod session;
 mod types;
@@ -47,7 +47,7 @@ mod walker;
 #[cfg(test)]
 mod tests;
 
-pub use cache::Cache;
+use cache::Cache;
 pub use fingerprint::Fingerprint;
 pub use types::{
     Classified, Hint, PinReason, Reason, Route, RouteSetting, SessionChange, StatementInfo,

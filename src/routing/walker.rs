@@ -6,8 +6,8 @@
 use super::functions::FunctionPolicy;
 use super::types::{PinReason, Unpin};
 use sqlparser::ast::{
-    Expr, FromTable, Ident, ObjectName, ObjectNamePart, Query, Select, Statement, TableFactor,
-    TableObject, TableWithJoins, Visit, Visitor,
+    Expr, FromTable, Ident, ObjectName, ObjectNamePart, ObjectType, Query, Select, Statement,
+    TableFactor, TableObject, TableWithJoins, Visit, Visitor,
 };
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
@@ -121,6 +121,23 @@ impl Walker<'_> {
             Statement::Truncate(truncate) => {
                 for target in &truncate.table_names {
                     out.insert(relation(&target.name));
+                }
+            }
+            // Both change what a later read of the relation returns.
+            Statement::RefreshMaterializedView(refresh) => {
+                out.insert(relation(&refresh.name));
+            }
+            Statement::Drop {
+                object_type:
+                    ObjectType::Table
+                    | ObjectType::View
+                    | ObjectType::MaterializedView
+                    | ObjectType::ForeignTable,
+                names,
+                ..
+            } => {
+                for name in names {
+                    out.insert(relation(name));
                 }
             }
             _ => {}

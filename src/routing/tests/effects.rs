@@ -310,6 +310,8 @@ fn tables_read_and_written() {
         ("select * into t2 from t", &["t"], &["t2"]),
         ("create table t2 as select * from t", &["t"], &["t2"]),
         ("alter table t add column b int", &[], &["t"]),
+        ("drop table t, s.u", &[], &["s.u", "t", "u"]),
+        ("refresh materialized view mv", &[], &["mv"]),
         ("table t", &["t"], &[]),
         ("explain delete from t", &["t"], &[]),
         ("select 1; insert into w values (1)", &[], &["w"]),

@@ -2,10 +2,10 @@
 //! does it touch, and what transaction or session state does it change.
 //!
 //! # How a statement is classified
-//! 1. The lexer ([`lexer`]) makes one allocation-free pass: it skips
+//! 1. The lexer (`lexer`) makes one allocation-free pass: it skips
 //!    comments, picks up a leading `/* pgsidecar:primary|replica */` hint and
 //!    hashes the normalised text into a [`Fingerprint`].
-//! 2. The fingerprint keys a bounded concurrent cache ([`cache`]) of
+//! 2. The fingerprint keys a bounded concurrent cache (`cache`) of
 //!    `Arc<StatementInfo>`. A hit ends here: no allocation at all for the
 //!    common case.
 //! 3. On a miss the normalised text is built, each statement is parsed with
@@ -70,7 +70,7 @@ pub struct Classifier {
 impl Classifier {
     /// `extra_read_only_functions`: `routing.read_only_functions` from the
     /// config (bare or schema-qualified names, case-insensitive; they cannot
-    /// re-allow the functions denied in [`functions`]).
+    /// re-allow the functions the allow-list denies, e.g. `nextval`).
     /// `max_query_len`: bytes; longer statements are not parsed and go to
     /// the primary. `cache_capacity`: statement shapes kept (0 = no cache).
     pub fn new(

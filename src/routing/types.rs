@@ -121,9 +121,9 @@ pub enum TxEffect {
     Rollback,
     /// SAVEPOINT name.
     Savepoint,
-    /// RELEASE [SAVEPOINT] name.
+    /// `RELEASE [SAVEPOINT] name`.
     ReleaseSavepoint,
-    /// ROLLBACK TO [SAVEPOINT] name: the transaction stays open.
+    /// `ROLLBACK TO [SAVEPOINT] name`: the transaction stays open.
     RollbackToSavepoint,
     /// SET TRANSACTION …, for the current transaction.
     SetTransaction { read_only: Option<bool> },
@@ -170,9 +170,9 @@ pub enum Unpin {
     /// DISCARD ALL: releases everything (locks, listens, temp objects,
     /// prepared statements) and resets every parameter like RESET ALL.
     DiscardAll,
-    /// DEALLOCATE [PREPARE] name (name as the server folds it).
+    /// `DEALLOCATE [PREPARE] name` (name as the server folds it).
     Deallocate(Arc<str>),
-    /// DEALLOCATE [PREPARE] ALL.
+    /// `DEALLOCATE [PREPARE] ALL`.
     DeallocateAll,
 }
 

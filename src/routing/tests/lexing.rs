@@ -243,4 +243,25 @@ fn never_panics_on_random_or_truncated_input() {
         }
         let _ = classified.info.normalized.len();
     }
+    // Arbitrary bytes (made valid UTF-8 the way a lossy decoder would).
+    for _ in 0..3000 {
+        let n = (rng.next() % 48) as usize;
+        let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+        let _ = c.classify(&String::from_utf8_lossy(&bytes));
+    }
+}
+
+#[test]
+fn deep_nesting_is_refused_not_overflowed() {
+    let c = Classifier::new(&[], 1 << 20, 16);
+    for depth in [60, 1_000, 20_000] {
+        let sql = format!("select {}1{}", "(".repeat(depth), ")".repeat(depth));
+        assert_eq!(
+            c.classify(&sql).info.reason.as_str(),
+            "parse_error",
+            "depth {depth}"
+        );
+        let sql = format!("select {}1", "-".repeat(depth));
+        let _ = c.classify(&sql);
+    }
 }

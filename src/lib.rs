@@ -20,4 +20,5 @@ pub mod config;
 pub mod demo;
 pub mod protocol;
 pub mod proxy;
+pub mod routing;
 pub mod server;

@@ -1,0 +1,135 @@
+//! The classification cache: fingerprint → `Arc<StatementInfo>`, shared by
+//! all worker threads.
+//!
+//! Sharded `RwLock<HashMap>`: a hit takes one shard's read lock, so hits on
+//! different (or the same) shards never block each other; only inserts take
+//! a write lock. Eviction is CLOCK-like ("second chance"): a hit sets an
+//! entry's `hot` bit with a relaxed atomic store (under the read lock), and
+//! a full shard evicts the first entry whose bit is clear, clearing bits on
+//! the way. That approximates LRU without any bookkeeping on the hit path.
+
+use super::fingerprint::Fingerprint;
+use super::types::StatementInfo;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+const SHARDS: usize = 64;
+
+/// The key already is a strong hash: use its bits directly.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+struct Entry {
+    info: Arc<StatementInfo>,
+    hot: AtomicBool,
+}
+
+type Shard = HashMap<Fingerprint, Entry, BuildHasherDefault<PassThrough>>;
+
+/// Bounded concurrent map from fingerprint to classification.
+pub(crate) struct Cache {
+    shards: Box<[RwLock<Shard>]>,
+    per_shard: usize,
+}
+
+impl Cache {
+    /// At most about `capacity` entries (rounded up to a multiple of the
+    /// shard count); `0` disables caching.
+    pub(crate) fn new(capacity: usize) -> Self {
+        let per_shard = capacity.div_ceil(SHARDS);
+        let shards = (0..SHARDS)
+            .map(|_| RwLock::new(Shard::with_capacity_and_hasher(0, Default::default())))
+            .collect();
+        Self { shards, per_shard }
+    }
+
+    fn shard(&self, fp: Fingerprint) -> &RwLock<Shard> {
+        // High bits pick the shard; the map hashes with the low bits.
+        &self.shards[((fp.0 >> 64) as usize) % SHARDS]
+    }
+
+    /// Allocation-free lookup.
+    pub(crate) fn get(&self, fp: Fingerprint) -> Option<Arc<StatementInfo>> {
+        // A poisoned lock only means another thread panicked mid-insert; the
+        // map itself is still consistent, so keep using it.
+        let shard = self.shard(fp).read().unwrap_or_else(|e| e.into_inner());
+        let entry = shard.get(&fp)?;
+        if !entry.hot.load(Ordering::Relaxed) {
+            entry.hot.store(true, Ordering::Relaxed);
+        }
+        Some(Arc::clone(&entry.info))
+    }
+
+    /// Inserts unless present; returns the entry that ends up cached (the
+    /// earlier one if two threads raced on the same miss).
+    pub(crate) fn insert(&self, info: Arc<StatementInfo>) -> Arc<StatementInfo> {
+        if self.per_shard == 0 {
+            return info;
+        }
+        let fp = info.fingerprint;
+        let mut shard = self.shard(fp).write().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = shard.get(&fp) {
+            return Arc::clone(&existing.info);
+        }
+        if shard.len() >= self.per_shard {
+            evict_one(&mut shard);
+        }
+        shard.insert(
+            fp,
+            Entry {
+                info: Arc::clone(&info),
+                hot: AtomicBool::new(false),
+            },
+        );
+        info
+    }
+
+    /// Number of cached statements.
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+}
+
+/// Second chance: the first entry not hit since the last sweep goes.
+fn evict_one(shard: &mut Shard) {
+    let mut victim = None;
+    for (fp, entry) in shard.iter() {
+        if !entry.hot.swap(false, Ordering::Relaxed) {
+            victim = Some(*fp);
+            break;
+        }
+    }
+    // Every entry was hot (and now is not): take the first one.
+    let victim = victim.or_else(|| shard.keys().next().copied());
+    if let Some(fp) = victim {
+        shard.remove(&fp);
+    }
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("len", &self.len())
+            .field("capacity", &(self.per_shard * SHARDS))
+            .finish()
+    }
+}

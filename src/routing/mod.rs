@@ -1,0 +1,220 @@
+//! Statement classification: is this SQL safe on a replica, what tables
+//! does it touch, and what transaction or session state does it change.
+//!
+//! # How a statement is classified
+//! 1. The lexer (`lexer`) makes one allocation-free pass: it skips
+//!    comments, picks up a leading `/* pgsidecar:primary|replica */` hint and
+//!    hashes the normalised text into a [`Fingerprint`].
+//! 2. The fingerprint keys a bounded concurrent cache (`cache`) of
+//!    `Arc<StatementInfo>`. A hit ends here: no allocation at all for the
+//!    common case.
+//! 3. On a miss the normalised text is built, each statement is parsed with
+//!    sqlparser and the whole tree is walked (`classify`, `walker`); anything
+//!    unparseable gets a conservative lexical classification (`fallback`)
+//!    and always the primary.
+//! 4. Effects that depend on literal values (SET values, `set_config`
+//!    arguments, `SET pgsidecar.route`) are never cached: they are
+//!    re-read from the text on every call (`session`), only for the
+//!    statements whose cached info says they have such effects.
+//!
+//! # Table names
+//! Relations are recorded as the server folds them (unquoted lower-cased,
+//! quoted verbatim, no quotes) and joined with `.`: `Public.T` → `public.t`.
+//! A qualified name is recorded *both* qualified and bare (`public.t` and
+//! `t`), an unqualified one bare only. So a write to `public.t` and a read of
+//! `t` (or the other way round) always share the name `t`; the price is that
+//! same-named tables in different schemas also match, which only ever sends
+//! a read to the primary needlessly. Views are not expanded: a read of a
+//! view over `t` does not list `t`.
+//!
+//! # Limits
+//! The size limit applies on a cache miss only: a statement over it is not
+//! parsed (`too_large`, primary), and a cached shape is reused whatever the
+//! size of its literals. Function calls hidden in operators, casts or
+//! defaults of user types are not seen.
+
+mod cache;
+mod classify;
+mod fallback;
+mod fingerprint;
+mod functions;
+mod lexer;
+mod normalize;
+mod session;
+mod types;
+mod walker;
+
+#[cfg(test)]
+mod tests;
+
+use cache::Cache;
+pub use fingerprint::Fingerprint;
+pub use types::{
+    Classified, Hint, PinReason, Reason, Route, RouteSetting, SessionChange, StatementInfo,
+    TxEffect, Unpin,
+};
+
+use classify::StmtClass;
+use functions::FunctionPolicy;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// Classifies SQL text; cheap to share (`Arc<Classifier>`) across tasks.
+#[derive(Debug)]
+pub struct Classifier {
+    cache: Cache,
+    functions: FunctionPolicy,
+    max_query_len: usize,
+}
+
+impl Classifier {
+    /// `extra_read_only_functions`: `routing.read_only_functions` from the
+    /// config (bare or schema-qualified names, case-insensitive; they cannot
+    /// re-allow the functions the allow-list denies, e.g. `nextval`).
+    /// `max_query_len`: bytes; longer statements are not parsed and go to
+    /// the primary. `cache_capacity`: statement shapes kept (0 = no cache).
+    pub fn new(
+        extra_read_only_functions: &[String],
+        max_query_len: usize,
+        cache_capacity: usize,
+    ) -> Self {
+        Self {
+            cache: Cache::new(cache_capacity),
+            functions: FunctionPolicy::new(extra_read_only_functions),
+            max_query_len,
+        }
+    }
+
+    /// Classifies one simple-Query string or one Parse statement text (which
+    /// may contain `$1` parameters). Never panics; allocation-free on a
+    /// cache hit for statements without session effects.
+    pub fn classify(&self, sql: &str) -> Classified {
+        let (fp, hint) = normalize::fingerprint(sql);
+        let info = match self.cache.get(fp) {
+            Some(info) => info,
+            None => self.cache.insert(Arc::new(self.analyze(sql))),
+        };
+        let session = if info.has_session_changes {
+            session::extract(sql)
+        } else {
+            Vec::new()
+        };
+        Classified {
+            hint,
+            info,
+            session,
+        }
+    }
+
+    /// Fingerprint and hint only (no cache, no parse): e.g. for digests of
+    /// statements the proxy does not route.
+    pub fn fingerprint(sql: &str) -> (Fingerprint, Option<Hint>) {
+        normalize::fingerprint(sql)
+    }
+
+    /// Number of statement shapes currently cached.
+    pub fn cached_statements(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// The cache-miss path: full classification of `sql`.
+    fn analyze(&self, sql: &str) -> StatementInfo {
+        // Normalised text can outgrow the input (`1` → `$1`), hence the slack.
+        let cap = self.max_query_len.saturating_mul(2).saturating_add(1024);
+        let normalized = normalize::normalize(sql, cap);
+        let too_large = sql.len() > self.max_query_len;
+        let parts: Vec<StmtClass> = normalized
+            .spans
+            .iter()
+            .map(|span| {
+                let text = sql.get(span.clone()).unwrap_or("");
+                if too_large {
+                    fallback::classify(text)
+                } else {
+                    classify::classify_statement(text, &self.functions)
+                }
+            })
+            .collect();
+        let mut info = combine(parts);
+        if too_large || normalized.unterminated {
+            info.route = Route::Write;
+            info.reason = if too_large {
+                Reason::TooLarge
+            } else {
+                Reason::ParseError
+            };
+        }
+        StatementInfo {
+            fingerprint: normalized.fingerprint,
+            normalized: Arc::from(normalized.text),
+            ..info
+        }
+    }
+}
+
+/// Folds the statements of one string into one answer: a write if any part
+/// is; the last transaction effect and release, the first pin.
+fn combine(parts: Vec<StmtClass>) -> StatementInfo {
+    let count = parts.len();
+    let mut route = Route::Read;
+    let mut reason = Reason::Read;
+    let mut tx = TxEffect::None;
+    let (mut pin, mut unpin) = (None, None);
+    let mut has_session_changes = false;
+    let mut parse_error = false;
+    let (mut read, mut written) = (BTreeSet::new(), BTreeSet::new());
+    for part in parts {
+        if part.route == Route::Write && route == Route::Read {
+            route = Route::Write;
+            reason = part.reason;
+        }
+        parse_error |= part.reason == Reason::ParseError;
+        if part.tx != TxEffect::None {
+            tx = part.tx;
+        }
+        pin = pin.or(part.pin);
+        if part.unpin.is_some() {
+            unpin = part.unpin;
+        }
+        has_session_changes |= part.session;
+        read.extend(part.read);
+        written.extend(part.written);
+    }
+    if count > 1 && route == Route::Write {
+        reason = if parse_error {
+            Reason::ParseError
+        } else {
+            Reason::MultiStatementWrite
+        };
+    }
+    let written = canonical(written);
+    let read: Vec<Arc<str>> = canonical(read)
+        .into_iter()
+        .filter(|name| !written.contains(name))
+        .collect();
+    StatementInfo {
+        fingerprint: Fingerprint(0),
+        normalized: Arc::from(""),
+        route,
+        reason,
+        tables_read: read.into_boxed_slice(),
+        tables_written: written.into_boxed_slice(),
+        tx,
+        pin,
+        unpin,
+        statement_count: count,
+        has_session_changes,
+    }
+}
+
+/// Adds the bare name of every qualified name (see "Table names" above).
+fn canonical(names: BTreeSet<String>) -> Vec<Arc<str>> {
+    let mut all = BTreeSet::new();
+    for name in names {
+        if let Some((_, bare)) = name.rsplit_once('.') {
+            all.insert(bare.to_string());
+        }
+        all.insert(name);
+    }
+    all.into_iter().map(Arc::from).collect()
+}

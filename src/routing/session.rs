@@ -1,0 +1,253 @@
+//! Literal-dependent session effects (SET, RESET, `set_config(...)`,
+//! `SET pgsidecar.route`), read from each statement's own tokens every time
+//! — never from the cache, since statements that differ only in these
+//! values share a fingerprint.
+
+use super::lexer::{Lexer, Token, TokenKind};
+use super::types::{RouteSetting, SessionChange};
+
+/// All session changes in `sql` (every statement), in order.
+pub(crate) fn extract(sql: &str) -> Vec<SessionChange> {
+    let mut out = Vec::new();
+    let mut stmt: Vec<Token> = Vec::new();
+    for tok in Lexer::new(sql).filter(|t| !t.kind.is_comment()) {
+        if tok.kind == TokenKind::Semicolon {
+            statement(sql, &stmt, &mut out);
+            stmt.clear();
+        } else {
+            stmt.push(tok);
+        }
+    }
+    statement(sql, &stmt, &mut out);
+    out
+}
+
+fn is_word(t: Option<&Token>, sql: &str, w: &str) -> bool {
+    t.is_some_and(|t| t.kind == TokenKind::Word && t.text(sql).eq_ignore_ascii_case(w))
+}
+
+fn statement(sql: &str, toks: &[Token], out: &mut Vec<SessionChange>) {
+    if is_word(toks.first(), sql, "set") {
+        set(sql, &toks[1..], out);
+    } else if is_word(toks.first(), sql, "reset") {
+        reset(sql, &toks[1..], out);
+    }
+    set_config_calls(sql, toks, out);
+}
+
+/// Source text of `toks`, comments dropped and whitespace collapsed: what
+/// can be sent back as the value of `SET name TO …`.
+fn joined(sql: &str, toks: &[Token]) -> String {
+    let mut s = String::new();
+    for (i, t) in toks.iter().enumerate() {
+        if i > 0 && toks[i - 1].end != t.start && t.kind != TokenKind::Punct {
+            s.push(' ');
+        }
+        s.push_str(t.text(sql));
+    }
+    s
+}
+
+/// A (possibly dotted) parameter name and how many tokens it took.
+fn param_name(sql: &str, toks: &[Token]) -> Option<(String, usize)> {
+    let mut name = String::new();
+    let mut i = 0;
+    loop {
+        let t = toks.get(i)?;
+        match t.kind {
+            TokenKind::Word => name.push_str(&t.text(sql).to_ascii_lowercase()),
+            TokenKind::QuotedIdent => name.push_str(&unquote(t.text(sql), '"')?),
+            _ => return None,
+        }
+        i += 1;
+        if toks.get(i).is_some_and(|t| t.text(sql) == ".") {
+            name.push('.');
+            i += 1;
+        } else {
+            return Some((name, i));
+        }
+    }
+}
+
+fn set(sql: &str, toks: &[Token], out: &mut Vec<SessionChange>) {
+    let mut toks = toks;
+    let mut local = false;
+    if is_word(toks.first(), sql, "local") {
+        local = true;
+        toks = &toks[1..];
+    } else if is_word(toks.first(), sql, "session") && !is_word(toks.get(1), sql, "characteristics")
+    {
+        toks = &toks[1..];
+    }
+    let w = |i: usize, s: &str| is_word(toks.get(i), sql, s);
+    // Special forms: (tokens consumed, parameter name).
+    let special = if w(0, "transaction") {
+        return; // a transaction effect, reported in StatementInfo::tx
+    } else if w(0, "characteristics") || w(0, "session") {
+        out.push(SessionChange::Untracked {
+            name: Some("session_characteristics".into()),
+        });
+        return;
+    } else if w(0, "time") && w(1, "zone") {
+        Some((2, "timezone"))
+    } else if w(0, "authorization") {
+        Some((1, "session_authorization"))
+    } else if w(0, "role") {
+        Some((1, "role"))
+    } else if w(0, "names") {
+        Some((1, "client_encoding"))
+    } else if w(0, "schema") {
+        Some((1, "search_path"))
+    } else {
+        None
+    };
+    let (name, value) = match special {
+        Some((n, name)) => (name.to_string(), &toks[n.min(toks.len())..]),
+        None => {
+            let Some((name, n)) = param_name(sql, toks) else {
+                out.push(SessionChange::Untracked { name: None });
+                return;
+            };
+            let rest = &toks[n..];
+            match rest.first() {
+                Some(t) if t.text(sql) == "=" || is_word(Some(t), sql, "to") => (name, &rest[1..]),
+                _ => {
+                    out.push(SessionChange::Untracked { name: Some(name) });
+                    return;
+                }
+            }
+        }
+    };
+    let is_default = value.len() == 1
+        && (is_word(value.first(), sql, "default")
+            || (name == "timezone" && is_word(value.first(), sql, "local")));
+    if name == "pgsidecar.route" {
+        out.push(route_change(sql, value, is_default));
+    } else if is_default || value.is_empty() {
+        out.push(SessionChange::Reset { name, local });
+    } else {
+        let value = joined(sql, value);
+        out.push(SessionChange::Set { name, value, local });
+    }
+}
+
+fn route_change(sql: &str, value: &[Token], is_default: bool) -> SessionChange {
+    let raw = joined(sql, value);
+    let text = match value {
+        [t] if t.kind == TokenKind::String => unquote(t.text(sql), '\'').unwrap_or_default(),
+        [t] => t.text(sql).to_string(),
+        _ => raw.clone(),
+    };
+    let setting = match text.to_ascii_lowercase().as_str() {
+        _ if is_default => Some(RouteSetting::Auto),
+        "primary" => Some(RouteSetting::Primary),
+        "replica" => Some(RouteSetting::Replica),
+        "auto" => Some(RouteSetting::Auto),
+        _ => None,
+    };
+    SessionChange::Route {
+        setting,
+        value: raw,
+    }
+}
+
+fn reset(sql: &str, toks: &[Token], out: &mut Vec<SessionChange>) {
+    let w = |i: usize, s: &str| is_word(toks.get(i), sql, s);
+    let name = if w(0, "all") && toks.len() == 1 {
+        out.push(SessionChange::ResetAll);
+        return;
+    } else if w(0, "time") && w(1, "zone") {
+        "timezone".to_string()
+    } else if w(0, "session") && w(1, "authorization") {
+        "session_authorization".to_string()
+    } else if let Some((name, _)) = param_name(sql, toks) {
+        name
+    } else {
+        out.push(SessionChange::Untracked { name: None });
+        return;
+    };
+    if name == "pgsidecar.route" {
+        out.push(SessionChange::Route {
+            setting: Some(RouteSetting::Auto),
+            value: "DEFAULT".into(),
+        });
+    } else {
+        out.push(SessionChange::Reset { name, local: false });
+    }
+}
+
+/// `set_config('name', 'value', is_local)` anywhere in the statement.
+fn set_config_calls(sql: &str, toks: &[Token], out: &mut Vec<SessionChange>) {
+    for (i, t) in toks.iter().enumerate() {
+        let qualified_ok =
+            i < 2 || toks[i - 1].text(sql) != "." || is_word(toks.get(i - 2), sql, "pg_catalog");
+        if !is_word(Some(t), sql, "set_config")
+            || !qualified_ok
+            || toks.get(i + 1).is_none_or(|p| p.text(sql) != "(")
+        {
+            continue;
+        }
+        out.push(set_config(sql, &toks[i + 2..]));
+    }
+}
+
+fn set_config(sql: &str, toks: &[Token]) -> SessionChange {
+    // Exactly three single-token arguments, then `)`.
+    let arg = |i: usize| toks.get(i * 2);
+    let shape_ok = (0..2).all(|i| toks.get(i * 2 + 1).is_some_and(|t| t.text(sql) == ","))
+        && toks.get(5).is_some_and(|t| t.text(sql) == ")");
+    let name = arg(0)
+        .and_then(|t| string_value(sql, t))
+        .map(|n| n.to_ascii_lowercase());
+    let value = arg(1).and_then(|t| string_value(sql, t));
+    let local = arg(2).and_then(|t| bool_value(sql, t));
+    match (shape_ok, name, value, local) {
+        (true, Some(name), Some(_), Some(local)) if name == "pgsidecar.route" => {
+            if local {
+                // Transaction-local: no lasting effect the proxy could honour.
+                SessionChange::Untracked { name: Some(name) }
+            } else {
+                route_change(sql, &toks[2..3], false)
+            }
+        }
+        (true, Some(name), Some(value), Some(local)) => {
+            SessionChange::SetConfig { name, value, local }
+        }
+        (_, name, _, _) => SessionChange::Untracked { name },
+    }
+}
+
+/// The value of a plain string literal (`'..'`, or `E'..'` without
+/// backslashes); `None` for anything else.
+fn string_value(sql: &str, t: &Token) -> Option<String> {
+    if t.kind != TokenKind::String {
+        return None;
+    }
+    let text = t.text(sql);
+    let text = match text.strip_prefix(['e', 'E']) {
+        Some(rest) if !rest.contains('\\') => rest,
+        Some(_) => return None,
+        None => text,
+    };
+    unquote(text, '\'')
+}
+
+fn bool_value(sql: &str, t: &Token) -> Option<bool> {
+    let text = match t.kind {
+        TokenKind::Word => t.text(sql).to_ascii_lowercase(),
+        TokenKind::String => string_value(sql, t)?.to_ascii_lowercase(),
+        _ => return None,
+    };
+    match text.as_str() {
+        "true" | "t" | "on" | "yes" | "y" | "1" => Some(true),
+        "false" | "f" | "off" | "no" | "n" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Strips the quotes of `'..'` / `".."` and undoubles inner quotes.
+fn unquote(text: &str, q: char) -> Option<String> {
+    let inner = text.strip_prefix(q)?.strip_suffix(q)?;
+    let doubled: String = [q, q].iter().collect();
+    Some(inner.replace(&doubled, &q.to_string()))
+}

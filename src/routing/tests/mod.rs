@@ -1,0 +1,126 @@
+//! Tests of the classifier: the routing table, fingerprints, the lexer's
+//! robustness, and the reported transaction/session/table effects.
+
+mod effects;
+mod lexing;
+mod table;
+
+use super::{Classified, Classifier, Route};
+
+pub(super) fn classifier() -> Classifier {
+    Classifier::new(
+        &["app.safe_fn".to_string(), "Audit_Read".to_string()],
+        64 * 1024,
+        1000,
+    )
+}
+
+pub(super) fn classify(sql: &str) -> Classified {
+    classifier().classify(sql)
+}
+
+#[test]
+fn routing_table() {
+    assert!(
+        table::CASES.len() >= 150,
+        "only {} cases",
+        table::CASES.len()
+    );
+    let c = classifier();
+    let mut failures = Vec::new();
+    for &(sql, route, reason) in table::CASES {
+        // Twice: the second answer comes from the cache and must agree.
+        for pass in ["miss", "hit"] {
+            let got = c.classify(sql);
+            let ok = got.info.route == route
+                && (reason.is_empty() || got.info.reason.as_str() == reason);
+            if !ok {
+                failures.push(format!(
+                    "{pass}: {sql:?}\n   want {route:?}/{reason}, got {:?}/{}",
+                    got.info.route,
+                    got.info.reason.as_str()
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn configured_read_only_functions() {
+    let c = classifier();
+    assert_eq!(c.classify("select app.safe_fn(1)").info.route, Route::Read);
+    assert_eq!(c.classify("select audit_read()").info.route, Route::Read);
+    assert_eq!(c.classify("select safe_fn(1)").info.route, Route::Write);
+    assert_eq!(
+        c.classify("select other.safe_fn(1)").info.route,
+        Route::Write
+    );
+    // Configuration cannot re-allow the denied functions.
+    let c = Classifier::new(&["nextval".to_string()], 1024, 10);
+    assert_eq!(c.classify("select nextval('s')").info.route, Route::Write);
+}
+
+#[test]
+fn too_large_goes_to_primary_unparsed() {
+    let c = Classifier::new(&[], 100, 10);
+    let big = format!("select {} from t", "a, ".repeat(100) + "b");
+    let got = c.classify(&big);
+    assert_eq!(
+        (got.info.route, got.info.reason.as_str()),
+        (Route::Write, "too_large")
+    );
+    // Session pins are still seen lexically.
+    let big = format!("create temp table x as select {}1", "1 + ".repeat(100));
+    assert_eq!(
+        c.classify(&big).info.pin,
+        Some(super::PinReason::TempObject)
+    );
+    assert_eq!(c.classify("select 1").info.route, Route::Read);
+}
+
+#[test]
+fn reasons_have_stable_unique_labels() {
+    let mut labels: Vec<&str> = super::Reason::ALL.iter().map(|r| r.as_str()).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    assert_eq!(labels.len(), super::Reason::ALL.len());
+    assert!(
+        labels
+            .iter()
+            .all(|l| l.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+    );
+}
+
+#[test]
+fn cache_is_bounded_and_concurrent() {
+    let c = std::sync::Arc::new(Classifier::new(&[], 1024, 128));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                for i in 0..500 {
+                    let sql = format!("select c{} from t{t} where a = {i}", i % 300);
+                    assert_eq!(c.classify(&sql).info.route, Route::Read);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("worker panicked");
+    }
+    let n = c.cached_statements();
+    assert!(n > 0 && n <= 128 + 64, "{n} cached");
+}
+
+#[test]
+fn classifier_is_shareable_across_tasks() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<Classifier>();
+    shareable::<Classified>();
+}

@@ -12,8 +12,16 @@ use tokio::task::JoinHandle;
 use crate::client::cancel::CancelRegistry;
 use crate::client::credentials::Credentials;
 use crate::client::prepared::StatementRegistry;
+use crate::cluster::ClusterView;
 use crate::config::{Config, ConfigHandle};
+use crate::routing::Classifier;
+use crate::routing::policy::WriteLog;
 use crate::server::Pools;
+
+/// Statements longer than this are not parsed: they go to the primary.
+pub const MAX_PARSED_QUERY: usize = 256 * 1024;
+/// Statement shapes the classifier remembers.
+pub const CLASSIFIER_CACHE: usize = 20_000;
 
 /// State every client task reads. Small on purpose: each part has one owner
 /// module, and config is reached through the swappable handle.
@@ -23,7 +31,12 @@ pub struct Shared {
     pub pools: Pools,
     pub cancels: Arc<CancelRegistry>,
     /// Prepared statements shared by all clients.
-    pub statements: Arc<StatementRegistry>,
+    pub statements: StatementRegistry,
+    /// Roles, health and replication lag of the nodes.
+    pub cluster: Arc<ClusterView>,
+    pub classifier: Classifier,
+    /// Recent writes, for read-your-writes.
+    pub write_log: WriteLog,
     /// Connected clients (for max_client_conn).
     pub clients: AtomicUsize,
 }
@@ -44,6 +57,7 @@ pub struct Proxy {
     pub addr: SocketAddr,
     pub shared: Arc<Shared>,
     accept: JoinHandle<()>,
+    monitor: JoinHandle<()>,
 }
 
 impl Proxy {
@@ -52,12 +66,19 @@ impl Proxy {
         let listen = config.proxy.listen;
         let credentials = Credentials::build(&config);
         let shared = Arc::new(Shared {
-            config: crate::config::handle(config),
             credentials: ArcSwap::from_pointee(credentials),
             pools: Pools::default(),
             cancels: Arc::new(CancelRegistry::default()),
-            statements: Arc::new(StatementRegistry::default()),
+            statements: StatementRegistry::default(),
+            cluster: ClusterView::new(&config),
+            classifier: Classifier::new(
+                &config.routing.read_only_functions,
+                MAX_PARSED_QUERY,
+                CLASSIFIER_CACHE,
+            ),
+            write_log: WriteLog::default(),
             clients: AtomicUsize::new(0),
+            config: crate::config::handle(config),
         });
         let listener = TcpListener::bind(listen)
             .await
@@ -70,11 +91,13 @@ impl Proxy {
             source,
         })?;
         let accept = tokio::spawn(crate::client::accept_loop(listener, shared.clone()));
+        let monitor = shared.cluster.spawn_monitor(shared.config.clone());
         tracing::info!(%addr, "pgsidecar listening");
         Ok(Proxy {
             addr,
             shared,
             accept,
+            monitor,
         })
     }
 }
@@ -82,5 +105,6 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
+        self.monitor.abort();
     }
 }

@@ -62,8 +62,8 @@ async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
     })
     .await;
 
-    let ctx = match logged_in {
-        Ok(Ok(Some(ctx))) => ctx,
+    let (ctx, client) = match logged_in {
+        Ok(Ok(Some(logged_in))) => logged_in,
         Ok(Ok(None)) => return,
         Ok(Err(error)) => {
             let _ = stream.write_all(&error.to_bytes()).await;
@@ -78,5 +78,5 @@ async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
             return;
         }
     };
-    session::run(stream, buf, ctx).await;
+    session::run(stream, buf, ctx, client).await;
 }

@@ -4,15 +4,19 @@
 mod auth;
 pub mod cancel;
 pub mod credentials;
+mod effects;
 mod expect;
 mod flow;
 mod handshake;
+mod hold;
 mod idle;
 mod listener;
 mod login;
 pub mod params;
 pub mod prepared;
 mod relay;
+mod route;
 mod session;
+mod state;
 
 pub use listener::accept_loop;

@@ -60,6 +60,8 @@ pub struct ServerConn {
 pub struct ServerState {
     /// Proxy-named prepared statements present on it.
     pub prepared: PreparedOnServer,
+    /// Session parameters the proxy has set on it.
+    pub params: crate::client::params::ServerParamsState,
 }
 
 /// The I/O half of a split connection.
@@ -90,6 +92,7 @@ impl ServerConn {
             health: Health::Clean,
             state: ServerState {
                 prepared: PreparedOnServer::new(prepared_capacity),
+                params: Default::default(),
             },
         }
     }

@@ -10,3 +10,4 @@ mod cluster_monitor;
 mod cluster_smoke;
 mod pooling;
 mod proxy_core;
+mod routing_smoke;

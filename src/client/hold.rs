@@ -9,10 +9,11 @@ use std::time::Duration;
 use super::cancel::{CancelTarget, send_cancel};
 use super::expect::{Audience, Expectations, Request};
 use super::flow::{HoldState, SYNC_TOKEN};
+use super::registry::ClientActivity;
 use super::route::{self, Unit};
 use super::session::SessionCtx;
 use super::state::ClientState;
-use crate::cluster::{NodeId, ReplicaLease};
+use crate::cluster::{ClusterView, NodeId, ReplicaLease};
 use crate::config::PoolMode;
 use crate::protocol::frame::{self, fe};
 use crate::protocol::{SqlState, WireError};
@@ -33,14 +34,30 @@ pub struct Held {
     _replica: Option<ReplicaLease>,
 }
 
-/// This client's pool for each node, looked up once.
+/// This client's pool for each node, looked up once (again after a reload
+/// replaced pools or nodes).
 #[derive(Default)]
 pub struct NodePools {
     by_node: Vec<Option<Arc<ServerPool>>>,
+    generation: u64,
+    view: Option<Arc<ClusterView>>,
 }
 
 impl NodePools {
-    pub fn get(&mut self, ctx: &SessionCtx, node: NodeId) -> Arc<ServerPool> {
+    /// The pool of `node` as numbered by `cluster`.
+    pub fn get(
+        &mut self,
+        ctx: &SessionCtx,
+        cluster: &Arc<ClusterView>,
+        node: NodeId,
+    ) -> Arc<ServerPool> {
+        let generation = ctx.shared.generation();
+        let same_view = self.view.as_ref().is_some_and(|v| Arc::ptr_eq(v, cluster));
+        if generation != self.generation || !same_view {
+            self.by_node.clear();
+            self.generation = generation;
+            self.view = Some(cluster.clone());
+        }
         if self.by_node.len() <= node {
             self.by_node.resize(node + 1, None);
         }
@@ -50,7 +67,7 @@ impl NodePools {
                 let key = PoolKey {
                     database: ctx.database.clone(),
                     user: ctx.user.name.clone(),
-                    node: ctx.shared.cluster.addr(node).clone(),
+                    node: cluster.addr(node).clone(),
                 };
                 ctx.shared
                     .pools
@@ -61,12 +78,13 @@ impl NodePools {
 
     /// The pool of the current primary.
     pub fn primary(&mut self, ctx: &SessionCtx) -> Result<Arc<ServerPool>, WireError> {
-        Ok(self.get(ctx, primary_node(ctx)?))
+        let cluster = ctx.shared.cluster().clone();
+        Ok(self.get(ctx, &cluster, primary_node(&cluster)?))
     }
 }
 
-fn primary_node(ctx: &SessionCtx) -> Result<NodeId, WireError> {
-    ctx.shared.cluster.primary().ok_or_else(|| {
+fn primary_node(cluster: &ClusterView) -> Result<NodeId, WireError> {
+    cluster.primary().ok_or_else(|| {
         WireError::error(
             SqlState::CONNECTION_FAILURE,
             "no primary is available: every node is down or in recovery",
@@ -81,21 +99,40 @@ pub async fn acquire(
     pools: &mut NodePools,
     unit: &Unit,
 ) -> Result<Held, WireError> {
-    let routed = route::decide(unit, client, &ctx.shared)?;
+    let slot = &ctx.cancel.slot;
+    slot.set_activity(ClientActivity::Waiting);
+    let held = acquire_inner(ctx, client, pools, unit).await;
+    if held.is_err() {
+        slot.set_activity(ClientActivity::Idle);
+    }
+    held
+}
+
+async fn acquire_inner(
+    ctx: &SessionCtx,
+    client: &mut ClientState,
+    pools: &mut NodePools,
+    unit: &Unit,
+) -> Result<Held, WireError> {
+    // The admin console's PAUSE holds new work here until RESUME.
+    let _ = ctx.shared.paused.subscribe().wait_for(|p| !*p).await;
+    // One view of the cluster for the decision and the pool it picks.
+    let cluster = ctx.shared.cluster().clone();
+    let routed = route::decide(unit, client, &ctx.shared, &cluster)?;
     tracing::trace!(reason = routed.decision.reason, "routed");
     let (mut node, mut replica) = match routed.decision.target {
-        Target::Primary => (primary_node(ctx)?, None),
+        Target::Primary => (primary_node(&cluster)?, None),
         Target::Replica(lease) => (lease.id, Some(lease)),
     };
-    let mut pool = pools.get(ctx, node);
+    let mut pool = pools.get(ctx, &cluster, node);
     let lease = match pool.checkout().await {
         Ok(lease) => lease,
         Err(e) if replica.is_some() => {
             // Nothing was sent yet: a read can run on the primary instead.
             tracing::warn!(error = %e, "replica unavailable, reading from the primary");
             replica = None;
-            node = primary_node(ctx)?;
-            pool = pools.get(ctx, node);
+            node = primary_node(&cluster)?;
+            pool = pools.get(ctx, &cluster, node);
             pool.checkout().await.map_err(|e| e.to_wire())?
         }
         Err(e) => return Err(e.to_wire()),

@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::auth::{self, AuthFailure};
 use super::params::ClientParams;
+use super::registry::ClientInfo;
 use super::session::SessionCtx;
 use super::state::ClientState;
 use crate::protocol::backend;
@@ -27,6 +28,7 @@ pub async fn login<S>(
     stream: &mut S,
     buf: &mut BytesMut,
     startup: StartupMessage,
+    peer: Option<std::net::SocketAddr>,
 ) -> Result<Option<(SessionCtx, ClientState)>, WireError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -67,7 +69,7 @@ where
         .filter(|d| !d.is_empty())
         .unwrap_or(user);
 
-    let connected = shared.clients.load(std::sync::atomic::Ordering::Relaxed);
+    let connected = shared.connected.load(std::sync::atomic::Ordering::Relaxed);
     if connected > config.proxy.max_client_conn as usize {
         return Err(WireError::fatal(
             SqlState::TOO_MANY_CONNECTIONS,
@@ -100,7 +102,8 @@ where
     }
     backend::auth_ok(&mut out);
 
-    let Some(primary) = shared.cluster.primary() else {
+    let cluster = shared.cluster();
+    let Some(primary) = cluster.primary() else {
         return Err(WireError::fatal(
             SqlState::CONNECTION_FAILURE,
             "no primary is available: every node is down or in recovery",
@@ -109,7 +112,7 @@ where
     let key = PoolKey {
         database: database.to_string(),
         user: user.to_string(),
-        node: shared.cluster.addr(primary).clone(),
+        node: cluster.addr(primary).clone(),
     };
     let pool = shared
         .pools
@@ -143,7 +146,16 @@ where
         let name = client_params.startup_raw("application_name").unwrap_or("");
         backend::parameter_status(&mut out, "application_name", name);
     }
-    let cancel = shared.cancels.register();
+    let cancel = shared.clients.register(ClientInfo {
+        user: user.to_string(),
+        database: database.to_string(),
+        application_name: client_params
+            .startup_raw("application_name")
+            .unwrap_or("")
+            .to_string(),
+        addr: peer,
+        connected_at: std::time::SystemTime::now(),
+    });
     backend::backend_key_data(&mut out, cancel.slot.pid, cancel.slot.secret);
     backend::ready_for_query(&mut out, b'I');
     if !stream_is_ok(stream, &out).await {

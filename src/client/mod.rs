@@ -14,9 +14,10 @@ mod listener;
 mod login;
 pub mod params;
 pub mod prepared;
+pub mod registry;
 mod relay;
 mod route;
 mod session;
 mod state;
 
-pub use listener::accept_loop;
+pub use listener::{accept_loop, bind};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::prepared::{self, ClientStatements};
 use super::state::ClientState;
+use crate::cluster::ClusterView;
 use crate::protocol::frame::{self, fe};
 use crate::protocol::{ProtocolError, SqlState, WireError};
 use crate::proxy::Shared;
@@ -134,7 +135,12 @@ pub struct Routed {
 }
 
 /// Where the unit runs.
-pub fn decide(unit: &Unit, client: &ClientState, shared: &Shared) -> Result<Routed, WireError> {
+pub fn decide(
+    unit: &Unit,
+    client: &ClientState,
+    shared: &Shared,
+    cluster: &ClusterView,
+) -> Result<Routed, WireError> {
     let config = shared.config.load();
     let tx = if client.deferred_begin.is_some() {
         // Inside a transaction the client opened with a lone BEGIN: it is
@@ -178,7 +184,7 @@ pub fn decide(unit: &Unit, client: &ClientState, shared: &Shared) -> Result<Rout
         &request,
         &client.routing,
         &shared.write_log,
-        &shared.cluster,
+        cluster,
         &config.routing,
     )
     .map(|decision| Routed {

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::cancel::{CancelHandle, CancelTarget};
+use super::cancel::CancelTarget;
 use super::credentials::UserAuth;
 use super::flow::{SessionFlow, check_frontend_tag};
 use super::hold::{self, Held, NodePools};
 use super::idle::{self, Idle};
+use super::registry::{ClientHandle, ServerLink};
 use super::relay::{self, RelayEnd, ServerIo};
 use super::route;
 use super::state::ClientState;
@@ -30,7 +31,7 @@ pub struct SessionCtx {
     pub database: String,
     pub mode: PoolMode,
     pub max_message: usize,
-    pub cancel: CancelHandle,
+    pub cancel: ClientHandle,
 }
 
 /// Runs a logged-in client until it leaves.
@@ -56,7 +57,7 @@ where
     if let Err(e) = result {
         let _ = stream.write_all(&e.to_bytes()).await;
     }
-    ctx.cancel.slot.set(None);
+    ctx.cancel.slot.set_server(None);
     if let Some(h) = held {
         hold::leave(h, &client, ctx.mode).await;
     }
@@ -78,7 +79,11 @@ where
     let mut out = BytesMut::new();
     loop {
         if held.is_none() {
-            let Some(tag) = next_frame(stream, cbuf, ctx.max_message).await? else {
+            let next = tokio::select! {
+                next = next_frame(stream, cbuf, ctx.max_message) => next?,
+                _ = ctx.shared.shutdown.cancelled() => return Err(shutting_down()),
+            };
+            let Some(tag) = next else {
                 return Ok(());
             };
             check_frontend_tag(tag)?;
@@ -126,10 +131,14 @@ where
             }
         }
         let Some(h) = held.as_mut() else { continue };
-        ctx.cancel.slot.set(Some(CancelTarget {
-            server: h.lease.peer,
-            pid: h.lease.params.backend_pid,
-            secret: h.lease.params.backend_secret.clone(),
+        ctx.cancel.slot.set_server(Some(ServerLink {
+            cancel: CancelTarget {
+                server: h.lease.peer,
+                pid: h.lease.params.backend_pid,
+                secret: h.lease.params.backend_secret.clone(),
+            },
+            node: h.lease.addr.clone(),
+            server_id: h.lease.id,
         }));
         let (io, state) = h.lease.split();
         let mut flow = SessionFlow {
@@ -147,12 +156,15 @@ where
             wbuf: io.wbuf,
         };
         let end = relay::relay(stream, cbuf, io, &mut flow, ctx.max_message).await;
-        ctx.cancel.slot.set(None);
+        ctx.cancel.slot.set_server(None);
         tracing::trace!(?end, status = %char::from(h.expect.status()), "relay ended");
         match end {
             RelayEnd::Released => {
                 let h = held.take().expect("held above");
                 hold::release(h, client);
+                if ctx.shared.shutdown.is_cancelled() {
+                    return Err(shutting_down());
+                }
             }
             RelayEnd::ClientGone => return Ok(()),
             RelayEnd::ClientError(e) => return Err(e),
@@ -169,6 +181,13 @@ where
             }
         }
     }
+}
+
+fn shutting_down() -> WireError {
+    WireError::fatal(
+        SqlState::ADMIN_SHUTDOWN,
+        "terminating connection because pgsidecar is shutting down",
+    )
 }
 
 /// Waits until `cbuf` starts with a complete frame; returns its tag, or

@@ -54,6 +54,8 @@ pub struct ServerConn {
     pub created: Instant,
     health: Health,
     pub state: ServerState,
+    /// Keeps it listed in its pool until closed.
+    pub(crate) registration: Option<super::pool::Registration>,
 }
 
 /// Session state the proxy has left on a server connection.
@@ -94,6 +96,7 @@ impl ServerConn {
                 prepared: PreparedOnServer::new(prepared_capacity),
                 params: Default::default(),
             },
+            registration: None,
         }
     }
 

@@ -15,6 +15,9 @@
 //!   force_generic_plan` and `EXECUTE` with NULLs: the generic plan, which
 //!   does not depend on the values, so the NULLs do not distort it.
 //!
+//! The plan kept for `/queries` has its literal values replaced by `?`
+//! (see `scrub`), like the normalised text.
+//!
 //! Each runs inside `BEGIN` (`BEGIN READ ONLY` for reads) … `ROLLBACK`
 //! with `SET LOCAL statement_timeout = observability.explain_timeout`.
 //! The client's text only ever travels in the extended protocol, which
@@ -23,6 +26,7 @@
 
 mod conn;
 mod run;
+mod scrub;
 mod statement;
 mod summary;
 
@@ -37,6 +41,7 @@ use tokio::sync::mpsc;
 pub(crate) use conn::{Conns, Target};
 pub(crate) use run::Explained;
 pub(crate) use run::explain;
+pub(crate) use scrub::scrub_plan;
 pub use summary::{PlanError, PlanSummary, SeqScan};
 
 /// Requests waiting at most; more are dropped (and counted).

@@ -118,7 +118,9 @@ impl Observer {
     }
 }
 
-fn summarise(e: Explained) -> Result<(PlanSummary, Explained), ExplainError> {
+/// Removes literal values from the plan, then summarises it.
+fn summarise(mut e: Explained) -> Result<(PlanSummary, Explained), ExplainError> {
+    explain::scrub_plan(&mut e.plan);
     Ok((PlanSummary::from_json(&e.plan)?, e))
 }
 

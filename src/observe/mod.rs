@@ -4,19 +4,34 @@
 //!
 //! # Wiring
 //! ```ignore
-//! let observer = Observer::new(config_handle, Arc::new(my_sources));
-//! let http = observer.serve_http().await?;      // binds [http].listen
-//! let background = observer.spawn_background(); // EXPLAIN worker, budgets
-//! // hot path, after each statement's response completed:
-//! observer.record(&QueryEvent { .. });
-//! observer.metrics().routing("replica");       // and the other counters
+//! struct ProxySources { shared: Weak<Shared>, cluster: Arc<ClusterView> }
+//! impl Sources for ProxySources {
+//!     fn nodes(&self) -> Vec<NodeStatus> { self.cluster.status() }
+//!     fn primary_ready(&self) -> bool { self.cluster.primary_ready() }
+//!     fn pools(&self) -> Vec<PoolSnapshot> {
+//!         let Some(shared) = self.shared.upgrade() else { return vec![] };
+//!         shared.pools.all().iter().map(|p| PoolSnapshot::of(p)).collect()
+//!     }
+//!     fn clients(&self) -> ClientCounts { /* from the session counters */ }
+//!     fn pinned(&self) -> u64 { /* pinned sessions */ }
+//! }
+//! // Shared holds the observer; the sources hold Shared weakly:
+//! let shared = Arc::new_cyclic(|weak| Shared {
+//!     observer: Observer::new(config.clone(), Arc::new(ProxySources { .. })),
+//!     ..
+//! });
+//! let http = shared.observer.serve_http().await?;      // binds [http].listen
+//! let background = shared.observer.spawn_background(); // EXPLAIN worker, budgets
+//! // after each statement's response completed:
+//! shared.observer.record(&QueryEvent { .. });
+//! shared.observer.metrics().routing("replica");        // and the other counters
 //! // shutdown:
 //! http.stop().await;
 //! background.abort();
 //! ```
 //! State that other modules own (node health and lag, pools, clients) is
-//! read through [`Sources`] when `/metrics` is scraped, so the hot path
-//! never touches those gauges.
+//! read through [`Sources`] when `/metrics` is scraped (and once a second
+//! for the pool budget), so the hot path never touches those gauges.
 //!
 //! # Layout
 //! - `observer`: [`Observer`], [`QueryEvent`], recording.

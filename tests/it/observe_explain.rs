@@ -207,3 +207,31 @@ async fn plans_are_taken_on_the_replica_that_ran_the_query() {
     assert_eq!(plan.node, replica.addr());
     assert_eq!(plan.summary.seq_scans[0].relation, "r");
 }
+
+#[tokio::test]
+async fn a_failed_explain_logs_no_values() {
+    let db = harness::fresh_db("observe_fail");
+    owner(&db)
+        .await
+        .batch_execute("create table f (id int); grant select on f to app")
+        .await
+        .unwrap();
+    let (observer, _) = observer("[observability]\nslow_query_threshold = \"1ms\"");
+    let (log, _guard) = crate::observe_support::capture(false);
+    let _background = observer.spawn_background();
+    let sql = "select * from f where id = $1";
+    let mut ev = Event::read(&db, sql, sql, Duration::from_millis(20));
+    ev.params = Some(vec![Some("not-a-number-7731".into())]);
+    ev.record(&observer);
+    let failed = harness::eventually("the failure line", Duration::from_secs(5), || {
+        let lines = log.matching("EXPLAIN failed");
+        async move { lines.into_iter().next() }
+    })
+    .await;
+    assert!(failed.contains("22P02"), "{failed}");
+    assert!(failed.contains("invalid input syntax"), "{failed}");
+    for line in log.lines() {
+        assert!(!line.contains("not-a-number"), "a value leaked: {line}");
+        assert!(!line.contains("7731"), "a value leaked: {line}");
+    }
+}

@@ -82,10 +82,26 @@ pub enum ExplainError {
     NoPlan,
     #[error("the connection closed")]
     Closed,
+    /// The server refused; the message has quoted values and numbers
+    /// replaced by `?` (it may quote a literal of the statement).
+    #[error("{code}: {message}")]
+    Server { code: String, message: String },
     #[error("{0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    Client(#[source] tokio_postgres::Error),
     #[error(transparent)]
     Plan(#[from] PlanError),
+}
+
+impl From<tokio_postgres::Error> for ExplainError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        match e.as_db_error() {
+            Some(db) => ExplainError::Server {
+                code: db.code().code().to_string(),
+                message: scrub::scrub_message(db.message()),
+            },
+            None => ExplainError::Client(e),
+        }
+    }
 }
 
 /// The queue between the query path and the worker.

@@ -15,6 +15,8 @@ use crate::observe::explain::conn::Conn;
 
 /// Name of the statement the PREPARE variant creates (and deallocates).
 const PREPARED: &str = "pgsidecar_explain";
+/// Longest wait for a table lock while planning, in milliseconds.
+const LOCK_TIMEOUT_MS: u128 = 200;
 /// First version with `EXPLAIN (GENERIC_PLAN)`.
 const PG16: u32 = 160_000;
 
@@ -48,8 +50,14 @@ pub(crate) async fn explain(
         "BEGIN READ ONLY"
     };
     let millis = statement_timeout.as_millis().max(1);
+    // Planning takes table locks: never queue behind a migration's lock
+    // (and so in front of everyone waiting for it) for long.
+    let lock_millis = millis.min(LOCK_TIMEOUT_MS);
     client
-        .batch_execute(&format!("{begin}; SET LOCAL statement_timeout = {millis}"))
+        .batch_execute(&format!(
+            "{begin}; SET LOCAL statement_timeout = {millis}; \
+             SET LOCAL lock_timeout = {lock_millis}"
+        ))
         .await?;
     let mut prepared = false;
     let result = plan(client, conn.version, req, facts.params, &mut prepared).await;

@@ -80,6 +80,21 @@ pub(crate) fn scrub_expression(text: &str) -> String {
     out
 }
 
+/// A server message (which may quote a value: `invalid input syntax
+/// for type integer: "abc"`) with double-quoted parts, literals and
+/// numbers replaced by `?`.
+pub(crate) fn scrub_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('"');
+    out.push_str(parts.next().unwrap_or(""));
+    for (i, part) in parts.enumerate() {
+        out.push('"');
+        // Odd parts are inside quotes.
+        out.push_str(if i % 2 == 0 { "?" } else { part });
+    }
+    scrub_expression(&out)
+}
+
 fn skip_string(chars: &[char], start: usize, backslash: bool) -> usize {
     let mut i = start + 1;
     while i < chars.len() {
@@ -155,6 +170,22 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(scrub_expression(input), expected, "{input}");
         }
+    }
+
+    #[test]
+    fn server_messages_lose_their_values() {
+        assert_eq!(
+            scrub_message("invalid input syntax for type integer: \"abc\""),
+            "invalid input syntax for type integer: \"?\""
+        );
+        assert_eq!(
+            scrub_message("value 99999999999 is out of range for type integer"),
+            "value ? is out of range for type integer"
+        );
+        assert_eq!(
+            scrub_message("relation \"nope\" does not exist"),
+            "relation \"?\" does not exist"
+        );
     }
 
     #[test]

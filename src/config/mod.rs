@@ -12,8 +12,8 @@ use arc_swap::ArcSwap;
 
 pub use load::ConfigError;
 pub use schema::{
-    AdminConfig, AuthConfig, ClusterConfig, Config, HttpConfig, ObservabilityConfig, PoolConfig,
-    ProxyConfig, RoutingConfig, UserConfig,
+    AdminConfig, AuthConfig, BudgetsConfig, ClusterConfig, Config, HttpConfig, ObservabilityConfig,
+    PoolConfig, ProxyConfig, RoutingConfig, UserConfig,
 };
 pub use types::{
     ClientAuth, ExplainMode, LogFormat, NodeAddr, PoolMode, PoolSize, ReadYourWrites, Secret,

@@ -14,6 +14,7 @@
 //! - [`demo`]: a throwaway local primary + replica (used by `demo` and tests).
 //! - [`proxy`]: wires the parts together and runs them.
 
+pub mod admin;
 pub mod client;
 pub mod cluster;
 pub mod config;

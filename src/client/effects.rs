@@ -4,7 +4,10 @@
 //! and their releases. Effects wait under a token until the request that
 //! carries them completes.
 
-use crate::routing::{PinReason, SessionChange, Unpin};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::routing::{PinReason, SessionChange, StatementInfo, Unpin};
 
 use super::params::{ParamChange, ParamValue};
 
@@ -99,12 +102,27 @@ pub fn param_changes(changes: &[SessionChange]) -> Option<Vec<ParamChange>> {
 pub struct Effect {
     pub changes: Vec<ParamChange>,
     pub unpin: Option<Unpin>,
+    /// What the observer is told when it completes.
+    pub observed: Option<Observed>,
 }
 
 impl Effect {
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty() && self.unpin.is_none()
+        self.changes.is_empty() && self.unpin.is_none() && self.observed.is_none()
     }
+}
+
+/// A client statement being timed for metrics, digests and the slow log.
+#[derive(Debug)]
+pub struct Observed {
+    pub info: Arc<StatementInfo>,
+    /// The text to EXPLAIN (the original, or the normalised text when
+    /// EXPLAIN is off and nothing needs the original).
+    pub sql: Arc<str>,
+    pub start: Instant,
+    pub rows: u64,
+    /// SQLSTATE of the error that ended it, if any.
+    pub error: Option<Box<str>>,
 }
 
 /// Effects by token for one hold.
@@ -123,6 +141,14 @@ impl Pending {
         self.next += 1;
         self.waiting.push((self.next, effect));
         self.next
+    }
+
+    /// The effect waiting under `token`.
+    pub fn get_mut(&mut self, token: u64) -> Option<&mut Effect> {
+        self.waiting
+            .iter_mut()
+            .find(|(t, _)| *t == token)
+            .map(|(_, e)| e)
     }
 
     /// Takes the effect for a completed (or failed) request.
@@ -175,7 +201,7 @@ mod tests {
         assert_eq!(p.add(Effect::default()), 0);
         let t = p.add(Effect {
             changes: vec![ParamChange::ResetAll],
-            unpin: None,
+            ..Effect::default()
         });
         assert!(p.take(t).is_some());
         assert!(p.take(t).is_none());

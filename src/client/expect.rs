@@ -303,6 +303,19 @@ impl Expectations {
         }
     }
 
+    /// The token of the statement (Query or Execute) the next response
+    /// belongs to, 0 if the head is anything else.
+    pub fn head_statement_token(&self) -> u64 {
+        match self.queue.front() {
+            Some(Expect::Response {
+                request: Request::Query | Request::Execute,
+                token,
+                ..
+            }) => *token,
+            _ => 0,
+        }
+    }
+
     /// The next response answers a message of the proxy's own.
     pub fn head_is_proxy(&self) -> bool {
         matches!(

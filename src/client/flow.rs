@@ -8,13 +8,16 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::effects::{self, Effect, Pending};
+use super::effects::{self, Effect, Observed, Pending};
 use super::expect::{Audience, Disposition, Event, Expectations, Request, Synthetic};
 use super::params::ParamChange;
 use super::prepared::{self, Statement};
+use super::registry::ClientInfo;
 use super::relay::{ClientStep, Flow, Outbox, ServerStep};
 use super::state::ClientState;
+use crate::cluster::{NodeId, Role};
 use crate::config::PoolMode;
+use crate::observe::QueryEvent;
 use crate::protocol::frame::{self, be, fe};
 use crate::protocol::{ProtocolError, SqlState, WireError};
 use crate::proxy::Shared;
@@ -22,7 +25,6 @@ use crate::routing::{Classified, Route, RouteSetting, SessionChange, StatementIn
 use crate::server::{ServerPool, ServerState, statement_name};
 
 /// Per-hold bookkeeping that the relay's stretches share.
-#[derive(Default)]
 pub struct HoldState {
     /// The client's unnamed statement exists on this server.
     pub unnamed_here: bool,
@@ -43,6 +45,9 @@ pub struct HoldState {
     /// Replica reads: client bytes still routed to this server; later
     /// requests wait for the next routing decision.
     pub budget: Option<usize>,
+    /// The node this server belongs to, for metrics.
+    pub node: NodeId,
+    pub role: Role,
 }
 
 /// One stretch of relaying on one server.
@@ -54,6 +59,26 @@ pub struct SessionFlow<'a> {
     pub pool: &'a ServerPool,
     pub shared: &'a Shared,
     pub mode: PoolMode,
+    /// Who the client is, for the slow-query log.
+    pub who: &'a ClientInfo,
+}
+
+impl HoldState {
+    pub fn new(node: NodeId, role: Role) -> Self {
+        HoldState {
+            unnamed_here: false,
+            pending: Pending::default(),
+            bound: None,
+            bound_unnamed: None,
+            wrote: false,
+            tables_written: Vec::new(),
+            last_was_commit: false,
+            params_diverged: false,
+            budget: None,
+            node,
+            role,
+        }
+    }
 }
 
 impl SessionFlow<'_> {
@@ -105,7 +130,12 @@ impl SessionFlow<'_> {
 
     /// Notes what a statement about to run does: writes (for
     /// read-your-writes) and pins. Returns its effects for completion.
-    fn effects_of(&mut self, info: &StatementInfo, session: &[SessionChange]) -> Effect {
+    fn effects_of(
+        &mut self,
+        info: &Arc<StatementInfo>,
+        session: &[SessionChange],
+        sql: Arc<str>,
+    ) -> Effect {
         if info.route == Route::Write {
             self.hold.wrote = true;
             self.hold
@@ -126,6 +156,22 @@ impl SessionFlow<'_> {
         Effect {
             changes,
             unpin: info.unpin.clone(),
+            observed: Some(Observed {
+                info: info.clone(),
+                sql,
+                start: Instant::now(),
+                rows: 0,
+                error: None,
+            }),
+        }
+    }
+
+    /// The text to hand the observer: the original only if EXPLAIN may use it.
+    fn sql_for_observer(&self, text: &str, info: &StatementInfo) -> Arc<str> {
+        if self.shared.observer.wants_sql() {
+            Arc::from(text)
+        } else {
+            info.normalized.clone()
         }
     }
 
@@ -153,7 +199,8 @@ impl SessionFlow<'_> {
                 return Ok(());
             }
         }
-        let effect = self.effects_of(&c.info, &c.session);
+        let sql = self.sql_for_observer(frame::query_text(frame)?, &c.info);
+        let effect = self.effects_of(&c.info, &c.session, sql);
         let token = self.hold.pending.add(effect);
         self.send(out, frame, Some(Request::Query), token);
         Ok(())
@@ -168,7 +215,7 @@ impl SessionFlow<'_> {
         let msg = prepared::parse_parse(frame)?;
         if msg.name.is_empty() {
             let class = self.shared.classifier.classify(msg.query);
-            self.client.statements.set_unnamed(frame, class);
+            self.client.statements.set_unnamed(frame, msg.query, class);
             self.hold.unnamed_here = true;
             self.send(out, frame, Some(Request::Parse), 0);
             return Ok(());
@@ -209,14 +256,18 @@ impl SessionFlow<'_> {
     }
 
     fn on_execute(&mut self, frame: &[u8], out: &mut BytesMut) {
-        let class = match (&self.hold.bound, &self.hold.bound_unnamed) {
-            (Some(s), _) => Some(s.class.clone()),
-            (None, Some(c)) => Some(c.clone()),
+        let bound = match (&self.hold.bound, &self.hold.bound_unnamed) {
+            (Some(s), _) => Some((s.class.clone(), s.query.clone())),
+            (None, Some(c)) => self
+                .client
+                .statements
+                .unnamed_query()
+                .map(|q| (c.clone(), q.clone())),
             _ => None,
         };
-        let token = match class {
-            Some(c) => {
-                let effect = self.effects_of(&c.info, &c.session);
+        let token = match bound {
+            Some((c, sql)) => {
+                let effect = self.effects_of(&c.info, &c.session, sql);
                 self.hold.pending.add(effect)
             }
             None => 0,
@@ -256,6 +307,26 @@ impl SessionFlow<'_> {
         }
         self.send(out, frame, Some(Request::Close), 0);
         Ok(())
+    }
+
+    /// Tells the observer about a finished statement.
+    fn observe(&self, o: Observed) {
+        self.shared.observer.record(&QueryEvent {
+            fingerprint: o.info.fingerprint.low64(),
+            normalized: &o.info.normalized,
+            sql: &o.sql,
+            params: None,
+            is_write: o.info.route == Route::Write,
+            role: self.hold.role,
+            node: self.hold.node,
+            node_addr: &self.pool.key.node,
+            duration: o.start.elapsed(),
+            rows: o.rows,
+            error: o.error.as_deref(),
+            user: &self.who.user,
+            database: &self.who.database,
+            application_name: &self.who.application_name,
+        });
     }
 
     /// A request with effects completed successfully.
@@ -300,18 +371,26 @@ impl SessionFlow<'_> {
                 token: SYNC_TOKEN,
             } => self.server.params.mark_unknown(),
             Event::Done { token, .. } => {
-                if let Some(effect) = self.hold.pending.take(token) {
+                if let Some(mut effect) = self.hold.pending.take(token) {
+                    if let Some(o) = effect.observed.take() {
+                        self.observe(o);
+                    }
                     self.apply(effect, status);
                 }
             }
             Event::Failed { token, .. } => {
-                self.hold.pending.take(token);
+                if let Some(o) = self.hold.pending.take(token).and_then(|e| e.observed) {
+                    self.observe(o);
+                }
             }
         }
     }
 
     /// A ReadyForQuery: transaction boundaries and read-your-writes.
     fn on_ready(&mut self, before: u8, status: u8) {
+        if status == b'I' {
+            self.shared.observer.metrics().transaction();
+        }
         if before != b'I' && status == b'I' {
             self.client
                 .params
@@ -336,6 +415,20 @@ impl SessionFlow<'_> {
             && self.client.deferred_begin.is_none()
             && self.expect.is_reusable()
     }
+}
+
+/// The row count at the end of a CommandComplete tag ("SELECT 5",
+/// "INSERT 0 1", "UPDATE 3"); 0 for tags without one.
+fn rows_of(tag: &[u8]) -> u64 {
+    let tag = tag.strip_suffix(b"\0").unwrap_or(tag);
+    let digits = tag.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits == tag.len() {
+        return 0;
+    }
+    std::str::from_utf8(&tag[tag.len() - digits..])
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Token of the proxy's own parameter-sync query at the start of a hold.
@@ -394,8 +487,33 @@ impl Flow for SessionFlow<'_> {
         } else {
             before
         };
-        if tag == be::COMMAND_COMPLETE {
-            self.hold.last_was_commit = frame::body(frame).starts_with(b"COMMIT\0");
+        match tag {
+            be::COMMAND_COMPLETE => {
+                let tag_text = frame::body(frame);
+                self.hold.last_was_commit = tag_text.starts_with(b"COMMIT\0");
+                let token = self.expect.head_statement_token();
+                if let Some(o) = self
+                    .hold
+                    .pending
+                    .get_mut(token)
+                    .and_then(|e| e.observed.as_mut())
+                {
+                    o.rows += rows_of(tag_text);
+                }
+            }
+            be::ERROR_RESPONSE => {
+                let token = self.expect.head_statement_token();
+                if let Some(o) = self
+                    .hold
+                    .pending
+                    .get_mut(token)
+                    .and_then(|e| e.observed.as_mut())
+                {
+                    let (_, code, _) = crate::protocol::error::parse_error_fields(frame);
+                    o.error = Some(code.unwrap_or("XX000").into());
+                }
+            }
+            _ => {}
         }
         let matched = self.expect.received(tag, status);
         for event in &matched.events {

@@ -13,7 +13,7 @@ use super::registry::ClientActivity;
 use super::route::{self, Unit};
 use super::session::SessionCtx;
 use super::state::ClientState;
-use crate::cluster::{ClusterView, NodeId, ReplicaLease};
+use crate::cluster::{ClusterView, NodeId, ReplicaLease, Role};
 use crate::config::PoolMode;
 use crate::protocol::frame::{self, fe};
 use crate::protocol::{SqlState, WireError};
@@ -119,13 +119,20 @@ async fn acquire_inner(
     // One view of the cluster for the decision and the pool it picks.
     let cluster = ctx.shared.cluster().clone();
     let routed = route::decide(unit, client, &ctx.shared, &cluster)?;
-    tracing::trace!(reason = routed.decision.reason, "routed");
+    let metrics = ctx.shared.observer.metrics();
+    metrics.routing(routed.decision.reason);
+    if routed.decision.read_your_writes {
+        metrics.read_your_writes();
+    }
     let (mut node, mut replica) = match routed.decision.target {
         Target::Primary => (primary_node(&cluster)?, None),
         Target::Replica(lease) => (lease.id, Some(lease)),
     };
     let mut pool = pools.get(ctx, &cluster, node);
-    let lease = match pool.checkout().await {
+    let waited = std::time::Instant::now();
+    let checkout = pool.checkout().await;
+    metrics.pool_wait(waited.elapsed());
+    let lease = match checkout {
         Ok(lease) => lease,
         Err(e) if replica.is_some() => {
             // Nothing was sent yet: a read can run on the primary instead.
@@ -137,10 +144,15 @@ async fn acquire_inner(
         }
         Err(e) => return Err(e.to_wire()),
     };
+    let role = if replica.is_some() {
+        Role::Replica
+    } else {
+        Role::Primary
+    };
     let mut held = Held {
         lease,
         expect: Expectations::default(),
-        hold: HoldState::default(),
+        hold: HoldState::new(node, role),
         pool,
         _replica: None,
     };

@@ -82,7 +82,11 @@ async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
     .await;
 
     let (ctx, client) = match logged_in {
-        Ok(Ok(Some(logged_in))) => logged_in,
+        Ok(Ok(Some(login::LoggedIn::Session(session)))) => *session,
+        Ok(Ok(Some(login::LoggedIn::Console))) => {
+            crate::admin::run(stream, buf, shared).await;
+            return;
+        }
         Ok(Ok(None)) => return,
         Ok(Err(error)) => {
             let _ = stream.write_all(&error.to_bytes()).await;

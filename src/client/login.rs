@@ -21,6 +21,13 @@ use crate::server::{ClientReport, PoolKey};
 /// Startup parameters that only the proxy may set on server connections.
 const REFUSED_PARAMS: &[&str] = &["replication"];
 
+/// What a client logged into.
+pub enum LoggedIn {
+    Session(Box<(SessionCtx, ClientState)>),
+    /// The admin console (database `pgsidecar`).
+    Console,
+}
+
 /// Logs a client in. On success the client has received AuthenticationOk,
 /// its ParameterStatus set, BackendKeyData and ReadyForQuery.
 pub async fn login<S>(
@@ -29,7 +36,7 @@ pub async fn login<S>(
     buf: &mut BytesMut,
     startup: StartupMessage,
     peer: Option<std::net::SocketAddr>,
-) -> Result<Option<(SessionCtx, ClientState)>, WireError>
+) -> Result<Option<LoggedIn>, WireError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -88,6 +95,14 @@ where
         )
         .with_hint("add it to [[users]] in the pgsidecar config"));
     };
+    let console = database == crate::admin::DATABASE;
+    if console && !config.admin.users.iter().any(|u| u == user) {
+        return Err(WireError::fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            format!("role \"{user}\" may not open the pgsidecar console"),
+        )
+        .with_hint("list it in [admin] users"));
+    }
     if !stream_is_ok(stream, &out).await {
         return Ok(None);
     }
@@ -101,6 +116,15 @@ where
         }
     }
     backend::auth_ok(&mut out);
+    if console {
+        crate::admin::parameter_status(&mut out);
+        backend::backend_key_data(&mut out, 0, 0);
+        backend::ready_for_query(&mut out, b'I');
+        if !stream_is_ok(stream, &out).await {
+            return Ok(None);
+        }
+        return Ok(Some(LoggedIn::Console));
+    }
 
     let cluster = shared.cluster();
     let Some(primary) = cluster.primary() else {
@@ -161,7 +185,7 @@ where
     if !stream_is_ok(stream, &out).await {
         return Ok(None);
     }
-    Ok(Some((
+    Ok(Some(LoggedIn::Session(Box::new((
         SessionCtx {
             shared: shared.clone(),
             user: user_auth,
@@ -171,7 +195,7 @@ where
             cancel,
         },
         ClientState::new(client_params),
-    )))
+    )))))
 }
 
 async fn stream_is_ok<S: AsyncWrite + Unpin>(stream: &mut S, out: &[u8]) -> bool {

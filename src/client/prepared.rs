@@ -19,7 +19,7 @@ pub struct Statement {
     pub id: u64,
     pub name: Box<str>,
     /// The query text (for EXPLAIN).
-    pub query: Box<str>,
+    pub query: Arc<str>,
     /// A complete Parse frame that prepares it under `name`.
     pub parse: Bytes,
     /// Classified once, at Parse.
@@ -157,7 +157,7 @@ pub struct ClientStatements {
     named: HashMap<Box<str>, Arc<Statement>>,
     /// The client's last unnamed Parse, re-sent if a later Bind of the
     /// unnamed statement lands on a server that never saw it.
-    unnamed: Option<(Bytes, Classified)>,
+    unnamed: Option<(Bytes, Classified, Arc<str>)>,
 }
 
 impl ClientStatements {
@@ -188,18 +188,23 @@ impl ClientStatements {
     }
 
     /// Records the client's unnamed Parse and its classification.
-    pub fn set_unnamed(&mut self, frame: &[u8], class: Classified) {
-        self.unnamed = Some((Bytes::copy_from_slice(frame), class));
+    pub fn set_unnamed(&mut self, frame: &[u8], query: &str, class: Classified) {
+        self.unnamed = Some((Bytes::copy_from_slice(frame), class, query.into()));
+    }
+
+    /// The query text of the last unnamed Parse.
+    pub fn unnamed_query(&self) -> Option<&Arc<str>> {
+        self.unnamed.as_ref().map(|(_, _, q)| q)
     }
 
     /// The last unnamed Parse frame.
     pub fn unnamed_parse(&self) -> Option<&Bytes> {
-        self.unnamed.as_ref().map(|(f, _)| f)
+        self.unnamed.as_ref().map(|(f, _, _)| f)
     }
 
     /// The classification of the last unnamed Parse.
     pub fn unnamed_class(&self) -> Option<&Classified> {
-        self.unnamed.as_ref().map(|(_, c)| c)
+        self.unnamed.as_ref().map(|(_, c, _)| c)
     }
 
     pub fn len(&self) -> usize {

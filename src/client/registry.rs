@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -59,6 +59,7 @@ pub struct ClientSlot {
     pub secret: i32,
     pub info: ClientInfo,
     activity: AtomicU8,
+    pinned: AtomicBool,
     server: Mutex<Option<ServerLink>>,
 }
 
@@ -83,6 +84,15 @@ impl ClientSlot {
 
     pub fn set_activity(&self, a: ClientActivity) {
         self.activity.store(a as u8, Ordering::Relaxed);
+    }
+
+    /// The client holds session state that ties it to its server.
+    pub fn set_pinned(&self, pinned: bool) {
+        self.pinned.store(pinned, Ordering::Relaxed);
+    }
+
+    pub fn is_pinned(&self) -> bool {
+        self.pinned.load(Ordering::Relaxed)
     }
 
     pub fn activity(&self) -> ClientActivity {
@@ -131,6 +141,7 @@ impl ClientRegistry {
                 secret: rng.random(),
                 info,
                 activity: AtomicU8::new(ClientActivity::Idle as u8),
+                pinned: AtomicBool::new(false),
                 server: Mutex::new(None),
             });
             shard.insert(pid, slot.clone());

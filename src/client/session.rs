@@ -149,6 +149,7 @@ where
             pool: &h.pool,
             shared: &ctx.shared,
             mode: ctx.mode,
+            who: &ctx.cancel.slot.info,
         };
         let io = ServerIo {
             stream: io.stream,
@@ -157,6 +158,7 @@ where
         };
         let end = relay::relay(stream, cbuf, io, &mut flow, ctx.max_message).await;
         ctx.cancel.slot.set_server(None);
+        ctx.cancel.slot.set_pinned(client.pins.is_pinned());
         tracing::trace!(?end, status = %char::from(h.expect.status()), "relay ended");
         match end {
             RelayEnd::Released => {

@@ -2,6 +2,7 @@
 //! starting and stopping a proxy (used by `run`, `demo` and the tests).
 
 mod reload;
+mod sources;
 
 pub use reload::ReloadError;
 
@@ -20,6 +21,7 @@ use crate::client::prepared::StatementRegistry;
 use crate::client::registry::ClientRegistry;
 use crate::cluster::ClusterView;
 use crate::config::{Config, ConfigHandle};
+use crate::observe::{HttpHandle, ObserveError, Observer};
 use crate::routing::Classifier;
 use crate::routing::policy::WriteLog;
 use crate::server::Pools;
@@ -52,6 +54,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Every client task, so shutdown can wait for them.
     pub sessions: TaskTracker,
+    /// Metrics, digests, slow-query log, plans.
+    pub observer: Arc<Observer>,
     pub classifier: Classifier,
     /// Recent writes, for read-your-writes.
     pub write_log: WriteLog,
@@ -105,13 +109,19 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Http(ObserveError),
 }
 
 /// A running proxy. Dropping it stops accepting clients.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// Where /metrics, /healthz, /readyz and /queries are served.
+    pub http_addr: SocketAddr,
     pub shared: Arc<Shared>,
     accept: JoinHandle<()>,
+    background: JoinHandle<()>,
+    http: Option<HttpHandle>,
 }
 
 impl Proxy {
@@ -119,7 +129,14 @@ impl Proxy {
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
         let listen = config.proxy.listen;
         let credentials = Credentials::build(&config);
-        let shared = Arc::new(Shared {
+        let handle = crate::config::handle(config.clone());
+        let shared = Arc::new_cyclic(|weak| Shared {
+            observer: Observer::new(
+                handle.clone(),
+                Arc::new(sources::ProxySources {
+                    shared: weak.clone(),
+                }),
+            ),
             credentials: ArcSwap::from_pointee(credentials),
             pools: Pools::default(),
             clients: Arc::new(ClientRegistry::default()),
@@ -138,7 +155,7 @@ impl Proxy {
             write_log: WriteLog::default(),
             paused: tokio::sync::watch::Sender::new(false),
             connected: AtomicUsize::new(0),
-            config: crate::config::handle(config),
+            config: handle,
         });
         let listener = crate::client::bind(listen).map_err(|source| StartError::Listen {
             addr: listen,
@@ -148,13 +165,22 @@ impl Proxy {
             addr: listen,
             source,
         })?;
+        let http = shared
+            .observer
+            .serve_http()
+            .await
+            .map_err(StartError::Http)?;
+        let background = shared.observer.spawn_background();
         let accept = tokio::spawn(crate::client::accept_loop(listener, shared.clone()));
         shared.start_monitor();
-        tracing::info!(%addr, "pgsidecar listening");
+        tracing::info!(%addr, http = %http.addr, "pgsidecar listening");
         Ok(Proxy {
             addr,
+            http_addr: http.addr,
             shared,
             accept,
+            background,
+            http: Some(http),
         })
     }
 }
@@ -163,7 +189,7 @@ impl Proxy {
     /// Stops accepting clients, lets transactions in flight finish for up
     /// to `timeout`, then cancels what still runs and returns. Idle clients
     /// are told the proxy is shutting down (57P01) and disconnected.
-    pub async fn shutdown(self, timeout: std::time::Duration) {
+    pub async fn shutdown(mut self, timeout: std::time::Duration) {
         let shared = self.shared.clone();
         shared.shutdown.cancel();
         shared.sessions.close();
@@ -188,6 +214,9 @@ impl Proxy {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), shared.sessions.wait())
                 .await;
         }
+        if let Some(http) = self.http.take() {
+            http.stop().await;
+        }
         drop(self);
     }
 }
@@ -195,6 +224,7 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
+        self.background.abort();
         self.shared.stop_monitor();
     }
 }

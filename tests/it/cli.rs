@@ -242,10 +242,10 @@ async fn run_serves_clients_until_interrupted() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let port = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("listening")
-                && let Some(at) = line.find("127.0.0.1:")
+            if line.contains("pgsidecar listening")
+                && let Some(at) = line.find("addr=127.0.0.1:")
             {
-                let digits: String = line[at + 10..]
+                let digits: String = line[at + 15..]
                     .chars()
                     .take_while(char::is_ascii_digit)
                     .collect();

@@ -190,9 +190,12 @@ pub async fn superuser() -> Client {
 /// `(pid, state, query)`, state being `active`, `idle`,
 /// `idle in transaction`, …
 pub async fn backends(su: &Client, db: &str) -> Vec<(i32, String, String)> {
+    // The proxy's own sessions (cluster monitor, EXPLAIN sampler) name
+    // themselves and are not pool connections.
     su.query(
         "SELECT pid, coalesce(state, ''), coalesce(query, '') FROM pg_stat_activity \
-         WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+         WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid() \
+         AND application_name NOT IN ('pgsidecar-monitor', 'pgsidecar-explain')",
         &[&db],
     )
     .await

@@ -84,6 +84,12 @@ impl Observer {
         })
     }
 
+    /// Whether [`QueryEvent::sql`] may be used (EXPLAIN is on); when not,
+    /// callers can pass the normalised text instead of copying the original.
+    pub fn wants_sql(&self) -> bool {
+        self.settings.explain() != ExplainMode::Off
+    }
+
     /// Hot-path counters (routing decisions, transactions, pool waits…).
     pub fn metrics(&self) -> &Metrics {
         &self.metrics

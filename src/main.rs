@@ -52,11 +52,9 @@ fn main() -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
-    print!(
-        "{}",
-        toml::to_string(&config).context("printing the config")?
-    );
+    let (config, sources) = Config::load_with_sources(path)?;
+    let rendered = toml::to_string(&config).context("printing the config")?;
+    print!("{}", sources.annotate(&rendered));
     println!(
         "\n# computed pool size per (database, user, node): {}",
         config.pool.effective_size()

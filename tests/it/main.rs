@@ -8,5 +8,6 @@ mod bad_input;
 mod cli;
 mod cluster_monitor;
 mod cluster_smoke;
+mod demo;
 mod pooling;
 mod proxy_core;

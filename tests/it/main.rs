@@ -9,5 +9,6 @@ mod cli;
 mod cluster_monitor;
 mod cluster_smoke;
 mod demo;
+mod packaging;
 mod pooling;
 mod proxy_core;

@@ -146,6 +146,26 @@ async fn demo_stops_by_itself_after_duration() {
     assert_eq!(processes_under(&root), Vec::<String>::new());
 }
 
+#[tokio::test]
+async fn demo_cleans_up_on_sigterm() {
+    let mut child = spawn_demo(&["--port", "0", "--http-port", "0"]);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let data_line = line_with(&mut lines, "data directory: ").await;
+    let root = PathBuf::from(data_line.split("data directory: ").nth(1).unwrap().trim());
+    line_with(&mut lines, "connect with: ").await;
+    let pid = child.id().expect("the demo is running") as i32;
+    // SAFETY: sending SIGTERM to the child we spawned and still own.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    line_with(&mut lines, "got SIGTERM").await;
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("the demo exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!root.exists());
+    assert_eq!(processes_under(&root), Vec::<String>::new());
+}
+
 #[test]
 fn demo_without_binaries_says_where_it_looked_and_how_to_install() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))

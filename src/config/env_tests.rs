@@ -213,3 +213,11 @@ fn annotated_output_marks_each_key_and_stays_toml() {
     assert_eq!(parsed["proxy"]["listen"].as_str(), Some("0.0.0.0:6432"));
     assert_eq!(parsed["cluster"]["replicas"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn annotation_follows_dotted_section_headers() {
+    let file: toml::Table = "[a.b]\nx = 1\n".parse().unwrap();
+    let sources = Sources::new(file, Vec::new());
+    let out = sources.annotate("[a.b]\nx = 1\ny = 2\n");
+    assert_eq!(out, "[a.b]\nx = 1  # file\ny = 2  # default\n");
+}

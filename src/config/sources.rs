@@ -32,6 +32,16 @@ pub struct Sources {
     applied: Vec<Applied>,
 }
 
+/// The value at a dotted header path (`observability.budgets`) in `file`.
+fn lookup<'a>(file: &'a toml::Table, dotted: &str) -> Option<&'a toml::Value> {
+    let mut parts = dotted.split('.');
+    let mut value = file.get(parts.next()?)?;
+    for part in parts {
+        value = value.as_table()?.get(part)?;
+    }
+    Some(value)
+}
+
 impl Sources {
     pub(super) fn new(file: toml::Table, applied: Vec<Applied>) -> Self {
         Sources { file, applied }
@@ -48,7 +58,7 @@ impl Sources {
         {
             return Source::Env(a.var.clone());
         }
-        let table = match (self.file.get(section), user) {
+        let table = match (lookup(&self.file, section), user) {
             (Some(toml::Value::Table(t)), None) => Some(t),
             (Some(toml::Value::Array(items)), Some(i)) => items.get(i).and_then(|v| v.as_table()),
             _ => None,

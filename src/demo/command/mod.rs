@@ -78,9 +78,12 @@ async fn demo(options: DemoOptions) -> Result<(), DemoError> {
     let cluster = tokio::select! {
         started = &mut starting => started??,
         why = stop.wait() => {
-            println!("{}: stopping once the servers are up, then cleaning up", describe(why));
-            if let Ok(Ok(cluster)) = starting.await {
-                teardown(cluster).await;
+            println!("{}: cleaning up once the setup step in progress ends", describe(why));
+            match starting.await {
+                Ok(Ok(cluster)) => teardown(cluster).await,
+                // A tool killed by the same Ctrl-C fails the setup, which
+                // stops and removes whatever it had started.
+                _ => println!("setup interrupted; nothing was left running"),
             }
             return Ok(());
         }

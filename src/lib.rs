@@ -18,6 +18,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod observe;
 pub mod protocol;
 pub mod proxy;
 pub mod routing;

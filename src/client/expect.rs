@@ -62,13 +62,22 @@ pub enum Audience {
 pub enum Synthetic {
     ParseComplete,
     CloseComplete,
+    /// A simple Query the proxy answered itself: CommandComplete with this
+    /// tag, then ReadyForQuery with the transaction status of the moment.
+    Command(&'static str),
 }
 
 impl Synthetic {
-    pub fn bytes(self) -> &'static [u8] {
+    pub fn bytes(self, status: u8) -> bytes::Bytes {
         match self {
-            Synthetic::ParseComplete => b"1\0\0\0\x04",
-            Synthetic::CloseComplete => b"3\0\0\0\x04",
+            Synthetic::ParseComplete => bytes::Bytes::from_static(b"1\0\0\0\x04"),
+            Synthetic::CloseComplete => bytes::Bytes::from_static(b"3\0\0\0\x04"),
+            Synthetic::Command(tag) => {
+                let mut out = bytes::BytesMut::with_capacity(16 + tag.len());
+                crate::protocol::backend::command_complete(&mut out, tag);
+                crate::protocol::backend::ready_for_query(&mut out, status);
+                out.freeze()
+            }
         }
     }
 }

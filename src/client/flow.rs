@@ -1,29 +1,59 @@
 //! The session's per-message logic while it holds a server: prepared
 //! statement names rewritten to proxy-wide ones (and prepared on demand),
-//! every request and response matched through [`Expectations`], and the
-//! decision to release the server.
+//! statements' effects on the session tracked, requests and responses
+//! matched through [`Expectations`], and the decision to release the server.
 
-use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use std::time::Instant;
 
-use super::expect::{Audience, Event, Expectations, Request, Synthetic};
-use super::prepared::{self, ClientStatements, Statement, StatementRegistry};
+use bytes::BytesMut;
+
+use super::effects::{self, Effect, Pending};
+use super::expect::{Audience, Disposition, Event, Expectations, Request, Synthetic};
+use super::params::ParamChange;
+use super::prepared::{self, Statement};
 use super::relay::{ClientStep, Flow, Outbox, ServerStep};
+use super::state::ClientState;
+use crate::config::PoolMode;
 use crate::protocol::frame::{self, be, fe};
-use crate::protocol::{ProtocolError, WireError};
+use crate::protocol::{ProtocolError, SqlState, WireError};
+use crate::proxy::Shared;
+use crate::routing::{Classified, Route, RouteSetting, SessionChange, StatementInfo, Unpin};
 use crate::server::{ServerPool, ServerState, statement_name};
+
+/// Per-hold bookkeeping that the relay's stretches share.
+#[derive(Default)]
+pub struct HoldState {
+    /// The client's unnamed statement exists on this server.
+    pub unnamed_here: bool,
+    /// Effects waiting for their requests to complete.
+    pub pending: Pending,
+    /// The statement of the last Bind, whose effects its Execute carries.
+    bound: Option<Arc<Statement>>,
+    bound_unnamed: Option<Classified>,
+    /// This transaction wrote (for read-your-writes), and which tables.
+    wrote: bool,
+    tables_written: Vec<Arc<str>>,
+    /// The last CommandComplete was COMMIT (a transaction block that ends
+    /// otherwise rolled back, taking its SETs with it).
+    last_was_commit: bool,
+    /// RESET/DISCARD ran here: the server's settings no longer mirror the
+    /// client's (the server resets to its own defaults).
+    pub params_diverged: bool,
+    /// Replica reads: client bytes still routed to this server; later
+    /// requests wait for the next routing decision.
+    pub budget: Option<usize>,
+}
 
 /// One stretch of relaying on one server.
 pub struct SessionFlow<'a> {
     pub expect: &'a mut Expectations,
-    pub statements: &'a mut ClientStatements,
-    pub registry: &'a StatementRegistry,
+    pub client: &'a mut ClientState,
+    pub hold: &'a mut HoldState,
     pub server: &'a mut ServerState,
     pub pool: &'a ServerPool,
-    /// The client's unnamed statement was parsed on this server during the
-    /// current hold (unnamed statements do not outlive a server change).
-    pub unnamed_here: &'a mut bool,
-    /// Transaction mode: give the server back at the first idle point.
-    pub release_when_idle: bool,
+    pub shared: &'a Shared,
+    pub mode: PoolMode,
 }
 
 impl SessionFlow<'_> {
@@ -34,7 +64,7 @@ impl SessionFlow<'_> {
 
     fn reply(&mut self, reply: Synthetic, to_client: &mut Outbox) {
         if self.expect.reply(reply) {
-            to_client.push(Bytes::from_static(reply.bytes()));
+            to_client.push(reply.bytes(self.expect.status()));
         }
     }
 
@@ -63,14 +93,70 @@ impl SessionFlow<'_> {
     }
 
     fn ensure_unnamed(&mut self, out: &mut BytesMut) {
-        if !*self.unnamed_here
-            && let Some(parse) = self.statements.unnamed().cloned()
+        if !self.hold.unnamed_here
+            && let Some(parse) = self.client.statements.unnamed_parse().cloned()
         {
             out.extend_from_slice(&parse);
             self.expect
                 .sent(fe::PARSE, Some(Request::Parse), Audience::Proxy, 0);
-            *self.unnamed_here = true;
+            self.hold.unnamed_here = true;
         }
+    }
+
+    /// Notes what a statement about to run does: writes (for
+    /// read-your-writes) and pins. Returns its effects for completion.
+    fn effects_of(&mut self, info: &StatementInfo, session: &[SessionChange]) -> Effect {
+        if info.route == Route::Write {
+            self.hold.wrote = true;
+            self.hold
+                .tables_written
+                .extend(info.tables_written.iter().cloned());
+        }
+        if let Some(pin) = info.pin {
+            self.client.pins.add(pin);
+        }
+        let changes = match effects::param_changes(session) {
+            Some(c) => c,
+            None => {
+                // A change the proxy cannot replay elsewhere: stay here.
+                self.client.pins.add_untracked();
+                Vec::new()
+            }
+        };
+        Effect {
+            changes,
+            unpin: info.unpin.clone(),
+        }
+    }
+
+    fn on_query(
+        &mut self,
+        frame: &[u8],
+        out: &mut BytesMut,
+        to_client: &mut Outbox,
+    ) -> Result<(), WireError> {
+        let c = self.shared.classifier.classify(frame::query_text(frame)?);
+        if c.info.statement_count == 1 {
+            if let [SessionChange::Route { setting, value }] = c.session.as_slice() {
+                // The proxy's own setting: answered here, never forwarded.
+                let setting = setting.ok_or_else(|| invalid_route(value))?;
+                self.client.routing.setting = (setting != RouteSetting::Auto).then_some(setting);
+                self.reply(Synthetic::Command("SET"), to_client);
+                return Ok(());
+            }
+            if let Some(Unpin::Deallocate(name)) = &c.info.unpin
+                && self.client.statements.forget(name).is_some()
+            {
+                // A protocol-level statement of this client: the server's
+                // copy is shared with others and stays.
+                self.reply(Synthetic::Command("DEALLOCATE"), to_client);
+                return Ok(());
+            }
+        }
+        let effect = self.effects_of(&c.info, &c.session);
+        let token = self.hold.pending.add(effect);
+        self.send(out, frame, Some(Request::Query), token);
+        Ok(())
     }
 
     fn on_parse(
@@ -81,12 +167,16 @@ impl SessionFlow<'_> {
     ) -> Result<(), ProtocolError> {
         let msg = prepared::parse_parse(frame)?;
         if msg.name.is_empty() {
-            self.statements.set_unnamed(frame);
-            *self.unnamed_here = true;
+            let class = self.shared.classifier.classify(msg.query);
+            self.client.statements.set_unnamed(frame, class);
+            self.hold.unnamed_here = true;
             self.send(out, frame, Some(Request::Parse), 0);
             return Ok(());
         }
-        let s = self.statements.define(self.registry, &msg);
+        let s =
+            self.client
+                .statements
+                .define(&self.shared.statements, &self.shared.classifier, &msg);
         if !self.ensure_prepared(&s, out, true) {
             // Already on this server: answer for it.
             self.expect.sent(fe::PARSE, None, Audience::Client, 0);
@@ -97,20 +187,41 @@ impl SessionFlow<'_> {
 
     fn on_bind(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<(), ProtocolError> {
         let (name, at, len) = prepared::bind_statement(frame)?;
+        self.hold.bound = None;
+        self.hold.bound_unnamed = None;
         if name.is_empty() {
             self.ensure_unnamed(out);
+            self.hold.bound_unnamed = self.client.statements.unnamed_class().cloned();
             self.send(out, frame, Some(Request::Bind), 0);
-        } else if let Some(s) = self.statements.get(name).cloned() {
+        } else if let Some(s) = self.client.statements.get(name).cloned() {
             self.ensure_prepared(&s, out, false);
             prepared::put_renamed(out, frame, at, len, &s.name);
             self.expect
-                .sent(fe::BIND, Some(Request::Bind), Audience::Client, s.id);
+                .sent(fe::BIND, Some(Request::Bind), Audience::Client, 0);
+            self.hold.bound = Some(s);
         } else {
             // Not one of ours: an SQL-level PREPAREd name, or an error the
             // server will report in its own words.
+            self.hold.wrote = true;
             self.send(out, frame, Some(Request::Bind), 0);
         }
         Ok(())
+    }
+
+    fn on_execute(&mut self, frame: &[u8], out: &mut BytesMut) {
+        let class = match (&self.hold.bound, &self.hold.bound_unnamed) {
+            (Some(s), _) => Some(s.class.clone()),
+            (None, Some(c)) => Some(c.clone()),
+            _ => None,
+        };
+        let token = match class {
+            Some(c) => {
+                let effect = self.effects_of(&c.info, &c.session);
+                self.hold.pending.add(effect)
+            }
+            None => 0,
+        };
+        self.send(out, frame, Some(Request::Execute), token);
     }
 
     fn on_describe(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<(), ProtocolError> {
@@ -119,7 +230,7 @@ impl SessionFlow<'_> {
         if kind == b'S' {
             if name.is_empty() {
                 self.ensure_unnamed(out);
-            } else if let Some(s) = self.statements.get(name).cloned() {
+            } else if let Some(s) = self.client.statements.get(name).cloned() {
                 self.ensure_prepared(&s, out, false);
                 prepared::put_target(out, fe::DESCRIBE, b'S', &s.name);
                 self.expect.sent(fe::DESCRIBE, request, Audience::Client, 0);
@@ -137,7 +248,7 @@ impl SessionFlow<'_> {
         to_client: &mut Outbox,
     ) -> Result<(), ProtocolError> {
         let (kind, name) = prepared::target(frame)?;
-        if kind == b'S' && !name.is_empty() && self.statements.forget(name).is_some() {
+        if kind == b'S' && !name.is_empty() && self.client.statements.forget(name).is_some() {
             // The server-side statement stays for other clients.
             self.expect.sent(fe::CLOSE, None, Audience::Client, 0);
             self.reply(Synthetic::CloseComplete, to_client);
@@ -146,6 +257,96 @@ impl SessionFlow<'_> {
         self.send(out, frame, Some(Request::Close), 0);
         Ok(())
     }
+
+    /// A request with effects completed successfully.
+    fn apply(&mut self, effect: Effect, status: u8) {
+        let in_transaction = status != b'I';
+        for change in effect.changes {
+            if matches!(change, ParamChange::Reset(_) | ParamChange::ResetAll) {
+                self.hold.params_diverged = true;
+            }
+            self.client.params.apply(change, in_transaction);
+        }
+        if let Some(unpin) = effect.unpin {
+            self.client.pins.release(&unpin);
+            match unpin {
+                Unpin::DiscardAll => {
+                    self.client.statements.forget_all();
+                    self.client.params.apply(ParamChange::ResetAll, false);
+                    self.server.prepared.clear();
+                    self.hold.params_diverged = true;
+                }
+                Unpin::DeallocateAll => {
+                    self.client.statements.forget_all();
+                    self.server.prepared.clear();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: &Event, status: u8) {
+        match *event {
+            Event::Failed {
+                request: Request::Parse,
+                token,
+            } => self.server.prepared.remove(token),
+            Event::Done {
+                request: Request::Parse,
+                token,
+            } => self.pool.mark_statement_ok(token),
+            Event::Failed {
+                request: Request::Query,
+                token: SYNC_TOKEN,
+            } => self.server.params.mark_unknown(),
+            Event::Done { token, .. } => {
+                if let Some(effect) = self.hold.pending.take(token) {
+                    self.apply(effect, status);
+                }
+            }
+            Event::Failed { token, .. } => {
+                self.hold.pending.take(token);
+            }
+        }
+    }
+
+    /// A ReadyForQuery: transaction boundaries and read-your-writes.
+    fn on_ready(&mut self, before: u8, status: u8) {
+        if before != b'I' && status == b'I' {
+            self.client
+                .params
+                .end_transaction(self.hold.last_was_commit);
+        }
+        if status == b'I' && self.hold.wrote {
+            let now = Instant::now();
+            let config = self.shared.config.load();
+            let horizon = crate::routing::policy::horizon(&config.routing);
+            self.client.routing.wrote(now);
+            self.shared
+                .write_log
+                .record(&self.hold.tables_written, now, now.checked_sub(horizon));
+            self.hold.wrote = false;
+            self.hold.tables_written.clear();
+        }
+    }
+
+    fn may_release(&self) -> bool {
+        self.mode == PoolMode::Transaction
+            && !self.client.pins.is_pinned()
+            && self.client.deferred_begin.is_none()
+            && self.expect.is_reusable()
+    }
+}
+
+/// Token of the proxy's own parameter-sync query at the start of a hold.
+pub const SYNC_TOKEN: u64 = u64::MAX;
+
+fn invalid_route(value: &str) -> WireError {
+    WireError::error(
+        SqlState::INVALID_PARAMETER_VALUE,
+        format!("invalid value for parameter \"pgsidecar.route\": \"{value}\""),
+    )
+    .with_hint("use 'primary', 'replica' or 'auto'")
 }
 
 impl Flow for SessionFlow<'_> {
@@ -157,13 +358,24 @@ impl Flow for SessionFlow<'_> {
         to_client: &mut Outbox,
     ) -> Result<ClientStep, WireError> {
         check_frontend_tag(tag)?;
-        tracing::trace!(tag = %char::from(tag), "client frame");
+        if let Some(budget) = self.hold.budget.as_mut() {
+            if *budget < frame.len() && tag != fe::TERMINATE {
+                return Ok(ClientStep::Hold);
+            }
+            *budget = budget.saturating_sub(frame.len());
+        }
         match tag {
             fe::TERMINATE => return Ok(ClientStep::Terminate),
+            fe::QUERY => self.on_query(frame, to_server, to_client)?,
             fe::PARSE => self.on_parse(frame, to_server, to_client)?,
             fe::BIND => self.on_bind(frame, to_server)?,
+            fe::EXECUTE => self.on_execute(frame, to_server),
             fe::DESCRIBE => self.on_describe(frame, to_server)?,
             fe::CLOSE => self.on_close(frame, to_server, to_client)?,
+            fe::FUNCTION_CALL => {
+                self.hold.wrote = true;
+                self.send(to_server, frame, Some(Request::FunctionCall), 0);
+            }
             _ => self.send(to_server, frame, Request::of_frontend(tag, 0), 0),
         }
         Ok(ClientStep::Continue)
@@ -176,31 +388,27 @@ impl Flow for SessionFlow<'_> {
     }
 
     fn server_frame(&mut self, tag: u8, frame: &[u8], then: &mut Outbox) -> ServerStep {
+        let before = self.expect.status();
         let status = if tag == be::READY_FOR_QUERY {
             frame::ready_status(frame)
         } else {
-            0
+            before
         };
+        if tag == be::COMMAND_COMPLETE {
+            self.hold.last_was_commit = frame::body(frame).starts_with(b"COMMIT\0");
+        }
         let matched = self.expect.received(tag, status);
         for event in &matched.events {
-            match event {
-                Event::Failed {
-                    request: Request::Parse,
-                    token,
-                } => self.server.prepared.remove(*token),
-                Event::Done {
-                    request: Request::Parse,
-                    token,
-                } => self.pool.mark_statement_ok(*token),
-                _ => {}
-            }
+            self.on_event(event, status);
+        }
+        if matched.ready {
+            self.on_ready(before, status);
         }
         for reply in &matched.replies {
-            then.push(Bytes::from_static(reply.bytes()));
+            then.push(reply.bytes(self.expect.status()));
         }
-        let forward = matched.disposition != Some(super::expect::Disposition::Drop);
-        tracing::trace!(tag = %char::from(tag), forward, replies = matched.replies.len(), ready = matched.ready, "server frame");
-        if matched.ready && self.release_when_idle && self.expect.is_reusable() {
+        let forward = matched.disposition != Some(Disposition::Drop);
+        if matched.ready && self.may_release() {
             ServerStep::Release(forward)
         } else if forward {
             ServerStep::Forward

@@ -1,17 +1,23 @@
-//! Messages a client without a server can be answered for on the spot:
-//! Sync and Flush with nothing outstanding, Terminate, and Parse/Close of a
-//! named statement this pool has already prepared successfully. Answering
-//! these locally saves a checkout, and keeps clients that prepare
-//! synchronously while other statements are in flight (pgbench -M prepared
-//! with several clients per thread) from waiting on a server that only they
-//! could free.
+//! Requests a client without a server is answered for on the spot: Sync and
+//! Flush with nothing outstanding, Terminate, `SET pgsidecar.route`, a lone
+//! BEGIN (deferred until the transaction's first statement says where it
+//! runs) and the COMMIT/ROLLBACK of such an empty transaction, DEALLOCATE
+//! and Close of the client's own statements, and Parse of a statement this
+//! pool already prepared successfully. Answering these locally saves a
+//! checkout, and keeps clients that prepare synchronously while other
+//! statements are in flight (pgbench -M prepared with several clients per
+//! thread) from waiting on a server that only they could free.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
-use super::prepared::{self, ClientStatements, StatementRegistry};
-use crate::protocol::ProtocolError;
+use super::prepared;
+use super::state::ClientState;
+use crate::config::PoolMode;
 use crate::protocol::backend;
-use crate::protocol::frame::fe;
+use crate::protocol::frame::{self, fe};
+use crate::protocol::{SqlState, WireError};
+use crate::proxy::Shared;
+use crate::routing::{RouteSetting, SessionChange, TxEffect, Unpin};
 use crate::server::ServerPool;
 
 /// What to do with a frame received while no server is held.
@@ -27,35 +33,106 @@ pub enum Idle {
 pub fn answer(
     tag: u8,
     frame: &[u8],
-    statements: &mut ClientStatements,
-    registry: &StatementRegistry,
+    client: &mut ClientState,
+    shared: &Shared,
     pool: &ServerPool,
+    mode: PoolMode,
     out: &mut BytesMut,
-) -> Result<Idle, ProtocolError> {
+) -> Result<Idle, WireError> {
+    let status = if client.deferred_begin.is_some() {
+        b'T'
+    } else {
+        b'I'
+    };
+    if client.skip_to_sync {
+        if tag == fe::SYNC {
+            client.skip_to_sync = false;
+            backend::ready_for_query(out, status);
+        }
+        return Ok(Idle::Answered);
+    }
     match tag {
         fe::TERMINATE => Ok(Idle::Terminate),
         fe::SYNC => {
-            backend::ready_for_query(out, b'I');
+            backend::ready_for_query(out, status);
             Ok(Idle::Answered)
         }
         fe::FLUSH => Ok(Idle::Answered),
         fe::PARSE => {
             let msg = prepared::parse_parse(frame)?;
-            if msg.name.is_empty() || !pool.statement_ok(registry.peek(msg.after_name)) {
+            let known = shared.statements.get(msg.after_name);
+            if msg.name.is_empty() || !pool.statement_ok(known.map(|s| s.id)) {
                 return Ok(Idle::NeedServer);
             }
-            statements.define(registry, &msg);
+            client
+                .statements
+                .define(&shared.statements, &shared.classifier, &msg);
             out.extend_from_slice(b"1\0\0\0\x04");
             Ok(Idle::Answered)
         }
         fe::CLOSE => {
             let (kind, name) = prepared::target(frame)?;
-            if kind == b'S' && !name.is_empty() && statements.forget(name).is_some() {
+            if kind == b'S' && !name.is_empty() && client.statements.forget(name).is_some() {
                 out.extend_from_slice(b"3\0\0\0\x04");
                 return Ok(Idle::Answered);
             }
             Ok(Idle::NeedServer)
         }
+        fe::QUERY => query(frame, client, shared, mode, status, out),
         _ => Ok(Idle::NeedServer),
     }
+}
+
+fn query(
+    frame: &[u8],
+    client: &mut ClientState,
+    shared: &Shared,
+    mode: PoolMode,
+    status: u8,
+    out: &mut BytesMut,
+) -> Result<Idle, WireError> {
+    let c = shared.classifier.classify(frame::query_text(frame)?);
+    if c.info.statement_count != 1 {
+        return Ok(Idle::NeedServer);
+    }
+    let tag = match (&c.session[..], &c.info.tx, &c.info.unpin) {
+        ([SessionChange::Route { setting, value }], _, _) => {
+            let setting = setting.ok_or_else(|| {
+                WireError::error(
+                    SqlState::INVALID_PARAMETER_VALUE,
+                    format!("invalid value for parameter \"pgsidecar.route\": \"{value}\""),
+                )
+                .with_hint("use 'primary', 'replica' or 'auto'")
+            })?;
+            client.routing.setting = (setting != RouteSetting::Auto).then_some(setting);
+            "SET"
+        }
+        (_, TxEffect::Begin { read_only: None }, _)
+            if mode == PoolMode::Transaction && client.deferred_begin.is_none() =>
+        {
+            client.deferred_begin = Some(Bytes::copy_from_slice(frame));
+            backend::command_complete(out, "BEGIN");
+            backend::ready_for_query(out, b'T');
+            return Ok(Idle::Answered);
+        }
+        (_, TxEffect::Commit | TxEffect::Rollback, _) if client.deferred_begin.is_some() => {
+            // Nothing ran in it: nothing to commit or roll back anywhere.
+            client.deferred_begin = None;
+            let tag = if c.info.tx == TxEffect::Commit {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            };
+            backend::command_complete(out, tag);
+            backend::ready_for_query(out, b'I');
+            return Ok(Idle::Answered);
+        }
+        (_, _, Some(Unpin::Deallocate(name))) if client.statements.forget(name).is_some() => {
+            "DEALLOCATE"
+        }
+        _ => return Ok(Idle::NeedServer),
+    };
+    backend::command_complete(out, tag);
+    backend::ready_for_query(out, status);
+    Ok(Idle::Answered)
 }

@@ -12,13 +12,31 @@ use super::handshake::{self, Opening};
 use super::{login, session};
 use crate::proxy::Shared;
 
-/// Accepts clients until the listener fails or the task is dropped.
+/// Binds the client port with SO_REUSEPORT, so that a new pgsidecar can
+/// serve the same port while an old one drains (rolling restart).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accepts clients until shutdown starts.
 pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shared.shutdown.cancelled() => return,
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 let shared = shared.clone();
-                tokio::spawn(async move {
+                let tracker = shared.sessions.clone();
+                tracker.spawn(async move {
                     tracing::debug!(%peer, "client connected");
                     handle(shared, stream).await;
                 });
@@ -37,14 +55,15 @@ struct Counted(Arc<Shared>);
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+        self.0.connected.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
-    shared.clients.fetch_add(1, Ordering::Relaxed);
+    shared.connected.fetch_add(1, Ordering::Relaxed);
     let _counted = Counted(shared.clone());
     let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok();
     let mut buf = BytesMut::with_capacity(1024);
     let deadline = shared.config.load().proxy.client_login_timeout;
 
@@ -52,18 +71,18 @@ async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
         match handshake::negotiate(&mut stream, &mut buf).await? {
             Opening::Closed => Ok(None),
             Opening::Cancel { pid, secret } => {
-                shared.cancels.cancel(pid, &secret).await;
+                shared.clients.cancel(pid, &secret).await;
                 Ok(None)
             }
             Opening::Startup(startup) => {
-                login::login(&shared, &mut stream, &mut buf, startup).await
+                login::login(&shared, &mut stream, &mut buf, startup, peer).await
             }
         }
     })
     .await;
 
-    let ctx = match logged_in {
-        Ok(Ok(Some(ctx))) => ctx,
+    let (ctx, client) = match logged_in {
+        Ok(Ok(Some(logged_in))) => logged_in,
         Ok(Ok(None)) => return,
         Ok(Err(error)) => {
             let _ = stream.write_all(&error.to_bytes()).await;
@@ -78,5 +97,5 @@ async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
             return;
         }
     };
-    session::run(stream, buf, ctx).await;
+    session::run(stream, buf, ctx, client).await;
 }

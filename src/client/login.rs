@@ -8,7 +8,10 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::auth::{self, AuthFailure};
+use super::params::ClientParams;
+use super::registry::ClientInfo;
 use super::session::SessionCtx;
+use super::state::ClientState;
 use crate::protocol::backend;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{SqlState, WireError};
@@ -25,7 +28,8 @@ pub async fn login<S>(
     stream: &mut S,
     buf: &mut BytesMut,
     startup: StartupMessage,
-) -> Result<Option<SessionCtx>, WireError>
+    peer: Option<std::net::SocketAddr>,
+) -> Result<Option<(SessionCtx, ClientState)>, WireError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -65,7 +69,7 @@ where
         .filter(|d| !d.is_empty())
         .unwrap_or(user);
 
-    let connected = shared.clients.load(std::sync::atomic::Ordering::Relaxed);
+    let connected = shared.connected.load(std::sync::atomic::Ordering::Relaxed);
     if connected > config.proxy.max_client_conn as usize {
         return Err(WireError::fatal(
             SqlState::TOO_MANY_CONNECTIONS,
@@ -98,10 +102,17 @@ where
     }
     backend::auth_ok(&mut out);
 
+    let cluster = shared.cluster();
+    let Some(primary) = cluster.primary() else {
+        return Err(WireError::fatal(
+            SqlState::CONNECTION_FAILURE,
+            "no primary is available: every node is down or in recovery",
+        ));
+    };
     let key = PoolKey {
         database: database.to_string(),
         user: user.to_string(),
-        node: config.cluster.primary.clone(),
+        node: cluster.addr(primary).clone(),
     };
     let pool = shared
         .pools
@@ -120,28 +131,47 @@ where
         }
     };
 
-    let application_name = startup.param("application_name").unwrap_or("");
+    // The client sees the server's parameters with its own startup values
+    // (the proxy applies them on whichever server it gets).
+    let client_params = ClientParams::from_startup(&startup.params);
     for (name, value) in &params.params {
-        let value = if name == "application_name" {
-            application_name
-        } else {
-            value.as_str()
-        };
+        let value = client_params
+            .startup_raw(&name.to_lowercase())
+            .unwrap_or(value.as_str());
         backend::parameter_status(&mut out, name, value);
     }
-    let cancel = shared.cancels.register();
+    if client_params.startup_raw("application_name").is_some()
+        && params.get("application_name").is_none()
+    {
+        let name = client_params.startup_raw("application_name").unwrap_or("");
+        backend::parameter_status(&mut out, "application_name", name);
+    }
+    let cancel = shared.clients.register(ClientInfo {
+        user: user.to_string(),
+        database: database.to_string(),
+        application_name: client_params
+            .startup_raw("application_name")
+            .unwrap_or("")
+            .to_string(),
+        addr: peer,
+        connected_at: std::time::SystemTime::now(),
+    });
     backend::backend_key_data(&mut out, cancel.slot.pid, cancel.slot.secret);
     backend::ready_for_query(&mut out, b'I');
     if !stream_is_ok(stream, &out).await {
         return Ok(None);
     }
-    Ok(Some(SessionCtx {
-        pool,
-        mode: config.proxy.pool_mode,
-        max_message: config.proxy.max_message_size as usize,
-        cancel,
-        registry: shared.statements.clone(),
-    }))
+    Ok(Some((
+        SessionCtx {
+            shared: shared.clone(),
+            user: user_auth,
+            database: database.to_string(),
+            mode: config.proxy.pool_mode,
+            max_message: config.proxy.max_message_size as usize,
+            cancel,
+        },
+        ClientState::new(client_params),
+    )))
 }
 
 async fn stream_is_ok<S: AsyncWrite + Unpin>(stream: &mut S, out: &[u8]) -> bool {

@@ -4,15 +4,20 @@
 mod auth;
 pub mod cancel;
 pub mod credentials;
+mod effects;
 mod expect;
 mod flow;
 mod handshake;
+mod hold;
 mod idle;
 mod listener;
 mod login;
 pub mod params;
 pub mod prepared;
+pub mod registry;
 mod relay;
+mod route;
 mod session;
+mod state;
 
-pub use listener::accept_loop;
+pub use listener::{accept_loop, bind};

@@ -11,16 +11,19 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::protocol::ProtocolError;
 use crate::protocol::frame::{self, fe};
+use crate::routing::{Classified, Classifier};
 use crate::server::statement_name;
 
 /// A statement as the proxy prepares it on servers.
 pub struct Statement {
     pub id: u64,
     pub name: Box<str>,
-    /// The query text (for classification and digests).
+    /// The query text (for EXPLAIN).
     pub query: Box<str>,
     /// A complete Parse frame that prepares it under `name`.
     pub parse: Bytes,
+    /// Classified once, at Parse.
+    pub class: Classified,
 }
 
 /// Every statement in use by any client, so that identical statements from
@@ -40,19 +43,25 @@ struct RegistryInner {
 }
 
 impl StatementRegistry {
-    /// The id of an existing statement for a Parse body, if any.
-    pub fn peek(&self, after_name: &[u8]) -> Option<u64> {
+    /// The existing statement for a Parse body, if any.
+    pub fn get(&self, after_name: &[u8]) -> Option<Arc<Statement>> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner
-            .by_body
-            .get(after_name)
-            .and_then(Weak::upgrade)
-            .map(|s| s.id)
+        inner.by_body.get(after_name).and_then(Weak::upgrade)
     }
 
     /// The statement for a Parse body (everything after the client's name:
     /// query, parameter count and types).
-    fn get_or_insert(&self, query: &str, after_name: &[u8]) -> Arc<Statement> {
+    fn get_or_insert(
+        &self,
+        classifier: &Classifier,
+        query: &str,
+        after_name: &[u8],
+    ) -> Arc<Statement> {
+        if let Some(s) = self.get(after_name) {
+            return s;
+        }
+        // Classify outside the lock: a miss can take tens of microseconds.
+        let class = classifier.classify(query);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = inner.by_body.get(after_name).and_then(Weak::upgrade) {
             return s;
@@ -71,6 +80,7 @@ impl StatementRegistry {
             name: name.into_boxed_str(),
             query: query.into(),
             parse: parse.freeze(),
+            class,
         });
         inner
             .by_body
@@ -147,13 +157,18 @@ pub struct ClientStatements {
     named: HashMap<Box<str>, Arc<Statement>>,
     /// The client's last unnamed Parse, re-sent if a later Bind of the
     /// unnamed statement lands on a server that never saw it.
-    unnamed: Option<Bytes>,
+    unnamed: Option<(Bytes, Classified)>,
 }
 
 impl ClientStatements {
     /// Records a named Parse and returns the shared statement.
-    pub fn define(&mut self, registry: &StatementRegistry, msg: &ParseMsg<'_>) -> Arc<Statement> {
-        let s = registry.get_or_insert(msg.query, msg.after_name);
+    pub fn define(
+        &mut self,
+        registry: &StatementRegistry,
+        classifier: &Classifier,
+        msg: &ParseMsg<'_>,
+    ) -> Arc<Statement> {
+        let s = registry.get_or_insert(classifier, msg.query, msg.after_name);
         self.named.insert(msg.name.into(), s.clone());
         s
     }
@@ -172,12 +187,19 @@ impl ClientStatements {
         self.unnamed = None;
     }
 
-    pub fn set_unnamed(&mut self, frame: &[u8]) {
-        self.unnamed = Some(Bytes::copy_from_slice(frame));
+    /// Records the client's unnamed Parse and its classification.
+    pub fn set_unnamed(&mut self, frame: &[u8], class: Classified) {
+        self.unnamed = Some((Bytes::copy_from_slice(frame), class));
     }
 
-    pub fn unnamed(&self) -> Option<&Bytes> {
-        self.unnamed.as_ref()
+    /// The last unnamed Parse frame.
+    pub fn unnamed_parse(&self) -> Option<&Bytes> {
+        self.unnamed.as_ref().map(|(f, _)| f)
+    }
+
+    /// The classification of the last unnamed Parse.
+    pub fn unnamed_class(&self) -> Option<&Classified> {
+        self.unnamed.as_ref().map(|(_, c)| c)
     }
 
     pub fn len(&self) -> usize {
@@ -208,15 +230,16 @@ mod tests {
     #[test]
     fn identical_statements_share_one_server_name() {
         let reg = StatementRegistry::default();
+        let c = Classifier::new(&[], 10_000, 100);
         let mut a = ClientStatements::default();
         let mut b = ClientStatements::default();
         let fa = parse_frame("s1", "select 1");
         let fb = parse_frame("other", "select 1");
-        let sa = a.define(&reg, &parse_parse(&fa).unwrap());
-        let sb = b.define(&reg, &parse_parse(&fb).unwrap());
+        let sa = a.define(&reg, &c, &parse_parse(&fa).unwrap());
+        let sb = b.define(&reg, &c, &parse_parse(&fb).unwrap());
         assert_eq!(sa.id, sb.id);
         let fc = parse_frame("s2", "select 2");
-        assert_ne!(a.define(&reg, &parse_parse(&fc).unwrap()).id, sa.id);
+        assert_ne!(a.define(&reg, &c, &parse_parse(&fc).unwrap()).id, sa.id);
         // The proxy's Parse carries the proxy name and the same query.
         let p = parse_parse(&sa.parse).unwrap();
         assert_eq!(p.name, &*sa.name);

@@ -27,6 +27,9 @@ pub enum ClientStep {
     Continue,
     /// The client sent Terminate.
     Terminate,
+    /// Leave this frame (and what follows) in the client buffer until the
+    /// server is released: it must be routed on its own.
+    Hold,
 }
 
 /// What the session decides about an inspected server frame.
@@ -108,6 +111,8 @@ struct ServerSide {
     /// Bytes still to come of a frame being streamed through.
     partial: usize,
     release: bool,
+    /// The flow holds client frames back until the server is released.
+    client_paused: bool,
     eof: Option<Option<std::io::Error>>,
 }
 
@@ -186,19 +191,28 @@ impl ServerSide {
     }
 }
 
+/// What processing the client's buffer came to.
+enum ClientSide {
+    /// Everything complete was handled; more may come.
+    Open,
+    /// The client sent Terminate.
+    Terminated,
+    /// The flow holds the remaining frames back; stop reading.
+    Paused,
+}
+
 /// Splits complete client frames off `cbuf`, passes them to the flow.
-/// Returns true when the client sent Terminate.
 fn process_client<F: Flow>(
     cbuf: &mut BytesMut,
     wbuf: &mut BytesMut,
     side: &mut ServerSide,
     flow: &mut F,
     max_message: usize,
-) -> Result<bool, WireError> {
+) -> Result<ClientSide, WireError> {
     let mut outbox = Outbox::default();
     loop {
         let Some((tag, total)) = frame::header(cbuf)? else {
-            return Ok(false);
+            return Ok(ClientSide::Open);
         };
         if total > max_message {
             return Err(ProtocolError::TooLarge {
@@ -209,13 +223,14 @@ fn process_client<F: Flow>(
         }
         if cbuf.len() < total {
             cbuf.reserve(total - cbuf.len());
-            return Ok(false);
+            return Ok(ClientSide::Open);
         }
         let step = flow.client_frame(tag, &cbuf[..total], wbuf, &mut outbox)?;
         side.add_own(&mut outbox);
-        cbuf.advance(total);
-        if let ClientStep::Terminate = step {
-            return Ok(true);
+        match step {
+            ClientStep::Continue => cbuf.advance(total),
+            ClientStep::Terminate => return Ok(ClientSide::Terminated),
+            ClientStep::Hold => return Ok(ClientSide::Paused),
         }
     }
 }
@@ -248,8 +263,9 @@ where
     // Frames already read from the client are handled before any I/O.
     match process_client(cbuf, wbuf, &mut side, flow, max_message) {
         Err(e) => return RelayEnd::ClientError(e),
-        Ok(true) => return RelayEnd::ClientGone,
-        Ok(false) => {}
+        Ok(ClientSide::Terminated) => return RelayEnd::ClientGone,
+        Ok(ClientSide::Paused) => side.client_paused = true,
+        Ok(ClientSide::Open) => {}
     }
     poll_fn(|cx| {
         poll_relay(
@@ -287,7 +303,7 @@ where
         let mut progress = false;
 
         // Client → proxy.
-        if wbuf.len() < HIGH_WATER && !side.release && side.eof.is_none() {
+        if wbuf.len() < HIGH_WATER && !side.release && !side.client_paused && side.eof.is_none() {
             reserve(cbuf);
             match poll_read_buf(Pin::new(&mut *client), cx, cbuf) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
@@ -297,8 +313,9 @@ where
                     progress = true;
                     match process_client(cbuf, wbuf, side, flow, max_message) {
                         Err(e) => return Poll::Ready(RelayEnd::ClientError(e)),
-                        Ok(true) => return Poll::Ready(RelayEnd::ClientGone),
-                        Ok(false) => {}
+                        Ok(ClientSide::Terminated) => return Poll::Ready(RelayEnd::ClientGone),
+                        Ok(ClientSide::Paused) => side.client_paused = true,
+                        Ok(ClientSide::Open) => {}
                     }
                 }
                 Poll::Pending => {}

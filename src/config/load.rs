@@ -218,6 +218,14 @@ impl Config {
                 "routing.lag_check_interval",
                 self.routing.lag_check_interval.as_millis() as u64,
             ),
+            (
+                "observability.max_fingerprints",
+                self.observability.max_fingerprints as u64,
+            ),
+            (
+                "observability.explain_timeout",
+                self.observability.explain_timeout.as_millis() as u64,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -234,6 +242,20 @@ impl Config {
             return Err((
                 "observability.explain_sample_rate".into(),
                 format!("must be between 0.0 and 1.0, got {rate}"),
+            ));
+        }
+        if let Some(usage) = self.budgets.pool_usage
+            && !(usage > 0.0 && usage <= 1.0)
+        {
+            return Err((
+                "budgets.pool_usage".into(),
+                format!("must be above 0.0 and at most 1.0, got {usage}"),
+            ));
+        }
+        if self.budgets.p95_query_time == Some(std::time::Duration::ZERO) {
+            return Err((
+                "budgets.p95_query_time".into(),
+                "must be greater than zero".into(),
             ));
         }
         Ok(())

@@ -32,6 +32,8 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub observability: ObservabilityConfig,
+    #[serde(default)]
+    pub budgets: BudgetsConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -240,10 +242,18 @@ pub struct AdminConfig {
 pub struct ObservabilityConfig {
     #[serde(with = "humantime_serde")]
     pub slow_query_threshold: Duration,
+    /// Slow-query log lines per second at most; the rest are counted and
+    /// summarised every 10 s. 0 = no limit.
+    pub slow_query_log_rate: u32,
     pub explain: ExplainMode,
     pub explain_sample_rate: f64,
     #[serde(with = "humantime_serde")]
     pub explain_min_interval: Duration,
+    /// `statement_timeout` of the sampler's EXPLAIN statements.
+    #[serde(with = "humantime_serde")]
+    pub explain_timeout: Duration,
+    /// Query fingerprints kept for `/queries` (least recently seen evicted).
+    pub max_fingerprints: u32,
     pub log_format: LogFormat,
 }
 
@@ -251,10 +261,27 @@ impl Default for ObservabilityConfig {
     fn default() -> Self {
         ObservabilityConfig {
             slow_query_threshold: Duration::from_millis(200),
+            slow_query_log_rate: 10,
             explain: ExplainMode::Slow,
             explain_sample_rate: 0.0,
             explain_min_interval: Duration::from_secs(300),
+            explain_timeout: Duration::from_secs(2),
+            max_fingerprints: 5000,
             log_format: LogFormat::Text,
         }
     }
+}
+
+/// `[budgets]`: service levels the proxy watches. An absent key is no
+/// budget. Crossing one logs a warning once, recovering logs once more,
+/// and `pgsidecar_budget_exceeded{budget}` follows it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetsConfig {
+    /// p95 of all query durations over the recent window.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub p95_query_time: Option<Duration>,
+    /// Busiest pool's busy connections / pool size (0.0 to 1.0].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_usage: Option<f64>,
 }

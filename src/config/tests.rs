@@ -140,3 +140,51 @@ fn monitor_keys_default_and_are_checked_against_users() {
         assert!(err.contains(needle), "{key}: {err}");
     }
 }
+
+#[test]
+fn observability_and_budget_keys_default_and_are_checked() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.observability.max_fingerprints, 5000);
+    assert_eq!(c.observability.slow_query_log_rate, 10);
+    assert_eq!(c.observability.explain_timeout, Duration::from_secs(2));
+    assert_eq!(c.budgets.p95_query_time, None);
+    assert_eq!(c.budgets.pool_usage, None);
+
+    let text = format!(
+        "{MINIMAL}\n[observability]\nmax_fingerprints = 10\nslow_query_log_rate = 0\n\
+         explain_timeout = \"500ms\"\n[budgets]\np95_query_time = \"100ms\"\npool_usage = 0.8\n"
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.observability.max_fingerprints, 10);
+    assert_eq!(c.observability.slow_query_log_rate, 0);
+    assert_eq!(c.observability.explain_timeout, Duration::from_millis(500));
+    assert_eq!(c.budgets.p95_query_time, Some(Duration::from_millis(100)));
+    assert_eq!(c.budgets.pool_usage, Some(0.8));
+    // Set budgets survive `check`'s round trip through TOML.
+    let printed: toml::Table = toml::to_string(&c).unwrap().parse().unwrap();
+    assert_eq!(printed["budgets"]["p95_query_time"].as_str(), Some("100ms"));
+
+    for (extra, needle) in [
+        (
+            "[observability]\nmax_fingerprints = 0\n",
+            "observability.max_fingerprints",
+        ),
+        (
+            "[observability]\nexplain_timeout = \"0s\"\n",
+            "observability.explain_timeout",
+        ),
+        ("[budgets]\npool_usage = 1.5\n", "budgets.pool_usage"),
+        ("[budgets]\npool_usage = 0.0\n", "budgets.pool_usage"),
+        (
+            "[budgets]\np95_query_time = \"0s\"\n",
+            "budgets.p95_query_time",
+        ),
+        ("[budgets]\np95 = \"1s\"\n", "p95"),
+    ] {
+        let err = parse(&format!("{MINIMAL}\n{extra}"))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{extra:?} gave {err}");
+    }
+}

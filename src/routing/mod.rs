@@ -40,6 +40,7 @@ mod fingerprint;
 mod functions;
 mod lexer;
 mod normalize;
+pub mod policy;
 mod session;
 mod types;
 mod walker;

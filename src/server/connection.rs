@@ -54,12 +54,16 @@ pub struct ServerConn {
     pub created: Instant,
     health: Health,
     pub state: ServerState,
+    /// Keeps it listed in its pool until closed.
+    pub(crate) registration: Option<super::pool::Registration>,
 }
 
 /// Session state the proxy has left on a server connection.
 pub struct ServerState {
     /// Proxy-named prepared statements present on it.
     pub prepared: PreparedOnServer,
+    /// Session parameters the proxy has set on it.
+    pub params: crate::client::params::ServerParamsState,
 }
 
 /// The I/O half of a split connection.
@@ -90,7 +94,9 @@ impl ServerConn {
             health: Health::Clean,
             state: ServerState {
                 prepared: PreparedOnServer::new(prepared_capacity),
+                params: Default::default(),
             },
+            registration: None,
         }
     }
 

@@ -10,5 +10,5 @@ mod prepared;
 pub use connection::{ServerConn, ServerIoParts, ServerParams, ServerState};
 pub use error::{CheckoutError, ClientReport, ServerError};
 pub use login::{LoginParams, ServerSecret};
-pub use pool::{Lease, PoolKey, Pools, ServerPool};
+pub use pool::{Lease, PoolKey, Pools, ServerEntry, ServerPool};
 pub use prepared::{PreparedOnServer, statement_name};

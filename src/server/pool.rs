@@ -30,11 +30,36 @@ pub struct PoolKey {
 /// vain is told why instead of only "timed out".
 type LastError = Arc<Mutex<Option<(Instant, String)>>>;
 
+/// An open server connection, as the admin console lists it.
+#[derive(Clone, Debug)]
+pub struct ServerEntry {
+    pub id: u64,
+    pub backend_pid: i32,
+    pub opened_at: std::time::SystemTime,
+}
+
+type ServerList = Arc<Mutex<HashMap<u64, ServerEntry>>>;
+
+/// Removes a connection from its pool's list when it closes.
+pub struct Registration {
+    list: std::sync::Weak<Mutex<HashMap<u64, ServerEntry>>>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(list) = self.list.upgrade() {
+            lock(&list).remove(&self.id);
+        }
+    }
+}
+
 /// bb8's view of how to make and check server connections.
 pub struct ServerManager {
     login: LoginParams,
     addr: Arc<str>,
     last_error: LastError,
+    servers: ServerList,
 }
 
 impl ManageConnection for ServerManager {
@@ -42,11 +67,21 @@ impl ManageConnection for ServerManager {
     type Error = ServerError;
 
     async fn connect(&self) -> Result<ServerConn, ServerError> {
-        let result = login::connect(&self.login, self.addr.clone()).await;
-        if result.is_ok() {
-            *lock(&self.last_error) = None;
-        }
-        result
+        let mut conn = login::connect(&self.login, self.addr.clone()).await?;
+        *lock(&self.last_error) = None;
+        lock(&self.servers).insert(
+            conn.id,
+            ServerEntry {
+                id: conn.id,
+                backend_pid: conn.params.backend_pid,
+                opened_at: std::time::SystemTime::now(),
+            },
+        );
+        conn.registration = Some(Registration {
+            list: Arc::downgrade(&self.servers),
+            id: conn.id,
+        });
+        Ok(conn)
     }
 
     async fn is_valid(&self, conn: &mut ServerConn) -> Result<(), ServerError> {
@@ -98,12 +133,15 @@ pub struct ServerPool {
     /// pool, so a client's Parse of one can be acknowledged before it is
     /// needed on a server.
     good_statements: RwLock<HashSet<u64>>,
+    servers: ServerList,
 }
 
 impl ServerPool {
     fn new(key: PoolKey, config: &Config, secret: ServerSecret) -> Self {
         let last_error = LastError::default();
+        let servers = ServerList::default();
         let manager = ServerManager {
+            servers: servers.clone(),
             login: LoginParams {
                 host: key.node.host.clone(),
                 port: key.node.port,
@@ -136,6 +174,7 @@ impl ServerPool {
             first_connect: tokio::sync::Mutex::new(()),
             last_error,
             good_statements: RwLock::default(),
+            servers,
         }
     }
 
@@ -204,6 +243,11 @@ impl ServerPool {
         }
     }
 
+    /// Every open connection of this pool.
+    pub fn servers(&self) -> Vec<ServerEntry> {
+        lock(&self.servers).values().cloned().collect()
+    }
+
     /// (open connections, idle connections).
     pub fn state(&self) -> (u32, u32) {
         let s = self.pool.state();
@@ -246,6 +290,12 @@ impl Pools {
         if map.get(key).is_some_and(|p| p.never_connected()) {
             map.remove(key);
         }
+    }
+
+    /// Forgets every pool (after a reload changed how they are built);
+    /// sessions still using one keep it until they let go.
+    pub fn clear(&self) {
+        self.map.write().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// A snapshot of every pool, for metrics and the admin console.

@@ -202,7 +202,8 @@ async fn checkout_timeout_answers_53300_and_the_retry_succeeds() {
     let holder = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
     let waiter = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
 
-    holder.batch_execute("BEGIN").await.unwrap();
+    // A lone BEGIN is answered by the proxy; the first statement takes a server.
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let err = harness::scalar(&waiter, "SELECT 1").await.unwrap_err();
     let text = harness::error_text(&err);
     assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{text}");

@@ -433,7 +433,7 @@ async fn tokio_postgres_prepared_statements_work_in_transaction_mode() {
     let b = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
     let statement = a.prepare("SELECT $1::int + 1").await.unwrap();
     // b now holds the server a prepared on, so a runs on the other one.
-    b.batch_execute("BEGIN").await.unwrap();
+    b.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let row = a.query_one(&statement, &[&41i32]).await;
     b.batch_execute("COMMIT").await.unwrap();
     let row = row.unwrap_or_else(|e| panic!("{}", harness::error_text(&e)));

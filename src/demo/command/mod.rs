@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 pub use error::DemoError;
 
 use self::signals::{Stop, Why};
-use crate::cluster::ClusterView;
 use crate::config::Config;
 use crate::demo::{LocalCluster, PgBinaries};
 use crate::proxy::{Proxy, StartError};
@@ -32,6 +31,9 @@ use crate::proxy::{Proxy, StartError};
 pub const DEFAULT_PORT: u16 = 6432;
 /// Where the HTTP endpoints go unless told otherwise.
 pub const DEFAULT_HTTP_PORT: u16 = 9930;
+
+/// How long transactions in flight get to finish when the demo stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// What the command line asked of the demo.
 #[derive(Debug, Clone)]
@@ -103,11 +105,6 @@ async fn serve(
     let http =
         setup::http_addr(options.http_port, DEFAULT_HTTP_PORT).map_err(DemoError::HttpPort)?;
     let proxy = start_proxy(options.port, http, cluster).await?;
-    // MERGE NOTE: the proxy does not own a ClusterView yet. Once
-    // `proxy.shared` carries the one its router uses, show that one and
-    // drop this second monitor.
-    let view = ClusterView::new(&proxy.shared.config.load());
-    let monitor = view.spawn_monitor(proxy.shared.config.clone());
     let counter = summary::TransactionCounter::connect(cluster).await;
 
     print_banner(cluster, binaries, &proxy, http).await;
@@ -122,15 +119,14 @@ async fn serve(
             why = stop.wait() => break why,
             _ = ticker.tick() => {
                 let counts = counter.since_start().await;
-                let nodes = summary::gather(&view, &proxy.shared, &counts);
-                let clients = proxy.shared.clients.load(std::sync::atomic::Ordering::Relaxed);
+                let nodes = summary::gather(&proxy.shared.cluster(), &proxy.shared, &counts);
+                let clients = proxy.shared.connected.load(std::sync::atomic::Ordering::Relaxed);
                 print!("{}", summary::render(started.elapsed(), clients, &nodes));
             }
         }
     };
     println!("{}: stopping pgsidecar and the servers", describe(why));
-    monitor.abort();
-    drop(proxy);
+    proxy.shutdown(SHUTDOWN_GRACE).await;
     Ok(())
 }
 

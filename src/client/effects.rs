@@ -1,0 +1,183 @@
+//! What statements do to the session beyond their results: session
+//! parameters (applied once the server confirms them, at COMMIT inside a
+//! transaction block), pins (state that ties the client to its server),
+//! and their releases. Effects wait under a token until the request that
+//! carries them completes.
+
+use crate::routing::{PinReason, SessionChange, Unpin};
+
+use super::params::{ParamChange, ParamValue};
+
+/// Why a client may not leave its server, as a small set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pins {
+    bits: u8,
+    /// SQL-level prepared statements outstanding (released one by one).
+    sql_prepared: u32,
+}
+
+impl Pins {
+    fn bit(reason: PinReason) -> u8 {
+        match reason {
+            PinReason::AdvisoryLock => 1,
+            PinReason::Listen => 2,
+            PinReason::TempObject => 4,
+            PinReason::HoldCursor => 8,
+            PinReason::SqlPrepare => 16,
+        }
+    }
+
+    pub fn add(&mut self, reason: PinReason) {
+        self.bits |= Self::bit(reason);
+        if reason == PinReason::SqlPrepare {
+            self.sql_prepared += 1;
+        }
+    }
+
+    fn clear(&mut self, reason: PinReason) {
+        self.bits &= !Self::bit(reason);
+        if reason == PinReason::SqlPrepare {
+            self.sql_prepared = 0;
+        }
+    }
+
+    /// A session change the proxy cannot replay on another server.
+    pub fn add_untracked(&mut self) {
+        self.bits |= 32;
+    }
+
+    pub fn is_pinned(&self) -> bool {
+        self.bits != 0
+    }
+
+    /// Applies a release that ran successfully. `ours` says a DEALLOCATE
+    /// named one of the proxy's protocol-level statements (not a pin).
+    pub fn release(&mut self, unpin: &Unpin) {
+        match unpin {
+            Unpin::AdvisoryUnlockAll => self.clear(PinReason::AdvisoryLock),
+            Unpin::UnlistenAll => self.clear(PinReason::Listen),
+            Unpin::DiscardAll => *self = Pins::default(),
+            Unpin::DeallocateAll => self.clear(PinReason::SqlPrepare),
+            Unpin::Deallocate(_) => {
+                self.sql_prepared = self.sql_prepared.saturating_sub(1);
+                if self.sql_prepared == 0 {
+                    self.clear(PinReason::SqlPrepare);
+                }
+            }
+        }
+    }
+}
+
+/// The parameter changes a statement asks for, in the proxy's terms.
+/// Local (transaction-scoped) changes are dropped: they end with the
+/// transaction. Returns `None` when a change cannot be tracked (e.g.
+/// `set_config($1, $2, false)`): the caller pins instead.
+pub fn param_changes(changes: &[SessionChange]) -> Option<Vec<ParamChange>> {
+    let mut out = Vec::new();
+    for c in changes {
+        match c {
+            SessionChange::Set { name, value, local } if !local => out.push(ParamChange::Set(
+                name.as_str().into(),
+                ParamValue::Sql(value.as_str().into()),
+            )),
+            SessionChange::SetConfig { name, value, local } if !local => out.push(
+                ParamChange::Set(name.as_str().into(), ParamValue::Raw(value.as_str().into())),
+            ),
+            SessionChange::Reset { name, local } if !local => {
+                out.push(ParamChange::Reset(name.as_str().into()))
+            }
+            SessionChange::ResetAll => out.push(ParamChange::ResetAll),
+            SessionChange::Untracked { .. } => return None,
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+/// A request's effects, waiting for its completion.
+#[derive(Debug, Default)]
+pub struct Effect {
+    pub changes: Vec<ParamChange>,
+    pub unpin: Option<Unpin>,
+}
+
+impl Effect {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.unpin.is_none()
+    }
+}
+
+/// Effects by token for one hold.
+#[derive(Default)]
+pub struct Pending {
+    next: u64,
+    waiting: Vec<(u64, Effect)>,
+}
+
+impl Pending {
+    /// Stores an effect; returns the token to put on its request.
+    pub fn add(&mut self, effect: Effect) -> u64 {
+        if effect.is_empty() {
+            return 0;
+        }
+        self.next += 1;
+        self.waiting.push((self.next, effect));
+        self.next
+    }
+
+    /// Takes the effect for a completed (or failed) request.
+    pub fn take(&mut self, token: u64) -> Option<Effect> {
+        let i = self.waiting.iter().position(|(t, _)| *t == token)?;
+        Some(self.waiting.swap_remove(i).1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_and_releases() {
+        let mut p = Pins::default();
+        assert!(!p.is_pinned());
+        p.add(PinReason::AdvisoryLock);
+        p.add(PinReason::Listen);
+        p.release(&Unpin::AdvisoryUnlockAll);
+        assert!(p.is_pinned());
+        p.release(&Unpin::UnlistenAll);
+        assert!(!p.is_pinned());
+        p.add(PinReason::SqlPrepare);
+        p.add(PinReason::SqlPrepare);
+        p.release(&Unpin::Deallocate("a".into()));
+        assert!(p.is_pinned());
+        p.release(&Unpin::Deallocate("b".into()));
+        assert!(!p.is_pinned());
+        p.add(PinReason::TempObject);
+        p.release(&Unpin::DiscardAll);
+        assert!(!p.is_pinned());
+    }
+
+    #[test]
+    fn local_changes_are_not_tracked_and_untracked_ones_say_so() {
+        let local = SessionChange::Set {
+            name: "x".into(),
+            value: "1".into(),
+            local: true,
+        };
+        assert_eq!(param_changes(&[local]), Some(vec![]));
+        let untracked = SessionChange::Untracked { name: None };
+        assert_eq!(param_changes(&[untracked]), None);
+    }
+
+    #[test]
+    fn tokens_find_their_effects() {
+        let mut p = Pending::default();
+        assert_eq!(p.add(Effect::default()), 0);
+        let t = p.add(Effect {
+            changes: vec![ParamChange::ResetAll],
+            unpin: None,
+        });
+        assert!(p.take(t).is_some());
+        assert!(p.take(t).is_none());
+    }
+}

@@ -1,0 +1,226 @@
+//! Taking and giving back servers: the pools of each node for this client,
+//! acquiring a server for a routed request (falling back to the primary if
+//! a replica cannot be reached), bringing it up to date with the client's
+//! session (parameters, a deferred BEGIN), and leaving it clean.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::cancel::{CancelTarget, send_cancel};
+use super::expect::{Audience, Expectations, Request};
+use super::flow::{HoldState, SYNC_TOKEN};
+use super::registry::ClientActivity;
+use super::route::{self, Unit};
+use super::session::SessionCtx;
+use super::state::ClientState;
+use crate::cluster::{ClusterView, NodeId, ReplicaLease};
+use crate::config::PoolMode;
+use crate::protocol::frame::{self, fe};
+use crate::protocol::{SqlState, WireError};
+use crate::routing::policy::Target;
+use crate::server::{Lease, PoolKey, ServerPool};
+
+/// Time allowed for the proxy's own clean-up statements (ROLLBACK,
+/// DISCARD ALL) before the server connection is closed instead.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A server connection held by the session, with what it still owes.
+pub struct Held {
+    pub lease: Lease,
+    pub expect: Expectations,
+    pub hold: HoldState,
+    pub pool: Arc<ServerPool>,
+    /// Counts this read against the replica's load until released.
+    _replica: Option<ReplicaLease>,
+}
+
+/// This client's pool for each node, looked up once (again after a reload
+/// replaced pools or nodes).
+#[derive(Default)]
+pub struct NodePools {
+    by_node: Vec<Option<Arc<ServerPool>>>,
+    generation: u64,
+    view: Option<Arc<ClusterView>>,
+}
+
+impl NodePools {
+    /// The pool of `node` as numbered by `cluster`.
+    pub fn get(
+        &mut self,
+        ctx: &SessionCtx,
+        cluster: &Arc<ClusterView>,
+        node: NodeId,
+    ) -> Arc<ServerPool> {
+        let generation = ctx.shared.generation();
+        let same_view = self.view.as_ref().is_some_and(|v| Arc::ptr_eq(v, cluster));
+        if generation != self.generation || !same_view {
+            self.by_node.clear();
+            self.generation = generation;
+            self.view = Some(cluster.clone());
+        }
+        if self.by_node.len() <= node {
+            self.by_node.resize(node + 1, None);
+        }
+        self.by_node[node]
+            .get_or_insert_with(|| {
+                let config = ctx.shared.config.load();
+                let key = PoolKey {
+                    database: ctx.database.clone(),
+                    user: ctx.user.name.clone(),
+                    node: cluster.addr(node).clone(),
+                };
+                ctx.shared
+                    .pools
+                    .get(&key, &config, || ctx.user.server_secret())
+            })
+            .clone()
+    }
+
+    /// The pool of the current primary.
+    pub fn primary(&mut self, ctx: &SessionCtx) -> Result<Arc<ServerPool>, WireError> {
+        let cluster = ctx.shared.cluster().clone();
+        Ok(self.get(ctx, &cluster, primary_node(&cluster)?))
+    }
+}
+
+fn primary_node(cluster: &ClusterView) -> Result<NodeId, WireError> {
+    cluster.primary().ok_or_else(|| {
+        WireError::error(
+            SqlState::CONNECTION_FAILURE,
+            "no primary is available: every node is down or in recovery",
+        )
+    })
+}
+
+/// Routes `unit` and takes a server for it.
+pub async fn acquire(
+    ctx: &SessionCtx,
+    client: &mut ClientState,
+    pools: &mut NodePools,
+    unit: &Unit,
+) -> Result<Held, WireError> {
+    let slot = &ctx.cancel.slot;
+    slot.set_activity(ClientActivity::Waiting);
+    let held = acquire_inner(ctx, client, pools, unit).await;
+    if held.is_err() {
+        slot.set_activity(ClientActivity::Idle);
+    }
+    held
+}
+
+async fn acquire_inner(
+    ctx: &SessionCtx,
+    client: &mut ClientState,
+    pools: &mut NodePools,
+    unit: &Unit,
+) -> Result<Held, WireError> {
+    // The admin console's PAUSE holds new work here until RESUME.
+    let _ = ctx.shared.paused.subscribe().wait_for(|p| !*p).await;
+    // One view of the cluster for the decision and the pool it picks.
+    let cluster = ctx.shared.cluster().clone();
+    let routed = route::decide(unit, client, &ctx.shared, &cluster)?;
+    tracing::trace!(reason = routed.decision.reason, "routed");
+    let (mut node, mut replica) = match routed.decision.target {
+        Target::Primary => (primary_node(&cluster)?, None),
+        Target::Replica(lease) => (lease.id, Some(lease)),
+    };
+    let mut pool = pools.get(ctx, &cluster, node);
+    let lease = match pool.checkout().await {
+        Ok(lease) => lease,
+        Err(e) if replica.is_some() => {
+            // Nothing was sent yet: a read can run on the primary instead.
+            tracing::warn!(error = %e, "replica unavailable, reading from the primary");
+            replica = None;
+            node = primary_node(&cluster)?;
+            pool = pools.get(ctx, &cluster, node);
+            pool.checkout().await.map_err(|e| e.to_wire())?
+        }
+        Err(e) => return Err(e.to_wire()),
+    };
+    let mut held = Held {
+        lease,
+        expect: Expectations::default(),
+        hold: HoldState::default(),
+        pool,
+        _replica: None,
+    };
+    if replica.is_some() && !routed.transaction {
+        // A single read: later requests are routed on their own.
+        held.hold.budget = Some(unit.len);
+    }
+    held._replica = replica;
+    bring_up_to_date(&mut held, client);
+    Ok(held)
+}
+
+/// Queues, ahead of the client's request, what makes the server match the
+/// client: its session parameters and a BEGIN the proxy acknowledged.
+fn bring_up_to_date(held: &mut Held, client: &mut ClientState) {
+    let (io, state) = held.lease.split();
+    if let Some(sql) = state.params.sync_sql(&client.params) {
+        frame::put_query(io.wbuf, &sql);
+        held.expect
+            .sent(fe::QUERY, Some(Request::Query), Audience::Proxy, SYNC_TOKEN);
+        state.params.assume(&client.params);
+    }
+    if let Some(begin) = client.deferred_begin.take() {
+        io.wbuf.extend_from_slice(&begin);
+        held.expect
+            .sent(fe::QUERY, Some(Request::Query), Audience::Proxy, 0);
+    }
+}
+
+/// Gives a server back after the client's transaction ended.
+pub fn release(mut held: Held, client: &ClientState) {
+    remember_params(&mut held, client);
+}
+
+fn remember_params(held: &mut Held, client: &ClientState) {
+    let state = &mut held.lease.state;
+    if held.hold.params_diverged {
+        state.params.mark_unknown();
+    } else {
+        state.params.assume(&client.params);
+    }
+}
+
+/// Returns a server the client is leaving: reusable as is, after a
+/// ROLLBACK (client left inside a transaction) and, in session mode, after
+/// DISCARD ALL; anything else closes it, so no transaction or session state
+/// reaches the next client.
+pub async fn leave(mut held: Held, client: &ClientState, mode: PoolMode) {
+    remember_params(&mut held, client);
+    let Held {
+        mut lease, expect, ..
+    } = held;
+    if !expect.is_quiet() {
+        // A query is still running: cancel it and close the connection.
+        let target = CancelTarget {
+            server: lease.peer,
+            pid: lease.params.backend_pid,
+            secret: lease.params.backend_secret.clone(),
+        };
+        tokio::spawn(async move {
+            let _ = send_cancel(&target).await;
+        });
+        lease.mark_broken();
+        return;
+    }
+    let pinned = client.pins.is_pinned();
+    let script = match (expect.status(), mode == PoolMode::Session || pinned) {
+        (b'I', false) => return,
+        (b'I', true) => "DISCARD ALL",
+        (_, false) => "ROLLBACK",
+        (_, true) => "ROLLBACK; DISCARD ALL",
+    };
+    if script.contains("DISCARD") {
+        // DISCARD ALL drops prepared statements, settings, locks, LISTENs
+        // and temporary tables: the next client starts clean.
+        lease.state.prepared.clear();
+        lease.state.params.reset();
+    }
+    match tokio::time::timeout(CLEANUP_TIMEOUT, lease.run_internal(script)).await {
+        Ok(Ok(b'I')) => {}
+        _ => lease.mark_broken(),
+    }
+}

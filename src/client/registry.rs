@@ -1,0 +1,190 @@
+//! Every live client: the cancel key the proxy issued it, who it is, what
+//! it is doing and the server it holds right now. CancelRequests are
+//! matched here, and the admin console lists clients from here.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use rand::RngExt;
+use subtle::ConstantTimeEq;
+
+use super::cancel::{CancelTarget, send_cancel};
+
+/// Who a client is (fixed at login).
+#[derive(Clone, Debug)]
+pub struct ClientInfo {
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+    pub addr: Option<SocketAddr>,
+    pub connected_at: SystemTime,
+}
+
+/// What a client is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ClientActivity {
+    /// Logged in, holding no server.
+    Idle = 0,
+    /// Waiting for a server connection.
+    Waiting = 1,
+    /// Holding a server.
+    Active = 2,
+}
+
+impl ClientActivity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientActivity::Idle => "idle",
+            ClientActivity::Waiting => "waiting",
+            ClientActivity::Active => "active",
+        }
+    }
+}
+
+/// The server a client holds.
+#[derive(Clone, Debug)]
+pub struct ServerLink {
+    pub cancel: CancelTarget,
+    pub node: Arc<str>,
+    pub server_id: u64,
+}
+
+/// One client's entry.
+pub struct ClientSlot {
+    pub pid: i32,
+    pub secret: i32,
+    pub info: ClientInfo,
+    activity: AtomicU8,
+    server: Mutex<Option<ServerLink>>,
+}
+
+impl ClientSlot {
+    /// Records the server the client now holds (or none).
+    pub fn set_server(&self, link: Option<ServerLink>) {
+        let active = link.is_some();
+        *self.server.lock().unwrap_or_else(|p| p.into_inner()) = link;
+        self.set_activity(if active {
+            ClientActivity::Active
+        } else {
+            ClientActivity::Idle
+        });
+    }
+
+    pub fn server(&self) -> Option<ServerLink> {
+        self.server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_activity(&self, a: ClientActivity) {
+        self.activity.store(a as u8, Ordering::Relaxed);
+    }
+
+    pub fn activity(&self) -> ClientActivity {
+        match self.activity.load(Ordering::Relaxed) {
+            1 => ClientActivity::Waiting,
+            2 => ClientActivity::Active,
+            _ => ClientActivity::Idle,
+        }
+    }
+}
+
+const SHARDS: usize = 16;
+
+/// All live clients, sharded so that connect and disconnect storms do not
+/// serialise on one lock.
+pub struct ClientRegistry {
+    shards: Vec<Mutex<HashMap<i32, Arc<ClientSlot>>>>,
+}
+
+impl Default for ClientRegistry {
+    fn default() -> Self {
+        ClientRegistry {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+impl ClientRegistry {
+    fn shard(&self, pid: i32) -> std::sync::MutexGuard<'_, HashMap<i32, Arc<ClientSlot>>> {
+        self.shards[(pid as u32 as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a client that just logged in, with a fresh cancel key.
+    pub fn register(self: &Arc<Self>, info: ClientInfo) -> ClientHandle {
+        let mut rng = rand::rng();
+        loop {
+            let pid = rng.random_range(1..i32::MAX);
+            let mut shard = self.shard(pid);
+            if shard.contains_key(&pid) {
+                continue;
+            }
+            let slot = Arc::new(ClientSlot {
+                pid,
+                secret: rng.random(),
+                info,
+                activity: AtomicU8::new(ClientActivity::Idle as u8),
+                server: Mutex::new(None),
+            });
+            shard.insert(pid, slot.clone());
+            return ClientHandle {
+                slot,
+                registry: self.clone(),
+            };
+        }
+    }
+
+    /// Handles a CancelRequest: if the key matches a client that is running
+    /// a query, forwards a cancel to that query's server. Unknown keys are
+    /// ignored silently, as Postgres does.
+    pub async fn cancel(&self, pid: i32, secret: &[u8]) -> bool {
+        let slot = self.shard(pid).get(&pid).cloned();
+        let Some(slot) = slot else { return false };
+        if !bool::from(slot.secret.to_be_bytes().ct_eq(secret)) {
+            return false;
+        }
+        let Some(link) = slot.server() else {
+            return false;
+        };
+        match send_cancel(&link.cancel).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, server = %link.cancel.server, "could not forward cancel request");
+                false
+            }
+        }
+    }
+
+    /// Every live client (for the admin console and metrics).
+    pub fn all(&self) -> Vec<Arc<ClientSlot>> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+/// A client's registration; removed from the registry when dropped.
+pub struct ClientHandle {
+    pub slot: Arc<ClientSlot>,
+    registry: Arc<ClientRegistry>,
+}
+
+impl Drop for ClientHandle {
+    fn drop(&mut self) {
+        self.registry.shard(self.slot.pid).remove(&self.slot.pid);
+    }
+}

@@ -1,0 +1,205 @@
+//! Routing a request that starts a unit of work: find the unit in the
+//! client's buffer (a simple Query, or extended-protocol messages up to
+//! Sync or Flush), classify it, and ask the routing policy where it runs.
+
+use std::sync::Arc;
+
+use super::prepared::{self, ClientStatements};
+use super::state::ClientState;
+use crate::cluster::ClusterView;
+use crate::protocol::frame::{self, fe};
+use crate::protocol::{ProtocolError, SqlState, WireError};
+use crate::proxy::Shared;
+use crate::routing::policy::{self, Decision, Refusal};
+use crate::routing::{Classifier, Hint, Route, StatementInfo, TxEffect};
+
+/// A unit of work found at the start of the client's buffer.
+pub struct Unit {
+    /// Bytes of the buffer that make up the unit.
+    pub len: usize,
+    pub infos: Vec<Arc<StatementInfo>>,
+    pub hint: Option<Hint>,
+    /// The unit is a lone simple-Query statement: its transaction effect.
+    pub lone_tx: Option<TxEffect>,
+    /// It ends with Query, Sync or FunctionCall (not Flush): the client
+    /// gets a ReadyForQuery at its end.
+    pub ends_with_ready: bool,
+    /// Something in the unit cannot be classified (a FunctionCall, a Bind
+    /// of a statement the proxy does not know): it needs the primary.
+    unknown: Option<&'static str>,
+}
+
+impl Unit {
+    fn route(&self) -> Route {
+        if self.unknown.is_none()
+            && !self.infos.is_empty()
+            && self.infos.iter().all(|i| i.route == Route::Read)
+        {
+            Route::Read
+        } else {
+            Route::Write
+        }
+    }
+
+    /// The reason label of the statement that decided the route.
+    fn reason(&self) -> &'static str {
+        if let Some(reason) = self.unknown {
+            return reason;
+        }
+        self.infos
+            .iter()
+            .find(|i| i.route == Route::Write)
+            .or(self.infos.first())
+            .map_or("write", |i| i.reason.as_str())
+    }
+
+    fn first_tx(&self) -> TxEffect {
+        self.infos.first().map_or(TxEffect::None, |i| i.tx)
+    }
+}
+
+/// Finds the unit at the start of `cbuf`; `None` if it is not complete yet.
+pub fn find_unit(
+    cbuf: &[u8],
+    statements: &ClientStatements,
+    classifier: &Classifier,
+) -> Result<Option<Unit>, ProtocolError> {
+    let mut at = 0;
+    let mut unit = Unit {
+        len: 0,
+        infos: Vec::new(),
+        hint: None,
+        lone_tx: None,
+        ends_with_ready: true,
+        unknown: None,
+    };
+    // The unnamed statement parsed within this unit, if any.
+    let mut unnamed: Option<Arc<StatementInfo>> = None;
+    while let Some((tag, f)) = frame::complete(&cbuf[at..])? {
+        at += f.len();
+        match tag {
+            fe::QUERY => {
+                let c = classifier.classify(frame::query_text(f)?);
+                if at == f.len() && c.info.statement_count == 1 {
+                    unit.lone_tx = Some(c.info.tx);
+                }
+                unit.hint = unit.hint.or(c.hint);
+                unit.infos.push(c.info);
+                unit.len = at;
+                return Ok(Some(unit));
+            }
+            fe::PARSE => {
+                let msg = prepared::parse_parse(f)?;
+                let c = classifier.classify(msg.query);
+                unit.hint = unit.hint.or(c.hint);
+                if msg.name.is_empty() {
+                    unnamed = Some(c.info.clone());
+                }
+                unit.infos.push(c.info);
+            }
+            fe::BIND => {
+                let (name, _, _) = prepared::bind_statement(f)?;
+                let info = if name.is_empty() {
+                    unnamed
+                        .clone()
+                        .or_else(|| statements.unnamed_class().map(|c| c.info.clone()))
+                } else {
+                    statements.get(name).map(|s| s.class.info.clone())
+                };
+                match info {
+                    Some(info) => unit.infos.push(info),
+                    // Not one of ours (SQL-level PREPARE): be safe.
+                    None => unit.unknown = Some("unknown_statement"),
+                }
+            }
+            fe::SYNC | fe::FLUSH | fe::FUNCTION_CALL => {
+                if tag == fe::FUNCTION_CALL {
+                    unit.unknown = Some("function_call");
+                }
+                unit.ends_with_ready = tag != fe::FLUSH;
+                unit.len = at;
+                return Ok(Some(unit));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// A routing decision for a unit.
+pub struct Routed {
+    pub decision: Decision,
+    /// The unit starts or continues an explicit transaction: the server is
+    /// held until it ends.
+    pub transaction: bool,
+}
+
+/// Where the unit runs.
+pub fn decide(
+    unit: &Unit,
+    client: &ClientState,
+    shared: &Shared,
+    cluster: &ClusterView,
+) -> Result<Routed, WireError> {
+    let config = shared.config.load();
+    let tx = if client.deferred_begin.is_some() {
+        // Inside a transaction the client opened with a lone BEGIN: it is
+        // read only if the session says so or its first statement does.
+        match unit.first_tx() {
+            TxEffect::SetTransaction {
+                read_only: Some(true),
+            } => Some(true),
+            _ => Some(client.read_only_by_default()),
+        }
+    } else {
+        match unit.first_tx() {
+            TxEffect::Begin { read_only } => {
+                Some(read_only.unwrap_or(client.read_only_by_default()))
+            }
+            _ => None,
+        }
+    };
+    let route = match tx {
+        Some(true) => Route::Read,
+        Some(false) => Route::Write,
+        None => unit.route(),
+    };
+    let tables: Vec<Arc<str>> = unit
+        .infos
+        .iter()
+        .flat_map(|i| i.tables_read.iter().cloned())
+        .collect();
+    let request = policy::Request {
+        route,
+        reason: if tx.is_some() {
+            "transaction"
+        } else {
+            unit.reason()
+        },
+        hint: unit.hint,
+        tables_read: &tables,
+        read_only_transaction: tx == Some(true),
+    };
+    policy::decide(
+        &request,
+        &client.routing,
+        &shared.write_log,
+        cluster,
+        &config.routing,
+    )
+    .map(|decision| Routed {
+        decision,
+        transaction: tx.is_some(),
+    })
+    .map_err(|refusal| match refusal {
+        Refusal::WriteOnReplica => WireError::error(
+            SqlState::READ_ONLY_TRANSACTION,
+            "this statement writes, but it was sent to a replica (pgsidecar:replica hint or pgsidecar.route = 'replica')",
+        )
+        .with_hint("remove the hint, or SET pgsidecar.route = 'auto'"),
+        Refusal::NoReplica(why) => WireError::error(
+            SqlState::CONNECTION_FAILURE,
+            format!("no replica can serve this read ({}) and fallback_to_primary is off", why.as_str()),
+        ),
+    })
+}

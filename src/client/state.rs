@@ -1,0 +1,49 @@
+//! What the proxy remembers about one client between servers: its prepared
+//! statements, session parameters, routing state, pins and a BEGIN it has
+//! acknowledged but not yet sent anywhere.
+
+use bytes::Bytes;
+
+use super::effects::Pins;
+use super::params::{ClientParams, ParamValue};
+use super::prepared::ClientStatements;
+use crate::routing::policy::ClientRouting;
+
+/// Per-client state that outlives any one server.
+#[derive(Default)]
+pub struct ClientState {
+    pub statements: ClientStatements,
+    pub params: ClientParams,
+    pub routing: ClientRouting,
+    pub pins: Pins,
+    /// A lone `BEGIN` answered by the proxy: the transaction is routed by
+    /// its first real statement (so `SET TRANSACTION READ ONLY` can still
+    /// send it to a replica), and the BEGIN is sent ahead of it.
+    pub deferred_begin: Option<Bytes>,
+    /// A request ending in Flush failed before reaching a server: its
+    /// remaining messages are skipped up to Sync, as a server would.
+    pub skip_to_sync: bool,
+}
+
+impl ClientState {
+    pub fn new(params: ClientParams) -> Self {
+        ClientState {
+            params,
+            ..ClientState::default()
+        }
+    }
+
+    /// `default_transaction_read_only` is on for this session.
+    pub fn read_only_by_default(&self) -> bool {
+        let Some(v) = self.params.current().get("default_transaction_read_only") else {
+            return false;
+        };
+        let text = match v {
+            ParamValue::Sql(t) | ParamValue::Raw(t) => t,
+        };
+        matches!(
+            text.trim_matches('\'').to_ascii_lowercase().as_str(),
+            "on" | "true" | "yes" | "1" | "t"
+        )
+    }
+}

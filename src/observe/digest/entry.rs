@@ -1,0 +1,166 @@
+//! One fingerprint's statistics: counts, times, a latency histogram for
+//! percentiles, routes, and the last sampled plan.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use hdrhistogram::Histogram;
+
+use crate::cluster::Role;
+use crate::observe::explain::PlanSummary;
+
+/// Highest latency a histogram tracks (longer ones count as this): 1 h.
+const MAX_MICROS: u64 = 3_600_000_000;
+
+/// A latency histogram in microseconds, 2 significant digits (≤ 1%
+/// error). Auto-resizing from a small range, so a fingerprint whose
+/// queries all take under a second costs a few KB, not the full range.
+pub(crate) fn latency_histogram() -> Histogram<u32> {
+    let mut h = Histogram::new_with_bounds(1, 1_000, 2).expect("static, valid bounds");
+    h.auto(true);
+    h
+}
+
+/// Records `d` (whole microseconds, at least 1, at most 1 h).
+pub(crate) fn record_latency(h: &mut Histogram<u32>, d: Duration) {
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    // Auto-resize only fails on absurd values, excluded by the clamp.
+    let _ = h.record(micros.clamp(1, MAX_MICROS));
+}
+
+/// `q`-quantile of `h` as a duration (zero if empty).
+pub(crate) fn quantile(h: &Histogram<u32>, q: f64) -> Duration {
+    if h.is_empty() {
+        Duration::ZERO
+    } else {
+        Duration::from_micros(h.value_at_quantile(q))
+    }
+}
+
+/// A plan the EXPLAIN sampler got for a fingerprint.
+#[derive(Clone, Debug)]
+pub struct PlanSample {
+    pub summary: PlanSummary,
+    /// `EXPLAIN (FORMAT JSON)` output as the server returned it.
+    pub plan: serde_json::Value,
+    /// When it was taken.
+    pub at: SystemTime,
+    /// Address of the node it was taken on.
+    pub node: String,
+    /// The generic plan (no parameter values were known) rather than the
+    /// plan for one query's literals or captured parameters.
+    pub generic: bool,
+}
+
+/// Live statistics of one fingerprint (behind its shard's lock).
+pub(crate) struct Digest {
+    pub(crate) normalized: Arc<str>,
+    pub(crate) calls: u64,
+    pub(crate) errors: u64,
+    pub(crate) rows: u64,
+    pub(crate) total: Duration,
+    pub(crate) min: Duration,
+    pub(crate) max: Duration,
+    /// Calls by role: `[primary, replica]`.
+    pub(crate) by_role: [u64; 2],
+    pub(crate) latency: Histogram<u32>,
+    pub(crate) plan: Option<Arc<PlanSample>>,
+    /// Last time a plan was requested, for `explain_min_interval`.
+    pub(crate) explain_requested: Option<Instant>,
+}
+
+impl Digest {
+    pub(crate) fn new(normalized: Arc<str>) -> Digest {
+        Digest {
+            normalized,
+            calls: 0,
+            errors: 0,
+            rows: 0,
+            total: Duration::ZERO,
+            min: Duration::MAX,
+            max: Duration::ZERO,
+            by_role: [0; 2],
+            latency: latency_histogram(),
+            plan: None,
+            explain_requested: None,
+        }
+    }
+
+    pub(crate) fn add(&mut self, role: Role, duration: Duration, rows: u64, error: bool) {
+        self.calls += 1;
+        self.errors += u64::from(error);
+        self.rows = self.rows.saturating_add(rows);
+        self.total = self.total.saturating_add(duration);
+        self.min = self.min.min(duration);
+        self.max = self.max.max(duration);
+        self.by_role[usize::from(role == Role::Replica)] += 1;
+        record_latency(&mut self.latency, duration);
+    }
+
+    /// Claims the right to request a plan now if none was requested within
+    /// `interval`.
+    pub(crate) fn claim_explain(&mut self, now: Instant, interval: Duration) -> bool {
+        let due = self
+            .explain_requested
+            .is_none_or(|t| now.saturating_duration_since(t) >= interval);
+        if due {
+            self.explain_requested = Some(now);
+        }
+        due
+    }
+
+    pub(crate) fn snapshot(&self, fingerprint: u64) -> DigestSnapshot {
+        DigestSnapshot {
+            fingerprint,
+            query: self.normalized.clone(),
+            calls: self.calls,
+            errors: self.errors,
+            rows: self.rows,
+            total: self.total,
+            min: if self.calls == 0 {
+                Duration::ZERO
+            } else {
+                self.min
+            },
+            max: self.max,
+            mean: self.mean(),
+            p50: quantile(&self.latency, 0.50),
+            p95: quantile(&self.latency, 0.95),
+            p99: quantile(&self.latency, 0.99),
+            primary: self.by_role[0],
+            replica: self.by_role[1],
+            plan: self.plan.clone(),
+        }
+    }
+
+    fn mean(&self) -> Duration {
+        match u32::try_from(self.calls) {
+            Ok(0) => Duration::ZERO,
+            Ok(n) => self.total / n,
+            Err(_) => Duration::from_secs_f64(self.total.as_secs_f64() / self.calls as f64),
+        }
+    }
+}
+
+/// A copy of one fingerprint's statistics, for `/queries`.
+#[derive(Clone, Debug)]
+pub struct DigestSnapshot {
+    pub fingerprint: u64,
+    /// Normalised text (literals replaced by `$n`).
+    pub query: Arc<str>,
+    pub calls: u64,
+    /// Calls the server answered with an error.
+    pub errors: u64,
+    pub rows: u64,
+    pub total: Duration,
+    pub min: Duration,
+    pub max: Duration,
+    pub mean: Duration,
+    pub p50: Duration,
+    pub p95: Duration,
+    pub p99: Duration,
+    /// Calls that ran on the primary / on a replica.
+    pub primary: u64,
+    pub replica: u64,
+    pub plan: Option<Arc<PlanSample>>,
+}

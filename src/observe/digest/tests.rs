@@ -1,0 +1,157 @@
+//! Digest statistics, percentiles, the LRU bound and concurrent recording.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn sample<'a>(fp: u64, text: &'a Arc<str>, role: Role, ms: u64) -> Sample<'a> {
+    Sample {
+        fingerprint: fp,
+        normalized: text,
+        role,
+        duration: Duration::from_millis(ms),
+        rows: 2,
+        error: ms.is_multiple_of(10),
+    }
+}
+
+fn close(actual: Duration, expected_ms: u64) -> bool {
+    let e = expected_ms as f64;
+    (actual.as_secs_f64() * 1000.0 - e).abs() <= e * 0.01 + 0.001
+}
+
+#[test]
+fn statistics_and_percentiles() {
+    let d = Digests::new(100);
+    let text: Arc<str> = "select * from t where id = $1".into();
+    for ms in 1..=100 {
+        let role = if ms <= 30 {
+            Role::Primary
+        } else {
+            Role::Replica
+        };
+        d.record(&sample(7, &text, role, ms), None);
+    }
+    let s = d.get(7).unwrap();
+    assert_eq!(&*s.query, &*text);
+    assert_eq!((s.calls, s.errors, s.rows), (100, 10, 200));
+    assert_eq!((s.primary, s.replica), (30, 70));
+    assert_eq!(s.total, Duration::from_millis(5050));
+    assert_eq!(s.mean, Duration::from_micros(50_500));
+    assert_eq!(
+        (s.min, s.max),
+        (Duration::from_millis(1), Duration::from_millis(100))
+    );
+    assert!(close(s.p50, 50), "{:?}", s.p50);
+    assert!(close(s.p95, 95), "{:?}", s.p95);
+    assert!(close(s.p99, 99), "{:?}", s.p99);
+    assert!(d.get(8).is_none());
+}
+
+#[test]
+fn the_table_is_bounded_and_keeps_what_is_used() {
+    let d = Digests::new(64);
+    let text: Arc<str> = "q".into();
+    let hot = 0xdead_beef_u64;
+    for fp in 0..5_000u64 {
+        d.record(
+            &sample(
+                fp.wrapping_mul(0x1234_5678_9abc_def1),
+                &text,
+                Role::Primary,
+                1,
+            ),
+            None,
+        );
+        d.record(&sample(hot, &text, Role::Primary, 1), None);
+        assert!(d.len() <= 64);
+    }
+    assert_eq!(d.len(), 64);
+    assert_eq!(d.get(hot).unwrap().calls, 5_000);
+    // Shrinking on reload evicts down to the new bound.
+    d.resize(16);
+    assert!(d.len() <= 16, "{}", d.len());
+    assert!(d.get(hot).is_some());
+}
+
+#[test]
+fn a_tiny_bound_still_holds() {
+    let d = Digests::new(3);
+    let text: Arc<str> = "q".into();
+    for fp in 0..100 {
+        d.record(&sample(fp, &text, Role::Primary, 1), None);
+    }
+    assert!(d.len() <= 3 && d.len() >= 1, "{}", d.len());
+}
+
+#[test]
+fn explain_is_claimed_once_per_interval() {
+    let d = Digests::new(10);
+    let text: Arc<str> = "q".into();
+    let t0 = Instant::now();
+    let minute = Duration::from_secs(60);
+    let s = sample(1, &text, Role::Replica, 500);
+    assert!(d.record(&s, Some((minute, t0))));
+    assert!(!d.record(&s, Some((minute, t0 + Duration::from_secs(59)))));
+    assert!(!d.record(&s, None));
+    assert!(d.record(&s, Some((minute, t0 + minute))));
+    // A claim given back (queue full) can be taken again at once.
+    d.unclaim_explain(1);
+    assert!(d.record(&s, Some((minute, t0 + minute))));
+}
+
+#[test]
+fn concurrent_recording_loses_nothing() {
+    let d = Arc::new(Digests::new(1000));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                let text: Arc<str> = "q".into();
+                for i in 0..10_000u64 {
+                    d.record(&sample(i % 100, &text, Role::Primary, t + 1), None);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let calls: u64 = d.snapshots().iter().map(|s| s.calls).sum();
+    assert_eq!(calls, 40_000);
+    let mut window = latency_histogram();
+    d.take_window(&mut window);
+    assert_eq!(window.len(), 40_000);
+    let mut again = latency_histogram();
+    d.take_window(&mut again);
+    assert!(again.is_empty(), "taking the window empties it");
+}
+
+#[test]
+fn recent_window_forgets_old_seconds() {
+    let mut w = RecentLatency::new();
+    assert_eq!(w.quantile(0.95), None);
+    let mut slow = latency_histogram();
+    for _ in 0..100 {
+        entry::record_latency(&mut slow, Duration::from_millis(300));
+    }
+    w.push(slow);
+    assert!(close(w.quantile(0.95).unwrap(), 300));
+    for _ in 0..window::WINDOW_SECONDS {
+        let mut fast = latency_histogram();
+        entry::record_latency(&mut fast, Duration::from_millis(2));
+        w.push(fast);
+    }
+    assert!(close(w.quantile(0.95).unwrap(), 2));
+}
+
+#[test]
+fn a_histogram_of_fast_queries_stays_small() {
+    let mut h = latency_histogram();
+    for us in [50, 900, 20_000, 400_000] {
+        entry::record_latency(&mut h, Duration::from_micros(us));
+    }
+    // counts are u32: well under 10 KB per fingerprint.
+    assert!(h.distinct_values() * 4 < 10_000, "{}", h.distinct_values());
+}

@@ -1,0 +1,250 @@
+//! The proxy's Prometheus metrics (prefix `pgsidecar_`, own registry):
+//! hot-path handles resolved once (per node, per role, per label) so that
+//! counting a query costs a few atomic adds, and the gauges that are
+//! filled from [`Sources`](super::Sources) when `/metrics` is scraped.
+
+mod family;
+mod labels;
+mod scrape;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use prometheus::{Histogram, IntCounter, IntCounterVec};
+
+use crate::cluster::{NodeId, Role};
+use crate::config::NodeAddr;
+use family::Families;
+pub(crate) use family::FamilyInfo;
+pub use family::LATENCY_BUCKETS;
+use labels::LabelCache;
+pub(crate) use scrape::Scraped;
+
+/// Every metric family `/metrics` lists, full names. The contract's
+/// metrics come first (DESIGN.md), then the observer's own.
+pub const METRIC_NAMES: [&str; 22] = [
+    "pgsidecar_client_connections",
+    "pgsidecar_server_connections",
+    "pgsidecar_pool_size",
+    "pgsidecar_pool_wait_seconds",
+    "pgsidecar_queries_total",
+    "pgsidecar_query_duration_seconds",
+    "pgsidecar_transactions_total",
+    "pgsidecar_routing_decisions_total",
+    "pgsidecar_read_your_writes_total",
+    "pgsidecar_replica_lag_seconds",
+    "pgsidecar_replica_lag_bytes",
+    "pgsidecar_node_up",
+    "pgsidecar_slow_queries_total",
+    "pgsidecar_explain_samples_total",
+    "pgsidecar_errors_total",
+    "pgsidecar_config_reloads_total",
+    "pgsidecar_pinned_clients",
+    "pgsidecar_pool_usage_ratio",
+    "pgsidecar_budget_exceeded",
+    "pgsidecar_budget_value",
+    "pgsidecar_explain_dropped_total",
+    "pgsidecar_slow_query_log_suppressed_total",
+];
+
+/// `routing_decisions_total{reason}` values exported at zero from the
+/// start (others may be counted too; they appear when first used).
+pub const ROUTING_REASONS: [&str; 8] = [
+    "write",
+    "read",
+    "transaction",
+    "hint",
+    "read_your_writes",
+    "no_replica",
+    "split_off",
+    "pinned",
+];
+
+/// `errors_total{kind}` values exported at zero from the start. The
+/// observer itself counts `query` (a statement the server answered with
+/// an error) and `explain` (a plan sample that failed).
+pub const ERROR_KINDS: [&str; 7] = [
+    "query",
+    "explain",
+    "auth",
+    "checkout_timeout",
+    "no_node",
+    "protocol",
+    "server",
+];
+
+/// Metric handles. Counting methods take `&self` and never allocate once
+/// a label has been seen.
+pub struct Metrics {
+    families: Families,
+    /// `queries_total{role,node}` per configured node, `[primary, replica]`.
+    queries: Vec<[IntCounter; 2]>,
+    queries_vec: IntCounterVec,
+    query_duration: [Histogram; 2],
+    pool_wait: Histogram,
+    transactions: IntCounter,
+    routing: LabelCache,
+    read_your_writes: IntCounter,
+    pub(crate) slow_queries: IntCounter,
+    pub(crate) explain_samples: IntCounter,
+    pub(crate) explain_dropped: IntCounter,
+    pub(crate) slow_log_suppressed: IntCounter,
+    errors: LabelCache,
+    query_errors: IntCounter,
+    reloads: [IntCounter; 2],
+    pub(crate) scraped: Scraped,
+}
+
+impl Metrics {
+    /// Registers every family; `nodes` are the configured nodes in
+    /// [`NodeId`] order (primary first), used as the `node` label.
+    pub fn new(nodes: &[NodeAddr]) -> Metrics {
+        let mut f = Families::new();
+        let queries_vec = f.counter_vec(
+            "queries_total",
+            "Statements completed, by the role and address of the node that ran them.",
+            &["role", "node"],
+        );
+        let queries = nodes
+            .iter()
+            .map(|n| {
+                let node = n.to_string();
+                [Role::Primary, Role::Replica]
+                    .map(|r| queries_vec.with_label_values(&[r.as_str(), &node]))
+            })
+            .collect();
+        let durations = f.histogram_vec(
+            "query_duration_seconds",
+            "Statement duration measured at the proxy, by node role.",
+            &["role"],
+        );
+        let query_duration =
+            [Role::Primary, Role::Replica].map(|r| durations.with_label_values(&[r.as_str()]));
+        let pool_wait = f.histogram(
+            "pool_wait_seconds",
+            "Time clients waited to check a server connection out of a pool.",
+        );
+        let transactions = f.counter("transactions_total", "Transactions completed.");
+        let routing = f.counter_vec(
+            "routing_decisions_total",
+            "Routing decisions, by the reason the node was chosen.",
+            &["reason"],
+        );
+        let read_your_writes = f.counter(
+            "read_your_writes_total",
+            "Reads kept from a stale replica because the client (or table) had a recent write.",
+        );
+        let slow_queries = f.counter(
+            "slow_queries_total",
+            "Statements slower than observability.slow_query_threshold.",
+        );
+        let explain_samples = f.counter("explain_samples_total", "Query plans sampled by EXPLAIN.");
+        let errors = f.counter_vec("errors_total", "Errors, by kind.", &["kind"]);
+        let reloads = f.counter_vec(
+            "config_reloads_total",
+            "Config reloads, by result (ok, error).",
+            &["result"],
+        );
+        let scraped = Scraped::register(&mut f);
+        let explain_dropped = f.counter(
+            "explain_dropped_total",
+            "Plan samples dropped because the EXPLAIN queue was full.",
+        );
+        let slow_log_suppressed = f.counter(
+            "slow_query_log_suppressed_total",
+            "Slow-query log lines suppressed by observability.slow_query_log_rate.",
+        );
+        let errors = LabelCache::new(errors, &ERROR_KINDS);
+        Metrics {
+            query_errors: errors.get("query"),
+            queries,
+            queries_vec,
+            query_duration,
+            pool_wait,
+            transactions,
+            routing: LabelCache::new(routing, &ROUTING_REASONS),
+            read_your_writes,
+            slow_queries,
+            explain_samples,
+            explain_dropped,
+            slow_log_suppressed,
+            errors,
+            reloads: ["ok", "error"].map(|r| reloads.with_label_values(&[r])),
+            scraped,
+            families: f,
+        }
+    }
+
+    /// A completed statement: `queries_total` and `query_duration_seconds`.
+    /// ([`Observer::record`](super::Observer::record) calls this.)
+    pub fn query(&self, role: Role, node: NodeId, duration: Duration) {
+        let r = role_index(role);
+        match self.queries.get(node) {
+            Some(counters) => counters[r].inc(),
+            // Only if the node list changed without a restart.
+            None => self
+                .queries_vec
+                .with_label_values(&[role.as_str(), "unknown"])
+                .inc(),
+        }
+        self.query_duration[r].observe(duration.as_secs_f64());
+    }
+
+    /// A statement the server answered with an error (`errors_total{kind="query"}`).
+    pub(crate) fn query_error(&self) {
+        self.query_errors.inc();
+    }
+
+    /// Time a client waited for a server connection.
+    pub fn pool_wait(&self, waited: Duration) {
+        self.pool_wait.observe(waited.as_secs_f64());
+    }
+
+    /// A transaction (or autocommit statement outside one) completed.
+    pub fn transaction(&self) {
+        self.transactions.inc();
+    }
+
+    /// A routing decision, by reason (see [`ROUTING_REASONS`]).
+    pub fn routing(&self, reason: &'static str) {
+        self.routing.inc(reason);
+    }
+
+    /// The counter behind [`routing`](Self::routing)`(reason)`, to keep.
+    pub fn routing_counter(&self, reason: &'static str) -> IntCounter {
+        self.routing.get(reason)
+    }
+
+    /// A read that read-your-writes kept off a stale replica.
+    pub fn read_your_writes(&self) {
+        self.read_your_writes.inc();
+    }
+
+    /// An error of `kind` (see [`ERROR_KINDS`]).
+    pub fn error(&self, kind: &'static str) {
+        self.errors.inc(kind);
+    }
+
+    /// A config reload, successful or refused.
+    pub fn config_reload(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].inc();
+    }
+
+    /// The registry, e.g. to add process metrics.
+    pub fn registry(&self) -> &prometheus::Registry {
+        &self.families.registry
+    }
+
+    pub(crate) fn families(&self) -> &[FamilyInfo] {
+        &self.families.infos
+    }
+}
+
+fn role_index(role: Role) -> usize {
+    match role {
+        Role::Primary => 0,
+        Role::Replica => 1,
+    }
+}

@@ -1,0 +1,200 @@
+//! Wires the parts together: the state shared by all client tasks, and
+//! starting and stopping a proxy (used by `run`, `demo` and the tests).
+
+mod reload;
+
+pub use reload::ReloadError;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arc_swap::ArcSwap;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::credentials::Credentials;
+use crate::client::prepared::StatementRegistry;
+use crate::client::registry::ClientRegistry;
+use crate::cluster::ClusterView;
+use crate::config::{Config, ConfigHandle};
+use crate::routing::Classifier;
+use crate::routing::policy::WriteLog;
+use crate::server::Pools;
+
+/// Statements longer than this are not parsed: they go to the primary.
+pub const MAX_PARSED_QUERY: usize = 256 * 1024;
+/// Statement shapes the classifier remembers.
+pub const CLASSIFIER_CACHE: usize = 20_000;
+
+/// State every client task reads. Small on purpose: each part has one owner
+/// module, and config is reached through the swappable handle.
+pub struct Shared {
+    pub config: ConfigHandle,
+    pub credentials: ArcSwap<Credentials>,
+    pub pools: Pools,
+    /// Live clients: cancel keys, activity, held servers.
+    pub clients: Arc<ClientRegistry>,
+    /// Prepared statements shared by all clients.
+    pub statements: StatementRegistry,
+    /// Roles, health and replication lag of the nodes; replaced when a
+    /// reload changes the node list.
+    cluster: ArcSwap<ClusterView>,
+    monitor: Mutex<Option<JoinHandle<()>>>,
+    /// Bumped when pools or the node list are replaced, so sessions drop
+    /// the pools they looked up.
+    generation: AtomicU64,
+    /// The file `run` loaded, for SIGHUP and the console's RELOAD.
+    pub config_path: OnceLock<PathBuf>,
+    /// Cancelled when the proxy starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Every client task, so shutdown can wait for them.
+    pub sessions: TaskTracker,
+    pub classifier: Classifier,
+    /// Recent writes, for read-your-writes.
+    pub write_log: WriteLog,
+    /// The admin console's PAUSE: new work waits while true.
+    pub paused: tokio::sync::watch::Sender<bool>,
+    /// Connected sockets, logged in or not (for max_client_conn).
+    pub connected: AtomicUsize,
+}
+
+impl Shared {
+    /// The current view of the cluster.
+    pub fn cluster(&self) -> arc_swap::Guard<Arc<ClusterView>> {
+        self.cluster.load()
+    }
+
+    /// Changes when pools or the node list are replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn start_monitor(&self) {
+        let handle = self.cluster.load().spawn_monitor(self.config.clone());
+        let old = self
+            .monitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(handle);
+        if let Some(old) = old {
+            old.abort();
+        }
+    }
+
+    fn stop_monitor(&self) {
+        if let Some(h) = self
+            .monitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            h.abort();
+        }
+    }
+}
+
+/// Why a proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running proxy. Dropping it stops accepting clients.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Binds `[proxy].listen` (port 0 picks a free port) and starts serving.
+    pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        let listen = config.proxy.listen;
+        let credentials = Credentials::build(&config);
+        let shared = Arc::new(Shared {
+            credentials: ArcSwap::from_pointee(credentials),
+            pools: Pools::default(),
+            clients: Arc::new(ClientRegistry::default()),
+            statements: StatementRegistry::default(),
+            cluster: ArcSwap::new(ClusterView::new(&config)),
+            monitor: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            config_path: OnceLock::new(),
+            shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            classifier: Classifier::new(
+                &config.routing.read_only_functions,
+                MAX_PARSED_QUERY,
+                CLASSIFIER_CACHE,
+            ),
+            write_log: WriteLog::default(),
+            paused: tokio::sync::watch::Sender::new(false),
+            connected: AtomicUsize::new(0),
+            config: crate::config::handle(config),
+        });
+        let listener = crate::client::bind(listen).map_err(|source| StartError::Listen {
+            addr: listen,
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: listen,
+            source,
+        })?;
+        let accept = tokio::spawn(crate::client::accept_loop(listener, shared.clone()));
+        shared.start_monitor();
+        tracing::info!(%addr, "pgsidecar listening");
+        Ok(Proxy {
+            addr,
+            shared,
+            accept,
+        })
+    }
+}
+
+impl Proxy {
+    /// Stops accepting clients, lets transactions in flight finish for up
+    /// to `timeout`, then cancels what still runs and returns. Idle clients
+    /// are told the proxy is shutting down (57P01) and disconnected.
+    pub async fn shutdown(self, timeout: std::time::Duration) {
+        let shared = self.shared.clone();
+        shared.shutdown.cancel();
+        shared.sessions.close();
+        tracing::info!(clients = shared.sessions.len(), "shutting down");
+        if tokio::time::timeout(timeout, shared.sessions.wait())
+            .await
+            .is_err()
+        {
+            let running: Vec<_> = shared
+                .clients
+                .all()
+                .iter()
+                .filter_map(|c| c.server())
+                .collect();
+            tracing::warn!(
+                queries = running.len(),
+                "shutdown_timeout reached: cancelling queries still running"
+            );
+            for link in running {
+                let _ = crate::client::cancel::send_cancel(&link.cancel).await;
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), shared.sessions.wait())
+                .await;
+        }
+        drop(self);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.shared.stop_monitor();
+    }
+}

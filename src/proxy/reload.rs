@@ -1,0 +1,86 @@
+//! Applying a new config to a running proxy (SIGHUP, the console's RELOAD)
+//! without dropping connections: users and settings take effect at once,
+//! pools are replaced when their settings or passwords change (sessions move
+//! to the new pools at their next transaction; the old ones close as their
+//! connections come back), and a changed node list gets a new cluster view
+//! and monitor. An invalid file changes nothing.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use super::Shared;
+use crate::client::credentials::Credentials;
+use crate::cluster::ClusterView;
+use crate::config::{Config, ConfigError};
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no config file to reload (the proxy was started without one)")]
+    NoFile,
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+impl Shared {
+    /// Re-reads the file `run` was started with and applies it.
+    pub fn reload_from_file(&self) -> Result<(), ReloadError> {
+        let path = self.config_path.get().ok_or(ReloadError::NoFile)?;
+        self.reload_from(path)
+    }
+
+    fn reload_from(&self, path: &Path) -> Result<(), ReloadError> {
+        match Config::load(path) {
+            Ok(config) => {
+                self.apply(config);
+                tracing::info!(path = %path.display(), "config reloaded");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "config reload refused; the running config stays");
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Applies a validated config.
+    pub fn apply(&self, new: Config) {
+        let old = self.config.load_full();
+        if new.proxy.listen != old.proxy.listen || new.http.listen != old.http.listen {
+            tracing::warn!("listen addresses change only on restart");
+        }
+        let nodes_changed = new.cluster.primary != old.cluster.primary
+            || new.cluster.replicas != old.cluster.replicas;
+        let passwords_changed = new.users.len() != old.users.len()
+            || new.users.iter().zip(&old.users).any(|(a, b)| {
+                a.name != b.name
+                    || a.password.as_ref().map(|p| p.expose())
+                        != b.password.as_ref().map(|p| p.expose())
+            });
+        let pools_changed = !same_pool_settings(&new, &old) || passwords_changed;
+        self.credentials
+            .store(std::sync::Arc::new(Credentials::build(&new)));
+        if nodes_changed {
+            self.cluster.store(ClusterView::new(&new));
+        }
+        self.config.store(std::sync::Arc::new(new));
+        if nodes_changed {
+            self.start_monitor();
+        }
+        if pools_changed || nodes_changed {
+            self.pools.clear();
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Whether pools built from either config would be the same.
+fn same_pool_settings(a: &Config, b: &Config) -> bool {
+    let (p, q) = (&a.pool, &b.pool);
+    p.effective_size() == q.effective_size()
+        && p.checkout_timeout == q.checkout_timeout
+        && p.idle_timeout == q.idle_timeout
+        && p.max_lifetime == q.max_lifetime
+        && p.prepared_statements_cache == q.prepared_statements_cache
+        && a.cluster.connect_timeout == b.cluster.connect_timeout
+}

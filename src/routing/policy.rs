@@ -1,0 +1,189 @@
+//! Where a request runs: the primary or which replica, from its
+//! classification, hints and the session's `pgsidecar.route`, replica
+//! freshness, and read-your-writes. Also the record of recent writes that
+//! read-your-writes consults (per client and per table, for every client of
+//! this sidecar).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::cluster::{ClusterView, NoReplica, ReplicaLease};
+use crate::config::{ReadYourWrites, RoutingConfig};
+
+use super::{Hint, Route, RouteSetting};
+
+/// Where to run.
+pub enum Target {
+    Primary,
+    Replica(ReplicaLease),
+}
+
+/// A routing decision and the reason label it is counted under
+/// (`routing_decisions_total{reason}`).
+pub struct Decision {
+    pub target: Target,
+    pub reason: &'static str,
+    /// The decision kept a read on the primary for read-your-writes.
+    pub read_your_writes: bool,
+}
+
+impl Decision {
+    fn primary(reason: &'static str) -> Self {
+        Decision {
+            target: Target::Primary,
+            reason,
+            read_your_writes: false,
+        }
+    }
+}
+
+/// What the policy needs to know about a request.
+pub struct Request<'a> {
+    pub route: Route,
+    /// The classifier's reason label (used when the route decides).
+    pub reason: &'static str,
+    pub hint: Option<Hint>,
+    pub tables_read: &'a [Arc<str>],
+    /// The request opens or runs in a transaction declared read only.
+    pub read_only_transaction: bool,
+}
+
+/// A request the policy refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A replica was required (hint or setting) for a write.
+    WriteOnReplica,
+    /// No replica could serve the read and fallback_to_primary is off.
+    NoReplica(NoReplica),
+}
+
+/// When something was last written, as far as read-your-writes cares.
+#[derive(Clone, Copy, Debug)]
+struct Mark(Instant);
+
+/// Recent writes per table, shared by all clients of this sidecar, so a
+/// read of a table written by anyone waits for a replica that has it.
+#[derive(Default)]
+pub struct WriteLog {
+    tables: RwLock<HashMap<Arc<str>, Mark>>,
+}
+
+impl WriteLog {
+    /// Records that a transaction writing `tables` committed at `at`.
+    pub fn record(&self, tables: &[Arc<str>], at: Instant, forget_before: Option<Instant>) {
+        if tables.is_empty() {
+            return;
+        }
+        let mut map = self.tables.write().unwrap_or_else(|p| p.into_inner());
+        for t in tables {
+            map.insert(t.clone(), Mark(at));
+        }
+        if map.len() > 4096
+            && let Some(before) = forget_before
+        {
+            map.retain(|_, m| m.0 >= before);
+        }
+    }
+
+    fn latest(&self, tables: &[Arc<str>]) -> Option<Instant> {
+        if tables.is_empty() {
+            return None;
+        }
+        let map = self.tables.read().unwrap_or_else(|p| p.into_inner());
+        tables.iter().filter_map(|t| map.get(t)).map(|m| m.0).max()
+    }
+}
+
+/// One client's routing state.
+#[derive(Default)]
+pub struct ClientRouting {
+    pub setting: Option<RouteSetting>,
+    last_write: Option<Instant>,
+}
+
+impl ClientRouting {
+    /// The client's write transaction committed now.
+    pub fn wrote(&mut self, at: Instant) {
+        self.last_write = Some(at);
+    }
+}
+
+/// Decides where a request that starts a unit of work (a transaction, or a
+/// statement outside one) runs.
+pub fn decide(
+    req: &Request<'_>,
+    client: &ClientRouting,
+    log: &WriteLog,
+    cluster: &ClusterView,
+    config: &RoutingConfig,
+) -> Result<Decision, Refusal> {
+    let wants_replica = match (req.hint, client.setting) {
+        (Some(Hint::Primary), _) => return Ok(Decision::primary("hint")),
+        (Some(Hint::Replica), _) | (None, Some(RouteSetting::Replica)) => true,
+        (None, Some(RouteSetting::Primary)) => return Ok(Decision::primary("hint")),
+        _ => false,
+    };
+    let is_read = req.route == Route::Read || req.read_only_transaction;
+    if !is_read {
+        if wants_replica {
+            return Err(Refusal::WriteOnReplica);
+        }
+        return Ok(Decision::primary(req.reason));
+    }
+    if !config.read_write_split && !wants_replica {
+        return Ok(Decision::primary("split_disabled"));
+    }
+    let reason = if wants_replica { "hint" } else { req.reason };
+    // Read-your-writes: an explicit replica request skips it.
+    let mut floor = None;
+    if !wants_replica {
+        let now = Instant::now();
+        // A replica within max_replica_lag has replayed everything older
+        // than that (plus a margin for the sampling interval).
+        let horizon = horizon(config);
+        let recent = |t: Instant| now.saturating_duration_since(t) < horizon;
+        let latest = [client.last_write, log.latest(req.tables_read)]
+            .into_iter()
+            .flatten()
+            .filter(|t| recent(*t))
+            .max();
+        if let Some(t) = latest {
+            match config.read_your_writes {
+                ReadYourWrites::Off => {}
+                ReadYourWrites::Window => {
+                    if now.saturating_duration_since(t) < config.read_your_writes_window {
+                        return Ok(ryw());
+                    }
+                }
+                ReadYourWrites::Lsn => match cluster.lsn_after(t) {
+                    Some(lsn) => floor = Some(lsn),
+                    None => return Ok(ryw()),
+                },
+            }
+        }
+    }
+    match cluster.choose_replica(floor, config.max_replica_lag) {
+        Ok(lease) => Ok(Decision {
+            target: Target::Replica(lease),
+            reason,
+            read_your_writes: false,
+        }),
+        Err(NoReplica::BehindReadYourWritesFloor) => Ok(ryw()),
+        Err(why) if config.fallback_to_primary => Ok(Decision::primary(why.as_str())),
+        Err(why) => Err(Refusal::NoReplica(why)),
+    }
+}
+
+fn ryw() -> Decision {
+    Decision {
+        target: Target::Primary,
+        reason: "read_your_writes",
+        read_your_writes: true,
+    }
+}
+
+/// The oldest write time read-your-writes still needs to remember.
+pub fn horizon(config: &RoutingConfig) -> Duration {
+    config.max_replica_lag + 2 * config.lag_check_interval
+}

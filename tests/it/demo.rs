@@ -11,6 +11,10 @@ use pgsidecar::demo::PgBinaries;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
+/// Held by each test that starts a demo: one demo cluster at a time, so
+/// these tests add one cluster's start-up load to the suite, not four.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Starts `pgsidecar demo` with `args`, stdout piped, stderr drained.
 fn spawn_demo(args: &[&str]) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsidecar"));
@@ -76,6 +80,7 @@ fn processes_under(root: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn demo_prints_a_working_psql_line_and_cleans_up_on_ctrl_c() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut child = spawn_demo(&["--port", "0", "--http-port", "0", "--interval", "1"]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
 
@@ -132,6 +137,7 @@ async fn demo_prints_a_working_psql_line_and_cleans_up_on_ctrl_c() {
 
 #[tokio::test]
 async fn demo_stops_by_itself_after_duration() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut child = spawn_demo(&["--port", "0", "--http-port", "0", "--duration", "1"]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let data_line = line_with(&mut lines, "data directory: ").await;
@@ -148,6 +154,7 @@ async fn demo_stops_by_itself_after_duration() {
 
 #[tokio::test]
 async fn demo_cleans_up_on_sigterm() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut child = spawn_demo(&["--port", "0", "--http-port", "0"]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let data_line = line_with(&mut lines, "data directory: ").await;

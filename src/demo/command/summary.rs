@@ -131,9 +131,9 @@ pub(super) fn render(uptime: Duration, clients: usize, nodes: &[NodeLine]) -> St
         secs / 60,
         secs % 60
     );
-    // METRICS HOOK: queries per role. Once src/observe exports
-    // `pgsidecar_queries_total{role,node}`, show its per-role totals here
-    // (next to the per-node transactions, which count what Postgres ran).
+    // METRICS HOOK: queries per role. Once `Shared` holds the observer
+    // (src/observe), show `pgsidecar_queries_total{role,node}` totals here,
+    // next to the per-node transactions, which count what Postgres ran.
     for n in nodes {
         let s = &n.status;
         let health = if s.healthy { "up" } else { "DOWN" };

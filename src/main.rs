@@ -3,10 +3,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pgsidecar::config::{Config, LogFormat};
+use pgsidecar::demo::command::DemoOptions;
 use pgsidecar::proxy::Proxy;
 
 #[derive(Parser)]
@@ -34,6 +36,27 @@ enum Command {
         #[arg(short, long, env = "PGSIDECAR_CONFIG")]
         config: PathBuf,
     },
+    /// Start a throwaway primary + streaming replica with pgsidecar in
+    /// front, until Ctrl-C (needs the PostgreSQL server binaries).
+    Demo {
+        /// Client port [default: 6432, or a free one if taken; 0 = any free].
+        #[arg(long)]
+        port: Option<u16>,
+        /// HTTP (metrics) port [default: 9930, or a free one if taken; 0 = any free].
+        #[arg(long)]
+        http_port: Option<u16>,
+        /// Stop by itself after SECS seconds.
+        #[arg(long, value_name = "SECS")]
+        duration: Option<u64>,
+        /// Seconds between status summaries.
+        #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        interval: u64,
+        /// Directory of the PostgreSQL binaries (initdb, pg_ctl, postgres,
+        /// pg_basebackup) [default: searched on PATH, via pg_config, in
+        /// /usr/lib/postgresql/*/bin].
+        #[arg(long, value_name = "DIR")]
+        pg_bindir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +64,19 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
+        Command::Demo {
+            port,
+            http_port,
+            duration,
+            interval,
+            pg_bindir,
+        } => demo(DemoOptions {
+            port,
+            http_port,
+            duration: duration.map(Duration::from_secs),
+            interval: Duration::from_secs(interval),
+            pg_bindir,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -52,11 +88,9 @@ fn main() -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
-    print!(
-        "{}",
-        toml::to_string(&config).context("printing the config")?
-    );
+    let (config, sources) = Config::load_with_sources(path)?;
+    let rendered = toml::to_string(&config).context("printing the config")?;
+    print!("{}", sources.annotate(&rendered));
     println!(
         "\n# computed pool size per (database, user, node): {}",
         config.pool.effective_size()
@@ -90,4 +124,16 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         anyhow::Ok(())
     })
+}
+
+fn demo(options: DemoOptions) -> anyhow::Result<()> {
+    // The demo talks on stdout; only warnings are logged, to stderr.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGSIDECAR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    pgsidecar::demo::command::run(options)?;
+    Ok(())
 }

@@ -1,11 +1,14 @@
-//! Reading a config file: TOML parsing with line-accurate errors, password
-//! sources (`password`, `password_env`, `password_file`) and the cross-field
-//! checks serde cannot express.
+//! Reading a config file: TOML parsing with line-accurate errors,
+//! environment overrides (see `env`), password sources (`password`,
+//! `password_env`, `password_file`) and the cross-field checks serde cannot
+//! express.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use super::env::{self, EnvError, Environment};
 use super::schema::Config;
+use super::sources::Sources;
 use super::types::{ClientAuth, Secret};
 
 /// Why a config file was refused. Every variant names the file and the key
@@ -32,21 +35,40 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    #[error(transparent)]
+    Env(#[from] EnvError),
 }
 
 impl Config {
-    /// Reads, parses and validates a config file.
+    /// Reads, parses and validates a config file, with the process's
+    /// `PGSIDECAR_<SECTION>_<KEY>` overrides applied.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Ok(Config::load_with_sources(path)?.0)
+    }
+
+    /// [`load`](Self::load), also telling where each value came from.
+    pub fn load_with_sources(path: &Path) -> Result<(Config, Sources), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::from_toml(&text, path)
+        Config::from_toml_with_env(&text, path, &Environment::from_process()?)
     }
 
-    /// Parses and validates config text; `path` is only used in messages.
+    /// Parses and validates config text, without environment overrides;
+    /// `path` is only used in messages.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| {
+        Ok(Config::from_toml_with_env(text, path, &Environment::default())?.0)
+    }
+
+    /// Parses config text, applies the overrides in `env`, then validates.
+    /// Errors in the file keep their line; errors in a variable name it.
+    pub fn from_toml_with_env(
+        text: &str,
+        path: &Path,
+        env: &Environment,
+    ) -> Result<(Config, Sources), ConfigError> {
+        let parse_error = |e: toml::de::Error| {
             let (line, column, line_text) = match e.span() {
                 Some(span) => locate(text, span.start),
                 None => (0, 0, String::new()),
@@ -58,15 +80,44 @@ impl Config {
                 message: e.message().trim().to_string(),
                 line_text,
             }
-        })?;
+        };
+        let file: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        let mut merged = file.clone();
+        let applied = env::apply(&mut merged, env)?;
+        let mut config: Config = if applied.is_empty() {
+            // Straight from the text, so every error carries its line.
+            toml::from_str(text).map_err(parse_error)?
+        } else {
+            merged.try_into().map_err(|e: toml::de::Error| {
+                // The file's own mistakes still get their line; what is
+                // left is how the overrides combine with it.
+                match toml::from_str::<Config>(text) {
+                    Err(file_error) if file_error.span().is_some() => parse_error(file_error),
+                    _ => ConfigError::Env(EnvError::Combined {
+                        vars: applied
+                            .iter()
+                            .map(|a| a.var.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        message: e.message().trim().to_string(),
+                    }),
+                }
+            })?
+        };
+        let sources = Sources::new(file, applied);
         config
             .resolve_and_validate()
-            .map_err(|(key, message)| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key,
-                message,
+            .map_err(|(key, mut message)| {
+                if let Some(var) = sources.var_for(&key) {
+                    message.push_str(&format!(" (set by environment variable {var})"));
+                }
+                ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    key,
+                    message,
+                }
             })?;
-        Ok(config)
+        Ok((config, sources))
     }
 
     /// Resolves password sources and checks rules that span fields.

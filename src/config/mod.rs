@@ -2,19 +2,23 @@
 //! formula, and the shared handle through which running code reads the
 //! current config (swapped atomically on reload).
 
+mod env;
 mod load;
 mod schema;
+mod sources;
 mod types;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+pub use env::{EnvError, Environment};
 pub use load::ConfigError;
 pub use schema::{
     AdminConfig, AuthConfig, BudgetsConfig, ClusterConfig, Config, HttpConfig, ObservabilityConfig,
     PoolConfig, ProxyConfig, RoutingConfig, UserConfig,
 };
+pub use sources::{Source, Sources};
 pub use types::{
     ClientAuth, ExplainMode, LogFormat, NodeAddr, PoolMode, PoolSize, ReadYourWrites, Secret,
 };
@@ -28,5 +32,7 @@ pub fn handle(config: Config) -> ConfigHandle {
     Arc::new(ArcSwap::from_pointee(config))
 }
 
+#[cfg(test)]
+mod env_tests;
 #[cfg(test)]
 mod tests;

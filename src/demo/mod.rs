@@ -1,8 +1,10 @@
 //! A throwaway local PostgreSQL primary with streaming replicas, used by the
-//! integration tests and by `pgsidecar demo`.
+//! integration tests and by `pgsidecar demo` (the command itself is in
+//! [`command`]).
 
 mod binaries;
 pub mod cluster;
+pub mod command;
 mod error;
 mod lifecycle;
 mod node;

@@ -11,9 +11,16 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::harness::{self, APP};
 
+/// The binary with no `PGSIDECAR_*` variables from the caller's environment
+/// (they would override the configs under test).
 fn pgsidecar() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsidecar"));
-    cmd.env_remove("PGSIDECAR_CONFIG").stdin(Stdio::null());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PGSIDECAR_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.stdin(Stdio::null());
     cmd
 }
 
@@ -270,4 +277,60 @@ async fn run_serves_clients_until_interrupted() {
         .expect("pgsidecar run exits on SIGINT")
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn check_applies_environment_overrides_and_says_where_values_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgsidecar.toml");
+    std::fs::write(&path, GOOD).unwrap();
+    let out = pgsidecar()
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("PGSIDECAR_PROXY_LISTEN", "0.0.0.0:6432")
+        .env(
+            "PGSIDECAR_CLUSTER_REPLICAS",
+            "replica-a:5432,replica-b:5432",
+        )
+        .env("PGSIDECAR_POOL_SIZE", "4")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let printed = text(&out.stdout);
+    assert!(
+        printed.contains("listen = \"0.0.0.0:6432\"  # env PGSIDECAR_PROXY_LISTEN"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("primary = \"db.internal:5432\"  # file"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("pool_mode = \"transaction\"  # default"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("# computed pool size per (database, user, node): 4"),
+        "{printed}"
+    );
+    assert!(!printed.contains("hunter2"), "{printed}");
+    let effective: toml::Table = printed.parse().expect("still TOML");
+    assert_eq!(
+        effective["cluster"]["replicas"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    // A bad value is refused naming the variable, and nothing is printed.
+    let out = pgsidecar()
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("PGSIDECAR_ROUTING_MAX_REPLICA_LAG", "soonish")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("PGSIDECAR_ROUTING_MAX_REPLICA_LAG"),
+        "{out:?}"
+    );
+    assert!(out.stdout.is_empty(), "{out:?}");
 }

@@ -27,6 +27,8 @@ pub(super) struct NodeLine {
     pub(super) transactions: Option<i64>,
     /// Server connections the proxy holds to the node: (open, idle).
     pub(super) server_conns: (u32, u32),
+    /// Statements the proxy sent there (`pgsidecar_queries_total`).
+    pub(super) queries: u64,
 }
 
 /// Reads transaction counters from every node, relative to when it was
@@ -109,9 +111,11 @@ pub(super) fn gather(view: &ClusterView, shared: &Shared, counts: &[Option<i64>]
         entry.0 += open;
         entry.1 += idle;
     }
+    let queries = queries_by_node(shared);
     view.status()
         .into_iter()
         .map(|status| NodeLine {
+            queries: queries.get(&status.addr.to_string()).copied().unwrap_or(0),
             transactions: counts.get(status.id).copied().flatten(),
             server_conns: conns
                 .get(&status.addr.to_string())
@@ -120,6 +124,22 @@ pub(super) fn gather(view: &ClusterView, shared: &Shared, counts: &[Option<i64>]
             status,
         })
         .collect()
+}
+
+/// `pgsidecar_queries_total` summed per node address.
+fn queries_by_node(shared: &Shared) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    for family in shared.observer.metrics().registry().gather() {
+        if family.name() != "pgsidecar_queries_total" {
+            continue;
+        }
+        for m in family.get_metric() {
+            if let Some(node) = m.get_label().iter().find(|l| l.name() == "node") {
+                *out.entry(node.value().to_string()).or_default() += m.get_counter().value() as u64;
+            }
+        }
+    }
+    out
 }
 
 /// The summary text: a header with the uptime and connected clients, then
@@ -131,9 +151,6 @@ pub(super) fn render(uptime: Duration, clients: usize, nodes: &[NodeLine]) -> St
         secs / 60,
         secs % 60
     );
-    // METRICS HOOK: queries per role. Once `Shared` holds the observer
-    // (src/observe), show `pgsidecar_queries_total{role,node}` totals here,
-    // next to the per-node transactions, which count what Postgres ran.
     for n in nodes {
         let s = &n.status;
         let health = if s.healthy { "up" } else { "DOWN" };
@@ -143,9 +160,10 @@ pub(super) fn render(uptime: Duration, clients: usize, nodes: &[NodeLine]) -> St
         let (open, idle) = n.server_conns;
         let _ = write!(
             out,
-            "   {:<8} {:<22} {health:<5} transactions {xacts:>5}   server conns {open} ({idle} idle)",
+            "   {:<8} {:<22} {health:<5} queries via proxy {:>6}   transactions {xacts:>5}   server conns {open} ({idle} idle)",
             s.role.as_str(),
             s.addr.to_string(),
+            n.queries,
         );
         if s.role == Role::Replica {
             match (s.lag_seconds, s.lag_bytes) {
@@ -186,6 +204,7 @@ mod tests {
             },
             transactions: if healthy { Some(12) } else { None },
             server_conns: (2, 1),
+            queries: 7,
         }
     }
 
@@ -203,7 +222,11 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "-- 1:15 -- clients connected: 3");
         assert!(lines[1].contains("primary  127.0.0.1:5000"), "{text}");
-        assert!(lines[1].contains("up    transactions    12"), "{text}");
+        assert!(
+            lines[1].contains("up    queries via proxy      7"),
+            "{text}"
+        );
+        assert!(lines[1].contains("transactions    12"), "{text}");
         assert!(lines[1].contains("server conns 2 (1 idle)"), "{text}");
         assert!(!lines[1].contains("lag"), "{text}");
         assert!(lines[2].ends_with("lag 0.25 s, 128 B"), "{text}");

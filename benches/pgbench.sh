@@ -1,0 +1,276 @@
+#!/usr/bin/env bash
+# Side-by-side pgbench: direct Postgres vs pgsidecar vs PgBouncer, interleaved
+# (A B C A B C …) so that a noisy, shared machine affects all three alike.
+# Prints the median tps and latency of each target per workload, and ratios.
+#
+#   bash benches/pgbench.sh                 # everything (about 20 minutes)
+#   ROUNDS=3 DURATION=10 CLIENTS="16" WORKLOADS="select" bash benches/pgbench.sh
+#
+# It starts a throwaway primary + streaming replica (as user postgres when
+# run as root), pgsidecar (release build, read/write split, metrics on) and,
+# if installed, Debian's PgBouncer (transaction mode, same pool size), then
+# removes everything. Set PGSIDECAR_BENCH_KEEP=1 to keep the cluster dir.
+#
+# Workloads: select (-S simple), extended (-S -M extended), prepared
+# (-S -M prepared; PgBouncer 1.18 cannot), tpcb (TPC-B), connect (-S -C:
+# a new connection per transaction), latency (-S -c 1: p50/p99 from
+# pgbench's per-transaction log), memory (RSS per idle client at
+# IDLE_CLIENTS connections).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CLIENTS=${CLIENTS:-"16 500"}
+WORKLOADS=${WORKLOADS:-"select extended prepared tpcb connect latency memory"}
+POOL=${POOL:-5}
+SCALE=${SCALE:-10}
+IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
+BINDIR=${PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
+PASSWORD=benchpw
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# --- processes to clean up ---------------------------------------------------
+WORK=$(mktemp -d /tmp/pgsidecar-bench.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+    for d in "$WORK"/primary "$WORK"/replica; do
+        [ -f "$d/postmaster.pid" ] && as_pg "$BINDIR/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
+    done
+    [ -n "${PGSIDECAR_BENCH_KEEP:-}" ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# --- cluster -----------------------------------------------------------------
+start_cluster() {
+    [ "$(id -u)" = 0 ] && chown postgres "$WORK"
+    PRIMARY_PORT=$(free_port)
+    REPLICA_PORT=$(free_port)
+    log "initdb primary on $PRIMARY_PORT"
+    as_pg "$BINDIR/initdb" -D "$WORK/primary" -U postgres --auth=trust --no-sync >/dev/null
+    cat >>"$WORK/primary/postgresql.conf" <<EOF
+port = $PRIMARY_PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$WORK'
+max_connections = 700
+shared_buffers = 256MB
+fsync = off
+synchronous_commit = off
+wal_level = replica
+max_wal_senders = 4
+password_encryption = 'scram-sha-256'
+EOF
+    cat >"$WORK/primary/pg_hba.conf" <<EOF
+local all postgres trust
+host all postgres 127.0.0.1/32 trust
+host replication all 127.0.0.1/32 trust
+host all all 127.0.0.1/32 scram-sha-256
+EOF
+    as_pg "$BINDIR/pg_ctl" -D "$WORK/primary" -l "$WORK/primary.log" -w start >/dev/null
+    psql_su "$PRIMARY_PORT" -c "create role bench login password '$PASSWORD'" >/dev/null
+    psql_su "$PRIMARY_PORT" -c "create database bench owner bench" >/dev/null
+    log "pg_basebackup replica on $REPLICA_PORT"
+    as_pg "$BINDIR/pg_basebackup" -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -D "$WORK/replica" -R -X stream -c fast
+    echo "port = $REPLICA_PORT" >>"$WORK/replica/postgresql.auto.conf"
+    as_pg "$BINDIR/pg_ctl" -D "$WORK/replica" -l "$WORK/replica.log" -w start >/dev/null
+    log "pgbench -i -s $SCALE"
+    PGPASSWORD=$PASSWORD "$BINDIR/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PRIMARY_PORT" -U bench bench >/dev/null 2>&1
+    # Let the replica catch up before measuring.
+    for _ in $(seq 100); do
+        lag=$(psql_su "$REPLICA_PORT" -Atc "select pg_wal_lsn_diff('$(psql_su "$PRIMARY_PORT" -Atc 'select pg_current_wal_lsn()')', pg_last_wal_replay_lsn())")
+        [ "${lag%.*}" -le 0 ] 2>/dev/null && break
+        sleep 0.1
+    done
+}
+
+psql_su() { local port=$1; shift; "$BINDIR/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"; }
+
+# --- proxies -----------------------------------------------------------------
+start_pgsidecar() {
+    SIDECAR_PORT=$(free_port)
+    SIDECAR_HTTP=$(free_port)
+    cat >"$WORK/pgsidecar.toml" <<EOF
+[proxy]
+listen = "127.0.0.1:$SIDECAR_PORT"
+max_client_conn = $((IDLE_CLIENTS + 1000))
+[http]
+listen = "127.0.0.1:$SIDECAR_HTTP"
+[cluster]
+primary = "127.0.0.1:$PRIMARY_PORT"
+replicas = ["127.0.0.1:$REPLICA_PORT"]
+[auth]
+client_auth = "scram-sha-256"
+[[users]]
+name = "bench"
+password = "$PASSWORD"
+[pool]
+size = $POOL
+EOF
+    log "pgsidecar on $SIDECAR_PORT (metrics on $SIDECAR_HTTP)"
+    PGSIDECAR_LOG=warn ./target/release/pgsidecar run -c "$WORK/pgsidecar.toml" >"$WORK/pgsidecar.log" 2>&1 &
+    SIDECAR_PID=$!
+    PIDS+=("$SIDECAR_PID")
+    wait_port "$SIDECAR_PORT"
+}
+
+start_pgbouncer() {
+    BOUNCER_PORT=""
+    command -v pgbouncer >/dev/null || { log "pgbouncer not installed: skipped (apt-get install pgbouncer)"; return; }
+    BOUNCER_PORT=$(free_port)
+    echo "\"bench\" \"$PASSWORD\"" >"$WORK/userlist.txt"
+    cat >"$WORK/pgbouncer.ini" <<EOF
+[databases]
+bench = host=127.0.0.1 port=$PRIMARY_PORT dbname=bench
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $WORK/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL
+max_client_conn = $((IDLE_CLIENTS + 1000))
+logfile = $WORK/pgbouncer.log
+pidfile = $WORK/pgbouncer.pid
+EOF
+    [ "$(id -u)" = 0 ] && chown -R postgres "$WORK"
+    log "pgbouncer $(pgbouncer --version | head -1 | cut -d' ' -f2) on $BOUNCER_PORT"
+    as_pg pgbouncer "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
+    PIDS+=("$!")
+    wait_port "$BOUNCER_PORT"
+}
+
+wait_port() {
+    for _ in $(seq 200); do
+        python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null && return
+        sleep 0.05
+    done
+    log "nothing listens on $1"; exit 1
+}
+
+# --- measuring ---------------------------------------------------------------
+# run_pgbench PORT ARGS… → prints "tps latency_ms" (or "fail")
+run_pgbench() {
+    local port=$1; shift
+    local out
+    out=$(PGPASSWORD=$PASSWORD "$BINDIR/pgbench" -n -h 127.0.0.1 -p "$port" -U bench -T "$DURATION" "$@" bench 2>&1) || true
+    local tps lat failed
+    tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out" | head -1)
+    lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out" | head -1)
+    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out" | head -1)
+    if [ -z "$tps" ] || [ "${failed:-0}" != 0 ]; then
+        echo "fail"
+        grep -m3 -i error <<<"$out" >&2 || true
+    else
+        echo "$tps $lat"
+    fi
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a=="n/a"||b=="n/a"||b==0) print "n/a"; else printf "%.2f", a/b }'; }
+
+RESULTS=()
+# compare NAME PGBENCH-ARGS… : interleaved rounds over the targets
+compare() {
+    local name=$1; shift
+    local -A tps lat
+    local targets=(direct pgsidecar)
+    [[ -n "$BOUNCER_PORT" && $name != prepared* ]] && targets+=(pgbouncer)
+    [[ -n "$BOUNCER_PORT" && $name == prepared* ]] && log "$name: PgBouncer $(pgbouncer --version | head -1 | cut -d' ' -f2) has no prepared statements in transaction mode"
+    for round in $(seq "$ROUNDS"); do
+        for t in "${targets[@]}"; do
+            local port
+            case $t in direct) port=$PRIMARY_PORT ;; pgsidecar) port=$SIDECAR_PORT ;; pgbouncer) port=$BOUNCER_PORT ;; esac
+            read -r r_tps r_lat <<<"$(run_pgbench "$port" "$@")"
+            log "$name round $round $t: ${r_tps} tps ${r_lat:-} ms"
+            [ "$r_tps" = fail ] && continue
+            tps[$t]+="$r_tps "
+            lat[$t]+="$r_lat "
+        done
+    done
+    local d s b
+    d=$(tr ' ' '\n' <<<"${tps[direct]:-}" | grep . | median)
+    s=$(tr ' ' '\n' <<<"${tps[pgsidecar]:-}" | grep . | median)
+    b=$(tr ' ' '\n' <<<"${tps[pgbouncer]:-}" | grep . | median)
+    local dl sl bl
+    dl=$(tr ' ' '\n' <<<"${lat[direct]:-}" | grep . | median)
+    sl=$(tr ' ' '\n' <<<"${lat[pgsidecar]:-}" | grep . | median)
+    bl=$(tr ' ' '\n' <<<"${lat[pgbouncer]:-}" | grep . | median)
+    RESULTS+=("$(printf '%-22s %10s %10s %10s   %7s %7s %7s   %6s %6s' "$name" "$d" "$s" "$b" "$dl" "$sl" "$bl" "$(ratio "$s" "$b")" "$(ratio "$s" "$d")")")
+}
+
+# latency: pgbench -c 1 with a per-transaction log, p50/p99 in µs
+latency() {
+    local name=$1 port=$2
+    local dir="$WORK/lat-$name"
+    mkdir -p "$dir" && chmod 777 "$dir"
+    (cd "$dir" && PGPASSWORD=$PASSWORD "$BINDIR/pgbench" -n -S -c 1 -T "$DURATION" -l -h 127.0.0.1 -p "$port" -U bench bench >/dev/null 2>&1)
+    cat "$dir"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {printf "%d %d", a[int(NR*0.5)], a[int(NR*0.99)]}'
+}
+
+# memory: RSS growth per idle client at IDLE_CLIENTS connections
+memory() {
+    ulimit -n $((IDLE_CLIENTS * 2 + 1000)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    local before after
+    before=$(awk '/VmRSS/ {print $2}' "/proc/$SIDECAR_PID/status")
+    python3 benches/idle_clients.py 127.0.0.1 "$SIDECAR_PORT" bench bench "$PASSWORD" "$IDLE_CLIENTS" "$SIDECAR_PID" >"$WORK/idle.out"
+    after=$(awk '/^rss_kb/ {print $2}' "$WORK/idle.out")
+    local opened
+    opened=$(awk '/^opened/ {print $2}' "$WORK/idle.out")
+    awk -v b="$before" -v a="$after" -v n="$opened" 'BEGIN { printf "idle clients: %d, RSS %d KiB -> %d KiB, %.2f KiB per client\n", n, b, a, (a-b)/n }'
+}
+
+# --- main --------------------------------------------------------------------
+[ -x target/release/pgsidecar ] || cargo build --release
+start_cluster
+start_pgsidecar
+start_pgbouncer
+
+for w in $WORKLOADS; do
+    case $w in
+        select | extended | prepared | tpcb | connect)
+            for c in $CLIENTS; do
+                j=$(( c < 2 ? 1 : 2 ))
+                case $w in
+                    select) compare "select c=$c" -S -c "$c" -j "$j" ;;
+                    extended) compare "extended c=$c" -S -M extended -c "$c" -j "$j" ;;
+                    prepared) compare "prepared c=$c" -S -M prepared -c "$c" -j "$j" ;;
+                    tpcb) compare "tpcb c=$c" -c "$c" -j "$j" ;;
+                    connect) [ "$c" -le 64 ] && compare "connect c=$c" -S -C -c "$c" -j "$j" ;;
+                esac
+            done
+            ;;
+        latency)
+            for round in $(seq "$ROUNDS"); do
+                read -r dp50 dp99 <<<"$(latency direct "$PRIMARY_PORT")"
+                read -r sp50 sp99 <<<"$(latency pgsidecar "$SIDECAR_PORT")"
+                log "latency round $round: direct p50 ${dp50}us p99 ${dp99}us, pgsidecar p50 ${sp50}us p99 ${sp99}us"
+                LAT+=("$dp50 $dp99 $sp50 $sp99")
+            done
+            ;;
+        memory) MEMORY=$(memory) ;;
+    esac
+done
+
+echo
+echo "pgbench medians of $ROUNDS interleaved rounds of ${DURATION}s, pool $POOL, scale $SCALE ($(nproc) cores)"
+printf '%-22s %10s %10s %10s   %7s %7s %7s   %6s %6s\n' workload "direct" "pgsidecar" "pgbouncer" "lat_d" "lat_s" "lat_b" "s/b" "s/d"
+for r in "${RESULTS[@]:-}"; do [ -n "$r" ] && echo "$r"; done
+if [ -n "${LAT[*]:-}" ]; then
+    dp50=$(for l in "${LAT[@]}"; do echo "$l" | cut -d' ' -f1; done | median)
+    dp99=$(for l in "${LAT[@]}"; do echo "$l" | cut -d' ' -f2; done | median)
+    sp50=$(for l in "${LAT[@]}"; do echo "$l" | cut -d' ' -f3; done | median)
+    sp99=$(for l in "${LAT[@]}"; do echo "$l" | cut -d' ' -f4; done | median)
+    echo "latency, 1 client (us): direct p50 $dp50 p99 $dp99; pgsidecar p50 $sp50 p99 $sp99; p50 difference $(awk -v a="$sp50" -v b="$dp50" 'BEGIN {print a-b}') us"
+fi
+[ -n "${MEMORY:-}" ] && echo "$MEMORY"

@@ -183,7 +183,30 @@ fn ryw() -> Decision {
     }
 }
 
-/// The oldest write time read-your-writes still needs to remember.
+/// The oldest write time read-your-writes still needs to remember: for
+/// "lsn", what an eligible replica may still lack; for "window", also the
+/// whole window (which may be longer than that).
 pub fn horizon(config: &RoutingConfig) -> Duration {
-    config.max_replica_lag + 2 * config.lag_check_interval
+    let lag = config.max_replica_lag + 2 * config.lag_check_interval;
+    match config.read_your_writes {
+        ReadYourWrites::Window => lag.max(config.read_your_writes_window),
+        ReadYourWrites::Lsn | ReadYourWrites::Off => lag,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_longer_than_the_lag_limit_is_remembered_whole() {
+        let mut config = RoutingConfig {
+            read_your_writes: ReadYourWrites::Window,
+            read_your_writes_window: Duration::from_secs(30),
+            ..RoutingConfig::default()
+        };
+        assert_eq!(horizon(&config), Duration::from_secs(30));
+        config.read_your_writes = ReadYourWrites::Lsn;
+        assert_eq!(horizon(&config), Duration::from_millis(1200));
+    }
 }

@@ -193,7 +193,11 @@ pub fn decide(unit: &Unit, client: &ClientState, shared: &Shared) -> Result<Rout
         .with_hint("remove the hint, or SET pgsidecar.route = 'auto'"),
         Refusal::NoReplica(why) => WireError::error(
             SqlState::CONNECTION_FAILURE,
-            format!("no replica can serve this read ({}) and fallback_to_primary is off", why.as_str()),
-        ),
+            format!(
+                "no replica can serve this read: {why} ({}), and fallback_to_primary is off",
+                why.as_str()
+            ),
+        )
+        .with_hint("set routing.fallback_to_primary = true, or hint the read /* pgsidecar:primary */"),
     })
 }

@@ -15,6 +15,7 @@ use super::prepared::{self, Statement};
 use super::relay::{ClientStep, Flow, Outbox, ServerStep};
 use super::state::ClientState;
 use crate::config::PoolMode;
+use crate::protocol::backend;
 use crate::protocol::frame::{self, be, fe};
 use crate::protocol::{ProtocolError, SqlState, WireError};
 use crate::proxy::Shared;
@@ -139,9 +140,23 @@ impl SessionFlow<'_> {
         if c.info.statement_count == 1 {
             if let [SessionChange::Route { setting, value }] = c.session.as_slice() {
                 // The proxy's own setting: answered here, never forwarded.
-                let setting = setting.ok_or_else(|| invalid_route(value))?;
-                self.client.routing.setting = (setting != RouteSetting::Auto).then_some(setting);
-                self.reply(Synthetic::Command("SET"), to_client);
+                match setting {
+                    Some(setting) => {
+                        self.client.routing.setting =
+                            (*setting != RouteSetting::Auto).then_some(*setting);
+                        self.reply(Synthetic::Command("SET"), to_client);
+                    }
+                    None if self.expect.is_quiet() => {
+                        // Refused, and the session carries on (a transaction
+                        // block stays usable: the server saw nothing).
+                        let mut refusal = invalid_route(value).to_bytes();
+                        backend::ready_for_query(&mut refusal, self.expect.status());
+                        to_client.push(refusal.freeze());
+                    }
+                    // Queued behind server responses (a client pipelining
+                    // simple queries): no way to put an error in line.
+                    None => return Err(invalid_route(value)),
+                }
                 return Ok(());
             }
             if let Some(Unpin::Deallocate(name)) = &c.info.unpin
@@ -341,7 +356,8 @@ impl SessionFlow<'_> {
 /// Token of the proxy's own parameter-sync query at the start of a hold.
 pub const SYNC_TOKEN: u64 = u64::MAX;
 
-fn invalid_route(value: &str) -> WireError {
+/// The error for `SET pgsidecar.route` to an unknown value.
+pub(super) fn invalid_route(value: &str) -> WireError {
     WireError::error(
         SqlState::INVALID_PARAMETER_VALUE,
         format!("invalid value for parameter \"pgsidecar.route\": \"{value}\""),

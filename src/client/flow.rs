@@ -44,6 +44,10 @@ pub struct HoldState {
     /// Replica reads: client bytes still routed to this server; later
     /// requests wait for the next routing decision.
     pub budget: Option<usize>,
+    /// The budgeted read ended with Flush: the rest of its batch, up to
+    /// the client's Sync, must run here too (the server would otherwise
+    /// wait for that Sync forever).
+    pub budget_until_sync: bool,
 }
 
 /// One stretch of relaying on one server.
@@ -375,10 +379,13 @@ impl Flow for SessionFlow<'_> {
     ) -> Result<ClientStep, WireError> {
         check_frontend_tag(tag)?;
         if let Some(budget) = self.hold.budget.as_mut() {
-            if *budget < frame.len() && tag != fe::TERMINATE {
+            if *budget >= frame.len() || tag == fe::TERMINATE {
+                *budget = budget.saturating_sub(frame.len());
+            } else if self.hold.budget_until_sync {
+                self.hold.budget_until_sync = tag != fe::SYNC;
+            } else {
                 return Ok(ClientStep::Hold);
             }
-            *budget = budget.saturating_sub(frame.len());
         }
         match tag {
             fe::TERMINATE => return Ok(ClientStep::Terminate),

@@ -133,6 +133,13 @@ pub struct Routed {
     pub transaction: bool,
 }
 
+/// The hint of a BEGIN the proxy deferred (`/* pgsidecar:replica */
+/// BEGIN`): it applies to the transaction its unit starts.
+fn deferred_begin_hint(client: &ClientState) -> Option<Hint> {
+    let begin = client.deferred_begin.as_ref()?;
+    Classifier::fingerprint(frame::query_text(begin).ok()?).1
+}
+
 /// Where the unit runs.
 pub fn decide(unit: &Unit, client: &ClientState, shared: &Shared) -> Result<Routed, WireError> {
     let config = shared.config.load();
@@ -170,7 +177,7 @@ pub fn decide(unit: &Unit, client: &ClientState, shared: &Shared) -> Result<Rout
         } else {
             unit.reason()
         },
-        hint: unit.hint,
+        hint: deferred_begin_hint(client).or(unit.hint),
         tables_read: &tables,
         read_only_transaction: tx == Some(true),
     };

@@ -143,23 +143,22 @@ fn deferred_begin_hint(client: &ClientState) -> Option<Hint> {
 /// Where the unit runs.
 pub fn decide(unit: &Unit, client: &ClientState, shared: &Shared) -> Result<Routed, WireError> {
     let config = shared.config.load();
-    let tx = if client.deferred_begin.is_some() {
+    // The transaction the unit starts, if any, and whether it said READ
+    // ONLY (Some(true)), READ WRITE (Some(false)) or neither (None).
+    let declared = if client.deferred_begin.is_some() {
         // Inside a transaction the client opened with a lone BEGIN: it is
         // read only if the session says so or its first statement does.
         match unit.first_tx() {
-            TxEffect::SetTransaction {
-                read_only: Some(true),
-            } => Some(true),
-            _ => Some(client.read_only_by_default()),
+            TxEffect::SetTransaction { read_only } => Some(read_only),
+            _ => Some(None),
         }
     } else {
         match unit.first_tx() {
-            TxEffect::Begin { read_only } => {
-                Some(read_only.unwrap_or(client.read_only_by_default()))
-            }
+            TxEffect::Begin { read_only } => Some(read_only),
             _ => None,
         }
     };
+    let tx = declared.map(|d| d.unwrap_or(client.read_only_by_default()));
     let route = match tx {
         Some(true) => Route::Read,
         Some(false) => Route::Write,
@@ -180,6 +179,7 @@ pub fn decide(unit: &Unit, client: &ClientState, shared: &Shared) -> Result<Rout
         hint: deferred_begin_hint(client).or(unit.hint),
         tables_read: &tables,
         read_only_transaction: tx == Some(true),
+        undeclared_transaction: tx == Some(false) && declared == Some(None),
     };
     policy::decide(
         &request,

@@ -47,6 +47,10 @@ pub struct Request<'a> {
     pub tables_read: &'a [Arc<str>],
     /// The request opens or runs in a transaction declared read only.
     pub read_only_transaction: bool,
+    /// It opens a transaction that said neither READ ONLY nor READ WRITE
+    /// (and the session default is read-write): where a replica is asked
+    /// for, it goes there, and the replica refuses its writes itself.
+    pub undeclared_transaction: bool,
 }
 
 /// A request the policy refuses.
@@ -124,7 +128,9 @@ pub fn decide(
         (None, Some(RouteSetting::Primary)) => return Ok(Decision::primary("hint")),
         _ => false,
     };
-    let is_read = req.route == Route::Read || req.read_only_transaction;
+    let is_read = req.route == Route::Read
+        || req.read_only_transaction
+        || (wants_replica && req.undeclared_transaction);
     if !is_read {
         if wants_replica {
             return Err(Refusal::WriteOnReplica);

@@ -118,6 +118,48 @@ async fn a_write_hinted_to_a_replica_is_refused_with_25006() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_and_the_session_route_apply_to_whole_transactions() {
+    let s = setup("hint_tx").await;
+    let c = &s.client;
+    // A lone BEGIN waits for the transaction's first statement, but its
+    // hint still decides.
+    c.batch_execute("/* pgsidecar:replica */ begin")
+        .await
+        .unwrap();
+    assert_eq!(port_of(c, PORT_SQL, false).await, s.replica);
+    assert_eq!(port_of(c, PORT_SQL, true).await, s.replica);
+    c.batch_execute("commit").await.unwrap();
+    c.batch_execute("/* pgsidecar:primary */ begin")
+        .await
+        .unwrap();
+    c.batch_execute("set transaction read only").await.unwrap();
+    assert_eq!(port_of(c, PORT_SQL, false).await, s.primary);
+    c.batch_execute("commit").await.unwrap();
+
+    // With route = 'replica' a transaction that does not say READ WRITE
+    // runs on the replica, which refuses writes in it itself.
+    c.batch_execute("set pgsidecar.route = 'replica'")
+        .await
+        .unwrap();
+    for begin in ["begin", "begin isolation level repeatable read"] {
+        c.batch_execute(begin).await.unwrap();
+        assert_eq!(port_of(c, PORT_SQL, false).await, s.replica, "{begin}");
+        let (code, message) = failure(
+            c.simple_query("insert into t values (1)").await,
+            "a write in it",
+        );
+        assert_eq!(code, "25006", "{message}");
+        c.batch_execute("rollback").await.unwrap();
+    }
+    let (code, message) = failure(c.simple_query("begin read write").await, "READ WRITE");
+    assert_eq!(code, "25006", "{message}");
+    let rows = harness::scalar(c, "/* pgsidecar:primary */ select count(*) from t")
+        .await
+        .unwrap();
+    assert_eq!(rows.as_deref(), Some("0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_pgsidecar_route_sticks_for_the_session_and_is_never_forwarded() {
     let s = setup("hint_route").await;
     let c = &s.client;

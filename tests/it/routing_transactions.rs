@@ -93,6 +93,26 @@ async fn a_read_write_transaction_runs_on_the_primary_from_begin_to_commit() {
         );
         client.batch_execute("rollback").await.unwrap();
     }
+    // Read-write by declaration although the session default is read only.
+    client
+        .batch_execute("set default_transaction_read_only = on")
+        .await
+        .unwrap();
+    for opening in ["begin read write", "begin; set transaction read write"] {
+        for sql in opening.split("; ") {
+            client.batch_execute(sql).await.unwrap();
+        }
+        assert_eq!(port(&client, opening).await, primary, "{opening}");
+        client
+            .batch_execute("insert into t values (1)")
+            .await
+            .unwrap();
+        client.batch_execute("rollback").await.unwrap();
+    }
+    client
+        .batch_execute("reset default_transaction_read_only")
+        .await
+        .unwrap();
     client
         .batch_execute("begin; insert into t values (2); commit")
         .await

@@ -98,15 +98,22 @@ pub fn find_unit(
             }
             fe::BIND => {
                 let (name, _, _) = prepared::bind_statement(f)?;
-                let info = if name.is_empty() {
+                // A statement parsed in an earlier unit brings its hint.
+                let found = if name.is_empty() {
                     unnamed
                         .clone()
-                        .or_else(|| statements.unnamed_class().map(|c| c.info.clone()))
+                        .map(|info| (info, None))
+                        .or_else(|| statements.unnamed_class().map(|c| (c.info.clone(), c.hint)))
                 } else {
-                    statements.get(name).map(|s| s.class.info.clone())
+                    statements
+                        .get(name)
+                        .map(|s| (s.class.info.clone(), s.class.hint))
                 };
-                match info {
-                    Some(info) => unit.infos.push(info),
+                match found {
+                    Some((info, hint)) => {
+                        unit.hint = unit.hint.or(hint);
+                        unit.infos.push(info);
+                    }
                     // Not one of ours (SQL-level PREPARE): be safe.
                     None => unit.unknown = Some("unknown_statement"),
                 }

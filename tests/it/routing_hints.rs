@@ -89,15 +89,28 @@ fn failure(result: Result<impl Sized, tokio_postgres::Error>, what: &str) -> (St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn comment_hints_pick_the_node_for_one_statement() {
     let s = setup("hint_comment").await;
+    let c = &s.client;
+    let to_primary = format!("/* pgsidecar:primary */ {PORT_SQL}");
+    let to_replica = format!("/* pgsidecar:replica */ {PORT_SQL}");
     for extended in [false, true] {
         for _ in 0..5 {
-            let sql = format!("/* pgsidecar:primary */ {PORT_SQL}");
-            assert_eq!(port_of(&s.client, &sql, extended).await, s.primary, "{sql}");
-            let sql = format!("/* pgsidecar:replica */ {PORT_SQL}");
-            assert_eq!(port_of(&s.client, &sql, extended).await, s.replica, "{sql}");
+            assert_eq!(port_of(c, &to_primary, extended).await, s.primary);
+            assert_eq!(port_of(c, &to_replica, extended).await, s.replica);
         }
         // The hint lasts one statement.
-        assert_eq!(port_of(&s.client, PORT_SQL, extended).await, s.replica);
+        assert_eq!(port_of(c, PORT_SQL, extended).await, s.replica);
+    }
+    // Named statements, prepared in one round trip and executed in later
+    // ones, keep their hints.
+    let (primary_hinted, replica_hinted) = (
+        c.prepare(&to_primary).await.unwrap(),
+        c.prepare(&to_replica).await.unwrap(),
+    );
+    for _ in 0..5 {
+        let port: String = c.query_one(&primary_hinted, &[]).await.unwrap().get(0);
+        assert_eq!(harness::parse_port(Some(&port)), s.primary, "{to_primary}");
+        let port: String = c.query_one(&replica_hinted, &[]).await.unwrap().get(0);
+        assert_eq!(harness::parse_port(Some(&port)), s.replica, "{to_replica}");
     }
 }
 

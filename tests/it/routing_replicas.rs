@@ -184,7 +184,10 @@ async fn a_stopped_replica_is_skipped_and_used_again_after_a_restart() {
 async fn a_promoted_replica_receives_the_writes_without_a_proxy_restart() {
     let cluster = harness::private_cluster().await;
     let db = block_in_place(|| cluster.fresh_database("promote")).unwrap();
-    let proxy = harness::proxy_for(&cluster, "").await;
+    // A write sent before the monitor has seen the promotion waits for the
+    // dead primary for up to checkout_timeout (5 s by default): keep that
+    // short so such a write cannot use up the 2 s by itself.
+    let proxy = harness::proxy_for(&cluster, "[pool]\ncheckout_timeout = \"500ms\"\n").await;
     let (old_primary, promoted) = (cluster.primary().port(), cluster.replica(0).port());
     let client = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
     let insert = |id: i32| format!("insert into t values ({id}) returning ({PORT_SQL})");

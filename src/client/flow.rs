@@ -18,6 +18,7 @@ use super::state::ClientState;
 use crate::cluster::{NodeId, Role};
 use crate::config::PoolMode;
 use crate::observe::QueryEvent;
+use crate::protocol::backend;
 use crate::protocol::frame::{self, be, fe};
 use crate::protocol::{ProtocolError, SqlState, WireError};
 use crate::proxy::Shared;
@@ -45,6 +46,10 @@ pub struct HoldState {
     /// Replica reads: client bytes still routed to this server; later
     /// requests wait for the next routing decision.
     pub budget: Option<usize>,
+    /// The budgeted read ended with Flush: the rest of its batch, up to
+    /// the client's Sync, must run here too (the server would otherwise
+    /// wait for that Sync forever).
+    pub budget_until_sync: bool,
     /// The node this server belongs to, for metrics.
     pub node: NodeId,
     pub role: Role,
@@ -75,6 +80,7 @@ impl HoldState {
             last_was_commit: false,
             params_diverged: false,
             budget: None,
+            budget_until_sync: false,
             node,
             role,
         }
@@ -185,9 +191,23 @@ impl SessionFlow<'_> {
         if c.info.statement_count == 1 {
             if let [SessionChange::Route { setting, value }] = c.session.as_slice() {
                 // The proxy's own setting: answered here, never forwarded.
-                let setting = setting.ok_or_else(|| invalid_route(value))?;
-                self.client.routing.setting = (setting != RouteSetting::Auto).then_some(setting);
-                self.reply(Synthetic::Command("SET"), to_client);
+                match setting {
+                    Some(setting) => {
+                        self.client.routing.setting =
+                            (*setting != RouteSetting::Auto).then_some(*setting);
+                        self.reply(Synthetic::Command("SET"), to_client);
+                    }
+                    None if self.expect.is_quiet() => {
+                        // Refused, and the session carries on (a transaction
+                        // block stays usable: the server saw nothing).
+                        let mut refusal = invalid_route(value).to_bytes();
+                        backend::ready_for_query(&mut refusal, self.expect.status());
+                        to_client.push(refusal.freeze());
+                    }
+                    // Queued behind server responses (a client pipelining
+                    // simple queries): no way to put an error in line.
+                    None => return Err(invalid_route(value)),
+                }
                 return Ok(());
             }
             if let Some(Unpin::Deallocate(name)) = &c.info.unpin
@@ -434,7 +454,8 @@ fn rows_of(tag: &[u8]) -> u64 {
 /// Token of the proxy's own parameter-sync query at the start of a hold.
 pub const SYNC_TOKEN: u64 = u64::MAX;
 
-fn invalid_route(value: &str) -> WireError {
+/// The error for `SET pgsidecar.route` to an unknown value.
+pub(super) fn invalid_route(value: &str) -> WireError {
     WireError::error(
         SqlState::INVALID_PARAMETER_VALUE,
         format!("invalid value for parameter \"pgsidecar.route\": \"{value}\""),
@@ -452,10 +473,13 @@ impl Flow for SessionFlow<'_> {
     ) -> Result<ClientStep, WireError> {
         check_frontend_tag(tag)?;
         if let Some(budget) = self.hold.budget.as_mut() {
-            if *budget < frame.len() && tag != fe::TERMINATE {
+            if *budget >= frame.len() || tag == fe::TERMINATE {
+                *budget = budget.saturating_sub(frame.len());
+            } else if self.hold.budget_until_sync {
+                self.hold.budget_until_sync = tag != fe::SYNC;
+            } else {
                 return Ok(ClientStep::Hold);
             }
-            *budget = budget.saturating_sub(frame.len());
         }
         match tag {
             fe::TERMINATE => return Ok(ClientStep::Terminate),

@@ -159,6 +159,7 @@ async fn acquire_inner(
     if replica.is_some() && !routed.transaction {
         // A single read: later requests are routed on their own.
         held.hold.budget = Some(unit.len);
+        held.hold.budget_until_sync = !unit.ends_with_ready;
     }
     held._replica = replica;
     bring_up_to_date(&mut held, client);

@@ -10,12 +10,13 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::flow::invalid_route;
 use super::prepared;
 use super::state::ClientState;
 use crate::config::PoolMode;
+use crate::protocol::WireError;
 use crate::protocol::backend;
 use crate::protocol::frame::{self, fe};
-use crate::protocol::{SqlState, WireError};
 use crate::proxy::Shared;
 use crate::routing::{RouteSetting, SessionChange, TxEffect, Unpin};
 use crate::server::ServerPool;
@@ -97,14 +98,13 @@ fn query(
     }
     let tag = match (&c.session[..], &c.info.tx, &c.info.unpin) {
         ([SessionChange::Route { setting, value }], _, _) => {
-            let setting = setting.ok_or_else(|| {
-                WireError::error(
-                    SqlState::INVALID_PARAMETER_VALUE,
-                    format!("invalid value for parameter \"pgsidecar.route\": \"{value}\""),
-                )
-                .with_hint("use 'primary', 'replica' or 'auto'")
-            })?;
-            client.routing.setting = (setting != RouteSetting::Auto).then_some(setting);
+            let Some(setting) = setting else {
+                // Refused, and the session carries on (as after any error).
+                out.extend_from_slice(&invalid_route(value).to_bytes());
+                backend::ready_for_query(out, status);
+                return Ok(Idle::Answered);
+            };
+            client.routing.setting = (*setting != RouteSetting::Auto).then_some(*setting);
             "SET"
         }
         (_, TxEffect::Begin { read_only: None }, _)

@@ -99,15 +99,22 @@ pub fn find_unit(
             }
             fe::BIND => {
                 let (name, _, _) = prepared::bind_statement(f)?;
-                let info = if name.is_empty() {
+                // A statement parsed in an earlier unit brings its hint.
+                let found = if name.is_empty() {
                     unnamed
                         .clone()
-                        .or_else(|| statements.unnamed_class().map(|c| c.info.clone()))
+                        .map(|info| (info, None))
+                        .or_else(|| statements.unnamed_class().map(|c| (c.info.clone(), c.hint)))
                 } else {
-                    statements.get(name).map(|s| s.class.info.clone())
+                    statements
+                        .get(name)
+                        .map(|s| (s.class.info.clone(), s.class.hint))
                 };
-                match info {
-                    Some(info) => unit.infos.push(info),
+                match found {
+                    Some((info, hint)) => {
+                        unit.hint = unit.hint.or(hint);
+                        unit.infos.push(info);
+                    }
                     // Not one of ours (SQL-level PREPARE): be safe.
                     None => unit.unknown = Some("unknown_statement"),
                 }
@@ -134,6 +141,13 @@ pub struct Routed {
     pub transaction: bool,
 }
 
+/// The hint of a BEGIN the proxy deferred (`/* pgsidecar:replica */
+/// BEGIN`): it applies to the transaction its unit starts.
+fn deferred_begin_hint(client: &ClientState) -> Option<Hint> {
+    let begin = client.deferred_begin.as_ref()?;
+    Classifier::fingerprint(frame::query_text(begin).ok()?).1
+}
+
 /// Where the unit runs.
 pub fn decide(
     unit: &Unit,
@@ -142,23 +156,22 @@ pub fn decide(
     cluster: &ClusterView,
 ) -> Result<Routed, WireError> {
     let config = shared.config.load();
-    let tx = if client.deferred_begin.is_some() {
+    // The transaction the unit starts, if any, and whether it said READ
+    // ONLY (Some(true)), READ WRITE (Some(false)) or neither (None).
+    let declared = if client.deferred_begin.is_some() {
         // Inside a transaction the client opened with a lone BEGIN: it is
         // read only if the session says so or its first statement does.
         match unit.first_tx() {
-            TxEffect::SetTransaction {
-                read_only: Some(true),
-            } => Some(true),
-            _ => Some(client.read_only_by_default()),
+            TxEffect::SetTransaction { read_only } => Some(read_only),
+            _ => Some(None),
         }
     } else {
         match unit.first_tx() {
-            TxEffect::Begin { read_only } => {
-                Some(read_only.unwrap_or(client.read_only_by_default()))
-            }
+            TxEffect::Begin { read_only } => Some(read_only),
             _ => None,
         }
     };
+    let tx = declared.map(|d| d.unwrap_or(client.read_only_by_default()));
     let route = match tx {
         Some(true) => Route::Read,
         Some(false) => Route::Write,
@@ -176,9 +189,10 @@ pub fn decide(
         } else {
             unit.reason()
         },
-        hint: unit.hint,
+        hint: deferred_begin_hint(client).or(unit.hint),
         tables_read: &tables,
         read_only_transaction: tx == Some(true),
+        undeclared_transaction: tx == Some(false) && declared == Some(None),
     };
     policy::decide(
         &request,
@@ -199,7 +213,11 @@ pub fn decide(
         .with_hint("remove the hint, or SET pgsidecar.route = 'auto'"),
         Refusal::NoReplica(why) => WireError::error(
             SqlState::CONNECTION_FAILURE,
-            format!("no replica can serve this read ({}) and fallback_to_primary is off", why.as_str()),
-        ),
+            format!(
+                "no replica can serve this read: {why} ({}), and fallback_to_primary is off",
+                why.as_str()
+            ),
+        )
+        .with_hint("set routing.fallback_to_primary = true, or hint the read /* pgsidecar:primary */"),
     })
 }

@@ -47,6 +47,10 @@ pub struct Request<'a> {
     pub tables_read: &'a [Arc<str>],
     /// The request opens or runs in a transaction declared read only.
     pub read_only_transaction: bool,
+    /// It opens a transaction that said neither READ ONLY nor READ WRITE
+    /// (and the session default is read-write): where a replica is asked
+    /// for, it goes there, and the replica refuses its writes itself.
+    pub undeclared_transaction: bool,
 }
 
 /// A request the policy refuses.
@@ -124,7 +128,9 @@ pub fn decide(
         (None, Some(RouteSetting::Primary)) => return Ok(Decision::primary("hint")),
         _ => false,
     };
-    let is_read = req.route == Route::Read || req.read_only_transaction;
+    let is_read = req.route == Route::Read
+        || req.read_only_transaction
+        || (wants_replica && req.undeclared_transaction);
     if !is_read {
         if wants_replica {
             return Err(Refusal::WriteOnReplica);
@@ -183,7 +189,30 @@ fn ryw() -> Decision {
     }
 }
 
-/// The oldest write time read-your-writes still needs to remember.
+/// The oldest write time read-your-writes still needs to remember: for
+/// "lsn", what an eligible replica may still lack; for "window", also the
+/// whole window (which may be longer than that).
 pub fn horizon(config: &RoutingConfig) -> Duration {
-    config.max_replica_lag + 2 * config.lag_check_interval
+    let lag = config.max_replica_lag + 2 * config.lag_check_interval;
+    match config.read_your_writes {
+        ReadYourWrites::Window => lag.max(config.read_your_writes_window),
+        ReadYourWrites::Lsn | ReadYourWrites::Off => lag,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_longer_than_the_lag_limit_is_remembered_whole() {
+        let mut config = RoutingConfig {
+            read_your_writes: ReadYourWrites::Window,
+            read_your_writes_window: Duration::from_secs(30),
+            ..RoutingConfig::default()
+        };
+        assert_eq!(horizon(&config), Duration::from_secs(30));
+        config.read_your_writes = ReadYourWrites::Lsn;
+        assert_eq!(horizon(&config), Duration::from_millis(1200));
+    }
 }

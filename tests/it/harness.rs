@@ -14,7 +14,11 @@
 //! let via_proxy = harness::connect_proxy(&proxy, harness::APP, &db).await?;
 //! ```
 //! Tests share the cluster and run in parallel: don't stop, promote or
-//! delay its nodes — start a `LocalCluster` of your own for that.
+//! delay its nodes — start a `LocalCluster` of your own for that
+//! ([`private_cluster`], [`proxy_for`]).
+//!
+//! Routing tests ask which node served a statement with [`served_by`] and
+//! compare the answer with the nodes' ports.
 
 use std::future::Future;
 use std::path::Path;
@@ -112,6 +116,13 @@ pub const PROXY_ROLES: [TestRole; 3] = [APP, MD5_USER, PW_USER];
 /// default table, any other value (including a `[[users]]` array) replaces
 /// it. Panics naming the problem if the result is not a valid config.
 pub fn proxy_config(extra_toml: &str) -> Config {
+    let primary = toml::Value::from(cluster().primary().addr());
+    build_config(table([("primary", primary)]), extra_toml)
+}
+
+/// The test proxy defaults with `nodes` as `[cluster]`, `extra_toml` merged
+/// over them (see [`proxy_config`]).
+fn build_config(nodes: toml::Table, extra_toml: &str) -> Config {
     let mut base = toml::Table::new();
     base.insert(
         "proxy".into(),
@@ -121,10 +132,7 @@ pub fn proxy_config(extra_toml: &str) -> Config {
         "http".into(),
         toml::Value::Table(table([("listen", "127.0.0.1:0".into())])),
     );
-    base.insert(
-        "cluster".into(),
-        toml::Value::Table(table([("primary", cluster().primary().addr().into())])),
-    );
+    base.insert("cluster".into(), toml::Value::Table(nodes));
     let users = PROXY_ROLES
         .iter()
         .map(|r| {
@@ -173,6 +181,82 @@ pub async fn connect_proxy(
     db: &str,
 ) -> Result<Client, tokio_postgres::Error> {
     connect(&proxy_conn_string(proxy, role, db)).await
+}
+
+// ---- private clusters and where a statement ran ------------------------------
+
+/// A primary and one streaming replica of this test's own, with the [`APP`]
+/// role, for tests that stop, delay or promote nodes. Started off the
+/// runtime's threads; dropping it tears it down (drop the proxies in front
+/// of it first: declare the cluster before them).
+pub async fn private_cluster() -> LocalCluster {
+    let options = ClusterOptions::default().replicas(1).role(RoleSpec::new(
+        APP.name,
+        APP.password.unwrap_or_default(),
+        APP.auth,
+    ));
+    tokio::task::spawn_blocking(move || LocalCluster::start(options))
+        .await
+        .expect("cluster start task")
+        .unwrap_or_else(|e| panic!("private cluster did not start: {e}"))
+}
+
+/// [`proxy_config`], but in front of `cluster`: its current primary as
+/// `cluster.primary` and its other nodes as `cluster.replicas`, then
+/// `extra_toml` merged over that (it may set other `[cluster]` keys too).
+pub fn proxy_config_for(cluster: &LocalCluster, extra_toml: &str) -> Config {
+    let replicas = cluster.replicas().iter().map(|n| n.addr().into()).collect();
+    let nodes = table([
+        ("primary", cluster.primary().addr().into()),
+        ("replicas", toml::Value::Array(replicas)),
+    ]);
+    build_config(nodes, extra_toml)
+}
+
+/// Starts an in-process proxy with [`proxy_config_for`]`(cluster, extra_toml)`.
+pub async fn proxy_for(cluster: &LocalCluster, extra_toml: &str) -> Proxy {
+    Proxy::start(proxy_config_for(cluster, extra_toml))
+        .await
+        .unwrap_or_else(|e| panic!("the test proxy did not start: {e}"))
+}
+
+/// `[cluster] replicas` listing the shared cluster's replica, for proxies
+/// that route reads (the default test proxy has no replicas).
+pub fn shared_replica_toml() -> String {
+    format!(
+        "[cluster]\nreplicas = [\"{}\"]\n",
+        cluster().replica(0).addr()
+    )
+}
+
+/// A read that answers the port of the server running it (`pg_settings`
+/// is a view: replicas serve it). Combine it as a scalar subquery to learn
+/// where another statement ran.
+pub const PORT_SQL: &str = "select setting from pg_settings where name = 'port'";
+
+/// The port of the node that serves a plain read for `client` now (simple
+/// protocol, so through the proxy it is routed like any read).
+pub async fn served_by(client: &Client) -> Result<u16, tokio_postgres::Error> {
+    let port = scalar(client, PORT_SQL).await?;
+    Ok(parse_port(port.as_deref()))
+}
+
+/// A port as `PORT_SQL` prints it; panics on anything else.
+pub fn parse_port(text: Option<&str>) -> u16 {
+    text.and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("not a port: {text:?}"))
+}
+
+/// Polls [`served_by`] until a read is served by `port` (e.g. until the
+/// monitor has found a replica eligible); panics after `timeout`.
+pub async fn until_served_by(client: &Client, port: u16, what: &str, timeout: Duration) {
+    eventually(what, timeout, || async move {
+        let got = served_by(client)
+            .await
+            .unwrap_or_else(|e| panic!("read failed while waiting for {what}: {e}"));
+        (got == port).then_some(())
+    })
+    .await
 }
 
 // ---- looking and waiting ---------------------------------------------------

@@ -16,7 +16,7 @@
 # a new connection per transaction), latency (-S -c 1: p50/p99 from
 # pgbench's per-transaction log), memory (RSS per idle client at
 # IDLE_CLIENTS connections).
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}

@@ -64,10 +64,13 @@ async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
     let _counted = Counted(shared.clone());
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
-    let mut buf = BytesMut::with_capacity(1024);
+    let mut buf = BytesMut::with_capacity(256);
     let deadline = shared.config.load().proxy.client_login_timeout;
 
-    let logged_in = tokio::time::timeout(deadline, async {
+    // Boxed: login state (negotiation, auth exchanges, the first server
+    // connection) is large and short-lived; an idle client's task keeps
+    // only the session's state.
+    let logged_in = Box::pin(tokio::time::timeout(deadline, async {
         match handshake::negotiate(&mut stream, &mut buf).await? {
             Opening::Closed => Ok(None),
             Opening::Cancel { pid, secret } => {
@@ -78,18 +81,18 @@ async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
                 login::login(&shared, &mut stream, &mut buf, startup, peer).await
             }
         }
-    })
+    }))
     .await;
 
     let (ctx, client) = match logged_in {
         Ok(Ok(Some(login::LoggedIn::Session(session)))) => *session,
         Ok(Ok(Some(login::LoggedIn::Console))) => {
-            crate::admin::run(stream, buf, shared).await;
+            Box::pin(crate::admin::run(stream, buf, shared)).await;
             return;
         }
         Ok(Ok(None)) => return,
         Ok(Err(error)) => {
-            let _ = stream.write_all(&error.to_bytes()).await;
+            let _ = Box::pin(stream.write_all(&error.to_bytes())).await;
             return;
         }
         Err(_) => {

@@ -17,8 +17,11 @@ use crate::protocol::{ProtocolError, WireError};
 
 /// Stop reading a side once this much is waiting to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
-/// Read buffers are topped up to at least this much free space.
-const READ_CHUNK: usize = 16 * 1024;
+/// Server read buffers are topped up to at least this much free space
+/// (a server buffer is shared by the many clients that use it in turn).
+const SERVER_CHUNK: usize = 16 * 1024;
+/// Client read buffers: smaller, since every connected client has one.
+const CLIENT_CHUNK: usize = 4 * 1024;
 /// Largest server frame the proxy will hold whole to inspect it.
 const MAX_INSPECTED: usize = 16 * 1024 * 1024;
 
@@ -235,9 +238,9 @@ fn process_client<F: Flow>(
     }
 }
 
-fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
+fn reserve(buf: &mut BytesMut, chunk: usize) {
+    if buf.capacity() - buf.len() < chunk / 4 {
+        buf.reserve(chunk);
     }
 }
 
@@ -304,7 +307,7 @@ where
 
         // Client → proxy.
         if wbuf.len() < HIGH_WATER && !side.release && !side.client_paused && side.eof.is_none() {
-            reserve(cbuf);
+            reserve(cbuf, CLIENT_CHUNK);
             match poll_read_buf(Pin::new(&mut *client), cx, cbuf) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     return Poll::Ready(RelayEnd::ClientGone);
@@ -336,7 +339,7 @@ where
 
         // Server → proxy.
         if side.eof.is_none() && !side.release && side.pending_bytes() < HIGH_WATER {
-            reserve(rbuf);
+            reserve(rbuf, SERVER_CHUNK);
             match poll_read_buf(Pin::new(&mut *server), cx, rbuf) {
                 Poll::Ready(Ok(0)) => {
                     side.eof = Some(None);

@@ -40,7 +40,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     use tracing::Instrument;
-    let mut held: Option<Held> = None;
+    let mut held: Option<Box<Held>> = None;
     let mut client = client;
     let mut pools = NodePools::default();
     let span = tracing::debug_span!("client", pid = ctx.cancel.slot.pid);
@@ -59,7 +59,7 @@ where
     }
     ctx.cancel.slot.set_server(None);
     if let Some(h) = held {
-        hold::leave(h, &client, ctx.mode).await;
+        Box::pin(hold::leave(*h, &client, ctx.mode)).await;
     }
 }
 
@@ -70,7 +70,7 @@ async fn serve<S>(
     ctx: &SessionCtx,
     client: &mut ClientState,
     pools: &mut NodePools,
-    held: &mut Option<Held>,
+    held: &mut Option<Box<Held>>,
 ) -> Result<(), WireError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -122,8 +122,11 @@ where
                     return Ok(());
                 }
             };
-            match hold::acquire(ctx, client, pools, &unit).await {
-                Ok(h) => *held = Some(h),
+            // Boxed (as is the relay below): their states are large and live
+            // only while a server is being taken or used, so idle clients'
+            // tasks stay small.
+            match Box::pin(hold::acquire(ctx, client, pools, &unit)).await {
+                Ok(h) => *held = Some(Box::new(h)),
                 Err(e) => {
                     fail_request(stream, cbuf, &unit, client, e).await;
                     continue;
@@ -156,14 +159,14 @@ where
             rbuf: io.rbuf,
             wbuf: io.wbuf,
         };
-        let end = relay::relay(stream, cbuf, io, &mut flow, ctx.max_message).await;
+        let end = Box::pin(relay::relay(stream, cbuf, io, &mut flow, ctx.max_message)).await;
         ctx.cancel.slot.set_server(None);
         ctx.cancel.slot.set_pinned(client.pins.is_pinned());
         tracing::trace!(?end, status = %char::from(h.expect.status()), "relay ended");
         match end {
             RelayEnd::Released => {
                 let h = held.take().expect("held above");
-                hold::release(h, client);
+                hold::release(*h, client);
                 if ctx.shared.shutdown.is_cancelled() {
                     return Err(shutting_down());
                 }
@@ -184,6 +187,9 @@ where
         }
     }
 }
+
+/// Buffer kept for a client between requests.
+const IDLE_BUFFER: usize = 512;
 
 fn shutting_down() -> WireError {
     WireError::fatal(
@@ -247,8 +253,12 @@ where
         }
         at += total;
     }
-    if cbuf.capacity() - cbuf.len() < 512 {
-        cbuf.reserve(2048);
+    if cbuf.is_empty() && cbuf.capacity() > IDLE_BUFFER {
+        // Between requests an idle client keeps only a small buffer: with
+        // thousands of connected clients this is most of their memory.
+        *cbuf = BytesMut::with_capacity(IDLE_BUFFER);
+    } else if cbuf.capacity() - cbuf.len() < 256 {
+        cbuf.reserve(IDLE_BUFFER.max(cbuf.len()));
     }
     Ok(matches!(stream.read_buf(cbuf).await, Ok(n) if n > 0))
 }

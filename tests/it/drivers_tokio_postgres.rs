@@ -1,0 +1,119 @@
+//! tokio-postgres through pgsidecar in transaction mode, with more clients
+//! than servers (`[pool] size = 2`): statements prepared once and executed
+//! many times across transactions and clients, `query` with parameters
+//! (which prepares a statement in one round trip and runs it in the next),
+//! transactions that commit and roll back, and a failed statement inside a
+//! transaction.
+
+use tokio_postgres::error::SqlState;
+
+use crate::harness::{self, APP};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_queries_and_transactions_from_six_clients() {
+    let db = harness::fresh_db("drivers_tokio_pg");
+    let proxy = harness::proxy("[pool]\nsize = 2\n").await;
+    let setup = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+    setup
+        .batch_execute("CREATE TABLE items (client int, n int, label text)")
+        .await
+        .unwrap();
+
+    let mut tasks = Vec::new();
+    for c in 0..6i32 {
+        let mut client = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            // Prepared once, used in every iteration below.
+            let insert = client
+                .prepare("INSERT INTO items (client, n, label) VALUES ($1, $2, $3)")
+                .await?;
+            let count = client
+                .prepare("SELECT count(*) FROM items WHERE client = $1")
+                .await?;
+            let double = client.prepare("SELECT $1::int * 2").await?;
+            for n in 0..40i32 {
+                let row = client.query_one(&double, &[&n]).await?;
+                assert_eq!(row.get::<_, i32>(0), 2 * n);
+
+                let tx = client.transaction().await?;
+                tx.execute(&insert, &[&c, &n, &format!("c{c}n{n}")]).await?;
+                let seen: i64 = tx.query_one(&count, &[&c]).await?.get(0);
+                assert_eq!(seen, i64::from(n) + 1, "client {c} sees its own rows");
+                tx.commit().await?;
+
+                if n % 4 == 0 {
+                    // Rolled back: never counted.
+                    let tx = client.transaction().await?;
+                    tx.execute(&insert, &[&c, &-1i32, &"rolled back"]).await?;
+                    tx.rollback().await?;
+                }
+
+                // `query` with a &str: prepared and run in two requests.
+                let rows = client
+                    .query(
+                        "SELECT label FROM items WHERE client = $1 AND n = $2",
+                        &[&c, &n],
+                    )
+                    .await?;
+                assert_eq!(rows.len(), 1);
+                assert_eq!(rows[0].get::<_, String>(0), format!("c{c}n{n}"));
+            }
+            Ok::<_, tokio_postgres::Error>(client)
+        }));
+    }
+    let mut clients = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(client) => clients.push(client),
+            Err(e) => panic!("{}", harness::error_text(&e)),
+        }
+    }
+    assert_eq!(
+        harness::scalar(&setup, "SELECT count(*) FROM items WHERE n >= 0")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("240")
+    );
+    assert_eq!(
+        harness::scalar(&setup, "SELECT count(*) FROM items WHERE n < 0")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("0")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_inside_a_transaction_aborts_it_and_prepared_statements_survive() {
+    let db = harness::fresh_db("drivers_tokio_pg_err");
+    let proxy = harness::proxy("[pool]\nsize = 2\n").await;
+    let mut client = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE u (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let insert = client.prepare("INSERT INTO u VALUES ($1)").await.unwrap();
+
+    let tx = client.transaction().await.unwrap();
+    tx.execute(&insert, &[&1i32]).await.unwrap();
+    let err = tx.execute(&insert, &[&1i32]).await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION), "{err}");
+    let err = tx.execute(&insert, &[&2i32]).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
+        "{err}"
+    );
+    tx.rollback().await.unwrap();
+
+    client.execute(&insert, &[&3i32]).await.unwrap();
+    let ids: Vec<i32> = client
+        .query("SELECT id FROM u ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, [3]);
+}

@@ -303,6 +303,71 @@ impl Expectations {
         }
     }
 
+    /// Nothing owed ends with ReadyForQuery, except the proxy's own
+    /// requests carrying `token` (its parameter sync, which leaves the
+    /// transaction status alone): the next message runs in [`status`].
+    ///
+    /// [`status`]: Self::status
+    pub fn settled_but(&self, token: u64) -> bool {
+        self.queue.iter().all(|e| match e {
+            Expect::Response {
+                request,
+                audience,
+                token: t,
+            } => !request.ends_with_ready() || (*audience == Audience::Proxy && *t == token),
+            Expect::Reply(_) => true,
+        })
+    }
+
+    /// For a retry of the batch whose request carrying `token` failed: that
+    /// request is at the head and the queue ends with the Sync of its batch,
+    /// with nothing sent after it. Drops the entries before that Sync (the
+    /// server skips their messages after the error) and makes the Sync's
+    /// ReadyForQuery the proxy's, so that the replayed batch answers the
+    /// client instead. Returns the tokens of the dropped entries, or `None`
+    /// (changing nothing) when the queue is not like that.
+    pub fn take_over_batch(&mut self, token: u64) -> Option<Vec<u64>> {
+        let head_matches = matches!(
+            self.queue.front(),
+            Some(Expect::Response { audience: Audience::Client, token: t, .. }) if *t == token
+        );
+        let last = self.queue.len().checked_sub(1)?;
+        let ends_with_sync = matches!(
+            self.queue[last],
+            Expect::Response {
+                request: Request::Sync,
+                ..
+            }
+        );
+        let one_batch =
+            self.queue.iter().take(last).all(
+                |e| !matches!(e, Expect::Response { request, .. } if request.ends_with_ready()),
+            );
+        if !head_matches || !ends_with_sync || !one_batch || self.batch_open || self.copy_in {
+            return None;
+        }
+        let dropped = self
+            .queue
+            .drain(..last)
+            .filter_map(|e| match e {
+                Expect::Response { token, .. } if token != 0 => Some(token),
+                _ => None,
+            })
+            .collect();
+        if let Some(Expect::Response { audience, .. }) = self.queue.front_mut() {
+            *audience = Audience::Proxy;
+        }
+        Some(dropped)
+    }
+
+    /// The token of the request the next response answers.
+    pub fn head_token(&self) -> Option<u64> {
+        match self.queue.front() {
+            Some(Expect::Response { token, .. }) => Some(*token),
+            _ => None,
+        }
+    }
+
     /// The next response answers a message of the proxy's own.
     pub fn head_is_proxy(&self) -> bool {
         matches!(

@@ -117,3 +117,71 @@ async fn an_error_inside_a_transaction_aborts_it_and_prepared_statements_survive
         .collect();
     assert_eq!(ids, [3]);
 }
+
+/// Runs `work` while `holder` keeps a server in a transaction, then again
+/// after: with a pool of 2 (the server released last is handed out first)
+/// each server runs it once.
+async fn on_both_servers<T, F, Fut>(holder: &tokio_postgres::Client, mut work: F) -> Vec<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let first = work().await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    vec![first, work().await]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_ddl_preparing_the_statement_again_sees_the_new_columns() {
+    let db = harness::fresh_db("drivers_tokio_pg_ddl");
+    let proxy = harness::proxy("[pool]\nsize = 2\n").await;
+    let client = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+    let holder = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE t (id int, v int); INSERT INTO t VALUES (1, 10)")
+        .await
+        .unwrap();
+    let sql = "SELECT *, pg_backend_pid()::text AS pid FROM t WHERE id = $1";
+    let old = client.prepare(sql).await.unwrap();
+    let pids = on_both_servers(&holder, || async {
+        let row = client.query_one(&old, &[&1i32]).await.unwrap();
+        row.get::<_, String>("pid")
+    })
+    .await;
+    assert_ne!(pids[0], pids[1], "both servers ran it: {pids:?}");
+
+    // A migration, run elsewhere.
+    let su = harness::connect(
+        &harness::cluster()
+            .primary()
+            .conn_string_as("postgres", None, &db),
+    )
+    .await
+    .unwrap();
+    su.batch_execute("ALTER TABLE t ADD COLUMN extra text DEFAULT 'x'")
+        .await
+        .unwrap();
+
+    // Preparing the same text again (Parse, Describe, Sync) meets the old
+    // plan on both servers: the proxy prepares it again and retries, and
+    // the client is told the new columns.
+    let columns = on_both_servers(&holder, || async {
+        let statement = client
+            .prepare(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{}", harness::error_text(&e)));
+        let names: Vec<String> = statement
+            .columns()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
+        let row = client.query_one(&statement, &[&1i32]).await.unwrap();
+        (names, row.get::<_, String>("extra"))
+    })
+    .await;
+    for (names, extra) in columns {
+        assert_eq!(names, ["id", "v", "extra", "pid"]);
+        assert_eq!(extra, "x");
+    }
+}

@@ -167,3 +167,51 @@ fn transaction_block_is_not_reusable() {
     e.received(be::READY_FOR_QUERY, b'T');
     assert!(e.is_quiet() && !e.is_reusable());
 }
+
+fn sent(e: &mut Expectations, tag: u8, audience: Audience, token: u64) {
+    e.sent(tag, Request::of_frontend(tag, b'S'), audience, token);
+}
+
+#[test]
+fn a_failed_batch_is_taken_over_for_a_retry() {
+    let mut e = Expectations::default();
+    sent(&mut e, fe::BIND, Audience::Client, 7);
+    assert!(!e.reply(Synthetic::CloseComplete));
+    sent(&mut e, fe::EXECUTE, Audience::Client, 3);
+    sent(&mut e, fe::SYNC, Audience::Client, 0);
+    assert!(!e.settled_but(99), "a Sync is owed");
+    assert_eq!(e.take_over_batch(8), None, "another request's token");
+    assert_eq!(e.take_over_batch(7), Some(vec![7, 3]));
+    // The batch's ReadyForQuery is now the proxy's.
+    assert_eq!(recv(&mut e, b"Z"), vec![D]);
+    assert!(e.is_reusable());
+}
+
+#[test]
+fn no_take_over_when_more_was_sent_after_the_sync() {
+    let mut e = Expectations::default();
+    sent(&mut e, fe::BIND, Audience::Client, 7);
+    sent(&mut e, fe::SYNC, Audience::Client, 0);
+    sent(&mut e, fe::BIND, Audience::Client, 0);
+    assert_eq!(e.take_over_batch(7), None, "a Bind after the Sync");
+    sent(&mut e, fe::SYNC, Audience::Client, 0);
+    assert_eq!(e.take_over_batch(7), None, "a second batch");
+
+    let mut e = Expectations::default();
+    sent(&mut e, fe::BIND, Audience::Client, 7);
+    assert_eq!(e.take_over_batch(7), None, "no Sync yet");
+}
+
+#[test]
+fn settled_but_ignores_only_the_named_proxy_query() {
+    let mut e = Expectations::default();
+    assert!(e.settled_but(5));
+    e.sent(fe::QUERY, Some(Request::Query), Audience::Proxy, 5);
+    sent(&mut e, fe::BIND, Audience::Client, 0);
+    assert!(e.settled_but(5));
+    e.sent(fe::QUERY, Some(Request::Query), Audience::Proxy, 0);
+    assert!(
+        !e.settled_but(5),
+        "a BEGIN of the proxy's changes the status"
+    );
+}

@@ -65,8 +65,7 @@ async fn eight_clients_settings_never_leak_over_a_pool_of_two() {
     }
 
     let mut tasks = Vec::new();
-    for i in 0..8usize {
-        let zone = ZONES[i];
+    for (i, zone) in ZONES.into_iter().enumerate() {
         let app = format!("client{i}");
         let client = match i % 3 {
             // SET after connecting.

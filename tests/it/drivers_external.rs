@@ -104,12 +104,16 @@ async fn javascript_drivers_pg_and_postgres_js() {
             "cd tests/drivers/js && npm ci",
         );
     }
-    // One file at a time: the DDL tests count the servers of the pool of 2.
-    run_suite(
-        "drivers_js",
-        Path::new("node"),
-        &["--test", "--test-concurrency=1"],
-        &dir,
-    )
-    .await;
+    // One file at a time, each with a proxy of its own: the DDL tests
+    // count the servers of the pool of 2.
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".test.js"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no *.test.js in {dir:?}");
+    for file in files {
+        run_suite("drivers_js", Path::new("node"), &["--test", &file], &dir).await;
+    }
 }

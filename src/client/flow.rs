@@ -411,8 +411,25 @@ impl SessionFlow<'_> {
     /// a proxy statement (with no Execute before it) to its Sync. Returns
     /// true if this frame starts the recording.
     fn record(&mut self, tag: u8, frame: &[u8]) -> Result<bool, ProtocolError> {
+        let executed_before = self.hold.executed;
+        match tag {
+            fe::SYNC | fe::QUERY | fe::FUNCTION_CALL => self.hold.executed = false,
+            fe::EXECUTE => self.hold.executed = true,
+            _ => {}
+        }
         let retry = &mut self.hold.retry;
         match retry.state {
+            Recording::On
+                if retry.frames.len() + frame.len() > RETRY_MAX
+                    || matches!(tag, fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL) =>
+            {
+                // Too much to keep (COPY data, a long pipeline): no retry,
+                // and none from later in this batch either.
+                retry.state = Recording::Off;
+                retry.statement = None;
+                self.hold.executed = tag != fe::SYNC;
+                return Ok(false);
+            }
             Recording::On => {
                 retry.frames.extend_from_slice(frame);
                 match tag {
@@ -420,9 +437,6 @@ impl SessionFlow<'_> {
                     fe::EXECUTE => retry.executed = true,
                     fe::SYNC => retry.state = Recording::Synced,
                     _ => {}
-                }
-                if tag == fe::SYNC {
-                    self.hold.executed = false;
                 }
                 return Ok(false);
             }
@@ -434,14 +448,6 @@ impl SessionFlow<'_> {
             Recording::Off => {}
         }
         let name = match tag {
-            fe::SYNC | fe::QUERY | fe::FUNCTION_CALL => {
-                self.hold.executed = false;
-                return Ok(false);
-            }
-            fe::EXECUTE => {
-                self.hold.executed = true;
-                return Ok(false);
-            }
             fe::BIND => prepared::bind_statement(frame)?.0,
             fe::DESCRIBE => match prepared::target(frame)? {
                 (b'S', name) => name,
@@ -450,7 +456,7 @@ impl SessionFlow<'_> {
             _ => return Ok(false),
         };
         if name.is_empty()
-            || self.hold.executed
+            || executed_before
             || self.expect.status() != b'I'
             || !self.expect.settled_but(SYNC_TOKEN)
         {
@@ -529,6 +535,9 @@ pub const SYNC_TOKEN: u64 = u64::MAX;
 
 /// ParameterDescription, the first answer to a Describe of a statement.
 const PARAMETER_DESCRIPTION: u8 = b't';
+
+/// Most bytes of a batch kept for a retry.
+const RETRY_MAX: usize = 64 * 1024;
 
 /// Token of the message a recorded batch may be retried from.
 const RETRY_TOKEN: u64 = u64::MAX - 1;

@@ -249,26 +249,29 @@ impl Expectations {
     /// After an ErrorResponse: a simple Query or FunctionCall still ends
     /// with ReadyForQuery; an extended-query request fails and the server
     /// skips everything up to the next Sync, so those entries (and replies
-    /// made up for them) are dropped, as the server would have.
+    /// made up for them) are dropped, as the server would have. Each
+    /// dropped request with a token fails too: a Parse the server skipped
+    /// did not prepare its statement.
     fn fail_head(&mut self, m: &mut Matched) {
         let Some(Expect::Response { request, token, .. }) = self.queue.front().cloned() else {
             return;
         };
-        if token != 0 {
-            m.events.push(Event::Failed { request, token });
-        }
         if request.ends_with_ready() {
+            if token != 0 {
+                m.events.push(Event::Failed { request, token });
+            }
             return;
         }
         while let Some(e) = self.queue.front() {
-            if matches!(
-                e,
+            match *e {
                 Expect::Response {
                     request: Request::Sync,
                     ..
+                } => break,
+                Expect::Response { request, token, .. } if token != 0 => {
+                    m.events.push(Event::Failed { request, token })
                 }
-            ) {
-                break;
+                _ => {}
             }
             self.queue.pop_front();
         }
@@ -324,9 +327,9 @@ impl Expectations {
     /// with nothing sent after it. Drops the entries before that Sync (the
     /// server skips their messages after the error) and makes the Sync's
     /// ReadyForQuery the proxy's, so that the replayed batch answers the
-    /// client instead. Returns the tokens of the dropped entries, or `None`
-    /// (changing nothing) when the queue is not like that.
-    pub fn take_over_batch(&mut self, token: u64) -> Option<Vec<u64>> {
+    /// client instead. Returns a failure for each dropped request with a
+    /// token, or `None` (changing nothing) when the queue is not like that.
+    pub fn take_over_batch(&mut self, token: u64) -> Option<Vec<Event>> {
         let head_matches = matches!(
             self.queue.front(),
             Some(Expect::Response { audience: Audience::Client, token: t, .. }) if *t == token
@@ -350,7 +353,9 @@ impl Expectations {
             .queue
             .drain(..last)
             .filter_map(|e| match e {
-                Expect::Response { token, .. } if token != 0 => Some(token),
+                Expect::Response { request, token, .. } if token != 0 => {
+                    Some(Event::Failed { request, token })
+                }
                 _ => None,
             })
             .collect();

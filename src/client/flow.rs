@@ -487,15 +487,15 @@ impl SessionFlow<'_> {
         if retry.state != Recording::Synced || !retry.described || retry.parameters_sent {
             return false;
         }
-        let Some(dropped) = self.expect.take_over_batch(RETRY_TOKEN) else {
+        let Some(skipped) = self.expect.take_over_batch(RETRY_TOKEN) else {
             return false;
         };
         retry.state = Recording::Off;
         retry.parameters = None;
         let statement = retry.statement.take().expect("recorded with its statement");
         let frames = std::mem::take(&mut retry.frames);
-        for token in dropped {
-            self.hold.pending.take(token);
+        for event in &skipped {
+            self.on_event(event, b'I');
         }
         tracing::debug!(statement = %statement.name, "stale plan: preparing again and retrying");
         prepared::put_target(to_server, fe::CLOSE, b'S', &statement.name);

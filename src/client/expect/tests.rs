@@ -181,7 +181,11 @@ fn a_failed_batch_is_taken_over_for_a_retry() {
     sent(&mut e, fe::SYNC, Audience::Client, 0);
     assert!(!e.settled_but(99), "a Sync is owed");
     assert_eq!(e.take_over_batch(8), None, "another request's token");
-    assert_eq!(e.take_over_batch(7), Some(vec![7, 3]));
+    let failed = |request, token| Event::Failed { request, token };
+    assert_eq!(
+        e.take_over_batch(7),
+        Some(vec![failed(Request::Bind, 7), failed(Request::Execute, 3)])
+    );
     // The batch's ReadyForQuery is now the proxy's.
     assert_eq!(recv(&mut e, b"Z"), vec![D]);
     assert!(e.is_reusable());
@@ -214,4 +218,37 @@ fn settled_but_ignores_only_the_named_proxy_query() {
         !e.settled_but(5),
         "a BEGIN of the proxy's changes the status"
     );
+}
+
+#[test]
+fn requests_skipped_after_an_error_fail_with_it() {
+    let mut e = Expectations::default();
+    sent(&mut e, fe::BIND, Audience::Client, 0);
+    sent(&mut e, fe::EXECUTE, Audience::Client, 0);
+    // A statement first used after the failing one: its Parse is skipped.
+    sent(&mut e, fe::PARSE, Audience::Client, 42);
+    sent(&mut e, fe::PARSE, Audience::Proxy, 43);
+    sent(&mut e, fe::EXECUTE, Audience::Client, 5);
+    sent(&mut e, fe::SYNC, Audience::Client, 0);
+    assert!(e.received(be::BIND_COMPLETE, b'I').events.is_empty());
+    let m = e.received(be::ERROR_RESPONSE, b'I');
+    assert_eq!(
+        m.events,
+        vec![
+            Event::Failed {
+                request: Request::Parse,
+                token: 42
+            },
+            Event::Failed {
+                request: Request::Parse,
+                token: 43
+            },
+            Event::Failed {
+                request: Request::Execute,
+                token: 5
+            },
+        ]
+    );
+    assert_eq!(recv(&mut e, b"Z"), vec![F]);
+    assert!(e.is_reusable());
 }

@@ -48,8 +48,9 @@ pub struct HoldState {
     /// An Execute was sent since the last Sync.
     executed: bool,
     /// The server reported a stale plan ("cached plan must not change
-    /// result type") that the proxy did not repair: its statements can no
-    /// longer be trusted, so it is closed instead of going back to the pool.
+    /// result type") that the proxy did not repair, or skipped the Close of
+    /// an evicted statement: its statements are no longer what the proxy
+    /// thinks, so it is closed instead of going back to the pool.
     pub stale_server: bool,
 }
 
@@ -118,7 +119,7 @@ impl SessionFlow<'_> {
         if let Some(evicted) = self.server.prepared.insert(s.id) {
             prepared::put_target(out, fe::CLOSE, b'S', &statement_name(evicted));
             self.expect
-                .sent(fe::CLOSE, Some(Request::Close), Audience::Proxy, 0);
+                .sent(fe::CLOSE, Some(Request::Close), Audience::Proxy, evicted);
         }
         out.extend_from_slice(&s.parse);
         let audience = if for_client {
@@ -345,6 +346,16 @@ impl SessionFlow<'_> {
                 request: Request::Parse,
                 token,
             } => self.pool.mark_statement_ok(token),
+            // The Close of a statement the LRU evicted was skipped after an
+            // error: the server still has it, unknown to the proxy.
+            Event::Failed {
+                request: Request::Close,
+                ..
+            } => self.hold.stale_server = true,
+            Event::Done {
+                request: Request::Close,
+                ..
+            } => {}
             Event::Failed {
                 request: Request::Query,
                 token: SYNC_TOKEN,

@@ -12,6 +12,7 @@ mod drivers_external;
 mod drivers_isolation;
 mod drivers_pgbench;
 mod drivers_pinning;
+mod drivers_protocol;
 mod drivers_sqlx;
 mod drivers_tokio_postgres;
 mod pooling;

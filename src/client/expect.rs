@@ -249,26 +249,29 @@ impl Expectations {
     /// After an ErrorResponse: a simple Query or FunctionCall still ends
     /// with ReadyForQuery; an extended-query request fails and the server
     /// skips everything up to the next Sync, so those entries (and replies
-    /// made up for them) are dropped, as the server would have.
+    /// made up for them) are dropped, as the server would have. Each
+    /// dropped request with a token fails too: a Parse the server skipped
+    /// did not prepare its statement.
     fn fail_head(&mut self, m: &mut Matched) {
         let Some(Expect::Response { request, token, .. }) = self.queue.front().cloned() else {
             return;
         };
-        if token != 0 {
-            m.events.push(Event::Failed { request, token });
-        }
         if request.ends_with_ready() {
+            if token != 0 {
+                m.events.push(Event::Failed { request, token });
+            }
             return;
         }
         while let Some(e) = self.queue.front() {
-            if matches!(
-                e,
+            match *e {
                 Expect::Response {
                     request: Request::Sync,
                     ..
+                } => break,
+                Expect::Response { request, token, .. } if token != 0 => {
+                    m.events.push(Event::Failed { request, token })
                 }
-            ) {
-                break;
+                _ => {}
             }
             self.queue.pop_front();
         }
@@ -313,6 +316,73 @@ impl Expectations {
                 ..
             }) => *token,
             _ => 0,
+        }
+    }
+
+    /// Nothing owed ends with ReadyForQuery, except the proxy's own
+    /// requests carrying `token` (its parameter sync, which leaves the
+    /// transaction status alone): the next message runs in [`status`].
+    ///
+    /// [`status`]: Self::status
+    pub fn settled_but(&self, token: u64) -> bool {
+        self.queue.iter().all(|e| match e {
+            Expect::Response {
+                request,
+                audience,
+                token: t,
+            } => !request.ends_with_ready() || (*audience == Audience::Proxy && *t == token),
+            Expect::Reply(_) => true,
+        })
+    }
+
+    /// For a retry of the batch whose request carrying `token` failed: that
+    /// request is at the head and the queue ends with the Sync of its batch,
+    /// with nothing sent after it. Drops the entries before that Sync (the
+    /// server skips their messages after the error) and makes the Sync's
+    /// ReadyForQuery the proxy's, so that the replayed batch answers the
+    /// client instead. Returns a failure for each dropped request with a
+    /// token, or `None` (changing nothing) when the queue is not like that.
+    pub fn take_over_batch(&mut self, token: u64) -> Option<Vec<Event>> {
+        let head_matches = matches!(
+            self.queue.front(),
+            Some(Expect::Response { audience: Audience::Client, token: t, .. }) if *t == token
+        );
+        let last = self.queue.len().checked_sub(1)?;
+        let ends_with_sync = matches!(
+            self.queue[last],
+            Expect::Response {
+                request: Request::Sync,
+                ..
+            }
+        );
+        let one_batch =
+            self.queue.iter().take(last).all(
+                |e| !matches!(e, Expect::Response { request, .. } if request.ends_with_ready()),
+            );
+        if !head_matches || !ends_with_sync || !one_batch || self.batch_open || self.copy_in {
+            return None;
+        }
+        let dropped = self
+            .queue
+            .drain(..last)
+            .filter_map(|e| match e {
+                Expect::Response { request, token, .. } if token != 0 => {
+                    Some(Event::Failed { request, token })
+                }
+                _ => None,
+            })
+            .collect();
+        if let Some(Expect::Response { audience, .. }) = self.queue.front_mut() {
+            *audience = Audience::Proxy;
+        }
+        Some(dropped)
+    }
+
+    /// The token of the request the next response answers.
+    pub fn head_token(&self) -> Option<u64> {
+        match self.queue.front() {
+            Some(Expect::Response { token, .. }) => Some(*token),
+            _ => None,
         }
     }
 

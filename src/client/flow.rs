@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::effects::{self, Effect, Observed, Pending};
 use super::expect::{Audience, Disposition, Event, Expectations, Request, Synthetic};
@@ -53,6 +53,46 @@ pub struct HoldState {
     /// The node this server belongs to, for metrics.
     pub node: NodeId,
     pub role: Role,
+    /// The current batch, kept for a retry after a stale plan.
+    retry: Retry,
+    /// An Execute was sent since the last Sync.
+    executed: bool,
+    /// The server reported a stale plan ("cached plan must not change
+    /// result type") that the proxy did not repair, or skipped the Close of
+    /// an evicted statement: its statements are no longer what the proxy
+    /// thinks, so it is closed instead of going back to the pool.
+    pub stale_server: bool,
+}
+
+/// Where the recording of a batch stands.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Recording {
+    #[default]
+    Off,
+    /// From the batch's first Bind/Describe of a proxy statement on.
+    On,
+    /// Up to and including the batch's Sync.
+    Synced,
+}
+
+/// An extended-query batch that started outside a transaction, kept from
+/// its first Bind or Describe of a proxy statement to its Sync: if the
+/// server answers that message with "cached plan must not change result
+/// type", the proxy prepares the statement again and replays these frames.
+#[derive(Default)]
+struct Retry {
+    state: Recording,
+    /// The client's frames, as it sent them.
+    frames: BytesMut,
+    statement: Option<Arc<Statement>>,
+    /// A Describe comes before any Execute: the client learns the new row
+    /// shape from the replay, rather than decoding rows by the old one.
+    described: bool,
+    executed: bool,
+    /// The ParameterDescription answering the recorded Describe, held back.
+    parameters: Option<Bytes>,
+    /// ... or already sent to the client: no retry then.
+    parameters_sent: bool,
 }
 
 /// One stretch of relaying on one server.
@@ -83,6 +123,9 @@ impl HoldState {
             budget_until_sync: false,
             node,
             role,
+            retry: Retry::default(),
+            executed: false,
+            stale_server: false,
         }
     }
 }
@@ -110,7 +153,7 @@ impl SessionFlow<'_> {
         if let Some(evicted) = self.server.prepared.insert(s.id) {
             prepared::put_target(out, fe::CLOSE, b'S', &statement_name(evicted));
             self.expect
-                .sent(fe::CLOSE, Some(Request::Close), Audience::Proxy, 0);
+                .sent(fe::CLOSE, Some(Request::Close), Audience::Proxy, evicted);
         }
         out.extend_from_slice(&s.parse);
         let audience = if for_client {
@@ -252,7 +295,12 @@ impl SessionFlow<'_> {
         Ok(())
     }
 
-    fn on_bind(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<(), ProtocolError> {
+    fn on_bind(
+        &mut self,
+        frame: &[u8],
+        out: &mut BytesMut,
+        token: u64,
+    ) -> Result<(), ProtocolError> {
         let (name, at, len) = prepared::bind_statement(frame)?;
         self.hold.bound = None;
         self.hold.bound_unnamed = None;
@@ -264,7 +312,7 @@ impl SessionFlow<'_> {
             self.ensure_prepared(&s, out, false);
             prepared::put_renamed(out, frame, at, len, &s.name);
             self.expect
-                .sent(fe::BIND, Some(Request::Bind), Audience::Client, 0);
+                .sent(fe::BIND, Some(Request::Bind), Audience::Client, token);
             self.hold.bound = Some(s);
         } else {
             // Not one of ours: an SQL-level PREPAREd name, or an error the
@@ -295,7 +343,12 @@ impl SessionFlow<'_> {
         self.send(out, frame, Some(Request::Execute), token);
     }
 
-    fn on_describe(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<(), ProtocolError> {
+    fn on_describe(
+        &mut self,
+        frame: &[u8],
+        out: &mut BytesMut,
+        token: u64,
+    ) -> Result<(), ProtocolError> {
         let (kind, name) = prepared::target(frame)?;
         let request = Request::of_frontend(fe::DESCRIBE, kind);
         if kind == b'S' {
@@ -304,7 +357,8 @@ impl SessionFlow<'_> {
             } else if let Some(s) = self.client.statements.get(name).cloned() {
                 self.ensure_prepared(&s, out, false);
                 prepared::put_target(out, fe::DESCRIBE, b'S', &s.name);
-                self.expect.sent(fe::DESCRIBE, request, Audience::Client, 0);
+                self.expect
+                    .sent(fe::DESCRIBE, request, Audience::Client, token);
                 return Ok(());
             }
         }
@@ -386,6 +440,16 @@ impl SessionFlow<'_> {
                 request: Request::Parse,
                 token,
             } => self.pool.mark_statement_ok(token),
+            // The Close of a statement the LRU evicted was skipped after an
+            // error: the server still has it, unknown to the proxy.
+            Event::Failed {
+                request: Request::Close,
+                ..
+            } => self.hold.stale_server = true,
+            Event::Done {
+                request: Request::Close,
+                ..
+            } => {}
             Event::Failed {
                 request: Request::Query,
                 token: SYNC_TOKEN,
@@ -429,6 +493,148 @@ impl SessionFlow<'_> {
         }
     }
 
+    /// Sends one client frame on (renamed, prepared first, or answered by
+    /// the proxy). `token` marks a Bind/Describe a retry may start from.
+    fn dispatch(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        to_server: &mut BytesMut,
+        to_client: &mut Outbox,
+        token: u64,
+    ) -> Result<(), WireError> {
+        match tag {
+            fe::QUERY => self.on_query(frame, to_server, to_client)?,
+            fe::PARSE => self.on_parse(frame, to_server, to_client)?,
+            fe::BIND => self.on_bind(frame, to_server, token)?,
+            fe::EXECUTE => self.on_execute(frame, to_server),
+            fe::DESCRIBE => self.on_describe(frame, to_server, token)?,
+            fe::CLOSE => self.on_close(frame, to_server, to_client)?,
+            fe::FUNCTION_CALL => {
+                self.hold.wrote = true;
+                self.send(to_server, frame, Some(Request::FunctionCall), 0);
+            }
+            _ => self.send(to_server, frame, Request::of_frontend(tag, 0), 0),
+        }
+        Ok(())
+    }
+
+    /// Keeps the frames of a batch that a stale plan could make the proxy
+    /// retry: one outside a transaction, from its first Bind or Describe of
+    /// a proxy statement (with no Execute before it) to its Sync. Returns
+    /// true if this frame starts the recording.
+    fn record(&mut self, tag: u8, frame: &[u8]) -> Result<bool, ProtocolError> {
+        let executed_before = self.hold.executed;
+        match tag {
+            fe::SYNC | fe::QUERY | fe::FUNCTION_CALL => self.hold.executed = false,
+            fe::EXECUTE => self.hold.executed = true,
+            _ => {}
+        }
+        let retry = &mut self.hold.retry;
+        match retry.state {
+            Recording::On
+                if retry.frames.len() + frame.len() > RETRY_MAX
+                    || matches!(tag, fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL) =>
+            {
+                // Too much to keep (COPY data, a long pipeline): no retry,
+                // and none from later in this batch either.
+                retry.state = Recording::Off;
+                retry.statement = None;
+                self.hold.executed = tag != fe::SYNC;
+                return Ok(false);
+            }
+            Recording::On => {
+                retry.frames.extend_from_slice(frame);
+                match tag {
+                    fe::DESCRIBE if !retry.executed => retry.described = true,
+                    fe::EXECUTE => retry.executed = true,
+                    fe::SYNC => retry.state = Recording::Synced,
+                    _ => {}
+                }
+                return Ok(false);
+            }
+            // Something follows the Sync: a replay would come after it.
+            Recording::Synced => {
+                retry.state = Recording::Off;
+                retry.statement = None;
+            }
+            Recording::Off => {}
+        }
+        let name = match tag {
+            fe::BIND => prepared::bind_statement(frame)?.0,
+            fe::DESCRIBE => match prepared::target(frame)? {
+                (b'S', name) => name,
+                _ => return Ok(false),
+            },
+            _ => return Ok(false),
+        };
+        if name.is_empty()
+            || executed_before
+            || self.expect.status() != b'I'
+            || !self.expect.settled_but(SYNC_TOKEN)
+        {
+            return Ok(false);
+        }
+        let Some(statement) = self.client.statements.get(name).cloned() else {
+            return Ok(false);
+        };
+        let retry = &mut self.hold.retry;
+        retry.frames.clear();
+        retry.frames.extend_from_slice(frame);
+        retry.statement = Some(statement);
+        retry.described = tag == fe::DESCRIBE;
+        retry.executed = false;
+        retry.parameters = None;
+        retry.parameters_sent = false;
+        retry.state = Recording::On;
+        Ok(true)
+    }
+
+    /// The server said the recorded batch's statement has a stale plan:
+    /// when the whole batch is recorded, nothing came after it and the
+    /// client will be told the new row shape, close and prepare the
+    /// statement again and replay the batch. The error and the batch's
+    /// ReadyForQuery are dropped. Returns false if it cannot retry.
+    fn retry(&mut self, to_server: &mut BytesMut) -> bool {
+        let retry = &mut self.hold.retry;
+        if retry.state != Recording::Synced || !retry.described || retry.parameters_sent {
+            return false;
+        }
+        let Some(skipped) = self.expect.take_over_batch(RETRY_TOKEN) else {
+            return false;
+        };
+        retry.state = Recording::Off;
+        retry.parameters = None;
+        let statement = retry.statement.take().expect("recorded with its statement");
+        let frames = std::mem::take(&mut retry.frames);
+        for event in &skipped {
+            self.on_event(event, b'I');
+        }
+        tracing::debug!(statement = %statement.name, "stale plan: preparing again and retrying");
+        prepared::put_target(to_server, fe::CLOSE, b'S', &statement.name);
+        self.expect
+            .sent(fe::CLOSE, Some(Request::Close), Audience::Proxy, 0);
+        to_server.extend_from_slice(&statement.parse);
+        self.expect.sent(
+            fe::PARSE,
+            Some(Request::Parse),
+            Audience::Proxy,
+            statement.id,
+        );
+        // Replies the proxy makes for replayed frames queue behind the
+        // server's answers, so nothing goes to the client directly.
+        let mut to_client = Outbox::default();
+        let mut rest = &frames[..];
+        while let Ok(Some((tag, f))) = frame::complete(rest) {
+            rest = &rest[f.len()..];
+            if self.dispatch(tag, f, to_server, &mut to_client, 0).is_err() {
+                break;
+            }
+        }
+        self.hold.retry.frames = frames;
+        true
+    }
+
     fn may_release(&self) -> bool {
         self.mode == PoolMode::Transaction
             && !self.client.pins.is_pinned()
@@ -453,6 +659,37 @@ fn rows_of(tag: &[u8]) -> u64 {
 
 /// Token of the proxy's own parameter-sync query at the start of a hold.
 pub const SYNC_TOKEN: u64 = u64::MAX;
+
+/// ParameterDescription, the first answer to a Describe of a statement.
+const PARAMETER_DESCRIPTION: u8 = b't';
+
+/// Most bytes of a batch kept for a retry.
+const RETRY_MAX: usize = 64 * 1024;
+
+/// Token of the message a recorded batch may be retried from.
+const RETRY_TOKEN: u64 = u64::MAX - 1;
+
+/// An ErrorResponse saying a prepared statement's plan is stale: "cached
+/// plan must not change result type" (SQLSTATE 0A000, raised by the
+/// server's RevalidateCachedQuery; the message itself may be translated).
+fn is_stale_plan(frame: &[u8]) -> bool {
+    let mut code = None;
+    let mut routine = None;
+    let mut rest = frame::body(frame);
+    while let Some((&field, tail)) = rest.split_first() {
+        let Ok((value, tail)) = frame::cstr(tail) else {
+            break;
+        };
+        match field {
+            0 => break,
+            b'C' => code = Some(value),
+            b'R' => routine = Some(value),
+            _ => {}
+        }
+        rest = tail;
+    }
+    code == Some("0A000") && routine == Some("RevalidateCachedQuery")
+}
 
 /// The error for `SET pgsidecar.route` to an unknown value.
 pub(super) fn invalid_route(value: &str) -> WireError {
@@ -481,20 +718,15 @@ impl Flow for SessionFlow<'_> {
                 return Ok(ClientStep::Hold);
             }
         }
-        match tag {
-            fe::TERMINATE => return Ok(ClientStep::Terminate),
-            fe::QUERY => self.on_query(frame, to_server, to_client)?,
-            fe::PARSE => self.on_parse(frame, to_server, to_client)?,
-            fe::BIND => self.on_bind(frame, to_server)?,
-            fe::EXECUTE => self.on_execute(frame, to_server),
-            fe::DESCRIBE => self.on_describe(frame, to_server)?,
-            fe::CLOSE => self.on_close(frame, to_server, to_client)?,
-            fe::FUNCTION_CALL => {
-                self.hold.wrote = true;
-                self.send(to_server, frame, Some(Request::FunctionCall), 0);
-            }
-            _ => self.send(to_server, frame, Request::of_frontend(tag, 0), 0),
+        if tag == fe::TERMINATE {
+            return Ok(ClientStep::Terminate);
         }
+        let token = if self.record(tag, frame)? {
+            RETRY_TOKEN
+        } else {
+            0
+        };
+        self.dispatch(tag, frame, to_server, to_client, token)?;
         Ok(ClientStep::Continue)
     }
 
@@ -504,7 +736,30 @@ impl Flow for SessionFlow<'_> {
         !matches!(tag, b'D' | b'd') || self.expect.head_is_proxy()
     }
 
-    fn server_frame(&mut self, tag: u8, frame: &[u8], then: &mut Outbox) -> ServerStep {
+    fn server_frame(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        to_server: &mut BytesMut,
+        then: &mut Outbox,
+    ) -> ServerStep {
+        if tag == PARAMETER_DESCRIPTION && self.expect.head_token() == Some(RETRY_TOKEN) {
+            // A Describe of a statement the batch may be retried from: the
+            // server sends this before it checks the plan. Held back until
+            // the plan is known good, so a retry does not send it twice.
+            if self.hold.retry.state == Recording::Synced {
+                self.hold.retry.parameters = Some(Bytes::copy_from_slice(frame));
+                return ServerStep::Drop;
+            }
+            self.hold.retry.parameters_sent = true;
+        }
+        if tag == be::ERROR_RESPONSE && is_stale_plan(frame) {
+            if self.retry(to_server) {
+                return ServerStep::Drop;
+            }
+            self.hold.stale_server = true;
+        }
+        let held = self.hold.retry.parameters.take();
         let before = self.expect.status();
         let status = if tag == be::READY_FOR_QUERY {
             frame::ready_status(frame)
@@ -546,10 +801,18 @@ impl Flow for SessionFlow<'_> {
         if matched.ready {
             self.on_ready(before, status);
         }
+        let mut forward = matched.disposition != Some(Disposition::Drop);
+        if let Some(parameters) = held {
+            // The ParameterDescription held back goes first.
+            then.push(parameters);
+            if forward {
+                then.push(Bytes::copy_from_slice(frame));
+                forward = false;
+            }
+        }
         for reply in &matched.replies {
             then.push(reply.bytes(self.expect.status()));
         }
-        let forward = matched.disposition != Some(Disposition::Drop);
         if matched.ready && self.may_release() {
             ServerStep::Release(forward)
         } else if forward {

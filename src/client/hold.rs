@@ -189,6 +189,10 @@ pub fn release(mut held: Held, client: &ClientState) {
 }
 
 fn remember_params(held: &mut Held, client: &ClientState) {
+    if held.hold.stale_server {
+        // It holds a statement with a stale plan the proxy did not repair.
+        held.lease.mark_broken();
+    }
     let state = &mut held.lease.state;
     if held.hold.params_diverged {
         state.params.mark_unknown();

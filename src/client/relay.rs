@@ -69,8 +69,15 @@ pub trait Flow {
     /// Whether `server_frame` wants to see complete frames with this tag.
     fn inspects(&self, tag: u8) -> bool;
     /// A complete server frame with an inspected tag; `then` receives bytes
-    /// to send the client right after it.
-    fn server_frame(&mut self, tag: u8, frame: &[u8], then: &mut Outbox) -> ServerStep;
+    /// to send the client right after it, `to_server` messages the flow
+    /// sends the server in answer (a retry).
+    fn server_frame(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        to_server: &mut BytesMut,
+        then: &mut Outbox,
+    ) -> ServerStep;
 }
 
 /// The server connection's I/O parts the relay drives.
@@ -141,7 +148,12 @@ impl ServerSide {
     }
 
     /// Scans newly read server bytes into chunks.
-    fn scan<F: Flow>(&mut self, buf: &[u8], flow: &mut F) -> Result<(), ProtocolError> {
+    fn scan<F: Flow>(
+        &mut self,
+        buf: &[u8],
+        wbuf: &mut BytesMut,
+        flow: &mut F,
+    ) -> Result<(), ProtocolError> {
         while !self.release {
             let rest = &buf[self.scanned..];
             if self.partial > 0 {
@@ -167,7 +179,7 @@ impl ServerSide {
                     break;
                 }
                 let mut then = Outbox::default();
-                match flow.server_frame(tag, &rest[..total], &mut then) {
+                match flow.server_frame(tag, &rest[..total], wbuf, &mut then) {
                     ServerStep::Forward => self.add(Chunk::Forward(total)),
                     ServerStep::Drop => self.add(Chunk::Skip(total)),
                     ServerStep::Release(forward) => {
@@ -347,7 +359,7 @@ where
                 }
                 Poll::Ready(Ok(_)) => {
                     progress = true;
-                    if let Err(e) = side.scan(rbuf, flow) {
+                    if let Err(e) = side.scan(rbuf, wbuf, flow) {
                         return Poll::Ready(RelayEnd::ServerGone(Some(std::io::Error::new(
                             std::io::ErrorKind::InvalidData,
                             e,

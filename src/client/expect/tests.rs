@@ -167,3 +167,88 @@ fn transaction_block_is_not_reusable() {
     e.received(be::READY_FOR_QUERY, b'T');
     assert!(e.is_quiet() && !e.is_reusable());
 }
+
+fn sent(e: &mut Expectations, tag: u8, audience: Audience, token: u64) {
+    e.sent(tag, Request::of_frontend(tag, b'S'), audience, token);
+}
+
+#[test]
+fn a_failed_batch_is_taken_over_for_a_retry() {
+    let mut e = Expectations::default();
+    sent(&mut e, fe::BIND, Audience::Client, 7);
+    assert!(!e.reply(Synthetic::CloseComplete));
+    sent(&mut e, fe::EXECUTE, Audience::Client, 3);
+    sent(&mut e, fe::SYNC, Audience::Client, 0);
+    assert!(!e.settled_but(99), "a Sync is owed");
+    assert_eq!(e.take_over_batch(8), None, "another request's token");
+    let failed = |request, token| Event::Failed { request, token };
+    assert_eq!(
+        e.take_over_batch(7),
+        Some(vec![failed(Request::Bind, 7), failed(Request::Execute, 3)])
+    );
+    // The batch's ReadyForQuery is now the proxy's.
+    assert_eq!(recv(&mut e, b"Z"), vec![D]);
+    assert!(e.is_reusable());
+}
+
+#[test]
+fn no_take_over_when_more_was_sent_after_the_sync() {
+    let mut e = Expectations::default();
+    sent(&mut e, fe::BIND, Audience::Client, 7);
+    sent(&mut e, fe::SYNC, Audience::Client, 0);
+    sent(&mut e, fe::BIND, Audience::Client, 0);
+    assert_eq!(e.take_over_batch(7), None, "a Bind after the Sync");
+    sent(&mut e, fe::SYNC, Audience::Client, 0);
+    assert_eq!(e.take_over_batch(7), None, "a second batch");
+
+    let mut e = Expectations::default();
+    sent(&mut e, fe::BIND, Audience::Client, 7);
+    assert_eq!(e.take_over_batch(7), None, "no Sync yet");
+}
+
+#[test]
+fn settled_but_ignores_only_the_named_proxy_query() {
+    let mut e = Expectations::default();
+    assert!(e.settled_but(5));
+    e.sent(fe::QUERY, Some(Request::Query), Audience::Proxy, 5);
+    sent(&mut e, fe::BIND, Audience::Client, 0);
+    assert!(e.settled_but(5));
+    e.sent(fe::QUERY, Some(Request::Query), Audience::Proxy, 0);
+    assert!(
+        !e.settled_but(5),
+        "a BEGIN of the proxy's changes the status"
+    );
+}
+
+#[test]
+fn requests_skipped_after_an_error_fail_with_it() {
+    let mut e = Expectations::default();
+    sent(&mut e, fe::BIND, Audience::Client, 0);
+    sent(&mut e, fe::EXECUTE, Audience::Client, 0);
+    // A statement first used after the failing one: its Parse is skipped.
+    sent(&mut e, fe::PARSE, Audience::Client, 42);
+    sent(&mut e, fe::PARSE, Audience::Proxy, 43);
+    sent(&mut e, fe::EXECUTE, Audience::Client, 5);
+    sent(&mut e, fe::SYNC, Audience::Client, 0);
+    assert!(e.received(be::BIND_COMPLETE, b'I').events.is_empty());
+    let m = e.received(be::ERROR_RESPONSE, b'I');
+    assert_eq!(
+        m.events,
+        vec![
+            Event::Failed {
+                request: Request::Parse,
+                token: 42
+            },
+            Event::Failed {
+                request: Request::Parse,
+                token: 43
+            },
+            Event::Failed {
+                request: Request::Execute,
+                token: 5
+            },
+        ]
+    );
+    assert_eq!(recv(&mut e, b"Z"), vec![F]);
+    assert!(e.is_reusable());
+}

@@ -230,7 +230,10 @@ impl SessionFlow<'_> {
         out: &mut BytesMut,
         to_client: &mut Outbox,
     ) -> Result<(), WireError> {
-        let c = self.shared.classifier.classify(frame::query_text(frame)?);
+        let c = self
+            .client
+            .memo
+            .classify(&self.shared.classifier, frame::query_text(frame)?);
         if c.info.statement_count == 1 {
             if let [SessionChange::Route { setting, value }] = c.session.as_slice() {
                 // The proxy's own setting: answered here, never forwarded.
@@ -277,7 +280,10 @@ impl SessionFlow<'_> {
     ) -> Result<(), ProtocolError> {
         let msg = prepared::parse_parse(frame)?;
         if msg.name.is_empty() {
-            let class = self.shared.classifier.classify(msg.query);
+            let class = self
+                .client
+                .memo
+                .classify(&self.shared.classifier, msg.query);
             self.client.statements.set_unnamed(frame, msg.query, class);
             self.hold.unnamed_here = true;
             self.send(out, frame, Some(Request::Parse), 0);

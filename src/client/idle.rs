@@ -92,7 +92,9 @@ fn query(
     status: u8,
     out: &mut BytesMut,
 ) -> Result<Idle, WireError> {
-    let c = shared.classifier.classify(frame::query_text(frame)?);
+    let c = client
+        .memo
+        .classify(&shared.classifier, frame::query_text(frame)?);
     if c.info.statement_count != 1 {
         return Ok(Idle::NeedServer);
     }

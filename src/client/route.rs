@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::prepared::{self, ClientStatements};
-use super::state::ClientState;
+use super::state::{ClassMemo, ClientState};
 use crate::cluster::ClusterView;
 use crate::protocol::frame::{self, fe};
 use crate::protocol::{ProtocolError, SqlState, WireError};
@@ -62,6 +62,7 @@ impl Unit {
 pub fn find_unit(
     cbuf: &[u8],
     statements: &ClientStatements,
+    memo: &mut ClassMemo,
     classifier: &Classifier,
 ) -> Result<Option<Unit>, ProtocolError> {
     let mut at = 0;
@@ -79,7 +80,7 @@ pub fn find_unit(
         at += f.len();
         match tag {
             fe::QUERY => {
-                let c = classifier.classify(frame::query_text(f)?);
+                let c = memo.classify(classifier, frame::query_text(f)?);
                 if at == f.len() && c.info.statement_count == 1 {
                     unit.lone_tx = Some(c.info.tx);
                 }
@@ -90,7 +91,7 @@ pub fn find_unit(
             }
             fe::PARSE => {
                 let msg = prepared::parse_parse(f)?;
-                let c = classifier.classify(msg.query);
+                let c = memo.classify(classifier, msg.query);
                 unit.hint = unit.hint.or(c.hint);
                 if msg.name.is_empty() {
                     unnamed = Some(c.info.clone());

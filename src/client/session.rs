@@ -113,9 +113,12 @@ where
                 }
             }
             let unit = loop {
-                if let Some(unit) =
-                    route::find_unit(cbuf, &client.statements, &ctx.shared.classifier)?
-                {
+                if let Some(unit) = route::find_unit(
+                    cbuf,
+                    &client.statements,
+                    &mut client.memo,
+                    &ctx.shared.classifier,
+                )? {
                     break unit;
                 }
                 if !read_more(stream, cbuf, ctx.max_message).await? {

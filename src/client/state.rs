@@ -8,6 +8,7 @@ use super::effects::Pins;
 use super::params::{ClientParams, ParamValue};
 use super::prepared::ClientStatements;
 use crate::routing::policy::ClientRouting;
+use crate::routing::{Classified, Classifier};
 
 /// Per-client state that outlives any one server.
 #[derive(Default)]
@@ -23,6 +24,38 @@ pub struct ClientState {
     /// A request ending in Flush failed before reaching a server: its
     /// remaining messages are skipped up to Sync, as a server would.
     pub skip_to_sync: bool,
+    /// The last statement text classified, so that the idle path, routing
+    /// and the relay classify each request once.
+    pub memo: ClassMemo,
+}
+
+/// Texts longer than this are not remembered (every idle client keeps one).
+const MEMO_MAX: usize = 1024;
+
+/// Remembers the last classification of this client.
+#[derive(Default)]
+pub struct ClassMemo {
+    text: String,
+    class: Option<Classified>,
+}
+
+impl ClassMemo {
+    /// Classifies `text`, reusing the last result when it is the same text.
+    pub fn classify(&mut self, classifier: &Classifier, text: &str) -> Classified {
+        if let Some(c) = &self.class
+            && self.text == text
+        {
+            return c.clone();
+        }
+        let c = classifier.classify(text);
+        self.text.clear();
+        self.class = None;
+        if text.len() <= MEMO_MAX {
+            self.text.push_str(text);
+            self.class = Some(c.clone());
+        }
+        c
+    }
 }
 
 impl ClientState {

@@ -387,8 +387,10 @@ impl SessionFlow<'_> {
     }
 
     /// A ReadyForQuery: transaction boundaries and read-your-writes.
-    fn on_ready(&mut self, before: u8, status: u8) {
-        if status == b'I' {
+    /// `for_client`: it answers the client's request, not a statement of
+    /// the proxy's own (a parameter sync), which is no transaction of theirs.
+    fn on_ready(&mut self, before: u8, status: u8, for_client: bool) {
+        if status == b'I' && for_client {
             self.shared.observer.metrics().transaction();
         }
         if before != b'I' && status == b'I' {
@@ -519,13 +521,13 @@ impl Flow for SessionFlow<'_> {
         for event in &matched.events {
             self.on_event(event, status);
         }
+        let forward = matched.disposition != Some(Disposition::Drop);
         if matched.ready {
-            self.on_ready(before, status);
+            self.on_ready(before, status, forward);
         }
         for reply in &matched.replies {
             then.push(reply.bytes(self.expect.status()));
         }
-        let forward = matched.disposition != Some(Disposition::Drop);
         if matched.ready && self.may_release() {
             ServerStep::Release(forward)
         } else if forward {

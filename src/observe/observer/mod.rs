@@ -132,6 +132,16 @@ impl Observer {
         }
     }
 
+    /// Applies the current config's observability keys to the hot path
+    /// now (a reload calls this; the background timer also does it once
+    /// a second), so the next query already sees a new threshold.
+    pub fn config_changed(&self) {
+        let config = self.config();
+        self.settings.refresh(&config);
+        self.digests
+            .resize(config.observability.max_fingerprints as usize);
+    }
+
     /// Statistics of one fingerprint, if kept.
     pub fn digest(&self, fingerprint: u64) -> Option<DigestSnapshot> {
         self.digests.get(fingerprint)

@@ -3,6 +3,7 @@
 mod harness;
 mod wire;
 
+mod admin_console;
 mod auth;
 mod bad_input;
 mod cli;
@@ -11,6 +12,10 @@ mod cluster_smoke;
 mod demo;
 mod observe_budgets;
 mod observe_dashboard;
+mod observe_e2e;
+mod observe_e2e_budgets;
+mod observe_e2e_logs;
+mod observe_e2e_support;
 mod observe_explain;
 mod observe_http;
 mod observe_slow;

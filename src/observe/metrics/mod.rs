@@ -50,16 +50,27 @@ pub const METRIC_NAMES: [&str; 22] = [
 ];
 
 /// `routing_decisions_total{reason}` values exported at zero from the
-/// start (others may be counted too; they appear when first used).
-pub const ROUTING_REASONS: [&str; 8] = [
-    "write",
+/// start: why a unit of work (a transaction, or a statement outside one)
+/// went where it went. `read`/`write` and the classifier's other reasons
+/// (`ddl`, `locking_clause`, `write_function`, `parse_error`, …) when the
+/// statement decided; `transaction` for an explicit transaction; `hint`
+/// for a routing hint or `pgsidecar.route`; `read_your_writes` for a read
+/// kept on the primary after a recent write; `split_disabled` with
+/// `routing.read_write_split = false`; and, for a read that fell back to
+/// the primary, why no replica could take it (`none_configured`,
+/// `all_unhealthy`, `all_lagging`). Other classifier reasons appear when
+/// first counted.
+pub const ROUTING_REASONS: [&str; 10] = [
     "read",
+    "write",
     "transaction",
     "hint",
     "read_your_writes",
-    "no_replica",
-    "split_off",
-    "pinned",
+    "split_disabled",
+    "none_configured",
+    "all_unhealthy",
+    "all_lagging",
+    "ddl",
 ];
 
 /// `errors_total{kind}`: every kind counted, exported at zero from the

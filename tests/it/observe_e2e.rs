@@ -217,3 +217,213 @@ async fn healthz_and_readyz_follow_the_primary() {
         0.0
     );
 }
+
+/// Connects and expects the proxy to refuse with `code`.
+async fn refused(conn_string: &str, code: &str) {
+    let err = harness::connect(conn_string).await.unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|e| e.code().code()),
+        Some(code),
+        "{}",
+        harness::error_text(&err)
+    );
+}
+
+#[tokio::test]
+async fn errors_the_proxy_sends_are_counted_by_kind() {
+    let db = db_with_table("obs_e2e_errors").await;
+    let proxy = harness::proxy(
+        "[pool]\nsize = 1\ncheckout_timeout = \"100ms\"\n\
+         [routing]\nfallback_to_primary = false\n[observability]\nexplain = \"off\"",
+    )
+    .await;
+    let before = scrape(&proxy).await;
+    let port = proxy.addr.port();
+
+    // auth: a wrong password, a role pgsidecar does not know.
+    refused(
+        &format!("host=127.0.0.1 port={port} user=app password=wrong dbname={db}"),
+        "28P01",
+    )
+    .await;
+    refused(
+        &format!("host=127.0.0.1 port={port} user=nobody password=x dbname={db}"),
+        "28000",
+    )
+    .await;
+
+    // checkout_timeout: the only server is held by an open transaction.
+    let holder = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+    let other = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+    holder
+        .batch_execute("begin; insert into t values (1)")
+        .await
+        .unwrap();
+    let err = other
+        .simple_query("insert into t values (2)")
+        .await
+        .unwrap_err();
+    assert!(
+        harness::error_text(&err).starts_with("53300"),
+        "{}",
+        harness::error_text(&err)
+    );
+    holder.batch_execute("commit").await.unwrap();
+
+    // no_node: a read needs a replica, none is configured, no fallback.
+    let err = other.simple_query("select 1").await.unwrap_err();
+    assert!(
+        harness::error_text(&err).starts_with("08006"),
+        "{}",
+        harness::error_text(&err)
+    );
+    // routing: a write sent to a replica.
+    let err = other
+        .simple_query("/* pgsidecar:replica */ insert into t values (3)")
+        .await
+        .unwrap_err();
+    assert!(
+        harness::error_text(&err).starts_with("25006"),
+        "{}",
+        harness::error_text(&err)
+    );
+    // query: the server refuses.
+    let err = other
+        .simple_query("insert into t values (1/0)")
+        .await
+        .unwrap_err();
+    assert!(
+        harness::error_text(&err).starts_with("22012"),
+        "{}",
+        harness::error_text(&err)
+    );
+
+    let after = scrape(&proxy).await;
+    let d = |kind: &str| {
+        let labels = [("kind", kind)];
+        after.value("pgsidecar_errors_total", &labels)
+            - before.value("pgsidecar_errors_total", &labels)
+    };
+    for (kind, n) in [
+        ("auth", 2.0),
+        ("checkout_timeout", 1.0),
+        ("no_node", 1.0),
+        ("routing", 1.0),
+        ("query", 1.0),
+        ("protocol", 0.0),
+        ("too_many_clients", 0.0),
+        ("server", 0.0),
+        ("explain", 0.0),
+    ] {
+        assert_eq!(
+            d(kind),
+            n,
+            "errors_total{{kind=\"{kind}\"}}\n{:#?}",
+            deltas(&before, &after)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_protocol_violation_counts_as_protocol() {
+    let db = harness::fresh_db("obs_e2e_protocol");
+    let proxy = harness::proxy("[auth]\nclient_auth = \"trust\"").await;
+    let (mut raw, _, _) = crate::wire::Raw::login_trust(proxy.addr, "app", &db).await;
+    // A password message after login: no client may send that.
+    raw.send(&crate::wire::message(b'p', b"stray\0")).await;
+    assert_eq!(raw.fatal().await.code, "08P01");
+    raw.expect_closed().await;
+    let s = scrape(&proxy).await;
+    assert_eq!(
+        s.value("pgsidecar_errors_total", &[("kind", "protocol")]),
+        1.0
+    );
+    assert_eq!(s.sum("pgsidecar_errors_total"), 1.0, "{}", s.text);
+}
+
+#[tokio::test]
+async fn a_server_refusing_the_proxys_login_counts_as_server() {
+    let db = harness::fresh_db("obs_e2e_server_err");
+    // Clients are trusted; the proxy's password for app is wrong.
+    let proxy = harness::proxy(
+        "[auth]\nclient_auth = \"trust\"\n[[users]]\nname = \"app\"\npassword = \"not-it\"",
+    )
+    .await;
+    let err = harness::connect(&format!(
+        "host=127.0.0.1 port={} user=app dbname={db}",
+        proxy.addr.port()
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|e| e.code().code()),
+        Some("28P01"),
+        "the server's refusal reaches the client: {err}"
+    );
+    let s = scrape(&proxy).await;
+    assert_eq!(
+        s.value("pgsidecar_errors_total", &[("kind", "server")]),
+        1.0
+    );
+    assert_eq!(s.value("pgsidecar_errors_total", &[("kind", "auth")]), 0.0);
+}
+
+#[tokio::test]
+async fn routing_reasons_say_why_and_start_at_zero() {
+    let db = db_with_table("obs_e2e_reasons").await;
+    let proxy = harness::proxy("[observability]\nexplain = \"off\"").await;
+    let before = scrape(&proxy).await;
+    let reasons = [
+        "read",
+        "write",
+        "transaction",
+        "hint",
+        "read_your_writes",
+        "split_disabled",
+        "none_configured",
+        "all_unhealthy",
+        "all_lagging",
+    ];
+    for reason in reasons {
+        assert_eq!(
+            before.get("pgsidecar_routing_decisions_total", &[("reason", reason)]),
+            Some(0.0),
+            "{reason} is exported before it is first counted"
+        );
+    }
+    let client = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+    for sql in [
+        "select 1",                         // a read, no replica: none_configured
+        "/* pgsidecar:primary */ select 1", // hint
+        "insert into t values (1)",         // write
+        "create table u (id int)",          // ddl
+    ] {
+        client.simple_query(sql).await.unwrap();
+    }
+    let after = scrape(&proxy).await;
+    let moved = deltas(&before, &after);
+    let d = |reason: &str| {
+        moved
+            .get(&format!(
+                "pgsidecar_routing_decisions_total{{reason=\"{reason}\"}}"
+            ))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert_eq!(d("none_configured"), 1.0, "{moved:#?}");
+    assert_eq!(d("hint"), 1.0, "{moved:#?}");
+    assert_eq!(d("write"), 1.0, "{moved:#?}");
+    assert_eq!(d("ddl"), 1.0, "{moved:#?}");
+
+    let unsplit = harness::proxy("[routing]\nread_write_split = false").await;
+    let client = harness::connect_proxy(&unsplit, APP, &db).await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    let s = scrape(&unsplit).await;
+    assert_eq!(
+        s.value(
+            "pgsidecar_routing_decisions_total",
+            &[("reason", "split_disabled")]
+        ),
+        1.0
+    );
+}

@@ -240,6 +240,10 @@ pub struct AdminConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObservabilityConfig {
+    /// Per-query observability: digests (`/queries`), the slow-query
+    /// log, EXPLAIN samples and the p95 budget. Off, only the counters
+    /// and histograms of `/metrics` are kept.
+    pub enabled: bool,
     #[serde(with = "humantime_serde")]
     pub slow_query_threshold: Duration,
     /// Slow-query log lines per second at most; the rest are counted and
@@ -260,6 +264,7 @@ pub struct ObservabilityConfig {
 impl Default for ObservabilityConfig {
     fn default() -> Self {
         ObservabilityConfig {
+            enabled: true,
             slow_query_threshold: Duration::from_millis(200),
             slow_query_log_rate: 10,
             explain: ExplainMode::Slow,

@@ -144,6 +144,7 @@ fn monitor_keys_default_and_are_checked_against_users() {
 #[test]
 fn observability_and_budget_keys_default_and_are_checked() {
     let c = parse(MINIMAL).unwrap();
+    assert!(c.observability.enabled);
     assert_eq!(c.observability.max_fingerprints, 5000);
     assert_eq!(c.observability.slow_query_log_rate, 10);
     assert_eq!(c.observability.explain_timeout, Duration::from_secs(2));
@@ -152,11 +153,12 @@ fn observability_and_budget_keys_default_and_are_checked() {
     assert_eq!(c.budgets.window, Duration::from_secs(30));
 
     let text = format!(
-        "{MINIMAL}\n[observability]\nmax_fingerprints = 10\nslow_query_log_rate = 0\n\
+        "{MINIMAL}\n[observability]\nenabled = false\nmax_fingerprints = 10\nslow_query_log_rate = 0\n\
          explain_timeout = \"500ms\"\n[budgets]\np95_query_time = \"100ms\"\npool_usage = 0.8\n\
          window = \"5s\"\n"
     );
     let c = parse(&text).unwrap();
+    assert!(!c.observability.enabled);
     assert_eq!(c.observability.max_fingerprints, 10);
     assert_eq!(c.observability.slow_query_log_rate, 0);
     assert_eq!(c.observability.explain_timeout, Duration::from_millis(500));

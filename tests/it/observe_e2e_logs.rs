@@ -190,3 +190,26 @@ async fn a_seq_scan_of_a_big_table_shows_in_queries_and_the_console() {
     assert!(row["plan"].contains("Seq Scan on big"), "{row:?}");
     assert_eq!(row["fingerprint"], q["fingerprint"].as_str().unwrap());
 }
+
+#[tokio::test]
+async fn with_observability_disabled_only_the_metrics_remain() {
+    let db = harness::fresh_db("obs_e2e_disabled");
+    let (log, _guard) = capture(false);
+    let proxy =
+        harness::proxy("[observability]\nenabled = false\nslow_query_threshold = \"100ms\"").await;
+    let client = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+    harness::scalar(&client, "select pg_sleep(0.2)")
+        .await
+        .unwrap();
+
+    let s = scrape(&proxy).await;
+    assert_eq!(s.sum("pgsidecar_queries_total"), 1.0, "still counted");
+    assert_eq!(s.sum("pgsidecar_query_duration_seconds_count"), 1.0);
+    assert_eq!(s.value("pgsidecar_slow_queries_total", &[]), 0.0);
+    assert_eq!(s.value("pgsidecar_explain_samples_total", &[]), 0.0);
+    let (_, body) = get(proxy.http_addr, "/queries").await;
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["queries"], serde_json::json!([]), "{report}");
+    assert!(log.matching("slow query").is_empty(), "{:#?}", log.lines());
+    assert!(log.matching("plan: ").is_empty(), "{:#?}", log.lines());
+}

@@ -277,3 +277,68 @@ async fn reload_applies_a_changed_file_and_refuses_an_invalid_one() {
         Some("7")
     );
 }
+
+#[tokio::test]
+async fn show_stats_counts_every_query_even_forgotten_fingerprints() {
+    let db = harness::fresh_db("console_stats");
+    // One fingerprint kept at most: the digests forget, the totals do not.
+    let proxy = harness::proxy(&format!(
+        "{ADMIN}[observability]\nexplain = \"off\"\nmax_fingerprints = 1"
+    ))
+    .await;
+    let client = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+    for sql in ["select 1", "select 1, 2", "select 1, 2, 3"] {
+        client.simple_query(sql).await.unwrap();
+    }
+    client.simple_query("select 1/0").await.unwrap_err();
+
+    let queries = console(&proxy, APP, "SHOW QUERIES").await.rows();
+    assert_eq!(queries.len(), 1, "{queries:#?}");
+    let stats = console(&proxy, APP, "SHOW STATS").await.rows();
+    let s = &stats[0];
+    assert_eq!(s["total_query_count"], "4", "{s:?}");
+    assert_eq!(s["total_xact_count"], "4", "{s:?}");
+    assert_eq!(s["total_errors"], "1", "{s:?}");
+    assert_eq!(s["primary_query_count"], "4", "{s:?}");
+    assert_eq!(s["replica_query_count"], "0", "{s:?}");
+    let total: u64 = s["total_query_time"].parse().unwrap();
+    let avg: u64 = s["avg_query_time"].parse().unwrap();
+    assert!(total > 0 && avg == total / 4, "{s:?}");
+}
+
+#[tokio::test]
+async fn reload_works_in_pgsidecar_run() {
+    let db = harness::fresh_db("console_run_reload");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgsidecar.toml");
+    let config = |threshold: &str| {
+        harness::proxy_config_text(&format!(
+            "{ADMIN}[observability]\nlog_format = \"json\"\nslow_query_threshold = \"{threshold}\""
+        ))
+    };
+    std::fs::write(&path, config("1s")).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env_remove("PGSIDECAR_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let port = crate::observe_e2e_support::listening_port(&mut child).await;
+
+    std::fs::write(&path, config("250ms")).unwrap();
+    let out = harness::psql(port, APP, "pgsidecar", &["-c", "RELOAD"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let out = harness::psql(port, APP, "pgsidecar", &["--csv", "-c", "SHOW CONFIG"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l == "observability.slow_query_threshold,250ms"),
+        "{text}"
+    );
+    let out = harness::psql(port, APP, &db, &["-c", "select 1"]).await;
+    assert!(out.status.success(), "{out:?}");
+    child.kill().await.unwrap();
+}

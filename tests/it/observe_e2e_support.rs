@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pgsidecar::proxy::Proxy;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::harness;
 use crate::observe_support::get;
@@ -151,4 +152,26 @@ pub async fn replica_known(proxy: &Proxy) -> Scrape {
         },
     )
     .await
+}
+
+/// Reads the JSON log (`log_format = "json"`) of a `pgsidecar run` child
+/// until it says where it listens; returns the client port. The rest of
+/// its output is drained in the background.
+pub async fn listening_port(child: &mut tokio::process::Child) -> u16 {
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+    let port = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            if v["fields"]["message"] == "pgsidecar listening" {
+                let addr = v["fields"]["addr"].as_str().unwrap().to_string();
+                return addr.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+            }
+        }
+        panic!("pgsidecar run exited without saying where it listens");
+    })
+    .await
+    .expect("pgsidecar run logged its address");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    port
 }

@@ -144,9 +144,10 @@ fn recent_window_forgets_old_seconds() {
     for _ in 0..29 {
         w.push(second(2), 30);
     }
-    assert!(close(w.quantile(0.95).unwrap(), 300), "still in the window");
+    // One slow second in thirty: over the top 1 %.
+    assert!(close(w.quantile(0.99).unwrap(), 300), "still in the window");
     w.push(second(2), 30);
-    assert!(close(w.quantile(0.95).unwrap(), 2));
+    assert!(close(w.quantile(0.99).unwrap(), 2));
     // A shorter window (a reload) drops the older seconds at once.
     w.push(second(300), 30);
     w.push(second(300), 30);

@@ -117,6 +117,8 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async {
         let proxy = Proxy::start(config).await?;
+        // The console's RELOAD re-reads this file.
+        let _ = proxy.shared.config_path.set(path.to_path_buf());
         tracing::info!(addr = %proxy.addr, "ready");
         tokio::signal::ctrl_c()
             .await

@@ -246,38 +246,50 @@ fn stats(shared: &Shared) -> Table {
         "primary_query_count",
         "replica_query_count",
     ]);
-    let digests = shared.observer.digests();
-    let calls: u64 = digests.iter().map(|d| d.calls).sum();
-    let time: Duration = digests.iter().map(|d| d.total).sum();
-    let errors: u64 = digests.iter().map(|d| d.errors).sum();
-    let primary: u64 = digests.iter().map(|d| d.primary).sum();
-    let replica: u64 = digests.iter().map(|d| d.replica).sum();
-    let avg = (time.as_micros() as u64).checked_div(calls).unwrap_or(0);
+    // From the counters, not the digests: those forget fingerprints (and
+    // are not kept with observability.enabled = false).
+    let families = shared.observer.metrics().registry().gather();
+    let samples = |name: &'static str| {
+        families
+            .iter()
+            .filter(move |f| f.name() == name)
+            .flat_map(|f| f.get_metric())
+    };
+    let label_is = |m: &prometheus::proto::Metric, name: &str, value: &str| {
+        m.get_label()
+            .iter()
+            .any(|l| l.name() == name && l.value() == value)
+    };
+    let queries = |role: &str| -> u64 {
+        samples("pgsidecar_queries_total")
+            .filter(|m| label_is(m, "role", role))
+            .map(|m| m.get_counter().value() as u64)
+            .sum()
+    };
+    let (primary, replica) = (queries("primary"), queries("replica"));
+    let calls = primary + replica;
+    let seconds: f64 = samples("pgsidecar_query_duration_seconds")
+        .map(|m| m.get_histogram().sample_sum())
+        .sum();
+    let micros = (seconds * 1e6) as u64;
+    let errors: u64 = samples("pgsidecar_errors_total")
+        .filter(|m| label_is(m, "kind", "query"))
+        .map(|m| m.get_counter().value() as u64)
+        .sum();
+    let transactions: u64 = samples("pgsidecar_transactions_total")
+        .map(|m| m.get_counter().value() as u64)
+        .sum();
     t.row(vec![
         cell("*"),
-        cell(counter(shared, "pgsidecar_transactions_total")),
+        cell(transactions),
         cell(calls),
-        cell(time.as_micros()),
-        cell(avg),
+        cell(micros),
+        cell(micros.checked_div(calls).unwrap_or(0)),
         cell(errors),
         cell(primary),
         cell(replica),
     ]);
     t
-}
-
-/// A counter's value summed over its labels, from the registry.
-fn counter(shared: &Shared, name: &str) -> u64 {
-    shared
-        .observer
-        .metrics()
-        .registry()
-        .gather()
-        .iter()
-        .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric())
-        .map(|m| m.get_counter().value() as u64)
-        .sum()
 }
 
 fn nodes(shared: &Shared) -> Table {

@@ -477,8 +477,10 @@ impl SessionFlow<'_> {
     }
 
     /// A ReadyForQuery: transaction boundaries and read-your-writes.
-    fn on_ready(&mut self, before: u8, status: u8) {
-        if status == b'I' {
+    /// `for_client`: it answers the client's request, not a statement of
+    /// the proxy's own (a parameter sync), which is no transaction of theirs.
+    fn on_ready(&mut self, before: u8, status: u8, for_client: bool) {
+        if status == b'I' && for_client {
             self.shared.observer.metrics().transaction();
         }
         if before != b'I' && status == b'I' {
@@ -804,8 +806,9 @@ impl Flow for SessionFlow<'_> {
         for event in &matched.events {
             self.on_event(event, status);
         }
+        let forward = matched.disposition != Some(Disposition::Drop);
         if matched.ready {
-            self.on_ready(before, status);
+            self.on_ready(before, status, forward);
         }
         let mut forward = matched.disposition != Some(Disposition::Drop);
         if let Some(parameters) = held {

@@ -102,8 +102,14 @@ pub async fn acquire(
     let slot = &ctx.cancel.slot;
     slot.set_activity(ClientActivity::Waiting);
     let held = acquire_inner(ctx, client, pools, unit).await;
-    if held.is_err() {
+    if let Err(e) = &held {
         slot.set_activity(ClientActivity::Idle);
+        let kind = match e.code {
+            SqlState::TOO_MANY_CONNECTIONS => "checkout_timeout",
+            SqlState::READ_ONLY_TRANSACTION => "routing",
+            _ => "no_node",
+        };
+        ctx.shared.observer.metrics().error(kind);
     }
     held
 }

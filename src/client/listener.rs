@@ -92,10 +92,12 @@ async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
         }
         Ok(Ok(None)) => return,
         Ok(Err(error)) => {
+            shared.observer.metrics().error(login_error_kind(&error));
             let _ = Box::pin(stream.write_all(&error.to_bytes())).await;
             return;
         }
         Err(_) => {
+            shared.observer.metrics().error("protocol");
             let error = crate::protocol::WireError::fatal(
                 crate::protocol::SqlState::CANNOT_CONNECT_NOW,
                 format!("login did not complete within {deadline:?} (proxy.client_login_timeout)"),
@@ -105,4 +107,16 @@ async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
         }
     };
     session::run(stream, buf, ctx, client).await;
+}
+
+/// The `errors_total` kind of a refused login.
+fn login_error_kind(error: &crate::protocol::WireError) -> &'static str {
+    use crate::protocol::SqlState;
+    match error.code {
+        SqlState::INVALID_PASSWORD | SqlState::INVALID_AUTHORIZATION => "auth",
+        SqlState::INVALID_CATALOG_NAME => "auth",
+        SqlState::TOO_MANY_CONNECTIONS => "too_many_clients",
+        SqlState::CONNECTION_FAILURE => "no_node",
+        _ => "protocol",
+    }
 }

@@ -145,6 +145,7 @@ where
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(user, database, error = %e, "server login failed");
+            shared.observer.metrics().error("server");
             shared.pools.forget_if_unused(&key);
             match e.to_client() {
                 ClientReport::Forward(frame) => out.extend_from_slice(&frame),

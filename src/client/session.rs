@@ -55,6 +55,9 @@ where
     .instrument(span)
     .await;
     if let Err(e) = result {
+        if e.code == SqlState::PROTOCOL_VIOLATION {
+            ctx.shared.observer.metrics().error("protocol");
+        }
         let _ = stream.write_all(&e.to_bytes()).await;
     }
     ctx.cancel.slot.set_server(None);
@@ -181,6 +184,7 @@ where
                 let mut lease = h.lease;
                 lease.mark_broken();
                 tracing::warn!(server = %lease.addr, error = ?err, "server connection lost");
+                ctx.shared.observer.metrics().error("server");
                 return Err(WireError::fatal(
                     SqlState::ADMIN_SHUTDOWN,
                     format!("the server connection to {} was lost", lease.addr),

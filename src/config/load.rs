@@ -252,6 +252,16 @@ impl Config {
                 format!("must be above 0.0 and at most 1.0, got {usage}"),
             ));
         }
+        let window = self.budgets.window;
+        if window < std::time::Duration::from_secs(1) || window.subsec_nanos() != 0 {
+            return Err((
+                "budgets.window".into(),
+                format!(
+                    "must be whole seconds, at least 1s, got {}",
+                    humantime::format_duration(window)
+                ),
+            ));
+        }
         if self.budgets.p95_query_time == Some(std::time::Duration::ZERO) {
             return Err((
                 "budgets.p95_query_time".into(),

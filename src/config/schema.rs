@@ -240,6 +240,10 @@ pub struct AdminConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObservabilityConfig {
+    /// Per-query observability: digests (`/queries`), the slow-query
+    /// log, EXPLAIN samples and the p95 budget. Off, only the counters
+    /// and histograms of `/metrics` are kept.
+    pub enabled: bool,
     #[serde(with = "humantime_serde")]
     pub slow_query_threshold: Duration,
     /// Slow-query log lines per second at most; the rest are counted and
@@ -260,6 +264,7 @@ pub struct ObservabilityConfig {
 impl Default for ObservabilityConfig {
     fn default() -> Self {
         ObservabilityConfig {
+            enabled: true,
             slow_query_threshold: Duration::from_millis(200),
             slow_query_log_rate: 10,
             explain: ExplainMode::Slow,
@@ -275,13 +280,26 @@ impl Default for ObservabilityConfig {
 /// `[budgets]`: service levels the proxy watches. An absent key is no
 /// budget. Crossing one logs a warning once, recovering logs once more,
 /// and `pgsidecar_budget_exceeded{budget}` follows it.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BudgetsConfig {
-    /// p95 of all query durations over the recent window.
+    /// p95 of all query durations over the last `window`.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub p95_query_time: Option<Duration>,
     /// Busiest pool's busy connections / pool size (0.0 to 1.0].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool_usage: Option<f64>,
+    /// How far back `p95_query_time` looks (whole seconds, at least 1s).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for BudgetsConfig {
+    fn default() -> Self {
+        BudgetsConfig {
+            p95_query_time: None,
+            pool_usage: None,
+            window: Duration::from_secs(30),
+        }
+    }
 }

@@ -144,22 +144,27 @@ fn monitor_keys_default_and_are_checked_against_users() {
 #[test]
 fn observability_and_budget_keys_default_and_are_checked() {
     let c = parse(MINIMAL).unwrap();
+    assert!(c.observability.enabled);
     assert_eq!(c.observability.max_fingerprints, 5000);
     assert_eq!(c.observability.slow_query_log_rate, 10);
     assert_eq!(c.observability.explain_timeout, Duration::from_secs(2));
     assert_eq!(c.budgets.p95_query_time, None);
     assert_eq!(c.budgets.pool_usage, None);
+    assert_eq!(c.budgets.window, Duration::from_secs(30));
 
     let text = format!(
-        "{MINIMAL}\n[observability]\nmax_fingerprints = 10\nslow_query_log_rate = 0\n\
-         explain_timeout = \"500ms\"\n[budgets]\np95_query_time = \"100ms\"\npool_usage = 0.8\n"
+        "{MINIMAL}\n[observability]\nenabled = false\nmax_fingerprints = 10\nslow_query_log_rate = 0\n\
+         explain_timeout = \"500ms\"\n[budgets]\np95_query_time = \"100ms\"\npool_usage = 0.8\n\
+         window = \"5s\"\n"
     );
     let c = parse(&text).unwrap();
+    assert!(!c.observability.enabled);
     assert_eq!(c.observability.max_fingerprints, 10);
     assert_eq!(c.observability.slow_query_log_rate, 0);
     assert_eq!(c.observability.explain_timeout, Duration::from_millis(500));
     assert_eq!(c.budgets.p95_query_time, Some(Duration::from_millis(100)));
     assert_eq!(c.budgets.pool_usage, Some(0.8));
+    assert_eq!(c.budgets.window, Duration::from_secs(5));
     // Set budgets survive `check`'s round trip through TOML.
     let printed: toml::Table = toml::to_string(&c).unwrap().parse().unwrap();
     assert_eq!(printed["budgets"]["p95_query_time"].as_str(), Some("100ms"));
@@ -180,6 +185,8 @@ fn observability_and_budget_keys_default_and_are_checked() {
             "budgets.p95_query_time",
         ),
         ("[budgets]\np95 = \"1s\"\n", "p95"),
+        ("[budgets]\nwindow = \"500ms\"\n", "budgets.window"),
+        ("[budgets]\nwindow = \"1500ms\"\n", "budgets.window"),
     ] {
         let err = parse(&format!("{MINIMAL}\n{extra}"))
             .map(|_| ())

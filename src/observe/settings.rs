@@ -3,13 +3,14 @@
 //! config. The background timer refreshes them every second, so a reload
 //! takes effect within a second.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::config::{Config, ExplainMode};
 
 #[derive(Debug)]
 pub(crate) struct Settings {
+    enabled: AtomicBool,
     slow_nanos: AtomicU64,
     explain: AtomicU8,
     sample_rate_bits: AtomicU64,
@@ -19,6 +20,7 @@ pub(crate) struct Settings {
 impl Settings {
     pub(crate) fn new(config: &Config) -> Settings {
         let s = Settings {
+            enabled: AtomicBool::new(true),
             slow_nanos: AtomicU64::new(0),
             explain: AtomicU8::new(0),
             sample_rate_bits: AtomicU64::new(0),
@@ -30,6 +32,7 @@ impl Settings {
 
     pub(crate) fn refresh(&self, config: &Config) {
         let o = &config.observability;
+        self.enabled.store(o.enabled, Ordering::Relaxed);
         self.slow_nanos
             .store(nanos(o.slow_query_threshold), Ordering::Relaxed);
         self.explain.store(
@@ -44,6 +47,11 @@ impl Settings {
             .store(o.explain_sample_rate.to_bits(), Ordering::Relaxed);
         self.min_interval_nanos
             .store(nanos(o.explain_min_interval), Ordering::Relaxed);
+    }
+
+    /// `observability.enabled`: digests, slow log and EXPLAIN run.
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
     }
 
     /// `duration` is over `slow_query_threshold`.

@@ -64,6 +64,7 @@ impl Shared {
             self.cluster.store(ClusterView::new(&new));
         }
         self.config.store(std::sync::Arc::new(new));
+        self.observer.config_changed();
         if nodes_changed {
             self.start_monitor();
         }

@@ -95,6 +95,30 @@ pub fn fresh_db(prefix: &str) -> String {
         .unwrap_or_else(|e| panic!("creating a test database failed: {e}"))
 }
 
+/// A database holding `big`: 1.5 million rows, no index, analyzed,
+/// readable by `app` — for plans with a sequential scan worth noticing.
+/// Created once per test binary (it takes a few seconds); read it only.
+pub fn big_table_db() -> String {
+    static BIG: OnceLock<String> = OnceLock::new();
+    BIG.get_or_init(|| {
+        let db = fresh_db("big_table");
+        cluster()
+            .primary()
+            .psql_in(
+                &db,
+                &[
+                    "create table big as select g as id, md5(g::text) as t \
+                     from generate_series(1, 1500000) g",
+                    "analyze big",
+                    "grant select on big to app",
+                ],
+            )
+            .unwrap_or_else(|e| panic!("creating the big table failed: {e}"));
+        db
+    })
+    .clone()
+}
+
 /// Connects with tokio-postgres (no TLS) and drives the connection in the
 /// background.
 pub async fn connect(conn_string: &str) -> Result<Client, tokio_postgres::Error> {
@@ -116,13 +140,29 @@ pub const PROXY_ROLES: [TestRole; 3] = [APP, MD5_USER, PW_USER];
 /// default table, any other value (including a `[[users]]` array) replaces
 /// it. Panics naming the problem if the result is not a valid config.
 pub fn proxy_config(extra_toml: &str) -> Config {
-    let primary = toml::Value::from(cluster().primary().addr());
-    build_config(table([("primary", primary)]), extra_toml)
+    build_config(primary_only(), extra_toml)
+}
+
+/// `[cluster]` with the shared primary and no replicas.
+fn primary_only() -> toml::Table {
+    table([("primary", toml::Value::from(cluster().primary().addr()))])
 }
 
 /// The test proxy defaults with `nodes` as `[cluster]`, `extra_toml` merged
 /// over them (see [`proxy_config`]).
 fn build_config(nodes: toml::Table, extra_toml: &str) -> Config {
+    let text = config_text(nodes, extra_toml);
+    Config::from_toml(&text, Path::new("<test proxy config>"))
+        .unwrap_or_else(|e| panic!("test proxy config refused: {e}\n{text}"))
+}
+
+/// The TOML text behind [`proxy_config`] (passwords in plain text), e.g.
+/// to write a config file a proxy can RELOAD.
+pub fn proxy_config_text(extra_toml: &str) -> String {
+    config_text(primary_only(), extra_toml)
+}
+
+fn config_text(nodes: toml::Table, extra_toml: &str) -> String {
     let mut base = toml::Table::new();
     base.insert(
         "proxy".into(),
@@ -147,9 +187,7 @@ fn build_config(nodes: toml::Table, extra_toml: &str) -> Config {
         .parse()
         .unwrap_or_else(|e| panic!("test proxy snippet is not TOML: {e}\n{extra_toml}"));
     merge(&mut base, extra);
-    let text = toml::to_string(&base).expect("a TOML table serialises");
-    Config::from_toml(&text, Path::new("<test proxy config>"))
-        .unwrap_or_else(|e| panic!("test proxy config refused: {e}\n{text}"))
+    toml::to_string(&base).expect("a TOML table serialises")
 }
 
 /// Starts an in-process proxy with [`proxy_config`]`(extra_toml)`. It stops
@@ -399,4 +437,75 @@ fn merge(base: &mut toml::Table, extra: toml::Table) {
             }
         }
     }
+}
+
+// ---- the admin console ---------------------------------------------------------
+
+/// What `psql` printed for one console command.
+#[derive(Debug)]
+pub struct ConsoleReply {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl ConsoleReply {
+    /// The result set as rows of `column → value` (psql's `--csv` output;
+    /// NULL reads as an empty string).
+    pub fn rows(&self) -> Vec<std::collections::BTreeMap<String, String>> {
+        assert!(self.ok, "the console refused: {}", self.stderr);
+        let mut records = parse_csv(&self.stdout).into_iter();
+        let header = records.next().unwrap_or_default();
+        records
+            .map(|r| header.iter().cloned().zip(r).collect())
+            .collect()
+    }
+}
+
+/// Runs `sql` on `proxy`'s admin console (database `pgsidecar`) with the
+/// real `psql --csv` as `role`.
+pub async fn console(proxy: &Proxy, role: TestRole, sql: &str) -> ConsoleReply {
+    let out = psql(
+        proxy.addr.port(),
+        role,
+        pgsidecar::admin::DATABASE,
+        &["--csv", "-v", "ON_ERROR_STOP=1", "-c", sql],
+    )
+    .await;
+    ConsoleReply {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// RFC 4180 records (quoted fields may hold commas, quotes and newlines).
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let mut records = Vec::new();
+    let mut record = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => record.push(std::mem::take(&mut field)),
+            (false, '\n') => {
+                record.push(std::mem::take(&mut field));
+                records.push(std::mem::take(&mut record));
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    if !field.is_empty() || !record.is_empty() {
+        record.push(field);
+        records.push(record);
+    }
+    records
 }

@@ -3,6 +3,7 @@
 mod harness;
 mod wire;
 
+mod admin_console;
 mod auth;
 mod bad_input;
 mod cli;
@@ -18,6 +19,10 @@ mod drivers_sqlx;
 mod drivers_tokio_postgres;
 mod observe_budgets;
 mod observe_dashboard;
+mod observe_e2e;
+mod observe_e2e_budgets;
+mod observe_e2e_logs;
+mod observe_e2e_support;
 mod observe_explain;
 mod observe_http;
 mod observe_slow;

@@ -42,15 +42,7 @@ fn relations_of(plan: &serde_json::Value, node_type: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_seq_scan_on_a_big_table_shows_in_queries() {
-    let db = harness::fresh_db("observe_big");
-    owner(&db)
-        .await
-        .batch_execute(
-            "create table big as select g as id, md5(g::text) as t \
-             from generate_series(1, 1500000) g; analyze big; grant select on big to app",
-        )
-        .await
-        .unwrap();
+    let db = harness::big_table_db();
     let (observer, _) = observer("[observability]\nslow_query_threshold = \"100ms\"");
     let _background = observer.spawn_background();
     let server = observer.serve_http().await.unwrap();

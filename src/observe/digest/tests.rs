@@ -132,17 +132,26 @@ fn concurrent_recording_loses_nothing() {
 fn recent_window_forgets_old_seconds() {
     let mut w = RecentLatency::new();
     assert_eq!(w.quantile(0.95), None);
-    let mut slow = latency_histogram();
-    for _ in 0..100 {
-        entry::record_latency(&mut slow, Duration::from_millis(300));
-    }
-    w.push(slow);
+    let second = |ms| {
+        let mut h = latency_histogram();
+        for _ in 0..100 {
+            entry::record_latency(&mut h, Duration::from_millis(ms));
+        }
+        h
+    };
+    w.push(second(300), 30);
     assert!(close(w.quantile(0.95).unwrap(), 300));
-    for _ in 0..window::WINDOW_SECONDS {
-        let mut fast = latency_histogram();
-        entry::record_latency(&mut fast, Duration::from_millis(2));
-        w.push(fast);
+    for _ in 0..29 {
+        w.push(second(2), 30);
     }
+    // One slow second in thirty: over the top 1 %.
+    assert!(close(w.quantile(0.99).unwrap(), 300), "still in the window");
+    w.push(second(2), 30);
+    assert!(close(w.quantile(0.99).unwrap(), 2));
+    // A shorter window (a reload) drops the older seconds at once.
+    w.push(second(300), 30);
+    w.push(second(300), 30);
+    w.push(second(2), 1);
     assert!(close(w.quantile(0.95).unwrap(), 2));
 }
 

@@ -1,4 +1,4 @@
-//! The latency of all queries over the last [`WINDOW_SECONDS`] seconds,
+//! The latency of all queries over the last `[budgets] window` seconds,
 //! kept as one histogram per second so that old seconds drop out: what
 //! the `p95_query_time` budget is checked against.
 
@@ -9,9 +9,6 @@ use hdrhistogram::Histogram;
 
 use super::{latency_histogram, quantile};
 
-/// Length of the window, in one-second slots.
-pub(crate) const WINDOW_SECONDS: usize = 30;
-
 /// A ring of per-second histograms, owned by the budget timer.
 pub(crate) struct RecentLatency {
     slots: VecDeque<Histogram<u32>>,
@@ -20,16 +17,17 @@ pub(crate) struct RecentLatency {
 impl RecentLatency {
     pub(crate) fn new() -> RecentLatency {
         RecentLatency {
-            slots: VecDeque::with_capacity(WINDOW_SECONDS + 1),
+            slots: VecDeque::new(),
         }
     }
 
-    /// Adds the latest second's histogram, dropping the oldest slot.
-    pub(crate) fn push(&mut self, second: Histogram<u32>) {
-        if self.slots.len() == WINDOW_SECONDS {
+    /// Adds the latest second's histogram, keeping the last `seconds`
+    /// slots (the window may change on reload).
+    pub(crate) fn push(&mut self, second: Histogram<u32>, seconds: usize) {
+        self.slots.push_back(second);
+        while self.slots.len() > seconds.max(1) {
             self.slots.pop_front();
         }
-        self.slots.push_back(second);
     }
 
     /// The `q`-quantile over the window; `None` without any query.

@@ -50,27 +50,51 @@ pub const METRIC_NAMES: [&str; 22] = [
 ];
 
 /// `routing_decisions_total{reason}` values exported at zero from the
-/// start (others may be counted too; they appear when first used).
-pub const ROUTING_REASONS: [&str; 8] = [
-    "write",
+/// start: why a unit of work (a transaction, or a statement outside one)
+/// went where it went. `read`/`write` and the classifier's other reasons
+/// (`ddl`, `locking_clause`, `write_function`, `parse_error`, …) when the
+/// statement decided; `transaction` for an explicit transaction; `hint`
+/// for a routing hint or `pgsidecar.route`; `read_your_writes` for a read
+/// kept on the primary after a recent write; `split_disabled` with
+/// `routing.read_write_split = false`; and, for a read that fell back to
+/// the primary, why no replica could take it (`none_configured`,
+/// `all_unhealthy`, `all_lagging`). Other classifier reasons appear when
+/// first counted.
+pub const ROUTING_REASONS: [&str; 10] = [
     "read",
+    "write",
     "transaction",
     "hint",
     "read_your_writes",
-    "no_replica",
-    "split_off",
-    "pinned",
+    "split_disabled",
+    "none_configured",
+    "all_unhealthy",
+    "all_lagging",
+    "ddl",
 ];
 
-/// `errors_total{kind}` values exported at zero from the start. The
-/// observer itself counts `query` (a statement the server answered with
-/// an error) and `explain` (a plan sample that failed).
-pub const ERROR_KINDS: [&str; 7] = [
+/// `errors_total{kind}`: every kind counted, exported at zero from the
+/// start.
+/// - `query`: a client statement the server answered with an error;
+/// - `explain`: a plan sample that failed;
+/// - `auth`: a client refused at login (28P01, 28000, 3D000);
+/// - `too_many_clients`: a login over `proxy.max_client_conn` (53300);
+/// - `checkout_timeout`: no server connection free in time (53300);
+/// - `no_node`: no node could take a request (08006: no primary, no
+///   eligible replica without fallback, the node unreachable);
+/// - `routing`: a write sent to a replica by hint or setting (25006);
+/// - `protocol`: a client broke the protocol (08P01) or did not finish
+///   logging in within `proxy.client_login_timeout`;
+/// - `server`: a server connection failed (its login at a client's
+///   login, or lost while a client held it).
+pub const ERROR_KINDS: [&str; 9] = [
     "query",
     "explain",
     "auth",
+    "too_many_clients",
     "checkout_timeout",
     "no_node",
+    "routing",
     "protocol",
     "server",
 ];

@@ -102,7 +102,8 @@ impl Observer {
             .resize(config.observability.max_fingerprints as usize);
         let mut second = latency_histogram();
         self.digests.take_window(&mut second);
-        window.push(second);
+        let seconds = config.budgets.window.as_secs().max(1);
+        window.push(second, usize::try_from(seconds).unwrap_or(usize::MAX));
         let pool_usage = self
             .sources
             .pools()

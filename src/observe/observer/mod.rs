@@ -87,7 +87,7 @@ impl Observer {
     /// Whether [`QueryEvent::sql`] may be used (EXPLAIN is on); when not,
     /// callers can pass the normalised text instead of copying the original.
     pub fn wants_sql(&self) -> bool {
-        self.settings.explain() != ExplainMode::Off
+        self.settings.enabled() && self.settings.explain() != ExplainMode::Off
     }
 
     /// Hot-path counters (routing decisions, transactions, pool waits…).
@@ -96,11 +96,15 @@ impl Observer {
     }
 
     /// Reports a finished statement: metrics, digest, slow-query log and,
-    /// if due, a plan request (queued, never awaited).
+    /// if due, a plan request (queued, never awaited). With
+    /// `observability.enabled = false`, only the metrics.
     pub fn record(&self, ev: &QueryEvent<'_>) {
         self.metrics.query(ev.role, ev.node, ev.duration);
         if ev.error.is_some() {
             self.metrics.query_error();
+        }
+        if !self.settings.enabled() {
+            return;
         }
         let slow = self.settings.is_slow(ev.duration);
         let explain = match self.settings.explain() {
@@ -130,6 +134,16 @@ impl Observer {
         if claimed {
             self.request_explain(ev);
         }
+    }
+
+    /// Applies the current config's observability keys to the hot path
+    /// now (a reload calls this; the background timer also does it once
+    /// a second), so the next query already sees a new threshold.
+    pub fn config_changed(&self) {
+        let config = self.config();
+        self.settings.refresh(&config);
+        self.digests
+            .resize(config.observability.max_fingerprints as usize);
     }
 
     /// Statistics of one fingerprint, if kept.

@@ -48,6 +48,9 @@ pub struct HoldState {
     /// The node this server belongs to, for metrics.
     pub node: NodeId,
     pub role: Role,
+    /// `query_timeout` cancelled the running query: its 57014 error is
+    /// reworded to name the limit, until the next ReadyForQuery.
+    query_timed_out: Option<std::time::Duration>,
 }
 
 /// One stretch of relaying on one server.
@@ -77,6 +80,7 @@ impl HoldState {
             budget: None,
             node,
             role,
+            query_timed_out: None,
         }
     }
 }
@@ -388,6 +392,7 @@ impl SessionFlow<'_> {
 
     /// A ReadyForQuery: transaction boundaries and read-your-writes.
     fn on_ready(&mut self, before: u8, status: u8) {
+        self.hold.query_timed_out = None;
         if status == b'I' {
             self.shared.observer.metrics().transaction();
         }
@@ -474,6 +479,18 @@ impl Flow for SessionFlow<'_> {
         Ok(ClientStep::Continue)
     }
 
+    fn quiet_status(&self) -> Option<u8> {
+        self.expect.is_quiet().then(|| self.expect.status())
+    }
+
+    fn query_timed_out(&mut self, limit: std::time::Duration) {
+        tracing::info!(
+            limit = %humantime::format_duration(limit),
+            "query_timeout: cancelling the running query"
+        );
+        self.hold.query_timed_out = Some(limit);
+    }
+
     fn inspects(&self, tag: u8) -> bool {
         // Rows and COPY data stream through, unless they answer a statement
         // of the proxy's own.
@@ -519,13 +536,25 @@ impl Flow for SessionFlow<'_> {
         for event in &matched.events {
             self.on_event(event, status);
         }
+        let mut forward = matched.disposition != Some(Disposition::Drop);
+        if forward
+            && tag == be::ERROR_RESPONSE
+            && let Some(limit) = self.hold.query_timed_out
+            && crate::protocol::error::parse_error_fields(frame).1 == Some("57014")
+        {
+            then.push(
+                super::limits::query_timeout_error(limit)
+                    .to_bytes()
+                    .freeze(),
+            );
+            forward = false;
+        }
         if matched.ready {
             self.on_ready(before, status);
         }
         for reply in &matched.replies {
             then.push(reply.bytes(self.expect.status()));
         }
-        let forward = matched.disposition != Some(Disposition::Drop);
         if matched.ready && self.may_release() {
             ServerStep::Release(forward)
         } else if forward {

@@ -12,6 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 
+use super::limits::{Fired, RelayTimers};
 use crate::protocol::frame;
 use crate::protocol::{ProtocolError, WireError};
 
@@ -68,11 +69,16 @@ pub trait Flow {
     /// A complete server frame with an inspected tag; `then` receives bytes
     /// to send the client right after it.
     fn server_frame(&mut self, tag: u8, frame: &[u8], then: &mut Outbox) -> ServerStep;
+    /// The transaction status when the server owes nothing, else `None`.
+    fn quiet_status(&self) -> Option<u8>;
+    /// `query_timeout` passed and a cancel was sent: the server's
+    /// "canceling statement" error should say why.
+    fn query_timed_out(&mut self, limit: std::time::Duration);
 }
 
 /// The server connection's I/O parts the relay drives.
 pub struct ServerIo<'a> {
-    pub stream: &'a mut tokio::net::TcpStream,
+    pub stream: &'a mut crate::tls::ServerStream,
     pub rbuf: &'a mut BytesMut,
     pub wbuf: &'a mut BytesMut,
 }
@@ -90,6 +96,10 @@ pub enum RelayEnd {
     /// The server connection closed or failed; its last bytes (a FATAL
     /// error, usually) were delivered to the client.
     ServerGone(Option<std::io::Error>),
+    /// The client stayed idle past a limit; the error says which.
+    Idle(WireError),
+    /// The server answered neither a query nor its cancel in time.
+    QueryUnanswered(std::time::Duration),
 }
 
 #[derive(Debug)]
@@ -111,6 +121,10 @@ struct ServerSide {
     /// Bytes still to come of a frame being streamed through.
     partial: usize,
     release: bool,
+    /// Bytes were written to the client (server) that may still sit in a
+    /// TLS buffer until flushed.
+    client_unflushed: bool,
+    server_unflushed: bool,
     /// The flow holds client frames back until the server is released.
     client_paused: bool,
     eof: Option<Option<std::io::Error>>,
@@ -249,6 +263,7 @@ pub async fn relay<S, F>(
     server: ServerIo<'_>,
     flow: &mut F,
     max_message: usize,
+    timers: &mut RelayTimers,
 ) -> RelayEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -278,6 +293,7 @@ where
             &mut side,
             flow,
             max_message,
+            timers,
         )
     })
     .await
@@ -288,12 +304,13 @@ fn poll_relay<S, F>(
     cx: &mut Context<'_>,
     client: &mut S,
     cbuf: &mut BytesMut,
-    server: &mut tokio::net::TcpStream,
+    server: &mut crate::tls::ServerStream,
     rbuf: &mut BytesMut,
     wbuf: &mut BytesMut,
     side: &mut ServerSide,
     flow: &mut F,
     max_message: usize,
+    timers: &mut RelayTimers,
 ) -> Poll<RelayEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -311,6 +328,7 @@ where
                 }
                 Poll::Ready(Ok(_)) => {
                     progress = true;
+                    timers.client_activity();
                     match process_client(cbuf, wbuf, side, flow, max_message) {
                         Err(e) => return Poll::Ready(RelayEnd::ClientError(e)),
                         Ok(ClientSide::Terminated) => return Poll::Ready(RelayEnd::ClientGone),
@@ -327,8 +345,16 @@ where
             match Pin::new(&mut *server).poll_write(cx, wbuf) {
                 Poll::Ready(Ok(n)) => {
                     wbuf.advance(n);
+                    side.server_unflushed = true;
                     progress = true;
                 }
+                Poll::Ready(Err(e)) => side.eof = Some(Some(e)),
+                Poll::Pending => {}
+            }
+        }
+        if side.server_unflushed && side.eof.is_none() {
+            match Pin::new(&mut *server).poll_flush(cx) {
+                Poll::Ready(Ok(())) => side.server_unflushed = false,
                 Poll::Ready(Err(e)) => side.eof = Some(Some(e)),
                 Poll::Pending => {}
             }
@@ -400,11 +426,16 @@ where
                 },
             }
         }
-        if wrote && let Poll::Ready(Err(_)) = Pin::new(&mut *client).poll_flush(cx) {
-            return Poll::Ready(RelayEnd::ClientGone);
+        side.client_unflushed |= wrote;
+        if side.client_unflushed {
+            match Pin::new(&mut *client).poll_flush(cx) {
+                Poll::Ready(Ok(())) => side.client_unflushed = false,
+                Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
+                Poll::Pending => {}
+            }
         }
 
-        if side.chunks.is_empty() {
+        if side.chunks.is_empty() && !side.client_unflushed {
             if side.release {
                 return Poll::Ready(RelayEnd::Released);
             }
@@ -413,7 +444,20 @@ where
             }
         }
         if !progress {
-            return Poll::Pending;
+            let quiet = flow.quiet_status().filter(|_| {
+                wbuf.is_empty() && side.chunks.is_empty() && !side.release && side.eof.is_none()
+            });
+            return match timers.poll(cx, quiet) {
+                None => Poll::Pending,
+                Some(Fired::Idle(error)) => Poll::Ready(RelayEnd::Idle(error)),
+                Some(Fired::QueryUnanswered(limit)) => {
+                    Poll::Ready(RelayEnd::QueryUnanswered(limit))
+                }
+                Some(Fired::QueryCancelled(limit)) => {
+                    flow.query_timed_out(limit);
+                    Poll::Pending
+                }
+            };
         }
     }
 }

@@ -7,13 +7,14 @@
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::cancel::CancelTarget;
 use super::credentials::UserAuth;
 use super::flow::{SessionFlow, check_frontend_tag};
 use super::hold::{self, Held, NodePools};
 use super::idle::{self, Idle};
+use super::limits::{self, Limits, RelayTimers};
 use super::registry::{ClientHandle, ServerLink};
 use super::relay::{self, RelayEnd, ServerIo};
 use super::route;
@@ -55,7 +56,7 @@ where
     .instrument(span)
     .await;
     if let Err(e) = result {
-        let _ = stream.write_all(&e.to_bytes()).await;
+        let _ = crate::tls::write_flush(&mut stream, &e.to_bytes()).await;
     }
     ctx.cancel.slot.set_server(None);
     if let Some(h) = held {
@@ -79,9 +80,13 @@ where
     let mut out = BytesMut::new();
     loop {
         if held.is_none() {
+            let limits = Limits::from_config(&ctx.shared.config.load().proxy);
+            // A BEGIN the proxy acknowledged itself is an open transaction.
+            let idle = limits.idle(client.deferred_begin.is_some());
             let next = tokio::select! {
                 next = next_frame(stream, cbuf, ctx.max_message) => next?,
                 _ = ctx.shared.shutdown.cancelled() => return Err(shutting_down()),
+                error = idle_expiry(idle) => return Err(error),
             };
             let Some(tag) = next else {
                 return Ok(());
@@ -156,7 +161,11 @@ where
             rbuf: io.rbuf,
             wbuf: io.wbuf,
         };
-        let end = relay::relay(stream, cbuf, io, &mut flow, ctx.max_message).await;
+        let mut timers = RelayTimers::new(
+            Limits::from_config(&ctx.shared.config.load().proxy),
+            ctx.cancel.slot.server().map(|link| link.cancel),
+        );
+        let end = relay::relay(stream, cbuf, io, &mut flow, ctx.max_message, &mut timers).await;
         ctx.cancel.slot.set_server(None);
         ctx.cancel.slot.set_pinned(client.pins.is_pinned());
         tracing::trace!(?end, status = %char::from(h.expect.status()), "relay ended");
@@ -170,6 +179,15 @@ where
             }
             RelayEnd::ClientGone => return Ok(()),
             RelayEnd::ClientError(e) => return Err(e),
+            // The server stays held: leaving rolls it back and returns it.
+            RelayEnd::Idle(e) => return Err(e),
+            RelayEnd::QueryUnanswered(limit) => {
+                let h = held.take().expect("held above");
+                let mut lease = h.lease;
+                lease.mark_broken();
+                tracing::warn!(server = %lease.addr, "server did not answer a query_timeout cancel");
+                return Err(limits::query_unanswered_error(limit));
+            }
             RelayEnd::ServerGone(err) => {
                 let h = held.take().expect("held above");
                 let mut lease = h.lease;
@@ -182,6 +200,18 @@ where
                 .with_detail("the current transaction, if any, was not committed"));
             }
         }
+    }
+}
+
+/// Resolves with the error for an idle client once its limit passes; never
+/// without a limit.
+async fn idle_expiry(idle: Option<(std::time::Duration, WireError)>) -> WireError {
+    match idle {
+        Some((limit, error)) => {
+            tokio::time::sleep(limit).await;
+            error
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -284,5 +314,5 @@ async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) {
         return;
     }
     // A client that cannot be written to is gone; the next read sees it.
-    let _ = stream.write_all(bytes).await;
+    let _ = crate::tls::write_flush(stream, bytes).await;
 }

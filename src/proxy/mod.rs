@@ -63,6 +63,8 @@ pub struct Shared {
     pub paused: tokio::sync::watch::Sender<bool>,
     /// Connected sockets, logged in or not (for max_client_conn).
     pub connected: AtomicUsize,
+    /// Client-facing TLS (certificate and mode); replaced on reload.
+    pub client_tls: ArcSwap<crate::tls::ClientTls>,
 }
 
 impl Shared {
@@ -111,6 +113,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Http(ObserveError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running proxy. Dropping it stops accepting clients.
@@ -128,6 +132,8 @@ impl Proxy {
     /// Binds `[proxy].listen` (port 0 picks a free port) and starts serving.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
         let listen = config.proxy.listen;
+        let client_tls = crate::tls::build_client_tls(&config.proxy)?;
+        let server_tls = crate::tls::build_server_tls(&config.cluster)?;
         let credentials = Credentials::build(&config);
         let handle = crate::config::handle(config.clone());
         let shared = Arc::new_cyclic(|weak| Shared {
@@ -138,7 +144,7 @@ impl Proxy {
                 }),
             ),
             credentials: ArcSwap::from_pointee(credentials),
-            pools: Pools::default(),
+            pools: Pools::new(server_tls),
             clients: Arc::new(ClientRegistry::default()),
             statements: StatementRegistry::default(),
             cluster: ArcSwap::new(ClusterView::new(&config)),
@@ -155,6 +161,7 @@ impl Proxy {
             write_log: WriteLog::default(),
             paused: tokio::sync::watch::Sender::new(false),
             connected: AtomicUsize::new(0),
+            client_tls: ArcSwap::from_pointee(client_tls),
             config: handle,
         });
         let listener = crate::client::bind(listen).map_err(|source| StartError::Listen {

@@ -100,7 +100,14 @@ pub enum RelayEnd {
     Idle(WireError),
     /// The server answered neither a query nor its cancel in time.
     QueryUnanswered(std::time::Duration),
+    /// The server connection failed before any of its answer (or anything
+    /// else) reached the client: a fresh connection can be given the same
+    /// request. Holds the client bytes the relay consumed.
+    Unanswered(BytesMut),
 }
+
+/// Client bytes kept for a retry are at most this much.
+const MAX_REPLAY: usize = 1024 * 1024;
 
 #[derive(Debug)]
 enum Chunk {
@@ -127,6 +134,12 @@ struct ServerSide {
     server_unflushed: bool,
     /// The flow holds client frames back until the server is released.
     client_paused: bool,
+    /// Client bytes consumed, while nothing has reached the client yet and
+    /// the request may still be retried elsewhere; `None` once it may not.
+    replay: Option<BytesMut>,
+    /// The server's first frame was a FATAL error: it was dying when the
+    /// request reached it.
+    abandoned: bool,
     eof: Option<Option<std::io::Error>>,
 }
 
@@ -167,6 +180,21 @@ impl ServerSide {
             let Some((tag, total)) = frame::header(rest)? else {
                 break;
             };
+            if self.replay.is_some() {
+                if tag == b'E' && rest.len() < total {
+                    break;
+                }
+                if tag == b'E'
+                    && crate::protocol::error::parse_error_fields(&rest[..total]).0 == Some("FATAL")
+                {
+                    // A backend terminated as the request arrived (killed
+                    // while pooled): nothing ran, nothing is forwarded.
+                    self.add(Chunk::Skip(total));
+                    self.abandoned = true;
+                    break;
+                }
+                self.replay = None;
+            }
             if flow.inspects(tag) {
                 if total > MAX_INSPECTED {
                     return Err(ProtocolError::TooLarge {
@@ -242,7 +270,15 @@ fn process_client<F: Flow>(
         let step = flow.client_frame(tag, &cbuf[..total], wbuf, &mut outbox)?;
         side.add_own(&mut outbox);
         match step {
-            ClientStep::Continue => cbuf.advance(total),
+            ClientStep::Continue => {
+                if let Some(replay) = side.replay.as_mut() {
+                    replay.extend_from_slice(&cbuf[..total]);
+                    if replay.len() > MAX_REPLAY {
+                        side.replay = None;
+                    }
+                }
+                cbuf.advance(total);
+            }
             ClientStep::Terminate => return Ok(ClientSide::Terminated),
             ClientStep::Hold => return Ok(ClientSide::Paused),
         }
@@ -264,6 +300,7 @@ pub async fn relay<S, F>(
     flow: &mut F,
     max_message: usize,
     timers: &mut RelayTimers,
+    replayable: bool,
 ) -> RelayEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -274,7 +311,10 @@ where
         rbuf,
         wbuf,
     } = server;
-    let mut side = ServerSide::default();
+    let mut side = ServerSide {
+        replay: replayable.then(BytesMut::new),
+        ..ServerSide::default()
+    };
     // Frames already read from the client are handled before any I/O.
     match process_client(cbuf, wbuf, &mut side, flow, max_message) {
         Err(e) => return RelayEnd::ClientError(e),
@@ -376,6 +416,11 @@ where
                             e,
                         ))));
                     }
+                    if side.abandoned
+                        && let Some(replay) = side.replay.take()
+                    {
+                        return Poll::Ready(RelayEnd::Unanswered(replay));
+                    }
                 }
                 Poll::Ready(Err(e)) => {
                     side.eof = Some(Some(e));
@@ -394,20 +439,24 @@ where
                     side.scanned -= *n;
                     side.chunks.pop_front();
                 }
-                Chunk::Own(b) => match Pin::new(&mut *client).poll_write(cx, b) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                        return Poll::Ready(RelayEnd::ClientGone);
-                    }
-                    Poll::Ready(Ok(w)) => {
-                        b.advance(w);
-                        if b.is_empty() {
-                            side.chunks.pop_front();
+                Chunk::Own(b) => {
+                    // Something reached the client: no retry from here on.
+                    side.replay = None;
+                    match Pin::new(&mut *client).poll_write(cx, b) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                            return Poll::Ready(RelayEnd::ClientGone);
                         }
-                        wrote = true;
-                        progress = true;
+                        Poll::Ready(Ok(w)) => {
+                            b.advance(w);
+                            if b.is_empty() {
+                                side.chunks.pop_front();
+                            }
+                            wrote = true;
+                            progress = true;
+                        }
+                        Poll::Pending => break,
                     }
-                    Poll::Pending => break,
-                },
+                }
                 Chunk::Forward(n) => match Pin::new(&mut *client).poll_write(cx, &rbuf[..*n]) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(RelayEnd::ClientGone);
@@ -440,7 +489,10 @@ where
                 return Poll::Ready(RelayEnd::Released);
             }
             if let Some(err) = side.eof.take() {
-                return Poll::Ready(RelayEnd::ServerGone(err));
+                return Poll::Ready(match side.replay.take() {
+                    Some(replay) => RelayEnd::Unanswered(replay),
+                    None => RelayEnd::ServerGone(err),
+                });
             }
         }
         if !progress {

@@ -78,6 +78,9 @@ where
 {
     // Replies made while idle, written once no further request is buffered.
     let mut out = BytesMut::new();
+    // A request on a server just taken from the pool may be retried on
+    // another if that server turns out dead before answering anything.
+    let mut retry = Retry::default();
     loop {
         if held.is_none() {
             let limits = Limits::from_config(&ctx.shared.config.load().proxy);
@@ -127,8 +130,12 @@ where
                     return Ok(());
                 }
             };
+            let deferred_begin = client.deferred_begin.clone();
             match hold::acquire(ctx, client, pools, &unit).await {
-                Ok(h) => *held = Some(h),
+                Ok(h) => {
+                    *held = Some(h);
+                    retry.fresh = Some(deferred_begin);
+                }
                 Err(e) => {
                     fail_request(stream, cbuf, &unit, client, e).await;
                     continue;
@@ -165,12 +172,23 @@ where
             Limits::from_config(&ctx.shared.config.load().proxy),
             ctx.cancel.slot.server().map(|link| link.cancel),
         );
-        let end = relay::relay(stream, cbuf, io, &mut flow, ctx.max_message, &mut timers).await;
+        let fresh = retry.fresh.take();
+        let end = relay::relay(
+            stream,
+            cbuf,
+            io,
+            &mut flow,
+            ctx.max_message,
+            &mut timers,
+            fresh.is_some() && retry.attempts < MAX_RETRIES,
+        )
+        .await;
         ctx.cancel.slot.set_server(None);
         ctx.cancel.slot.set_pinned(client.pins.is_pinned());
         tracing::trace!(?end, status = %char::from(h.expect.status()), "relay ended");
         match end {
             RelayEnd::Released => {
+                retry.attempts = 0;
                 let h = held.take().expect("held above");
                 hold::release(h, client);
                 if ctx.shared.shutdown.is_cancelled() {
@@ -179,6 +197,21 @@ where
             }
             RelayEnd::ClientGone => return Ok(()),
             RelayEnd::ClientError(e) => return Err(e),
+            RelayEnd::Unanswered(consumed) => {
+                // Killed while pooled, noticed only once the request got
+                // there: nothing ran and nothing reached the client, so the
+                // request goes to another server as if it had just come.
+                let h = held.take().expect("held above");
+                let mut lease = h.lease;
+                lease.mark_broken();
+                tracing::info!(server = %lease.addr, "server connection was dead; retrying the request on another");
+                let mut restored = consumed;
+                restored.extend_from_slice(cbuf);
+                *cbuf = restored;
+                client.deferred_begin = fresh.flatten();
+                retry.attempts += 1;
+                continue;
+            }
             // The server stays held: leaving rolls it back and returns it.
             RelayEnd::Idle(e) => return Err(e),
             RelayEnd::QueryUnanswered(limit) => {
@@ -213,6 +246,17 @@ async fn idle_expiry(idle: Option<(std::time::Duration, WireError)>) -> WireErro
         }
         None => std::future::pending().await,
     }
+}
+
+/// How often one request may be moved to another server.
+const MAX_RETRIES: u32 = 2;
+
+#[derive(Default)]
+struct Retry {
+    /// Set when a server was just acquired: the client's deferred BEGIN as
+    /// it was before (a retry must send it again).
+    fresh: Option<Option<bytes::Bytes>>,
+    attempts: u32,
 }
 
 fn shutting_down() -> WireError {

@@ -1,6 +1,7 @@
 //! Integration tests against real PostgreSQL (one binary).
 
 mod harness;
+mod private;
 mod wire;
 
 mod auth;
@@ -9,6 +10,9 @@ mod cli;
 mod cluster_monitor;
 mod cluster_smoke;
 mod demo;
+mod failures;
+mod lexer_props;
+mod limits;
 mod observe_budgets;
 mod observe_dashboard;
 mod observe_explain;
@@ -18,4 +22,9 @@ mod observe_support;
 mod packaging;
 mod pooling;
 mod proxy_core;
+mod reload;
 mod routing_smoke;
+mod running;
+mod security;
+mod shutdown;
+mod tls;

@@ -173,16 +173,19 @@ where
             ctx.cancel.slot.server().map(|link| link.cancel),
         );
         let fresh = retry.fresh.take();
-        let end = relay::relay(
-            stream,
-            cbuf,
-            io,
-            &mut flow,
-            ctx.max_message,
-            &mut timers,
-            fresh.is_some() && retry.attempts < MAX_RETRIES,
-        )
-        .await;
+        let end = tokio::select! {
+            end = relay::relay(
+                stream,
+                cbuf,
+                io,
+                &mut flow,
+                ctx.max_message,
+                &mut timers,
+                fresh.is_some() && retry.attempts < MAX_RETRIES,
+            ) => end,
+            // The server stays held: leaving rolls it back (or closes it).
+            _ = ctx.shared.force_close.cancelled() => return Err(closed_at_shutdown()),
+        };
         ctx.cancel.slot.set_server(None);
         ctx.cancel.slot.set_pinned(client.pins.is_pinned());
         tracing::trace!(?end, status = %char::from(h.expect.status()), "relay ended");
@@ -257,6 +260,14 @@ struct Retry {
     /// it was before (a retry must send it again).
     fresh: Option<Option<bytes::Bytes>>,
     attempts: u32,
+}
+
+fn closed_at_shutdown() -> WireError {
+    WireError::fatal(
+        SqlState::ADMIN_SHUTDOWN,
+        "terminating connection because pgsidecar is shutting down and shutdown_timeout has passed",
+    )
+    .with_detail("the transaction in progress was rolled back")
 }
 
 fn shutting_down() -> WireError {

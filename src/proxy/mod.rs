@@ -52,6 +52,9 @@ pub struct Shared {
     pub config_path: OnceLock<PathBuf>,
     /// Cancelled when the proxy starts shutting down.
     pub shutdown: CancellationToken,
+    /// Cancelled when `shutdown_timeout` has passed: sessions still holding
+    /// a server end now (their transaction is rolled back).
+    pub force_close: CancellationToken,
     /// Every client task, so shutdown can wait for them.
     pub sessions: TaskTracker,
     /// Metrics, digests, slow-query log, plans.
@@ -152,6 +155,7 @@ impl Proxy {
             generation: AtomicU64::new(0),
             config_path: OnceLock::new(),
             shutdown: CancellationToken::new(),
+            force_close: CancellationToken::new(),
             sessions: TaskTracker::new(),
             classifier: Classifier::new(
                 &config.routing.read_only_functions,
@@ -218,7 +222,9 @@ impl Proxy {
             for link in running {
                 let _ = crate::client::cancel::send_cancel(&link.cancel).await;
             }
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), shared.sessions.wait())
+            shared.force_close.cancel();
+            // Time for the sessions to tell their clients and roll back.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), shared.sessions.wait())
                 .await;
         }
         if let Some(http) = self.http.take() {

@@ -89,6 +89,12 @@ async fn a_query_outliving_shutdown_timeout_is_cancelled_and_the_process_exits()
     )
     .unwrap();
     let mut proxy = running::start(&path).await;
+    // One client idles inside a transaction, one runs a long query.
+    let idle = connect(proxy.port, &db).await.unwrap();
+    idle.batch_execute("CREATE TABLE t (n int)").await.unwrap();
+    idle.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
     let client = connect(proxy.port, &db).await.unwrap();
     let sleeping = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(60)").await });
     let su = harness::superuser().await;
@@ -113,6 +119,11 @@ async fn a_query_outliving_shutdown_timeout_is_cancelled_and_the_process_exits()
         "{text}"
     );
     proxy.wait_for_log(&["shutdown_timeout reached"]).await;
+    // The idle transaction was closed and rolled back, not committed.
+    let e = idle.batch_execute("COMMIT").await.expect_err("closed");
+    let text = harness::error_text(&e);
+    assert!(text.starts_with("57P01") || idle.is_closed(), "{text}");
+    assert_eq!(count(&db).await, 0);
     // The server is not left running the query.
     harness::eventually(
         "the query to stop on the server",

@@ -100,16 +100,23 @@ kills=0
 reloads=0
 rss_start=""
 size=8
+next_kill=$KILL_EVERY
+next_reload=$RELOAD_EVERY
 while kill -0 "$bench_pid" 2>/dev/null; do
     sleep 1
     now=$(( $(date +%s) - start ))
-    [ -z "$rss_start" ] && [ "$now" -ge 30 ] && rss_start=$(rss) && echo "    RSS after warm-up: ${rss_start} kB"
-    if [ $(( now % KILL_EVERY )) = 0 ]; then
+    if [ -z "$rss_start" ] && [ "$now" -ge 30 ]; then
+        rss_start=$(rss)
+        echo "    RSS after warm-up: ${rss_start} kB"
+    fi
+    if [ "$now" -ge "$next_kill" ]; then
+        next_kill=$(( next_kill + KILL_EVERY ))
         n=$(psql_su -d postgres -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
             WHERE datname = 'soak' AND application_name = 'pgsidecar' AND state = 'idle'")
         kills=$(( kills + n ))
     fi
-    if [ $(( now % RELOAD_EVERY )) = 0 ]; then
+    if [ "$now" -ge "$next_reload" ]; then
+        next_reload=$(( next_reload + RELOAD_EVERY ))
         size=$(( size == 8 ? 10 : 8 ))
         write_config "$size"
         kill -HUP "$proxy_pid"

@@ -13,18 +13,18 @@ async fn trust_proxy(extra: &str) -> pgsidecar::proxy::Proxy {
 #[tokio::test]
 async fn an_idle_client_is_disconnected_with_57p05() {
     let db = harness::fresh_db("limit_idle");
-    let proxy = trust_proxy("[proxy]\nclient_idle_timeout = \"300ms\"\n").await;
+    let proxy = trust_proxy("[proxy]\nclient_idle_timeout = \"1s\"\n").await;
     let (mut raw, _, _) = Raw::login_trust(proxy.addr, "app", &db).await;
     let e = raw.fatal().await;
     assert_eq!(e.code, "57P05", "{e:?}");
     assert!(
-        e.message.contains("proxy.client_idle_timeout (300ms)"),
+        e.message.contains("proxy.client_idle_timeout (1s)"),
         "{e:?}"
     );
 
     // A client busy with a query longer than the limit is not idle.
     let client = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
-    client.simple_query("SELECT pg_sleep(0.8)").await.unwrap();
+    client.simple_query("SELECT pg_sleep(1.5)").await.unwrap();
 }
 
 #[tokio::test]

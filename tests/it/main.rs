@@ -11,6 +11,7 @@ mod cluster_monitor;
 mod cluster_smoke;
 mod demo;
 mod failures;
+mod fuzz_corpus;
 mod lexer_props;
 mod limits;
 mod observe_budgets;

@@ -35,9 +35,8 @@ impl Sources for NoSources {
 }
 
 fn observer(enabled: bool) -> Arc<Observer> {
-    let text = format!(
-        "[cluster]\nprimary = \"127.0.0.1:5432\"\n[observability]\nenabled = {enabled}\n"
-    );
+    let text =
+        format!("[cluster]\nprimary = \"127.0.0.1:5432\"\n[observability]\nenabled = {enabled}\n");
     let config = Config::from_toml(&text, Path::new("<bench>")).expect("valid config");
     Observer::new(pgsidecar::config::handle(config), Arc::new(NoSources))
 }

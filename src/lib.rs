@@ -6,6 +6,7 @@
 //! - [`config`]: TOML schema, loading, validation, reloadable handle.
 //! - [`protocol`]: wire framing, startup negotiation, auth exchanges, errors.
 //! - [`server`]: backend connections and their pools.
+//! - [`tls`]: rustls acceptor and connector, plain-or-TLS streams.
 //! - [`client`]: listener and the per-client session.
 //! - [`routing`]: statement classification and routing policy.
 //! - [`cluster`]: node roles, health, replication lag.
@@ -24,3 +25,4 @@ pub mod protocol;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod tls;

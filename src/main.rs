@@ -89,6 +89,9 @@ fn main() -> ExitCode {
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let (config, sources) = Config::load_with_sources(path)?;
+    // Certificates and keys are read the way `run` reads them.
+    pgsidecar::tls::build_client_tls(&config.proxy)?;
+    pgsidecar::tls::build_server_tls(&config.cluster)?;
     let rendered = toml::to_string(&config).context("printing the config")?;
     print!("{}", sources.annotate(&rendered));
     println!(
@@ -116,14 +119,36 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let mut terminate =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let proxy = Proxy::start(config).await?;
         // The console's RELOAD re-reads this file.
         let _ = proxy.shared.config_path.set(path.to_path_buf());
         tracing::info!(addr = %proxy.addr, "ready");
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for a signal")?;
-        tracing::info!("shutting down");
+        let signal = loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading {}", path.display());
+                    // Success and failure are logged by the reload itself.
+                    let result = proxy.shared.reload_from_file();
+                    proxy.shared.observer.metrics().config_reload(result.is_ok());
+                }
+                _ = terminate.recv() => break "SIGTERM",
+                _ = interrupt.recv() => break "SIGINT",
+            }
+        };
+        let timeout = proxy.shared.config.load().proxy.shutdown_timeout;
+        tracing::info!(
+            signal,
+            shutdown_timeout = %humantime::format_duration(timeout),
+            "shutting down: no new clients, transactions in flight may finish"
+        );
+        proxy.shutdown(timeout).await;
+        tracing::info!("stopped");
         anyhow::Ok(())
     })
 }

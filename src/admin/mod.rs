@@ -10,7 +10,7 @@ mod table;
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use crate::protocol::backend;
 use crate::protocol::frame::{self, fe};
@@ -52,7 +52,7 @@ where
             Ok(Some(f)) => f,
             Ok(None) => return,
             Err(e) => {
-                let _ = stream.write_all(&e.to_bytes()).await;
+                let _ = crate::tls::write_flush(&mut stream, &e.to_bytes()).await;
                 return;
             }
         };
@@ -83,7 +83,7 @@ where
                 .encode(&mut out);
             }
         }
-        if !out.is_empty() && stream.write_all(&out).await.is_err() {
+        if !out.is_empty() && crate::tls::write_flush(&mut stream, &out).await.is_err() {
             return;
         }
     }

@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 use pgwire::messages::startup::Authentication;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::credentials::UserAuth;
 use crate::config::ClientAuth;
@@ -179,7 +179,9 @@ async fn send<S: AsyncWrite + Unpin>(
 ) -> Result<(), AuthFailure> {
     let mut out = BytesMut::with_capacity(64);
     backend::authentication(&mut out, auth);
-    stream.write_all(&out).await.map_err(|_| AuthFailure::Gone)
+    crate::tls::write_flush(stream, &out)
+        .await
+        .map_err(|_| AuthFailure::Gone)
 }
 
 /// Reads the client's next message, which must be a password-family 'p'.

@@ -53,6 +53,9 @@ pub struct HoldState {
     /// The node this server belongs to, for metrics.
     pub node: NodeId,
     pub role: Role,
+    /// `query_timeout` cancelled the running query: its 57014 error is
+    /// reworded to name the limit, until the next ReadyForQuery.
+    query_timed_out: Option<std::time::Duration>,
     /// The current batch, kept for a retry after a stale plan.
     retry: Retry,
     /// An Execute was sent since the last Sync.
@@ -126,6 +129,7 @@ impl HoldState {
             retry: Retry::default(),
             executed: false,
             stale_server: false,
+            query_timed_out: None,
         }
     }
 }
@@ -480,6 +484,7 @@ impl SessionFlow<'_> {
     /// `for_client`: it answers the client's request, not a statement of
     /// the proxy's own (a parameter sync), which is no transaction of theirs.
     fn on_ready(&mut self, before: u8, status: u8, for_client: bool) {
+        self.hold.query_timed_out = None;
         if status == b'I' && for_client {
             self.shared.observer.metrics().transaction();
         }
@@ -738,6 +743,18 @@ impl Flow for SessionFlow<'_> {
         Ok(ClientStep::Continue)
     }
 
+    fn quiet_status(&self) -> Option<u8> {
+        self.expect.is_quiet().then(|| self.expect.status())
+    }
+
+    fn query_timed_out(&mut self, limit: std::time::Duration) {
+        tracing::info!(
+            limit = %humantime::format_duration(limit),
+            "query_timeout: cancelling the running query"
+        );
+        self.hold.query_timed_out = Some(limit);
+    }
+
     fn inspects(&self, tag: u8) -> bool {
         // Rows and COPY data stream through, unless they answer a statement
         // of the proxy's own.
@@ -806,11 +823,25 @@ impl Flow for SessionFlow<'_> {
         for event in &matched.events {
             self.on_event(event, status);
         }
-        let forward = matched.disposition != Some(Disposition::Drop);
+        let mut forward = matched.disposition != Some(Disposition::Drop);
         if matched.ready {
             self.on_ready(before, status, forward);
         }
-        let mut forward = matched.disposition != Some(Disposition::Drop);
+        // `query_timeout` cancelled this query: its error names the limit.
+        let reworded = if forward
+            && tag == be::ERROR_RESPONSE
+            && let Some(limit) = self.hold.query_timed_out
+            && crate::protocol::error::parse_error_fields(frame).1 == Some("57014")
+        {
+            forward = false;
+            Some(
+                super::limits::query_timeout_error(limit)
+                    .to_bytes()
+                    .freeze(),
+            )
+        } else {
+            None
+        };
         if let Some(parameters) = held {
             // The ParameterDescription held back goes first.
             then.push(parameters);
@@ -818,6 +849,9 @@ impl Flow for SessionFlow<'_> {
                 then.push(Bytes::copy_from_slice(frame));
                 forward = false;
             }
+        }
+        if let Some(error) = reworded {
+            then.push(error);
         }
         for reply in &matched.replies {
             then.push(reply.bytes(self.expect.status()));

@@ -1,12 +1,16 @@
 //! The opening of a client connection, before any authentication:
-//! SSLRequest/GSSENCRequest answered, CancelRequest recognised, and the
-//! StartupMessage read, all under the startup size limit.
+//! SSLRequest answered ('S' and a TLS handshake when a certificate is
+//! configured, 'N' otherwise), GSSENCRequest declined, CancelRequest
+//! recognised, and the StartupMessage read, all under the startup size
+//! limit.
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
+use crate::config::ClientTlsMode;
 use crate::protocol::startup::{self, StartupMessage, StartupPacket};
 use crate::protocol::{SqlState, WireError};
+use crate::tls::{ClientStream, ClientTls, write_flush};
 
 /// What a new connection turned out to be.
 pub enum Opening {
@@ -19,15 +23,17 @@ pub enum Opening {
     Closed,
 }
 
-/// Reads packets until a StartupMessage or CancelRequest. Encryption
-/// requests are declined with 'N' (TLS is not configured); a client that
-/// sent anything after the request before reading the answer is refused,
-/// since those bytes would otherwise be treated as if they came after the
-/// negotiation (the CVE-2021-23214 class of bug).
-pub async fn negotiate<S>(stream: &mut S, buf: &mut BytesMut) -> Result<Opening, WireError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+/// Reads packets until a StartupMessage or CancelRequest, upgrading
+/// `stream` to TLS if the client asks and `tls` allows. A client that sent
+/// anything after an encryption request before reading the answer is
+/// refused: those bytes were sent in plaintext and would otherwise be
+/// taken as if they came after the negotiation (the CVE-2021-23214 class
+/// of bug, a man-in-the-middle's way to inject a query).
+pub async fn negotiate(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    tls: &ClientTls,
+) -> Result<Opening, WireError> {
     loop {
         let (packet, len) = loop {
             if let Some(parsed) = startup::parse(buf)? {
@@ -51,11 +57,37 @@ where
                         "a client must wait for the server's answer before sending more",
                     ));
                 }
-                if stream.write_all(b"N").await.is_err() {
+                if stream.is_tls() {
+                    return Err(WireError::fatal(
+                        SqlState::PROTOCOL_VIOLATION,
+                        "encryption requested again inside TLS",
+                    ));
+                }
+                let acceptor = match (&packet, &tls.acceptor) {
+                    (StartupPacket::SslRequest, Some(acceptor)) => acceptor,
+                    _ => {
+                        if write_flush(stream, b"N").await.is_err() {
+                            return Ok(Opening::Closed);
+                        }
+                        continue;
+                    }
+                };
+                if write_flush(stream, b"S").await.is_err() {
+                    return Ok(Opening::Closed);
+                }
+                if let Err(error) = stream.upgrade(acceptor).await {
+                    tracing::info!(%error, "client TLS handshake failed");
                     return Ok(Opening::Closed);
                 }
             }
             StartupPacket::Cancel { pid, secret } => return Ok(Opening::Cancel { pid, secret }),
+            StartupPacket::Startup(_) if tls.mode == ClientTlsMode::Require && !stream.is_tls() => {
+                return Err(WireError::fatal(
+                    SqlState::INVALID_AUTHORIZATION,
+                    "pgsidecar requires SSL",
+                )
+                .with_hint("connect with sslmode=require (proxy.tls_mode = \"require\")"));
+            }
             StartupPacket::Startup(s) => return Ok(Opening::Startup(s)),
         }
     }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::handshake::{self, Opening};
@@ -59,19 +58,21 @@ impl Drop for Counted {
     }
 }
 
-async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
+async fn handle(shared: Arc<Shared>, tcp: TcpStream) {
     shared.connected.fetch_add(1, Ordering::Relaxed);
     let _counted = Counted(shared.clone());
-    let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().ok();
+    let _ = tcp.set_nodelay(true);
+    let peer = tcp.peer_addr().ok();
+    let mut stream = crate::tls::ClientStream::Plain(tcp);
     let mut buf = BytesMut::with_capacity(256);
     let deadline = shared.config.load().proxy.client_login_timeout;
+    let tls = shared.client_tls.load_full();
 
     // Boxed: login state (negotiation, auth exchanges, the first server
     // connection) is large and short-lived; an idle client's task keeps
     // only the session's state.
     let logged_in = Box::pin(tokio::time::timeout(deadline, async {
-        match handshake::negotiate(&mut stream, &mut buf).await? {
+        match handshake::negotiate(&mut stream, &mut buf, &tls).await? {
             Opening::Closed => Ok(None),
             Opening::Cancel { pid, secret } => {
                 shared.clients.cancel(pid, &secret).await;
@@ -93,7 +94,7 @@ async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
         Ok(Ok(None)) => return,
         Ok(Err(error)) => {
             shared.observer.metrics().error(login_error_kind(&error));
-            let _ = Box::pin(stream.write_all(&error.to_bytes())).await;
+            let _ = Box::pin(crate::tls::write_flush(&mut stream, &error.to_bytes())).await;
             return;
         }
         Err(_) => {
@@ -102,7 +103,7 @@ async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
                 crate::protocol::SqlState::CANNOT_CONNECT_NOW,
                 format!("login did not complete within {deadline:?} (proxy.client_login_timeout)"),
             );
-            let _ = stream.write_all(&error.to_bytes()).await;
+            let _ = crate::tls::write_flush(&mut stream, &error.to_bytes()).await;
             return;
         }
     };

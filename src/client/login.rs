@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::auth::{self, AuthFailure};
 use super::params::ClientParams;
@@ -151,7 +151,7 @@ where
                 ClientReport::Forward(frame) => out.extend_from_slice(&frame),
                 ClientReport::Error(w) => w.encode(&mut out),
             }
-            let _ = stream.write_all(&out).await;
+            let _ = crate::tls::write_flush(stream, &out).await;
             return Ok(None);
         }
     };
@@ -200,5 +200,5 @@ where
 }
 
 async fn stream_is_ok<S: AsyncWrite + Unpin>(stream: &mut S, out: &[u8]) -> bool {
-    out.is_empty() || stream.write_all(out).await.is_ok()
+    out.is_empty() || crate::tls::write_flush(stream, out).await.is_ok()
 }

@@ -10,6 +10,7 @@ mod flow;
 mod handshake;
 mod hold;
 mod idle;
+mod limits;
 mod listener;
 mod login;
 pub mod params;

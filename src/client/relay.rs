@@ -12,6 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 
+use super::limits::{Fired, RelayTimers};
 use crate::protocol::frame;
 use crate::protocol::{ProtocolError, WireError};
 
@@ -78,11 +79,16 @@ pub trait Flow {
         to_server: &mut BytesMut,
         then: &mut Outbox,
     ) -> ServerStep;
+    /// The transaction status when the server owes nothing, else `None`.
+    fn quiet_status(&self) -> Option<u8>;
+    /// `query_timeout` passed and a cancel was sent: the server's
+    /// "canceling statement" error should say why.
+    fn query_timed_out(&mut self, limit: std::time::Duration);
 }
 
 /// The server connection's I/O parts the relay drives.
 pub struct ServerIo<'a> {
-    pub stream: &'a mut tokio::net::TcpStream,
+    pub stream: &'a mut crate::tls::ServerStream,
     pub rbuf: &'a mut BytesMut,
     pub wbuf: &'a mut BytesMut,
 }
@@ -100,7 +106,18 @@ pub enum RelayEnd {
     /// The server connection closed or failed; its last bytes (a FATAL
     /// error, usually) were delivered to the client.
     ServerGone(Option<std::io::Error>),
+    /// The client stayed idle past a limit; the error says which.
+    Idle(WireError),
+    /// The server answered neither a query nor its cancel in time.
+    QueryUnanswered(std::time::Duration),
+    /// The server connection failed before any of its answer (or anything
+    /// else) reached the client: a fresh connection can be given the same
+    /// request. Holds the client bytes the relay consumed.
+    Unanswered(BytesMut),
 }
+
+/// Client bytes kept for a retry are at most this much.
+const MAX_REPLAY: usize = 1024 * 1024;
 
 #[derive(Debug)]
 enum Chunk {
@@ -121,8 +138,18 @@ struct ServerSide {
     /// Bytes still to come of a frame being streamed through.
     partial: usize,
     release: bool,
+    /// Bytes were written to the client (server) that may still sit in a
+    /// TLS buffer until flushed.
+    client_unflushed: bool,
+    server_unflushed: bool,
     /// The flow holds client frames back until the server is released.
     client_paused: bool,
+    /// Client bytes consumed, while nothing has reached the client yet and
+    /// the request may still be retried elsewhere; `None` once it may not.
+    replay: Option<BytesMut>,
+    /// The server's first frame was a FATAL error: it was dying when the
+    /// request reached it.
+    abandoned: bool,
     eof: Option<Option<std::io::Error>>,
 }
 
@@ -168,6 +195,21 @@ impl ServerSide {
             let Some((tag, total)) = frame::header(rest)? else {
                 break;
             };
+            if self.replay.is_some() {
+                if tag == b'E' && rest.len() < total {
+                    break;
+                }
+                if tag == b'E'
+                    && crate::protocol::error::parse_error_fields(&rest[..total]).0 == Some("FATAL")
+                {
+                    // A backend terminated as the request arrived (killed
+                    // while pooled): nothing ran, nothing is forwarded.
+                    self.add(Chunk::Skip(total));
+                    self.abandoned = true;
+                    break;
+                }
+                self.replay = None;
+            }
             if flow.inspects(tag) {
                 if total > MAX_INSPECTED {
                     return Err(ProtocolError::TooLarge {
@@ -243,7 +285,15 @@ fn process_client<F: Flow>(
         let step = flow.client_frame(tag, &cbuf[..total], wbuf, &mut outbox)?;
         side.add_own(&mut outbox);
         match step {
-            ClientStep::Continue => cbuf.advance(total),
+            ClientStep::Continue => {
+                if let Some(replay) = side.replay.as_mut() {
+                    replay.extend_from_slice(&cbuf[..total]);
+                    if replay.len() > MAX_REPLAY {
+                        side.replay = None;
+                    }
+                }
+                cbuf.advance(total);
+            }
             ClientStep::Terminate => return Ok(ClientSide::Terminated),
             ClientStep::Hold => return Ok(ClientSide::Paused),
         }
@@ -264,6 +314,8 @@ pub async fn relay<S, F>(
     server: ServerIo<'_>,
     flow: &mut F,
     max_message: usize,
+    timers: &mut RelayTimers,
+    replayable: bool,
 ) -> RelayEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -274,7 +326,10 @@ where
         rbuf,
         wbuf,
     } = server;
-    let mut side = ServerSide::default();
+    let mut side = ServerSide {
+        replay: replayable.then(BytesMut::new),
+        ..ServerSide::default()
+    };
     // Frames already read from the client are handled before any I/O.
     match process_client(cbuf, wbuf, &mut side, flow, max_message) {
         Err(e) => return RelayEnd::ClientError(e),
@@ -293,6 +348,7 @@ where
             &mut side,
             flow,
             max_message,
+            timers,
         )
     })
     .await
@@ -303,12 +359,13 @@ fn poll_relay<S, F>(
     cx: &mut Context<'_>,
     client: &mut S,
     cbuf: &mut BytesMut,
-    server: &mut tokio::net::TcpStream,
+    server: &mut crate::tls::ServerStream,
     rbuf: &mut BytesMut,
     wbuf: &mut BytesMut,
     side: &mut ServerSide,
     flow: &mut F,
     max_message: usize,
+    timers: &mut RelayTimers,
 ) -> Poll<RelayEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -326,6 +383,7 @@ where
                 }
                 Poll::Ready(Ok(_)) => {
                     progress = true;
+                    timers.client_activity();
                     match process_client(cbuf, wbuf, side, flow, max_message) {
                         Err(e) => return Poll::Ready(RelayEnd::ClientError(e)),
                         Ok(ClientSide::Terminated) => return Poll::Ready(RelayEnd::ClientGone),
@@ -342,8 +400,16 @@ where
             match Pin::new(&mut *server).poll_write(cx, wbuf) {
                 Poll::Ready(Ok(n)) => {
                     wbuf.advance(n);
+                    side.server_unflushed = true;
                     progress = true;
                 }
+                Poll::Ready(Err(e)) => side.eof = Some(Some(e)),
+                Poll::Pending => {}
+            }
+        }
+        if side.server_unflushed && side.eof.is_none() {
+            match Pin::new(&mut *server).poll_flush(cx) {
+                Poll::Ready(Ok(())) => side.server_unflushed = false,
                 Poll::Ready(Err(e)) => side.eof = Some(Some(e)),
                 Poll::Pending => {}
             }
@@ -365,6 +431,11 @@ where
                             e,
                         ))));
                     }
+                    if side.abandoned
+                        && let Some(replay) = side.replay.take()
+                    {
+                        return Poll::Ready(RelayEnd::Unanswered(replay));
+                    }
                 }
                 Poll::Ready(Err(e)) => {
                     side.eof = Some(Some(e));
@@ -383,20 +454,24 @@ where
                     side.scanned -= *n;
                     side.chunks.pop_front();
                 }
-                Chunk::Own(b) => match Pin::new(&mut *client).poll_write(cx, b) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                        return Poll::Ready(RelayEnd::ClientGone);
-                    }
-                    Poll::Ready(Ok(w)) => {
-                        b.advance(w);
-                        if b.is_empty() {
-                            side.chunks.pop_front();
+                Chunk::Own(b) => {
+                    // Something reached the client: no retry from here on.
+                    side.replay = None;
+                    match Pin::new(&mut *client).poll_write(cx, b) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                            return Poll::Ready(RelayEnd::ClientGone);
                         }
-                        wrote = true;
-                        progress = true;
+                        Poll::Ready(Ok(w)) => {
+                            b.advance(w);
+                            if b.is_empty() {
+                                side.chunks.pop_front();
+                            }
+                            wrote = true;
+                            progress = true;
+                        }
+                        Poll::Pending => break,
                     }
-                    Poll::Pending => break,
-                },
+                }
                 Chunk::Forward(n) => match Pin::new(&mut *client).poll_write(cx, &rbuf[..*n]) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(RelayEnd::ClientGone);
@@ -415,20 +490,41 @@ where
                 },
             }
         }
-        if wrote && let Poll::Ready(Err(_)) = Pin::new(&mut *client).poll_flush(cx) {
-            return Poll::Ready(RelayEnd::ClientGone);
+        side.client_unflushed |= wrote;
+        if side.client_unflushed {
+            match Pin::new(&mut *client).poll_flush(cx) {
+                Poll::Ready(Ok(())) => side.client_unflushed = false,
+                Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
+                Poll::Pending => {}
+            }
         }
 
-        if side.chunks.is_empty() {
+        if side.chunks.is_empty() && !side.client_unflushed {
             if side.release {
                 return Poll::Ready(RelayEnd::Released);
             }
             if let Some(err) = side.eof.take() {
-                return Poll::Ready(RelayEnd::ServerGone(err));
+                return Poll::Ready(match side.replay.take() {
+                    Some(replay) => RelayEnd::Unanswered(replay),
+                    None => RelayEnd::ServerGone(err),
+                });
             }
         }
         if !progress {
-            return Poll::Pending;
+            let quiet = flow.quiet_status().filter(|_| {
+                wbuf.is_empty() && side.chunks.is_empty() && !side.release && side.eof.is_none()
+            });
+            return match timers.poll(cx, quiet) {
+                None => Poll::Pending,
+                Some(Fired::Idle(error)) => Poll::Ready(RelayEnd::Idle(error)),
+                Some(Fired::QueryUnanswered(limit)) => {
+                    Poll::Ready(RelayEnd::QueryUnanswered(limit))
+                }
+                Some(Fired::QueryCancelled(limit)) => {
+                    flow.query_timed_out(limit);
+                    Poll::Pending
+                }
+            };
         }
     }
 }

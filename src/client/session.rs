@@ -7,13 +7,14 @@
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::cancel::CancelTarget;
 use super::credentials::UserAuth;
 use super::flow::{SessionFlow, check_frontend_tag};
 use super::hold::{self, Held, NodePools};
 use super::idle::{self, Idle};
+use super::limits::{self, Limits, RelayTimers};
 use super::registry::{ClientHandle, ServerLink};
 use super::relay::{self, RelayEnd, ServerIo};
 use super::route;
@@ -58,7 +59,7 @@ where
         if e.code == SqlState::PROTOCOL_VIOLATION {
             ctx.shared.observer.metrics().error("protocol");
         }
-        let _ = stream.write_all(&e.to_bytes()).await;
+        let _ = crate::tls::write_flush(&mut stream, &e.to_bytes()).await;
     }
     ctx.cancel.slot.set_server(None);
     if let Some(h) = held {
@@ -80,11 +81,18 @@ where
 {
     // Replies made while idle, written once no further request is buffered.
     let mut out = BytesMut::new();
+    // A request on a server just taken from the pool may be retried on
+    // another if that server turns out dead before answering anything.
+    let mut retry = Retry::default();
     loop {
         if held.is_none() {
+            let limits = Limits::from_config(&ctx.shared.config.load().proxy);
+            // A BEGIN the proxy acknowledged itself is an open transaction.
+            let idle = limits.idle(client.deferred_begin.is_some());
             let next = tokio::select! {
                 next = next_frame(stream, cbuf, ctx.max_message) => next?,
                 _ = ctx.shared.shutdown.cancelled() => return Err(shutting_down()),
+                error = idle_expiry(idle) => return Err(error),
             };
             let Some(tag) = next else {
                 return Ok(());
@@ -128,11 +136,15 @@ where
                     return Ok(());
                 }
             };
+            let deferred_begin = client.deferred_begin.clone();
             // Boxed (as is the relay below): their states are large and live
             // only while a server is being taken or used, so idle clients'
             // tasks stay small.
             match Box::pin(hold::acquire(ctx, client, pools, &unit)).await {
-                Ok(h) => *held = Some(Box::new(h)),
+                Ok(h) => {
+                    *held = Some(Box::new(h));
+                    retry.fresh = Some(deferred_begin);
+                }
                 Err(e) => {
                     fail_request(stream, cbuf, &unit, client, e).await;
                     continue;
@@ -165,12 +177,33 @@ where
             rbuf: io.rbuf,
             wbuf: io.wbuf,
         };
-        let end = Box::pin(relay::relay(stream, cbuf, io, &mut flow, ctx.max_message)).await;
+        let mut timers = RelayTimers::new(
+            Limits::from_config(&ctx.shared.config.load().proxy),
+            ctx.cancel.slot.server().map(|link| link.cancel),
+        );
+        let fresh = retry.fresh.take();
+        let end = Box::pin(async {
+            tokio::select! {
+                end = relay::relay(
+                    stream,
+                    cbuf,
+                    io,
+                    &mut flow,
+                    ctx.max_message,
+                    &mut timers,
+                    fresh.is_some() && retry.attempts < MAX_RETRIES,
+                ) => Ok(end),
+                // The server stays held: leaving rolls it back (or closes it).
+                _ = ctx.shared.force_close.cancelled() => Err(closed_at_shutdown()),
+            }
+        })
+        .await?;
         ctx.cancel.slot.set_server(None);
         ctx.cancel.slot.set_pinned(client.pins.is_pinned());
         tracing::trace!(?end, status = %char::from(h.expect.status()), "relay ended");
         match end {
             RelayEnd::Released => {
+                retry.attempts = 0;
                 let h = held.take().expect("held above");
                 hold::release(*h, client);
                 if ctx.shared.shutdown.is_cancelled() {
@@ -179,6 +212,30 @@ where
             }
             RelayEnd::ClientGone => return Ok(()),
             RelayEnd::ClientError(e) => return Err(e),
+            RelayEnd::Unanswered(consumed) => {
+                // Killed while pooled, noticed only once the request got
+                // there: nothing ran and nothing reached the client, so the
+                // request goes to another server as if it had just come.
+                let h = held.take().expect("held above");
+                let mut lease = h.lease;
+                lease.mark_broken();
+                tracing::info!(server = %lease.addr, "server connection was dead; retrying the request on another");
+                let mut restored = consumed;
+                restored.extend_from_slice(cbuf);
+                *cbuf = restored;
+                client.deferred_begin = fresh.flatten();
+                retry.attempts += 1;
+                continue;
+            }
+            // The server stays held: leaving rolls it back and returns it.
+            RelayEnd::Idle(e) => return Err(e),
+            RelayEnd::QueryUnanswered(limit) => {
+                let h = held.take().expect("held above");
+                let mut lease = h.lease;
+                lease.mark_broken();
+                tracing::warn!(server = %lease.addr, "server did not answer a query_timeout cancel");
+                return Err(limits::query_unanswered_error(limit));
+            }
             RelayEnd::ServerGone(err) => {
                 let h = held.take().expect("held above");
                 let mut lease = h.lease;
@@ -197,6 +254,36 @@ where
 
 /// Buffer kept for a client between requests.
 const IDLE_BUFFER: usize = 512;
+/// Resolves with the error for an idle client once its limit passes; never
+/// without a limit.
+async fn idle_expiry(idle: Option<(std::time::Duration, WireError)>) -> WireError {
+    match idle {
+        Some((limit, error)) => {
+            tokio::time::sleep(limit).await;
+            error
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// How often one request may be moved to another server.
+const MAX_RETRIES: u32 = 2;
+
+#[derive(Default)]
+struct Retry {
+    /// Set when a server was just acquired: the client's deferred BEGIN as
+    /// it was before (a retry must send it again).
+    fresh: Option<Option<bytes::Bytes>>,
+    attempts: u32,
+}
+
+fn closed_at_shutdown() -> WireError {
+    WireError::fatal(
+        SqlState::ADMIN_SHUTDOWN,
+        "terminating connection because pgsidecar is shutting down and shutdown_timeout has passed",
+    )
+    .with_detail("the transaction in progress was rolled back")
+}
 
 fn shutting_down() -> WireError {
     WireError::fatal(
@@ -301,5 +388,5 @@ async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) {
         return;
     }
     // A client that cannot be written to is gone; the next read sees it.
-    let _ = stream.write_all(bytes).await;
+    let _ = crate::tls::write_flush(stream, bytes).await;
 }

@@ -237,6 +237,7 @@ impl Config {
                 return Err((key.to_string(), what.into()));
             }
         }
+        self.validate_tls()?;
         let rate = self.observability.explain_sample_rate;
         if !(0.0..=1.0).contains(&rate) {
             return Err((
@@ -266,6 +267,44 @@ impl Config {
             return Err((
                 "budgets.p95_query_time".into(),
                 "must be greater than zero".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// TLS keys that only make sense together.
+    fn validate_tls(&self) -> Result<(), (String, String)> {
+        use super::types::{ClientTlsMode, ServerTlsMode};
+        let proxy = &self.proxy;
+        let mode = proxy.tls_mode();
+        if mode != ClientTlsMode::Disable {
+            for (key, value) in [("tls_cert", &proxy.tls_cert), ("tls_key", &proxy.tls_key)] {
+                if value.is_none() {
+                    return Err((
+                        format!("proxy.{key}"),
+                        format!("tls_mode = \"{mode}\" needs tls_cert and tls_key"),
+                    ));
+                }
+            }
+        }
+        if proxy.tls_cert.is_some() != proxy.tls_key.is_some() {
+            let missing = if proxy.tls_cert.is_none() {
+                "proxy.tls_cert"
+            } else {
+                "proxy.tls_key"
+            };
+            return Err((
+                missing.into(),
+                "tls_cert and tls_key go together: set both or neither".into(),
+            ));
+        }
+        if self.cluster.server_tls == ServerTlsMode::VerifyFull
+            && self.cluster.server_tls_ca_file.is_none()
+        {
+            return Err((
+                "cluster.server_tls_ca_file".into(),
+                "server_tls = \"verify-full\" needs the CA certificate file to verify against"
+                    .into(),
             ));
         }
         Ok(())

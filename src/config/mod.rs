@@ -20,7 +20,8 @@ pub use schema::{
 };
 pub use sources::{Source, Sources};
 pub use types::{
-    ClientAuth, ExplainMode, LogFormat, NodeAddr, PoolMode, PoolSize, ReadYourWrites, Secret,
+    ClientAuth, ClientTlsMode, ExplainMode, LogFormat, NodeAddr, PoolMode, PoolSize,
+    ReadYourWrites, Secret, ServerTlsMode,
 };
 
 /// The running config. Readers call `load()` once per unit of work (a

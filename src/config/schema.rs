@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::types::{
-    ClientAuth, ExplainMode, LogFormat, NodeAddr, PoolMode, PoolSize, ReadYourWrites, Secret,
+    ClientAuth, ClientTlsMode, ExplainMode, LogFormat, NodeAddr, PoolMode, PoolSize,
+    ReadYourWrites, Secret, ServerTlsMode,
 };
 
 /// The whole file. Sections other than `[cluster]` may be omitted.
@@ -49,6 +50,39 @@ pub struct ProxyConfig {
     pub client_login_timeout: Duration,
     /// Largest protocol message (bytes) the proxy accepts from a client.
     pub max_message_size: u32,
+    /// A client idle outside a transaction this long is disconnected
+    /// (57P05). Zero: never.
+    #[serde(with = "humantime_serde")]
+    pub client_idle_timeout: Duration,
+    /// A client idle inside a transaction this long is disconnected (25P03)
+    /// and its server rolled back and returned to the pool. Zero: never.
+    #[serde(with = "humantime_serde")]
+    pub idle_transaction_timeout: Duration,
+    /// A query running longer is cancelled on the server (57014). Zero: never.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
+    /// PEM certificate chain offered to clients that ask for TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Unset: "allow" when a certificate is configured, else "disable";
+    /// see [`ProxyConfig::tls_mode`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_mode: Option<ClientTlsMode>,
+}
+
+impl ProxyConfig {
+    /// The client TLS mode in force: the configured one, else "allow" with
+    /// a certificate and "disable" without.
+    pub fn tls_mode(&self) -> ClientTlsMode {
+        self.tls_mode.unwrap_or(if self.tls_cert.is_some() {
+            ClientTlsMode::Allow
+        } else {
+            ClientTlsMode::Disable
+        })
+    }
 }
 
 impl Default for ProxyConfig {
@@ -60,6 +94,12 @@ impl Default for ProxyConfig {
             shutdown_timeout: Duration::from_secs(30),
             client_login_timeout: Duration::from_secs(15),
             max_message_size: 64 * 1024 * 1024,
+            client_idle_timeout: Duration::ZERO,
+            idle_transaction_timeout: Duration::ZERO,
+            query_timeout: Duration::ZERO,
+            tls_cert: None,
+            tls_key: None,
+            tls_mode: None,
         }
     }
 }
@@ -99,6 +139,13 @@ pub struct ClusterConfig {
     /// checks read only cluster-wide state).
     #[serde(default = "default_monitor_database")]
     pub monitor_database: String,
+    /// TLS towards Postgres: "disable" | "prefer" | "require" | "verify-full".
+    #[serde(default)]
+    pub server_tls: ServerTlsMode,
+    /// PEM CA certificates that server certificates must chain to
+    /// (required by "verify-full"; with "require", checked if given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_tls_ca_file: Option<PathBuf>,
 }
 
 fn default_connect_timeout() -> Duration {

@@ -182,6 +182,16 @@ config_enum!(
     ExplainMode { Off => "off", Slow => "slow", Sample => "sample" } default Slow
 );
 config_enum!(
+    /// Whether clients may, or must, use TLS (`[proxy] tls_mode`).
+    ClientTlsMode { Disable => "disable", Allow => "allow", Require => "require" } default Disable
+);
+config_enum!(
+    /// How the proxy encrypts its connections to Postgres, with libpq's
+    /// sslmode meanings (`[cluster] server_tls`).
+    ServerTlsMode { Disable => "disable", Prefer => "prefer", Require => "require", VerifyFull => "verify-full" }
+    default Prefer
+);
+config_enum!(
     /// Log line format.
     LogFormat { Text => "text", Json => "json" } default Text
 );

@@ -52,6 +52,9 @@ pub struct Shared {
     pub config_path: OnceLock<PathBuf>,
     /// Cancelled when the proxy starts shutting down.
     pub shutdown: CancellationToken,
+    /// Cancelled when `shutdown_timeout` has passed: sessions still holding
+    /// a server end now (their transaction is rolled back).
+    pub force_close: CancellationToken,
     /// Every client task, so shutdown can wait for them.
     pub sessions: TaskTracker,
     /// Metrics, digests, slow-query log, plans.
@@ -63,6 +66,8 @@ pub struct Shared {
     pub paused: tokio::sync::watch::Sender<bool>,
     /// Connected sockets, logged in or not (for max_client_conn).
     pub connected: AtomicUsize,
+    /// Client-facing TLS (certificate and mode); replaced on reload.
+    pub client_tls: ArcSwap<crate::tls::ClientTls>,
 }
 
 impl Shared {
@@ -111,6 +116,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Http(ObserveError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running proxy. Dropping it stops accepting clients.
@@ -128,6 +135,8 @@ impl Proxy {
     /// Binds `[proxy].listen` (port 0 picks a free port) and starts serving.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
         let listen = config.proxy.listen;
+        let client_tls = crate::tls::build_client_tls(&config.proxy)?;
+        let server_tls = crate::tls::build_server_tls(&config.cluster)?;
         let credentials = Credentials::build(&config);
         let handle = crate::config::handle(config.clone());
         let shared = Arc::new_cyclic(|weak| Shared {
@@ -138,7 +147,7 @@ impl Proxy {
                 }),
             ),
             credentials: ArcSwap::from_pointee(credentials),
-            pools: Pools::default(),
+            pools: Pools::new(server_tls),
             clients: Arc::new(ClientRegistry::default()),
             statements: StatementRegistry::default(),
             cluster: ArcSwap::new(ClusterView::new(&config)),
@@ -146,6 +155,7 @@ impl Proxy {
             generation: AtomicU64::new(0),
             config_path: OnceLock::new(),
             shutdown: CancellationToken::new(),
+            force_close: CancellationToken::new(),
             sessions: TaskTracker::new(),
             classifier: Classifier::new(
                 &config.routing.read_only_functions,
@@ -155,6 +165,7 @@ impl Proxy {
             write_log: WriteLog::default(),
             paused: tokio::sync::watch::Sender::new(false),
             connected: AtomicUsize::new(0),
+            client_tls: ArcSwap::from_pointee(client_tls),
             config: handle,
         });
         let listener = crate::client::bind(listen).map_err(|source| StartError::Listen {
@@ -211,7 +222,9 @@ impl Proxy {
             for link in running {
                 let _ = crate::client::cancel::send_cancel(&link.cancel).await;
             }
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), shared.sessions.wait())
+            shared.force_close.cancel();
+            // Time for the sessions to tell their clients and roll back.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), shared.sessions.wait())
                 .await;
         }
         if let Some(http) = self.http.take() {

@@ -20,6 +20,8 @@ pub enum ReloadError {
     NoFile,
     #[error(transparent)]
     Invalid(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl Shared {
@@ -30,21 +32,26 @@ impl Shared {
     }
 
     fn reload_from(&self, path: &Path) -> Result<(), ReloadError> {
-        match Config::load(path) {
-            Ok(config) => {
-                self.apply(config);
+        let applied = Config::load(path)
+            .map_err(ReloadError::from)
+            .and_then(|config| self.apply(config));
+        match applied {
+            Ok(()) => {
                 tracing::info!(path = %path.display(), "config reloaded");
                 Ok(())
             }
             Err(error) => {
                 tracing::error!(%error, "config reload refused; the running config stays");
-                Err(error.into())
+                Err(error)
             }
         }
     }
 
-    /// Applies a validated config.
-    pub fn apply(&self, new: Config) {
+    /// Applies a validated config. Certificate and CA files are read first:
+    /// if one cannot be used, nothing changes.
+    pub fn apply(&self, new: Config) -> Result<(), ReloadError> {
+        let client_tls = crate::tls::build_client_tls(&new.proxy)?;
+        let server_tls = crate::tls::build_server_tls(&new.cluster)?;
         let old = self.config.load_full();
         if new.proxy.listen != old.proxy.listen || new.http.listen != old.http.listen {
             tracing::warn!("listen addresses change only on restart");
@@ -58,6 +65,8 @@ impl Shared {
                         != b.password.as_ref().map(|p| p.expose())
             });
         let pools_changed = !same_pool_settings(&new, &old) || passwords_changed;
+        self.client_tls.store(std::sync::Arc::new(client_tls));
+        self.pools.set_server_tls(server_tls);
         self.credentials
             .store(std::sync::Arc::new(Credentials::build(&new)));
         if nodes_changed {
@@ -72,6 +81,7 @@ impl Shared {
             self.pools.clear();
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
+        Ok(())
     }
 }
 
@@ -84,4 +94,6 @@ fn same_pool_settings(a: &Config, b: &Config) -> bool {
         && p.max_lifetime == q.max_lifetime
         && p.prepared_statements_cache == q.prepared_statements_cache
         && a.cluster.connect_timeout == b.cluster.connect_timeout
+        && a.cluster.server_tls == b.cluster.server_tls
+        && a.cluster.server_tls_ca_file == b.cluster.server_tls_ca_file
 }

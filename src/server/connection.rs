@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 use super::prepared::PreparedOnServer;
+use crate::tls::ServerStream;
 
 /// What a server reported at login: its ParameterStatus values and the key
 /// a CancelRequest needs.
@@ -42,7 +41,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A logged-in server connection.
 pub struct ServerConn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: ServerStream,
     /// Bytes read from the server not yet forwarded.
     pub(crate) rbuf: BytesMut,
     /// Bytes queued for the server.
@@ -68,14 +67,14 @@ pub struct ServerState {
 
 /// The I/O half of a split connection.
 pub struct ServerIoParts<'a> {
-    pub stream: &'a mut TcpStream,
+    pub stream: &'a mut ServerStream,
     pub rbuf: &'a mut BytesMut,
     pub wbuf: &'a mut BytesMut,
 }
 
 impl ServerConn {
     pub(crate) fn new(
-        stream: TcpStream,
+        stream: ServerStream,
         rbuf: BytesMut,
         addr: Arc<str>,
         peer: std::net::SocketAddr,
@@ -110,25 +109,21 @@ impl ServerConn {
         self.health == Health::Broken
     }
 
-    /// Cheap check before handing an idle connection out: an idle server
-    /// sends nothing, so anything readable (a FATAL from
-    /// pg_terminate_backend, EOF after a restart) means it is gone. Uses the
-    /// reactor's readiness, so the common case costs no system call.
+    /// Check before handing an idle connection out: an idle server sends
+    /// nothing, so anything to read (a FATAL from pg_terminate_backend, EOF
+    /// after a restart, a TLS alert) means it is gone. Peeks at the socket
+    /// itself (one non-blocking system call) rather than trusting the
+    /// reactor's readiness, which may not have caught up with a backend
+    /// killed a moment ago.
     pub fn check_idle(&mut self) -> bool {
         if self.is_broken() || !self.rbuf.is_empty() || !self.wbuf.is_empty() {
             return false;
         }
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(
-                    self.stream.try_read(&mut probe),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-                )
-            }
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(self.stream.tcp()).peek(&mut probe) {
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            // EOF, or bytes an idle server never sends.
+            Ok(_) => false,
         }
     }
 
@@ -151,10 +146,10 @@ impl ServerConn {
     /// for ReadyForQuery, returning its status. Any error response marks
     /// the connection broken: the proxy's statements are not supposed to fail.
     pub async fn run_internal(&mut self, sql: &str) -> std::io::Result<u8> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncReadExt;
         let mut out = BytesMut::with_capacity(sql.len() + 6);
         crate::protocol::frame::put_query(&mut out, sql);
-        self.stream.write_all(&out).await?;
+        crate::tls::write_flush(&mut self.stream, &out).await?;
         let mut failed = false;
         loop {
             while let Some((tag, total)) = crate::protocol::frame::header(&self.rbuf)

@@ -49,6 +49,12 @@ pub enum ServerError {
     },
     #[error("server {addr} closed the connection")]
     Closed { addr: String },
+    #[error("TLS with server {addr} failed: {source}")]
+    Tls {
+        addr: String,
+        #[source]
+        source: crate::tls::NegotiateError,
+    },
 }
 
 impl ServerError {

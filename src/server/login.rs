@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use super::connection::{ServerConn, ServerParams};
@@ -16,6 +16,7 @@ use crate::protocol::frame::{self, be};
 use crate::protocol::md5;
 use crate::protocol::scram::{self, ScramClient};
 use crate::protocol::startup::encode_startup;
+use crate::tls::{ServerStream, write_flush};
 
 /// Who to log in as, where.
 #[derive(Clone, Debug)]
@@ -28,6 +29,8 @@ pub struct LoginParams {
     pub connect_timeout: Duration,
     /// Capacity of the connection's prepared-statement LRU.
     pub prepared_capacity: usize,
+    /// Whether and how to encrypt the connection.
+    pub tls: crate::tls::ServerTls,
 }
 
 /// How the proxy proves itself to a server. `Debug` names the kind only.
@@ -78,14 +81,22 @@ async fn connect_inner(p: &LoginParams, addr: Arc<str>) -> Result<ServerConn, Se
         addr: p.addr(),
         source,
     };
-    let mut stream = TcpStream::connect((p.host.as_str(), p.port))
+    let tcp = TcpStream::connect((p.host.as_str(), p.port))
         .await
         .map_err(|source| ServerError::Connect {
             addr: p.addr(),
             source,
         })?;
-    stream.set_nodelay(true).map_err(io)?;
-    let peer = stream.peer_addr().map_err(io)?;
+    tcp.set_nodelay(true).map_err(io)?;
+    let peer = tcp.peer_addr().map_err(io)?;
+    let mut stream = p
+        .tls
+        .negotiate(tcp, &p.host)
+        .await
+        .map_err(|source| ServerError::Tls {
+            addr: p.addr(),
+            source,
+        })?;
 
     let mut out = BytesMut::with_capacity(256);
     encode_startup(
@@ -96,7 +107,7 @@ async fn connect_inner(p: &LoginParams, addr: Arc<str>) -> Result<ServerConn, Se
             ("application_name", "pgsidecar"),
         ],
     );
-    stream.write_all(&out).await.map_err(io)?;
+    write_flush(&mut stream, &out).await.map_err(io)?;
 
     let mut buf = BytesMut::with_capacity(8192);
     let mut params = ServerParams::default();
@@ -173,7 +184,7 @@ async fn connect_inner(p: &LoginParams, addr: Arc<str>) -> Result<ServerConn, Se
                     }
                 }
                 if !out.is_empty() {
-                    stream.write_all(&out).await.map_err(io)?;
+                    write_flush(&mut stream, &out).await.map_err(io)?;
                 }
             }
             be::PARAMETER_STATUS => {
@@ -218,7 +229,7 @@ async fn connect_inner(p: &LoginParams, addr: Arc<str>) -> Result<ServerConn, Se
 
 /// Reads one complete message, refusing oversized ones.
 async fn read_message(
-    stream: &mut TcpStream,
+    stream: &mut ServerStream,
     buf: &mut BytesMut,
     p: &LoginParams,
 ) -> Result<(u8, BytesMut), ServerError> {

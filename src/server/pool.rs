@@ -13,6 +13,7 @@ use super::connection::{ServerConn, ServerParams};
 use super::error::{CheckoutError, ServerError};
 use super::login::{self, LoginParams, ServerSecret};
 use crate::config::{Config, NodeAddr};
+use crate::tls::ServerTls;
 
 /// A server connection checked out of its pool; dropping it gives it back
 /// (or closes it if it was marked broken).
@@ -137,7 +138,7 @@ pub struct ServerPool {
 }
 
 impl ServerPool {
-    fn new(key: PoolKey, config: &Config, secret: ServerSecret) -> Self {
+    fn new(key: PoolKey, config: &Config, secret: ServerSecret, tls: ServerTls) -> Self {
         let last_error = LastError::default();
         let servers = ServerList::default();
         let manager = ServerManager {
@@ -150,6 +151,7 @@ impl ServerPool {
                 secret,
                 connect_timeout: config.cluster.connect_timeout,
                 prepared_capacity: config.pool.prepared_statements_cache as usize,
+                tls,
             },
             addr: key.node.to_string().into(),
             last_error: last_error.clone(),
@@ -263,9 +265,24 @@ impl ServerPool {
 #[derive(Default)]
 pub struct Pools {
     map: RwLock<HashMap<PoolKey, Arc<ServerPool>>>,
+    /// How new pools encrypt their connections (`[cluster] server_tls`).
+    tls: RwLock<ServerTls>,
 }
 
 impl Pools {
+    pub fn new(tls: ServerTls) -> Self {
+        Pools {
+            map: RwLock::default(),
+            tls: RwLock::new(tls),
+        }
+    }
+
+    /// Replaces the TLS settings for pools created from now on (a reload
+    /// that changes them also clears the pools).
+    pub fn set_server_tls(&self, tls: ServerTls) {
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+    }
+
     /// The pool for `key`, created with `config` and the user's server
     /// secret if it does not exist.
     pub fn get(
@@ -279,7 +296,10 @@ impl Pools {
         }
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         map.entry(key.clone())
-            .or_insert_with(|| Arc::new(ServerPool::new(key.clone(), config, secret())))
+            .or_insert_with(|| {
+                let tls = self.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
+                Arc::new(ServerPool::new(key.clone(), config, secret(), tls))
+            })
             .clone()
     }
 

@@ -135,7 +135,10 @@ async fn a_client_that_does_not_finish_logging_in_is_dropped_after_client_login_
     let (proxy, db, bystander) = setup("").await;
     let mut config = (**proxy.shared.config.load()).clone();
     config.proxy.client_login_timeout = std::time::Duration::from_millis(300);
-    proxy.shared.apply(config);
+    proxy
+        .shared
+        .apply(config)
+        .expect("a shorter login timeout applies");
     // Half a startup packet, then silence.
     let packet = wire::startup(PROTOCOL_3_0, &[("user", "app"), ("database", &db)]);
     let mut raw = Raw::connect(proxy.addr).await;

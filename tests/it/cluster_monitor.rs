@@ -15,7 +15,7 @@ use tokio_postgres::types::PgLsn;
 
 use crate::harness::{self, APP};
 
-mod frozen;
+pub mod frozen;
 use frozen::Frozen;
 
 const MAX_LAG: Duration = Duration::from_millis(500);

@@ -1,6 +1,7 @@
 //! Integration tests against real PostgreSQL (one binary).
 
 mod harness;
+mod private;
 mod wire;
 
 mod admin_console;
@@ -17,6 +18,10 @@ mod drivers_pinning;
 mod drivers_protocol;
 mod drivers_sqlx;
 mod drivers_tokio_postgres;
+mod failures;
+mod fuzz_corpus;
+mod lexer_props;
+mod limits;
 mod observe_budgets;
 mod observe_dashboard;
 mod observe_e2e;
@@ -30,9 +35,14 @@ mod observe_support;
 mod packaging;
 mod pooling;
 mod proxy_core;
+mod reload;
 mod routing_hints;
 mod routing_read_your_writes;
 mod routing_replicas;
 mod routing_smoke;
 mod routing_transactions;
 mod routing_writes;
+mod running;
+mod security;
+mod shutdown;
+mod tls;

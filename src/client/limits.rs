@@ -1,0 +1,184 @@
+//! The per-client time limits of `[proxy]`: `client_idle_timeout`,
+//! `idle_transaction_timeout` and `query_timeout`, the timers the relay
+//! runs for them while a server is held, and the errors a client gets.
+//!
+//! A limit is read from the running config at the start of each stretch
+//! of work, so a reload applies to the next transaction.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Context;
+use std::time::Duration;
+
+use tokio::time::Sleep;
+
+use super::cancel::{CancelTarget, send_cancel};
+use crate::config::ProxyConfig;
+use crate::protocol::{SqlState, WireError};
+
+/// Time a server gets to answer a cancel sent for `query_timeout` before
+/// the proxy gives up on it (a node that stopped answering).
+const CANCEL_GRACE: Duration = Duration::from_secs(3);
+
+/// The limits in force (None = off).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Limits {
+    pub client_idle: Option<Duration>,
+    pub idle_transaction: Option<Duration>,
+    pub query: Option<Duration>,
+}
+
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+impl Limits {
+    pub fn from_config(proxy: &ProxyConfig) -> Self {
+        Limits {
+            client_idle: nonzero(proxy.client_idle_timeout),
+            idle_transaction: nonzero(proxy.idle_transaction_timeout),
+            query: nonzero(proxy.query_timeout),
+        }
+    }
+
+    /// How long a client without outstanding requests may stay silent, and
+    /// the error it then gets; `in_transaction` picks the limit.
+    pub fn idle(&self, in_transaction: bool) -> Option<(Duration, WireError)> {
+        if in_transaction {
+            let limit = self.idle_transaction?;
+            Some((limit, idle_in_transaction_error(limit)))
+        } else {
+            let limit = self.client_idle?;
+            Some((limit, idle_session_error(limit)))
+        }
+    }
+}
+
+fn idle_session_error(limit: Duration) -> WireError {
+    WireError::fatal(
+        SqlState::IDLE_SESSION_TIMEOUT,
+        format!(
+            "terminating connection: idle for longer than proxy.client_idle_timeout ({})",
+            humantime::format_duration(limit)
+        ),
+    )
+}
+
+fn idle_in_transaction_error(limit: Duration) -> WireError {
+    WireError::fatal(
+        SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
+        format!(
+            "terminating connection: idle in a transaction for longer than proxy.idle_transaction_timeout ({})",
+            humantime::format_duration(limit)
+        ),
+    )
+    .with_detail("the transaction was rolled back")
+}
+
+/// What the server's own 57014 is replaced with after a query_timeout.
+pub fn query_timeout_error(limit: Duration) -> WireError {
+    WireError::error(
+        SqlState::QUERY_CANCELED,
+        format!(
+            "canceling statement due to proxy.query_timeout ({})",
+            humantime::format_duration(limit)
+        ),
+    )
+}
+
+/// The server did not even answer the cancel: the connection is given up.
+pub fn query_unanswered_error(limit: Duration) -> WireError {
+    WireError::fatal(
+        SqlState::QUERY_CANCELED,
+        format!(
+            "canceling statement due to proxy.query_timeout ({}); the server did not respond to the cancel request",
+            humantime::format_duration(limit)
+        ),
+    )
+    .with_detail("the server connection was closed; the transaction, if any, was not committed")
+}
+
+/// A relay timer that went off.
+pub enum Fired {
+    /// The client was silent too long with nothing outstanding.
+    Idle(WireError),
+    /// `query_timeout` passed: a cancel was sent to the server.
+    QueryCancelled(Duration),
+    /// The server did not answer within the grace period after the cancel.
+    QueryUnanswered(Duration),
+}
+
+/// The timers of one relay.
+pub struct RelayTimers {
+    limits: Limits,
+    cancel: Option<CancelTarget>,
+    idle: Option<Pin<Box<Sleep>>>,
+    query: Option<Pin<Box<Sleep>>>,
+    cancelled: bool,
+}
+
+impl RelayTimers {
+    pub fn new(limits: Limits, cancel: Option<CancelTarget>) -> Self {
+        RelayTimers {
+            limits,
+            cancel,
+            idle: None,
+            query: None,
+            cancelled: false,
+        }
+    }
+
+    /// The client sent something: its idle time starts over.
+    pub fn client_activity(&mut self) {
+        self.idle = None;
+    }
+
+    /// Checks the timers, registering `cx` for the next one to go off.
+    /// `quiet` is the transaction status when nothing is outstanding on
+    /// the server, `None` while requests are in flight.
+    pub fn poll(&mut self, cx: &mut Context<'_>, quiet: Option<u8>) -> Option<Fired> {
+        match quiet {
+            Some(status) => {
+                self.query = None;
+                self.cancelled = false;
+                let Some((limit, error)) = self.limits.idle(status != b'I') else {
+                    self.idle = None;
+                    return None;
+                };
+                let sleep = self
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                sleep
+                    .as_mut()
+                    .poll(cx)
+                    .is_ready()
+                    .then_some(Fired::Idle(error))
+            }
+            None => {
+                self.idle = None;
+                let limit = self.limits.query?;
+                let sleep = self
+                    .query
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return None;
+                }
+                if self.cancelled {
+                    return Some(Fired::QueryUnanswered(limit));
+                }
+                self.cancelled = true;
+                if let Some(target) = self.cancel.clone() {
+                    tokio::spawn(async move {
+                        if let Err(error) = send_cancel(&target).await {
+                            tracing::warn!(%error, "query_timeout: cancel request failed");
+                        }
+                    });
+                }
+                let mut grace = Box::pin(tokio::time::sleep(CANCEL_GRACE));
+                let _ = grace.as_mut().poll(cx);
+                self.query = Some(grace);
+                Some(Fired::QueryCancelled(limit))
+            }
+        }
+    }
+}

@@ -34,14 +34,16 @@ async fn a_slow_query_is_logged_once_without_literals_then_its_plan() {
     // A fast query is not logged.
     client.simple_query("select 1").await.unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Generous: the sampler logs into the node on its own connection, slow
+    // on a loaded machine; the point is that the plan comes at all.
+    let deadline = Instant::now() + Duration::from_secs(30);
     let plan = loop {
         if let Some(line) = log.matching("plan: ").into_iter().next() {
             break line;
         }
         assert!(
             Instant::now() < deadline,
-            "no plan line within 5 s of the slow query; the log:\n{:#?}",
+            "no plan line within 30 s of the slow query; the log:\n{:#?}",
             log.lines()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -170,7 +172,7 @@ async fn a_seq_scan_of_a_big_table_shows_in_queries_and_the_console() {
         "no row matches"
     );
 
-    let report = harness::eventually("a plan in /queries", Duration::from_secs(5), || async {
+    let report = harness::eventually("a plan in /queries", Duration::from_secs(30), || async {
         let (status, body) = get(proxy.http_addr, "/queries?order=total&limit=5").await;
         assert_eq!(status, 200, "{body}");
         let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");

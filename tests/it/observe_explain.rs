@@ -215,7 +215,7 @@ async fn a_failed_explain_logs_no_values() {
     let mut ev = Event::read(&db, sql, sql, Duration::from_millis(20));
     ev.params = Some(vec![Some("not-a-number-7731".into())]);
     ev.record(&observer);
-    let failed = harness::eventually("the failure line", Duration::from_secs(5), || {
+    let failed = harness::eventually("the failure line", Duration::from_secs(30), || {
         let lines = log.matching("EXPLAIN failed");
         async move { lines.into_iter().next() }
     })

@@ -50,7 +50,7 @@ async fn a_slow_query_is_logged_once_without_literals_then_explained() {
     let plan = plan_of(&observer, &ev).await;
     assert_eq!(plan.summary.top_node, "Result");
     assert!(!plan.generic, "the captured value was used");
-    let explain_lines = harness::eventually("the plan log line", Duration::from_secs(5), || {
+    let explain_lines = harness::eventually("the plan log line", Duration::from_secs(30), || {
         let lines = log.matching("plan: Result");
         async move { (!lines.is_empty()).then_some(lines) }
     })

@@ -190,7 +190,7 @@ impl Event {
 
 /// Waits (up to 5 s) until the observer holds a plan for `ev`.
 pub async fn plan_of(observer: &Observer, ev: &Event) -> Arc<pgsidecar::observe::PlanSample> {
-    harness::eventually("a sampled plan", Duration::from_secs(5), || async {
+    harness::eventually("a sampled plan", Duration::from_secs(30), || async {
         observer.digest(ev.fingerprint()).and_then(|d| d.plan)
     })
     .await

@@ -116,7 +116,7 @@ for w in $WORKLOADS; do
                     extended) compare "extended c=$c" -S -M extended -c "$c" -j "$j" ;;
                     prepared) compare "prepared c=$c" -S -M prepared -c "$c" -j "$j" ;;
                     tpcb) compare "tpcb c=$c" -c "$c" -j "$j" ;;
-                    connect) [ "$c" -le 64 ] && compare "connect c=$c" -S -C -c "$c" -j "$j" ;;
+                    connect) compare "connect c=$c" -S -C -c "$c" -j "$j" ;;
                 esac
             done
             ;;

@@ -107,7 +107,13 @@ async fn handle(shared: Arc<Shared>, tcp: TcpStream) {
             return;
         }
     };
-    session::run(stream, buf, ctx, client).await;
+    session::run(Box::new(session::Session {
+        stream,
+        cbuf: buf,
+        ctx,
+        client,
+    }))
+    .await;
 }
 
 /// The `errors_total` kind of a refused login.

@@ -24,6 +24,7 @@ use crate::protocol::backend;
 use crate::protocol::frame;
 use crate::protocol::{ProtocolError, SqlState, WireError};
 use crate::proxy::Shared;
+use crate::tls::WaitReadable;
 
 /// Everything a session needs besides its socket.
 pub struct SessionCtx {
@@ -35,35 +36,43 @@ pub struct SessionCtx {
     pub cancel: ClientHandle,
 }
 
+/// What a logged-in client's task owns. Boxed and borrowed from, so the
+/// task's state holds it once: an async fn keeps its arguments apart from
+/// the locals they move into, which would count them twice per client.
+pub struct Session<S> {
+    pub stream: S,
+    pub cbuf: BytesMut,
+    pub ctx: SessionCtx,
+    pub client: ClientState,
+}
+
 /// Runs a logged-in client until it leaves.
-pub async fn run<S>(mut stream: S, mut cbuf: BytesMut, ctx: SessionCtx, client: ClientState)
+pub async fn run<S>(mut session: Box<Session<S>>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
 {
     use tracing::Instrument;
+    let Session {
+        stream,
+        cbuf,
+        ctx,
+        client,
+    } = &mut *session;
     let mut held: Option<Box<Held>> = None;
-    let mut client = client;
     let mut pools = NodePools::default();
     let span = tracing::debug_span!("client", pid = ctx.cancel.slot.pid);
-    let result = serve(
-        &mut stream,
-        &mut cbuf,
-        &ctx,
-        &mut client,
-        &mut pools,
-        &mut held,
-    )
-    .instrument(span)
-    .await;
+    let result = serve(stream, cbuf, ctx, client, &mut pools, &mut held)
+        .instrument(span)
+        .await;
     if let Err(e) = result {
         if e.code == SqlState::PROTOCOL_VIOLATION {
             ctx.shared.observer.metrics().error("protocol");
         }
-        let _ = crate::tls::write_flush(&mut stream, &e.to_bytes()).await;
+        let _ = crate::tls::write_flush(stream, &e.to_bytes()).await;
     }
     ctx.cancel.slot.set_server(None);
     if let Some(h) = held {
-        Box::pin(hold::leave(*h, &client, ctx.mode)).await;
+        Box::pin(hold::leave(*h, client, ctx.mode)).await;
     }
 }
 
@@ -77,7 +86,7 @@ async fn serve<S>(
     held: &mut Option<Box<Held>>,
 ) -> Result<(), WireError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
 {
     // Replies made while idle, written once no further request is buffered.
     let mut out = BytesMut::new();
@@ -88,11 +97,20 @@ where
         if held.is_none() {
             let limits = Limits::from_config(&ctx.shared.config.load().proxy);
             // A BEGIN the proxy acknowledged itself is an open transaction.
-            let idle = limits.idle(client.deferred_begin.is_some());
+            // Boxed, and only with a limit: a timer and an error are large,
+            // and most clients have no limit.
+            let expiry = limits
+                .idle(client.deferred_begin.is_some())
+                .map(|(limit, error)| {
+                    Box::pin(async move {
+                        tokio::time::sleep(limit).await;
+                        error
+                    })
+                });
             let next = tokio::select! {
                 next = next_frame(stream, cbuf, ctx.max_message) => next?,
                 _ = ctx.shared.shutdown.cancelled() => return Err(shutting_down()),
-                error = idle_expiry(idle) => return Err(error),
+                error = idle_expiry(expiry) => return Err(error),
             };
             let Some(tag) = next else {
                 return Ok(());
@@ -140,67 +158,25 @@ where
             // Boxed (as is the relay below): their states are large and live
             // only while a server is being taken or used, so idle clients'
             // tasks stay small.
-            match Box::pin(hold::acquire(ctx, client, pools, &unit)).await {
+            // The result is taken apart before the next await, so that the
+            // (large) Held is not kept in this task's state meanwhile.
+            let refused = match Box::pin(hold::acquire(ctx, client, pools, &unit)).await {
                 Ok(h) => {
                     *held = Some(Box::new(h));
                     retry.fresh = Some(deferred_begin);
+                    None
                 }
-                Err(e) => {
-                    fail_request(stream, cbuf, &unit, client, e).await;
-                    continue;
-                }
+                Err(e) => Some(Box::new(e)),
+            };
+            if let Some(e) = refused {
+                Box::pin(fail_request(stream, cbuf, &unit, client, *e)).await;
+                continue;
             }
         }
         let Some(h) = held.as_mut() else { continue };
-        ctx.cancel.slot.set_server(Some(ServerLink {
-            cancel: CancelTarget {
-                server: h.lease.peer,
-                pid: h.lease.params.backend_pid,
-                secret: h.lease.params.backend_secret.clone(),
-            },
-            node: h.lease.addr.clone(),
-            server_id: h.lease.id,
-        }));
-        let (io, state) = h.lease.split();
-        let mut flow = SessionFlow {
-            expect: &mut h.expect,
-            client,
-            hold: &mut h.hold,
-            server: state,
-            pool: &h.pool,
-            shared: &ctx.shared,
-            mode: ctx.mode,
-            who: &ctx.cancel.slot.info,
-        };
-        let io = ServerIo {
-            stream: io.stream,
-            rbuf: io.rbuf,
-            wbuf: io.wbuf,
-        };
-        let mut timers = RelayTimers::new(
-            Limits::from_config(&ctx.shared.config.load().proxy),
-            ctx.cancel.slot.server().map(|link| link.cancel),
-        );
-        let fresh = retry.fresh.take();
-        let end = Box::pin(async {
-            tokio::select! {
-                end = relay::relay(
-                    stream,
-                    cbuf,
-                    io,
-                    &mut flow,
-                    ctx.max_message,
-                    &mut timers,
-                    fresh.is_some() && retry.attempts < MAX_RETRIES,
-                ) => Ok(end),
-                // The server stays held: leaving rolls it back (or closes it).
-                _ = ctx.shared.force_close.cancelled() => Err(closed_at_shutdown()),
-            }
-        })
-        .await?;
-        ctx.cancel.slot.set_server(None);
-        ctx.cancel.slot.set_pinned(client.pins.is_pinned());
-        tracing::trace!(?end, status = %char::from(h.expect.status()), "relay ended");
+        // Boxed: the relay's state (flow, timers, buffers in flight) lives
+        // only while a server is held; an idle client's task stays small.
+        let (end, fresh) = Box::pin(relay_on(h, stream, cbuf, ctx, client, &mut retry)).await?;
         match end {
             RelayEnd::Released => {
                 retry.attempts = 0;
@@ -254,14 +230,77 @@ where
 
 /// Buffer kept for a client between requests.
 const IDLE_BUFFER: usize = 512;
+/// Relays between the client and its held server until the server is
+/// released or something ends the stretch; returns how it ended and the
+/// client's deferred BEGIN as it was before a fresh server was taken.
+async fn relay_on<S>(
+    h: &mut Held,
+    stream: &mut S,
+    cbuf: &mut BytesMut,
+    ctx: &SessionCtx,
+    client: &mut ClientState,
+    retry: &mut Retry,
+) -> Result<(RelayEnd, Option<Option<bytes::Bytes>>), WireError>
+where
+    S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
+{
+    ctx.cancel.slot.set_server(Some(ServerLink {
+        cancel: CancelTarget {
+            server: h.lease.peer,
+            pid: h.lease.params.backend_pid,
+            secret: h.lease.params.backend_secret.clone(),
+        },
+        node: h.lease.addr.clone(),
+        server_id: h.lease.id,
+    }));
+    let (io, state) = h.lease.split();
+    let mut flow = SessionFlow {
+        expect: &mut h.expect,
+        client,
+        hold: &mut h.hold,
+        server: state,
+        pool: &h.pool,
+        shared: &ctx.shared,
+        mode: ctx.mode,
+        who: &ctx.cancel.slot.info,
+    };
+    let io = ServerIo {
+        stream: io.stream,
+        rbuf: io.rbuf,
+        wbuf: io.wbuf,
+    };
+    let mut timers = RelayTimers::new(
+        Limits::from_config(&ctx.shared.config.load().proxy),
+        ctx.cancel.slot.server().map(|link| link.cancel),
+    );
+    let fresh = retry.fresh.take();
+    let end = tokio::select! {
+        end = relay::relay(
+            stream,
+            cbuf,
+            io,
+            &mut flow,
+            ctx.max_message,
+            &mut timers,
+            fresh.is_some() && retry.attempts < MAX_RETRIES,
+        ) => end,
+        // The server stays held: leaving rolls it back (or closes it).
+        _ = ctx.shared.force_close.cancelled() => return Err(closed_at_shutdown()),
+    };
+    ctx.cancel.slot.set_server(None);
+    ctx.cancel.slot.set_pinned(client.pins.is_pinned());
+    tracing::trace!(?end, status = %char::from(h.expect.status()), "relay ended");
+    Ok((end, fresh))
+}
+
 /// Resolves with the error for an idle client once its limit passes; never
 /// without a limit.
-async fn idle_expiry(idle: Option<(std::time::Duration, WireError)>) -> WireError {
-    match idle {
-        Some((limit, error)) => {
-            tokio::time::sleep(limit).await;
-            error
-        }
+async fn idle_expiry<F>(expiry: Option<std::pin::Pin<Box<F>>>) -> WireError
+where
+    F: std::future::Future<Output = WireError>,
+{
+    match expiry {
+        Some(expiry) => expiry.await,
         None => std::future::pending().await,
     }
 }
@@ -300,7 +339,7 @@ async fn next_frame<S>(
     max_message: usize,
 ) -> Result<Option<u8>, WireError>
 where
-    S: AsyncRead + Unpin,
+    S: AsyncRead + WaitReadable + Unpin,
 {
     loop {
         if let Some((tag, total)) = frame::header(cbuf)? {
@@ -334,7 +373,7 @@ async fn read_more<S>(
     max_message: usize,
 ) -> Result<bool, WireError>
 where
-    S: AsyncRead + Unpin,
+    S: AsyncRead + WaitReadable + Unpin,
 {
     // Check every complete header so that an oversized message later in
     // the buffer is refused before the proxy waits for its body.
@@ -347,10 +386,26 @@ where
         }
         at += total;
     }
-    if cbuf.is_empty() && cbuf.capacity() > IDLE_BUFFER {
-        // Between requests an idle client keeps only a small buffer: with
+    if cbuf.is_empty() {
+        // Between requests an idle client keeps no buffer (a plain socket
+        // says when there is something to read) or a small one (TLS): with
         // thousands of connected clients this is most of their memory.
-        *cbuf = BytesMut::with_capacity(IDLE_BUFFER);
+        if stream.can_wait_unbuffered() {
+            // Freed only if the client has nothing for us yet.
+            std::future::poll_fn(|cx| {
+                let ready = stream.poll_readable(cx);
+                if ready.is_pending() && cbuf.capacity() > 0 {
+                    *cbuf = BytesMut::new();
+                }
+                ready
+            })
+            .await;
+            if cbuf.capacity() < IDLE_BUFFER {
+                cbuf.reserve(IDLE_BUFFER);
+            }
+        } else if cbuf.capacity() > IDLE_BUFFER {
+            *cbuf = BytesMut::with_capacity(IDLE_BUFFER);
+        }
     } else if cbuf.capacity() - cbuf.len() < 256 {
         cbuf.reserve(IDLE_BUFFER.max(cbuf.len()));
     }

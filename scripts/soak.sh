@@ -112,7 +112,7 @@ while kill -0 "$bench_pid" 2>/dev/null; do
     if [ "$now" -ge "$next_kill" ]; then
         next_kill=$(( next_kill + KILL_EVERY ))
         n=$(psql_su -d postgres -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-            WHERE datname = 'soak' AND application_name = 'pgsidecar' AND state = 'idle'")
+            WHERE datname = 'soak' AND usename = 'app' AND state = 'idle'")
         kills=$(( kills + n ))
     fi
     if [ "$now" -ge "$next_reload" ]; then

@@ -14,7 +14,7 @@
 # Workloads: select (-S simple), extended (-S -M extended), prepared
 # (-S -M prepared; PgBouncer 1.18 cannot), tpcb (TPC-B), connect (-S -C:
 # a new connection per transaction), latency (-S -c 1: p50/p99 from
-# pgbench's per-transaction log), memory (RSS per idle client at
+# pgbench's per-transaction log; direct, pgsidecar and PgBouncer), memory (RSS per idle client at
 # IDLE_CLIENTS connections).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -124,8 +124,10 @@ for w in $WORKLOADS; do
             for round in $(seq "$ROUNDS"); do
                 read -r dp50 dp99 <<<"$(latency direct "$PRIMARY_PORT")"
                 read -r sp50 sp99 <<<"$(latency pgsidecar "$SIDECAR_PORT")"
-                log "latency round $round: direct p50 ${dp50}us p99 ${dp99}us, pgsidecar p50 ${sp50}us p99 ${sp99}us"
-                LAT+=("$dp50 $dp99 $sp50 $sp99")
+                bp50=n/a bp99=n/a
+                [ -n "$BOUNCER_PORT" ] && read -r bp50 bp99 <<<"$(latency pgbouncer "$BOUNCER_PORT")"
+                log "latency round $round: direct p50 ${dp50}us p99 ${dp99}us, pgsidecar p50 ${sp50}us p99 ${sp99}us, pgbouncer p50 ${bp50}us p99 ${bp99}us"
+                LAT+=("$dp50 $dp99 $sp50 $sp99 $bp50 $bp99")
             done
             ;;
         memory) MEMORY=$(memory) ;;
@@ -141,6 +143,9 @@ if [ -n "${LAT[*]:-}" ]; then
     dp99=$(for l in "${LAT[@]}"; do echo "$l" | cut -d' ' -f2; done | median)
     sp50=$(for l in "${LAT[@]}"; do echo "$l" | cut -d' ' -f3; done | median)
     sp99=$(for l in "${LAT[@]}"; do echo "$l" | cut -d' ' -f4; done | median)
-    echo "latency, 1 client (us): direct p50 $dp50 p99 $dp99; pgsidecar p50 $sp50 p99 $sp99; p50 difference $(awk -v a="$sp50" -v b="$dp50" 'BEGIN {print a-b}') us"
+    bp50=$(for l in "${LAT[@]}"; do echo "$l" | cut -d' ' -f5; done | grep -v n/a | median)
+    bp99=$(for l in "${LAT[@]}"; do echo "$l" | cut -d' ' -f6; done | grep -v n/a | median)
+    echo "latency, 1 client (us): direct p50 $dp50 p99 $dp99; pgsidecar p50 $sp50 p99 $sp99; pgbouncer p50 $bp50 p99 $bp99"
+    echo "p50 added over direct (us): pgsidecar $(awk -v a="$sp50" -v b="$dp50" 'BEGIN {print a-b}'), pgbouncer $(awk -v a="$bp50" -v b="$dp50" 'BEGIN {if (a=="n/a") print a; else print a-b}')"
 fi
 [ -n "${MEMORY:-}" ] && echo "$MEMORY"

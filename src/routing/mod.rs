@@ -30,7 +30,11 @@
 //! # Limits
 //! The size limit applies on a cache miss only: a statement over it is not
 //! parsed (`too_large`, primary), and a cached shape is reused whatever the
-//! size of its literals. Function calls hidden in operators, casts or
+//! size of its literals. So is a statement whose brackets nest deeper than
+//! [`MAX_NESTING`] (`too_deep`): sqlparser recurses once per level with
+//! frames big enough that a few dozen levels of parenthesised joins can
+//! overflow a 2 MiB thread stack, and a proxy must not crash on any input.
+//! Function calls hidden in operators, casts or
 //! defaults of user types are not seen.
 
 mod cache;
@@ -60,6 +64,18 @@ use functions::FunctionPolicy;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+/// Bracket depth above which a statement is not parsed (`too_deep`).
+/// Generated SQL nests a handful of levels; 64 leaves room for hand-written
+/// monsters while keeping sqlparser's recursion and the tree walk shallow.
+pub const MAX_NESTING: usize = 64;
+
+/// Stack sqlparser must have left before it recurses, else it continues on
+/// a freshly allocated stack (its `recursive-protection`). The crate's
+/// 128 KiB default is less than one nesting level of some of its debug-build
+/// frames (about 140 KiB for a parenthesised join), which is enough to
+/// overflow a 2 MiB test or worker thread.
+const PARSER_RED_ZONE: usize = 1 << 20;
+
 /// Classifies SQL text; cheap to share (`Arc<Classifier>`) across tasks.
 #[derive(Debug)]
 pub struct Classifier {
@@ -79,6 +95,12 @@ impl Classifier {
         max_query_len: usize,
         cache_capacity: usize,
     ) -> Self {
+        static RED_ZONE: std::sync::Once = std::sync::Once::new();
+        RED_ZONE.call_once(|| {
+            recursive::set_minimum_stack_size(
+                recursive::get_minimum_stack_size().max(PARSER_RED_ZONE),
+            )
+        });
         Self {
             cache: Cache::new(cache_capacity),
             functions: FunctionPolicy::new(extra_read_only_functions),
@@ -124,12 +146,14 @@ impl Classifier {
         let cap = self.max_query_len.saturating_mul(2).saturating_add(1024);
         let normalized = normalize::normalize(sql, cap);
         let too_large = sql.len() > self.max_query_len;
+        let too_deep = normalized.max_depth > MAX_NESTING;
+        let unparsed = too_large || too_deep;
         let parts: Vec<StmtClass> = normalized
             .spans
             .iter()
             .map(|span| {
                 let text = sql.get(span.clone()).unwrap_or("");
-                if too_large {
+                if unparsed {
                     fallback::classify(text)
                 } else {
                     classify::classify_statement(text, &self.functions)
@@ -137,10 +161,12 @@ impl Classifier {
             })
             .collect();
         let mut info = combine(parts);
-        if too_large || normalized.unterminated {
+        if unparsed || normalized.unterminated {
             info.route = Route::Write;
             info.reason = if too_large {
                 Reason::TooLarge
+            } else if too_deep {
+                Reason::TooDeep
             } else {
                 Reason::ParseError
             };

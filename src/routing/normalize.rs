@@ -86,6 +86,8 @@ pub(crate) struct Scan {
     pub hint: Option<Hint>,
     /// A string, quoted identifier or comment was never closed.
     pub unterminated: bool,
+    /// Deepest nesting of `(` and `[` seen (unbalanced closers ignored).
+    pub max_depth: usize,
 }
 
 /// Hash-only scan: fingerprint and hint, no allocation.
@@ -106,6 +108,7 @@ pub(crate) fn normalize(sql: &str, cap: usize) -> Normalized {
         text: sink.text,
         spans,
         unterminated: scan.unterminated,
+        max_depth: scan.max_depth,
     }
 }
 
@@ -116,6 +119,7 @@ pub(crate) struct Normalized {
     /// Byte range of each non-empty statement, without its `;`.
     pub spans: Vec<Range<usize>>,
     pub unterminated: bool,
+    pub max_depth: usize,
 }
 
 /// The single pass. `on_statement` gets each non-empty statement's range.
@@ -130,6 +134,7 @@ pub(crate) fn run(
     let mut stmt: Option<Range<usize>> = None; // current statement's extent
     let mut pending_semicolon = false;
     let mut seen_token = false;
+    let (mut depth, mut max_depth) = (0usize, 0usize);
     let mut lexer = Lexer::new(sql);
     for tok in lexer.by_ref() {
         match tok.kind {
@@ -151,6 +156,14 @@ pub(crate) fn run(
                 }
                 continue;
             }
+            TokenKind::Punct => match sql.as_bytes().get(tok.start) {
+                Some(b'(' | b'[') => {
+                    depth += 1;
+                    max_depth = max_depth.max(depth);
+                }
+                Some(b')' | b']') => depth = depth.saturating_sub(1),
+                _ => {}
+            },
             _ => {}
         }
         seen_token = true;
@@ -179,6 +192,7 @@ pub(crate) fn run(
     Scan {
         hint,
         unterminated: lexer.unterminated,
+        max_depth,
     }
 }
 

@@ -49,6 +49,9 @@ pub enum Reason {
     UnknownStatement,
     /// Longer than the classifier's size limit; not parsed.
     TooLarge,
+    /// Brackets nested deeper than the parser can be trusted with on a
+    /// worker thread's stack; not parsed.
+    TooDeep,
     /// Several statements in one string, at least one of them not a read.
     MultiStatementWrite,
     /// BEGIN/START, COMMIT/END, ROLLBACK, SAVEPOINT, RELEASE, SET TRANSACTION.
@@ -77,6 +80,7 @@ impl Reason {
             Self::ParseError => "parse_error",
             Self::UnknownStatement => "unknown_statement",
             Self::TooLarge => "too_large",
+            Self::TooDeep => "too_deep",
             Self::MultiStatementWrite => "multi_statement_write",
             Self::TransactionControl => "transaction_control",
             Self::SessionState => "session_state",
@@ -86,7 +90,7 @@ impl Reason {
     }
 
     /// Every variant, e.g. to pre-register metric label values.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Self::Read,
         Self::Write,
         Self::Ddl,
@@ -98,6 +102,7 @@ impl Reason {
         Self::ParseError,
         Self::UnknownStatement,
         Self::TooLarge,
+        Self::TooDeep,
         Self::MultiStatementWrite,
         Self::TransactionControl,
         Self::SessionState,

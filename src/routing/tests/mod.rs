@@ -5,7 +5,7 @@ mod effects;
 mod lexing;
 mod table;
 
-use super::{Classified, Classifier, Route};
+use super::{Classified, Classifier, MAX_NESTING, Route};
 
 pub(super) fn classifier() -> Classifier {
     Classifier::new(
@@ -82,6 +82,44 @@ fn too_large_goes_to_primary_unparsed() {
         Some(super::PinReason::TempObject)
     );
     assert_eq!(c.classify("select 1").info.route, Route::Read);
+}
+
+/// Inputs shaped to exhaust a recursive parser. Each must be answered on
+/// a test thread's 2 MiB stack (a debug build's sqlparser frames are the
+/// worst case), and whatever is not parsed must go to the primary.
+#[test]
+fn deep_nesting_never_overflows_and_goes_to_the_primary() {
+    let c = Classifier::new(&[], 64 * 1024, 0);
+    let deep = |open: &str, mid: &str, close: &str, n: usize| {
+        format!("{}{mid}{}", open.repeat(n), close.repeat(n))
+    };
+    let unparsed = [
+        format!("select a from {}", deep("(", "t", ")", 65)),
+        format!("select array{}", deep("[", "1", "]", 1_000)),
+    ];
+    for sql in &unparsed {
+        let got = c.classify(sql).info;
+        assert_eq!((got.route, got.reason.as_str()), (Route::Write, "too_deep"));
+    }
+    // Just under the cap: sqlparser itself gives up or answers; whichever,
+    // nothing crashes and nothing it could not read goes to a replica.
+    let nested = [
+        format!("select a from {}", deep("(", "t", ")", MAX_NESTING)),
+        format!(
+            "select a from {}",
+            deep("(select a, b from (", "t", ")x)", 30)
+        ),
+        format!("select {}", deep("(select ", "1", ")", 60)),
+        format!("select {}", deep("case when a then ", "1", " end", 3_000)),
+        format!("select {}true", "not ".repeat(10_000)),
+        format!("select 1 where {}", vec!["a = 1"; 5_000].join(" and ")),
+    ];
+    for sql in &nested {
+        let got = c.classify(sql).info;
+        if got.route == Route::Read {
+            assert_eq!(got.reason.as_str(), "read", "{}", &sql[..40]);
+        }
+    }
 }
 
 #[test]

@@ -69,6 +69,7 @@ pub const ROLES: [TestRole; 4] = [APP, MD5_USER, PW_USER, POSTGRES];
 /// The shared cluster, started on first use. Blocks while it starts; every
 /// test panics with the reason if it could not.
 pub fn cluster() -> &'static LocalCluster {
+    init_tracing();
     static CLUSTER: OnceLock<Result<LocalCluster, String>> = OnceLock::new();
     let started = CLUSTER.get_or_init(|| {
         let mut options = ClusterOptions::default().replicas(1);
@@ -197,6 +198,24 @@ pub async fn proxy(extra_toml: &str) -> Proxy {
     Proxy::start(proxy_config(extra_toml))
         .await
         .unwrap_or_else(|e| panic!("the test proxy did not start: {e}"))
+}
+
+/// Installs a global INFO subscriber that discards what it gets, once.
+/// Why: tests capture logs with thread-scoped subscribers, and while only
+/// one of those exists tracing-core asks just the *current thread's*
+/// subscriber whether a callsite is wanted. A callsite first hit on a
+/// thread without one (another test's proxy) is then cached as unwanted,
+/// and the capturing test never sees that event. With a global subscriber
+/// that wants INFO, no INFO callsite can be cached as unwanted.
+pub fn init_tracing() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let global = tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let _ = tracing::subscriber::set_global_default(global);
+    });
 }
 
 /// tokio-postgres/libpq connection string for `role` on `db` through `proxy`.

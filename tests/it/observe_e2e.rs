@@ -58,6 +58,18 @@ async fn a_known_workload_moves_each_counter_by_exactly_its_share() {
     replica_known(&proxy).await;
     let reader = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
     let writer = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+    // Up with a lag figure is not yet eligible: right after start the
+    // replica may trail the monitor's first primary sample, a lag with no
+    // upper bound. Wait for a read to land there (it moves the counters
+    // before `before` is taken).
+    let replica_port = harness::cluster().replica(0).port();
+    harness::until_served_by(
+        &reader,
+        replica_port,
+        "the replica serving reads",
+        Duration::from_secs(15),
+    )
+    .await;
     let before = scrape(&proxy).await;
 
     // 10 simple-protocol reads.

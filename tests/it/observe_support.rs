@@ -118,6 +118,7 @@ impl io::Write for Captured {
 /// Captures INFO and above as text, or as JSON lines (what
 /// `log_format = "json"` gives).
 pub fn capture(json: bool) -> (Captured, tracing::subscriber::DefaultGuard) {
+    crate::harness::init_tracing();
     let captured = Captured::default();
     let writer = captured.clone();
     let builder = tracing_subscriber::fmt()

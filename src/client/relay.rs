@@ -203,12 +203,15 @@ impl ServerSide {
                     && crate::protocol::error::parse_error_fields(&rest[..total]).0 == Some("FATAL")
                 {
                     // A backend terminated as the request arrived (killed
-                    // while pooled): nothing ran, nothing is forwarded.
+                    // while pooled): nothing of the client's ran to
+                    // completion, nothing is forwarded. Replies to the
+                    // proxy's own preamble (a deferred BEGIN, settings)
+                    // may have come first: the BEGIN dies with the server,
+                    // and the settings are made again on the next one.
                     self.add(Chunk::Skip(total));
                     self.abandoned = true;
                     break;
                 }
-                self.replay = None;
             }
             if flow.inspects(tag) {
                 if total > MAX_INSPECTED {
@@ -221,7 +224,11 @@ impl ServerSide {
                     break;
                 }
                 let mut then = Outbox::default();
-                match flow.server_frame(tag, &rest[..total], wbuf, &mut then) {
+                let step = flow.server_frame(tag, &rest[..total], wbuf, &mut then);
+                if matches!(step, ServerStep::Forward | ServerStep::Release(true)) {
+                    self.replay = None;
+                }
+                match step {
                     ServerStep::Forward => self.add(Chunk::Forward(total)),
                     ServerStep::Drop => self.add(Chunk::Skip(total)),
                     ServerStep::Release(forward) => {
@@ -235,6 +242,8 @@ impl ServerSide {
                 }
                 self.add_own(&mut then);
             } else {
+                // Streamed through: the client sees it.
+                self.replay = None;
                 let take = total.min(rest.len());
                 self.partial = total - take;
                 self.add(Chunk::Forward(take));
@@ -528,3 +537,6 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

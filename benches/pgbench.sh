@@ -15,7 +15,10 @@
 # (-S -M prepared; PgBouncer 1.18 cannot), tpcb (TPC-B), connect (-S -C:
 # a new connection per transaction), latency (-S -c 1: p50/p99 from
 # pgbench's per-transaction log; direct, pgsidecar and PgBouncer), memory (RSS per idle client at
-# IDLE_CLIENTS connections).
+# IDLE_CLIENTS connections), observe (-S at each CLIENTS count through
+# pgsidecar with observability on, and through a second pgsidecar with
+# [observability] enabled = false: the cost of digests and the slow-query
+# log; not in the default list).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -88,6 +91,34 @@ latency() {
     cat "$dir"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {printf "%d %d", a[int(NR*0.5)], a[int(NR*0.99)]}'
 }
 
+# observe: -S through pgsidecar (observability on) and through a second one
+# with it off, interleaved; prints the tps of each and on/off.
+observe() {
+    local c=$1 j=$(( $1 < 2 ? 1 : 2 ))
+    if [ -z "${OFF_PORT:-}" ]; then
+        OFF_PORT=$(free_port)
+        sed -e "s/127.0.0.1:$SIDECAR_PORT/127.0.0.1:$OFF_PORT/" -e "s/127.0.0.1:$SIDECAR_HTTP/127.0.0.1:$(free_port)/" \
+            "$WORK/pgsidecar.toml" >"$WORK/pgsidecar-off.toml"
+        printf '[observability]\nenabled = false\n' >>"$WORK/pgsidecar-off.toml"
+        PGSIDECAR_LOG=warn ./target/release/pgsidecar run -c "$WORK/pgsidecar-off.toml" >"$WORK/pgsidecar-off.log" 2>&1 &
+        PIDS+=("$!")
+        wait_port "$OFF_PORT"
+    fi
+    local on="" off=""
+    for round in $(seq "$ROUNDS"); do
+        read -r t _ <<<"$(run_pgbench "$SIDECAR_PORT" -S -c "$c" -j "$j")"
+        log "observe c=$c round $round on: $t tps"
+        [ "$t" != fail ] && on+="$t "
+        read -r t _ <<<"$(run_pgbench "$OFF_PORT" -S -c "$c" -j "$j")"
+        log "observe c=$c round $round off: $t tps"
+        [ "$t" != fail ] && off+="$t "
+    done
+    local m_on m_off
+    m_on=$(tr ' ' '\n' <<<"$on" | grep . | median)
+    m_off=$(tr ' ' '\n' <<<"$off" | grep . | median)
+    OBSERVE+=("observability, -S c=$c: on $m_on tps, off $m_off tps, on/off $(ratio "$m_on" "$m_off")")
+}
+
 # memory: RSS growth per idle client at IDLE_CLIENTS connections
 memory() {
     ulimit -n $((IDLE_CLIENTS * 2 + 1000)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -131,6 +162,7 @@ for w in $WORKLOADS; do
             done
             ;;
         memory) MEMORY=$(memory) ;;
+        observe) for c in $CLIENTS; do observe "$c"; done ;;
     esac
 done
 
@@ -149,3 +181,4 @@ if [ -n "${LAT[*]:-}" ]; then
     echo "p50 added over direct (us): pgsidecar $(awk -v a="$sp50" -v b="$dp50" 'BEGIN {print a-b}'), pgbouncer $(awk -v a="$bp50" -v b="$dp50" 'BEGIN {if (a=="n/a") print a; else print a-b}')"
 fi
 [ -n "${MEMORY:-}" ] && echo "$MEMORY"
+for o in "${OBSERVE[@]:-}"; do [ -n "$o" ] && echo "$o"; done

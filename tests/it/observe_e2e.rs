@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::harness::{self, APP, POSTGRES};
 use crate::observe_e2e_support::{
-    deltas, primary_addr, proxy_with_replica, replica_addr, replica_known, scrape,
+    deltas, primary_addr, proxy_with_replica, replica_addr, replica_known, scrape, settled,
 };
 use crate::observe_support::get;
 
@@ -70,7 +70,7 @@ async fn a_known_workload_moves_each_counter_by_exactly_its_share() {
         Duration::from_secs(15),
     )
     .await;
-    let before = scrape(&proxy).await;
+    let before = settled(&proxy).await;
 
     // 10 simple-protocol reads.
     for i in 0..10 {
@@ -99,7 +99,8 @@ async fn a_known_workload_moves_each_counter_by_exactly_its_share() {
     // 1 statement the server refuses.
     let err = reader.simple_query("select 1/0").await.unwrap_err();
     assert_eq!(harness::error_text(&err), "22012: division by zero");
-    let after = scrape(&proxy).await;
+    // tokio-postgres returns the error before the ReadyForQuery after it.
+    let after = settled(&proxy).await;
 
     let moved = deltas(&before, &after);
     let (primary, replica) = (primary_addr(), replica_addr());
@@ -249,7 +250,7 @@ async fn errors_the_proxy_sends_are_counted_by_kind() {
          [routing]\nfallback_to_primary = false\n[observability]\nexplain = \"off\"",
     )
     .await;
-    let before = scrape(&proxy).await;
+    let before = settled(&proxy).await;
     let port = proxy.addr.port();
 
     // auth: a wrong password, a role pgsidecar does not know.
@@ -310,7 +311,7 @@ async fn errors_the_proxy_sends_are_counted_by_kind() {
         harness::error_text(&err)
     );
 
-    let after = scrape(&proxy).await;
+    let after = settled(&proxy).await;
     let d = |kind: &str| {
         let labels = [("kind", kind)];
         after.value("pgsidecar_errors_total", &labels)

@@ -96,6 +96,23 @@ pub async fn scrape(proxy: &Proxy) -> Scrape {
     Scrape::parse(&body)
 }
 
+/// A scrape taken once no client is mid-request. A driver may hand a
+/// result (or an error) to its caller before the proxy has seen the
+/// server's ReadyForQuery, and a transaction is counted at that
+/// ReadyForQuery: a scrape taken at once may miss the last one.
+pub async fn settled(proxy: &Proxy) -> Scrape {
+    harness::eventually(
+        "every client of the proxy idle",
+        Duration::from_secs(10),
+        || async {
+            let s = scrape(proxy).await;
+            let active = s.get("pgsidecar_client_connections", &[("state", "active")]);
+            (active.unwrap_or(0.0) == 0.0).then_some(s)
+        },
+    )
+    .await
+}
+
 /// How much every counter series moved between two scrapes: only the
 /// series that changed, as `name{k="v",..}` → delta.
 pub fn deltas(before: &Scrape, after: &Scrape) -> BTreeMap<String, f64> {

@@ -18,7 +18,9 @@
 # IDLE_CLIENTS connections), observe (-S at each CLIENTS count through
 # pgsidecar with observability on, and through a second pgsidecar with
 # [observability] enabled = false: the cost of digests and the slow-query
-# log; not in the default list).
+# log), threads (-S at each CLIENTS count through pgsidecar with its
+# default worker_threads = 1 and through a second one with one worker per
+# core). observe and threads are not in the default list.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -91,32 +93,43 @@ latency() {
     cat "$dir"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {printf "%d %d", a[int(NR*0.5)], a[int(NR*0.99)]}'
 }
 
-# observe: -S through pgsidecar (observability on) and through a second one
-# with it off, interleaved; prints the tps of each and on/off.
-observe() {
-    local c=$1 j=$(( $1 < 2 ? 1 : 2 ))
-    if [ -z "${OFF_PORT:-}" ]; then
-        OFF_PORT=$(free_port)
-        sed -e "s/127.0.0.1:$SIDECAR_PORT/127.0.0.1:$OFF_PORT/" -e "s/127.0.0.1:$SIDECAR_HTTP/127.0.0.1:$(free_port)/" \
-            "$WORK/pgsidecar.toml" >"$WORK/pgsidecar-off.toml"
-        printf '[observability]\nenabled = false\n' >>"$WORK/pgsidecar-off.toml"
-        PGSIDECAR_LOG=warn ./target/release/pgsidecar run -c "$WORK/pgsidecar-off.toml" >"$WORK/pgsidecar-off.log" 2>&1 &
+# variant NAME TOML [VAR=value…]: a second pgsidecar from the bench config
+# with TOML appended and the variables set, started once per NAME; sets
+# VARIANT_PORT.
+declare -A VARIANTS=()
+variant() {
+    local name=$1 toml=$2; shift 2
+    if [ -z "${VARIANTS[$name]:-}" ]; then
+        local port
+        port=$(free_port)
+        sed -e "s/127.0.0.1:$SIDECAR_PORT/127.0.0.1:$port/" -e "s/127.0.0.1:$SIDECAR_HTTP/127.0.0.1:$(free_port)/" \
+            "$WORK/pgsidecar.toml" >"$WORK/pgsidecar-$name.toml"
+        printf '%b' "$toml" >>"$WORK/pgsidecar-$name.toml"
+        env "$@" PGSIDECAR_LOG=warn ./target/release/pgsidecar run -c "$WORK/pgsidecar-$name.toml" >"$WORK/pgsidecar-$name.log" 2>&1 &
         PIDS+=("$!")
-        wait_port "$OFF_PORT"
+        wait_port "$port"
+        VARIANTS[$name]=$port
     fi
-    local on="" off=""
+    VARIANT_PORT=${VARIANTS[$name]}
+}
+
+# side_by_side LABEL CLIENTS A_NAME A_PORT B_NAME B_PORT: -S through two
+# pgsidecars, interleaved; records the median tps of each and A/B.
+side_by_side() {
+    local label=$1 c=$2 a=$3 a_port=$4 b=$5 b_port=$6 j=$(( $2 < 2 ? 1 : 2 ))
+    local a_tps="" b_tps="" t
     for round in $(seq "$ROUNDS"); do
-        read -r t _ <<<"$(run_pgbench "$SIDECAR_PORT" -S -c "$c" -j "$j")"
-        log "observe c=$c round $round on: $t tps"
-        [ "$t" != fail ] && on+="$t "
-        read -r t _ <<<"$(run_pgbench "$OFF_PORT" -S -c "$c" -j "$j")"
-        log "observe c=$c round $round off: $t tps"
-        [ "$t" != fail ] && off+="$t "
+        read -r t _ <<<"$(run_pgbench "$a_port" -S -c "$c" -j "$j")"
+        log "$label c=$c round $round $a: $t tps"
+        [ "$t" != fail ] && a_tps+="$t "
+        read -r t _ <<<"$(run_pgbench "$b_port" -S -c "$c" -j "$j")"
+        log "$label c=$c round $round $b: $t tps"
+        [ "$t" != fail ] && b_tps+="$t "
     done
-    local m_on m_off
-    m_on=$(tr ' ' '\n' <<<"$on" | grep . | median)
-    m_off=$(tr ' ' '\n' <<<"$off" | grep . | median)
-    OBSERVE+=("observability, -S c=$c: on $m_on tps, off $m_off tps, on/off $(ratio "$m_on" "$m_off")")
+    local m_a m_b
+    m_a=$(tr ' ' '\n' <<<"$a_tps" | grep . | median)
+    m_b=$(tr ' ' '\n' <<<"$b_tps" | grep . | median)
+    SIDE_BY_SIDE+=("$label, -S c=$c: $a $m_a tps, $b $m_b tps, $a/$b $(ratio "$m_a" "$m_b")")
 }
 
 # memory: RSS growth per idle client at IDLE_CLIENTS connections
@@ -162,7 +175,16 @@ for w in $WORKLOADS; do
             done
             ;;
         memory) MEMORY=$(memory) ;;
-        observe) for c in $CLIENTS; do observe "$c"; done ;;
+        observe)
+            # The cost of digests, the slow-query log and EXPLAIN sampling.
+            variant off '[observability]\nenabled = false\n'
+            for c in $CLIENTS; do side_by_side observability "$c" on "$SIDECAR_PORT" off "$VARIANT_PORT"; done
+            ;;
+        threads)
+            # [proxy] worker_threads: 1 (the default) against one per core.
+            variant percore '' PGSIDECAR_PROXY_WORKER_THREADS=0
+            for c in $CLIENTS; do side_by_side worker_threads "$c" one "$SIDECAR_PORT" percore "$VARIANT_PORT"; done
+            ;;
     esac
 done
 
@@ -181,4 +203,4 @@ if [ -n "${LAT[*]:-}" ]; then
     echo "p50 added over direct (us): pgsidecar $(awk -v a="$sp50" -v b="$dp50" 'BEGIN {print a-b}'), pgbouncer $(awk -v a="$bp50" -v b="$dp50" 'BEGIN {if (a=="n/a") print a; else print a-b}')"
 fi
 [ -n "${MEMORY:-}" ] && echo "$MEMORY"
-for o in "${OBSERVE[@]:-}"; do [ -n "$o" ] && echo "$o"; done
+for o in "${SIDE_BY_SIDE[@]:-}"; do [ -n "$o" ] && echo "$o"; done

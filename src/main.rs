@@ -111,10 +111,26 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// `[proxy] worker_threads`: 1 runs every session on this thread (no
+/// cross-thread wake-ups when a server connection passes between
+/// sessions), 0 one worker per core, N exactly N workers.
+fn runtime_builder(worker_threads: u32) -> tokio::runtime::Builder {
+    match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n as usize);
+            builder
+        }
+    }
+}
+
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     init_logging(config.observability.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let worker_threads = config.proxy.worker_threads;
+    let runtime = runtime_builder(worker_threads)
         .enable_all()
         .build()
         .context("starting the runtime")?;
@@ -128,7 +144,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         let proxy = Proxy::start(config).await?;
         // The console's RELOAD re-reads this file.
         let _ = proxy.shared.config_path.set(path.to_path_buf());
-        tracing::info!(addr = %proxy.addr, "ready");
+        tracing::info!(addr = %proxy.addr, worker_threads, "ready");
         let signal = loop {
             tokio::select! {
                 _ = hangup.recv() => {

@@ -64,10 +64,11 @@ const fn o(
 
 /// The overridable keys. Passwords are not among them: `[[users]]` already
 /// has `password_env`.
-pub(super) const OVERRIDES: [Override; 16] = [
+pub(super) const OVERRIDES: [Override; 17] = [
     o("proxy", "listen", socket_addr),
     o("proxy", "pool_mode", typed::<PoolMode>),
     o("proxy", "max_client_conn", positive_int),
+    o("proxy", "worker_threads", whole_number),
     o("http", "listen", socket_addr),
     o("cluster", "primary", node),
     o("cluster", "replicas", node_list),
@@ -235,6 +236,13 @@ fn positive_int(s: &str) -> Result<toml::Value, String> {
     match s.parse::<u32>() {
         Ok(n) if n > 0 => Ok(toml::Value::Integer(n.into())),
         _ => Err("must be a whole number greater than zero".into()),
+    }
+}
+
+fn whole_number(s: &str) -> Result<toml::Value, String> {
+    match s.parse::<u32>() {
+        Ok(n) => Ok(toml::Value::Integer(n.into())),
+        _ => Err("must be a whole number".into()),
     }
 }
 

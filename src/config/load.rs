@@ -11,6 +11,9 @@ use super::schema::Config;
 use super::sources::Sources;
 use super::types::{ClientAuth, Secret};
 
+/// More session threads than this is a typo, not a tuning choice.
+const MAX_WORKER_THREADS: u32 = 1024;
+
 /// Why a config file was refused. Every variant names the file and the key
 /// (or line) so the operator knows what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -236,6 +239,15 @@ impl Config {
                 };
                 return Err((key.to_string(), what.into()));
             }
+        }
+        if self.proxy.worker_threads > MAX_WORKER_THREADS {
+            return Err((
+                "proxy.worker_threads".into(),
+                format!(
+                    "must be at most {MAX_WORKER_THREADS} (0 means one per core), got {}",
+                    self.proxy.worker_threads
+                ),
+            ));
         }
         self.validate_tls()?;
         let rate = self.observability.explain_sample_rate;

@@ -43,6 +43,12 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     pub pool_mode: PoolMode,
     pub max_client_conn: u32,
+    /// Threads that run client sessions, read at start only. 1 (the
+    /// default) is a single-threaded runtime: a sidecar shares its cores
+    /// with the application and often Postgres, and one thread hands
+    /// connections between sessions without cross-thread wake-ups (README,
+    /// Benchmarks, has the side-by-side figures). 0: one per core.
+    pub worker_threads: u32,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// Time a new client has to finish startup and authentication.
@@ -91,6 +97,7 @@ impl Default for ProxyConfig {
             listen: "127.0.0.1:6432".parse().expect("static address"),
             pool_mode: PoolMode::Transaction,
             max_client_conn: 10_000,
+            worker_threads: 1,
             shutdown_timeout: Duration::from_secs(30),
             client_login_timeout: Duration::from_secs(15),
             max_message_size: 64 * 1024 * 1024,

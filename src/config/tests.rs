@@ -21,6 +21,7 @@ fn minimal_config_gets_defaults() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(c.proxy.listen.to_string(), "127.0.0.1:6432");
     assert_eq!(c.proxy.pool_mode, PoolMode::Transaction);
+    assert_eq!(c.proxy.worker_threads, 1);
     assert_eq!(c.auth.client_auth, ClientAuth::ScramSha256);
     assert_eq!(c.pool.checkout_timeout, Duration::from_secs(5));
     assert_eq!(c.pool.effective_size(), 9);
@@ -63,6 +64,8 @@ fn bad_values_are_refused_with_the_key() {
         ),
         ("[admin]\nusers = [\"root\"]\n", "admin.users[0]"),
         ("[proxy]\nmax_client_conn = 0\n", "proxy.max_client_conn"),
+        ("[proxy]\nworker_threads = 5000\n", "proxy.worker_threads"),
+        ("[proxy]\nworker_threads = -1\n", "worker_threads"),
     ];
     for (extra, needle) in cases {
         let text = format!("{MINIMAL}\n{extra}");

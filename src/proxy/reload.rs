@@ -56,6 +56,9 @@ impl Shared {
         if new.proxy.listen != old.proxy.listen || new.http.listen != old.http.listen {
             tracing::warn!("listen addresses change only on restart");
         }
+        if new.proxy.worker_threads != old.proxy.worker_threads {
+            tracing::warn!("proxy.worker_threads changes only on restart");
+        }
         let nodes_changed = new.cluster.primary != old.cluster.primary
             || new.cluster.replicas != old.cluster.replicas;
         let passwords_changed = new.users.len() != old.users.len()

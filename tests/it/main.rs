@@ -43,6 +43,7 @@ mod routing_smoke;
 mod routing_transactions;
 mod routing_writes;
 mod running;
+mod runtime;
 mod security;
 mod shutdown;
 mod tls;

@@ -90,6 +90,11 @@ fn port_after(line: &str, key: &str) -> Option<u16> {
 }
 
 impl Running {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("still running")
+    }
+
     pub fn signal(&self, signal: i32) {
         let pid = self.child.id().expect("still running") as i32;
         // SAFETY: signalling the child this test spawned and still owns.

@@ -18,6 +18,8 @@ chmod 755 "$WORK"
 PIDS=()
 cleanup() {
     for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+    # runuser does not pass SIGTERM on to PgBouncer; its pidfile does.
+    [ -f "$WORK/pgbouncer.pid" ] && kill "$(cat "$WORK/pgbouncer.pid")" 2>/dev/null
     for d in "$WORK"/primary "$WORK"/replica; do
         [ -f "$d/postmaster.pid" ] && as_pg "$BINDIR/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
     done

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::routing::{PinReason, SessionChange, StatementInfo, Unpin};
+use crate::routing::{PinReason, RouteSetting, SessionChange, StatementInfo, Unpin};
 
 use super::params::{ParamChange, ParamValue};
 
@@ -101,6 +101,9 @@ pub fn param_changes(changes: &[SessionChange]) -> Option<Vec<ParamChange>> {
 #[derive(Debug, Default)]
 pub struct Effect {
     pub changes: Vec<ParamChange>,
+    /// `pgsidecar.route` once it has run (the proxy's own setting, which
+    /// the server only stands in for).
+    pub route: Option<RouteSetting>,
     pub unpin: Option<Unpin>,
     /// What the observer is told when it completes.
     pub observed: Option<Observed>,
@@ -108,7 +111,10 @@ pub struct Effect {
 
 impl Effect {
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty() && self.unpin.is_none() && self.observed.is_none()
+        self.changes.is_empty()
+            && self.route.is_none()
+            && self.unpin.is_none()
+            && self.observed.is_none()
     }
 }
 

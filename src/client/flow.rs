@@ -14,15 +14,16 @@ use super::params::ParamChange;
 use super::prepared::{self, Statement};
 use super::registry::ClientInfo;
 use super::relay::{ClientStep, Flow, Outbox, ServerStep};
+use super::route_setting;
 use super::state::ClientState;
 use crate::cluster::{NodeId, Role};
 use crate::config::PoolMode;
 use crate::observe::QueryEvent;
 use crate::protocol::backend;
 use crate::protocol::frame::{self, be, fe};
-use crate::protocol::{ProtocolError, SqlState, WireError};
+use crate::protocol::{ProtocolError, WireError};
 use crate::proxy::Shared;
-use crate::routing::{Classified, Route, RouteSetting, SessionChange, StatementInfo, Unpin};
+use crate::routing::{Classified, Route, SessionChange, StatementInfo, Unpin};
 use crate::server::{ServerPool, ServerState, statement_name};
 
 /// Per-hold bookkeeping that the relay's stretches share.
@@ -208,6 +209,7 @@ impl SessionFlow<'_> {
         };
         Effect {
             changes,
+            route: route_setting::after(session),
             unpin: info.unpin.clone(),
             observed: Some(Observed {
                 info: info.clone(),
@@ -238,36 +240,34 @@ impl SessionFlow<'_> {
             .client
             .memo
             .classify(&self.shared.classifier, frame::query_text(frame)?);
-        if c.info.statement_count == 1 {
-            if let [SessionChange::Route { setting, value }] = c.session.as_slice() {
-                // The proxy's own setting: answered here, never forwarded.
-                match setting {
-                    Some(setting) => {
-                        self.client.routing.setting =
-                            (*setting != RouteSetting::Auto).then_some(*setting);
-                        self.reply(Synthetic::Command("SET"), to_client);
-                    }
-                    None if self.expect.is_quiet() => {
-                        // Refused, and the session carries on (a transaction
-                        // block stays usable: the server saw nothing).
-                        let mut refusal = invalid_route(value).to_bytes();
-                        backend::ready_for_query(&mut refusal, self.expect.status());
-                        to_client.push(refusal.freeze());
-                    }
-                    // Queued behind server responses (a client pipelining
-                    // simple queries): no way to put an error in line.
-                    None => return Err(invalid_route(value)),
+        if let Some(change) = route_setting::lone_change(&c) {
+            // The proxy's own setting: answered here, never forwarded.
+            match change {
+                Ok(setting) => {
+                    self.client.routing.setting = route_setting::session_value(setting);
+                    self.reply(Synthetic::Command("SET"), to_client);
                 }
-                return Ok(());
+                Err(value) if self.expect.is_quiet() => {
+                    // Refused, and the session carries on (a transaction
+                    // block stays usable: the server saw nothing).
+                    let mut refusal = route_setting::invalid_route(value).to_bytes();
+                    backend::ready_for_query(&mut refusal, self.expect.status());
+                    to_client.push(refusal.freeze());
+                }
+                // Queued behind server responses (a client pipelining
+                // simple queries): no way to put an error in line.
+                Err(value) => return Err(route_setting::invalid_route(value)),
             }
-            if let Some(Unpin::Deallocate(name)) = &c.info.unpin
-                && self.client.statements.forget(name).is_some()
-            {
-                // A protocol-level statement of this client: the server's
-                // copy is shared with others and stays.
-                self.reply(Synthetic::Command("DEALLOCATE"), to_client);
-                return Ok(());
-            }
+            return Ok(());
+        }
+        if c.info.statement_count == 1
+            && let Some(Unpin::Deallocate(name)) = &c.info.unpin
+            && self.client.statements.forget(name).is_some()
+        {
+            // A protocol-level statement of this client: the server's
+            // copy is shared with others and stays.
+            self.reply(Synthetic::Command("DEALLOCATE"), to_client);
+            return Ok(());
         }
         let sql = self.sql_for_observer(frame::query_text(frame)?, &c.info);
         let effect = self.effects_of(&c.info, &c.session, sql);
@@ -288,6 +288,10 @@ impl SessionFlow<'_> {
                 .client
                 .memo
                 .classify(&self.shared.classifier, msg.query);
+            let stand_in = route_setting::stand_in(&class)
+                .map(|q| route_setting::with_query(frame, &q))
+                .transpose()?;
+            let frame = stand_in.as_deref().unwrap_or(frame);
             self.client.statements.set_unnamed(frame, msg.query, class);
             self.hold.unnamed_here = true;
             self.send(out, frame, Some(Request::Parse), 0);
@@ -421,6 +425,9 @@ impl SessionFlow<'_> {
                 self.hold.params_diverged = true;
             }
             self.client.params.apply(change, in_transaction);
+        }
+        if let Some(setting) = effect.route {
+            self.client.routing.setting = route_setting::session_value(setting);
         }
         if let Some(unpin) = effect.unpin {
             self.client.pins.release(&unpin);
@@ -702,15 +709,6 @@ fn is_stale_plan(frame: &[u8]) -> bool {
         rest = tail;
     }
     code == Some("0A000") && routine == Some("RevalidateCachedQuery")
-}
-
-/// The error for `SET pgsidecar.route` to an unknown value.
-pub(super) fn invalid_route(value: &str) -> WireError {
-    WireError::error(
-        SqlState::INVALID_PARAMETER_VALUE,
-        format!("invalid value for parameter \"pgsidecar.route\": \"{value}\""),
-    )
-    .with_hint("use 'primary', 'replica' or 'auto'")
 }
 
 impl Flow for SessionFlow<'_> {

@@ -10,15 +10,15 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::flow::invalid_route;
 use super::prepared;
+use super::route_setting;
 use super::state::ClientState;
 use crate::config::PoolMode;
 use crate::protocol::WireError;
 use crate::protocol::backend;
 use crate::protocol::frame::{self, fe};
 use crate::proxy::Shared;
-use crate::routing::{RouteSetting, SessionChange, TxEffect, Unpin};
+use crate::routing::{TxEffect, Unpin};
 use crate::server::ServerPool;
 
 /// What to do with a frame received while no server is held.
@@ -98,18 +98,23 @@ fn query(
     if c.info.statement_count != 1 {
         return Ok(Idle::NeedServer);
     }
-    let tag = match (&c.session[..], &c.info.tx, &c.info.unpin) {
-        ([SessionChange::Route { setting, value }], _, _) => {
-            let Some(setting) = setting else {
-                // Refused, and the session carries on (as after any error).
-                out.extend_from_slice(&invalid_route(value).to_bytes());
-                backend::ready_for_query(out, status);
-                return Ok(Idle::Answered);
-            };
-            client.routing.setting = (*setting != RouteSetting::Auto).then_some(*setting);
-            "SET"
+    match route_setting::lone_change(&c) {
+        Some(Ok(setting)) => {
+            client.routing.setting = route_setting::session_value(setting);
+            backend::command_complete(out, "SET");
+            backend::ready_for_query(out, status);
+            return Ok(Idle::Answered);
         }
-        (_, TxEffect::Begin { read_only: None }, _)
+        Some(Err(value)) => {
+            // Refused, and the session carries on (as after any error).
+            out.extend_from_slice(&route_setting::invalid_route(value).to_bytes());
+            backend::ready_for_query(out, status);
+            return Ok(Idle::Answered);
+        }
+        None => {}
+    }
+    let tag = match (&c.info.tx, &c.info.unpin) {
+        (TxEffect::Begin { read_only: None }, _)
             if mode == PoolMode::Transaction && client.deferred_begin.is_none() =>
         {
             client.deferred_begin = Some(Bytes::copy_from_slice(frame));
@@ -117,7 +122,7 @@ fn query(
             backend::ready_for_query(out, b'T');
             return Ok(Idle::Answered);
         }
-        (_, TxEffect::Commit | TxEffect::Rollback, _) if client.deferred_begin.is_some() => {
+        (TxEffect::Commit | TxEffect::Rollback, _) if client.deferred_begin.is_some() => {
             // Nothing ran in it: nothing to commit or roll back anywhere.
             client.deferred_begin = None;
             let tag = if c.info.tx == TxEffect::Commit {
@@ -129,7 +134,7 @@ fn query(
             backend::ready_for_query(out, b'I');
             return Ok(Idle::Answered);
         }
-        (_, _, Some(Unpin::Deallocate(name))) if client.statements.forget(name).is_some() => {
+        (_, Some(Unpin::Deallocate(name))) if client.statements.forget(name).is_some() => {
             "DEALLOCATE"
         }
         _ => return Ok(Idle::NeedServer),

@@ -18,6 +18,7 @@ pub mod prepared;
 pub mod registry;
 mod relay;
 mod route;
+mod route_setting;
 mod session;
 mod state;
 

@@ -69,12 +69,20 @@ impl StatementRegistry {
         inner.next_id += 1;
         let id = inner.next_id;
         let name = statement_name(id);
-        let mut parse = BytesMut::with_capacity(6 + name.len() + after_name.len());
+        // A lone `SET pgsidecar.route` is prepared as its stand-in.
+        let stand_in = super::route_setting::stand_in(&class).map(|q| {
+            let mut body = q.into_bytes();
+            body.push(0);
+            body.extend_from_slice(after_name.get(query.len() + 1..).unwrap_or_default());
+            body
+        });
+        let body = stand_in.as_deref().unwrap_or(after_name);
+        let mut parse = BytesMut::with_capacity(6 + name.len() + body.len());
         parse.put_u8(fe::PARSE);
-        parse.put_u32((4 + name.len() + 1 + after_name.len()) as u32);
+        parse.put_u32((4 + name.len() + 1 + body.len()) as u32);
         parse.put_slice(name.as_bytes());
         parse.put_u8(0);
-        parse.put_slice(after_name);
+        parse.put_slice(body);
         let statement = Arc::new(Statement {
             id,
             name: name.into_boxed_str(),

@@ -1,7 +1,8 @@
 //! Routing hints: a leading `/* pgsidecar:primary|replica */` comment picks
 //! the node for one statement (a write hinted to a replica gets 25006 from
 //! the proxy), and `SET pgsidecar.route` picks it for the session — kept by
-//! the proxy, never seen by a server, rejected with 22023 when invalid.
+//! the proxy (by the extended protocol a server runs only a stand-in that
+//! changes nothing), rejected with 22023 when invalid.
 
 use std::time::Duration;
 
@@ -263,9 +264,6 @@ async fn set_pgsidecar_route_sticks_for_the_session_and_is_never_forwarded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: by the extended protocol SET pgsidecar.route is forwarded to \
-            the server and the proxy ignores it (see the README, \"Routing and \
-            read-your-writes\")"]
 async fn set_pgsidecar_route_by_the_extended_protocol_is_the_proxys_too() {
     // Drivers such as JDBC send every statement with the extended protocol.
     let s = setup("hint_route_extended").await;
@@ -280,18 +278,47 @@ async fn set_pgsidecar_route_by_the_extended_protocol_is_the_proxys_too() {
         .query_typed("select current_setting('pgsidecar.route', true)", &[])
         .await
         .unwrap();
+    // The server only ever holds a stand-in: its empty default.
     assert_eq!(
-        seen[0].get::<_, Option<String>>(0),
-        None,
+        seen[0].get::<_, Option<String>>(0).unwrap_or_default(),
+        "",
         "a server knows pgsidecar.route"
     );
     c.execute("set pgsidecar.route = 'auto'", &[])
         .await
         .unwrap();
-    assert_eq!(port_of(c, PORT_SQL, true).await, s.replica);
-    let (code, _) = failure(
+    harness::until_served_by(c, s.replica, "reads on the replica after auto", SOON).await;
+    let (code, message) = failure(
         c.query_typed("set pgsidecar.route = 'sideways'", &[]).await,
         "an invalid value",
     );
     assert_eq!(code, "22023");
+    assert!(message.contains("pgsidecar.route"), "{message}");
+    // A named statement (JDBC's after a few executions) each time it runs.
+    let to_primary = c.prepare("set pgsidecar.route = 'primary'").await.unwrap();
+    let sideways = c.prepare("set pgsidecar.route = 'sideways'").await.unwrap();
+    for _ in 0..2 {
+        let (code, _) = failure(c.execute(&sideways, &[]).await, "a named invalid value");
+        assert_eq!(code, "22023");
+        // A replica the monitor has not just passed over serves the reads.
+        harness::until_served_by(c, s.replica, "reads on the replica after a refusal", SOON).await;
+        c.execute(&to_primary, &[]).await.unwrap();
+        assert_eq!(port_of(c, PORT_SQL, true).await, s.primary);
+        c.execute("reset pgsidecar.route", &[]).await.unwrap();
+    }
+    // Another client on the same servers is not moved.
+    c.execute(&to_primary, &[]).await.unwrap();
+    harness::until_served_by(&s.other, s.replica, "the other client on the replica", SOON).await;
+    // set_config returns its row from the server, and moves the session.
+    c.execute("reset pgsidecar.route", &[]).await.unwrap();
+    harness::until_served_by(c, s.replica, "reads on the replica after RESET", SOON).await;
+    let row = c
+        .query_one(
+            "select set_config('pgsidecar.route', 'primary', false)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "primary");
+    assert_eq!(port_of(c, PORT_SQL, true).await, s.primary);
 }

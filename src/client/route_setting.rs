@@ -1,0 +1,163 @@
+//! The proxy's own session setting `pgsidecar.route`: which statements
+//! change it, the error for a value it refuses, and the stand-in a server
+//! prepares in its place when the change comes by the extended protocol.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::protocol::frame::{self, fe};
+use crate::protocol::{ProtocolError, SqlState, WireError};
+use crate::routing::{Classified, Reason, RouteSetting, SessionChange};
+
+const HINT: &str = "use 'primary', 'replica' or 'auto'";
+
+fn message(value: &str) -> String {
+    format!("invalid value for parameter \"pgsidecar.route\": \"{value}\"")
+}
+
+/// The 22023 a client gets for `SET pgsidecar.route = 'sideways'`.
+pub fn invalid_route(value: &str) -> WireError {
+    WireError::error(SqlState::INVALID_PARAMETER_VALUE, message(value)).with_hint(HINT)
+}
+
+/// What the session keeps for a setting: `auto` is the same as none.
+pub fn session_value(setting: RouteSetting) -> Option<RouteSetting> {
+    (setting != RouteSetting::Auto).then_some(setting)
+}
+
+/// The change made by a statement that is nothing but a `SET`/`RESET` of
+/// `pgsidecar.route`: the new setting, or the value the proxy refuses. (A
+/// `SELECT set_config('pgsidecar.route', …)` returns a row, so the server
+/// runs it and the setting changes when it completes.)
+pub fn lone_change(class: &Classified) -> Option<Result<RouteSetting, &str>> {
+    if class.info.statement_count != 1 || class.info.reason != Reason::ProxySetting {
+        return None;
+    }
+    match class.session.as_slice() {
+        [SessionChange::Route { setting, value }] => Some(setting.ok_or(value.as_str())),
+        _ => None,
+    }
+}
+
+/// The setting a statement leaves once it has run (the last valid one of a
+/// multi-statement string that also sets it).
+pub fn after(session: &[SessionChange]) -> Option<RouteSetting> {
+    session.iter().rev().find_map(|c| match c {
+        SessionChange::Route { setting, .. } => *setting,
+        _ => None,
+    })
+}
+
+/// By the extended protocol a server must still answer every message in
+/// order (ParseComplete, BindComplete, NoData, CommandComplete) and, after
+/// an error, skip what follows up to Sync, even messages the client has
+/// already pipelined behind it. So the proxy does not answer a lone
+/// `SET pgsidecar.route` itself there: the server prepares this stand-in,
+/// which gives the same answers: a SET of the placeholder to its empty
+/// default for a valid value (the session's setting changes when its
+/// Execute completes) and, for a value the proxy refuses, a DO block that
+/// raises the proxy's own 22023.
+pub fn stand_in(class: &Classified) -> Option<String> {
+    Some(match lone_change(class)? {
+        Ok(_) => "SET pgsidecar.route TO DEFAULT".into(),
+        Err(value) => {
+            let quote = |s: &str| s.replace('\'', "''");
+            let body = format!(
+                "BEGIN RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = '{}', HINT = '{}'; END",
+                quote(&message(value)),
+                quote(HINT)
+            );
+            let mut tag = String::from("$pgsidecar$");
+            while body.contains(&tag) {
+                tag.insert(tag.len() - 1, '_');
+            }
+            format!("DO {tag}{body}{tag}")
+        }
+    })
+}
+
+/// A copy of the Parse `frame` with its query text replaced: same
+/// statement name, same parameter types.
+pub fn with_query(frame: &[u8], query: &str) -> Result<Bytes, ProtocolError> {
+    let (name, after_name) = frame::cstr(frame::body(frame))?;
+    let (old, _) = frame::cstr(after_name)?;
+    let params = &after_name[old.len() + 1..];
+    let len = 4 + name.len() + 1 + query.len() + 1 + params.len();
+    let mut out = BytesMut::with_capacity(1 + len);
+    out.put_u8(fe::PARSE);
+    out.put_u32(len as u32);
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+    out.put_slice(query.as_bytes());
+    out.put_u8(0);
+    out.put_slice(params);
+    Ok(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::Classifier;
+
+    fn parse_frame(name: &str, query: &str, params: &[u8]) -> Vec<u8> {
+        let mut f = vec![fe::PARSE, 0, 0, 0, 0];
+        f.extend_from_slice(name.as_bytes());
+        f.push(0);
+        f.extend_from_slice(query.as_bytes());
+        f.push(0);
+        f.extend_from_slice(params);
+        let len = (f.len() - 1) as u32;
+        f[1..5].copy_from_slice(&len.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn only_a_lone_change_of_the_setting_gets_a_stand_in() {
+        let classifier = Classifier::new(&[], 10_000, 100);
+        let stand_in = |sql: &str| stand_in(&classifier.classify(sql));
+        assert_eq!(
+            stand_in("set pgsidecar.route = 'primary'").as_deref(),
+            Some("SET pgsidecar.route TO DEFAULT")
+        );
+        assert!(stand_in("RESET pgsidecar.route").is_some());
+        assert_eq!(stand_in("set search_path = 'x'"), None);
+        assert_eq!(stand_in("set pgsidecar.route = 'replica'; select 1"), None);
+        assert_eq!(stand_in("select 1"), None);
+        let call = "select set_config('pgsidecar.route', 'primary', false)";
+        assert_eq!(stand_in(call), None);
+        let class = classifier.classify(call);
+        assert_eq!(after(&class.session), Some(RouteSetting::Primary));
+    }
+
+    #[test]
+    fn a_refused_value_raises_the_proxys_error_whatever_it_contains() {
+        let classifier = Classifier::new(&[], 10_000, 100);
+        let sql = "set pgsidecar.route = 'it''s $pgsidecar$ odd'";
+        let text = stand_in(&classifier.classify(sql)).unwrap();
+        assert!(text.starts_with("DO $pgsidecar_$BEGIN"), "{text}");
+        assert!(text.ends_with("END$pgsidecar_$"), "{text}");
+        assert!(text.contains("ERRCODE = '22023'"), "{text}");
+        // The value as written, its quotes doubled once more inside the
+        // DO block's string.
+        assert!(text.contains(r#""''it''''s $pgsidecar$ odd''""#), "{text}");
+    }
+
+    #[test]
+    fn the_stand_in_keeps_name_and_parameter_types() {
+        let frame = parse_frame("s1", "set pgsidecar.route = 'auto'", &[0, 1, 0, 0, 0, 25]);
+        let out = with_query(&frame, "SET x TO DEFAULT").unwrap();
+        assert_eq!(
+            out.as_ref(),
+            parse_frame("s1", "SET x TO DEFAULT", &[0, 1, 0, 0, 0, 25]).as_slice()
+        );
+        assert!(with_query(b"P\0\0\0\x05", "x").is_err());
+    }
+
+    #[test]
+    fn the_last_valid_setting_of_a_string_is_the_one_left() {
+        let classifier = Classifier::new(&[], 10_000, 100);
+        let class =
+            classifier.classify("set pgsidecar.route = 'replica'; set pgsidecar.route = 'primary'");
+        assert_eq!(after(&class.session), Some(RouteSetting::Primary));
+        assert_eq!(after(&classifier.classify("select 1").session), None);
+    }
+}

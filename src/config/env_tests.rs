@@ -29,7 +29,7 @@ fn every_listed_key_is_overridden_on_top_of_the_file() {
         ("PGSIDECAR_PROXY_LISTEN", "0.0.0.0:6432"),
         ("PGSIDECAR_PROXY_POOL_MODE", "session"),
         ("PGSIDECAR_PROXY_MAX_CLIENT_CONN", "50"),
-        ("PGSIDECAR_PROXY_WORKER_THREADS", "0"),
+        ("PGSIDECAR_PROXY_WORKER_THREADS", "1"),
         ("PGSIDECAR_HTTP_LISTEN", "0.0.0.0:9930"),
         ("PGSIDECAR_CLUSTER_PRIMARY", "primary.internal:5432"),
         ("PGSIDECAR_CLUSTER_REPLICAS", "r1:5432, r2:5433"),
@@ -49,7 +49,7 @@ fn every_listed_key_is_overridden_on_top_of_the_file() {
     assert_eq!(c.proxy.listen.to_string(), "0.0.0.0:6432");
     assert_eq!(c.proxy.pool_mode, PoolMode::Session);
     assert_eq!(c.proxy.max_client_conn, 50);
-    assert_eq!(c.proxy.worker_threads, 0);
+    assert_eq!(c.proxy.worker_threads, 1);
     assert_eq!(c.http.listen.to_string(), "0.0.0.0:9930");
     assert_eq!(c.cluster.primary.to_string(), "primary.internal:5432");
     let replicas: Vec<String> = c.cluster.replicas.iter().map(|r| r.to_string()).collect();

@@ -43,11 +43,11 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     pub pool_mode: PoolMode,
     pub max_client_conn: u32,
-    /// Threads that run client sessions, read at start only. 1 (the
-    /// default) is a single-threaded runtime: a sidecar shares its cores
-    /// with the application and often Postgres, and one thread hands
-    /// connections between sessions without cross-thread wake-ups (README,
-    /// Benchmarks, has the side-by-side figures). 0: one per core.
+    /// Threads that run client sessions, read at start only. 0 (the
+    /// default): one runtime worker per core. 1: a single-threaded runtime,
+    /// which hands connections between sessions without cross-thread
+    /// wake-ups: a little faster with tens of clients on shared cores, a
+    /// little slower with hundreds (README, Benchmarks). N: N workers.
     pub worker_threads: u32,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -97,7 +97,7 @@ impl Default for ProxyConfig {
             listen: "127.0.0.1:6432".parse().expect("static address"),
             pool_mode: PoolMode::Transaction,
             max_client_conn: 10_000,
-            worker_threads: 1,
+            worker_threads: 0,
             shutdown_timeout: Duration::from_secs(30),
             client_login_timeout: Duration::from_secs(15),
             max_message_size: 64 * 1024 * 1024,

@@ -1,6 +1,7 @@
-//! `[proxy] worker_threads`: the binary runs sessions on one thread by
-//! default and on N runtime workers when asked, and either way serves more
-//! clients than it has server connections without losing or mixing work.
+//! `[proxy] worker_threads`: the binary runs sessions on one runtime worker
+//! per core by default, on its main thread with 1 and on N workers with N,
+//! and each way serves more clients than it has server connections without
+//! losing or mixing work.
 
 use crate::harness::{self, APP};
 use crate::running;
@@ -77,13 +78,13 @@ async fn run_with(db: &str, extra_proxy: &str) -> (running::Running, usize) {
 }
 
 #[tokio::test]
-async fn sessions_run_on_one_thread_by_default() {
-    let db = harness::fresh_db("runtime_default");
-    let (proxy, threads) = run_with(&db, "").await;
+async fn sessions_run_on_the_main_thread_with_one_worker_thread() {
+    let db = harness::fresh_db("runtime_one");
+    let (proxy, threads) = run_with(&db, "worker_threads = 1\n").await;
     proxy.wait_for_log(&["ready", "worker_threads=1"]).await;
-    // The main thread, and at most a blocking-pool thread or two: no
-    // runtime workers.
-    assert!(threads < 4, "{threads} threads with worker_threads = 1");
+    // A current-thread runtime: the main thread and no runtime worker
+    // (nothing here uses tokio's blocking pool).
+    assert_eq!(threads, 1, "threads with worker_threads = 1");
 }
 
 #[tokio::test]
@@ -91,5 +92,15 @@ async fn worker_threads_runs_that_many_runtime_workers() {
     let db = harness::fresh_db("runtime_workers");
     let (proxy, threads) = run_with(&db, "worker_threads = 3\n").await;
     proxy.wait_for_log(&["ready", "worker_threads=3"]).await;
+    // The main thread and three workers.
     assert!(threads > 3, "{threads} threads with worker_threads = 3");
+}
+
+#[tokio::test]
+async fn the_default_is_one_worker_per_core() {
+    let db = harness::fresh_db("runtime_default");
+    let (proxy, threads) = run_with(&db, "").await;
+    proxy.wait_for_log(&["ready", "worker_threads=0"]).await;
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert!(threads > cores, "{threads} threads on {cores} cores");
 }

@@ -247,16 +247,16 @@ impl SessionFlow<'_> {
                     self.client.routing.setting = route_setting::session_value(setting);
                     self.reply(Synthetic::Command("SET"), to_client);
                 }
-                Err(value) if self.expect.is_quiet() => {
+                Err(refusal) if self.expect.is_quiet() => {
                     // Refused, and the session carries on (a transaction
                     // block stays usable: the server saw nothing).
-                    let mut refusal = route_setting::invalid_route(value).to_bytes();
-                    backend::ready_for_query(&mut refusal, self.expect.status());
-                    to_client.push(refusal.freeze());
+                    let mut reply = refusal.to_bytes();
+                    backend::ready_for_query(&mut reply, self.expect.status());
+                    to_client.push(reply.freeze());
                 }
                 // Queued behind server responses (a client pipelining
                 // simple queries): no way to put an error in line.
-                Err(value) => return Err(route_setting::invalid_route(value)),
+                Err(refusal) => return Err(refusal),
             }
             return Ok(());
         }
@@ -433,6 +433,9 @@ impl SessionFlow<'_> {
             self.client.pins.release(&unpin);
             match unpin {
                 Unpin::DiscardAll => {
+                    // Everything the session set goes, the proxy's own
+                    // setting too.
+                    self.client.routing.setting = None;
                     self.client.statements.forget_all();
                     self.client.params.apply(ParamChange::ResetAll, false);
                     self.server.prepared.clear();

@@ -105,9 +105,9 @@ fn query(
             backend::ready_for_query(out, status);
             return Ok(Idle::Answered);
         }
-        Some(Err(value)) => {
+        Some(Err(refusal)) => {
             // Refused, and the session carries on (as after any error).
-            out.extend_from_slice(&route_setting::invalid_route(value).to_bytes());
+            out.extend_from_slice(&refusal.to_bytes());
             backend::ready_for_query(out, status);
             return Ok(Idle::Answered);
         }

@@ -10,13 +10,25 @@ use crate::routing::{Classified, Reason, RouteSetting, SessionChange};
 
 const HINT: &str = "use 'primary', 'replica' or 'auto'";
 
-fn message(value: &str) -> String {
-    format!("invalid value for parameter \"pgsidecar.route\": \"{value}\"")
-}
-
 /// The 22023 a client gets for `SET pgsidecar.route = 'sideways'`.
 pub fn invalid_route(value: &str) -> WireError {
-    WireError::error(SqlState::INVALID_PARAMETER_VALUE, message(value)).with_hint(HINT)
+    WireError::error(
+        SqlState::INVALID_PARAMETER_VALUE,
+        format!("invalid value for parameter \"pgsidecar.route\": \"{value}\""),
+    )
+    .with_hint(HINT)
+}
+
+/// The 0A000 a client gets for `SET LOCAL pgsidecar.route`: by the time a
+/// transaction runs its statements the proxy has routed it as a whole.
+fn local_refused() -> WireError {
+    WireError::error(
+        SqlState::FEATURE_NOT_SUPPORTED,
+        "SET LOCAL pgsidecar.route is not supported: a transaction is routed as a whole when it starts",
+    )
+    .with_hint(
+        "use SET pgsidecar.route for the session, or a /* pgsidecar:primary */ or /* pgsidecar:replica */ comment on the transaction's first statement",
+    )
 }
 
 /// What the session keeps for a setting: `auto` is the same as none.
@@ -25,24 +37,32 @@ pub fn session_value(setting: RouteSetting) -> Option<RouteSetting> {
 }
 
 /// The change made by a statement that is nothing but a `SET`/`RESET` of
-/// `pgsidecar.route`: the new setting, or the value the proxy refuses. (A
+/// `pgsidecar.route`: the new setting, or the error refusing it. (A
 /// `SELECT set_config('pgsidecar.route', …)` returns a row, so the server
 /// runs it and the setting changes when it completes.)
-pub fn lone_change(class: &Classified) -> Option<Result<RouteSetting, &str>> {
+pub fn lone_change(class: &Classified) -> Option<Result<RouteSetting, WireError>> {
     if class.info.statement_count != 1 || class.info.reason != Reason::ProxySetting {
         return None;
     }
     match class.session.as_slice() {
-        [SessionChange::Route { setting, value }] => Some(setting.ok_or(value.as_str())),
+        [SessionChange::Route { local: true, .. }] => Some(Err(local_refused())),
+        [SessionChange::Route { setting, value, .. }] => {
+            Some(setting.ok_or_else(|| invalid_route(value)))
+        }
         _ => None,
     }
 }
 
 /// The setting a statement leaves once it has run (the last valid one of a
-/// multi-statement string that also sets it).
+/// multi-statement string that also sets it; `RESET ALL` restores `auto`).
 pub fn after(session: &[SessionChange]) -> Option<RouteSetting> {
     session.iter().rev().find_map(|c| match c {
-        SessionChange::Route { setting, .. } => *setting,
+        SessionChange::Route {
+            setting,
+            local: false,
+            ..
+        } => *setting,
+        SessionChange::ResetAll => Some(RouteSetting::Auto),
         _ => None,
     })
 }
@@ -54,17 +74,18 @@ pub fn after(session: &[SessionChange]) -> Option<RouteSetting> {
 /// `SET pgsidecar.route` itself there: the server prepares this stand-in,
 /// which gives the same answers: a SET of the placeholder to its empty
 /// default for a valid value (the session's setting changes when its
-/// Execute completes) and, for a value the proxy refuses, a DO block that
-/// raises the proxy's own 22023.
+/// Execute completes) and, for a change the proxy refuses, a DO block that
+/// raises the proxy's own error.
 pub fn stand_in(class: &Classified) -> Option<String> {
     Some(match lone_change(class)? {
         Ok(_) => "SET pgsidecar.route TO DEFAULT".into(),
-        Err(value) => {
+        Err(error) => {
             let quote = |s: &str| s.replace('\'', "''");
             let body = format!(
-                "BEGIN RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = '{}', HINT = '{}'; END",
-                quote(&message(value)),
-                quote(HINT)
+                "BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = '{}', HINT = '{}'; END",
+                error.code.0,
+                quote(&error.message),
+                quote(error.hint.as_deref().unwrap_or_default())
             );
             let mut tag = String::from("$pgsidecar$");
             while body.contains(&tag) {
@@ -159,5 +180,18 @@ mod tests {
             classifier.classify("set pgsidecar.route = 'replica'; set pgsidecar.route = 'primary'");
         assert_eq!(after(&class.session), Some(RouteSetting::Primary));
         assert_eq!(after(&classifier.classify("select 1").session), None);
+        let class = classifier.classify("set pgsidecar.route = 'primary'; reset all");
+        assert_eq!(after(&class.session), Some(RouteSetting::Auto));
+    }
+
+    #[test]
+    fn set_local_is_refused_by_either_protocol() {
+        let classifier = Classifier::new(&[], 10_000, 100);
+        let class = classifier.classify("set local pgsidecar.route = 'replica'");
+        let refusal = lone_change(&class).unwrap().unwrap_err();
+        assert_eq!(refusal.code, SqlState::FEATURE_NOT_SUPPORTED);
+        let text = stand_in(&class).unwrap();
+        assert!(text.contains("ERRCODE = '0A000'"), "{text}");
+        assert_eq!(after(&class.session), None);
     }
 }

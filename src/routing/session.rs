@@ -122,7 +122,7 @@ fn set(sql: &str, toks: &[Token], out: &mut Vec<SessionChange>) {
         && (is_word(value.first(), sql, "default")
             || (name == "timezone" && is_word(value.first(), sql, "local")));
     if name == "pgsidecar.route" {
-        out.push(route_change(sql, value, is_default));
+        out.push(route_change(sql, value, is_default, local));
     } else if is_default || value.is_empty() {
         out.push(SessionChange::Reset { name, local });
     } else {
@@ -131,7 +131,7 @@ fn set(sql: &str, toks: &[Token], out: &mut Vec<SessionChange>) {
     }
 }
 
-fn route_change(sql: &str, value: &[Token], is_default: bool) -> SessionChange {
+fn route_change(sql: &str, value: &[Token], is_default: bool, local: bool) -> SessionChange {
     let raw = joined(sql, value);
     let text = match value {
         [t] if t.kind == TokenKind::String => unquote(t.text(sql), '\'').unwrap_or_default(),
@@ -148,6 +148,7 @@ fn route_change(sql: &str, value: &[Token], is_default: bool) -> SessionChange {
     SessionChange::Route {
         setting,
         value: raw,
+        local,
     }
 }
 
@@ -170,6 +171,7 @@ fn reset(sql: &str, toks: &[Token], out: &mut Vec<SessionChange>) {
         out.push(SessionChange::Route {
             setting: Some(RouteSetting::Auto),
             value: "DEFAULT".into(),
+            local: false,
         });
     } else {
         out.push(SessionChange::Reset { name, local: false });
@@ -207,7 +209,7 @@ fn set_config(sql: &str, toks: &[Token]) -> SessionChange {
                 // Transaction-local: no lasting effect the proxy could honour.
                 SessionChange::Untracked { name: Some(name) }
             } else {
-                route_change(sql, &toks[2..3], false)
+                route_change(sql, &toks[2..3], false, false)
             }
         }
         (true, Some(name), Some(value), Some(local)) => {

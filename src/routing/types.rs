@@ -219,9 +219,13 @@ pub enum SessionChange {
     /// `SET [LOCAL] pgsidecar.route = …` / `RESET pgsidecar.route` (= auto):
     /// intercepted by the proxy, never forwarded. `setting` is `None` for an
     /// unknown value, which the proxy should reject with an error naming `value`.
+    /// `local` (SET LOCAL) is refused too: a transaction is routed as a
+    /// whole before its statements run, so a change for its rest alone has
+    /// nothing left to route.
     Route {
         setting: Option<RouteSetting>,
         value: String,
+        local: bool,
     },
     /// The session changed in a way the text does not spell out (e.g.
     /// `set_config($1, $2, false)`, `SET SESSION CHARACTERISTICS …`): the

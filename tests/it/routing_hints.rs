@@ -322,3 +322,42 @@ async fn set_pgsidecar_route_by_the_extended_protocol_is_the_proxys_too() {
     assert_eq!(row.get::<_, String>(0), "primary");
     assert_eq!(port_of(c, PORT_SQL, true).await, s.primary);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_local_route_is_refused_and_reset_all_or_discard_all_restore_auto() {
+    let s = setup("hint_route_reset").await;
+    let c = &s.client;
+    c.batch_execute("set pgsidecar.route = 'primary'")
+        .await
+        .unwrap();
+    // SET LOCAL: refused by either protocol, inside a transaction or not;
+    // the transaction goes on and the session's setting stays.
+    c.batch_execute("begin").await.unwrap();
+    let (code, message) = failure(
+        c.simple_query("set local pgsidecar.route = 'replica'")
+            .await,
+        "SET LOCAL in a transaction",
+    );
+    assert_eq!(code, "0A000", "{message}");
+    assert!(message.contains("SET LOCAL pgsidecar.route"), "{message}");
+    assert_eq!(port_of(c, PORT_SQL, false).await, s.primary);
+    c.batch_execute("commit").await.unwrap();
+    let (code, message) = failure(
+        c.query_typed("set local pgsidecar.route = 'replica'", &[])
+            .await,
+        "SET LOCAL by the extended protocol",
+    );
+    assert_eq!(code, "0A000", "{message}");
+    assert_eq!(port_of(c, PORT_SQL, true).await, s.primary);
+
+    // RESET ALL and DISCARD ALL reset the proxy's setting with the rest
+    // (an application-side pool runs them before handing a connection on).
+    c.batch_execute("reset all").await.unwrap();
+    harness::until_served_by(c, s.replica, "reads on the replica after RESET ALL", SOON).await;
+    c.batch_execute("set pgsidecar.route = 'primary'")
+        .await
+        .unwrap();
+    assert_eq!(port_of(c, PORT_SQL, false).await, s.primary);
+    c.batch_execute("discard all").await.unwrap();
+    harness::until_served_by(c, s.replica, "reads on the replica after DISCARD ALL", SOON).await;
+}

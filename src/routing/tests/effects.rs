@@ -226,6 +226,7 @@ fn proxy_route_setting() {
     let route = |setting, value: &str| SessionChange::Route {
         setting,
         value: value.into(),
+        local: false,
     };
     let c = classifier();
     let cases = [
@@ -252,6 +253,14 @@ fn proxy_route_setting() {
         (
             "set pgsidecar.route = 'sideways'",
             route(None, "'sideways'"),
+        ),
+        (
+            "set local pgsidecar.route = 'replica'",
+            SessionChange::Route {
+                setting: Some(RouteSetting::Replica),
+                value: "'replica'".into(),
+                local: true,
+            },
         ),
     ];
     for (sql, want) in cases {

@@ -244,7 +244,9 @@ impl SessionFlow<'_> {
             // The proxy's own setting: answered here, never forwarded.
             match change {
                 Ok(setting) => {
-                    self.client.routing.setting = route_setting::session_value(setting);
+                    let in_transaction = self.expect.status() != b'I';
+                    (self.client.routing)
+                        .set(route_setting::session_value(setting), in_transaction);
                     self.reply(Synthetic::Command("SET"), to_client);
                 }
                 Err(refusal) if self.expect.is_quiet() => {
@@ -427,7 +429,7 @@ impl SessionFlow<'_> {
             self.client.params.apply(change, in_transaction);
         }
         if let Some(setting) = effect.route {
-            self.client.routing.setting = route_setting::session_value(setting);
+            (self.client.routing).set(route_setting::session_value(setting), in_transaction);
         }
         if let Some(unpin) = effect.unpin {
             self.client.pins.release(&unpin);
@@ -435,7 +437,7 @@ impl SessionFlow<'_> {
                 Unpin::DiscardAll => {
                     // Everything the session set goes, the proxy's own
                     // setting too.
-                    self.client.routing.setting = None;
+                    self.client.routing.set(None, false);
                     self.client.statements.forget_all();
                     self.client.params.apply(ParamChange::ResetAll, false);
                     self.server.prepared.clear();
@@ -499,9 +501,9 @@ impl SessionFlow<'_> {
             self.shared.observer.metrics().transaction();
         }
         if before != b'I' && status == b'I' {
-            self.client
-                .params
-                .end_transaction(self.hold.last_was_commit);
+            let committed = self.hold.last_was_commit;
+            self.client.params.end_transaction(committed);
+            self.client.routing.end_transaction(committed);
         }
         if status == b'I' && self.hold.wrote {
             let now = Instant::now();

@@ -100,7 +100,8 @@ fn query(
     }
     match route_setting::lone_change(&c) {
         Some(Ok(setting)) => {
-            client.routing.setting = route_setting::session_value(setting);
+            let in_transaction = client.deferred_begin.is_some();
+            (client.routing).set(route_setting::session_value(setting), in_transaction);
             backend::command_complete(out, "SET");
             backend::ready_for_query(out, status);
             return Ok(Idle::Answered);
@@ -123,8 +124,10 @@ fn query(
             return Ok(Idle::Answered);
         }
         (TxEffect::Commit | TxEffect::Rollback, _) if client.deferred_begin.is_some() => {
-            // Nothing ran in it: nothing to commit or roll back anywhere.
+            // Nothing ran in it: nothing to commit or roll back anywhere
+            // but the proxy's own setting.
             client.deferred_begin = None;
+            (client.routing).end_transaction(c.info.tx == TxEffect::Commit);
             let tag = if c.info.tx == TxEffect::Commit {
                 "COMMIT"
             } else {

@@ -102,11 +102,35 @@ impl WriteLog {
 /// One client's routing state.
 #[derive(Default)]
 pub struct ClientRouting {
+    /// `pgsidecar.route`, `None` for auto.
     pub setting: Option<RouteSetting>,
+    /// A change made inside the open transaction block: like any SET, it
+    /// lasts only if the block commits.
+    pending: Option<Option<RouteSetting>>,
     last_write: Option<Instant>,
 }
 
 impl ClientRouting {
+    /// `pgsidecar.route` was changed (`None`: auto), now or, inside a
+    /// transaction block, at its COMMIT.
+    pub fn set(&mut self, setting: Option<RouteSetting>, in_transaction: bool) {
+        if in_transaction {
+            self.pending = Some(setting);
+        } else {
+            self.setting = setting;
+            self.pending = None;
+        }
+    }
+
+    /// The transaction block ended: keep (COMMIT) or drop its change.
+    pub fn end_transaction(&mut self, committed: bool) {
+        if let Some(setting) = self.pending.take()
+            && committed
+        {
+            self.setting = setting;
+        }
+    }
+
     /// The client's write transaction committed now.
     pub fn wrote(&mut self, at: Instant) {
         self.last_write = Some(at);

@@ -360,4 +360,27 @@ async fn set_local_route_is_refused_and_reset_all_or_discard_all_restore_auto() 
     assert_eq!(port_of(c, PORT_SQL, false).await, s.primary);
     c.batch_execute("discard all").await.unwrap();
     harness::until_served_by(c, s.replica, "reads on the replica after DISCARD ALL", SOON).await;
+
+    // Inside a transaction block, as any SET: kept at COMMIT, undone by
+    // ROLLBACK. With and without a statement run before it (the proxy
+    // holds a lone BEGIN back until one does).
+    for run_first in [false, true] {
+        for end in ["rollback", "commit"] {
+            c.batch_execute("begin").await.unwrap();
+            if run_first {
+                c.batch_execute("select 1").await.unwrap();
+            }
+            c.batch_execute("set pgsidecar.route = 'primary'")
+                .await
+                .unwrap();
+            c.batch_execute(end).await.unwrap();
+            if end == "rollback" {
+                let what = "reads on the replica after ROLLBACK";
+                harness::until_served_by(c, s.replica, what, SOON).await;
+            } else {
+                assert_eq!(port_of(c, PORT_SQL, false).await, s.primary, "after COMMIT");
+                c.batch_execute("reset pgsidecar.route").await.unwrap();
+            }
+        }
+    }
 }

@@ -245,7 +245,8 @@ impl SessionFlow<'_> {
             match change {
                 Ok(setting) => {
                     let in_transaction = self.expect.status() != b'I';
-                    (self.client.routing)
+                    self.client
+                        .routing
                         .set(route_setting::session_value(setting), in_transaction);
                     self.reply(Synthetic::Command("SET"), to_client);
                 }
@@ -429,7 +430,9 @@ impl SessionFlow<'_> {
             self.client.params.apply(change, in_transaction);
         }
         if let Some(setting) = effect.route {
-            (self.client.routing).set(route_setting::session_value(setting), in_transaction);
+            self.client
+                .routing
+                .set(route_setting::session_value(setting), in_transaction);
         }
         if let Some(unpin) = effect.unpin {
             self.client.pins.release(&unpin);

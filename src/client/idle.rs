@@ -101,7 +101,9 @@ fn query(
     match route_setting::lone_change(&c) {
         Some(Ok(setting)) => {
             let in_transaction = client.deferred_begin.is_some();
-            (client.routing).set(route_setting::session_value(setting), in_transaction);
+            client
+                .routing
+                .set(route_setting::session_value(setting), in_transaction);
             backend::command_complete(out, "SET");
             backend::ready_for_query(out, status);
             return Ok(Idle::Answered);
@@ -127,7 +129,9 @@ fn query(
             // Nothing ran in it: nothing to commit or roll back anywhere
             // but the proxy's own setting.
             client.deferred_begin = None;
-            (client.routing).end_transaction(c.info.tx == TxEffect::Commit);
+            client
+                .routing
+                .end_transaction(c.info.tx == TxEffect::Commit);
             let tag = if c.info.tx == TxEffect::Commit {
                 "COMMIT"
             } else {

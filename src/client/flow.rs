@@ -38,8 +38,9 @@ pub struct HoldState {
     /// This transaction wrote (for read-your-writes), and which tables.
     wrote: bool,
     tables_written: Vec<Arc<str>>,
-    /// The last CommandComplete was COMMIT (a transaction block that ends
-    /// otherwise rolled back, taking its SETs with it).
+    /// The last COMMIT or ROLLBACK tag seen was COMMIT (a transaction
+    /// block that ends otherwise rolled back, taking its SETs with it).
+    /// Other tags leave it: in `COMMIT; SET x = 1` the block committed.
     last_was_commit: bool,
     /// RESET/DISCARD ran here: the server's settings no longer mirror the
     /// client's (the server resets to its own defaults).
@@ -504,7 +505,7 @@ impl SessionFlow<'_> {
             self.shared.observer.metrics().transaction();
         }
         if before != b'I' && status == b'I' {
-            let committed = self.hold.last_was_commit;
+            let committed = std::mem::take(&mut self.hold.last_was_commit);
             self.client.params.end_transaction(committed);
             self.client.routing.end_transaction(committed);
         }
@@ -800,7 +801,11 @@ impl Flow for SessionFlow<'_> {
         match tag {
             be::COMMAND_COMPLETE => {
                 let tag_text = frame::body(frame);
-                self.hold.last_was_commit = tag_text.starts_with(b"COMMIT\0");
+                if tag_text.starts_with(b"COMMIT\0") {
+                    self.hold.last_was_commit = true;
+                } else if tag_text.starts_with(b"ROLLBACK\0") {
+                    self.hold.last_was_commit = false;
+                }
                 let token = self.expect.head_statement_token();
                 if let Some(o) = self
                     .hold

@@ -202,3 +202,53 @@ async fn after_ddl_preparing_the_statement_again_sees_the_new_columns() {
         assert_eq!(extra, "x");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_in_a_committed_block_follows_the_client_whatever_the_commit_is_sent_with() {
+    let db = harness::fresh_db("drivers_tokio_pg_commit_set");
+    let proxy = harness::proxy("[pool]\nsize = 2\n").await;
+    let client = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+    let holder = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+    // The block's SET is kept by its COMMIT, which comes in one string with
+    // another SET (whose tag is the last one the server sends).
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute("SET application_name = 'kept_by_commit'")
+        .await
+        .unwrap();
+    client
+        .batch_execute("COMMIT; SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    // And a block rolled back takes its SET with it.
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute("SET search_path = rolled_back")
+        .await
+        .unwrap();
+    client.batch_execute("ROLLBACK").await.unwrap();
+    let seen = on_both_servers(&holder, || async {
+        let row = client
+            .query_one(
+                "SELECT pg_backend_pid()::text, current_setting('application_name'), \
+                 current_setting('TimeZone'), current_setting('search_path')",
+                &[],
+            )
+            .await
+            .unwrap();
+        (
+            row.get::<_, String>(0),
+            (
+                row.get::<_, String>(1),
+                row.get::<_, String>(2),
+                row.get::<_, String>(3),
+            ),
+        )
+    })
+    .await;
+    for (app, zone, path) in seen {
+        assert_eq!(app, "kept_by_commit");
+        assert_eq!(zone, "Asia/Tokyo");
+        assert_eq!(path, "\"$user\", public");
+    }
+}

@@ -6,27 +6,111 @@
 use super::lexer::{Lexer, Token, TokenKind};
 use super::types::{RouteSetting, SessionChange};
 
-/// All session changes in `sql` (every statement), in order.
+/// All session changes in `sql` (every statement), in order, less those a
+/// ROLLBACK later in the same string undoes.
 pub(crate) fn extract(sql: &str) -> Vec<SessionChange> {
     let mut out = Vec::new();
+    let mut blocks = Blocks::default();
     let mut stmt: Vec<Token> = Vec::new();
     for tok in Lexer::new(sql).filter(|t| !t.kind.is_comment()) {
         if tok.kind == TokenKind::Semicolon {
-            statement(sql, &stmt, &mut out);
+            statement(sql, &stmt, &mut out, &mut blocks);
             stmt.clear();
         } else {
             stmt.push(tok);
         }
     }
-    statement(sql, &stmt, &mut out);
+    statement(sql, &stmt, &mut out, &mut blocks);
     out
+}
+
+/// Transaction control within one string, as positions in its list of
+/// changes. The string's first statements run in the transaction block
+/// open before it, or in the implicit block of a multi-statement string; a
+/// BEGIN later in it makes that block explicit without committing what
+/// came before. So a ROLLBACK undoes everything since the string's start
+/// or its last COMMIT, and ROLLBACK TO a savepoint made in the string
+/// undoes what followed that savepoint.
+#[derive(Default)]
+struct Blocks {
+    /// Where the changes of the current transaction block begin.
+    start: usize,
+    savepoints: Vec<(String, usize)>,
+}
+
+impl Blocks {
+    /// Applies a transaction-control statement to `out`; false if `toks`
+    /// is none.
+    fn control(&mut self, sql: &str, toks: &[Token], out: &mut Vec<SessionChange>) -> bool {
+        let w = |i: usize, s: &str| is_word(toks.get(i), sql, s);
+        let first = toks.first().map(|t| t.text(sql).to_ascii_lowercase());
+        // `ROLLBACK [WORK|TRANSACTION] TO [SAVEPOINT] name`, `RELEASE
+        // [SAVEPOINT] name`: the name after the optional words.
+        let name_after = |mut i: usize, skip: &[&str]| {
+            while skip.iter().any(|s| w(i, s)) {
+                i += 1;
+            }
+            toks.get(i).map(|t| name_text(t.text(sql)))
+        };
+        match first.as_deref() {
+            Some("commit" | "end") if !w(1, "prepared") => {
+                self.start = out.len();
+                self.savepoints.clear();
+            }
+            Some("rollback" | "abort") if !w(1, "prepared") => {
+                let to = if w(1, "to") {
+                    Some(2)
+                } else if (w(1, "work") || w(1, "transaction")) && w(2, "to") {
+                    Some(3)
+                } else {
+                    None
+                };
+                let target = to.and_then(|i| name_after(i, &["savepoint"]));
+                match target {
+                    Some(name) => {
+                        // Kept: a savepoint survives being rolled back to.
+                        let at = self.savepoints.iter().rposition(|(n, _)| *n == name);
+                        let mark = at.map_or(self.start, |i| self.savepoints[i].1);
+                        self.savepoints.truncate(at.map_or(0, |i| i + 1));
+                        out.truncate(mark);
+                    }
+                    None => {
+                        out.truncate(self.start);
+                        self.savepoints.clear();
+                    }
+                }
+            }
+            Some("savepoint") => {
+                if let Some(name) = name_after(1, &[]) {
+                    self.savepoints.push((name, out.len()));
+                }
+            }
+            Some("release") => {
+                if let Some(name) = name_after(1, &["savepoint"])
+                    && let Some(i) = self.savepoints.iter().rposition(|(n, _)| *n == name)
+                {
+                    self.savepoints.truncate(i);
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// A savepoint name as Postgres compares it: folded unless quoted.
+fn name_text(text: &str) -> String {
+    unquote(text, '"').unwrap_or_else(|| text.to_ascii_lowercase())
 }
 
 fn is_word(t: Option<&Token>, sql: &str, w: &str) -> bool {
     t.is_some_and(|t| t.kind == TokenKind::Word && t.text(sql).eq_ignore_ascii_case(w))
 }
 
-fn statement(sql: &str, toks: &[Token], out: &mut Vec<SessionChange>) {
+fn statement(sql: &str, toks: &[Token], out: &mut Vec<SessionChange>, blocks: &mut Blocks) {
+    if blocks.control(sql, toks, out) {
+        return;
+    }
     if is_word(toks.first(), sql, "set") {
         set(sql, &toks[1..], out);
     } else if is_word(toks.first(), sql, "reset") {

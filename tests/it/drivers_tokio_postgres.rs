@@ -204,7 +204,7 @@ async fn after_ddl_preparing_the_statement_again_sees_the_new_columns() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_set_in_a_committed_block_follows_the_client_whatever_the_commit_is_sent_with() {
+async fn a_blocks_sets_follow_the_client_if_it_commits_however_the_end_is_sent() {
     let db = harness::fresh_db("drivers_tokio_pg_commit_set");
     let proxy = harness::proxy("[pool]\nsize = 2\n").await;
     let client = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
@@ -227,6 +227,11 @@ async fn a_set_in_a_committed_block_follows_the_client_whatever_the_commit_is_se
         .await
         .unwrap();
     client.batch_execute("ROLLBACK").await.unwrap();
+    // Also when the whole block comes in one string.
+    client
+        .batch_execute("BEGIN; SET search_path = rolled_back_too; ROLLBACK")
+        .await
+        .unwrap();
     let seen = on_both_servers(&holder, || async {
         let row = client
             .query_one(

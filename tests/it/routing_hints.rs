@@ -377,6 +377,12 @@ async fn set_local_route_is_refused_and_reset_all_or_discard_all_restore_auto() 
             if end == "rollback" {
                 let what = "reads on the replica after ROLLBACK";
                 harness::until_served_by(c, s.replica, what, SOON).await;
+                // The same block in one string.
+                let first = if run_first { "select 1;" } else { "" };
+                let block = format!("begin; {first} set pgsidecar.route = 'primary'; rollback");
+                c.batch_execute(&block).await.unwrap();
+                let what = "reads on the replica after a ROLLBACK in the same string";
+                harness::until_served_by(c, s.replica, what, SOON).await;
             } else {
                 assert_eq!(port_of(c, PORT_SQL, false).await, s.primary, "after COMMIT");
                 c.batch_execute("reset pgsidecar.route").await.unwrap();

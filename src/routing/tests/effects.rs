@@ -192,6 +192,34 @@ fn session_changes() {
             vec![set("a", "1", false), set("b", "2", false)],
         ),
         ("select 1", vec![]),
+        // What a ROLLBACK in the same string undoes is not reported.
+        ("begin; set a = 1; rollback", vec![]),
+        ("set a = 1; abort", vec![]),
+        (
+            "begin; set a = 1; commit; set b = 2; rollback work",
+            vec![set("a", "1", false)],
+        ),
+        (
+            "set a = 1; rollback and chain; set b = 2",
+            vec![set("b", "2", false)],
+        ),
+        (
+            "begin; set a = 1; savepoint s; set b = 2; rollback to savepoint S; set c = 3; commit",
+            vec![set("a", "1", false), set("c", "3", false)],
+        ),
+        (
+            "set a = 1; savepoint \"S\"; set b = 2; release \"S\"; rollback transaction to s",
+            vec![],
+        ),
+        (
+            "savepoint s; set a = 1; rollback to s; set b = 2; rollback to s",
+            vec![],
+        ),
+        (
+            "set a = 1; rollback prepared 'x'",
+            vec![set("a", "1", false)],
+        ),
+        ("set a = 1; end; rollback", vec![set("a", "1", false)]),
     ];
     let c = classifier();
     for (sql, want) in cases {

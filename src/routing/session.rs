@@ -40,7 +40,7 @@ struct Blocks {
 
 impl Blocks {
     /// Applies a transaction-control statement to `out`; false if `toks`
-    /// is none.
+    /// is not one.
     fn control(&mut self, sql: &str, toks: &[Token], out: &mut Vec<SessionChange>) -> bool {
         let w = |i: usize, s: &str| is_word(toks.get(i), sql, s);
         let first = toks.first().map(|t| t.text(sql).to_ascii_lowercase());

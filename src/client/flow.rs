@@ -803,6 +803,10 @@ impl Flow for SessionFlow<'_> {
                 let tag_text = frame::body(frame);
                 if tag_text.starts_with(b"COMMIT\0") {
                     self.hold.last_was_commit = true;
+                    // Committed, even if `COMMIT AND CHAIN` goes on in a
+                    // new block that may roll back.
+                    self.client.params.end_transaction(true);
+                    self.client.routing.end_transaction(true);
                 } else if tag_text.starts_with(b"ROLLBACK\0") {
                     self.hold.last_was_commit = false;
                 }

@@ -227,6 +227,14 @@ async fn a_blocks_sets_follow_the_client_if_it_commits_however_the_end_is_sent()
         .await
         .unwrap();
     client.batch_execute("ROLLBACK").await.unwrap();
+    // COMMIT AND CHAIN commits; the chained block rolling back keeps it.
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute("SET DateStyle = 'German'")
+        .await
+        .unwrap();
+    client.batch_execute("COMMIT AND CHAIN").await.unwrap();
+    client.batch_execute("ROLLBACK").await.unwrap();
     // Also when the whole block comes in one string.
     client
         .batch_execute("BEGIN; SET search_path = rolled_back_too; ROLLBACK")
@@ -236,7 +244,8 @@ async fn a_blocks_sets_follow_the_client_if_it_commits_however_the_end_is_sent()
         let row = client
             .query_one(
                 "SELECT pg_backend_pid()::text, current_setting('application_name'), \
-                 current_setting('TimeZone'), current_setting('search_path')",
+                 current_setting('TimeZone'), current_setting('search_path'), \
+                 current_setting('DateStyle')",
                 &[],
             )
             .await
@@ -247,13 +256,15 @@ async fn a_blocks_sets_follow_the_client_if_it_commits_however_the_end_is_sent()
                 row.get::<_, String>(1),
                 row.get::<_, String>(2),
                 row.get::<_, String>(3),
+                row.get::<_, String>(4),
             ),
         )
     })
     .await;
-    for (app, zone, path) in seen {
+    for (app, zone, path, style) in seen {
         assert_eq!(app, "kept_by_commit");
         assert_eq!(zone, "Asia/Tokyo");
         assert_eq!(path, "\"$user\", public");
+        assert_eq!(style, "German, DMY");
     }
 }

@@ -90,6 +90,15 @@ pub fn param_changes(changes: &[SessionChange]) -> Option<Vec<ParamChange>> {
                 out.push(ParamChange::Reset(name.as_str().into()))
             }
             SessionChange::ResetAll => out.push(ParamChange::ResetAll),
+            SessionChange::Savepoint(name) => {
+                out.push(ParamChange::Savepoint(name.as_str().into()))
+            }
+            SessionChange::ReleaseSavepoint(name) => {
+                out.push(ParamChange::ReleaseSavepoint(name.as_str().into()))
+            }
+            SessionChange::RollbackToSavepoint(name) => {
+                out.push(ParamChange::RollbackToSavepoint(name.as_str().into()))
+            }
             SessionChange::Untracked { .. } => return None,
             _ => {}
         }

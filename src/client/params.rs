@@ -23,6 +23,13 @@ pub enum ParamChange {
     Set(Box<str>, ParamValue),
     Reset(Box<str>),
     ResetAll,
+    /// Savepoint markers (see [`SessionChange::Savepoint`]): they only
+    /// shape the changes pending in a transaction block.
+    ///
+    /// [`SessionChange::Savepoint`]: crate::routing::SessionChange::Savepoint
+    Savepoint(Box<str>),
+    ReleaseSavepoint(Box<str>),
+    RollbackToSavepoint(Box<str>),
 }
 
 /// Startup parameters that are not session settings.
@@ -95,7 +102,7 @@ impl ClientParams {
     /// Applies a change that ran successfully, now or at COMMIT.
     pub fn apply(&mut self, change: ParamChange, in_transaction: bool) {
         if in_transaction {
-            self.pending.push(change);
+            self.pend(change);
             return;
         }
         match change {
@@ -111,8 +118,41 @@ impl ClientParams {
                 }
             },
             ParamChange::ResetAll => self.current = self.startup.clone(),
+            // Outside a block the string that made them resolved them.
+            ParamChange::Savepoint(_)
+            | ParamChange::ReleaseSavepoint(_)
+            | ParamChange::RollbackToSavepoint(_) => return,
         }
         self.rehash();
+    }
+
+    /// A change inside the open block: kept for COMMIT, or, for a
+    /// savepoint marker, applied to what is kept.
+    fn pend(&mut self, change: ParamChange) {
+        let made = |pending: &[ParamChange], name: &str| {
+            pending
+                .iter()
+                .rposition(|c| matches!(c, ParamChange::Savepoint(n) if **n == *name))
+        };
+        match change {
+            ParamChange::RollbackToSavepoint(name) => {
+                // The savepoint stays; what followed it is undone.
+                if let Some(i) = made(&self.pending, &name) {
+                    self.pending.truncate(i + 1);
+                }
+            }
+            ParamChange::ReleaseSavepoint(name) => {
+                // It and later savepoints go; their changes stay.
+                if let Some(i) = made(&self.pending, &name) {
+                    let kept = self.pending.split_off(i);
+                    self.pending.extend(
+                        kept.into_iter()
+                            .filter(|c| !matches!(c, ParamChange::Savepoint(_))),
+                    );
+                }
+            }
+            change => self.pending.push(change),
+        }
     }
 
     /// The transaction block ended: keep (COMMIT) or drop its changes.

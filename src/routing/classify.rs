@@ -199,11 +199,13 @@ fn by_kind(stmt: &Statement, facts: &Facts) -> StmtClass {
         S::Rollback {
             savepoint: None, ..
         } => tx(TxEffect::Rollback),
+        // Savepoints matter to the SETs pending in the block: the session
+        // effects (read from the text) carry their names.
         S::Rollback {
             savepoint: Some(_), ..
-        } => tx(TxEffect::RollbackToSavepoint),
-        S::Savepoint { .. } => tx(TxEffect::Savepoint),
-        S::ReleaseSavepoint { .. } => tx(TxEffect::ReleaseSavepoint),
+        } => savepoint(TxEffect::RollbackToSavepoint),
+        S::Savepoint { .. } => savepoint(TxEffect::Savepoint),
+        S::ReleaseSavepoint { .. } => savepoint(TxEffect::ReleaseSavepoint),
         S::Set(Set::SetTransaction {
             modes,
             session: false,
@@ -283,6 +285,12 @@ fn by_kind(stmt: &Statement, facts: &Facts) -> StmtClass {
         s if is_utility(s) => StmtClass::write(Reason::Utility),
         _ => StmtClass::write(Reason::UnknownStatement),
     }
+}
+
+fn savepoint(effect: TxEffect) -> StmtClass {
+    let mut class = tx(effect);
+    class.session = true;
+    class
 }
 
 fn tx(effect: TxEffect) -> StmtClass {

@@ -69,10 +69,19 @@ impl Blocks {
                 match target {
                     Some(name) => {
                         // Kept: a savepoint survives being rolled back to.
-                        let at = self.savepoints.iter().rposition(|(n, _)| *n == name);
-                        let mark = at.map_or(self.start, |i| self.savepoints[i].1);
-                        self.savepoints.truncate(at.map_or(0, |i| i + 1));
-                        out.truncate(mark);
+                        match self.savepoints.iter().rposition(|(n, _)| *n == name) {
+                            Some(i) => {
+                                out.truncate(self.savepoints[i].1);
+                                self.savepoints.truncate(i + 1);
+                            }
+                            None => {
+                                // Made before this string: what came since is
+                                // undone, and so is what is pending from before.
+                                out.truncate(self.start);
+                                self.savepoints.clear();
+                                out.push(SessionChange::RollbackToSavepoint(name));
+                            }
+                        }
                     }
                     None => {
                         out.truncate(self.start);
@@ -82,14 +91,16 @@ impl Blocks {
             }
             Some("savepoint") => {
                 if let Some(name) = name_after(1, &[]) {
+                    out.push(SessionChange::Savepoint(name.clone()));
                     self.savepoints.push((name, out.len()));
                 }
             }
             Some("release") => {
-                if let Some(name) = name_after(1, &["savepoint"])
-                    && let Some(i) = self.savepoints.iter().rposition(|(n, _)| *n == name)
-                {
-                    self.savepoints.truncate(i);
+                if let Some(name) = name_after(1, &["savepoint"]) {
+                    if let Some(i) = self.savepoints.iter().rposition(|(n, _)| *n == name) {
+                        self.savepoints.truncate(i);
+                    }
+                    out.push(SessionChange::ReleaseSavepoint(name));
                 }
             }
             _ => return false,

@@ -213,7 +213,10 @@ pub enum SessionChange {
         local: bool,
     },
     /// RESET name, or SET name TO DEFAULT.
-    Reset { name: String, local: bool },
+    Reset {
+        name: String,
+        local: bool,
+    },
     /// RESET ALL (DISCARD ALL is reported as [`Unpin::DiscardAll`]).
     ResetAll,
     /// `SET [LOCAL] pgsidecar.route = …` / `RESET pgsidecar.route` (= auto):
@@ -227,10 +230,19 @@ pub enum SessionChange {
         value: String,
         local: bool,
     },
+    /// `SAVEPOINT name`, `RELEASE [SAVEPOINT] name`, and a `ROLLBACK TO`
+    /// whose savepoint the same string did not make: markers that let the
+    /// client's changes pending in its open transaction block be undone
+    /// the way the server undoes them. `name` is as Postgres compares it.
+    Savepoint(String),
+    ReleaseSavepoint(String),
+    RollbackToSavepoint(String),
     /// The session changed in a way the text does not spell out (e.g.
     /// `set_config($1, $2, false)`, `SET SESSION CHARACTERISTICS …`): the
     /// proxy cannot re-apply it and should pin the client instead.
-    Untracked { name: Option<String> },
+    Untracked {
+        name: Option<String>,
+    },
 }
 
 /// Everything the cache remembers about one statement shape.

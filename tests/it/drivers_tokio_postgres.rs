@@ -235,6 +235,18 @@ async fn a_blocks_sets_follow_the_client_if_it_commits_however_the_end_is_sent()
         .unwrap();
     client.batch_execute("COMMIT AND CHAIN").await.unwrap();
     client.batch_execute("ROLLBACK").await.unwrap();
+    // ROLLBACK TO a savepoint undoes the SETs made after it, each
+    // statement sent on its own.
+    for statement in [
+        "BEGIN",
+        "SET statement_timeout = '41s'",
+        "SAVEPOINT s",
+        "SET search_path = undone_by_rollback_to",
+        "ROLLBACK TO SAVEPOINT s",
+        "COMMIT",
+    ] {
+        client.batch_execute(statement).await.unwrap();
+    }
     // Also when the whole block comes in one string.
     client
         .batch_execute("BEGIN; SET search_path = rolled_back_too; ROLLBACK")
@@ -245,7 +257,7 @@ async fn a_blocks_sets_follow_the_client_if_it_commits_however_the_end_is_sent()
             .query_one(
                 "SELECT pg_backend_pid()::text, current_setting('application_name'), \
                  current_setting('TimeZone'), current_setting('search_path'), \
-                 current_setting('DateStyle')",
+                 current_setting('DateStyle'), current_setting('statement_timeout')",
                 &[],
             )
             .await
@@ -257,11 +269,13 @@ async fn a_blocks_sets_follow_the_client_if_it_commits_however_the_end_is_sent()
                 row.get::<_, String>(2),
                 row.get::<_, String>(3),
                 row.get::<_, String>(4),
+                row.get::<_, String>(5),
             ),
         )
     })
     .await;
-    for (app, zone, path, style) in seen {
+    for (app, zone, path, style, timeout) in seen {
+        assert_eq!(timeout, "41s");
         assert_eq!(app, "kept_by_commit");
         assert_eq!(zone, "Asia/Tokyo");
         assert_eq!(path, "\"$user\", public");

@@ -115,3 +115,33 @@ fn a_fresh_server_matches_a_client_without_settings() {
         None
     );
 }
+
+#[test]
+fn savepoints_shape_what_commit_keeps() {
+    let set = |name: &str, v: &str| ParamChange::Set(name.into(), ParamValue::Sql(v.into()));
+    let sp = |n: &str| ParamChange::Savepoint(n.into());
+    let mut p = startup(&[]);
+    let mut expected = startup(&[]);
+    expected.apply(set("a", "1"), false);
+    expected.apply(set("d", "4"), false);
+    // a; SAVEPOINT s; b; SAVEPOINT t; c; ROLLBACK TO s; RELEASE s; d; COMMIT
+    for change in [
+        set("a", "1"),
+        sp("s"),
+        set("b", "2"),
+        sp("t"),
+        set("c", "3"),
+        ParamChange::RollbackToSavepoint("s".into()),
+        ParamChange::ReleaseSavepoint("s".into()),
+        set("d", "4"),
+        // Released: rolling back to it fails on the server, and changes nothing.
+        ParamChange::RollbackToSavepoint("s".into()),
+    ] {
+        p.apply(change, true);
+    }
+    p.end_transaction(true);
+    assert_eq!(p.current(), expected.current());
+    // Markers outside a block change nothing.
+    p.apply(sp("x"), false);
+    assert_eq!(p.current(), expected.current());
+}

@@ -205,15 +205,28 @@ fn session_changes() {
         ),
         (
             "begin; set a = 1; savepoint s; set b = 2; rollback to savepoint S; set c = 3; commit",
-            vec![set("a", "1", false), set("c", "3", false)],
+            vec![
+                set("a", "1", false),
+                SessionChange::Savepoint("s".into()),
+                set("c", "3", false),
+            ],
         ),
         (
             "set a = 1; savepoint \"S\"; set b = 2; release \"S\"; rollback transaction to s",
-            vec![],
+            // A savepoint made before the string: pending changes go too.
+            vec![SessionChange::RollbackToSavepoint("s".into())],
         ),
         (
             "savepoint s; set a = 1; rollback to s; set b = 2; rollback to s",
-            vec![],
+            vec![SessionChange::Savepoint("s".into())],
+        ),
+        (
+            "savepoint s; set a = 1; release savepoint s",
+            vec![
+                SessionChange::Savepoint("s".into()),
+                set("a", "1", false),
+                SessionChange::ReleaseSavepoint("s".into()),
+            ],
         ),
         (
             "set a = 1; rollback prepared 'x'",

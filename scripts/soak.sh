@@ -176,4 +176,10 @@ if [ -s "$work/pgbench.err" ]; then
     echo "--- pgbench stderr (last lines)"
     tail -5 "$work/pgbench.err"
 fi
+if [ "$aborted" != 0 ]; then
+    echo "--- why clients were aborted (first 10)"
+    grep -B1 "aborted" "$work/pgbench.err" | grep -v '^--$' | head -20
+    echo "--- pgsidecar warnings around them (first 20)"
+    grep -E "WARN|ERROR" "$work/pgsidecar.log" | grep -v "config reloaded" | head -20
+fi
 [ "$bench_status" = 0 ] && [ "${failed:-1}" = 0 ] && [ "$aborted" = 0 ]

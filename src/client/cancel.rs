@@ -3,6 +3,7 @@
 //! its server is the registry's job.)
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 
@@ -13,7 +14,7 @@ use crate::protocol::startup::encode_cancel;
 pub struct CancelTarget {
     pub server: SocketAddr,
     pub pid: i32,
-    pub secret: Vec<u8>,
+    pub secret: Arc<[u8]>,
 }
 
 /// Sends a CancelRequest to a server.

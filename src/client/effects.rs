@@ -148,6 +148,11 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// Empty, keeping the list's capacity for the next hold.
+    pub fn clear(&mut self) {
+        self.waiting.clear();
+    }
+
     /// Stores an effect; returns the token to put on its request.
     pub fn add(&mut self, effect: Effect) -> u64 {
         if effect.is_empty() {

@@ -145,6 +145,16 @@ impl Default for Expectations {
 }
 
 impl Expectations {
+    /// Back to a fresh state, keeping the queue's capacity for the next
+    /// hold.
+    pub fn recycle(mut self) -> Self {
+        self.queue.clear();
+        Expectations {
+            queue: self.queue,
+            ..Expectations::default()
+        }
+    }
+
     /// Notes a message sent to the server. `token` is 0 unless the caller
     /// wants events for it.
     pub fn sent(&mut self, tag: u8, request: Option<Request>, audience: Audience, token: u64) {

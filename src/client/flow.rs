@@ -136,6 +136,34 @@ impl HoldState {
     }
 }
 
+/// A recorded batch larger than this is not kept for the next hold.
+const KEPT_FRAMES: usize = 4096;
+
+impl HoldState {
+    /// Drops what this hold recorded, keeping the lists' capacity.
+    pub fn empty(&mut self) {
+        self.pending.clear();
+        self.tables_written.clear();
+        self.bound = None;
+        self.bound_unnamed = None;
+        self.retry.statement = None;
+        self.retry.parameters = None;
+        if self.retry.frames.capacity() > KEPT_FRAMES {
+            self.retry.frames = BytesMut::new();
+        }
+        self.retry.frames.clear();
+    }
+
+    /// A fresh state for a new hold, in this one's (emptied) lists.
+    pub fn recycle(self, node: NodeId, role: Role) -> Self {
+        let mut fresh = HoldState::new(node, role);
+        fresh.pending = self.pending;
+        fresh.tables_written = self.tables_written;
+        fresh.retry.frames = self.retry.frames;
+        fresh
+    }
+}
+
 impl SessionFlow<'_> {
     fn send(&mut self, out: &mut BytesMut, frame: &[u8], request: Option<Request>, token: u64) {
         out.extend_from_slice(frame);

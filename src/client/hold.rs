@@ -34,6 +34,15 @@ pub struct Held {
     _replica: Option<ReplicaLease>,
 }
 
+/// What a released hold leaves for the next: its bookkeeping, emptied, so
+/// that the lists keep their capacity instead of being allocated again for
+/// every transaction.
+#[derive(Default)]
+pub struct Spare {
+    expect: Option<Expectations>,
+    hold: Option<HoldState>,
+}
+
 /// This client's pool for each node, looked up once (again after a reload
 /// replaced pools or nodes).
 #[derive(Default)]
@@ -98,10 +107,11 @@ pub async fn acquire(
     client: &mut ClientState,
     pools: &mut NodePools,
     unit: &Unit,
+    spare: &mut Spare,
 ) -> Result<Held, WireError> {
     let slot = &ctx.cancel.slot;
     slot.set_activity(ClientActivity::Waiting);
-    let held = acquire_inner(ctx, client, pools, unit).await;
+    let held = acquire_inner(ctx, client, pools, unit, spare).await;
     if let Err(e) = &held {
         slot.set_activity(ClientActivity::Idle);
         let kind = match e.code {
@@ -119,6 +129,7 @@ async fn acquire_inner(
     client: &mut ClientState,
     pools: &mut NodePools,
     unit: &Unit,
+    spare: &mut Spare,
 ) -> Result<Held, WireError> {
     // The admin console's PAUSE holds new work here until RESUME.
     let _ = ctx.shared.paused.subscribe().wait_for(|p| !*p).await;
@@ -157,8 +168,15 @@ async fn acquire_inner(
     };
     let mut held = Held {
         lease,
-        expect: Expectations::default(),
-        hold: HoldState::new(node, role),
+        expect: spare
+            .expect
+            .take()
+            .map(Expectations::recycle)
+            .unwrap_or_default(),
+        hold: match spare.hold.take() {
+            Some(old) => old.recycle(node, role),
+            None => HoldState::new(node, role),
+        },
         pool,
         _replica: None,
     };
@@ -190,8 +208,18 @@ fn bring_up_to_date(held: &mut Held, client: &mut ClientState) {
 }
 
 /// Gives a server back after the client's transaction ended.
-pub fn release(mut held: Held, client: &ClientState) {
+pub fn release(mut held: Held, client: &ClientState, spare: &mut Spare) {
     remember_params(&mut held, client);
+    let Held {
+        lease,
+        expect,
+        mut hold,
+        ..
+    } = held;
+    drop(lease);
+    hold.empty();
+    spare.expect = Some(expect);
+    spare.hold = Some(hold);
 }
 
 fn remember_params(held: &mut Held, client: &ClientState) {
@@ -199,6 +227,7 @@ fn remember_params(held: &mut Held, client: &ClientState) {
         // It holds a statement with a stale plan the proxy did not repair.
         held.lease.mark_broken();
     }
+    held.lease.mark_returned();
     let state = &mut held.lease.state;
     if held.hold.params_diverged {
         state.params.mark_unknown();

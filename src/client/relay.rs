@@ -147,6 +147,8 @@ struct ServerSide {
     /// Client bytes consumed, while nothing has reached the client yet and
     /// the request may still be retried elsewhere; `None` once it may not.
     replay: Option<BytesMut>,
+    /// The replay buffer once no longer needed, kept to be handed back.
+    spare: Option<BytesMut>,
     /// The server's first frame was a FATAL error: it was dying when the
     /// request reached it.
     abandoned: bool,
@@ -226,7 +228,7 @@ impl ServerSide {
                 let mut then = Outbox::default();
                 let step = flow.server_frame(tag, &rest[..total], wbuf, &mut then);
                 if matches!(step, ServerStep::Forward | ServerStep::Release(true)) {
-                    self.replay = None;
+                    self.stop_replay();
                 }
                 match step {
                     ServerStep::Forward => self.add(Chunk::Forward(total)),
@@ -243,13 +245,20 @@ impl ServerSide {
                 self.add_own(&mut then);
             } else {
                 // Streamed through: the client sees it.
-                self.replay = None;
+                self.stop_replay();
                 let take = total.min(rest.len());
                 self.partial = total - take;
                 self.add(Chunk::Forward(take));
             }
         }
         Ok(())
+    }
+
+    /// From here on the request may not be retried.
+    fn stop_replay(&mut self) {
+        if let Some(buf) = self.replay.take() {
+            self.spare = Some(buf);
+        }
     }
 
     fn pending_bytes(&self) -> usize {
@@ -298,6 +307,7 @@ fn process_client<F: Flow>(
                 if let Some(replay) = side.replay.as_mut() {
                     replay.extend_from_slice(&cbuf[..total]);
                     if replay.len() > MAX_REPLAY {
+                        // Too large to keep around for the next request.
                         side.replay = None;
                     }
                 }
@@ -324,7 +334,7 @@ pub async fn relay<S, F>(
     flow: &mut F,
     max_message: usize,
     timers: &mut RelayTimers,
-    replayable: bool,
+    replay: Option<&mut BytesMut>,
 ) -> RelayEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -335,12 +345,62 @@ where
         rbuf,
         wbuf,
     } = server;
+    // The caller's buffer, so that a request's copy costs no allocation.
+    let (scratch, replay) = match replay {
+        Some(buf) => {
+            let mut taken = std::mem::take(buf);
+            taken.clear();
+            (Some(buf), Some(taken))
+        }
+        None => (None, None),
+    };
     let mut side = ServerSide {
-        replay: replayable.then(BytesMut::new),
+        replay,
         ..ServerSide::default()
     };
+    let end = relay_inner(
+        client,
+        cbuf,
+        sstream,
+        rbuf,
+        wbuf,
+        &mut side,
+        flow,
+        max_message,
+        timers,
+    )
+    .await;
+    if let Some(scratch) = scratch
+        && let Some(buf) = side.replay.take().or(side.spare.take())
+        && buf.capacity() <= KEPT_REPLAY
+    {
+        *scratch = buf;
+    }
+    end
+}
+
+/// A replay buffer larger than this is not kept for the next request
+/// (every client keeps one).
+const KEPT_REPLAY: usize = 1024;
+
+#[allow(clippy::too_many_arguments)]
+async fn relay_inner<S, F>(
+    client: &mut S,
+    cbuf: &mut BytesMut,
+    sstream: &mut crate::tls::ServerStream,
+    rbuf: &mut BytesMut,
+    wbuf: &mut BytesMut,
+    side: &mut ServerSide,
+    flow: &mut F,
+    max_message: usize,
+    timers: &mut RelayTimers,
+) -> RelayEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Flow,
+{
     // Frames already read from the client are handled before any I/O.
-    match process_client(cbuf, wbuf, &mut side, flow, max_message) {
+    match process_client(cbuf, wbuf, side, flow, max_message) {
         Err(e) => return RelayEnd::ClientError(e),
         Ok(ClientSide::Terminated) => return RelayEnd::ClientGone,
         Ok(ClientSide::Paused) => side.client_paused = true,
@@ -354,7 +414,7 @@ where
             sstream,
             rbuf,
             wbuf,
-            &mut side,
+            side,
             flow,
             max_message,
             timers,
@@ -465,7 +525,10 @@ where
                 }
                 Chunk::Own(b) => {
                     // Something reached the client: no retry from here on.
-                    side.replay = None;
+                    // (Fields apart: `chunk` borrows `side.chunks`.)
+                    if let Some(buf) = side.replay.take() {
+                        side.spare = Some(buf);
+                    }
                     match Pin::new(&mut *client).poll_write(cx, b) {
                         Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                             return Poll::Ready(RelayEnd::ClientGone);

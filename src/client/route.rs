@@ -178,11 +178,18 @@ pub fn decide(
         Some(false) => Route::Write,
         None => unit.route(),
     };
-    let tables: Vec<Arc<str>> = unit
-        .infos
-        .iter()
-        .flat_map(|i| i.tables_read.iter().cloned())
-        .collect();
+    // Most units are one statement: its list is used as is.
+    let collected: Vec<Arc<str>>;
+    let tables: &[Arc<str>] = match unit.infos.as_slice() {
+        [one] => &one.tables_read,
+        many => {
+            collected = many
+                .iter()
+                .flat_map(|i| i.tables_read.iter().cloned())
+                .collect();
+            &collected
+        }
+    };
     let request = policy::Request {
         route,
         reason: if tx.is_some() {
@@ -191,7 +198,7 @@ pub fn decide(
             unit.reason()
         },
         hint: deferred_begin_hint(client).or(unit.hint),
-        tables_read: &tables,
+        tables_read: tables,
         read_only_transaction: tx == Some(true),
         undeclared_transaction: tx == Some(false) && declared == Some(None),
     };

@@ -4,10 +4,12 @@
 //! transaction mode, disconnect in session mode or while pinned), and leave
 //! the server clean when the client goes.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio_util::sync::WaitForCancellationFuture;
 
 use super::cancel::CancelTarget;
 use super::credentials::UserAuth;
@@ -93,6 +95,13 @@ where
     // A request on a server just taken from the pool may be retried on
     // another if that server turns out dead before answering anything.
     let mut retry = Retry::default();
+    let mut spare = hold::Spare::default();
+    // Made once per client, not per request: a cancellation future
+    // registers with its token when first polled, and re-registering on
+    // every request costs more than the rest of the idle path.
+    let shutdown = ctx.shared.shutdown.cancelled();
+    let force_close = ctx.shared.force_close.cancelled();
+    tokio::pin!(shutdown, force_close);
     loop {
         if held.is_none() {
             let limits = Limits::from_config(&ctx.shared.config.load().proxy);
@@ -107,9 +116,11 @@ where
                         error
                     })
                 });
+            // Biased: no random branch order to draw per request.
             let next = tokio::select! {
+                biased;
+                _ = &mut shutdown => return Err(shutting_down()),
                 next = next_frame(stream, cbuf, ctx.max_message) => next?,
-                _ = ctx.shared.shutdown.cancelled() => return Err(shutting_down()),
                 error = idle_expiry(expiry) => return Err(error),
             };
             let Some(tag) = next else {
@@ -160,7 +171,8 @@ where
             // tasks stay small.
             // The result is taken apart before the next await, so that the
             // (large) Held is not kept in this task's state meanwhile.
-            let refused = match Box::pin(hold::acquire(ctx, client, pools, &unit)).await {
+            let refused = match Box::pin(hold::acquire(ctx, client, pools, &unit, &mut spare)).await
+            {
                 Ok(h) => {
                     *held = Some(Box::new(h));
                     retry.fresh = Some(deferred_begin);
@@ -176,12 +188,21 @@ where
         let Some(h) = held.as_mut() else { continue };
         // Boxed: the relay's state (flow, timers, buffers in flight) lives
         // only while a server is held; an idle client's task stays small.
-        let (end, fresh) = Box::pin(relay_on(h, stream, cbuf, ctx, client, &mut retry)).await?;
+        let (end, fresh) = Box::pin(relay_on(
+            h,
+            stream,
+            cbuf,
+            ctx,
+            client,
+            &mut retry,
+            force_close.as_mut(),
+        ))
+        .await?;
         match end {
             RelayEnd::Released => {
                 retry.attempts = 0;
                 let h = held.take().expect("held above");
-                hold::release(*h, client);
+                hold::release(*h, client, &mut spare);
                 if ctx.shared.shutdown.is_cancelled() {
                     return Err(shutting_down());
                 }
@@ -240,16 +261,21 @@ async fn relay_on<S>(
     ctx: &SessionCtx,
     client: &mut ClientState,
     retry: &mut Retry,
+    force_close: Pin<&mut WaitForCancellationFuture<'_>>,
 ) -> Result<(RelayEnd, Option<Option<bytes::Bytes>>), WireError>
 where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
 {
+    let cancel = CancelTarget {
+        server: h.lease.peer,
+        pid: h.lease.params.backend_pid,
+        secret: h.lease.params.backend_secret.clone(),
+    };
+    let limits = Limits::from_config(&ctx.shared.config.load().proxy);
+    // Only query_timeout sends a cancel of its own.
+    let timer_cancel = limits.query.map(|_| cancel.clone());
     ctx.cancel.slot.set_server(Some(ServerLink {
-        cancel: CancelTarget {
-            server: h.lease.peer,
-            pid: h.lease.params.backend_pid,
-            secret: h.lease.params.backend_secret.clone(),
-        },
+        cancel,
         node: h.lease.addr.clone(),
         server_id: h.lease.id,
     }));
@@ -269,12 +295,12 @@ where
         rbuf: io.rbuf,
         wbuf: io.wbuf,
     };
-    let mut timers = RelayTimers::new(
-        Limits::from_config(&ctx.shared.config.load().proxy),
-        ctx.cancel.slot.server().map(|link| link.cancel),
-    );
+    let mut timers = RelayTimers::new(limits, timer_cancel);
     let fresh = retry.fresh.take();
     let end = tokio::select! {
+        biased;
+        // The server stays held: leaving rolls it back (or closes it).
+        _ = force_close => return Err(closed_at_shutdown()),
         end = relay::relay(
             stream,
             cbuf,
@@ -282,10 +308,8 @@ where
             &mut flow,
             ctx.max_message,
             &mut timers,
-            fresh.is_some() && retry.attempts < MAX_RETRIES,
+            (fresh.is_some() && retry.attempts < MAX_RETRIES).then_some(&mut retry.replay),
         ) => end,
-        // The server stays held: leaving rolls it back (or closes it).
-        _ = ctx.shared.force_close.cancelled() => return Err(closed_at_shutdown()),
     };
     ctx.cancel.slot.set_server(None);
     ctx.cancel.slot.set_pinned(client.pins.is_pinned());
@@ -314,6 +338,8 @@ struct Retry {
     /// it was before (a retry must send it again).
     fresh: Option<Option<bytes::Bytes>>,
     attempts: u32,
+    /// The relay's copy of the request, reused from one to the next.
+    replay: BytesMut,
 }
 
 fn closed_at_shutdown() -> WireError {

@@ -16,7 +16,8 @@ use crate::tls::ServerStream;
 pub struct ServerParams {
     pub params: Vec<(String, String)>,
     pub backend_pid: i32,
-    pub backend_secret: Vec<u8>,
+    /// Shared, so handing it to each client's cancel slot copies nothing.
+    pub backend_secret: Arc<[u8]>,
 }
 
 impl ServerParams {
@@ -51,6 +52,8 @@ pub struct ServerConn {
     pub peer: std::net::SocketAddr,
     pub params: Arc<ServerParams>,
     pub created: Instant,
+    /// When a client last gave it back (see [`ServerConn::needs_check`]).
+    returned: Instant,
     health: Health,
     pub state: ServerState,
     /// Keeps it listed in its pool until closed.
@@ -90,6 +93,7 @@ impl ServerConn {
             peer,
             params: Arc::new(params),
             created: Instant::now(),
+            returned: Instant::now(),
             health: Health::Clean,
             state: ServerState {
                 prepared: PreparedOnServer::new(prepared_capacity),
@@ -107,6 +111,21 @@ impl ServerConn {
 
     pub fn is_broken(&self) -> bool {
         self.health == Health::Broken
+    }
+
+    /// Notes that a client is giving it back now.
+    pub fn mark_returned(&mut self) {
+        self.returned = Instant::now();
+    }
+
+    /// Whether [`check_idle`](Self::check_idle) is worth its system call
+    /// before handing the connection out: after it sat idle for `after`,
+    /// or while its pool has recently lost connections (a restart or a
+    /// mass kill leaves many dead ones behind). A backend killed in the
+    /// moments between two transactions is still caught: the request that
+    /// reaches it is retried on another connection (the session's retry).
+    pub fn needs_check(&self, after: std::time::Duration, pool_troubled: bool) -> bool {
+        pool_troubled || self.returned.elapsed() >= after
     }
 
     /// Check before handing an idle connection out: an idle server sends

@@ -195,7 +195,7 @@ async fn connect_inner(p: &LoginParams, addr: Arc<str>) -> Result<ServerConn, Se
             be::BACKEND_KEY_DATA => {
                 params.backend_pid =
                     be_i32(body).ok_or_else(|| protocol(p, "short BackendKeyData"))?;
-                params.backend_secret = body[4..].to_vec();
+                params.backend_secret = body[4..].into();
             }
             be::READY_FOR_QUERY => {
                 return Ok(ServerConn::new(

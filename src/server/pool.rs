@@ -3,6 +3,7 @@
 //! client understands.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -55,12 +56,48 @@ impl Drop for Registration {
     }
 }
 
+/// A connection idle in its pool for this long is checked before use.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
+/// After a pool closes a broken connection, checkouts check every
+/// connection for this long.
+const TROUBLE_WINDOW: Duration = Duration::from_secs(2);
+
+/// When a pool last closed a broken connection (nanoseconds since
+/// `epoch`, 0 = never).
+#[derive(Debug)]
+struct Trouble {
+    epoch: Instant,
+    last: AtomicU64,
+}
+
+impl Trouble {
+    fn new() -> Self {
+        Trouble {
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn note(&self) {
+        let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.store(nanos.max(1), Ordering::Relaxed);
+    }
+
+    fn recent(&self) -> bool {
+        match self.last.load(Ordering::Relaxed) {
+            0 => false,
+            at => self.epoch.elapsed() < Duration::from_nanos(at) + TROUBLE_WINDOW,
+        }
+    }
+}
+
 /// bb8's view of how to make and check server connections.
 pub struct ServerManager {
     login: LoginParams,
     addr: Arc<str>,
     last_error: LastError,
     servers: ServerList,
+    trouble: Arc<Trouble>,
 }
 
 impl ManageConnection for ServerManager {
@@ -85,18 +122,18 @@ impl ManageConnection for ServerManager {
         Ok(conn)
     }
 
-    async fn is_valid(&self, conn: &mut ServerConn) -> Result<(), ServerError> {
-        if conn.check_idle() {
-            Ok(())
-        } else {
-            Err(ServerError::Closed {
-                addr: self.addr.to_string(),
-            })
-        }
+    /// Unused: checkout checks connections itself, and only when needed
+    /// (test_on_check_out is off).
+    async fn is_valid(&self, _conn: &mut ServerConn) -> Result<(), ServerError> {
+        Ok(())
     }
 
     fn has_broken(&self, conn: &mut ServerConn) -> bool {
-        conn.is_broken()
+        let broken = conn.is_broken();
+        if broken {
+            self.trouble.note();
+        }
+        broken
     }
 }
 
@@ -135,13 +172,16 @@ pub struct ServerPool {
     /// needed on a server.
     good_statements: RwLock<HashSet<u64>>,
     servers: ServerList,
+    trouble: Arc<Trouble>,
 }
 
 impl ServerPool {
     fn new(key: PoolKey, config: &Config, secret: ServerSecret, tls: ServerTls) -> Self {
         let last_error = LastError::default();
         let servers = ServerList::default();
+        let trouble = Arc::new(Trouble::new());
         let manager = ServerManager {
+            trouble: trouble.clone(),
             servers: servers.clone(),
             login: LoginParams {
                 host: key.node.host.clone(),
@@ -165,6 +205,7 @@ impl ServerPool {
             .max_lifetime(Some(config.pool.max_lifetime))
             .reaper_rate(Duration::from_secs(1).min(config.pool.idle_timeout))
             .queue_strategy(QueueStrategy::Lifo)
+            .test_on_check_out(false)
             .error_sink(Box::new(RecordError(last_error.clone())))
             .build_unchecked(manager);
         ServerPool {
@@ -177,6 +218,7 @@ impl ServerPool {
             last_error,
             good_statements: RwLock::default(),
             servers,
+            trouble,
         }
     }
 
@@ -200,8 +242,20 @@ impl ServerPool {
         Ok(params)
     }
 
-    /// Takes a connection, waiting up to `checkout_timeout`.
+    /// Takes a connection, waiting up to `checkout_timeout`. One that turns
+    /// out dead on the check is closed and another taken.
     pub async fn checkout(&self) -> Result<Lease, CheckoutError> {
+        loop {
+            let mut lease = self.get().await?;
+            if lease.needs_check(CHECK_AFTER_IDLE, self.trouble.recent()) && !lease.check_idle() {
+                lease.mark_broken();
+                continue;
+            }
+            return Ok(lease);
+        }
+    }
+
+    async fn get(&self) -> Result<Lease, CheckoutError> {
         match self.pool.get_owned().await {
             Ok(lease) => Ok(lease),
             Err(RunError::User(e)) => Err(e.into()),

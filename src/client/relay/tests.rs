@@ -98,7 +98,17 @@ async fn run(flow: &mut Preamble, request: &[u8], script: BytesMut) -> (RelayEnd
         query: None,
     };
     let mut timers = RelayTimers::new(limits, None);
-    let end = relay(&mut client, &mut cbuf, io, flow, 1 << 20, &mut timers, true).await;
+    let mut scratch = BytesMut::new();
+    let end = relay(
+        &mut client,
+        &mut cbuf,
+        io,
+        flow,
+        1 << 20,
+        &mut timers,
+        Some(&mut scratch),
+    )
+    .await;
     peer.await.unwrap();
     drop(client);
     let mut seen = Vec::new();

@@ -39,7 +39,7 @@ pub async fn execute(sql: &str, shared: &Shared) -> Result<Reply, WireError> {
             Reply::Done("RELOAD")
         }
         ["PAUSE"] => {
-            shared.paused.send_replace(true);
+            shared.paused.set(true);
             // Wait until no client holds a server (new work is held back).
             while shared
                 .clients
@@ -52,7 +52,7 @@ pub async fn execute(sql: &str, shared: &Shared) -> Result<Reply, WireError> {
             Reply::Done("PAUSE")
         }
         ["RESUME"] => {
-            shared.paused.send_replace(false);
+            shared.paused.set(false);
             Reply::Done("RESUME")
         }
         _ => {

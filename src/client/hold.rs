@@ -59,7 +59,7 @@ impl NodePools {
         ctx: &SessionCtx,
         cluster: &Arc<ClusterView>,
         node: NodeId,
-    ) -> Arc<ServerPool> {
+    ) -> &Arc<ServerPool> {
         let generation = ctx.shared.generation();
         let same_view = self.view.as_ref().is_some_and(|v| Arc::ptr_eq(v, cluster));
         if generation != self.generation || !same_view {
@@ -70,25 +70,26 @@ impl NodePools {
         if self.by_node.len() <= node {
             self.by_node.resize(node + 1, None);
         }
-        self.by_node[node]
-            .get_or_insert_with(|| {
-                let config = ctx.shared.config.load();
-                let key = PoolKey {
-                    database: ctx.database.clone(),
-                    user: ctx.user.name.clone(),
-                    node: cluster.addr(node).clone(),
-                };
-                ctx.shared
-                    .pools
-                    .get(&key, &config, || ctx.user.server_secret())
-            })
-            .clone()
+        self.by_node[node].get_or_insert_with(|| {
+            let config = ctx.shared.config.load();
+            let key = PoolKey {
+                database: ctx.database.clone(),
+                user: ctx.user.name.clone(),
+                node: cluster.addr(node).clone(),
+            };
+            ctx.shared
+                .pools
+                .get(&key, &config, || ctx.user.server_secret())
+        })
     }
 
-    /// The pool of the current primary.
-    pub fn primary(&mut self, ctx: &SessionCtx) -> Result<Arc<ServerPool>, WireError> {
-        let cluster = ctx.shared.cluster().clone();
-        Ok(self.get(ctx, &cluster, primary_node(&cluster)?))
+    /// The pool of the current primary. Borrowed, like the cluster view it
+    /// is looked up in: every request asks, and cloning either would bump
+    /// a reference count that every client shares.
+    pub fn primary(&mut self, ctx: &SessionCtx) -> Result<&Arc<ServerPool>, WireError> {
+        let cluster = ctx.shared.cluster();
+        let node = primary_node(&cluster)?;
+        Ok(self.get(ctx, &cluster, node))
     }
 }
 
@@ -132,7 +133,7 @@ async fn acquire_inner(
     spare: &mut Spare,
 ) -> Result<Held, WireError> {
     // The admin console's PAUSE holds new work here until RESUME.
-    let _ = ctx.shared.paused.subscribe().wait_for(|p| !*p).await;
+    ctx.shared.paused.resumed().await;
     // One view of the cluster for the decision and the pool it picks.
     let cluster = ctx.shared.cluster().clone();
     let routed = route::decide(unit, client, &ctx.shared, &cluster)?;
@@ -145,7 +146,7 @@ async fn acquire_inner(
         Target::Primary => (primary_node(&cluster)?, None),
         Target::Replica(lease) => (lease.id, Some(lease)),
     };
-    let mut pool = pools.get(ctx, &cluster, node);
+    let mut pool = pools.get(ctx, &cluster, node).clone();
     let waited = std::time::Instant::now();
     let checkout = pool.checkout().await;
     metrics.pool_wait(waited.elapsed());
@@ -156,7 +157,7 @@ async fn acquire_inner(
             tracing::warn!(error = %e, "replica unavailable, reading from the primary");
             replica = None;
             node = primary_node(&cluster)?;
-            pool = pools.get(ctx, &cluster, node);
+            pool = pools.get(ctx, &cluster, node).clone();
             pool.checkout().await.map_err(|e| e.to_wire())?
         }
         Err(e) => return Err(e.to_wire()),

@@ -94,11 +94,11 @@ fn query(
 ) -> Result<Idle, WireError> {
     let c = client
         .memo
-        .classify(&shared.classifier, frame::query_text(frame)?);
+        .classify_ref(&shared.classifier, frame::query_text(frame)?);
     if c.info.statement_count != 1 {
         return Ok(Idle::NeedServer);
     }
-    match route_setting::lone_change(&c) {
+    match route_setting::lone_change(c) {
         Some(Ok(setting)) => {
             let in_transaction = client.deferred_begin.is_some();
             client

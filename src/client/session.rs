@@ -134,7 +134,7 @@ where
                 &cbuf[..total],
                 client,
                 &ctx.shared,
-                &primary_pool,
+                primary_pool,
                 ctx.mode,
                 &mut out,
             )? {

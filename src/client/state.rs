@@ -37,24 +37,31 @@ const MEMO_MAX: usize = 1024;
 pub struct ClassMemo {
     text: String,
     class: Option<Classified>,
+    /// `text` is the text `class` is for (false after a text too long to
+    /// keep).
+    keyed: bool,
 }
 
 impl ClassMemo {
     /// Classifies `text`, reusing the last result when it is the same text.
     pub fn classify(&mut self, classifier: &Classifier, text: &str) -> Classified {
-        if let Some(c) = &self.class
-            && self.text == text
-        {
-            return c.clone();
+        self.classify_ref(classifier, text).clone()
+    }
+
+    /// Like [`classify`](Self::classify), borrowed: a clone bumps the
+    /// reference count of the cached entry, which every client running
+    /// the same statement shares (from every worker thread).
+    pub fn classify_ref(&mut self, classifier: &Classifier, text: &str) -> &Classified {
+        let hit = self.keyed && self.text == text;
+        if !hit || self.class.is_none() {
+            self.text.clear();
+            self.keyed = text.len() <= MEMO_MAX;
+            if self.keyed {
+                self.text.push_str(text);
+            }
+            self.class = Some(classifier.classify(text));
         }
-        let c = classifier.classify(text);
-        self.text.clear();
-        self.class = None;
-        if text.len() <= MEMO_MAX {
-            self.text.push_str(text);
-            self.class = Some(c.clone());
-        }
-        c
+        self.class.get_or_insert_with(|| classifier.classify(text))
     }
 }
 

@@ -62,12 +62,43 @@ pub struct Shared {
     pub classifier: Classifier,
     /// Recent writes, for read-your-writes.
     pub write_log: WriteLog,
-    /// The admin console's PAUSE: new work waits while true.
-    pub paused: tokio::sync::watch::Sender<bool>,
+    /// The admin console's PAUSE: new work waits while it is on.
+    pub paused: Pause,
     /// Connected sockets, logged in or not (for max_client_conn).
     pub connected: AtomicUsize,
     /// Client-facing TLS (certificate and mode); replaced on reload.
     pub client_tls: ArcSwap<crate::tls::ClientTls>,
+}
+
+/// The admin console's PAUSE switch. Every transaction checks it, so the
+/// check is a plain load: subscribing to the channel each time would bump
+/// shared reference counts from every worker thread.
+pub struct Pause {
+    on: std::sync::atomic::AtomicBool,
+    changes: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Pause {
+    fn default() -> Self {
+        Pause {
+            on: std::sync::atomic::AtomicBool::new(false),
+            changes: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+impl Pause {
+    pub fn set(&self, on: bool) {
+        self.on.store(on, std::sync::atomic::Ordering::SeqCst);
+        self.changes.send_replace(on);
+    }
+
+    /// Returns once the proxy is not paused.
+    pub async fn resumed(&self) {
+        if self.on.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.changes.subscribe().wait_for(|on| !*on).await;
+        }
+    }
 }
 
 impl Shared {
@@ -163,7 +194,7 @@ impl Proxy {
                 CLASSIFIER_CACHE,
             ),
             write_log: WriteLog::default(),
-            paused: tokio::sync::watch::Sender::new(false),
+            paused: Pause::default(),
             connected: AtomicUsize::new(0),
             client_tls: ArcSwap::from_pointee(client_tls),
             config: handle,

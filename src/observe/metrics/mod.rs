@@ -4,6 +4,7 @@
 //! filled from [`Sources`](super::Sources) when `/metrics` is scraped.
 
 mod family;
+mod hot;
 mod labels;
 mod scrape;
 
@@ -12,13 +13,14 @@ mod tests;
 
 use std::time::Duration;
 
-use prometheus::{Histogram, IntCounter, IntCounterVec};
+use prometheus::{IntCounter, IntCounterVec};
 
 use crate::cluster::{NodeId, Role};
 use crate::config::NodeAddr;
 use family::Families;
 pub(crate) use family::FamilyInfo;
 pub use family::LATENCY_BUCKETS;
+use hot::{Hot, Targets};
 use labels::LabelCache;
 pub(crate) use scrape::Scraped;
 
@@ -104,12 +106,11 @@ pub const ERROR_KINDS: [&str; 9] = [
 pub struct Metrics {
     families: Families,
     /// `queries_total{role,node}` per configured node, `[primary, replica]`.
-    queries: Vec<[IntCounter; 2]>,
     queries_vec: IntCounterVec,
-    query_duration: [Histogram; 2],
-    pool_wait: Histogram,
-    transactions: IntCounter,
-    routing: LabelCache,
+    /// Per-thread counts of the hot-path metrics (queries, durations,
+    /// pool waits, transactions, routing decisions), flushed into the
+    /// registry before it is read.
+    hot: Hot,
     read_your_writes: IntCounter,
     pub(crate) slow_queries: IntCounter,
     pub(crate) explain_samples: IntCounter,
@@ -131,7 +132,7 @@ impl Metrics {
             "Statements completed, by the role and address of the node that ran them.",
             &["role", "node"],
         );
-        let queries = nodes
+        let queries: Vec<[IntCounter; 2]> = nodes
             .iter()
             .map(|n| {
                 let node = n.to_string();
@@ -181,14 +182,19 @@ impl Metrics {
             "Slow-query log lines suppressed by observability.slow_query_log_rate.",
         );
         let errors = LabelCache::new(errors, &ERROR_KINDS);
+        let hot = Hot::new(
+            &Targets {
+                queries: &queries,
+                query_duration: &query_duration,
+                pool_wait: &pool_wait,
+                transactions: &transactions,
+            },
+            LabelCache::new(routing, &ROUTING_REASONS),
+        );
         Metrics {
             query_errors: errors.get("query"),
-            queries,
             queries_vec,
-            query_duration,
-            pool_wait,
-            transactions,
-            routing: LabelCache::new(routing, &ROUTING_REASONS),
+            hot,
             read_your_writes,
             slow_queries,
             explain_samples,
@@ -204,16 +210,12 @@ impl Metrics {
     /// A completed statement: `queries_total` and `query_duration_seconds`.
     /// ([`Observer::record`](super::Observer::record) calls this.)
     pub fn query(&self, role: Role, node: NodeId, duration: Duration) {
-        let r = role_index(role);
-        match self.queries.get(node) {
-            Some(counters) => counters[r].inc(),
+        if !self.hot.query(role_index(role), node, duration) {
             // Only if the node list changed without a restart.
-            None => self
-                .queries_vec
+            self.queries_vec
                 .with_label_values(&[role.as_str(), "unknown"])
-                .inc(),
+                .inc();
         }
-        self.query_duration[r].observe(duration.as_secs_f64());
     }
 
     /// A statement the server answered with an error (`errors_total{kind="query"}`).
@@ -223,22 +225,22 @@ impl Metrics {
 
     /// Time a client waited for a server connection.
     pub fn pool_wait(&self, waited: Duration) {
-        self.pool_wait.observe(waited.as_secs_f64());
+        self.hot.pool_wait(waited);
     }
 
     /// A transaction (or autocommit statement outside one) completed.
     pub fn transaction(&self) {
-        self.transactions.inc();
+        self.hot.transaction();
     }
 
     /// A routing decision, by reason (see [`ROUTING_REASONS`]).
     pub fn routing(&self, reason: &'static str) {
-        self.routing.inc(reason);
+        self.hot.routing(reason);
     }
 
     /// The counter behind [`routing`](Self::routing)`(reason)`, to keep.
     pub fn routing_counter(&self, reason: &'static str) -> IntCounter {
-        self.routing.get(reason)
+        self.hot.routing_labels().get(reason)
     }
 
     /// A read that read-your-writes kept off a stale replica.
@@ -257,7 +259,10 @@ impl Metrics {
     }
 
     /// The registry, e.g. to add process metrics.
+    /// The registry, up to date: every thread's buffered counts are added
+    /// in first.
     pub fn registry(&self) -> &prometheus::Registry {
+        self.hot.flush();
         &self.families.registry
     }
 

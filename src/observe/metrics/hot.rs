@@ -1,0 +1,148 @@
+//! Per-thread buffers for the metrics every transaction touches
+//! (`queries_total`, `query_duration_seconds`, `pool_wait_seconds`,
+//! `transactions_total`, `routing_decisions_total`), added into the
+//! registered metrics whenever the registry is read.
+//!
+//! Why: a Prometheus counter or histogram is a handful of atomics shared by
+//! every worker thread; bumping them from two cores on every transaction
+//! moves their cache lines back and forth, which cost about 4 % of `-S`
+//! throughput. Each thread instead counts into its own shard (a mutex only
+//! that thread takes, on its own cache line), and a scrape takes the
+//! shards' counts: exact, and the hot path touches nothing shared.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use prometheus::local::{LocalHistogram, LocalIntCounter};
+use prometheus::{Histogram, IntCounter};
+
+use super::labels::LabelCache;
+
+/// Shards: more than the worker threads of any sensible configuration;
+/// threads beyond that share (correct, just slower).
+const SHARDS: usize = 16;
+
+/// One thread's counts since the last flush.
+struct Shard {
+    /// `[primary, replica]` per configured node.
+    queries: Vec<[LocalIntCounter; 2]>,
+    query_duration: [LocalHistogram; 2],
+    pool_wait: LocalHistogram,
+    transactions: LocalIntCounter,
+    /// Per routing reason, found by pointer (the reasons are static).
+    routing: Vec<(&'static str, u64)>,
+}
+
+/// Keeps the shard on a cache line of its own.
+#[repr(align(128))]
+struct Padded(Mutex<Shard>);
+
+pub(crate) struct Hot {
+    shards: Box<[Padded]>,
+    routing: LabelCache,
+}
+
+/// The global handles a shard flushes into.
+pub(crate) struct Targets<'a> {
+    pub(crate) queries: &'a [[IntCounter; 2]],
+    pub(crate) query_duration: &'a [Histogram; 2],
+    pub(crate) pool_wait: &'a Histogram,
+    pub(crate) transactions: &'a IntCounter,
+}
+
+fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// This thread's shard number, drawn once per thread.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
+}
+
+impl Hot {
+    pub(crate) fn new(t: &Targets<'_>, routing: LabelCache) -> Hot {
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Padded(Mutex::new(Shard {
+                    queries: t
+                        .queries
+                        .iter()
+                        .map(|q| q.each_ref().map(|c| c.local()))
+                        .collect(),
+                    query_duration: t.query_duration.each_ref().map(|h| h.local()),
+                    pool_wait: t.pool_wait.local(),
+                    transactions: t.transactions.local(),
+                    routing: Vec::new(),
+                }))
+            })
+            .collect();
+        Hot { shards, routing }
+    }
+
+    fn shard(&self) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[shard_index()].0)
+    }
+
+    /// Counts a statement; false if `node` has no counters (the node list
+    /// changed without a restart), for the caller to count it elsewhere.
+    pub(crate) fn query(&self, role: usize, node: usize, duration: Duration) -> bool {
+        let shard = &mut *self.shard();
+        shard.query_duration[role].observe(duration.as_secs_f64());
+        match shard.queries.get_mut(node) {
+            Some(counters) => {
+                counters[role].inc();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn pool_wait(&self, waited: Duration) {
+        self.shard().pool_wait.observe(waited.as_secs_f64());
+    }
+
+    pub(crate) fn transaction(&self) {
+        self.shard().transactions.inc();
+    }
+
+    pub(crate) fn routing(&self, reason: &'static str) {
+        let shard = &mut *self.shard();
+        match shard
+            .routing
+            .iter_mut()
+            .find(|(r, _)| std::ptr::eq(*r, reason) || *r == reason)
+        {
+            Some((_, n)) => *n += 1,
+            None => shard.routing.push((reason, 1)),
+        }
+    }
+
+    /// The routing counters, by label (also counted into directly).
+    pub(crate) fn routing_labels(&self) -> &LabelCache {
+        &self.routing
+    }
+
+    /// Adds every shard's counts into the registered metrics.
+    pub(crate) fn flush(&self) {
+        for padded in self.shards.iter() {
+            let shard = &mut *lock(&padded.0);
+            for counters in &shard.queries {
+                counters.iter().for_each(LocalIntCounter::flush);
+            }
+            shard.query_duration.iter().for_each(LocalHistogram::flush);
+            shard.pool_wait.flush();
+            shard.transactions.flush();
+            for (reason, n) in &mut shard.routing {
+                if *n > 0 {
+                    self.routing.get(reason).inc_by(*n);
+                    *n = 0;
+                }
+            }
+        }
+    }
+}

@@ -99,10 +99,12 @@ password = "$PASSWORD"
 size = $POOL
 EOF
     log "pgsidecar on $SIDECAR_PORT (metrics on $SIDECAR_HTTP)"
-    PGSIDECAR_LOG=warn ./target/release/pgsidecar run -c "$WORK/pgsidecar.toml" >"$WORK/pgsidecar.log" 2>&1 &
+    # PGSIDECAR_WRAP: a command to run it under (benches/callgrind.sh).
+    # shellcheck disable=SC2086
+    PGSIDECAR_LOG=warn ${PGSIDECAR_WRAP:-} ./target/release/pgsidecar run -c "$WORK/pgsidecar.toml" >"$WORK/pgsidecar.log" 2>&1 &
     SIDECAR_PID=$!
     PIDS+=("$SIDECAR_PID")
-    wait_port "$SIDECAR_PORT"
+    wait_port "$SIDECAR_PORT" "${PGSIDECAR_WRAP:+600}"
 }
 
 start_pgbouncer() {
@@ -132,8 +134,9 @@ EOF
     wait_port "$BOUNCER_PORT"
 }
 
+# wait_port PORT [TRIES]: up to TRIES × 50 ms (default 10 s).
 wait_port() {
-    for _ in $(seq 200); do
+    for _ in $(seq "${2:-200}"); do
         python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null && return
         sleep 0.05
     done

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Instructions the proxy executes per `pgbench -S` transaction, counted by
+# valgrind's callgrind: unlike tps on a shared, noisy machine, the count
+# barely moves from run to run, so a hot-path change can be judged by it
+# (it does not see system calls, cache misses or contention: check those
+# with benches/pgbench.sh).
+#
+#   cargo build --release && bash benches/callgrind.sh
+#   TXNS=500 CLIENTS=16 bash benches/callgrind.sh
+#
+# Starts a throwaway primary + replica (benches/lib.sh) and the release
+# pgsidecar under callgrind, warms up, zeroes the counters, runs
+# `pgbench -S -c CLIENTS -j 2 -t TXNS`, and prints the total divided by
+# the number of transactions. Keeps the profile (callgrind_annotate it)
+# when CALLGRIND_OUT is set.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+CLIENTS=${CLIENTS:-16}
+TXNS=${TXNS:-500}
+command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+[ -x target/release/pgsidecar ] || { echo "cargo build --release first" >&2; exit 1; }
+
+source benches/lib.sh
+start_cluster
+out=$WORK/callgrind.out
+PGSIDECAR_WRAP="valgrind --tool=callgrind --callgrind-out-file=$out" start_pgsidecar
+
+bench() {
+    PGPASSWORD=$PASSWORD "$BINDIR/pgbench" -n -h 127.0.0.1 -p "$SIDECAR_PORT" -U bench \
+        -S -c "$CLIENTS" -j 2 -t "$1" bench 2>&1
+}
+log "warm-up"
+bench 100 >/dev/null
+callgrind_control -z "$SIDECAR_PID" >/dev/null 2>&1
+log "pgbench -S -c $CLIENTS -j 2 -t $TXNS under callgrind"
+result=$(bench "$TXNS")
+grep -q "number of failed transactions: 0 " <<<"$result" || { echo "$result" >&2; exit 1; }
+callgrind_control -d "$SIDECAR_PID" >/dev/null 2>&1
+for _ in $(seq 100); do compgen -G "$out.*" >/dev/null && break; sleep 0.1; done
+sleep 1
+file=$(ls "$out".* | head -1)
+total=$(awk '/^summary:/ {print $2}' "$file")
+awk -v t="$total" -v n=$((CLIENTS * TXNS)) 'BEGIN {printf "instructions per transaction: %.0f (%d transactions)\n", t / n, n}'
+if [ -n "${CALLGRIND_OUT:-}" ]; then cp "$file" "$CALLGRIND_OUT" && log "profile kept in $CALLGRIND_OUT"; fi

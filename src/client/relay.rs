@@ -144,11 +144,11 @@ struct ServerSide {
     server_unflushed: bool,
     /// The flow holds client frames back until the server is released.
     client_paused: bool,
-    /// Client bytes consumed, while nothing has reached the client yet and
-    /// the request may still be retried elsewhere; `None` once it may not.
-    replay: Option<BytesMut>,
-    /// The replay buffer once no longer needed, kept to be handed back.
-    spare: Option<BytesMut>,
+    /// Client bytes consumed, kept while `replaying`.
+    replay: BytesMut,
+    /// Nothing has reached the client yet and the request may still be
+    /// retried elsewhere.
+    replaying: bool,
     /// The server's first frame was a FATAL error: it was dying when the
     /// request reached it.
     abandoned: bool,
@@ -197,7 +197,7 @@ impl ServerSide {
             let Some((tag, total)) = frame::header(rest)? else {
                 break;
             };
-            if self.replay.is_some() {
+            if self.replaying {
                 if tag == b'E' && rest.len() < total {
                     break;
                 }
@@ -228,7 +228,7 @@ impl ServerSide {
                 let mut then = Outbox::default();
                 let step = flow.server_frame(tag, &rest[..total], wbuf, &mut then);
                 if matches!(step, ServerStep::Forward | ServerStep::Release(true)) {
-                    self.stop_replay();
+                    self.replaying = false;
                 }
                 match step {
                     ServerStep::Forward => self.add(Chunk::Forward(total)),
@@ -245,7 +245,7 @@ impl ServerSide {
                 self.add_own(&mut then);
             } else {
                 // Streamed through: the client sees it.
-                self.stop_replay();
+                self.replaying = false;
                 let take = total.min(rest.len());
                 self.partial = total - take;
                 self.add(Chunk::Forward(take));
@@ -254,11 +254,9 @@ impl ServerSide {
         Ok(())
     }
 
-    /// From here on the request may not be retried.
-    fn stop_replay(&mut self) {
-        if let Some(buf) = self.replay.take() {
-            self.spare = Some(buf);
-        }
+    /// The consumed request, for a retry, if one is still possible.
+    fn take_replay(&mut self) -> Option<BytesMut> {
+        std::mem::take(&mut self.replaying).then(|| std::mem::take(&mut self.replay))
     }
 
     fn pending_bytes(&self) -> usize {
@@ -304,12 +302,9 @@ fn process_client<F: Flow>(
         side.add_own(&mut outbox);
         match step {
             ClientStep::Continue => {
-                if let Some(replay) = side.replay.as_mut() {
-                    replay.extend_from_slice(&cbuf[..total]);
-                    if replay.len() > MAX_REPLAY {
-                        // Too large to keep around for the next request.
-                        side.replay = None;
-                    }
+                if side.replaying {
+                    side.replay.extend_from_slice(&cbuf[..total]);
+                    side.replaying = side.replay.len() <= MAX_REPLAY;
                 }
                 cbuf.advance(total);
             }
@@ -334,7 +329,7 @@ pub async fn relay<S, F>(
     flow: &mut F,
     max_message: usize,
     timers: &mut RelayTimers,
-    replay: Option<&mut BytesMut>,
+    mut replay: Option<&mut BytesMut>,
 ) -> RelayEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -346,35 +341,43 @@ where
         wbuf,
     } = server;
     // The caller's buffer, so that a request's copy costs no allocation.
-    let (scratch, replay) = match replay {
-        Some(buf) => {
-            let mut taken = std::mem::take(buf);
-            taken.clear();
-            (Some(buf), Some(taken))
-        }
-        None => (None, None),
-    };
     let mut side = ServerSide {
-        replay,
+        replaying: replay.is_some(),
+        replay: replay
+            .as_deref_mut()
+            .map(std::mem::take)
+            .unwrap_or_default(),
         ..ServerSide::default()
     };
-    let end = relay_inner(
-        client,
-        cbuf,
-        sstream,
-        rbuf,
-        wbuf,
-        &mut side,
-        flow,
-        max_message,
-        timers,
-    )
-    .await;
-    if let Some(scratch) = scratch
-        && let Some(buf) = side.replay.take().or(side.spare.take())
-        && buf.capacity() <= KEPT_REPLAY
+    side.replay.clear();
+    let end = 'relay: {
+        // Frames already read from the client are handled before any I/O.
+        match process_client(cbuf, wbuf, &mut side, flow, max_message) {
+            Err(e) => break 'relay RelayEnd::ClientError(e),
+            Ok(ClientSide::Terminated) => break 'relay RelayEnd::ClientGone,
+            Ok(ClientSide::Paused) => side.client_paused = true,
+            Ok(ClientSide::Open) => {}
+        }
+        poll_fn(|cx| {
+            poll_relay(
+                cx,
+                client,
+                cbuf,
+                sstream,
+                rbuf,
+                wbuf,
+                &mut side,
+                flow,
+                max_message,
+                timers,
+            )
+        })
+        .await
+    };
+    if let Some(scratch) = replay
+        && side.replay.capacity() <= KEPT_REPLAY
     {
-        *scratch = buf;
+        *scratch = side.replay;
     }
     end
 }
@@ -382,46 +385,6 @@ where
 /// A replay buffer larger than this is not kept for the next request
 /// (every client keeps one).
 const KEPT_REPLAY: usize = 1024;
-
-#[allow(clippy::too_many_arguments)]
-async fn relay_inner<S, F>(
-    client: &mut S,
-    cbuf: &mut BytesMut,
-    sstream: &mut crate::tls::ServerStream,
-    rbuf: &mut BytesMut,
-    wbuf: &mut BytesMut,
-    side: &mut ServerSide,
-    flow: &mut F,
-    max_message: usize,
-    timers: &mut RelayTimers,
-) -> RelayEnd
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    F: Flow,
-{
-    // Frames already read from the client are handled before any I/O.
-    match process_client(cbuf, wbuf, side, flow, max_message) {
-        Err(e) => return RelayEnd::ClientError(e),
-        Ok(ClientSide::Terminated) => return RelayEnd::ClientGone,
-        Ok(ClientSide::Paused) => side.client_paused = true,
-        Ok(ClientSide::Open) => {}
-    }
-    poll_fn(|cx| {
-        poll_relay(
-            cx,
-            client,
-            cbuf,
-            sstream,
-            rbuf,
-            wbuf,
-            side,
-            flow,
-            max_message,
-            timers,
-        )
-    })
-    .await
-}
 
 #[allow(clippy::too_many_arguments)]
 fn poll_relay<S, F>(
@@ -501,7 +464,7 @@ where
                         ))));
                     }
                     if side.abandoned
-                        && let Some(replay) = side.replay.take()
+                        && let Some(replay) = side.take_replay()
                     {
                         return Poll::Ready(RelayEnd::Unanswered(replay));
                     }
@@ -525,10 +488,7 @@ where
                 }
                 Chunk::Own(b) => {
                     // Something reached the client: no retry from here on.
-                    // (Fields apart: `chunk` borrows `side.chunks`.)
-                    if let Some(buf) = side.replay.take() {
-                        side.spare = Some(buf);
-                    }
+                    side.replaying = false;
                     match Pin::new(&mut *client).poll_write(cx, b) {
                         Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                             return Poll::Ready(RelayEnd::ClientGone);
@@ -576,7 +536,7 @@ where
                 return Poll::Ready(RelayEnd::Released);
             }
             if let Some(err) = side.eof.take() {
-                return Poll::Ready(match side.replay.take() {
+                return Poll::Ready(match side.take_replay() {
                     Some(replay) => RelayEnd::Unanswered(replay),
                     None => RelayEnd::ServerGone(err),
                 });

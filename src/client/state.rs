@@ -53,14 +53,17 @@ impl ClassMemo {
     /// the same statement shares (from every worker thread).
     pub fn classify_ref(&mut self, classifier: &Classifier, text: &str) -> &Classified {
         let hit = self.keyed && self.text == text;
-        if !hit || self.class.is_none() {
+        if !hit {
             self.text.clear();
             self.keyed = text.len() <= MEMO_MAX;
             if self.keyed {
                 self.text.push_str(text);
             }
+        }
+        if !hit || self.class.is_none() {
             self.class = Some(classifier.classify(text));
         }
+        // Set just above when missing.
         self.class.get_or_insert_with(|| classifier.classify(text))
     }
 }

@@ -151,6 +151,40 @@ fn hot_path_counts_under_the_right_labels() {
     assert_eq!(v("pgsidecar_pool_wait_seconds_count"), 1.0);
 }
 
+/// The hot-path metrics count per thread; a scrape adds every thread's
+/// counts, whichever threads made them.
+#[test]
+fn counts_from_many_threads_add_up_at_scrape() {
+    let m = metrics();
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..250 {
+                    m.query(Role::Primary, 0, Duration::from_micros(50));
+                    m.transaction();
+                    m.routing("read");
+                    m.pool_wait(Duration::from_millis(1));
+                }
+            });
+        }
+    });
+    let t = m.render(&Stub, 9);
+    let v = |p: &str| line_value(&t, p);
+    assert_eq!(
+        v("pgsidecar_queries_total{node=\"10.0.0.1:5432\",role=\"primary\"}"),
+        1000.0
+    );
+    assert_eq!(v("pgsidecar_transactions_total"), 1000.0);
+    assert_eq!(
+        v("pgsidecar_routing_decisions_total{reason=\"read\"}"),
+        1000.0
+    );
+    assert_eq!(v("pgsidecar_pool_wait_seconds_count"), 1000.0);
+    // Read twice: the second scrape adds nothing more.
+    let again = m.render(&Stub, 9);
+    assert_eq!(line_value(&again, "pgsidecar_transactions_total"), 1000.0);
+}
+
 #[test]
 fn scrape_time_gauges_follow_the_sources() {
     let t = metrics().render(&Stub, 9);

@@ -269,29 +269,39 @@ impl SessionFlow<'_> {
             .client
             .memo
             .classify(&self.shared.classifier, frame::query_text(frame)?);
-        if let Some(change) = route_setting::lone_change(&c) {
-            // The proxy's own setting: answered here, never forwarded.
-            match change {
-                Ok(setting) => {
-                    let in_transaction = self.expect.status() != b'I';
-                    self.client
-                        .routing
-                        .set(route_setting::session_value(setting), in_transaction);
-                    self.reply(Synthetic::Command("SET"), to_client);
+        let stand_in = match route_setting::lone_change(&c) {
+            // The proxy's own setting, with the session at a known state:
+            // answered here, never forwarded.
+            Some(change) if self.expect.is_quiet() && self.expect.status() != b'E' => {
+                match change {
+                    Ok(setting) => {
+                        let in_transaction = self.expect.status() != b'I';
+                        self.client
+                            .routing
+                            .set(route_setting::session_value(setting), in_transaction);
+                        self.reply(Synthetic::Command("SET"), to_client);
+                    }
+                    Err(refusal) => {
+                        // Refused, and the session carries on (a transaction
+                        // block stays usable: the server saw nothing).
+                        let mut reply = refusal.to_bytes();
+                        backend::ready_for_query(&mut reply, self.expect.status());
+                        to_client.push(reply.freeze());
+                    }
                 }
-                Err(refusal) if self.expect.is_quiet() => {
-                    // Refused, and the session carries on (a transaction
-                    // block stays usable: the server saw nothing).
-                    let mut reply = refusal.to_bytes();
-                    backend::ready_for_query(&mut reply, self.expect.status());
-                    to_client.push(reply.freeze());
-                }
-                // Queued behind server responses (a client pipelining
-                // simple queries): no way to put an error in line.
-                Err(refusal) => return Err(refusal),
+                return Ok(());
             }
-            return Ok(());
-        }
+            // In a failed transaction (where Postgres refuses every
+            // command with 25P02), or behind responses still due (a client
+            // pipelining simple queries): the server answers, in line, by
+            // running the stand-in; the setting changes if it completes.
+            Some(_) => route_setting::stand_in(&c).map(|sql| {
+                let mut f = BytesMut::new();
+                frame::put_query(&mut f, &sql);
+                f
+            }),
+            None => None,
+        };
         if c.info.statement_count == 1
             && let Some(Unpin::Deallocate(name)) = &c.info.unpin
             && self.client.statements.forget(name).is_some()
@@ -304,6 +314,7 @@ impl SessionFlow<'_> {
         let sql = self.sql_for_observer(frame::query_text(frame)?, &c.info);
         let effect = self.effects_of(&c.info, &c.session, sql);
         let token = self.hold.pending.add(effect);
+        let frame = stand_in.as_deref().unwrap_or(frame);
         self.send(out, frame, Some(Request::Query), token);
         Ok(())
     }

@@ -10,6 +10,7 @@ use tokio::task::block_in_place;
 use tokio_postgres::Client;
 
 use crate::harness::{self, APP, PORT_SQL};
+use crate::wire::{self, Raw};
 
 /// Limit for conditions that need a few monitor rounds.
 const SOON: Duration = Duration::from_secs(15);
@@ -389,4 +390,71 @@ async fn set_local_route_is_refused_and_reset_all_or_discard_all_restore_auto() 
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_pgsidecar_route_in_a_failed_transaction_is_refused_like_any_command() {
+    let s = setup("hint_route_failed").await;
+    let c = &s.client;
+    c.batch_execute("begin").await.unwrap();
+    let _ = failure(c.simple_query("select 1/0").await, "a failing statement");
+    // As Postgres answers any command in a failed transaction block:
+    // 25P02, and the setting does not change.
+    for value in ["primary", "sideways"] {
+        let (code, message) = failure(
+            c.simple_query(&format!("set pgsidecar.route = '{value}'"))
+                .await,
+            "SET pgsidecar.route in a failed transaction",
+        );
+        assert_eq!(code, "25P02", "{value}: {message}");
+    }
+    c.batch_execute("rollback").await.unwrap();
+    harness::until_served_by(
+        c,
+        s.replica,
+        "reads on the replica after the ROLLBACK",
+        SOON,
+    )
+    .await;
+
+    c.batch_execute("reset pgsidecar.route").await.unwrap();
+}
+
+/// A client pipelining simple queries (sending the next before the answer
+/// to the last): a SET of the proxy's setting queued behind them is
+/// answered in line, a refused value with its error, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_pgsidecar_route_pipelined_behind_queries_is_answered_in_line() {
+    let db = harness::fresh_db("hint_route_pipelined");
+    let proxy = harness::proxy("[auth]\nclient_auth = \"trust\"\n").await;
+    let (mut raw, _, _) = Raw::login_trust(proxy.addr, APP.name, &db).await;
+    let mut batch = wire::query("begin");
+    batch.extend(wire::query("select pg_sleep(0.2)"));
+    batch.extend(wire::query("set pgsidecar.route = 'sideways'"));
+    batch.extend(wire::query("set pgsidecar.route = 'primary'"));
+    batch.extend(wire::query("commit"));
+    raw.send(&batch).await;
+    let tags =
+        |seen: &[(u8, Vec<u8>)]| seen.iter().map(|(t, _)| char::from(*t)).collect::<String>();
+    let (status, seen) = raw.until_ready().await;
+    assert_eq!((status, tags(&seen).as_str()), (b'T', "C"), "BEGIN");
+    let (status, seen) = raw.until_ready().await;
+    assert_eq!(status, b'T', "pg_sleep: {seen:?}");
+    let (status, seen) = raw.until_ready().await;
+    assert_eq!(
+        (status, tags(&seen).as_str()),
+        (b'E', "E"),
+        "the refused value"
+    );
+    let error = wire::parse_error(&seen[0].1);
+    assert_eq!(error.code, "22023", "{error:?}");
+    // After the error the transaction is failed, as after any error.
+    let (status, seen) = raw.until_ready().await;
+    assert_eq!(
+        status, b'E',
+        "the valid SET in the failed transaction: {seen:?}"
+    );
+    assert_eq!(wire::parse_error(&seen[0].1).code, "25P02");
+    let (status, _) = raw.until_ready().await;
+    assert_eq!(status, b'I', "COMMIT of a failed transaction rolls back");
 }

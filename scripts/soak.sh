@@ -6,13 +6,23 @@
 # seconds. Reports failed and aborted transactions, kills, reloads, and the
 # proxy's RSS after warm-up and at the end.
 #
-# "Idle" means idle in the pool for at least KILL_IDLE_MS: pg_stat_activity
-# is a snapshot, and a server that has just been idle is usually back in a
-# transaction by the time the signal lands (at 16 busy clients, within
-# microseconds). Killing a server mid-transaction fails that transaction by
-# design, and pgbench then aborts the client for good; that is the
-# mid-query failure the integration tests cover, not what this soak asks.
-# So each client thinks THINK_MS between transactions (as an application
+# "Idle" means idle in the pool for at least KILL_IDLE_MS, and the kill
+# must not race with a checkout: pg_stat_activity is a snapshot, and on a
+# loaded machine the querying backend can be descheduled for milliseconds
+# between reading it and sending the signal, by which time a server seen
+# idle may be in the middle of a client's transaction. Killing a server
+# mid-transaction fails that transaction by design (pgbench then aborts
+# the client); that is the mid-query failure the integration tests cover,
+# not what this soak asks. So each candidate is frozen (SIGSTOP), checked
+# from outside Postgres to be waiting for a command (its process title
+# says "idle" and it is blocked in epoll_wait: set after the transaction
+# ended, before the next command is read), sent SIGTERM (what
+# pg_terminate_backend sends) if it is, and let run again (SIGCONT) within
+# the same few milliseconds. Nothing in between asks Postgres anything: a
+# backend frozen in the middle of work may hold locks others wait for. A
+# request the proxy sends to a frozen server meanwhile waits, then meets
+# the FATAL: the case the proxy must retry on another connection.
+# Each client thinks THINK_MS between transactions (as an application
 # does), which leaves servers idle in the pool for the kills to find.
 #
 # Runs a throwaway PostgreSQL from the installed binaries in a temp dir (as
@@ -24,7 +34,7 @@
 set -euo pipefail
 
 SOAK_SECONDS=${SOAK_SECONDS:-600}
-KILL_EVERY=${KILL_EVERY:-5}
+KILL_EVERY=${KILL_EVERY:-1}
 RELOAD_EVERY=${RELOAD_EVERY:-15}
 CLIENTS=${CLIENTS:-16}
 POOL_SIZES=${POOL_SIZES:-"8 10"}
@@ -51,7 +61,9 @@ chmod 755 "$work"
 [ "$(id -u)" = 0 ] && chown postgres "$work"
 pg_port=$(free_port)
 proxy_pid=""
+frozen=""
 cleanup() {
+    [ -n "$frozen" ] && kill -CONT "$frozen" 2>/dev/null || true
     [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null || true
     as_pg pg_ctl -D "$work/data" -m immediate -w stop >/dev/null 2>&1 || true
     rm -rf "$work"
@@ -101,6 +113,30 @@ for _ in $(seq 100); do
     (echo >/dev/tcp/127.0.0.1/"$proxy_port") 2>/dev/null && break
     sleep 0.1
 done
+# Kills the proxy's server connections idle for KILL_IDLE_MS (see the
+# header for how); adds them to `kills`.
+case $(uname -m) in
+    x86_64) epoll_calls=" 232 281 441 " ;; # epoll_wait, epoll_pwait, epoll_pwait2
+    aarch64) epoll_calls=" 22 441 " ;;
+    *) epoll_calls="" ;;
+esac
+kill_idle() {
+    local pid pids title call
+    pids=$(psql_su -d postgres -c "SELECT pid FROM pg_stat_activity WHERE datname = 'soak' \
+        AND usename = 'app' AND state = 'idle' \
+        AND state_change < now() - interval '$KILL_IDLE_MS milliseconds'")
+    for pid in $pids; do
+        frozen=$pid
+        kill -STOP "$pid" 2>/dev/null || continue
+        title=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -1) || title=""
+        call=$(cut -d' ' -f1 "/proc/$pid/syscall" 2>/dev/null) || call=""
+        if [[ "$title" == *" idle" && "$epoll_calls" == *" $call "* ]]; then
+            kill -TERM "$pid" && kills=$(( kills + 1 ))
+        fi
+        kill -CONT "$pid" 2>/dev/null || true
+        frozen=""
+    done
+}
 rss() { awk '/VmRSS/ {print $2}' "/proc/$proxy_pid/status"; }
 
 echo "==> pgbench -c $CLIENTS for ${SOAK_SECONDS}s through pgsidecar (127.0.0.1:$proxy_port)"
@@ -139,10 +175,7 @@ while kill -0 "$bench_pid" 2>/dev/null; do
     fi
     if [ "$now" -ge "$next_kill" ]; then
         next_kill=$(( next_kill + KILL_EVERY ))
-        n=$(psql_su -d postgres -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-            WHERE datname = 'soak' AND usename = 'app' AND state = 'idle' \
-            AND state_change < now() - interval '$KILL_IDLE_MS milliseconds'")
-        kills=$(( kills + n ))
+        kill_idle
     fi
     if [ "$now" -ge "$next_reload" ]; then
         next_reload=$(( next_reload + RELOAD_EVERY ))

@@ -8,7 +8,9 @@ use super::effects::Pins;
 use super::params::{ClientParams, ParamValue};
 use super::prepared::ClientStatements;
 use crate::routing::policy::ClientRouting;
-use crate::routing::{Classified, Classifier};
+use std::ops::Range;
+
+use crate::routing::{Classified, Classifier, template};
 
 /// Per-client state that outlives any one server.
 #[derive(Default)]
@@ -40,6 +42,9 @@ pub struct ClassMemo {
     /// `text` is the text `class` is for (false after a text too long to
     /// keep).
     keyed: bool,
+    /// Byte ranges of `text`'s numeric literals, and a spare list.
+    numbers: Vec<Range<usize>>,
+    spare: Vec<Range<usize>>,
 }
 
 impl ClassMemo {
@@ -50,23 +55,43 @@ impl ClassMemo {
 
     /// Like [`classify`](Self::classify), borrowed: a clone bumps the
     /// reference count of the cached entry, which every client running
-    /// the same statement shares (from every worker thread).
+    /// the same statement shares (from every worker thread). Also reuses
+    /// the last result for the same statement with other integers in it
+    /// (see [`template`]), unless its values matter (a `SET`).
     pub fn classify_ref(&mut self, classifier: &Classifier, text: &str) -> &Classified {
-        let hit = self.keyed && self.text == text;
-        if !hit {
+        if self.keyed && self.class.is_some() && self.text == text {
+            return self.class.get_or_insert_with(|| classifier.classify(text));
+        }
+        let valueless = self
+            .class
+            .as_ref()
+            .is_some_and(|c| !c.info.has_session_changes);
+        if self.keyed
+            && valueless
+            && !self.numbers.is_empty()
+            && text.len() <= MEMO_MAX
+            && template::same_shape(&self.text, &self.numbers, text, &mut self.spare)
+        {
             self.text.clear();
-            self.keyed = text.len() <= MEMO_MAX;
-            if self.keyed {
-                self.text.push_str(text);
-            }
+            self.text.push_str(text);
+            std::mem::swap(&mut self.numbers, &mut self.spare);
+            return self.class.get_or_insert_with(|| classifier.classify(text));
         }
-        if !hit || self.class.is_none() {
-            self.class = Some(classifier.classify(text));
+        self.text.clear();
+        self.keyed = text.len() <= MEMO_MAX;
+        if self.keyed {
+            self.text.push_str(text);
         }
-        // Set just above when missing.
-        self.class.get_or_insert_with(|| classifier.classify(text))
+        let class = classifier.classify_noting_numbers(text, &mut self.numbers);
+        if self.numbers.capacity() > MEMO_NUMBERS {
+            self.numbers = Vec::new();
+        }
+        self.class.insert(class)
     }
 }
+
+/// Literal positions kept between requests are at most this many.
+const MEMO_NUMBERS: usize = 64;
 
 impl ClientState {
     pub fn new(params: ClientParams) -> Self {
@@ -88,5 +113,35 @@ impl ClientState {
             text.trim_matches('\'').to_ascii_lowercase().as_str(),
             "on" | "true" | "yes" | "1" | "t"
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn the_memo_reuses_a_classification_for_other_integers_only() {
+        // No cache: a classification that is not reused is a new Arc.
+        let classifier = Classifier::new(&[], 10_000, 0);
+        let mut memo = ClassMemo::default();
+        let first = memo.classify(&classifier, "select * from t where id = 1");
+        let same = memo.classify(&classifier, "select * from t where id = 22");
+        assert!(Arc::ptr_eq(&first.info, &same.info));
+        let again = memo.classify(&classifier, "select * from t where id = 333");
+        assert!(Arc::ptr_eq(&first.info, &again.info));
+        let other = memo.classify(&classifier, "select * from u where id = 333");
+        assert!(!Arc::ptr_eq(&first.info, &other.info));
+
+        // A SET's values are what it does: never taken from the last one.
+        let set = memo.classify(&classifier, "set statement_timeout = 5000");
+        assert!(format!("{:?}", set.session).contains("5000"));
+        let set = memo.classify(&classifier, "set statement_timeout = 6000");
+        assert!(
+            format!("{:?}", set.session).contains("6000"),
+            "{:?}",
+            set.session
+        );
     }
 }

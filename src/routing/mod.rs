@@ -46,6 +46,7 @@ mod lexer;
 mod normalize;
 pub mod policy;
 mod session;
+pub mod template;
 mod types;
 mod walker;
 
@@ -112,7 +113,24 @@ impl Classifier {
     /// may contain `$1` parameters). Never panics; allocation-free on a
     /// cache hit for statements without session effects.
     pub fn classify(&self, sql: &str) -> Classified {
-        let (fp, hint) = normalize::fingerprint(sql);
+        self.classify_fingerprinted(sql, normalize::fingerprint(sql))
+    }
+
+    /// Like [`classify`](Self::classify), also listing the byte ranges of
+    /// the numeric literals in `numbers`, for [`template::same_shape`].
+    pub fn classify_noting_numbers(
+        &self,
+        sql: &str,
+        numbers: &mut Vec<std::ops::Range<usize>>,
+    ) -> Classified {
+        self.classify_fingerprinted(sql, normalize::fingerprint_noting_numbers(sql, numbers))
+    }
+
+    fn classify_fingerprinted(
+        &self,
+        sql: &str,
+        (fp, hint): (Fingerprint, Option<Hint>),
+    ) -> Classified {
         let info = match self.cache.get(fp) {
             Some(info) => info,
             None => self.cache.insert(Arc::new(self.analyze(sql))),

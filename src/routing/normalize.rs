@@ -17,6 +17,10 @@ use std::ops::Range;
 pub(crate) trait Sink {
     fn push(&mut self, s: &str);
     fn push_lower(&mut self, s: &str);
+    /// A numeric literal at this byte range of the input (its text has
+    /// already become a placeholder).
+    #[inline]
+    fn number(&mut self, _at: Range<usize>) {}
 }
 
 /// Hash only: the allocation-free path used on every statement.
@@ -30,6 +34,27 @@ impl Sink for HashSink {
     #[inline]
     fn push_lower(&mut self, s: &str) {
         self.0.lower(s.as_bytes());
+    }
+}
+
+/// Hash plus where the numeric literals are (see [`super::template`]).
+struct NotingSink<'a> {
+    hash: FpHasher,
+    numbers: &'a mut Vec<Range<usize>>,
+}
+
+impl Sink for NotingSink<'_> {
+    #[inline]
+    fn push(&mut self, s: &str) {
+        self.hash.bytes(s.as_bytes());
+    }
+    #[inline]
+    fn push_lower(&mut self, s: &str) {
+        self.hash.lower(s.as_bytes());
+    }
+    #[inline]
+    fn number(&mut self, at: Range<usize>) {
+        self.numbers.push(at);
     }
 }
 
@@ -95,6 +120,21 @@ pub(crate) fn fingerprint(sql: &str) -> (Fingerprint, Option<Hint>) {
     let mut sink = HashSink(FpHasher::new());
     let scan = run(sql, &mut sink, |_| {});
     (sink.0.finish(), scan.hint)
+}
+
+/// Like [`fingerprint`], also listing the byte ranges of the numeric
+/// literals in `numbers` (cleared first).
+pub(crate) fn fingerprint_noting_numbers(
+    sql: &str,
+    numbers: &mut Vec<Range<usize>>,
+) -> (Fingerprint, Option<Hint>) {
+    numbers.clear();
+    let mut sink = NotingSink {
+        hash: FpHasher::new(),
+        numbers,
+    };
+    let scan = run(sql, &mut sink, |_| {});
+    (sink.hash.finish(), scan.hint)
 }
 
 /// Full scan on a cache miss: normalised text (capped at `cap` bytes) and
@@ -201,6 +241,9 @@ fn emit(sql: &str, tok: Token, sink: &mut impl Sink, placeholders: &mut u32) {
     match tok.kind {
         TokenKind::Word => sink.push_lower(text),
         k if k.is_literal() => {
+            if k == TokenKind::Number {
+                sink.number(tok.start..tok.end);
+            }
             *placeholders = placeholders.saturating_add(1);
             sink.push("$");
             let mut buf = [0u8; 10];

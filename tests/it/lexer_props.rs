@@ -95,3 +95,94 @@ fn a_hint_comment_is_recognised() {
     let c = fresh().classify("/* pgsidecar:primary */ SELECT 1");
     assert_eq!(c.hint, Some(Hint::Primary));
 }
+
+/// SQL-ish text made of the pieces the lexer treats specially next to
+/// numbers (`.`, `..`, `e`, `e+`, `_`, `$`, quotes, comments) and digits.
+fn sqlish() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just(" ".to_string()),
+        Just(".".to_string()),
+        Just("..".to_string()),
+        Just("e".to_string()),
+        Just("e+".to_string()),
+        Just("_".to_string()),
+        Just("$".to_string()),
+        Just("'".to_string()),
+        Just("/*".to_string()),
+        Just("*/".to_string()),
+        Just("--".to_string()),
+        Just("\n".to_string()),
+        Just(";".to_string()),
+        Just("x".to_string()),
+        Just("select".to_string()),
+        Just("/* pgsidecar:primary */".to_string()),
+        "[0-9]{1,4}",
+        "[a-z=(),]{1,3}",
+    ];
+    proptest::collection::vec(piece, 0..24).prop_map(|v| v.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// The client's memo reuses a classification for a text that
+    /// `template::same_shape` accepts: that must never be wrong.
+    #[test]
+    fn a_text_of_the_same_shape_has_the_same_fingerprint(
+        prev in sqlish(),
+        edits in proptest::collection::vec((any::<u16>(), "[0-9]{0,3}|[0-9a-z.e+]{1,2}"), 0..4),
+    ) {
+        let mut numbers = Vec::new();
+        let class = fresh().classify_noting_numbers(&prev, &mut numbers);
+        // Replace the text of some of the literals (in reverse, so the
+        // earlier ranges stay valid), with digits or anything.
+        let mut text = prev.clone();
+        for (pick, with) in &edits {
+            if numbers.is_empty() {
+                break;
+            }
+            let r = &numbers[*pick as usize % numbers.len()];
+            if text.len() == prev.len() {
+                text.replace_range(r.clone(), with);
+            }
+        }
+        let mut out = Vec::new();
+        if pgsidecar::routing::template::same_shape(&prev, &numbers, &text, &mut out) {
+            let (fp, hint) = Classifier::fingerprint(&text);
+            prop_assert_eq!(fp, class.info.fingerprint, "{:?} vs {:?}", prev, text);
+            prop_assert_eq!(hint, class.hint, "{:?} vs {:?}", prev, text);
+            let mut again = Vec::new();
+            fresh().classify_noting_numbers(&text, &mut again);
+            prop_assert_eq!(out, again, "{:?} vs {:?}", prev, text);
+        }
+    }
+
+    /// And it accepts what it is for: every all-digit literal replaced by
+    /// other digits.
+    #[test]
+    fn other_digits_in_all_digit_literals_are_the_same_shape(
+        prev in sqlish(),
+        digits in proptest::collection::vec("[0-9]{1,6}", 8),
+    ) {
+        let mut numbers = Vec::new();
+        fresh().classify_noting_numbers(&prev, &mut numbers);
+        let mut text = String::new();
+        let mut at = 0;
+        for (k, r) in numbers.iter().enumerate() {
+            text.push_str(&prev[at..r.start]);
+            let literal = &prev[r.clone()];
+            if literal.bytes().all(|b| b.is_ascii_digit()) {
+                text.push_str(&digits[k % digits.len()]);
+            } else {
+                text.push_str(literal);
+            }
+            at = r.end;
+        }
+        text.push_str(&prev[at..]);
+        let mut out = Vec::new();
+        prop_assert!(
+            pgsidecar::routing::template::same_shape(&prev, &numbers, &text, &mut out),
+            "{:?} vs {:?}", prev, text
+        );
+    }
+}

@@ -104,10 +104,12 @@ pub struct ServerManager {
 }
 
 impl ManageConnection for ServerManager {
-    type Connection = ServerConn;
+    /// Boxed: a lease moves between the pool, a session and its relay on
+    /// every transaction, and a pointer moves cheaper than the connection.
+    type Connection = Box<ServerConn>;
     type Error = ServerError;
 
-    async fn connect(&self) -> Result<ServerConn, ServerError> {
+    async fn connect(&self) -> Result<Box<ServerConn>, ServerError> {
         let mut conn = login::connect(&self.login, self.addr.clone()).await?;
         *lock(&self.last_error) = None;
         lock(&self.servers).insert(
@@ -122,16 +124,16 @@ impl ManageConnection for ServerManager {
             list: Arc::downgrade(&self.servers),
             id: conn.id,
         });
-        Ok(conn)
+        Ok(Box::new(conn))
     }
 
     /// Unused: checkout checks connections itself, and only when needed
     /// (test_on_check_out is off).
-    async fn is_valid(&self, _conn: &mut ServerConn) -> Result<(), ServerError> {
+    async fn is_valid(&self, _conn: &mut Box<ServerConn>) -> Result<(), ServerError> {
         Ok(())
     }
 
-    fn has_broken(&self, conn: &mut ServerConn) -> bool {
+    fn has_broken(&self, conn: &mut Box<ServerConn>) -> bool {
         let broken = conn.is_broken();
         if broken {
             self.trouble.note();

@@ -23,6 +23,12 @@ const HIGH_WATER: usize = 256 * 1024;
 const SERVER_CHUNK: usize = 16 * 1024;
 /// Client read buffers: smaller, since every connected client has one.
 const CLIENT_CHUNK: usize = 4 * 1024;
+/// A client buffer grows (to CLIENT_CHUNK more) only once it has less free
+/// space than this: the session's small between-requests buffer takes a
+/// typical request and its follow-ups as it is, and a client streaming
+/// more (COPY) fills it at once and then gets the larger one. Growing it on
+/// every request cost a reallocation per transaction.
+const CLIENT_LOW: usize = 128;
 /// Largest server frame the proxy will hold whole to inspect it.
 const MAX_INSPECTED: usize = 16 * 1024 * 1024;
 
@@ -314,8 +320,9 @@ fn process_client<F: Flow>(
     }
 }
 
-fn reserve(buf: &mut BytesMut, chunk: usize) {
-    if buf.capacity() - buf.len() < chunk / 4 {
+/// Makes room for `chunk` more bytes once less than `low` is free.
+fn reserve(buf: &mut BytesMut, low: usize, chunk: usize) {
+    if buf.capacity() - buf.len() < low {
         buf.reserve(chunk);
     }
 }
@@ -408,7 +415,7 @@ where
 
         // Client → proxy.
         if wbuf.len() < HIGH_WATER && !side.release && !side.client_paused && side.eof.is_none() {
-            reserve(cbuf, CLIENT_CHUNK);
+            reserve(cbuf, CLIENT_LOW, CLIENT_CHUNK);
             match poll_read_buf(Pin::new(&mut *client), cx, cbuf) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     return Poll::Ready(RelayEnd::ClientGone);
@@ -449,7 +456,7 @@ where
 
         // Server → proxy.
         if side.eof.is_none() && !side.release && side.pending_bytes() < HIGH_WATER {
-            reserve(rbuf, SERVER_CHUNK);
+            reserve(rbuf, SERVER_CHUNK / 4, SERVER_CHUNK);
             match poll_read_buf(Pin::new(&mut *server), cx, rbuf) {
                 Poll::Ready(Ok(0)) => {
                     side.eof = Some(None);

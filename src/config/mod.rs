@@ -15,12 +15,12 @@ use arc_swap::ArcSwap;
 pub use env::{EnvError, Environment};
 pub use load::ConfigError;
 pub use schema::{
-    AdminConfig, AuthConfig, BudgetsConfig, ClusterConfig, Config, HttpConfig, ObservabilityConfig,
-    PoolConfig, ProxyConfig, RoutingConfig, UserConfig,
+    AdminConfig, AuthConfig, BudgetsConfig, ClusterConfig, Config, FleetConfig, HttpConfig,
+    ObservabilityConfig, PoolConfig, ProxyConfig, RoutingConfig, UserConfig,
 };
 pub use sources::{Source, Sources};
 pub use types::{
-    ClientAuth, ClientTlsMode, ExplainMode, LogFormat, NodeAddr, PoolMode, PoolSize,
+    Budget, ClientAuth, ClientTlsMode, ExplainMode, LogFormat, NodeAddr, PoolMode, PoolSize,
     ReadYourWrites, Secret, ServerTlsMode,
 };
 

@@ -49,6 +49,15 @@ pub enum ServerError {
     },
     #[error("server {addr} closed the connection")]
     Closed { addr: String },
+    #[error(
+        "no slot of the fleet's connection budget for server {addr} within {waited:?} \
+         (this member holds {share} now)"
+    )]
+    NoBudget {
+        addr: String,
+        waited: Duration,
+        share: u32,
+    },
     #[error("TLS with server {addr} failed: {source}")]
     Tls {
         addr: String,
@@ -63,6 +72,10 @@ impl ServerError {
     pub fn to_client(&self) -> ClientReport {
         match self {
             ServerError::Rejected { frame, .. } => ClientReport::Forward(frame.clone()),
+            ServerError::NoBudget { .. } => ClientReport::Error(WireError::fatal(
+                SqlState::TOO_MANY_CONNECTIONS,
+                self.to_string(),
+            )),
             other => ClientReport::Error(WireError::fatal(
                 SqlState::CONNECTION_FAILURE,
                 other.to_string(),

@@ -7,22 +7,25 @@
 //! granted a slot and lowers it before giving one back. Every server
 //! connection holds a [`BudgetPermit`] from before it connects until it is
 //! closed, so "open connections ≤ limit" holds at all times, except right
-//! after the limit was lowered below what is open: the surplus is then
-//! *debt*, paid by closing connections — idle ones at once
-//! ([`NodeGate::shed_idle`]), busy ones when their client gives them back
-//! (the pool asks [`NodeGate::over_limit`], one atomic load, only when a
-//! connection returns). A permit paying debt is forgotten instead of
-//! returned, so the slot behind it can be given back to the fleet.
+//! after the limit was lowered below what is open: the surplus (*debt*)
+//! is paid by closing connections — idle ones at once
+//! ([`NodeGate::shed_idle`]), busy ones when their client gives them back.
+//!
+//! Pools of one node share the member's limit, so the gate also keeps a
+//! busy pool from starving another: a waiting attempt of the pool with the
+//! fewest connections is served first, and while a pool below its part
+//! (limit / pools in use) waits, pools above theirs close connections as
+//! they come back instead of keeping them ([`Seat::should_give_back`]).
 //!
 //! Nothing here runs per query. Opening and closing connections takes the
-//! ledger's mutex; returning a connection reads one atomic.
+//! ledger's mutex; a returned connection costs one atomic load.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, oneshot};
 
 use crate::config::NodeAddr;
 
@@ -42,41 +45,128 @@ pub trait IdleConnections: Send + Sync {
     fn close_one_idle(&self) -> bool;
 }
 
-/// Limit and debt, changed together.
-#[derive(Debug, Default)]
+/// A pool's place at the gate: which pool a permit is for, and the flag
+/// that tells the pool to close (rather than keep) a connection a client
+/// gives back — read with one atomic load per returned connection.
+#[derive(Clone)]
+pub struct Seat {
+    gate: Arc<NodeGate>,
+    id: u64,
+    give_back: Arc<AtomicBool>,
+}
+
+impl Seat {
+    pub fn gate(&self) -> &Arc<NodeGate> {
+        &self.gate
+    }
+
+    /// A permit for one of this pool's connections (see
+    /// [`NodeGate::acquire`]).
+    pub async fn acquire(&self, wait: Duration) -> Result<BudgetPermit, NoPermit> {
+        self.gate.acquire(self.id, wait).await
+    }
+
+    /// Whether a connection coming back to this pool should be closed:
+    /// the member is over its limit on the node, or another pool of the
+    /// node is waiting while this one has more than its part.
+    pub fn should_give_back(&self) -> bool {
+        self.give_back.load(Ordering::Relaxed)
+    }
+}
+
+/// One pool's counts.
+#[derive(Default)]
+struct PoolCount {
+    open: u32,
+    waiting: u32,
+    give_back: Arc<AtomicBool>,
+    pool: Option<Weak<dyn IdleConnections>>,
+}
+
+/// A connection attempt waiting for a permit.
+struct Waiter {
+    id: u64,
+    pool: u64,
+    tx: oneshot::Sender<()>,
+}
+
+/// Everything that changes together, under one lock (taken when a
+/// connection opens or closes, never per query).
+#[derive(Default)]
 struct Ledger {
     /// Connections this member may have open (its slots on the node).
     limit: u32,
-    /// Permits out beyond `limit`: forgotten when they come back.
-    debt: u32,
+    /// Connections open or being opened (permits out).
+    open: u32,
+    pools: HashMap<u64, PoolCount>,
+    waiters: VecDeque<Waiter>,
+    next_id: u64,
+}
+
+impl Ledger {
+    /// Hands free permits to waiting attempts: the pool with the fewest
+    /// open connections first (so a pool with none is never starved by
+    /// busier ones), in arrival order among equals.
+    fn grant(&mut self) {
+        while self.open < self.limit && !self.waiters.is_empty() {
+            let pools = &self.pools;
+            let pick = (self.waiters.iter().enumerate())
+                .min_by_key(|(i, w)| (pools.get(&w.pool).map_or(0, |p| p.open), *i))
+                .map(|(i, _)| i)
+                .unwrap_or(0);
+            let Some(w) = self.waiters.remove(pick) else {
+                break;
+            };
+            let count = self.pools.entry(w.pool).or_default();
+            count.waiting = count.waiting.saturating_sub(1);
+            if w.tx.send(()).is_ok() {
+                count.open += 1;
+                self.open += 1;
+            }
+        }
+        self.flag();
+    }
+
+    /// Recomputes every pool's give-back flag. Over the limit: every pool
+    /// gives back. Otherwise a pool gives back while it has more than its
+    /// part (limit / pools in use, at least 1) and another pool that has
+    /// less than its part is waiting.
+    fn flag(&mut self) {
+        let over = self.open > self.limit;
+        let active = self
+            .pools
+            .values()
+            .filter(|p| p.open > 0 || p.waiting > 0)
+            .count()
+            .max(1) as u32;
+        let part = (self.limit / active).max(1);
+        let starved = self.pools.values().any(|p| p.waiting > 0 && p.open < part);
+        for p in self.pools.values() {
+            let give_back = over || (starved && p.open > part);
+            p.give_back.store(give_back, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One node's gate. Created once per node and kept for the life of the
 /// process (pools come and go on reload, their connections keep permits).
 pub struct NodeGate {
     node: NodeAddr,
-    /// Available permits = limit + debt − permits out.
-    permits: Arc<Semaphore>,
     ledger: Mutex<Ledger>,
-    /// `ledger.debt`, readable without the lock.
-    debt: AtomicU32,
-    /// Connection attempts waiting for a permit now.
-    waiting: AtomicU32,
     /// Connection attempts that had to wait, ever.
     waited: AtomicU64,
     /// Told when an attempt starts waiting, so the coordinator can ask the
     /// fleet for a slot without waiting for its next round.
     wanted: Notify,
-    pools: Mutex<Vec<Weak<dyn IdleConnections>>>,
     /// (when, backend pid) of connections closed lately.
     closed: Mutex<VecDeque<(Instant, i32)>>,
 }
 
-/// A server connection's claim on its node's budget; gives it back (or
-/// pays debt) when dropped with the connection.
+/// A server connection's claim on its node's budget; gives it back when
+/// dropped with the connection.
 pub struct BudgetPermit {
-    permit: Option<OwnedSemaphorePermit>,
     gate: Arc<NodeGate>,
+    pool: u64,
     backend_pid: i32,
 }
 
@@ -89,9 +179,7 @@ impl BudgetPermit {
 
 impl Drop for BudgetPermit {
     fn drop(&mut self) {
-        if let Some(permit) = self.permit.take() {
-            self.gate.give_back(permit, self.backend_pid);
-        }
+        self.gate.release(self.pool, self.backend_pid);
     }
 }
 
@@ -133,13 +221,9 @@ impl NodeGate {
     pub fn new(node: NodeAddr) -> Arc<NodeGate> {
         Arc::new(NodeGate {
             node,
-            permits: Arc::new(Semaphore::new(0)),
             ledger: Mutex::new(Ledger::default()),
-            debt: AtomicU32::new(0),
-            waiting: AtomicU32::new(0),
             waited: AtomicU64::new(0),
             wanted: Notify::new(),
-            pools: Mutex::new(Vec::new()),
             closed: Mutex::new(VecDeque::new()),
         })
     }
@@ -148,36 +232,87 @@ impl NodeGate {
         &self.node
     }
 
-    /// Lists a pool of this node among those whose idle connections may be
-    /// closed when another pool needs the room.
-    pub fn register(&self, pool: Weak<dyn IdleConnections>) {
-        let mut pools = lock(&self.pools);
-        pools.retain(|p| p.strong_count() > 0);
-        pools.push(pool);
+    /// Gives a pool of this node its seat; `pool` is whose idle
+    /// connections may be closed when another pool needs the room.
+    pub fn seat(self: &Arc<Self>, pool: Option<Weak<dyn IdleConnections>>) -> Seat {
+        let mut ledger = lock(&self.ledger);
+        // Forget pools whose seat is gone (the pool was dropped) and that
+        // hold nothing.
+        ledger
+            .pools
+            .retain(|_, p| p.open > 0 || p.waiting > 0 || Arc::strong_count(&p.give_back) > 1);
+        ledger.next_id += 1;
+        let id = ledger.next_id;
+        let give_back = Arc::new(AtomicBool::new(false));
+        ledger.pools.insert(
+            id,
+            PoolCount {
+                give_back: give_back.clone(),
+                pool,
+                ..PoolCount::default()
+            },
+        );
+        ledger.flag();
+        Seat {
+            gate: self.clone(),
+            id,
+            give_back,
+        }
     }
 
-    /// A permit for one connection, waiting up to `wait`. While it waits it
-    /// closes an idle connection of another pool of the node if there is
-    /// one, and tells the coordinator that this member wants more.
-    pub async fn acquire(self: &Arc<Self>, wait: Duration) -> Result<BudgetPermit, NoPermit> {
-        let wrap = |permit| BudgetPermit {
-            permit: Some(permit),
+    /// A permit for one connection of pool `pool`, waiting up to `wait`.
+    /// While it waits it closes an idle connection of another pool of the
+    /// node if there is one, and tells the coordinator that this member
+    /// wants more.
+    async fn acquire(
+        self: &Arc<Self>,
+        pool: u64,
+        wait: Duration,
+    ) -> Result<BudgetPermit, NoPermit> {
+        let permit = || BudgetPermit {
             gate: self.clone(),
+            pool,
             backend_pid: 0,
         };
-        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-            return Ok(wrap(permit));
-        }
-        let _waiting = Waiting::start(self);
+        let (id, rx) = {
+            let mut ledger = lock(&self.ledger);
+            if ledger.open < ledger.limit && ledger.waiters.is_empty() {
+                ledger.open += 1;
+                ledger.pools.entry(pool).or_default().open += 1;
+                ledger.flag();
+                return Ok(permit());
+            }
+            let (tx, rx) = oneshot::channel();
+            ledger.next_id += 1;
+            let id = ledger.next_id;
+            ledger.waiters.push_back(Waiter { id, pool, tx });
+            ledger.pools.entry(pool).or_default().waiting += 1;
+            ledger.flag();
+            (id, rx)
+        };
+        let mut waiting = Waiting {
+            gate: self,
+            id,
+            pool,
+            rx: Some(rx),
+        };
+        self.waited.fetch_add(1, Ordering::Relaxed);
         self.wanted.notify_one();
         self.shed_idle(1);
-        match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(wrap(permit)),
-            // The semaphore is never closed; treat it like a timeout.
-            Ok(Err(_)) | Err(_) => Err(NoPermit {
-                waited: wait,
-                limit: lock(&self.ledger).limit,
-            }),
+        let rx = waiting.rx.as_mut().expect("set above");
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(())) => {
+                waiting.rx = None;
+                Ok(permit())
+            }
+            _ => {
+                // The guard returns a permit granted at the last moment.
+                drop(waiting);
+                Err(NoPermit {
+                    waited: wait,
+                    limit: lock(&self.ledger).limit,
+                })
+            }
         }
     }
 
@@ -186,35 +321,23 @@ impl NodeGate {
         self.wanted.notified().await
     }
 
-    /// Whether more connections are open than the limit allows: a
-    /// connection coming back now should be closed. One atomic load.
-    pub fn over_limit(&self) -> bool {
-        self.debt.load(Ordering::Relaxed) > 0
-    }
-
-    /// Sets the limit. Lowering it below what is open creates debt; the
-    /// caller then closes idle connections with [`shed_idle`](Self::shed_idle).
+    /// Sets the limit. Lowering it below what is open creates debt: pools
+    /// close connections as they come back, and the caller closes idle
+    /// ones with [`shed_idle`](Self::shed_idle).
     pub fn set_limit(&self, new: u32) {
         let mut ledger = lock(&self.ledger);
-        if new > ledger.limit {
-            let grow = new - ledger.limit;
-            let pay = grow.min(ledger.debt);
-            ledger.debt -= pay;
-            self.permits.add_permits((grow - pay) as usize);
-        } else if new < ledger.limit {
-            let shrink = ledger.limit - new;
-            let forgotten = self.permits.forget_permits(shrink as usize) as u32;
-            ledger.debt += shrink - forgotten;
-        }
         ledger.limit = new;
-        self.debt.store(ledger.debt, Ordering::Relaxed);
+        ledger.grant();
     }
 
     /// Closes up to `n` idle connections, from the pools with the most
     /// idle first. Returns how many it closed.
     pub fn shed_idle(&self, n: u32) -> u32 {
-        let mut pools: Vec<Arc<dyn IdleConnections>> =
-            lock(&self.pools).iter().filter_map(Weak::upgrade).collect();
+        let mut pools: Vec<Arc<dyn IdleConnections>> = lock(&self.ledger)
+            .pools
+            .values()
+            .filter_map(|p| p.pool.as_ref()?.upgrade())
+            .collect();
         pools.sort_by_key(|p| std::cmp::Reverse(p.idle()));
         let mut closed = 0;
         for pool in pools {
@@ -226,23 +349,22 @@ impl NodeGate {
     }
 
     pub fn state(&self) -> GateState {
-        let (limit, debt) = {
+        let (limit, open, waiting, pools) = {
             let l = lock(&self.ledger);
-            (l.limit, l.debt)
+            let pools: Vec<_> = l
+                .pools
+                .values()
+                .filter_map(|p| p.pool.as_ref()?.upgrade())
+                .collect();
+            (l.limit, l.open, l.waiters.len() as u32, pools)
         };
-        let available = self.permits.available_permits() as u32;
-        let idle = lock(&self.pools)
-            .iter()
-            .filter_map(Weak::upgrade)
-            .map(|p| p.idle())
-            .sum();
         GateState {
             limit,
-            debt,
-            open: (limit + debt).saturating_sub(available),
-            waiting: self.waiting.load(Ordering::Relaxed),
+            debt: open.saturating_sub(limit),
+            open,
+            waiting,
             waited: self.waited.load(Ordering::Relaxed),
-            idle,
+            idle: pools.iter().map(|p| p.idle()).sum(),
         }
     }
 
@@ -262,16 +384,14 @@ impl NodeGate {
         closed.iter().map(|(_, pid)| *pid).collect()
     }
 
-    fn give_back(&self, permit: OwnedSemaphorePermit, backend_pid: i32) {
+    fn release(&self, pool: u64, backend_pid: i32) {
         {
             let mut ledger = lock(&self.ledger);
-            if ledger.debt > 0 {
-                ledger.debt -= 1;
-                self.debt.store(ledger.debt, Ordering::Relaxed);
-                permit.forget();
-            } else {
-                drop(permit);
+            ledger.open = ledger.open.saturating_sub(1);
+            if let Some(p) = ledger.pools.get_mut(&pool) {
+                p.open = p.open.saturating_sub(1);
             }
+            ledger.grant();
         }
         if backend_pid != 0 {
             let mut closed = lock(&self.closed);
@@ -283,21 +403,37 @@ impl NodeGate {
     }
 }
 
-/// Counts an attempt among the waiting while it waits (also if the
-/// attempt is dropped).
-struct Waiting<'a>(&'a NodeGate);
-
-impl<'a> Waiting<'a> {
-    fn start(gate: &'a NodeGate) -> Self {
-        gate.waiting.fetch_add(1, Ordering::Relaxed);
-        gate.waited.fetch_add(1, Ordering::Relaxed);
-        Waiting(gate)
-    }
+/// A waiting attempt. Dropped before its permit arrived (timed out, or
+/// the attempt was cancelled), it leaves the queue; if the permit was
+/// granted in the meantime, it gives it back.
+struct Waiting<'a> {
+    gate: &'a Arc<NodeGate>,
+    id: u64,
+    pool: u64,
+    rx: Option<oneshot::Receiver<()>>,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        let granted = {
+            let mut ledger = lock(&self.gate.ledger);
+            if let Some(at) = ledger.waiters.iter().position(|w| w.id == self.id) {
+                ledger.waiters.remove(at);
+                if let Some(p) = ledger.pools.get_mut(&self.pool) {
+                    p.waiting = p.waiting.saturating_sub(1);
+                }
+                ledger.flag();
+                false
+            } else {
+                rx.try_recv().is_ok()
+            }
+        };
+        if granted {
+            self.gate.release(self.pool, 0);
+        }
     }
 }
 
@@ -309,92 +445,127 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    const NOW: Duration = Duration::from_millis(1);
+
     fn gate() -> Arc<NodeGate> {
         NodeGate::new("h:1".parse().unwrap())
     }
 
-    const NOW: Duration = Duration::from_millis(1);
-
     #[tokio::test]
     async fn nothing_opens_without_a_slot() {
-        let g = gate();
-        let err = g.acquire(NOW).await.err().unwrap();
+        let seat = gate().seat(None);
+        let err = seat.acquire(NOW).await.err().unwrap();
         assert_eq!(err.limit, 0);
-        assert_eq!(g.state().waited, 1);
-        assert_eq!(g.state().waiting, 0);
+        let s = seat.gate().state();
+        assert_eq!((s.waited, s.waiting), (1, 0));
     }
 
     #[tokio::test]
     async fn open_connections_never_exceed_the_limit() {
         let g = gate();
+        let seat = g.seat(None);
         g.set_limit(2);
-        let a = g.acquire(NOW).await.unwrap();
-        let _b = g.acquire(NOW).await.unwrap();
-        assert!(g.acquire(NOW).await.is_err());
+        let a = seat.acquire(NOW).await.unwrap();
+        let _b = seat.acquire(NOW).await.unwrap();
+        assert!(seat.acquire(NOW).await.is_err());
         assert_eq!(g.state().open, 2);
         drop(a);
         assert_eq!(g.state().open, 1);
-        let _c = g.acquire(NOW).await.unwrap();
-        assert!(!g.over_limit());
+        let _c = seat.acquire(NOW).await.unwrap();
+        assert!(!seat.should_give_back());
     }
 
     #[tokio::test]
-    async fn lowering_the_limit_turns_open_connections_into_debt() {
+    async fn lowering_the_limit_is_debt_paid_by_closing() {
         let g = gate();
+        let seat = g.seat(None);
         g.set_limit(3);
-        let mut a = g.acquire(NOW).await.unwrap();
+        let mut a = seat.acquire(NOW).await.unwrap();
         a.set_backend_pid(101);
-        let b = g.acquire(NOW).await.unwrap();
-        // One unused permit is forgotten at once, one open one is debt.
+        let b = seat.acquire(NOW).await.unwrap();
         g.set_limit(1);
         let s = g.state();
         assert_eq!((s.limit, s.debt, s.open, s.backed()), (1, 1, 2, 2));
-        assert!(g.over_limit());
-        assert!(g.acquire(NOW).await.is_err(), "over the limit: no new ones");
+        assert!(seat.should_give_back(), "over the limit: close on return");
+        assert!(seat.acquire(NOW).await.is_err(), "no new ones");
         drop(a);
         let s = g.state();
         assert_eq!((s.limit, s.debt, s.open, s.backed()), (1, 0, 1, 1));
-        assert!(!g.over_limit());
-        assert!(g.acquire(NOW).await.is_err(), "at the limit");
+        assert!(!seat.should_give_back());
+        assert!(seat.acquire(NOW).await.is_err(), "at the limit");
         assert_eq!(g.recently_closed(), vec![101]);
         drop(b);
-        assert_eq!(g.state().open, 0);
-        let _c = g.acquire(NOW).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn raising_the_limit_pays_debt_first() {
-        let g = gate();
-        g.set_limit(2);
-        let _a = g.acquire(NOW).await.unwrap();
-        let _b = g.acquire(NOW).await.unwrap();
-        g.set_limit(0);
-        assert_eq!(g.state().debt, 2);
-        g.set_limit(1);
-        let s = g.state();
-        assert_eq!((s.limit, s.debt, s.open), (1, 1, 2));
-        assert!(g.acquire(NOW).await.is_err());
-        g.set_limit(3);
-        let s = g.state();
-        assert_eq!((s.limit, s.debt, s.open), (3, 0, 2));
-        let _c = g.acquire(NOW).await.unwrap();
-        assert!(g.acquire(NOW).await.is_err());
+        let _c = seat.acquire(NOW).await.unwrap();
     }
 
     #[tokio::test]
     async fn a_waiting_attempt_gets_the_next_permit() {
         let g = gate();
+        let seat = g.seat(None);
         let waiter = tokio::spawn({
-            let g = g.clone();
-            async move { g.acquire(Duration::from_secs(10)).await.is_ok() }
+            let seat = seat.clone();
+            async move { seat.acquire(Duration::from_secs(10)).await }
         });
         tokio::time::timeout(Duration::from_secs(5), g.wanted())
             .await
             .unwrap();
         assert_eq!(g.state().waiting, 1);
         g.set_limit(1);
-        assert!(waiter.await.unwrap());
-        assert_eq!(g.state().waiting, 0);
+        let _permit = waiter.await.unwrap().expect("granted");
+        let s = g.state();
+        assert_eq!(
+            (s.waiting, s.open),
+            (0, 1),
+            "the permit went with the attempt"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pool_with_no_connection_is_served_first_and_others_give_back() {
+        let g = gate();
+        let busy = g.seat(None);
+        let starved = g.seat(None);
+        g.set_limit(2);
+        let a = busy.acquire(NOW).await.unwrap();
+        let _b = busy.acquire(NOW).await.unwrap();
+        // The busy pool wants a third, then the other pool wants its first.
+        let busy_more = tokio::spawn({
+            let busy = busy.clone();
+            async move { busy.acquire(Duration::from_secs(10)).await.map(|_| ()) }
+        });
+        tokio::time::timeout(Duration::from_secs(5), g.wanted())
+            .await
+            .unwrap();
+        let first = tokio::spawn({
+            let starved = starved.clone();
+            async move { starved.acquire(Duration::from_secs(10)).await }
+        });
+        tokio::time::timeout(Duration::from_secs(5), g.wanted())
+            .await
+            .unwrap();
+        assert!(busy.should_give_back(), "busy holds more than its part (1)");
+        assert!(!starved.should_give_back());
+        drop(a);
+        let permit = first.await.unwrap().expect("the starved pool got it");
+        assert!(!busy.should_give_back(), "each has its part now");
+        assert_eq!(g.state().waiting, 1);
+        drop(permit);
+        busy_more.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_attempt_leaves_the_queue() {
+        let g = gate();
+        let seat = g.seat(None);
+        assert!(seat.acquire(NOW).await.is_err());
+        g.set_limit(1);
+        let s = g.state();
+        assert_eq!(
+            (s.waiting, s.open),
+            (0, 0),
+            "nothing granted to a gone attempt"
+        );
+        let _p = seat.acquire(NOW).await.unwrap();
     }
 
     struct FakePool(Mutex<u32>);
@@ -414,8 +585,8 @@ mod tests {
         let g = gate();
         let a: Arc<dyn IdleConnections> = Arc::new(FakePool(Mutex::new(1)));
         let b: Arc<dyn IdleConnections> = Arc::new(FakePool(Mutex::new(3)));
-        g.register(Arc::downgrade(&a));
-        g.register(Arc::downgrade(&b));
+        let _sa = g.seat(Some(Arc::downgrade(&a)));
+        let _sb = g.seat(Some(Arc::downgrade(&b)));
         assert_eq!(g.state().idle, 4);
         assert_eq!(g.shed_idle(2), 2);
         assert_eq!((a.idle(), b.idle()), (1, 1));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use bb8::{ErrorSink, ManageConnection, QueueStrategy, RunError};
 
-use super::budget::{BudgetPermit, IdleConnections, NodeGate};
+use super::budget::{BudgetPermit, IdleConnections, NodeGate, Seat};
 use super::connection::{ServerConn, ServerParams};
 use super::error::{CheckoutError, ServerError};
 use super::login::{self, LoginParams, ServerSecret};
@@ -104,10 +104,15 @@ pub struct ServerManager {
     last_error: LastError,
     servers: ServerList,
     trouble: Arc<Trouble>,
-    /// With a fleet: the node's budget gate, and how long a connection
-    /// attempt waits for a permit (`checkout_timeout`).
-    gate: Option<(Arc<NodeGate>, Duration)>,
+    /// With a fleet: this pool's seat at the node's budget gate, and how
+    /// long a connection attempt waits for a permit (`checkout_timeout`).
+    /// Set once the pool exists (the seat refers back to it).
+    gate: GateSlot,
 }
+
+/// A pool's seat at its node's budget gate, shared by the pool and its
+/// manager; set right after the pool is created.
+type GateSlot = Arc<std::sync::OnceLock<(Seat, Duration)>>;
 
 impl ManageConnection for ServerManager {
     /// Boxed: a lease moves between the pool, a session and its relay on
@@ -116,11 +121,11 @@ impl ManageConnection for ServerManager {
     type Error = ServerError;
 
     async fn connect(&self) -> Result<Box<ServerConn>, ServerError> {
-        let mut permit = match &self.gate {
+        let mut permit = match self.gate.get() {
             None => None,
-            Some((gate, wait)) => {
+            Some((seat, wait)) => {
                 Some(
-                    gate.acquire(*wait)
+                    seat.acquire(*wait)
                         .await
                         .map_err(|e| ServerError::NoBudget {
                             addr: self.addr.to_string(),
@@ -161,9 +166,13 @@ impl ManageConnection for ServerManager {
         if conn.has_failed() {
             self.trouble.note();
         }
-        // Over the fleet budget (the share shrank): close it rather than
-        // keep it, which pays the debt.
-        conn.is_broken() || self.gate.as_ref().is_some_and(|(g, _)| g.over_limit())
+        // Over the fleet budget (the share shrank), or another pool of the
+        // node needs the room: close it rather than keep it.
+        conn.is_broken()
+            || self
+                .gate
+                .get()
+                .is_some_and(|(seat, _)| seat.should_give_back())
     }
 }
 
@@ -208,6 +217,7 @@ pub struct ServerPool {
     good_statements: RwLock<HashSet<u64>>,
     servers: ServerList,
     trouble: Arc<Trouble>,
+    gate: GateSlot,
 }
 
 impl ServerPool {
@@ -216,9 +226,10 @@ impl ServerPool {
         config: &Config,
         secret: ServerSecret,
         tls: ServerTls,
-        gate: Option<Arc<NodeGate>>,
+        budgeted: bool,
     ) -> Self {
         let last_error = LastError::default();
+        let gate = GateSlot::default();
         let servers = ServerList::default();
         let trouble = Arc::new(Trouble::new());
         let manager = ServerManager {
@@ -236,9 +247,9 @@ impl ServerPool {
             },
             addr: key.node.to_string().into(),
             last_error: last_error.clone(),
-            gate: gate.clone().map(|g| (g, config.pool.checkout_timeout)),
+            gate: gate.clone(),
         };
-        let size = config.pool.pool_max(gate.is_some());
+        let size = config.pool.pool_max(budgeted);
         let pool = bb8::Pool::builder()
             .max_size(size)
             .min_idle(None)
@@ -261,6 +272,7 @@ impl ServerPool {
             good_statements: RwLock::default(),
             servers,
             trouble,
+            gate,
         }
     }
 
@@ -452,11 +464,12 @@ impl Pools {
                     config,
                     secret(),
                     tls,
-                    gate.clone(),
+                    gate.is_some(),
                 ));
                 if let Some(gate) = &gate {
                     let weak: std::sync::Weak<dyn IdleConnections> = Arc::downgrade(&pool) as _;
-                    gate.register(weak);
+                    let seat = gate.seat(Some(weak));
+                    let _ = pool.gate.set((seat, config.pool.checkout_timeout));
                 }
                 pool
             })

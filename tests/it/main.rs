@@ -19,6 +19,8 @@ mod drivers_protocol;
 mod drivers_sqlx;
 mod drivers_tokio_postgres;
 mod failures;
+mod fleet_budget;
+mod fleet_support;
 mod fuzz_corpus;
 mod lexer_props;
 mod limits;

@@ -175,17 +175,17 @@ async fn a_busy_member_holds_the_budget_less_the_idle_floors() {
         .collect();
     let present: Vec<_> = rows
         .iter()
-        .filter(|r| r.get("present") == Some("t"))
+        .filter(|r| r.get("present") == Some("true"))
         .collect();
     assert_eq!(present.len(), 4, "four members present");
     let me = present
         .iter()
-        .find(|r| r.get("self") == Some("t"))
+        .find(|r| r.get("self") == Some("true"))
         .expect("a row for this member");
     assert_eq!(me.get("member"), Some("m1"));
     assert_eq!(me.get("share"), Some("5"));
     assert_eq!(me.get("budget"), Some("8"));
-    for r in present.iter().filter(|r| r.get("self") == Some("f")) {
+    for r in present.iter().filter(|r| r.get("self") == Some("false")) {
         assert_eq!(r.get("share"), Some("1"), "{:?}", r.get("member"));
         assert_eq!(r.get("open"), Some("0"), "idle: {:?}", r.get("member"));
     }

@@ -1,6 +1,7 @@
 //! pgsidecar command line: `run`, `check` and `demo`. Everything else lives
 //! in the library.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -125,10 +126,19 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Colour in log lines only for a person watching a terminal: not in a
+/// file, a pipe or journald, and never with `NO_COLOR` set
+/// (<https://no-color.org>).
+fn colour(stream_is_terminal: bool) -> bool {
+    stream_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGSIDECAR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour(std::io::stdout().is_terminal()));
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -201,6 +211,7 @@ fn demo(options: DemoOptions) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(std::io::stderr().is_terminal()))
         .init();
     pgsidecar::demo::command::run(options)?;
     Ok(())

@@ -494,3 +494,114 @@ fn check_of_a_file_without_a_primary_names_cluster_primary() {
         assert!(!err.contains("missing field"), "{body:?}: {err}");
     }
 }
+
+/// Where `pgsidecar run`'s log goes in [`log_until_listening`].
+enum LogTo {
+    /// A pipe, as to a file, journald or a log collector.
+    Pipe,
+    /// A pseudo-terminal, as to someone watching it.
+    Terminal,
+}
+
+/// Starts `pgsidecar run` (no server needed: it listens before it reaches
+/// one) with its log sent to `to`, and returns the log up to the line
+/// saying where it listens.
+fn log_until_listening(to: LogTo, no_color: Option<&str>) -> String {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgsidecar.toml");
+    std::fs::write(
+        &path,
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+         [cluster]\nprimary = \"127.0.0.1:1\"\n\
+         [[users]]\nname = \"app\"\npassword = \"x\"\n",
+    )
+    .unwrap();
+    let mut cmd = pgsidecar();
+    cmd.args(["run", "--config"])
+        .arg(&path)
+        .env_remove("NO_COLOR");
+    if let Some(value) = no_color {
+        cmd.env("NO_COLOR", value);
+    }
+    let mut reader: Box<dyn Read + Send> = match to {
+        LogTo::Pipe => {
+            cmd.stdout(Stdio::piped());
+            Box::new(std::io::empty())
+        }
+        LogTo::Terminal => {
+            let (mut leader, mut follower) = (0, 0);
+            // SAFETY: openpty writes two descriptors it opened into the
+            // integers given; null name, termios and winsize are allowed.
+            let rc = unsafe {
+                libc::openpty(
+                    &mut leader,
+                    &mut follower,
+                    std::ptr::null_mut(),
+                    std::ptr::null(),
+                    std::ptr::null(),
+                )
+            };
+            assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+            // SAFETY: both descriptors were just opened and are owned here.
+            let (leader, follower) =
+                unsafe { (OwnedFd::from_raw_fd(leader), OwnedFd::from_raw_fd(follower)) };
+            cmd.stdout(Stdio::from(follower));
+            Box::new(std::fs::File::from(leader))
+        }
+    };
+    cmd.stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("starting pgsidecar run");
+    if let Some(stdout) = child.stdout.take() {
+        reader = Box::new(stdout);
+    }
+    // The command holds the follower end; drop it so the leader sees the
+    // end of output when the child exits.
+    drop(cmd);
+    let (chunks, arrived) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || chunks.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let found = loop {
+        match arrived.recv_timeout(Duration::from_secs(30)) {
+            Ok(chunk) => {
+                log.extend(chunk);
+                if text(&log).contains("pgsidecar listening") {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "no `pgsidecar listening` line: {}", text(&log));
+    text(&log)
+}
+
+#[test]
+fn logs_are_coloured_only_on_a_terminal_and_never_with_no_color() {
+    const ESC: char = '\u{1b}';
+    let piped = log_until_listening(LogTo::Pipe, None);
+    assert!(
+        !piped.contains(ESC),
+        "escape codes in a log written to a pipe: {piped:?}"
+    );
+    let terminal = log_until_listening(LogTo::Terminal, None);
+    assert!(
+        terminal.contains(ESC),
+        "a terminal gets colours: {terminal:?}"
+    );
+    let no_color = log_until_listening(LogTo::Terminal, Some("1"));
+    assert!(
+        !no_color.contains(ESC),
+        "NO_COLOR is honoured: {no_color:?}"
+    );
+}

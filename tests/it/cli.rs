@@ -368,6 +368,19 @@ fn the_check_command_in_the_example_configs_header_works_as_written() {
         .trim();
     let out = run_as_shown(shown, repo);
     assert_eq!(out.status.code(), Some(0), "`{shown}`: {out:?}");
+    // So does every line of the docs that checks the example.
+    for page in ["README.md", "docs/configuration.md"] {
+        let text = std::fs::read_to_string(repo.join(page)).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("pgsidecar check --config conf/pgsidecar.toml"))
+            .collect();
+        assert!(!lines.is_empty(), "{page} shows how to check the example");
+        for shown in lines {
+            let out = run_as_shown(shown, repo);
+            assert_eq!(out.status.code(), Some(0), "{page}: `{shown}`: {out:?}");
+        }
+    }
 }
 
 #[test]

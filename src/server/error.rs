@@ -100,6 +100,15 @@ pub enum CheckoutError {
         waited: Duration,
         size: u32,
     },
+    #[error(
+        "no server connection to {node} was free within {waited:?}: this member's share \
+         of the fleet's budget for the node is {share} connections, all in use"
+    )]
+    FleetBudget {
+        node: String,
+        waited: Duration,
+        share: u32,
+    },
     #[error("could not get a connection to server {node}: {last_error}")]
     Unreachable { node: String, last_error: String },
     #[error(transparent)]
@@ -112,6 +121,12 @@ impl CheckoutError {
             CheckoutError::Timeout { .. } => {
                 WireError::error(SqlState::TOO_MANY_CONNECTIONS, self.to_string())
                     .with_hint("raise [pool] size or checkout_timeout, or shorten transactions")
+            }
+            CheckoutError::FleetBudget { .. } => {
+                WireError::error(SqlState::TOO_MANY_CONNECTIONS, self.to_string()).with_hint(
+                    "raise [pool] budget or checkout_timeout, shorten transactions, \
+                     or see SHOW FLEET for the other members' shares",
+                )
             }
             CheckoutError::Unreachable { .. } => {
                 WireError::error(SqlState::CONNECTION_FAILURE, self.to_string())

@@ -323,10 +323,17 @@ impl ServerPool {
                         node: self.key.node.to_string(),
                         last_error,
                     },
-                    None => CheckoutError::Timeout {
-                        node: self.key.node.to_string(),
-                        waited: self.checkout_timeout,
-                        size: self.size,
+                    None => match self.gate.get() {
+                        Some((seat, _)) => CheckoutError::FleetBudget {
+                            node: self.key.node.to_string(),
+                            waited: self.checkout_timeout,
+                            share: seat.gate().state().limit,
+                        },
+                        None => CheckoutError::Timeout {
+                            node: self.key.node.to_string(),
+                            waited: self.checkout_timeout,
+                            size: self.size,
+                        },
                     },
                 })
             }

@@ -249,3 +249,31 @@ async fn the_budget_holds_after_the_primary_restarts_under_load() {
     assert!(seen.samples > 100, "{seen:?}");
     assert!(seen.max <= i64::from(BUDGET), "{seen:?}");
 }
+
+/// A member whose whole share is in use tells the next client so, by
+/// SQLSTATE 53300 and a message naming its share of the fleet's budget,
+/// after `checkout_timeout`; the held transaction is unharmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_out_of_budget_says_so() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = cluster(&[]).await;
+    let node = cluster.primary().addr();
+    let member = Member::start_with(&cluster, "m1", 1, "1s").await;
+    settled(&[&member], &node).await;
+    let holder = member.connect("postgres").await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let other = member.connect("postgres").await;
+    let err = other.simple_query("SELECT 1").await.unwrap_err();
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "53300", "{db:?}");
+    assert!(
+        db.message()
+            .contains("share of the fleet's budget for the node is 1"),
+        "{db:?}"
+    );
+    holder.batch_execute("SELECT 2; COMMIT").await.unwrap();
+    other
+        .simple_query("SELECT 1")
+        .await
+        .expect("served once the share is free");
+}

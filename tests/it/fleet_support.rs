@@ -70,6 +70,16 @@ pub struct Member {
 
 impl Member {
     pub async fn start(cluster: &LocalCluster, name: &str, budget: u32) -> Member {
+        Member::start_with(cluster, name, budget, "30s").await
+    }
+
+    /// [`start`](Self::start) with `[pool] checkout_timeout`.
+    pub async fn start_with(
+        cluster: &LocalCluster,
+        name: &str,
+        budget: u32,
+        checkout_timeout: &str,
+    ) -> Member {
         let dir = tempfile::tempdir().unwrap();
         let path: PathBuf = dir.path().join("pgsidecar.toml");
         let text = format!(
@@ -79,7 +89,7 @@ impl Member {
              [[users]]\nname = \"{APP_ROLE}\"\npassword = \"{APP_PASSWORD}\"\n\
              [[users]]\nname = \"{MON_ROLE}\"\npassword = \"{MON_PASSWORD}\"\n\
              [admin]\nusers = [\"{MON_ROLE}\"]\n\
-             [pool]\nbudget = {budget}\ncheckout_timeout = \"30s\"\n\
+             [pool]\nbudget = {budget}\ncheckout_timeout = \"{checkout_timeout}\"\n\
              [fleet]\nname = \"t\"\ninstance = \"{name}\"\ninterval = \"100ms\"\n\
              [observability]\nexplain = \"off\"\n",
             primary = cluster.primary().addr(),
@@ -91,6 +101,16 @@ impl Member {
             process,
             _dir: dir,
         }
+    }
+
+    /// A tokio-postgres client through this member as `fleet_app`.
+    pub async fn connect(&self, db: &str) -> tokio_postgres::Client {
+        harness::connect(&format!(
+            "host=127.0.0.1 port={} user={APP_ROLE} password={APP_PASSWORD} dbname={db}",
+            self.port()
+        ))
+        .await
+        .expect("connecting through a member")
     }
 
     pub fn port(&self) -> u16 {

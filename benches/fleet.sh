@@ -6,8 +6,9 @@
 # of the load (BUSY_CLIENTS clients), the other three a trickle (1 client
 # each, rate-limited). Reported: throughput and p50/p99 latency of the busy
 # member's clients, rounds interleaved (fleet, pgbouncer, fleet, …), and
-# the most server connections of the bench role seen in pg_stat_activity
-# (sampled every 50 ms), which must stay within BUDGET for both.
+# the most server connections each target had open, seen in
+# pg_stat_activity (sampled every 50 ms; PgBouncer serves a copy of the
+# database so the two are counted apart), which must stay within BUDGET.
 #
 #   bash benches/fleet.sh
 #   ROUNDS=3 DURATION=20 BUSY_CLIENTS=40 bash benches/fleet.sh
@@ -33,6 +34,11 @@ command -v pgbouncer >/dev/null || { log "pgbouncer is not installed: apt-get in
 [ -x target/release/pgsidecar ] || cargo build --release
 
 start_cluster
+# PgBouncer gets a copy of the database, so each target's server
+# connections can be counted apart; the members' monitor and coordinator
+# sessions log in as their own role.
+psql_su "$PRIMARY_PORT" -c "create database bench_pgb template bench owner bench" >/dev/null
+psql_su "$PRIMARY_PORT" -c "create role benchmon login password '$PASSWORD'" >/dev/null
 
 cat >"$WORK/txn.sql" <<'EOF'
 \set aid random(1, 100000 * :scale)
@@ -55,8 +61,12 @@ listen = "127.0.0.1:$port"
 listen = "127.0.0.1:$http"
 [cluster]
 primary = "127.0.0.1:$PRIMARY_PORT"
+monitor_user = "benchmon"
 [[users]]
 name = "bench"
+password = "$PASSWORD"
+[[users]]
+name = "benchmon"
 password = "$PASSWORD"
 [pool]
 budget = $BUDGET
@@ -82,7 +92,7 @@ for i in 1 2 3 4; do
     port=$(free_port)
     cat >"$WORK/bouncer$i.ini" <<EOF
 [databases]
-bench = host=127.0.0.1 port=$PRIMARY_PORT dbname=bench
+bench = host=127.0.0.1 port=$PRIMARY_PORT dbname=bench_pgb
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $port
@@ -110,24 +120,25 @@ stop_bouncers() {
 trap 'stop_bouncers; cleanup' EXIT
 
 # --- measuring -------------------------------------------------------------------
-# sample_connections OUTFILE: max backends of role bench, every 50 ms, until killed.
+# sample_connections OUTFILE DB: max backends of role bench on DB, every 50 ms, until killed.
 sample_connections() {
     local max=0 n
     while :; do
-        n=$(psql_su "$PRIMARY_PORT" -Atc "select count(*) from pg_stat_activity where usename = 'bench' and backend_type = 'client backend'" 2>/dev/null || echo 0)
+        n=$(psql_su "$PRIMARY_PORT" -Atc "select count(*) from pg_stat_activity where usename = 'bench' and datname = '$2' and backend_type = 'client backend'" 2>/dev/null || echo 0)
         [ "${n:-0}" -gt "$max" ] && { max=$n; echo "$max" >"$1"; }
         sleep 0.05
     done
 }
 
-# run_target NAME PORT… → "tps p50_ms p99_ms failed max_connections"
+# run_target NAME DB BUSY_PORT OTHER_PORT… → "tps p50_ms p99_ms failed max_connections"
 run_target() {
     local name=$1; shift
+    local db=$1; shift
     local busy=$1; shift
     local dir="$WORK/run-$name-$RANDOM"
     mkdir -p "$dir"
     echo 0 >"$dir/max"
-    sample_connections "$dir/max" &
+    sample_connections "$dir/max" "$db" &
     local sampler=$!
     local pids=()
     for p in "$@"; do
@@ -136,7 +147,7 @@ run_target() {
         pids+=("$!")
     done
     (cd "$dir" && PGPASSWORD=$PASSWORD "$BINDIR/pgbench" -n -h 127.0.0.1 -p "$busy" -U bench \
-        -c "$BUSY_CLIENTS" -j 2 -T "$DURATION" -l --log-prefix=busy -f "$WORK/txn.sql" bench >"$dir/busy.txt" 2>&1)
+        -c "$BUSY_CLIENTS" -j 2 -T "$DURATION" -l --log-prefix=lat -f "$WORK/txn.sql" bench >"$dir/busy.txt" 2>&1)
     for pid in "${pids[@]}"; do wait "$pid"; done
     kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
     local tps failed
@@ -146,7 +157,7 @@ run_target() {
     python3 - "$dir" "${tps:-0}" "$failed" "$(cat "$dir/max")" <<'EOF'
 import glob, sys
 d, tps, failed, most = sys.argv[1:]
-lat = sorted(int(l.split()[2]) for f in glob.glob(d + "/busy.*") for l in open(f))
+lat = sorted(int(l.split()[2]) for f in glob.glob(d + "/lat.*") for l in open(f))
 pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000 if lat else float("nan")
 print(f"{float(tps):.0f} {pct(0.50):.2f} {pct(0.99):.2f} {failed} {most}")
 EOF
@@ -158,11 +169,11 @@ echo "transaction: indexed read + pg_sleep(0.002) between BEGIN and END"
 printf '%-10s %5s %8s %8s %8s %7s %9s\n' target round tps p50_ms p99_ms failed max_conn
 declare -A TPS P99
 # A warm-up so every member holds its floor and the pools are open.
-DURATION=3 run_target warmup "${MEMBER_PORTS[0]}" "${MEMBER_PORTS[@]:1}" >/dev/null
+DURATION=3 run_target warmup bench "${MEMBER_PORTS[0]}" "${MEMBER_PORTS[@]:1}" >/dev/null
 for r in $(seq "$ROUNDS"); do
     for target in fleet pgbouncer; do
-        if [ "$target" = fleet ]; then ports=("${MEMBER_PORTS[@]}"); else ports=("${BOUNCER_PORTS[@]}"); fi
-        read -r tps p50 p99 failed most < <(run_target "$target" "${ports[0]}" "${ports[@]:1}")
+        if [ "$target" = fleet ]; then ports=("${MEMBER_PORTS[@]}"); db=bench; else ports=("${BOUNCER_PORTS[@]}"); db=bench_pgb; fi
+        read -r tps p50 p99 failed most < <(run_target "$target" "$db" "${ports[0]}" "${ports[@]:1}")
         printf '%-10s %5s %8s %8s %8s %7s %9s\n' "$target" "$r" "$tps" "$p50" "$p99" "$failed" "$most"
         TPS[$target]+="$tps "
         P99[$target]+="$p99 "

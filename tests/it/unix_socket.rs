@@ -330,6 +330,9 @@ async fn a_stale_socket_from_a_crashed_run_is_replaced() {
     crashed.wait(WAIT).await;
     let stale = std::fs::symlink_metadata(&path).expect("SIGKILL leaves the socket file behind");
     assert!(stale.file_type().is_socket());
+    // Nobody accepts on it.
+    let refused = tokio::net::UnixStream::connect(&path).await.unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
 
     let restarted = running::start(&config).await;
     restarted
@@ -337,7 +340,6 @@ async fn a_stale_socket_from_a_crashed_run_is_replaced() {
         .await;
     let (ok, out) = psql_unix(&dir, 5432, APP, APP.password.unwrap(), &db, "select 1").await;
     assert!(ok, "{out}");
-    assert_ne!(std::fs::symlink_metadata(&path).unwrap().ino(), stale.ino());
 }
 
 #[tokio::test]
@@ -360,4 +362,38 @@ async fn a_proxy_without_tcp_serves_the_socket_only() {
     )
     .await;
     assert!(ok, "{out}");
+}
+
+#[tokio::test]
+async fn a_draining_proxy_gives_its_socket_up_to_the_next_one() {
+    let db = harness::fresh_db("unix_roll");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sock");
+    let config = tmp.path().join("pgsidecar.toml");
+    run_config(&dir, &config);
+    let path = socket_path(&dir, 5432);
+    let mut old = running::start(&config).await;
+    // A transaction in flight keeps the old process draining.
+    let client = connect_unix(&dir, 5432, &db).await;
+    client.batch_execute("begin; select 1").await.unwrap();
+
+    old.signal(libc::SIGTERM);
+    harness::eventually("the draining proxy to remove its socket", WAIT, || async {
+        (!path.exists()).then_some(())
+    })
+    .await;
+    assert!(!old.exited(), "the old proxy did not drain");
+    let new = running::start(&config).await;
+    let (ok, out) = psql_unix(&dir, 5432, APP, APP.password.unwrap(), &db, "select 1").await;
+    assert!(ok, "{out}");
+    // The old one finishes its transaction and exits; the new socket stays.
+    client.batch_execute("commit").await.unwrap();
+    assert!(old.wait(WAIT).await.success(), "{:?}", old.log());
+    assert!(
+        std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    drop(new);
 }

@@ -22,8 +22,8 @@ pub use schema::{
 };
 pub use sources::{Source, Sources};
 pub use types::{
-    Budget, ClientAuth, ClientTlsMode, ExplainMode, LogFormat, NodeAddr, PoolMode, PoolSize,
-    ReadYourWrites, Secret, ServerTlsMode,
+    Budget, ClientAuth, ClientTlsMode, ExplainMode, FileMode, LogFormat, NodeAddr, PoolMode,
+    PoolSize, ReadYourWrites, Secret, ServerTlsMode,
 };
 
 /// The running config. Readers call `load()` once per unit of work (a

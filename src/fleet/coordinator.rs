@@ -99,12 +99,14 @@ pub(super) struct Coordinator {
     pub interval: Duration,
 }
 
-/// Drops the gate to 0 however the coordinator ends (also when aborted).
+/// Drops the gate to 0 however the coordinator ends (also when aborted,
+/// possibly while the runtime shuts down, so only the limit: connections
+/// close when next given back, or when a new coordinator starts).
 struct ZeroOnDrop(Arc<NodeGate>);
 
 impl Drop for ZeroOnDrop {
     fn drop(&mut self) {
-        lose(&self.0);
+        self.0.set_limit(0);
     }
 }
 

@@ -245,3 +245,32 @@ fn no_claimant_means_no_primary() {
     assert!(!view.primary_ready());
     assert!(changes.has_changed().unwrap());
 }
+
+/// Whether `f` is still pending after one poll.
+async fn still_pending(f: &mut std::pin::Pin<Box<impl std::future::Future<Output = ()>>>) -> bool {
+    tokio::select! {
+        biased;
+        () = f.as_mut() => false,
+        () = std::future::ready(()) => true,
+    }
+}
+
+#[tokio::test]
+async fn queued_requests_give_up_a_node_once_it_is_down_or_replaced() {
+    let (view, t0) = view();
+    check(&view, 0, t0, primary(100, 1));
+    check(&view, 1, t0, replica(100));
+    let mut replica_gone = Box::pin(view.given_up(1, Role::Replica));
+    let mut primary_gone = Box::pin(view.given_up(0, Role::Primary));
+    assert!(still_pending(&mut replica_gone).await);
+    assert!(still_pending(&mut primary_gone).await);
+    view.record_failure(1, "connection refused".into());
+    replica_gone.await;
+    // A primary that is merely down is still waited for…
+    view.record_failure(0, "connection refused".into());
+    assert!(still_pending(&mut primary_gone).await);
+    // …until another node takes the role.
+    check(&view, 2, t0 + ms(10), primary(120, 2));
+    primary_gone.await;
+    assert_eq!(view.wait_for_primary(ms(1)).await, Some(2));
+}

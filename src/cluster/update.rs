@@ -122,6 +122,7 @@ impl ClusterView {
             .collect();
         let winner = roles::resolve(&claims, CONFIGURED_PRIMARY);
         let mut changed = false;
+        let mut health_changed = false;
         for (id, facts) in st.facts.iter_mut().enumerate() {
             let node = &self.nodes[id];
             let role = if facts.claim.is_some() {
@@ -149,6 +150,7 @@ impl ClusterView {
                 (Check::Failed(e), None) => Some(e.clone()),
                 (_, r) => r,
             };
+            health_changed |= node.healthy() != healthy;
             if facts.shown_error.as_deref() != error.as_ref() || node.healthy() != healthy {
                 log_health(
                     node.addr.to_string(),
@@ -176,6 +178,9 @@ impl ClusterView {
         }
         if changed {
             self.changes.send_modify(|generation| *generation += 1);
+        }
+        if changed || health_changed {
+            self.moves.send_modify(|generation| *generation += 1);
         }
     }
 

@@ -59,6 +59,9 @@ pub struct ClusterView {
     pub(crate) timeline: RwLock<Timeline>,
     pub(crate) head: ArcSwapOption<Head>,
     pub(crate) changes: watch::Sender<u64>,
+    /// Bumped on every change `changes` sees and on every health change:
+    /// what requests queued for a node wait on to give it up.
+    pub(crate) moves: watch::Sender<u64>,
     pub(crate) stale_after_nanos: AtomicU64,
 }
 
@@ -80,6 +83,7 @@ impl ClusterView {
             })
             .collect();
         let (changes, _) = watch::channel(0);
+        let (moves, _) = watch::channel(0);
         Arc::new(ClusterView {
             monitor: Mutex::new(MonitorState::new(nodes.len())),
             nodes,
@@ -88,6 +92,7 @@ impl ClusterView {
             timeline: RwLock::new(Timeline::new(Some(0))),
             head: ArcSwapOption::empty(),
             changes,
+            moves,
             stale_after_nanos: AtomicU64::new(DEFAULT_STALE_AFTER.as_nanos() as u64),
         })
     }
@@ -231,6 +236,36 @@ impl ClusterView {
     /// stops being refused as a second primary. Not on health changes.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// Resolves once a request queued for a server of `node` should stop
+    /// waiting for it: work for a replica once the monitor finds it
+    /// unhealthy; work for the primary (`Role::Primary`) once another node,
+    /// or none, is the primary. A primary that is merely down is still
+    /// waited for: it may come back before a promotion. Subscribes only
+    /// when first polled, so a checkout raced against this that completes
+    /// at once costs no reference count.
+    pub async fn given_up(&self, node: NodeId, role: Role) {
+        let mut moves = self.moves.subscribe();
+        let _ = moves
+            .wait_for(|_| match role {
+                Role::Replica => !self.is_healthy(node),
+                Role::Primary => self.primary() != Some(node),
+            })
+            .await;
+    }
+
+    /// The primary, waiting up to `limit` for one while there is none
+    /// (during a promotion, or while the monitor has not settled which of
+    /// several claimants may take writes).
+    pub async fn wait_for_primary(&self, limit: Duration) -> Option<NodeId> {
+        if let Some(id) = self.primary() {
+            return Some(id);
+        }
+        let mut moves = self.moves.subscribe();
+        let found = moves.wait_for(|_| self.primary().is_some());
+        let _ = tokio::time::timeout(limit, found).await;
+        self.primary()
     }
 
     pub(crate) fn stale_after(&self) -> Duration {

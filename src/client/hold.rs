@@ -83,21 +83,25 @@ impl NodePools {
         })
     }
 
-    /// The pool of the current primary. Borrowed, like the cluster view it
-    /// is looked up in: every request asks, and cloning either would bump
-    /// a reference count that every client shares.
+    /// The pool of the current primary, for what an idle client's frames
+    /// can be answered from (statements already prepared there). Borrowed,
+    /// like the cluster view it is looked up in: every request asks, and
+    /// cloning either would bump a reference count that every client
+    /// shares. While no node may take writes (the monitor is settling, or
+    /// recording a new primary) it is the configured primary's pool: a
+    /// request that needs a server waits for a primary in [`acquire`].
     pub fn primary(&mut self, ctx: &SessionCtx) -> Result<&Arc<ServerPool>, WireError> {
         let cluster = ctx.shared.cluster();
-        let node = primary_node(&cluster, cluster.primary())?;
+        let node = cluster.primary().unwrap_or(0);
         Ok(self.get(ctx, &cluster, node))
     }
 }
 
-fn primary_node(_cluster: &ClusterView, primary: Option<NodeId>) -> Result<NodeId, WireError> {
+fn primary_node(cluster: &ClusterView, primary: Option<NodeId>) -> Result<NodeId, WireError> {
     primary.ok_or_else(|| {
         WireError::error(
             SqlState::CONNECTION_FAILURE,
-            "no primary is available: every node is down or in recovery",
+            format!("no primary is available: {}", cluster.no_primary_reason()),
         )
     })
 }

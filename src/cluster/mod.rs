@@ -21,7 +21,10 @@
 //! # Layout
 //! - `view`: [`ClusterView`], the read side.
 //! - `update`: the monitor's writes into the view; primary resolution.
-//! - `roles`: which claimant wins when several nodes say they are primary.
+//! - `roles`: which claimant may take writes when several nodes say they
+//!   are primary, or one says so on a timeline older than the one seen.
+//! - `memory`, `record`: that timeline, kept in `cluster.state_file` so
+//!   that a restart does not forget it.
 //! - `choose`: replica choice, [`ReplicaLease`], [`NoReplica`].
 //! - `timeline`: primary samples, lag in seconds, floors.
 //! - `lag`: a replica's freshness in one atomic word.
@@ -33,9 +36,11 @@ mod choose;
 mod error;
 mod lag;
 mod lsn;
+mod memory;
 mod monitor;
 mod node;
 mod probe;
+mod record;
 mod roles;
 mod timeline;
 mod update;
@@ -49,6 +54,7 @@ pub use error::CheckError;
 pub use lsn::{Lsn, LsnParseError};
 pub use monitor::{MAX_RECONNECT_BACKOFF, MIN_CHECK_TIMEOUT};
 pub use node::{NodeStatus, Role};
+pub use record::{StateFileError, check as check_state_file};
 pub use timeline::{TIMELINE_CAPACITY, TIMELINE_WINDOW};
 pub use view::ClusterView;
 

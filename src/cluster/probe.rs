@@ -31,6 +31,11 @@ const CHECK_SQL: &str = "SELECT r, \
 const GEOMETRY_SQL: &str = "SELECT current_setting('wal_block_size')::int8, \
      pg_size_bytes(current_setting('wal_segment_size'))";
 
+/// The cluster's identity: the same on a primary and every node cloned
+/// from it, so the state file's record is only applied to its own cluster.
+/// Read once per connection; a node that refuses it is still monitored.
+const SYSTEM_SQL: &str = "SELECT system_identifier FROM pg_control_system()";
+
 /// `application_name` of the monitor's sessions, to spot them in
 /// `pg_stat_activity`.
 const APPLICATION_NAME: &str = "pgsidecar-monitor";
@@ -74,6 +79,7 @@ pub(crate) struct NodeConn {
     connection: Pin<Box<NodeConnection>>,
     check: Statement,
     geometry: WalGeometry,
+    system: Option<u64>,
 }
 
 impl NodeConn {
@@ -107,12 +113,21 @@ impl NodeConn {
                 source,
             })?;
         let mut connection = Box::pin(connection);
-        let (check, row) = bounded(addr, check_timeout, &mut connection, async {
+        let (check, row, system) = bounded(addr, check_timeout, &mut connection, async {
             let check = client.prepare(CHECK_SQL).await?;
             let row = client.query_one(GEOMETRY_SQL, &[]).await?;
-            Ok((check, row))
+            let system = client.query_one(SYSTEM_SQL, &[]).await;
+            Ok((check, row, system))
         })
         .await?;
+        let system = match system.and_then(|r| r.try_get::<_, i64>(0)) {
+            // A bigint holding an unsigned 64-bit number.
+            Ok(id) => Some(id as u64),
+            Err(error) => {
+                tracing::warn!(node = %addr, %error, "cannot read the system identifier; the state file's record is applied without it");
+                None
+            }
+        };
         let geometry = (row.try_get::<_, i64>(0).ok())
             .zip(row.try_get::<_, i64>(1).ok())
             .and_then(|(block, segment)| WalGeometry::new(block, segment))
@@ -124,6 +139,7 @@ impl NodeConn {
             connection,
             check,
             geometry,
+            system,
         })
     }
 
@@ -138,7 +154,9 @@ impl NodeConn {
             client.query_one(check, &[]).await
         })
         .await?;
-        parse(&self.addr, self.geometry, &row)
+        let mut probe = parse(&self.addr, self.geometry, &row)?;
+        probe.system = self.system;
+        Ok(probe)
     }
 }
 
@@ -184,6 +202,7 @@ fn parse(addr: &NodeAddr, geometry: WalGeometry, row: &Row) -> Result<Probe, Che
             in_recovery,
             lsn: lsn.map(Lsn::from),
             timeline: None,
+            system: None,
         });
     }
     let lsn = lsn.ok_or_else(|| bad(addr, "a primary reported no WAL insert position"))?;
@@ -195,6 +214,7 @@ fn parse(addr: &NodeAddr, geometry: WalGeometry, row: &Row) -> Result<Probe, Che
         in_recovery,
         lsn: Some(geometry.record_end(Lsn::from(lsn))),
         timeline: Some(timeline),
+        system: None,
     })
 }
 

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use super::NodeId;
 use super::choose::{self, Candidate, NoReplica, ReplicaLease};
 use super::lsn::Lsn;
+use super::memory::Memory;
 use super::node::{NodeState, NodeStatus, Role};
 use super::timeline::{Head, Timeline};
 use super::update::MonitorState;
@@ -52,6 +53,8 @@ pub struct ClusterView {
     /// Origin of the instants packed into atomics.
     pub(crate) epoch: Instant,
     pub(crate) primary: AtomicUsize,
+    /// While `primary` is none: why, for the clients refused.
+    pub(crate) no_primary: ArcSwapOption<String>,
     /// Monitor-only bookkeeping; the router never takes this lock.
     pub(crate) monitor: Mutex<MonitorState>,
     /// Written by the primary's monitor task; read by the router only for
@@ -84,12 +87,18 @@ impl ClusterView {
             .collect();
         let (changes, _) = watch::channel(0);
         let (moves, _) = watch::channel(0);
+        let monitor = MonitorState::new(&nodes, Memory::from_config(config));
+        let (primary, why_none) = monitor.initial(&nodes);
+        if let Some(id) = primary {
+            nodes[id].set_role(Role::Primary);
+        }
         Arc::new(ClusterView {
-            monitor: Mutex::new(MonitorState::new(nodes.len())),
+            monitor: Mutex::new(monitor),
             nodes,
             epoch,
-            primary: AtomicUsize::new(0),
-            timeline: RwLock::new(Timeline::new(Some(0))),
+            primary: AtomicUsize::new(primary.unwrap_or(NO_PRIMARY)),
+            no_primary: ArcSwapOption::new(why_none.map(Arc::new)),
+            timeline: RwLock::new(Timeline::new(primary)),
             head: ArcSwapOption::empty(),
             changes,
             moves,
@@ -110,6 +119,14 @@ impl ClusterView {
         match self.primary.load(Ordering::Acquire) {
             NO_PRIMARY => None,
             id => Some(id),
+        }
+    }
+
+    /// Why [`primary`](Self::primary) is none, in words for a client.
+    pub fn no_primary_reason(&self) -> String {
+        match self.no_primary.load().as_deref() {
+            Some(why) => why.clone(),
+            None => "every node is down or in recovery".into(),
         }
     }
 

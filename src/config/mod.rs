@@ -15,8 +15,8 @@ use arc_swap::ArcSwap;
 pub use env::{EnvError, Environment};
 pub use load::ConfigError;
 pub use schema::{
-    AdminConfig, AuthConfig, BudgetsConfig, ClusterConfig, Config, HttpConfig, ObservabilityConfig,
-    PoolConfig, ProxyConfig, RoutingConfig, UserConfig,
+    AdminConfig, AuthConfig, BudgetsConfig, ClusterConfig, Config, DEFAULT_STATE_FILE, HttpConfig,
+    ObservabilityConfig, PoolConfig, ProxyConfig, RoutingConfig, StateFile, UserConfig,
 };
 pub use sources::{Source, Sources};
 pub use types::{

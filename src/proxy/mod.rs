@@ -149,6 +149,11 @@ pub enum StartError {
     Http(ObserveError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// `cluster.state_file` cannot be read or written.
+    #[error(
+        "invalid `cluster.state_file`: {0}; point it at a writable file, or set it to \"\" to keep no record"
+    )]
+    StateFile(#[from] crate::cluster::StateFileError),
 }
 
 /// A running proxy. Dropping it stops accepting clients.
@@ -166,6 +171,9 @@ impl Proxy {
     /// Binds `[proxy].listen` (port 0 picks a free port) and starts serving.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
         let listen = config.proxy.listen;
+        if let crate::config::StateFile::Set(path) = config.cluster.state_file() {
+            crate::cluster::check_state_file(path)?;
+        }
         let client_tls = crate::tls::build_client_tls(&config.proxy)?;
         let server_tls = crate::tls::build_server_tls(&config.cluster)?;
         let credentials = Credentials::build(&config);

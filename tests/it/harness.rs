@@ -163,7 +163,10 @@ pub fn proxy_config_text(extra_toml: &str) -> String {
     config_text(primary_only(), extra_toml)
 }
 
-fn config_text(nodes: toml::Table, extra_toml: &str) -> String {
+fn config_text(mut nodes: toml::Table, extra_toml: &str) -> String {
+    // Test proxies keep no state file unless a test gives one: the default
+    // path is the machine's, shared by every proxy.
+    nodes.insert("state_file".into(), "".into());
     let mut base = toml::Table::new();
     base.insert(
         "proxy".into(),

@@ -18,6 +18,7 @@ mod drivers_pinning;
 mod drivers_protocol;
 mod drivers_sqlx;
 mod drivers_tokio_postgres;
+mod failover_restart;
 mod failover_waiters;
 mod failures;
 mod fuzz_corpus;

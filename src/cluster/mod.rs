@@ -54,6 +54,7 @@ pub use error::CheckError;
 pub use lsn::{Lsn, LsnParseError};
 pub use monitor::{MAX_RECONNECT_BACKOFF, MIN_CHECK_TIMEOUT};
 pub use node::{NodeStatus, Role};
+pub(crate) use probe::MonitorLogin;
 pub use record::{StateFileError, check as check_state_file};
 pub use timeline::{TIMELINE_CAPACITY, TIMELINE_WINDOW};
 pub use view::ClusterView;

@@ -67,6 +67,30 @@ impl MonitorLogin {
     }
 }
 
+impl MonitorLogin {
+    /// How to log in as this user on `addr`, into `database` (the
+    /// monitor's own, or another the proxy reads the catalog of).
+    pub(crate) fn pg_config(
+        &self,
+        addr: &NodeAddr,
+        database: &str,
+        application_name: &str,
+        connect_timeout: Duration,
+    ) -> tokio_postgres::Config {
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&addr.host)
+            .port(addr.port)
+            .user(&self.user)
+            .dbname(database)
+            .application_name(application_name)
+            .connect_timeout(connect_timeout);
+        if let Some(pw) = &self.password {
+            pg.password(pw);
+        }
+        pg
+    }
+}
+
 type NodeConnection = Connection<Socket, NoTlsStream>;
 
 /// An open monitor session. The connection future is polled only while a
@@ -91,16 +115,7 @@ impl NodeConn {
         connect_timeout: Duration,
         check_timeout: Duration,
     ) -> Result<NodeConn, CheckError> {
-        let mut pg = tokio_postgres::Config::new();
-        pg.host(&addr.host)
-            .port(addr.port)
-            .user(&login.user)
-            .dbname(&login.database)
-            .application_name(APPLICATION_NAME)
-            .connect_timeout(connect_timeout);
-        if let Some(pw) = &login.password {
-            pg.password(pw);
-        }
+        let pg = login.pg_config(addr, &login.database, APPLICATION_NAME, connect_timeout);
         let (client, connection) = tokio::time::timeout(connect_timeout, pg.connect(NoTls))
             .await
             .map_err(|_| CheckError::ConnectTimeout {

@@ -164,6 +164,7 @@ pub struct Proxy {
     pub shared: Arc<Shared>,
     accept: JoinHandle<()>,
     background: JoinHandle<()>,
+    catalog: JoinHandle<()>,
     http: Option<HttpHandle>,
 }
 
@@ -223,6 +224,7 @@ impl Proxy {
         let background = shared.observer.spawn_background();
         let accept = tokio::spawn(crate::client::accept_loop(listener, shared.clone()));
         shared.start_monitor();
+        let catalog = spawn_catalog(&shared);
         tracing::info!(%addr, http = %http.addr, "pgsidecar listening");
         Ok(Proxy {
             addr,
@@ -230,9 +232,44 @@ impl Proxy {
             shared,
             accept,
             background,
+            catalog,
             http: Some(http),
         })
     }
+}
+
+/// Starts reading the catalog of the databases clients use, for what their
+/// writes reach beyond the tables named (read-your-writes).
+fn spawn_catalog(shared: &Arc<Shared>) -> JoinHandle<()> {
+    use crate::routing::catalog::{self, CatalogSources};
+    use crate::routing::related::Related;
+    let weak = Arc::downgrade(shared);
+    let (w1, w2) = (weak.clone(), weak.clone());
+    catalog::spawn(CatalogSources {
+        config: shared.config.clone(),
+        primary: Box::new(move || {
+            let shared = w1.upgrade()?;
+            let cluster = shared.cluster();
+            cluster.primary().map(|id| cluster.addr(id).clone())
+        }),
+        databases: Box::new(move || {
+            let Some(shared) = w2.upgrade() else {
+                return Vec::new();
+            };
+            let pools = shared.pools.all();
+            pools.iter().map(|p| p.key.database.clone()).collect()
+        }),
+        publish: Box::new(move |edges| {
+            if let Some(shared) = weak.upgrade() {
+                let related = Related::build(edges);
+                tracing::info!(
+                    tables = related.len(),
+                    "read-your-writes: foreign-key actions and partitions read from the catalog"
+                );
+                shared.write_log.set_related(related);
+            }
+        }),
+    })
 }
 
 impl Proxy {
@@ -277,6 +314,7 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
         self.background.abort();
+        self.catalog.abort();
         self.shared.stop_monitor();
     }
 }

@@ -38,6 +38,7 @@
 //! defaults of user types are not seen.
 
 mod cache;
+pub mod catalog;
 mod classify;
 mod fallback;
 mod fingerprint;
@@ -45,6 +46,7 @@ mod functions;
 mod lexer;
 mod normalize;
 pub mod policy;
+pub mod related;
 mod session;
 pub mod template;
 mod types;

@@ -334,12 +334,12 @@ pub async fn superuser() -> Client {
 /// `(pid, state, query)`, state being `active`, `idle`,
 /// `idle in transaction`, …
 pub async fn backends(su: &Client, db: &str) -> Vec<(i32, String, String)> {
-    // The proxy's own sessions (cluster monitor, EXPLAIN sampler) name
+    // The proxy's own sessions (cluster monitor, catalog reader, EXPLAIN sampler) name
     // themselves and are not pool connections.
     su.query(
         "SELECT pid, coalesce(state, ''), coalesce(query, '') FROM pg_stat_activity \
          WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid() \
-         AND application_name NOT IN ('pgsidecar-monitor', 'pgsidecar-explain')",
+         AND application_name NOT IN ('pgsidecar-monitor', 'pgsidecar-explain', 'pgsidecar-catalog')",
         &[&db],
     )
     .await

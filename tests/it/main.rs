@@ -40,6 +40,7 @@ mod proxy_core;
 mod reload;
 mod routing_hints;
 mod routing_read_your_writes;
+mod routing_related_writes;
 mod routing_replicas;
 mod routing_smoke;
 mod routing_transactions;

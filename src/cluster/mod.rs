@@ -30,8 +30,11 @@
 //! - `lag`: a replica's freshness in one atomic word.
 //! - `node`: per-node atomics, [`Role`], [`NodeStatus`].
 //! - `monitor`: the tasks; `probe`: their connection and check query.
+//! - `catalog`: reads foreign-key actions and partitions from the primary
+//!   for read-your-writes (`routing::related`).
 //! - `lsn`: [`Lsn`] and WAL page geometry; `error`: [`CheckError`].
 
+pub mod catalog;
 mod choose;
 mod error;
 mod lag;

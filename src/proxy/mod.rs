@@ -241,7 +241,7 @@ impl Proxy {
 /// Starts reading the catalog of the databases clients use, for what their
 /// writes reach beyond the tables named (read-your-writes).
 fn spawn_catalog(shared: &Arc<Shared>) -> JoinHandle<()> {
-    use crate::routing::catalog::{self, CatalogSources};
+    use crate::cluster::catalog::{self, CatalogSources};
     use crate::routing::related::Related;
     let weak = Arc::downgrade(shared);
     let (w1, w2) = (weak.clone(), weak.clone());

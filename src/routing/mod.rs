@@ -38,7 +38,6 @@
 //! defaults of user types are not seen.
 
 mod cache;
-pub mod catalog;
 mod classify;
 mod fallback;
 mod fingerprint;

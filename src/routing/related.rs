@@ -6,7 +6,7 @@
 //! the write like a read of the table written.
 //!
 //! Both questions are answered by one hash lookup: the closures are
-//! computed when the catalog is read (`catalog`), not per query. A write
+//! computed when the catalog is read (`cluster::catalog`), not per query. A write
 //! through a parent is found from the other side, by a read of a partition
 //! looking at its ancestors' marks too, so that a write to a parent with a
 //! thousand partitions records one name, not a thousand.

@@ -1,7 +1,7 @@
 //! Reads, every [`REFRESH`], from the primary's catalog of each database
 //! clients use, the foreign keys whose ON DELETE / ON UPDATE action writes
 //! the referencing table and the partition and inheritance tree, and hands
-//! them to the write log ([`Related`](super::related::Related)). One
+//! them to the write log ([`Related`](crate::routing::related::Related)). One
 //! connection per database, as the monitor's user, kept open; none while
 //! no client uses a database.
 
@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 
-use super::related::{Edge, Relation};
-use crate::cluster::MonitorLogin;
+use super::MonitorLogin;
+use crate::routing::related::{Edge, Relation};
 use crate::config::{ConfigHandle, NodeAddr};
 
 /// How often the catalog is read: a foreign key or partition created less

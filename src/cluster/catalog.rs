@@ -12,8 +12,8 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 
 use super::MonitorLogin;
-use crate::routing::related::{Edge, Relation};
 use crate::config::{ConfigHandle, NodeAddr};
+use crate::routing::related::{Edge, Relation};
 
 /// How often the catalog is read: a foreign key or partition created less
 /// than this long ago may not be covered yet.

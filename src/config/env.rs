@@ -64,7 +64,7 @@ const fn o(
 
 /// The overridable keys. Passwords are not among them: `[[users]]` already
 /// has `password_env`.
-pub(super) const OVERRIDES: [Override; 17] = [
+pub(super) const OVERRIDES: [Override; 18] = [
     o("proxy", "listen", listen_or_none),
     o("proxy", "pool_mode", typed::<PoolMode>),
     o("proxy", "max_client_conn", positive_int),
@@ -72,6 +72,7 @@ pub(super) const OVERRIDES: [Override; 17] = [
     o("http", "listen", socket_addr),
     o("cluster", "primary", node),
     o("cluster", "replicas", node_list),
+    o("cluster", "state_file", text),
     o("auth", "client_auth", typed::<ClientAuth>),
     o("pool", "size", pool_size),
     o("pool", "db_cores", positive_int),
@@ -260,6 +261,11 @@ fn boolean(s: &str) -> Result<toml::Value, String> {
         "false" | "0" | "no" | "off" => Ok(toml::Value::Boolean(false)),
         _ => Err("must be true or false".into()),
     }
+}
+
+/// Any text (a path; "" is meaningful where the key says so).
+fn text(s: &str) -> Result<toml::Value, String> {
+    Ok(toml::Value::String(s.into()))
 }
 
 fn duration(s: &str) -> Result<toml::Value, String> {

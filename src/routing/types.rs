@@ -63,6 +63,10 @@ pub enum Reason {
     ProxySetting,
     /// Not produced by the classifier: for the policy, when a hint decided.
     Hint,
+    /// Text the proxy could not read exactly: bytes invalid in the client's
+    /// encoding (the server answers 22021), or an encoding it has no
+    /// decoder for. Primary, never a replica.
+    Encoding,
 }
 
 impl Reason {
@@ -86,11 +90,12 @@ impl Reason {
             Self::SessionState => "session_state",
             Self::ProxySetting => "proxy_setting",
             Self::Hint => "hint",
+            Self::Encoding => "encoding",
         }
     }
 
     /// Every variant, e.g. to pre-register metric label values.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Self::Read,
         Self::Write,
         Self::Ddl,
@@ -108,6 +113,7 @@ impl Reason {
         Self::SessionState,
         Self::ProxySetting,
         Self::Hint,
+        Self::Encoding,
     ];
 }
 
@@ -278,4 +284,30 @@ pub struct Classified {
     /// Session effects computed from this very text (empty and
     /// allocation-free unless `info.has_session_changes`).
     pub session: Vec<SessionChange>,
+}
+
+impl Classified {
+    /// The classification of a lossy rendering of a statement (see
+    /// [`crate::protocol::SqlText::exact`]): what it reads or writes is
+    /// not known for sure, so it goes to the primary (a hint cannot send
+    /// it to a replica), and session changes read from it, whose values
+    /// may be mangled, are untracked. In an encoding with ASCII bytes
+    /// inside multibyte characters even its token structure may be wrong
+    /// (a `SET` hidden in what looked like a literal): any statement is
+    /// taken to change the session then. Copies the shared info: only for
+    /// such statements.
+    pub fn unreadable(self, ascii_safe: bool) -> Classified {
+        let mut info = StatementInfo::clone(&self.info);
+        info.route = Route::Write;
+        info.reason = Reason::Encoding;
+        let mut session = self.session;
+        if !ascii_safe || info.has_session_changes {
+            session.push(SessionChange::Untracked { name: None });
+        }
+        Classified {
+            hint: None,
+            info: Arc::new(info),
+            session,
+        }
+    }
 }

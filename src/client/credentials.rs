@@ -75,12 +75,12 @@ impl UserAuth {
 
     /// Checks a cleartext password from a client in constant time, against
     /// whatever form is stored.
-    pub fn check_cleartext(&self, given: &str) -> bool {
+    pub fn check_cleartext(&self, given: &[u8]) -> bool {
         match &self.stored {
             None => false,
-            Some(Stored::Plain(p)) => bool::from(p.expose().as_bytes().ct_eq(given.as_bytes())),
+            Some(Stored::Plain(p)) => bool::from(p.expose().as_bytes().ct_eq(given)),
             Some(Stored::Md5(h)) => bool::from(
-                md5::md5_hash(&self.name, given)
+                md5::md5_of(&self.name, given)
                     .as_bytes()
                     .ct_eq(h.as_bytes()),
             ),

@@ -18,6 +18,7 @@ mod drivers_pinning;
 mod drivers_protocol;
 mod drivers_sqlx;
 mod drivers_tokio_postgres;
+mod encoding;
 mod failures;
 mod fuzz_corpus;
 mod lexer_props;

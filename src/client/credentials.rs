@@ -128,3 +128,23 @@ impl Credentials {
         self.users.get(name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cleartext_password_is_checked_as_the_bytes_sent() {
+        let stored = Secret::new(md5::md5_hash("u", "s3cret"));
+        let user = UserAuth::new("u", Some(&stored), ClientAuth::Password);
+        assert!(user.check_cleartext(b"s3cret"));
+        assert!(!user.check_cleartext(b"wrong"));
+        // The stored hash is not a password.
+        assert!(!user.check_cleartext(stored.expose().as_bytes()));
+        // Bytes that are not UTF-8 (a LATIN1 client's `é`): a plain mismatch.
+        assert!(!user.check_cleartext(b"caf\xe9"));
+        let latin1 = UserAuth::new("u", Some(&Secret::new("café")), ClientAuth::Password);
+        assert!(latin1.check_cleartext("café".as_bytes()));
+        assert!(!latin1.check_cleartext(b"caf\xe9"));
+    }
+}

@@ -130,7 +130,7 @@ impl StatementRegistry {
         let class = if view.exact {
             class
         } else {
-            class.unreadable(encoding.ascii_safe())
+            class.unreadable(encoding)
         };
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = inner

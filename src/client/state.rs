@@ -89,9 +89,7 @@ impl ClassMemo {
             self.keyed = false;
             self.text.clear();
             self.numbers.clear();
-            let class = classifier
-                .classify(&view.text)
-                .unreadable(encoding.ascii_safe());
+            let class = classifier.classify(&view.text).unreadable(encoding);
             return self.class.insert(class);
         }
         self.classify_text(classifier, &view.text)
@@ -225,5 +223,11 @@ mod tests {
         let c = memo.classify(&classifier, ClientEncoding::Sjis, b"select '\x83'");
         assert_eq!(c.info.reason, Reason::Encoding);
         assert!(!c.session.is_empty());
+        // Invalid UTF-8 is refused by the server: nothing is decided on it
+        // here (no BEGIN deferred, no setting answered by the proxy).
+        let c = memo.classify(&classifier, UTF8, b"begin /* \xff */");
+        assert_eq!(c.info.tx, crate::routing::TxEffect::None);
+        let c = memo.classify(&classifier, UTF8, b"set pgsidecar.route = '\xff'");
+        assert!(c.session.is_empty() && c.info.reason == Reason::Encoding);
     }
 }

@@ -3,6 +3,7 @@
 //! session state machine consume it.
 
 use super::fingerprint::Fingerprint;
+use crate::protocol::ClientEncoding;
 use std::sync::Arc;
 
 /// A routing hint from a leading `/* pgsidecar:primary|replica */` comment.
@@ -287,21 +288,32 @@ pub struct Classified {
 }
 
 impl Classified {
-    /// The classification of a lossy rendering of a statement (see
-    /// [`crate::protocol::SqlText::exact`]): what it reads or writes is
-    /// not known for sure, so it goes to the primary (a hint cannot send
-    /// it to a replica), and session changes read from it, whose values
-    /// may be mangled, are untracked. In an encoding with ASCII bytes
-    /// inside multibyte characters even its token structure may be wrong
-    /// (a `SET` hidden in what looked like a literal): any statement is
-    /// taken to change the session then. Copies the shared info: only for
-    /// such statements.
-    pub fn unreadable(self, ascii_safe: bool) -> Classified {
+    /// The classification of a lossy rendering of a statement sent in
+    /// `encoding` (see [`crate::protocol::SqlText::exact`]): what it reads
+    /// or writes is not known for sure, so it goes to the primary (a hint
+    /// cannot send it to a replica), and nothing is decided on it without
+    /// the server: no deferred BEGIN, no `SET pgsidecar.route` answered by
+    /// the proxy. Copies the shared info: only for such statements.
+    ///
+    /// From a UTF-8 (or SQL_ASCII) client such text is invalid and the
+    /// server refuses it (22021): it has no effects. In another encoding
+    /// the server may accept what the proxy cannot read (no decoder), so
+    /// session changes read from it, whose values may be mangled, are
+    /// untracked; and in an encoding with ASCII bytes inside multibyte
+    /// characters even its token structure may be wrong (a `SET` hidden in
+    /// what looked like a literal): any statement is taken to change the
+    /// session then.
+    pub fn unreadable(self, encoding: ClientEncoding) -> Classified {
         let mut info = StatementInfo::clone(&self.info);
         info.route = Route::Write;
         info.reason = Reason::Encoding;
+        info.tx = TxEffect::None;
         let mut session = self.session;
-        if !ascii_safe || info.has_session_changes {
+        if encoding.is_utf8() {
+            session.clear();
+            info.pin = None;
+            info.unpin = None;
+        } else if !encoding.ascii_safe() || info.has_session_changes {
             session.push(SessionChange::Untracked { name: None });
         }
         Classified {

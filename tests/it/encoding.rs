@@ -186,6 +186,21 @@ async fn bytes_invalid_in_the_clients_encoding_get_22021_and_the_session_goes_on
     assert_eq!(e.code, "22021", "{e:?}");
     utf8.send(&query_bytes(b"select 'still here'")).await;
     assert_eq!(rows(&mut utf8).await.unwrap(), [b"still here".to_vec()]);
+    // Nothing the proxy would answer itself (a lone BEGIN, its own
+    // setting) is answered when the server would refuse the bytes.
+    for sql in [
+        &b"begin /* \xff */"[..],
+        b"set pgsidecar.route = 'replica\xff'",
+    ] {
+        utf8.send(&query_bytes(sql)).await;
+        let (status, seen) = utf8.until_ready().await;
+        assert_eq!(status, b'I', "{seen:?}");
+        let e = seen
+            .iter()
+            .find(|(tag, _)| *tag == b'E')
+            .map(|(_, b)| wire::parse_error(b));
+        assert_eq!(e.map(|e| e.code).as_deref(), Some("22021"), "{sql:?}");
+    }
 
     // Extended protocol, a named statement: the same bytes are valid from
     // a LATIN1 client, and its statement must not answer for the UTF-8

@@ -295,8 +295,10 @@ impl Classified {
     /// the server: no deferred BEGIN, no `SET pgsidecar.route` answered by
     /// the proxy. Copies the shared info: only for such statements.
     ///
-    /// From a UTF-8 (or SQL_ASCII) client such text is invalid and the
-    /// server refuses it (22021): it has no effects. In another encoding
+    /// From a UTF-8 client such text is invalid and the server refuses it
+    /// (22021), whatever the database's encoding: it has no effects. In
+    /// another encoding (SQL_ASCII too: a SQL_ASCII database takes any
+    /// bytes from a SQL_ASCII client)
     /// the server may accept what the proxy cannot read (no decoder), so
     /// session changes read from it, whose values may be mangled, are
     /// untracked; and in an encoding with ASCII bytes inside multibyte
@@ -309,7 +311,7 @@ impl Classified {
         info.reason = Reason::Encoding;
         info.tx = TxEffect::None;
         let mut session = self.session;
-        if encoding.is_utf8() {
+        if encoding == ClientEncoding::Utf8 {
             session.clear();
             info.pin = None;
             info.unpin = None;

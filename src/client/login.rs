@@ -35,7 +35,7 @@ pub async fn login<S>(
     stream: &mut S,
     buf: &mut BytesMut,
     startup: StartupMessage,
-    peer: Option<std::net::SocketAddr>,
+    peer: super::registry::ClientAddr,
 ) -> Result<Option<LoggedIn>, WireError>
 where
     S: AsyncRead + AsyncWrite + Unpin,

@@ -65,7 +65,7 @@ const fn o(
 /// The overridable keys. Passwords are not among them: `[[users]]` already
 /// has `password_env`.
 pub(super) const OVERRIDES: [Override; 17] = [
-    o("proxy", "listen", socket_addr),
+    o("proxy", "listen", listen_or_none),
     o("proxy", "pool_mode", typed::<PoolMode>),
     o("proxy", "max_client_conn", positive_int),
     o("proxy", "worker_threads", whole_number),
@@ -216,6 +216,14 @@ fn socket_addr(s: &str) -> Result<toml::Value, String> {
     s.parse::<SocketAddr>()
         .map_err(|_| "not an address like 0.0.0.0:6432 (IP:port)".to_string())?;
     Ok(toml::Value::String(s.into()))
+}
+
+/// `[proxy] listen`: an address, or empty for no TCP listener.
+fn listen_or_none(s: &str) -> Result<toml::Value, String> {
+    if s.is_empty() {
+        return Ok(toml::Value::String(String::new()));
+    }
+    socket_addr(s)
 }
 
 fn node(s: &str) -> Result<toml::Value, String> {

@@ -22,7 +22,7 @@ pub use schema::{
 };
 pub use sources::{Source, Sources};
 pub use types::{
-    ClientAuth, ClientTlsMode, ExplainMode, LogFormat, NodeAddr, PoolMode, PoolSize,
+    ClientAuth, ClientTlsMode, ExplainMode, FileMode, LogFormat, NodeAddr, PoolMode, PoolSize,
     ReadYourWrites, Secret, ServerTlsMode,
 };
 

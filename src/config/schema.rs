@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::types::{
-    ClientAuth, ClientTlsMode, ExplainMode, LogFormat, NodeAddr, PoolMode, PoolSize,
+    ClientAuth, ClientTlsMode, ExplainMode, FileMode, LogFormat, NodeAddr, PoolMode, PoolSize,
     ReadYourWrites, Secret, ServerTlsMode,
 };
 
@@ -42,7 +42,22 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
-    pub listen: SocketAddr,
+    /// The TCP address clients connect to; `None` (`listen = ""`): no TCP
+    /// listener, clients use the Unix socket only.
+    #[serde(with = "super::types::optional_listen")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the Unix-domain socket `.s.PGSQL.<port>`, the file
+    /// libpq looks for with `host=<dir>`. `None` (or `""`): no Unix socket.
+    /// Read at start only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_socket_dir: Option<PathBuf>,
+    /// The `<port>` in the socket's name; default: the port of `listen`
+    /// (the bound one when that is 0). Needed when `listen = ""`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_socket_port: Option<u16>,
+    /// Permission bits of the socket file. 0777 by default, as Postgres
+    /// and PgBouncer: connecting still takes a password.
+    pub unix_socket_mode: FileMode,
     pub pool_mode: PoolMode,
     pub max_client_conn: u32,
     /// Threads that run client sessions, read at start only. 0 (the
@@ -91,12 +106,24 @@ impl ProxyConfig {
             ClientTlsMode::Disable
         })
     }
+
+    /// The Unix socket's path, `<unix_socket_dir>/.s.PGSQL.<port>`, with
+    /// the port of the TCP listener actually bound (`tcp_port`, for
+    /// `listen` with port 0) unless `unix_socket_port` names one.
+    pub fn unix_socket_path(&self, tcp_port: Option<u16>) -> Option<PathBuf> {
+        let dir = self.unix_socket_dir.as_ref()?;
+        let port = self.unix_socket_port.or(tcp_port)?;
+        Some(dir.join(format!(".s.PGSQL.{port}")))
+    }
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
-            listen: "127.0.0.1:6432".parse().expect("static address"),
+            listen: Some("127.0.0.1:6432".parse().expect("static address")),
+            unix_socket_dir: None,
+            unix_socket_port: None,
+            unix_socket_mode: FileMode(0o777),
             pool_mode: PoolMode::Transaction,
             max_client_conn: 10_000,
             worker_threads: 0,

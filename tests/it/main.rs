@@ -49,3 +49,4 @@ mod runtime;
 mod security;
 mod shutdown;
 mod tls;
+mod unix_socket;

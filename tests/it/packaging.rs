@@ -158,6 +158,7 @@ fn systemd_unit_is_sandboxed_and_verifies() {
         "ProtectHome=yes",
         "PrivateTmp=yes",
         "CapabilityBoundingSet=\n",
+        "RuntimeDirectory=pgsidecar\n",
     ] {
         assert!(unit.contains(setting), "the unit lacks {setting:?}");
     }

@@ -65,7 +65,7 @@ const fn o(
 
 /// The overridable keys. Passwords are not among them: `[[users]]` already
 /// has `password_env`.
-pub(super) const OVERRIDES: [Override; 20] = [
+pub(super) const OVERRIDES: [Override; 21] = [
     o("proxy", "listen", listen_or_none),
     o("proxy", "pool_mode", typed::<PoolMode>),
     o("proxy", "max_client_conn", positive_int),
@@ -73,6 +73,7 @@ pub(super) const OVERRIDES: [Override; 20] = [
     o("http", "listen", socket_addr),
     o("cluster", "primary", node),
     o("cluster", "replicas", node_list),
+    o("cluster", "state_file", text),
     o("auth", "client_auth", typed::<ClientAuth>),
     o("pool", "size", pool_size),
     o("pool", "db_cores", positive_int),
@@ -266,13 +267,14 @@ fn boolean(s: &str) -> Result<toml::Value, String> {
     }
 }
 
-fn duration(s: &str) -> Result<toml::Value, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("not a duration like \"250ms\", \"5s\" or \"1m\" ({e})"))?;
+/// Any text (a path; "" is meaningful where the key says so).
+fn text(s: &str) -> Result<toml::Value, String> {
     Ok(toml::Value::String(s.into()))
 }
 
-fn text(s: &str) -> Result<toml::Value, String> {
+fn duration(s: &str) -> Result<toml::Value, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("not a duration like \"250ms\", \"5s\" or \"1m\" ({e})"))?;
     Ok(toml::Value::String(s.into()))
 }
 

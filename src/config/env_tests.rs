@@ -33,6 +33,7 @@ fn every_listed_key_is_overridden_on_top_of_the_file() {
         ("PGSIDECAR_HTTP_LISTEN", "0.0.0.0:9930"),
         ("PGSIDECAR_CLUSTER_PRIMARY", "primary.internal:5432"),
         ("PGSIDECAR_CLUSTER_REPLICAS", "r1:5432, r2:5433"),
+        ("PGSIDECAR_CLUSTER_STATE_FILE", "/data/pgsidecar.state"),
         ("PGSIDECAR_AUTH_CLIENT_AUTH", "md5"),
         ("PGSIDECAR_POOL_SIZE", "12"),
         ("PGSIDECAR_POOL_DB_CORES", "16"),
@@ -57,6 +58,10 @@ fn every_listed_key_is_overridden_on_top_of_the_file() {
     assert_eq!(c.cluster.primary.to_string(), "primary.internal:5432");
     let replicas: Vec<String> = c.cluster.replicas.iter().map(|r| r.to_string()).collect();
     assert_eq!(replicas, ["r1:5432", "r2:5433"]);
+    assert_eq!(
+        c.cluster.state_file(),
+        StateFile::Set(Path::new("/data/pgsidecar.state"))
+    );
     assert_eq!(c.auth.client_auth, ClientAuth::Md5);
     assert_eq!(c.pool.size, PoolSize::Fixed(12));
     assert_eq!((c.pool.db_cores, c.pool.sidecars), (16, 4));

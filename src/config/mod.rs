@@ -17,8 +17,8 @@ pub use env::{EnvError, Environment};
 pub use load::ConfigError;
 pub use locate::Location;
 pub use schema::{
-    AdminConfig, AuthConfig, BudgetsConfig, ClusterConfig, Config, FleetConfig, HttpConfig,
-    ObservabilityConfig, PoolConfig, ProxyConfig, RoutingConfig, UserConfig,
+    AdminConfig, AuthConfig, BudgetsConfig, ClusterConfig, Config, DEFAULT_STATE_FILE, FleetConfig,
+    HttpConfig, ObservabilityConfig, PoolConfig, ProxyConfig, RoutingConfig, StateFile, UserConfig,
 };
 pub use sources::{Source, Sources};
 pub use types::{

@@ -4,7 +4,7 @@
 //! "How to add a config key").
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -185,6 +185,32 @@ pub struct ClusterConfig {
     /// (required by "verify-full"; with "require", checked if given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_tls_ca_file: Option<PathBuf>,
+    /// Where the monitor records the primary it sends writes to and its
+    /// WAL timeline, so that after a restart (or a reload that changes
+    /// the nodes) a node still claiming the primary role on an older
+    /// timeline gets no writes. Unset: [`DEFAULT_STATE_FILE`] if usable;
+    /// "": keep no record (see [`StateFile`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<PathBuf>,
+}
+
+/// Where systemd's `StateDirectory=pgsidecar` and the container image put
+/// pgsidecar's state; Kubernetes users mount a volume there.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/pgsidecar/cluster.state";
+
+/// `cluster.state_file`, interpreted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateFile<'a> {
+    /// Set to "": no record, and before its first checks the configured
+    /// primary is trusted (a restart while a newer primary is unreachable
+    /// may write to an old one).
+    Off,
+    /// Set to a path: it must be writable, or pgsidecar does not start.
+    Set(&'a Path),
+    /// Not set: [`DEFAULT_STATE_FILE`] if its directory is writable;
+    /// otherwise no record is kept and, after every start, writes wait
+    /// until every configured node has answered.
+    Default(&'static Path),
 }
 
 fn default_connect_timeout() -> Duration {
@@ -196,6 +222,15 @@ fn default_monitor_database() -> String {
 }
 
 impl ClusterConfig {
+    /// `state_file`, interpreted.
+    pub fn state_file(&self) -> StateFile<'_> {
+        match &self.state_file {
+            Some(p) if p.as_os_str().is_empty() => StateFile::Off,
+            Some(p) => StateFile::Set(p),
+            None => StateFile::Default(Path::new(DEFAULT_STATE_FILE)),
+        }
+    }
+
     /// Checks the monitor keys against the `[[users]]` list. Errors are
     /// `(key, message)` like the loader's other cross-field checks.
     pub(super) fn validate_monitor(&self, users: &[UserConfig]) -> Result<(), (String, String)> {

@@ -120,6 +120,26 @@ fn serialised_config_masks_passwords() {
 }
 
 #[test]
+fn state_file_defaults_to_var_lib_and_empty_turns_it_off() {
+    let c = parse(MINIMAL).unwrap();
+    let default = std::path::Path::new("/var/lib/pgsidecar/cluster.state");
+    assert_eq!(c.cluster.state_file(), StateFile::Default(default));
+    for (value, want) in [
+        ("\"\"", StateFile::Off),
+        (
+            "\"/data/s\"",
+            StateFile::Set(std::path::Path::new("/data/s")),
+        ),
+    ] {
+        let text = MINIMAL.replace(
+            "primary = \"127.0.0.1:5432\"",
+            &format!("primary = \"127.0.0.1:5432\"\nstate_file = {value}"),
+        );
+        assert_eq!(parse(&text).unwrap().cluster.state_file(), want, "{value}");
+    }
+}
+
+#[test]
 fn monitor_keys_default_and_are_checked_against_users() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(c.cluster.monitor_user, None);

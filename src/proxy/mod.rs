@@ -167,6 +167,11 @@ pub enum StartError {
     Http(ObserveError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// `cluster.state_file` cannot be read or written.
+    #[error(
+        "invalid `cluster.state_file`: {0}; point it at a writable file, or set it to \"\" to keep no record"
+    )]
+    StateFile(#[from] crate::cluster::StateFileError),
 }
 
 /// A running proxy. Dropping it stops accepting clients.
@@ -182,6 +187,7 @@ pub struct Proxy {
     /// The accept loops, TCP and Unix socket.
     accept: Vec<JoinHandle<()>>,
     background: JoinHandle<()>,
+    catalog: JoinHandle<()>,
     http: Option<HttpHandle>,
 }
 
@@ -192,6 +198,9 @@ impl Proxy {
         let listen = config.proxy.listen;
         let unix_port = config.proxy.unix_socket_port;
         let unix_mode = config.proxy.unix_socket_mode;
+        if let crate::config::StateFile::Set(path) = config.cluster.state_file() {
+            crate::cluster::check_state_file(path)?;
+        }
         let client_tls = crate::tls::build_client_tls(&config.proxy)?;
         let server_tls = crate::tls::build_server_tls(&config.cluster)?;
         let credentials = Credentials::build(&config);
@@ -278,6 +287,7 @@ impl Proxy {
             )));
         }
         shared.start_monitor();
+        let catalog = spawn_catalog(&shared);
         tracing::info!(
             addr = %listen.map_or("none".to_string(), |_| addr.to_string()),
             unix = %unix_socket.as_deref().map_or("none".into(), |p| p.display().to_string()),
@@ -291,9 +301,44 @@ impl Proxy {
             shared,
             accept,
             background,
+            catalog,
             http: Some(http),
         })
     }
+}
+
+/// Starts reading the catalog of the databases clients use, for what their
+/// writes reach beyond the tables named (read-your-writes).
+fn spawn_catalog(shared: &Arc<Shared>) -> JoinHandle<()> {
+    use crate::cluster::catalog::{self, CatalogSources};
+    use crate::routing::related::Related;
+    let weak = Arc::downgrade(shared);
+    let (w1, w2) = (weak.clone(), weak.clone());
+    catalog::spawn(CatalogSources {
+        config: shared.config.clone(),
+        primary: Box::new(move || {
+            let shared = w1.upgrade()?;
+            let cluster = shared.cluster();
+            cluster.primary().map(|id| cluster.addr(id).clone())
+        }),
+        databases: Box::new(move || {
+            let Some(shared) = w2.upgrade() else {
+                return Vec::new();
+            };
+            let pools = shared.pools.all();
+            pools.iter().map(|p| p.key.database.clone()).collect()
+        }),
+        publish: Box::new(move |edges| {
+            if let Some(shared) = weak.upgrade() {
+                let related = Related::build(edges);
+                tracing::info!(
+                    tables = related.len(),
+                    "read-your-writes: foreign-key actions and partitions read from the catalog"
+                );
+                shared.write_log.set_related(related);
+            }
+        }),
+    })
 }
 
 impl Proxy {
@@ -344,6 +389,7 @@ impl Drop for Proxy {
             accept.abort();
         }
         self.background.abort();
+        self.catalog.abort();
         self.shared.stop_monitor();
     }
 }

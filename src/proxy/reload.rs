@@ -63,6 +63,11 @@ impl Shared {
         if new.proxy.listen != old.proxy.listen || new.http.listen != old.http.listen {
             tracing::warn!("listen addresses change only on restart");
         }
+        if new.fleet.as_ref().map(|f| (&f.name, &f.instance))
+            != old.fleet.as_ref().map(|f| (&f.name, &f.instance))
+        {
+            tracing::warn!("joining, leaving or renaming a fleet takes a restart");
+        }
         if new.proxy.worker_threads != old.proxy.worker_threads {
             tracing::warn!("proxy.worker_threads changes only on restart");
         }
@@ -101,6 +106,7 @@ impl Shared {
 fn same_pool_settings(a: &Config, b: &Config) -> bool {
     let (p, q) = (&a.pool, &b.pool);
     p.effective_size() == q.effective_size()
+        && p.node_budget() == q.node_budget()
         && p.checkout_timeout == q.checkout_timeout
         && p.idle_timeout == q.idle_timeout
         && p.max_lifetime == q.max_lifetime

@@ -556,7 +556,10 @@ impl SessionFlow<'_> {
             self.client.params.end_transaction(committed);
             self.client.routing.end_transaction(committed);
         }
-        if status == b'I' && self.hold.wrote {
+        // Only the client's own ReadyForQuery: one answering the proxy's
+        // parameter sync at the start of a hold can come before the
+        // client's write has even run.
+        if status == b'I' && self.hold.wrote && for_client {
             let now = Instant::now();
             let config = self.shared.config.load();
             let horizon = crate::routing::policy::horizon(&config.routing);

@@ -20,6 +20,11 @@ pub struct Running {
 
 /// Starts `pgsidecar run --config path` and waits until it listens.
 pub async fn start(path: &Path) -> Running {
+    start_logging(path, "info").await
+}
+
+/// [`start`] with `PGSIDECAR_LOG = filter`.
+pub async fn start_logging(path: &Path, filter: &str) -> Running {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"));
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("PGSIDECAR_") {
@@ -30,7 +35,7 @@ pub async fn start(path: &Path) -> Running {
         .args(["run", "--config"])
         .arg(path)
         .env("NO_COLOR", "1")
-        .env("PGSIDECAR_LOG", "info")
+        .env("PGSIDECAR_LOG", filter)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

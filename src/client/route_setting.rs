@@ -257,12 +257,23 @@ mod tests {
             Some("SET pgsidecar.min_lsn TO DEFAULT")
         );
         let class = classifier.classify("reset pgsidecar.min_lsn");
-        assert_eq!(lone_change(&class).unwrap().unwrap(), ProxyChange::MinLsn(Lsn(0)));
+        assert_eq!(
+            lone_change(&class).unwrap().unwrap(),
+            ProxyChange::MinLsn(Lsn(0))
+        );
         let class = classifier.classify("set pgsidecar.min_lsn = 'x\ny'");
         let refusal = lone_change(&class).unwrap().unwrap_err();
         assert_eq!(refusal.code, SqlState::INVALID_PARAMETER_VALUE);
-        assert!(refusal.message.contains("pgsidecar.min_lsn"), "{}", refusal.message);
-        assert!(!refusal.message.contains('\n'), "escaped: {}", refusal.message);
+        assert!(
+            refusal.message.contains("pgsidecar.min_lsn"),
+            "{}",
+            refusal.message
+        );
+        assert!(
+            !refusal.message.contains('\n'),
+            "escaped: {}",
+            refusal.message
+        );
         let class = classifier.classify("set local pgsidecar.min_lsn = '0/1'");
         let refusal = lone_change(&class).unwrap().unwrap_err();
         assert_eq!(refusal.code, SqlState::FEATURE_NOT_SUPPORTED);

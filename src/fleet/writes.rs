@@ -48,6 +48,10 @@ use crate::routing::policy::{WriteLog, horizon};
 /// write, at most (the member's session on the primary being down, it is
 /// released without: counted in `fleet_publish_failures_total`).
 pub const PUBLISH_LIMIT: Duration = Duration::from_secs(2);
+/// Announcement statements sent at once on the session at most: a write
+/// that commits while they run waits for the next one only if all are
+/// taken (then it shares the next with every write queued meanwhile).
+const IN_FLIGHT: usize = 4;
 /// Positions of this many recent announcements are kept for
 /// `SHOW pgsidecar.last_write_lsn`; older writes use the monitor's samples.
 const RECENT: usize = 1024;
@@ -67,6 +71,13 @@ struct Batch {
     last: u64,
     /// Transactions in it.
     count: u64,
+}
+
+/// A batch on its way.
+struct Sending {
+    last: u64,
+    count: u64,
+    task: tokio::task::JoinHandle<Result<Lsn, String>>,
 }
 
 /// The batch being filled, and the last ticket given.
@@ -238,52 +249,77 @@ impl Writes {
         );
     }
 
-    /// Sends the queued announcements, one batch at a time, until aborted.
+    /// Sends the queued announcements until aborted: a batch as soon as
+    /// there is one, up to [`IN_FLIGHT`] statements at once (pipelined on
+    /// the session), each taking every write queued since the last; a
+    /// batch is over for its writers only when every batch before it is.
     pub(super) async fn run(self: Arc<Self>) {
+        let mut in_flight: VecDeque<Sending> = VecDeque::new();
         loop {
             let notified = self.wake.notified();
-            let batch = std::mem::take(&mut lock(&self.queue).batch);
-            if batch.count == 0 {
+            while in_flight.len() < IN_FLIGHT {
+                let batch = std::mem::take(&mut lock(&self.queue).batch);
+                if batch.count == 0 {
+                    break;
+                }
+                let writes = self.clone();
+                in_flight.push_back(Sending {
+                    last: batch.last,
+                    count: batch.count,
+                    task: tokio::spawn(async move { writes.send(&batch.tables).await }),
+                });
+            }
+            let room = in_flight.len() < IN_FLIGHT;
+            let Some(front) = in_flight.front_mut() else {
                 notified.await;
                 continue;
-            }
-            let result = self.send(&batch).await;
-            match result {
-                Ok(lsn) => {
-                    let mut recent = lock(&self.recent);
-                    if recent.len() == RECENT {
-                        recent.pop_front();
-                    }
-                    recent.push_back((batch.last, lsn));
-                    drop(recent);
-                    self.published.fetch_add(batch.count, Ordering::Relaxed);
-                    // Wall-clock time, to compare with other members'
-                    // "heard" lines (docs/fleet.md measures the window so).
-                    tracing::debug!(at_us = wall_us(), transactions = batch.count, %lsn,
-                        "fleet writes announced");
-                }
-                Err(error) => {
-                    self.failures.fetch_add(batch.count, Ordering::Relaxed);
-                    tracing::warn!(%error, transactions = batch.count,
-                        "fleet write announcement failed: other members' reads of these tables may reach a replica that lacks them");
-                }
-            }
-            self.done.send_if_modified(|d| {
-                let moved = batch.last > *d;
-                *d = (*d).max(batch.last);
-                moved
-            });
+            };
+            let result = tokio::select! {
+                r = &mut front.task => r.unwrap_or_else(|e| Err(e.to_string())),
+                _ = notified, if room => continue,
+            };
+            let Sending { last, count, .. } = in_flight.pop_front().expect("the front");
+            self.finish(last, count, result);
         }
     }
 
-    /// One statement announcing `batch`; the primary's WAL insert position
-    /// as it ran (past every commit in the batch).
-    async fn send(&self, batch: &Batch) -> Result<Lsn, String> {
+    /// A batch is over: its writers' ReadyForQuery may go.
+    fn finish(&self, last: u64, count: u64, result: Result<Lsn, String>) {
+        match result {
+            Ok(lsn) => {
+                let mut recent = lock(&self.recent);
+                if recent.len() == RECENT {
+                    recent.pop_front();
+                }
+                recent.push_back((last, lsn));
+                drop(recent);
+                self.published.fetch_add(count, Ordering::Relaxed);
+                // Wall-clock time, to compare with other members' "heard"
+                // lines (docs/fleet.md measures the window so).
+                tracing::debug!(at_us = wall_us(), transactions = count, %lsn,
+                    "fleet writes announced");
+            }
+            Err(error) => {
+                self.failures.fetch_add(count, Ordering::Relaxed);
+                tracing::warn!(%error, transactions = count,
+                    "fleet write announcement failed: other members' reads of these tables may reach a replica that lacks them");
+            }
+        }
+        self.done.send_if_modified(|d| {
+            let moved = last > *d;
+            *d = (*d).max(last);
+            moved
+        });
+    }
+
+    /// One statement announcing writes to `tables`; the primary's WAL
+    /// insert position as it ran (past every commit announced).
+    async fn send(&self, tables: &BTreeSet<Arc<str>>) -> Result<Lsn, String> {
         let link = self
             .current_link()
             .await
             .ok_or("no session on the primary")?;
-        let payloads = announce::encode(&batch.tables, false);
+        let payloads = announce::encode(tables, false);
         let sql = statement(&self.channel, &payloads);
         let messages = tokio::time::timeout(PUBLISH_LIMIT, link.client.simple_query(&sql))
             .await

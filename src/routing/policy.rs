@@ -482,7 +482,10 @@ mod tests {
         let mut client = ClientRouting::default();
         assert_eq!(reason(&read(&tables, None), &client, &log, &view), "read");
         client.set_min_lsn(Lsn(150), false);
-        assert_eq!(reason(&read(&tables, None), &client, &log, &view), "min_lsn");
+        assert_eq!(
+            reason(&read(&tables, None), &client, &log, &view),
+            "min_lsn"
+        );
         client.set_min_lsn(Lsn(100), false);
         assert_eq!(reason(&read(&tables, None), &client, &log, &view), "read");
         // The hint, whatever the session says; with a replica preference too.
@@ -529,7 +532,10 @@ mod tests {
         // A client's own write is read-your-writes, not the fleet's.
         let mine = WriteLog::default();
         mine.record(&u, Instant::now(), None);
-        assert_eq!(reason(&read(&u, None), &client, &mine, &view), "read_your_writes");
+        assert_eq!(
+            reason(&read(&u, None), &client, &mine, &view),
+            "read_your_writes"
+        );
     }
 
     #[test]

@@ -241,6 +241,14 @@ async fn a_commit_lsn_carried_to_another_sidecar_keeps_reads_off_a_stale_replica
         insert(writer, id).await;
         let lsn = show(writer, "SHOW pgsidecar.last_write_lsn").await;
         first.get_or_insert(lsn.clone());
+        if id % 10 == 0 {
+            // By the extended protocol (an unnamed statement) too.
+            let rows = writer
+                .query_typed("SHOW pgsidecar.last_write_lsn", &[])
+                .await
+                .expect("SHOW by the extended protocol");
+            assert_eq!(rows[0].get::<_, String>(0), lsn);
+        }
         let (count, port) = if (id / 2) % 2 == 0 {
             session
                 .batch_execute(&format!("SET pgsidecar.min_lsn = '{lsn}'"))

@@ -9,6 +9,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::effects::{self, Effect, Observed, Pending};
+use super::error_names;
 use super::expect::{Audience, Disposition, Event, Expectations, Request, Synthetic};
 use super::params::ParamChange;
 use super::prepared::{self, Statement};
@@ -67,6 +68,9 @@ pub struct HoldState {
     /// an evicted statement: its statements are no longer what the proxy
     /// thinks, so it is closed instead of going back to the pool.
     pub stale_server: bool,
+    /// The server sent its client a FATAL error (it is terminating): when
+    /// the connection then closes, the client has its one error already.
+    pub server_fatal: bool,
 }
 
 /// Where the recording of a batch stands.
@@ -131,6 +135,7 @@ impl HoldState {
             retry: Retry::default(),
             executed: false,
             stale_server: false,
+            server_fatal: false,
             query_timed_out: None,
         }
     }
@@ -767,7 +772,7 @@ impl Flow for SessionFlow<'_> {
         to_server: &mut BytesMut,
         to_client: &mut Outbox,
     ) -> Result<ClientStep, WireError> {
-        check_frontend_tag(tag)?;
+        // The relay has checked the tag (check_frontend_tag).
         if let Some(budget) = self.hold.budget.as_mut() {
             if *budget >= frame.len() || tag == fe::TERMINATE {
                 *budget = budget.saturating_sub(frame.len());
@@ -878,6 +883,12 @@ impl Flow for SessionFlow<'_> {
             self.on_event(event, status);
         }
         let mut forward = matched.disposition != Some(Disposition::Drop);
+        if forward
+            && tag == be::ERROR_RESPONSE
+            && crate::protocol::error::parse_error_fields(frame).0 == Some("FATAL")
+        {
+            self.hold.server_fatal = true;
+        }
         if matched.ready {
             self.on_ready(before, status, forward);
         }
@@ -893,6 +904,12 @@ impl Flow for SessionFlow<'_> {
                     .to_bytes()
                     .freeze(),
             )
+        } else if forward && tag == be::ERROR_RESPONSE && error_names::mentions_shared(frame) {
+            // It names a shared statement: name the client's instead.
+            let statements = &self.client.statements;
+            let renamed = error_names::rewrite(frame, |id| statements.client_name(id));
+            forward &= renamed.is_none();
+            renamed
         } else {
             None
         };
@@ -921,7 +938,11 @@ impl Flow for SessionFlow<'_> {
 }
 
 /// Refuses message types a client may not send after login, as Postgres
-/// does, without bothering a server with them.
+/// does, without bothering a server with them. Checked as soon as the type
+/// byte arrives: a startup-phase packet sent again (SSLRequest,
+/// StartupMessage) has no type byte, so its length's first byte (0) would
+/// otherwise be read as one and the rest of its length as a message length
+/// to wait for.
 pub fn check_frontend_tag(tag: u8) -> Result<(), WireError> {
     match tag {
         fe::QUERY
@@ -937,6 +958,13 @@ pub fn check_frontend_tag(tag: u8) -> Result<(), WireError> {
         | fe::COPY_DATA
         | fe::COPY_DONE
         | fe::COPY_FAIL => Ok(()),
+        0 => Err(WireError::from(ProtocolError::Unexpected {
+            tag: 0,
+            when: "after login",
+        })
+        .with_hint(
+            "a startup packet (StartupMessage, SSLRequest, GSSENCRequest) is only valid before login",
+        )),
         other => Err(ProtocolError::Unexpected {
             tag: other,
             when: "after login",

@@ -5,6 +5,7 @@ mod auth;
 pub mod cancel;
 pub mod credentials;
 mod effects;
+mod error_names;
 mod expect;
 mod flow;
 mod handshake;

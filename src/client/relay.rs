@@ -290,6 +290,9 @@ fn process_client<F: Flow>(
 ) -> Result<ClientSide, WireError> {
     let mut outbox = Outbox::default();
     loop {
+        if let Some(&tag) = cbuf.first() {
+            super::flow::check_frontend_tag(tag)?;
+        }
         let Some((tag, total)) = frame::header(cbuf)? else {
             return Ok(ClientSide::Open);
         };

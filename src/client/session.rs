@@ -126,7 +126,6 @@ where
             let Some(tag) = next else {
                 return Ok(());
             };
-            check_frontend_tag(tag)?;
             let (_, total) = frame::header(cbuf)?.expect("complete frame");
             let primary_pool = pools.primary(ctx)?;
             match idle::answer(
@@ -235,10 +234,18 @@ where
             }
             RelayEnd::ServerGone(err) => {
                 let h = held.take().expect("held above");
+                let told = h.hold.server_fatal;
                 let mut lease = h.lease;
                 lease.mark_broken();
                 tracing::warn!(server = %lease.addr, error = ?err, "server connection lost");
                 ctx.shared.observer.metrics().error("server");
+                if told {
+                    // The server's own FATAL (57P01 from pg_terminate_backend,
+                    // 25P03 from idle_in_transaction_session_timeout) reached
+                    // the client: one error, then the close, as on a direct
+                    // connection.
+                    return Ok(());
+                }
                 return Err(WireError::fatal(
                     SqlState::ADMIN_SHUTDOWN,
                     format!("the server connection to {} was lost", lease.addr),
@@ -368,6 +375,9 @@ where
     S: AsyncRead + WaitReadable + Unpin,
 {
     loop {
+        if let Some(&tag) = cbuf.first() {
+            check_frontend_tag(tag)?;
+        }
         if let Some((tag, total)) = frame::header(cbuf)? {
             check_size(total, max_message)?;
             if cbuf.len() >= total {

@@ -130,6 +130,13 @@ pub struct Expectations {
     batch_open: bool,
     /// Between the server's CopyInResponse and the client's CopyDone/Fail.
     copy_in: bool,
+    /// An extended-query request failed before its batch's Sync was sent:
+    /// the server ignores every message until that Sync, including ones
+    /// sent after the error arrived, so they are owed nothing.
+    skipping: bool,
+    /// Requests with tokens sent while skipping: they failed, reported
+    /// with the next server frame.
+    skipped: Vec<Event>,
     status: u8,
 }
 
@@ -139,6 +146,8 @@ impl Default for Expectations {
             queue: VecDeque::new(),
             batch_open: false,
             copy_in: false,
+            skipping: false,
+            skipped: Vec::new(),
             status: b'I',
         }
     }
@@ -171,6 +180,17 @@ impl Expectations {
             // The server ignores Sync during COPY IN: nothing to expect.
             return;
         }
+        if self.skipping {
+            if tag != fe::SYNC {
+                if let Some(request) = request
+                    && token != 0
+                {
+                    self.skipped.push(Event::Failed { request, token });
+                }
+                return;
+            }
+            self.skipping = false;
+        }
         if let Some(request) = request {
             self.queue.push_back(Expect::Response {
                 request,
@@ -183,6 +203,10 @@ impl Expectations {
     /// A made-up reply for a client message the proxy answered itself.
     /// Returns true if it is due right away (nothing owed before it).
     pub fn reply(&mut self, reply: Synthetic) -> bool {
+        if self.skipping {
+            // The server would have skipped the message: no answer.
+            return false;
+        }
         if self.queue.is_empty() {
             true
         } else {
@@ -193,7 +217,10 @@ impl Expectations {
 
     /// Matches one server frame (tag and, for ReadyForQuery, its status).
     pub fn received(&mut self, tag: u8, status: u8) -> Matched {
-        let mut m = Matched::default();
+        let mut m = Matched {
+            events: std::mem::take(&mut self.skipped),
+            ..Matched::default()
+        };
         let Some(Expect::Response {
             request, audience, ..
         }) = self.queue.front().cloned()
@@ -277,7 +304,7 @@ impl Expectations {
                 Expect::Response {
                     request: Request::Sync,
                     ..
-                } => break,
+                } => return,
                 Expect::Response { request, token, .. } if token != 0 => {
                     m.events.push(Event::Failed { request, token })
                 }
@@ -285,6 +312,9 @@ impl Expectations {
             }
             self.queue.pop_front();
         }
+        // The batch's Sync is still to come: what is sent before it is
+        // skipped too.
+        self.skipping = true;
     }
 
     /// Syncs the client sent after the COPY command but before the server

@@ -776,6 +776,16 @@ impl Flow for SessionFlow<'_> {
         if let Some(budget) = self.hold.budget.as_mut() {
             if *budget >= frame.len() || tag == fe::TERMINATE {
                 *budget = budget.saturating_sub(frame.len());
+            } else if self.hold.budget_until_sync && matches!(tag, fe::QUERY | fe::FUNCTION_CALL) {
+                // The client moved on without a Sync (asyncpg's prepare()
+                // then BEGIN): the proxy ends the read's batch with a Sync
+                // of its own, so that this server can be released and the
+                // request routed on its own.
+                self.hold.budget_until_sync = false;
+                frame::put_frame(to_server, fe::SYNC, &[]);
+                self.expect
+                    .sent(fe::SYNC, Some(Request::Sync), Audience::Proxy, 0);
+                return Ok(ClientStep::Hold);
             } else if self.hold.budget_until_sync {
                 self.hold.budget_until_sync = tag != fe::SYNC;
             } else {

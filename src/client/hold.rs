@@ -203,8 +203,11 @@ fn bring_up_to_date(held: &mut Held, client: &mut ClientState) {
     }
     if let Some(begin) = client.deferred_begin.take() {
         io.wbuf.extend_from_slice(&begin);
-        held.expect
-            .sent(fe::QUERY, Some(Request::Query), Audience::Proxy, 0);
+        // The BEGIN, and any SET TRANSACTION answered after it.
+        for _ in super::tx_modes::frames(&begin) {
+            held.expect
+                .sent(fe::QUERY, Some(Request::Query), Audience::Proxy, 0);
+        }
     }
 }
 

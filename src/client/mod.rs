@@ -22,5 +22,6 @@ mod route;
 mod route_setting;
 mod session;
 mod state;
+mod tx_modes;
 
 pub use listener::{accept_loop, bind};

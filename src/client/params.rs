@@ -44,6 +44,9 @@ pub struct ClientParams {
     /// COMMIT and vanish at ROLLBACK, as on the server.
     pending: Vec<ParamChange>,
     hash: u64,
+    /// `default_transaction_isolation` is serializable (kept with the
+    /// hash: routing asks for every request).
+    serializable: bool,
 }
 
 impl Default for ClientParams {
@@ -77,6 +80,7 @@ impl ClientParams {
             startup,
             pending: Vec::new(),
             hash: 0,
+            serializable: false,
         };
         p.rehash();
         p
@@ -165,8 +169,22 @@ impl ClientParams {
         }
     }
 
+    /// Transactions of this session are SERIALIZABLE unless they say
+    /// otherwise.
+    pub fn serializable_by_default(&self) -> bool {
+        self.serializable
+    }
+
     fn rehash(&mut self) {
         self.hash = hash_of(&self.current);
+        self.serializable = self
+            .current
+            .get("default_transaction_isolation")
+            .is_some_and(|v| {
+                let (ParamValue::Sql(text) | ParamValue::Raw(text)) = v;
+                text.trim_matches(|c: char| c == '\'' || c.is_whitespace())
+                    .eq_ignore_ascii_case("serializable")
+            });
     }
 }
 

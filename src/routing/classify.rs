@@ -9,7 +9,7 @@ use super::types::{PinReason, Reason, Route, TxEffect, Unpin};
 use super::walker::{self, Facts};
 use sqlparser::ast::{
     CopySource, CopyTarget, DiscardObject, Reset, Set, SetExpr, Statement, TransactionAccessMode,
-    TransactionMode,
+    TransactionIsolationLevel, TransactionMode,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -86,6 +86,17 @@ fn parse(text: &str) -> Result<Vec<Statement>, sqlparser::parser::ParserError> {
         return Parser::parse_sql(&dialect, &format!("SELECT * FROM{rest}"));
     }
     Parser::parse_sql(&dialect, text)
+}
+
+/// `Some(true)` for ISOLATION LEVEL SERIALIZABLE, `Some(false)` for
+/// another level, `None` when none is given (the last one counts).
+fn serializable_mode(modes: &[TransactionMode]) -> Option<bool> {
+    modes.iter().rev().find_map(|m| match m {
+        TransactionMode::IsolationLevel(level) => {
+            Some(*level == TransactionIsolationLevel::Serializable)
+        }
+        _ => None,
+    })
 }
 
 fn read_only_mode(modes: &[TransactionMode]) -> Option<bool> {
@@ -194,6 +205,7 @@ fn by_kind(stmt: &Statement, facts: &Facts) -> StmtClass {
         S::Truncate(_) => StmtClass::write(Reason::Write),
         S::StartTransaction { modes, .. } => tx(TxEffect::Begin {
             read_only: read_only_mode(modes),
+            serializable: serializable_mode(modes),
         }),
         S::Commit { .. } => tx(TxEffect::Commit),
         S::Rollback {
@@ -212,6 +224,7 @@ fn by_kind(stmt: &Statement, facts: &Facts) -> StmtClass {
             ..
         }) => tx(TxEffect::SetTransaction {
             read_only: read_only_mode(modes),
+            serializable: serializable_mode(modes),
         }),
         S::Set(Set::SetTransaction {
             modes,
@@ -220,6 +233,7 @@ fn by_kind(stmt: &Statement, facts: &Facts) -> StmtClass {
         }) => {
             let mut class = session(TxEffect::SetSessionCharacteristics {
                 read_only: read_only_mode(modes),
+                serializable: serializable_mode(modes),
             });
             class.session = true;
             class

@@ -118,8 +118,12 @@ pub enum TxEffect {
     #[default]
     None,
     /// BEGIN / START TRANSACTION; `read_only` is `Some` when READ ONLY or
-    /// READ WRITE was given.
-    Begin { read_only: Option<bool> },
+    /// READ WRITE was given, `serializable` when an ISOLATION LEVEL was
+    /// (true for SERIALIZABLE, which a hot standby refuses).
+    Begin {
+        read_only: Option<bool>,
+        serializable: Option<bool>,
+    },
     /// COMMIT / END (also COMMIT AND CHAIN).
     Commit,
     /// ROLLBACK / ABORT.
@@ -131,9 +135,15 @@ pub enum TxEffect {
     /// `ROLLBACK TO [SAVEPOINT] name`: the transaction stays open.
     RollbackToSavepoint,
     /// SET TRANSACTION …, for the current transaction.
-    SetTransaction { read_only: Option<bool> },
+    SetTransaction {
+        read_only: Option<bool>,
+        serializable: Option<bool>,
+    },
     /// SET SESSION CHARACTERISTICS AS TRANSACTION …: the session default.
-    SetSessionCharacteristics { read_only: Option<bool> },
+    SetSessionCharacteristics {
+        read_only: Option<bool>,
+        serializable: Option<bool>,
+    },
 }
 
 /// State that cannot survive moving the client to another server: the

@@ -7,23 +7,32 @@ use super::{classifier, classify};
 #[test]
 fn transaction_effects() {
     let cases = [
-        ("begin", TxEffect::Begin { read_only: None }),
+        (
+            "begin",
+            TxEffect::Begin {
+                read_only: None,
+                serializable: None,
+            },
+        ),
         (
             "BEGIN READ ONLY",
             TxEffect::Begin {
                 read_only: Some(true),
+                serializable: None,
             },
         ),
         (
             "start transaction isolation level serializable, read write",
             TxEffect::Begin {
                 read_only: Some(false),
+                serializable: Some(true),
             },
         ),
         (
             "begin transaction isolation level repeatable read read only",
             TxEffect::Begin {
                 read_only: Some(true),
+                serializable: Some(false),
             },
         ),
         ("commit", TxEffect::Commit),
@@ -37,21 +46,29 @@ fn transaction_effects() {
             "set transaction read only",
             TxEffect::SetTransaction {
                 read_only: Some(true),
+                serializable: None,
             },
         ),
         (
             "set transaction isolation level serializable",
-            TxEffect::SetTransaction { read_only: None },
+            TxEffect::SetTransaction {
+                read_only: None,
+                serializable: Some(true),
+            },
         ),
         (
             "set session characteristics as transaction read write",
             TxEffect::SetSessionCharacteristics {
                 read_only: Some(false),
+                serializable: None,
             },
         ),
         (
             "begin; insert into t values (1)",
-            TxEffect::Begin { read_only: None },
+            TxEffect::Begin {
+                read_only: None,
+                serializable: None,
+            },
         ),
         ("insert into t values (1); commit", TxEffect::Commit),
         ("select 1", TxEffect::None),

@@ -27,6 +27,8 @@ pub(crate) struct StmtClass {
     pub unpin: Option<Unpin>,
     /// Has literal-dependent session effects (SET, RESET, set_config).
     pub session: bool,
+    /// Runs code whose effects on the session the text does not show.
+    pub opaque: bool,
     pub read: BTreeSet<String>,
     pub written: BTreeSet<String>,
 }
@@ -40,6 +42,7 @@ impl StmtClass {
             pin: None,
             unpin: None,
             session: false,
+            opaque: false,
             read: BTreeSet::new(),
             written: BTreeSet::new(),
         }
@@ -64,6 +67,7 @@ pub(crate) fn classify_statement(text: &str, functions: &FunctionPolicy) -> Stmt
             parts.fold(first, |mut acc, part| {
                 acc.route = Route::Write;
                 acc.reason = Reason::MultiStatementWrite;
+                acc.opaque |= part.opaque;
                 acc.read.extend(part.read);
                 acc.written.extend(part.written);
                 acc
@@ -144,6 +148,7 @@ fn classify_ast(stmt: &Statement, functions: &FunctionPolicy) -> StmtClass {
         if analyze {
             return classify_ast(statement, functions);
         }
+        // Plain EXPLAIN runs nothing.
         let mut class = StmtClass::new(Route::Read, Reason::Read);
         class.read.extend(facts.read.union(&facts.written).cloned());
         return class;
@@ -152,6 +157,10 @@ fn classify_ast(stmt: &Statement, functions: &FunctionPolicy) -> StmtClass {
     class.pin = class.pin.or(facts.pin);
     class.unpin = class.unpin.or(facts.unpin.clone());
     class.session |= facts.set_config;
+    // A procedure, a prepared statement's body, or a user function may
+    // change the session where the text does not say.
+    class.opaque |=
+        facts.opaque_call || matches!(stmt, Statement::Call(_) | Statement::Execute { .. });
     if class.reason == Reason::Ddl {
         class
             .written

@@ -135,6 +135,13 @@ pub(crate) fn classify(text: &str) -> StmtClass {
         _ => {}
     }
     scan_calls(&tokens, text, &mut class);
+    // Text the parser could not read may run anything: only statements
+    // recognised above as changing nothing but what they spell out are not
+    // opaque.
+    class.opaque = !matches!(
+        class.reason,
+        Reason::TransactionControl | Reason::SessionState | Reason::ProxySetting
+    );
     class
 }
 

@@ -181,6 +181,7 @@ impl Classifier {
         let mut info = combine(parts);
         if unparsed || normalized.unterminated {
             info.route = Route::Write;
+            info.opaque = true;
             info.reason = if too_large {
                 Reason::TooLarge
             } else if too_deep {
@@ -206,6 +207,7 @@ fn combine(parts: Vec<StmtClass>) -> StatementInfo {
     let mut tx = TxEffect::None;
     let (mut pin, mut unpin) = (None, None);
     let mut has_session_changes = false;
+    let mut opaque = false;
     let mut parse_error = false;
     let (mut read, mut written) = (BTreeSet::new(), BTreeSet::new());
     for part in parts {
@@ -222,6 +224,7 @@ fn combine(parts: Vec<StmtClass>) -> StatementInfo {
             unpin = part.unpin;
         }
         has_session_changes |= part.session;
+        opaque |= part.opaque;
         read.extend(part.read);
         written.extend(part.written);
     }
@@ -249,6 +252,7 @@ fn combine(parts: Vec<StmtClass>) -> StatementInfo {
         unpin,
         statement_count: count,
         has_session_changes,
+        opaque,
     }
 }
 

@@ -276,6 +276,12 @@ pub struct StatementInfo {
     /// Whether the statement has literal-dependent session effects that
     /// [`super::Classified::session`] recomputes from the text each time.
     pub has_session_changes: bool,
+    /// It runs code that may change the session where its text does not
+    /// say: DO, CALL, EXECUTE, a function that is not a known built-in,
+    /// or anything the parser could not read. The proxy then reads the
+    /// session's settings back from the server before another client may
+    /// use it.
+    pub opaque: bool,
 }
 
 /// The result of [`super::Classifier::classify`].

@@ -388,3 +388,44 @@ fn tables_read_and_written() {
         assert_eq!((r, w), (to_vec(read), to_vec(written)), "{sql:?}");
     }
 }
+
+/// Opaque: code that may change the session where the text does not say.
+/// Built-ins the allow-list knows are not, so plain reads and writes cost
+/// the proxy nothing more.
+#[test]
+fn opaque_statements_are_those_running_user_code() {
+    for sql in [
+        "select now()",
+        "select count(*), max(id) from t where id = 1",
+        "select to_char(now(), 'YYYY'), json_build_object('a', 1)",
+        "select pg_catalog.now()",
+        "insert into t values (1)",
+        "update t set v = lower(v) where id = $1",
+        "set search_path = x",
+        "select set_config('a.b', 'c', false)",
+        "select nextval('s')",
+        "select pg_advisory_lock(1)",
+        "begin",
+        "commit",
+        "explain select my_func()",
+        "",
+    ] {
+        assert!(!classify(sql).info.opaque, "{sql:?} is not opaque");
+    }
+    for sql in [
+        "do $$ begin perform set_config('search_path', 's1', false); end $$",
+        "DO LANGUAGE plpgsql $$ begin end $$",
+        "call set_path_proc('s1')",
+        "select my_func()",
+        "select app.safe_fn()",
+        "select audit_read()",
+        "select * from my_srf(1)",
+        "insert into t values (f())",
+        "select 1; select f()",
+        "execute stmt(1)",
+        "explain analyze select my_func()",
+        "select from where",
+    ] {
+        assert!(classify(sql).info.opaque, "{sql:?} is opaque");
+    }
+}

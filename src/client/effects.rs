@@ -106,10 +106,29 @@ pub fn param_changes(changes: &[SessionChange]) -> Option<Vec<ParamChange>> {
     Some(out)
 }
 
+/// The custom settings (`my.var`) a statement sets or resets, even
+/// locally: each is defined in the session once it ran.
+pub fn defined_names(changes: &[SessionChange]) -> Vec<Box<str>> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            SessionChange::Set { name, .. }
+            | SessionChange::SetConfig { name, .. }
+            | SessionChange::Reset { name, .. }
+            | SessionChange::Untracked { name: Some(name) } => Some(name.as_str()),
+            _ => None,
+        })
+        .filter(|name| super::params::is_custom(name))
+        .map(Box::from)
+        .collect()
+}
+
 /// A request's effects, waiting for its completion.
 #[derive(Debug, Default)]
 pub struct Effect {
     pub changes: Vec<ParamChange>,
+    /// Custom settings it defines (see [`defined_names`]).
+    pub defines: Vec<Box<str>>,
     /// `pgsidecar.route` once it has run (the proxy's own setting, which
     /// the server only stands in for).
     pub route: Option<RouteSetting>,
@@ -121,6 +140,7 @@ pub struct Effect {
 impl Effect {
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
+            && self.defines.is_empty()
             && self.route.is_none()
             && self.unpin.is_none()
             && self.observed.is_none()

@@ -13,6 +13,7 @@ use super::error_names;
 use super::expect::{Audience, Disposition, Event, Expectations, Request, Synthetic};
 use super::params::ParamChange;
 use super::prepared::{self, Statement};
+use super::readback::{self, Readback};
 use super::registry::ClientInfo;
 use super::relay::{ClientStep, Flow, Outbox, ServerStep};
 use super::route_setting;
@@ -71,6 +72,10 @@ pub struct HoldState {
     /// The server sent its client a FATAL error (it is terminating): when
     /// the connection then closes, the client has its one error already.
     pub server_fatal: bool,
+    /// Something opaque ran (see [`readback`]): the session is read back
+    /// before the server may be released.
+    opaque: bool,
+    readback: Readback,
 }
 
 /// Where the recording of a batch stands.
@@ -136,6 +141,8 @@ impl HoldState {
             executed: false,
             stale_server: false,
             server_fatal: false,
+            opaque: false,
+            readback: Readback::default(),
             query_timed_out: None,
         }
     }
@@ -145,6 +152,11 @@ impl HoldState {
 const KEPT_FRAMES: usize = 4096;
 
 impl HoldState {
+    /// Something opaque ran that the proxy has not read back yet.
+    pub fn unread_opaque(&self) -> bool {
+        self.opaque
+    }
+
     /// Drops what this hold recorded, keeping the lists' capacity.
     pub fn empty(&mut self) {
         self.pending.clear();
@@ -233,6 +245,7 @@ impl SessionFlow<'_> {
         if let Some(pin) = info.pin {
             self.client.pins.add(pin);
         }
+        self.hold.opaque |= info.opaque;
         let changes = match effects::param_changes(session) {
             Some(c) => c,
             None => {
@@ -243,6 +256,7 @@ impl SessionFlow<'_> {
         };
         Effect {
             changes,
+            defines: effects::defined_names(session),
             route: route_setting::after(session),
             unpin: info.unpin.clone(),
             observed: Some(Observed {
@@ -468,6 +482,9 @@ impl SessionFlow<'_> {
     /// A request with effects completed successfully.
     fn apply(&mut self, effect: Effect, status: u8) {
         let in_transaction = status != b'I';
+        for name in &effect.defines {
+            self.client.params.define(name);
+        }
         for change in effect.changes {
             if matches!(change, ParamChange::Reset(_) | ParamChange::ResetAll) {
                 self.hold.params_diverged = true;
@@ -500,6 +517,26 @@ impl SessionFlow<'_> {
         }
     }
 
+    /// The readback completed: the client adopts the session it found,
+    /// which is also the server's (what the client sent meanwhile runs in
+    /// it). Custom settings the readback cannot list may linger on the
+    /// server: its settings count as unknown, so the next sync starts with
+    /// a reset.
+    fn adopt_readback(&mut self) {
+        self.server.params.mark_unknown();
+        self.hold.params_diverged = true;
+        let Some(found) = self.hold.readback.finish(&self.pool.key.user) else {
+            // Its state is unknown: closed at release, not reused.
+            tracing::warn!("reading the session back failed: the server connection will be closed");
+            self.hold.stale_server = true;
+            return;
+        };
+        self.client.params.adopt(found.settings);
+        for pin in found.pins {
+            self.client.pins.add(pin);
+        }
+    }
+
     fn on_event(&mut self, event: &Event, status: u8) {
         match *event {
             Event::Failed {
@@ -524,6 +561,14 @@ impl SessionFlow<'_> {
                 request: Request::Query,
                 token: SYNC_TOKEN,
             } => self.server.params.mark_unknown(),
+            Event::Failed {
+                request: Request::Query,
+                token: readback::TOKEN,
+            } => self.hold.readback.fail(),
+            Event::Done {
+                request: Request::Query,
+                token: readback::TOKEN,
+            } => self.adopt_readback(),
             Event::Done { token, .. } => {
                 if let Some(mut effect) = self.hold.pending.take(token) {
                     if let Some(o) = effect.observed.take() {
@@ -584,7 +629,9 @@ impl SessionFlow<'_> {
             fe::DESCRIBE => self.on_describe(frame, to_server, token)?,
             fe::CLOSE => self.on_close(frame, to_server, to_client)?,
             fe::FUNCTION_CALL => {
+                // A function by OID: anything at all.
                 self.hold.wrote = true;
+                self.hold.opaque = true;
                 self.send(to_server, frame, Some(Request::FunctionCall), 0);
             }
             _ => self.send(to_server, frame, Request::of_frontend(tag, 0), 0),
@@ -888,6 +935,9 @@ impl Flow for SessionFlow<'_> {
             }
             _ => {}
         }
+        if tag == b'D' && self.expect.head_token() == Some(readback::TOKEN) {
+            self.hold.readback.row(frame);
+        }
         let matched = self.expect.received(tag, status);
         for event in &matched.events {
             self.on_event(event, status);
@@ -936,6 +986,17 @@ impl Flow for SessionFlow<'_> {
         }
         for reply in &matched.replies {
             then.push(reply.bytes(self.expect.status()));
+        }
+        if matched.ready && self.may_release() && self.hold.opaque {
+            // Not yet: first read back what the opaque code did.
+            self.hold.opaque = false;
+            frame::put_query(to_server, &readback::query(&self.client.params));
+            self.expect.sent(
+                fe::QUERY,
+                Some(Request::Query),
+                Audience::Proxy,
+                readback::TOKEN,
+            );
         }
         if matched.ready && self.may_release() {
             ServerStep::Release(forward)

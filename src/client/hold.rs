@@ -162,6 +162,7 @@ async fn acquire_inner(
         }
         Err(e) => return Err(e.to_wire()),
     };
+    let lease = fitting(lease, &pool, client).await?;
     let role = if replica.is_some() {
         Role::Replica
     } else {
@@ -189,6 +190,27 @@ async fn acquire_inner(
     held._replica = replica;
     bring_up_to_date(&mut held, client);
     Ok(held)
+}
+
+/// `lease`, or another server of `pool` if it has a custom setting defined
+/// that this client never defined: Postgres cannot undefine one, and the
+/// client would see '' where its own session has NULL. Such a server is
+/// closed; after as many tries as the pool has servers, one is used anyway.
+async fn fitting(
+    mut lease: Lease,
+    pool: &ServerPool,
+    client: &ClientState,
+) -> Result<Lease, WireError> {
+    for _ in 0..=pool.size {
+        if lease.state.params.fits(&client.params) {
+            return Ok(lease);
+        }
+        tracing::debug!(server = %lease.addr, "closing a server with custom settings this client never set");
+        lease.mark_broken();
+        drop(lease);
+        lease = pool.checkout().await.map_err(|e| e.to_wire())?;
+    }
+    Ok(lease)
 }
 
 /// Queues, ahead of the client's request, what makes the server match the
@@ -246,6 +268,9 @@ fn remember_params(held: &mut Held, client: &ClientState) {
 /// reaches the next client.
 pub async fn leave(mut held: Held, client: &ClientState, mode: PoolMode) {
     remember_params(&mut held, client);
+    // Code the proxy could not see into may have left anything: cleaned
+    // as thoroughly as a pinned session's.
+    let opaque = held.hold.unread_opaque();
     let Held {
         mut lease, expect, ..
     } = held;
@@ -262,7 +287,7 @@ pub async fn leave(mut held: Held, client: &ClientState, mode: PoolMode) {
         lease.mark_broken();
         return;
     }
-    let pinned = client.pins.is_pinned();
+    let pinned = client.pins.is_pinned() || opaque;
     let script = match (expect.status(), mode == PoolMode::Session || pinned) {
         (b'I', false) => return,
         (b'I', true) => "DISCARD ALL",

@@ -16,6 +16,7 @@ mod listener;
 mod login;
 pub mod params;
 pub mod prepared;
+mod readback;
 pub mod registry;
 mod relay;
 mod route;

@@ -5,7 +5,7 @@
 //! string (startup packet, set_config) re-applied with set_config, since for
 //! list parameters such as search_path the two mean different things.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 /// A parameter value as it must be re-applied.
@@ -43,6 +43,12 @@ pub struct ClientParams {
     /// Changes made inside the open transaction block: they take effect at
     /// COMMIT and vanish at ROLLBACK, as on the server.
     pending: Vec<ParamChange>,
+    /// Custom settings (`my.var`) this client has defined. Postgres keeps
+    /// a custom setting defined in a session once anything set or reset
+    /// it: `current_setting('my.var', true)` is then '' rather than NULL.
+    /// Servers are matched to clients on this too (see
+    /// [`ServerParamsState::fits`]).
+    defined: BTreeSet<Box<str>>,
     hash: u64,
     /// `default_transaction_isolation` is serializable (kept with the
     /// hash: routing asks for every request).
@@ -55,17 +61,24 @@ impl Default for ClientParams {
     }
 }
 
-fn hash_of(params: &BTreeMap<Box<str>, ParamValue>) -> u64 {
+fn hash_of(params: &BTreeMap<Box<str>, ParamValue>, defined: &BTreeSet<Box<str>>) -> u64 {
     let mut h = DefaultHasher::new();
     params.hash(&mut h);
+    defined.hash(&mut h);
     h.finish()
+}
+
+/// A custom setting's name (`my.var`): one Postgres makes a placeholder
+/// for. The proxy's own `pgsidecar.*` never reaches a server as a client's.
+pub fn is_custom(name: &str) -> bool {
+    name.contains('.') && !name.starts_with("pgsidecar.")
 }
 
 impl ClientParams {
     /// From the StartupMessage: every parameter except user/database, plus
     /// the `-c name=value` settings inside `options`.
     pub fn from_startup(params: &[(String, String)]) -> Self {
-        let mut startup = BTreeMap::new();
+        let mut startup: BTreeMap<Box<str>, ParamValue> = BTreeMap::new();
         for (k, v) in params {
             if k == "options" {
                 for (name, value) in parse_options(v) {
@@ -75,10 +88,12 @@ impl ClientParams {
                 startup.insert(k.to_lowercase().into(), ParamValue::Raw(v.as_str().into()));
             }
         }
+        let defined = startup.keys().filter(|n| is_custom(n)).cloned().collect();
         let mut p = ClientParams {
             current: startup.clone(),
             startup,
             pending: Vec::new(),
+            defined,
             hash: 0,
             serializable: false,
         };
@@ -101,6 +116,25 @@ impl ClientParams {
             Some(ParamValue::Raw(v)) => Some(v),
             _ => None,
         }
+    }
+
+    /// A statement that set or reset custom setting `name` (even SET
+    /// LOCAL, even in a block that rolls back) completed: the session has
+    /// it defined from now on.
+    pub fn define(&mut self, name: &str) {
+        if is_custom(name) && !self.defined.contains(name) {
+            self.defined.insert(name.into());
+            self.rehash();
+        }
+    }
+
+    /// Replaces the current settings with what the server reported
+    /// (after code the proxy could not see into changed them).
+    pub fn adopt(&mut self, current: BTreeMap<Box<str>, ParamValue>) {
+        self.defined
+            .extend(current.keys().filter(|n| is_custom(n)).cloned());
+        self.current = current;
+        self.rehash();
     }
 
     /// Applies a change that ran successfully, now or at COMMIT.
@@ -176,7 +210,7 @@ impl ClientParams {
     }
 
     fn rehash(&mut self) {
-        self.hash = hash_of(&self.current);
+        self.hash = hash_of(&self.current, &self.defined);
         self.serializable = self
             .current
             .get("default_transaction_isolation")
@@ -192,6 +226,8 @@ impl ClientParams {
 #[derive(Clone, Debug)]
 pub struct ServerParamsState {
     params: BTreeMap<Box<str>, ParamValue>,
+    /// Custom settings defined on it (no RESET or DISCARD undefines one).
+    defined: BTreeSet<Box<str>>,
     hash: u64,
     /// A sync failed half-way: the server's settings are not known.
     unknown: bool,
@@ -201,7 +237,8 @@ impl Default for ServerParamsState {
     fn default() -> Self {
         ServerParamsState {
             params: BTreeMap::new(),
-            hash: hash_of(&BTreeMap::new()),
+            defined: BTreeSet::new(),
+            hash: hash_of(&BTreeMap::new(), &BTreeSet::new()),
             unknown: false,
         }
     }
@@ -212,11 +249,19 @@ impl ServerParamsState {
         !self.unknown && self.hash == client.hash
     }
 
+    /// Whether the server can be made to look like the client's own
+    /// session: it has no custom setting defined that the client never
+    /// defined (that client would see '' where its own session has none).
+    pub fn fits(&self, client: &ClientParams) -> bool {
+        self.defined.is_empty() || self.defined.is_subset(&client.defined)
+    }
+
     /// Records that the server now has the client's settings.
     pub fn assume(&mut self, client: &ClientParams) {
         if !self.matches(client) {
             self.params = client.current.clone();
-            self.hash = client.hash;
+            self.defined.extend(client.defined.iter().cloned());
+            self.hash = hash_of(&self.params, &self.defined);
             self.unknown = false;
         }
     }
@@ -225,9 +270,13 @@ impl ServerParamsState {
         self.unknown = true;
     }
 
-    /// The server ran DISCARD ALL / RESET ALL itself.
+    /// The server ran DISCARD ALL / RESET ALL itself: its settings are its
+    /// defaults, its custom settings still defined.
     pub fn reset(&mut self) {
+        let defined = std::mem::take(&mut self.defined);
         *self = ServerParamsState::default();
+        self.hash = hash_of(&self.params, &defined);
+        self.defined = defined;
     }
 
     /// SQL that turns this server's settings into the client's, or `None`
@@ -238,13 +287,23 @@ impl ServerParamsState {
         }
         let mut sql = String::new();
         let base = if self.unknown {
-            sql.push_str("RESET ALL;");
+            // RESET ALL leaves the role and the session user alone.
+            sql.push_str("RESET SESSION AUTHORIZATION;RESET ROLE;RESET ALL;");
             &BTreeMap::new()
         } else {
             &self.params
         };
         for name in base.keys() {
             if !client.current.contains_key(name) {
+                sql.push_str("RESET ");
+                push_name(&mut sql, name);
+                sql.push(';');
+            }
+        }
+        // Defined in the client's session, reset since: RESET defines it
+        // here too.
+        for name in client.defined.difference(&self.defined) {
+            if !client.current.contains_key(name) && !base.contains_key(name) {
                 sql.push_str("RESET ");
                 push_name(&mut sql, name);
                 sql.push(';');

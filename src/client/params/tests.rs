@@ -104,7 +104,8 @@ fn unknown_server_state_starts_from_reset_all_and_quotes_names() {
     server.mark_unknown();
     assert_eq!(
         server.sync_sql(&p).unwrap(),
-        "RESET ALL;SELECT pg_catalog.set_config('My.Weird\"Name', 'it''s', false);"
+        "RESET SESSION AUTHORIZATION;RESET ROLE;RESET ALL;\
+         SELECT pg_catalog.set_config('My.Weird\"Name', 'it''s', false);"
     );
 }
 

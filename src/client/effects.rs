@@ -78,6 +78,14 @@ impl Pins {
 pub fn param_changes(changes: &[SessionChange]) -> Option<Vec<ParamChange>> {
     let mut out = Vec::new();
     for c in changes {
+        // A custom setting set or reset, even locally, stays defined.
+        if let SessionChange::Set { name, .. }
+        | SessionChange::SetConfig { name, .. }
+        | SessionChange::Reset { name, .. } = c
+            && super::params::is_custom(name)
+        {
+            out.push(ParamChange::Define(name.as_str().into()));
+        }
         match c {
             SessionChange::Set { name, value, local } if !local => out.push(ParamChange::Set(
                 name.as_str().into(),
@@ -106,29 +114,10 @@ pub fn param_changes(changes: &[SessionChange]) -> Option<Vec<ParamChange>> {
     Some(out)
 }
 
-/// The custom settings (`my.var`) a statement sets or resets, even
-/// locally: each is defined in the session once it ran.
-pub fn defined_names(changes: &[SessionChange]) -> Vec<Box<str>> {
-    changes
-        .iter()
-        .filter_map(|c| match c {
-            SessionChange::Set { name, .. }
-            | SessionChange::SetConfig { name, .. }
-            | SessionChange::Reset { name, .. }
-            | SessionChange::Untracked { name: Some(name) } => Some(name.as_str()),
-            _ => None,
-        })
-        .filter(|name| super::params::is_custom(name))
-        .map(Box::from)
-        .collect()
-}
-
 /// A request's effects, waiting for its completion.
 #[derive(Debug, Default)]
 pub struct Effect {
     pub changes: Vec<ParamChange>,
-    /// Custom settings it defines (see [`defined_names`]).
-    pub defines: Vec<Box<str>>,
     /// `pgsidecar.route` once it has run (the proxy's own setting, which
     /// the server only stands in for).
     pub route: Option<RouteSetting>,
@@ -140,7 +129,6 @@ pub struct Effect {
 impl Effect {
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
-            && self.defines.is_empty()
             && self.route.is_none()
             && self.unpin.is_none()
             && self.observed.is_none()
@@ -231,6 +219,15 @@ mod tests {
             local: true,
         };
         assert_eq!(param_changes(&[local]), Some(vec![]));
+        let custom = SessionChange::Set {
+            name: "my.var".into(),
+            value: "1".into(),
+            local: true,
+        };
+        assert_eq!(
+            param_changes(&[custom]),
+            Some(vec![ParamChange::Define("my.var".into())])
+        );
         let untracked = SessionChange::Untracked { name: None };
         assert_eq!(param_changes(&[untracked]), None);
     }

@@ -75,7 +75,9 @@ pub struct HoldState {
     /// Something opaque ran (see [`readback`]): the session is read back
     /// before the server may be released.
     opaque: bool,
-    readback: Readback,
+    /// The readback's rows while it runs. Boxed: rare, and this struct
+    /// moves with every server a client takes.
+    readback: Option<Box<Readback>>,
 }
 
 /// Where the recording of a batch stands.
@@ -142,7 +144,7 @@ impl HoldState {
             stale_server: false,
             server_fatal: false,
             opaque: false,
-            readback: Readback::default(),
+            readback: None,
             query_timed_out: None,
         }
     }
@@ -256,7 +258,6 @@ impl SessionFlow<'_> {
         };
         Effect {
             changes,
-            defines: effects::defined_names(session),
             route: route_setting::after(session),
             unpin: info.unpin.clone(),
             observed: Some(Observed {
@@ -482,9 +483,6 @@ impl SessionFlow<'_> {
     /// A request with effects completed successfully.
     fn apply(&mut self, effect: Effect, status: u8) {
         let in_transaction = status != b'I';
-        for name in &effect.defines {
-            self.client.params.define(name);
-        }
         for change in effect.changes {
             if matches!(change, ParamChange::Reset(_) | ParamChange::ResetAll) {
                 self.hold.params_diverged = true;
@@ -525,7 +523,8 @@ impl SessionFlow<'_> {
     fn adopt_readback(&mut self) {
         self.server.params.mark_unknown();
         self.hold.params_diverged = true;
-        let Some(found) = self.hold.readback.finish(&self.pool.key.user) else {
+        let mut rows = self.hold.readback.take().unwrap_or_default();
+        let Some(found) = rows.finish(&self.pool.key.user) else {
             // Its state is unknown: closed at release, not reused.
             tracing::warn!("reading the session back failed: the server connection will be closed");
             self.hold.stale_server = true;
@@ -564,7 +563,7 @@ impl SessionFlow<'_> {
             Event::Failed {
                 request: Request::Query,
                 token: readback::TOKEN,
-            } => self.hold.readback.fail(),
+            } => self.hold.readback.get_or_insert_default().fail(),
             Event::Done {
                 request: Request::Query,
                 token: readback::TOKEN,
@@ -936,15 +935,15 @@ impl Flow for SessionFlow<'_> {
             _ => {}
         }
         if tag == b'D' && self.expect.head_token() == Some(readback::TOKEN) {
-            self.hold.readback.row(frame);
+            self.hold.readback.get_or_insert_default().row(frame);
         }
         let matched = self.expect.received(tag, status);
         for event in &matched.events {
             self.on_event(event, status);
         }
         let mut forward = matched.disposition != Some(Disposition::Drop);
-        if forward
-            && tag == be::ERROR_RESPONSE
+        if tag == be::ERROR_RESPONSE
+            && forward
             && crate::protocol::error::parse_error_fields(frame).0 == Some("FATAL")
         {
             self.hold.server_fatal = true;
@@ -964,7 +963,7 @@ impl Flow for SessionFlow<'_> {
                     .to_bytes()
                     .freeze(),
             )
-        } else if forward && tag == be::ERROR_RESPONSE && error_names::mentions_shared(frame) {
+        } else if tag == be::ERROR_RESPONSE && forward && error_names::mentions_shared(frame) {
             // It names a shared statement: name the client's instead.
             let statements = &self.client.statements;
             let renamed = error_names::rewrite(frame, |id| statements.client_name(id));
@@ -987,7 +986,7 @@ impl Flow for SessionFlow<'_> {
         for reply in &matched.replies {
             then.push(reply.bytes(self.expect.status()));
         }
-        if matched.ready && self.may_release() && self.hold.opaque {
+        if self.hold.opaque && matched.ready && self.may_release() {
             // Not yet: first read back what the opaque code did.
             self.hold.opaque = false;
             frame::put_query(to_server, &readback::query(&self.client.params));
@@ -1014,21 +1013,44 @@ impl Flow for SessionFlow<'_> {
 /// StartupMessage) has no type byte, so its length's first byte (0) would
 /// otherwise be read as one and the rest of its length as a message length
 /// to wait for.
+#[inline]
 pub fn check_frontend_tag(tag: u8) -> Result<(), WireError> {
+    if FRONTEND_TAGS[tag as usize] {
+        return Ok(());
+    }
+    refuse_frontend_tag(tag)
+}
+
+/// The message types a client may send after login, by type byte (a table:
+/// this runs for every message).
+const FRONTEND_TAGS: [bool; 256] = {
+    let mut table = [false; 256];
+    let tags = [
+        fe::QUERY,
+        fe::PARSE,
+        fe::BIND,
+        fe::DESCRIBE,
+        fe::EXECUTE,
+        fe::CLOSE,
+        fe::SYNC,
+        fe::FLUSH,
+        fe::FUNCTION_CALL,
+        fe::TERMINATE,
+        fe::COPY_DATA,
+        fe::COPY_DONE,
+        fe::COPY_FAIL,
+    ];
+    let mut i = 0;
+    while i < tags.len() {
+        table[tags[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
+#[cold]
+fn refuse_frontend_tag(tag: u8) -> Result<(), WireError> {
     match tag {
-        fe::QUERY
-        | fe::PARSE
-        | fe::BIND
-        | fe::DESCRIBE
-        | fe::EXECUTE
-        | fe::CLOSE
-        | fe::SYNC
-        | fe::FLUSH
-        | fe::FUNCTION_CALL
-        | fe::TERMINATE
-        | fe::COPY_DATA
-        | fe::COPY_DONE
-        | fe::COPY_FAIL => Ok(()),
         0 => Err(WireError::from(ProtocolError::Unexpected {
             tag: 0,
             when: "after login",

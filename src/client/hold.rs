@@ -162,7 +162,13 @@ async fn acquire_inner(
         }
         Err(e) => return Err(e.to_wire()),
     };
-    let lease = fitting(lease, &pool, client).await?;
+    let lease = if lease.state.params.fits(&client.params) {
+        lease
+    } else {
+        // Boxed: rare, and its state (another checkout) would otherwise
+        // grow every acquisition's.
+        Box::pin(refit(lease, &pool, client)).await?
+    };
     let role = if replica.is_some() {
         Role::Replica
     } else {
@@ -192,11 +198,12 @@ async fn acquire_inner(
     Ok(held)
 }
 
-/// `lease`, or another server of `pool` if it has a custom setting defined
-/// that this client never defined: Postgres cannot undefine one, and the
-/// client would see '' where its own session has NULL. Such a server is
-/// closed; after as many tries as the pool has servers, one is used anyway.
-async fn fitting(
+/// Another server of `pool` for a client that `lease` does not fit: one
+/// with a custom setting defined that this client never defined (Postgres
+/// cannot undefine one, and the client would see '' where its own session
+/// has NULL). Such servers are closed; after as many tries as the pool has
+/// servers, one is used anyway.
+async fn refit(
     mut lease: Lease,
     pool: &ServerPool,
     client: &ClientState,

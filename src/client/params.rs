@@ -30,6 +30,9 @@ pub enum ParamChange {
     Savepoint(Box<str>),
     ReleaseSavepoint(Box<str>),
     RollbackToSavepoint(Box<str>),
+    /// A custom setting was set or reset (even locally, even in a block
+    /// that rolls back): it stays defined in the session.
+    Define(Box<str>),
 }
 
 /// Startup parameters that are not session settings.
@@ -139,6 +142,10 @@ impl ClientParams {
 
     /// Applies a change that ran successfully, now or at COMMIT.
     pub fn apply(&mut self, change: ParamChange, in_transaction: bool) {
+        if let ParamChange::Define(name) = &change {
+            self.define(name);
+            return;
+        }
         if in_transaction {
             self.pend(change);
             return;
@@ -159,7 +166,8 @@ impl ClientParams {
             // Outside a block the string that made them resolved them.
             ParamChange::Savepoint(_)
             | ParamChange::ReleaseSavepoint(_)
-            | ParamChange::RollbackToSavepoint(_) => return,
+            | ParamChange::RollbackToSavepoint(_)
+            | ParamChange::Define(_) => return,
         }
         self.rehash();
     }

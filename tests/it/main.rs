@@ -17,6 +17,7 @@ mod drivers_pgbench;
 mod drivers_pinning;
 mod drivers_protocol;
 mod drivers_sqlx;
+mod drivers_suites;
 mod drivers_tokio_postgres;
 mod failures;
 mod fuzz_corpus;

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::env::{self, EnvError, Environment};
+use super::locate::Location;
 use super::schema::Config;
 use super::sources::Sources;
 use super::types::{ClientAuth, Secret};
@@ -18,28 +19,87 @@ const MAX_WORKER_THREADS: u32 = 1024;
 /// (or line) so the operator knows what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {}: {source}", .path.display())]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}:{line}:{column}: {message}\n    {line_text}")]
+    #[error("{}: {message}{}", At(.path, Some(.location)), Excerpt(Some(.location)))]
     Parse {
         path: PathBuf,
-        line: usize,
-        column: usize,
+        location: Location,
         message: String,
-        line_text: String,
     },
-    #[error("{path}: invalid `{key}`: {message}")]
+    /// A value the checks after parsing refused (or a file it names that
+    /// cannot be used); `location` is where the file sets `key`, if it does.
+    #[error(
+        "{}: invalid `{key}`: {message}{}",
+        At(.path, .location.as_ref()),
+        Excerpt(.location.as_ref())
+    )]
     Invalid {
         path: PathBuf,
         key: String,
         message: String,
+        location: Option<Location>,
+    },
+    /// Neither the file nor `PGSIDECAR_CLUSTER_PRIMARY` names the primary,
+    /// the one key without a default.
+    #[error(
+        "{}: `[cluster] primary` is required (the primary's host:port, or \
+         PGSIDECAR_CLUSTER_PRIMARY in the environment), e.g.\n    \
+         [cluster]\n    primary = \"127.0.0.1:5432\"",
+        At(.path, .location.as_ref())
+    )]
+    MissingPrimary {
+        path: PathBuf,
+        /// The file's `[cluster]` table, when it has one.
+        location: Option<Location>,
     },
     #[error(transparent)]
     Env(#[from] EnvError),
+}
+
+impl ConfigError {
+    /// A problem with the value of `key` found after loading (a certificate
+    /// file that cannot be read): names the file, and the key's line if the
+    /// file sets it.
+    pub fn invalid_key(path: &Path, key: &str, message: impl Into<String>) -> ConfigError {
+        let location = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| Location::of_key(&text, key));
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message: message.into(),
+            location,
+        }
+    }
+}
+
+/// `path`, or `path:line:column` when the place is known.
+struct At<'a>(&'a Path, Option<&'a Location>);
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1 {
+            Some(l) => write!(f, "{}:{}:{}", self.0.display(), l.line, l.column),
+            None => write!(f, "{}", self.0.display()),
+        }
+    }
+}
+
+/// The offending line under the message, when the place is known.
+struct Excerpt<'a>(Option<&'a Location>);
+
+impl std::fmt::Display for Excerpt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(l) if !l.line_text.trim().is_empty() => write!(f, "\n    {}", l.line_text),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Config {
@@ -71,27 +131,33 @@ impl Config {
         path: &Path,
         env: &Environment,
     ) -> Result<(Config, Sources), ConfigError> {
-        let parse_error = |e: toml::de::Error| {
-            let (line, column, line_text) = match e.span() {
-                Some(span) => locate(text, span.start),
-                None => (0, 0, String::new()),
-            };
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: e.message().trim().to_string(),
-                line_text,
-            }
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            location: Location::of_offset(text, e.span().map_or(0, |s| s.start)),
+            message: e.message().trim().to_string(),
         };
         let file: toml::Table = toml::from_str(text).map_err(parse_error)?;
         let mut merged = file.clone();
         let applied = env::apply(&mut merged, env)?;
+        // serde would say "missing field `cluster`": say which key is
+        // missing and what it wants instead.
+        let missing_primary = |e: &toml::de::Error| {
+            (e.message().starts_with("missing field") && !has_primary(&merged)).then(|| {
+                ConfigError::MissingPrimary {
+                    path: path.to_path_buf(),
+                    location: Location::of_key(text, "cluster"),
+                }
+            })
+        };
         let mut config: Config = if applied.is_empty() {
             // Straight from the text, so every error carries its line.
-            toml::from_str(text).map_err(parse_error)?
+            toml::from_str(text)
+                .map_err(|e| missing_primary(&e).unwrap_or_else(|| parse_error(e)))?
         } else {
-            merged.try_into().map_err(|e: toml::de::Error| {
+            merged.clone().try_into().map_err(|e: toml::de::Error| {
+                if let Some(missing) = missing_primary(&e) {
+                    return missing;
+                }
                 // The file's own mistakes still get their line; what is
                 // left is how the overrides combine with it.
                 match toml::from_str::<Config>(text) {
@@ -111,13 +177,19 @@ impl Config {
         config
             .resolve_and_validate()
             .map_err(|(key, mut message)| {
-                if let Some(var) = sources.var_for(&key) {
-                    message.push_str(&format!(" (set by environment variable {var})"));
-                }
+                // A value from the environment is not on any line of the file.
+                let location = match sources.var_for(&key) {
+                    Some(var) => {
+                        message.push_str(&format!(" (set by environment variable {var})"));
+                        None
+                    }
+                    None => Location::of_key(text, &key),
+                };
                 ConfigError::Invalid {
                     path: path.to_path_buf(),
                     key,
                     message,
+                    location,
                 }
             })?;
         Ok((config, sources))
@@ -328,13 +400,10 @@ impl Config {
     }
 }
 
-/// 1-based line and column of a byte offset, plus the line's text.
-fn locate(text: &str, offset: usize) -> (usize, usize, String) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |p| p + 1);
-    let column = before[line_start..].chars().count() + 1;
-    let line_text = text[line_start..].lines().next().unwrap_or("").to_string();
-    (line, column, line_text)
+/// The (merged) table names the primary.
+fn has_primary(table: &toml::Table) -> bool {
+    table
+        .get("cluster")
+        .and_then(toml::Value::as_table)
+        .is_some_and(|cluster| cluster.contains_key("primary"))
 }

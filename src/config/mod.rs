@@ -4,6 +4,7 @@
 
 mod env;
 mod load;
+mod locate;
 mod schema;
 mod sources;
 mod types;
@@ -14,6 +15,7 @@ use arc_swap::ArcSwap;
 
 pub use env::{EnvError, Environment};
 pub use load::ConfigError;
+pub use locate::Location;
 pub use schema::{
     AdminConfig, AuthConfig, BudgetsConfig, ClusterConfig, Config, HttpConfig, ObservabilityConfig,
     PoolConfig, ProxyConfig, RoutingConfig, UserConfig,

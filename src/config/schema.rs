@@ -1,5 +1,7 @@
 //! The TOML schema: one struct per section, every field with its default.
-//! Field names are the contract's config keys (see DESIGN.md).
+//! Field names are the config keys users rely on: each one is documented,
+//! with its default, in `conf/pgsidecar.toml` (see docs/architecture.md,
+//! "How to add a config key").
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,7 +49,7 @@ pub struct ProxyConfig {
     /// default): one runtime worker per core. 1: a single-threaded runtime,
     /// which hands connections between sessions without cross-thread
     /// wake-ups: a little faster with tens of clients on shared cores, a
-    /// little slower with hundreds (README, Benchmarks). N: N workers.
+    /// little slower with hundreds (docs/benchmarks.md). N: N workers.
     pub worker_threads: u32,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,

@@ -34,7 +34,14 @@ impl Shared {
     fn reload_from(&self, path: &Path) -> Result<(), ReloadError> {
         let applied = Config::load(path)
             .map_err(ReloadError::from)
-            .and_then(|config| self.apply(config));
+            .and_then(|config| self.apply(config))
+            .map_err(|e| match e {
+                // Named against the file and key that point at the file.
+                ReloadError::Tls(tls) => {
+                    ReloadError::Invalid(ConfigError::invalid_key(path, tls.key(), tls.problem()))
+                }
+                other => other,
+            });
         match applied {
             Ok(()) => {
                 tracing::info!(path = %path.display(), "config reloaded");

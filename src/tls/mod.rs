@@ -43,6 +43,28 @@ pub enum TlsError {
     },
 }
 
+impl TlsError {
+    /// The config key whose file or setting failed.
+    pub fn key(&self) -> &'static str {
+        match self {
+            TlsError::Pem { key, .. }
+            | TlsError::Empty { key, .. }
+            | TlsError::Rustls { key, .. } => key,
+        }
+    }
+
+    /// What went wrong, without the key (for an error that names it).
+    pub fn problem(&self) -> String {
+        match self {
+            TlsError::Pem {
+                what, path, reason, ..
+            } => format!("cannot read {what} from {}: {reason}", path.display()),
+            TlsError::Empty { what, path, .. } => format!("{} holds no {what}", path.display()),
+            TlsError::Rustls { source, .. } => format!("TLS setup failed: {source}"),
+        }
+    }
+}
+
 /// The crypto provider every TLS config uses: ring, to keep builds light.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

@@ -11,6 +11,7 @@ mod cli;
 mod cluster_monitor;
 mod cluster_smoke;
 mod demo;
+mod docs;
 mod drivers_external;
 mod drivers_isolation;
 mod drivers_pgbench;

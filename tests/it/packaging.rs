@@ -196,10 +196,25 @@ fn debian_metadata_names_files_that_exist() {
     );
     for asset in assets {
         let source = asset[0].as_str().unwrap();
-        if !source.starts_with("target/") {
+        if source.starts_with("target/") {
+            continue;
+        }
+        // cargo-deb expands `dir/*.ext`: it must match something.
+        if let Some((dir, ext)) = source.split_once("/*") {
+            let matched = std::fs::read_dir(repo(dir))
+                .unwrap_or_else(|e| panic!("asset {source}: {e}"))
+                .filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().ends_with(ext));
+            assert!(matched, "asset {source} matches no file");
+        } else {
             assert!(repo(source).is_file(), "asset {source} does not exist");
         }
     }
+    // The documentation ships with the package: README.md and docs/.
+    assert!(
+        targets.contains(&"usr/share/doc/pgsidecar/docs/"),
+        "{targets:?}"
+    );
     let scripts = repo(deb["maintainer-scripts"].as_str().unwrap());
     let postinst = std::fs::read_to_string(scripts.join("postinst")).unwrap();
     assert!(

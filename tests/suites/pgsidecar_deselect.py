@@ -10,6 +10,8 @@ list cannot silently drift from the suite it describes.
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -113,3 +115,29 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.section("deselected by pgsidecar's lists")
     for (source, reason), count in lists.by_reason.items():
         terminalreporter.line(f"{count:5}  {source}: {reason}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item, settings):
+    """Names a test close to its pytest-timeout limit: the thread method's
+    report shows only stacks before it ends the run."""
+    if settings.timeout and settings.timeout > 0:
+        timer = threading.Timer(
+            settings.timeout * 0.9,
+            lambda: print(f"\n{item.nodeid} still running after {settings.timeout * 0.9:.0f}s", file=sys.stderr, flush=True),
+        )
+        timer.daemon = True
+        timer.start()
+        item.stash[TIMER] = timer
+    return None  # pytest-timeout sets its own timer as well
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_cancel_timer(item):
+    timer = item.stash.get(TIMER, None)
+    if timer is not None:
+        timer.cancel()
+    return None
+
+
+TIMER = pytest.StashKey[threading.Timer]()

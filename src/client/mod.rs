@@ -21,5 +21,6 @@ mod route;
 mod route_setting;
 mod session;
 mod state;
+pub mod unix_socket;
 
-pub use listener::{accept_loop, bind};
+pub use listener::{Accept, accept_loop, bind};

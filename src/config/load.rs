@@ -14,6 +14,9 @@ use super::types::{ClientAuth, Secret};
 
 /// More session threads than this is a typo, not a tuning choice.
 const MAX_WORKER_THREADS: u32 = 1024;
+/// Longest Unix socket path Linux binds: `sun_path` is 108 bytes with the
+/// terminating NUL.
+const MAX_UNIX_SOCKET_PATH: usize = 107;
 
 /// Why a config file was refused. Every variant names the file and the key
 /// (or line) so the operator knows what to fix.
@@ -322,6 +325,7 @@ impl Config {
             ));
         }
         self.validate_tls()?;
+        self.validate_listeners()?;
         let rate = self.observability.explain_sample_rate;
         if !(0.0..=1.0).contains(&rate) {
             return Err((
@@ -351,6 +355,71 @@ impl Config {
             return Err((
                 "budgets.p95_query_time".into(),
                 "must be greater than zero".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The TCP address and the Unix socket: at least one, and a socket
+    /// path libpq can use and the kernel can bind.
+    fn validate_listeners(&mut self) -> Result<(), (String, String)> {
+        let proxy = &mut self.proxy;
+        if proxy
+            .unix_socket_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            proxy.unix_socket_dir = None;
+        }
+        if proxy.unix_socket_port == Some(0) {
+            return Err((
+                "proxy.unix_socket_port".into(),
+                "must be between 1 and 65535".into(),
+            ));
+        }
+        let Some(dir) = &proxy.unix_socket_dir else {
+            if proxy.listen.is_none() {
+                return Err((
+                    "proxy.listen".into(),
+                    "is \"\" (no TCP listener) and proxy.unix_socket_dir is not set: \
+                     no client could connect"
+                        .into(),
+                ));
+            }
+            return Ok(());
+        };
+        if !dir.is_absolute() {
+            return Err((
+                "proxy.unix_socket_dir".into(),
+                format!(
+                    "`{}` must be an absolute path (libpq takes a host starting with / \
+                     as a socket directory)",
+                    dir.display()
+                ),
+            ));
+        }
+        let tcp_port = proxy.listen.map(|a| a.port()).filter(|p| *p != 0);
+        if proxy.unix_socket_port.is_none() && proxy.listen.is_none() {
+            return Err((
+                "proxy.unix_socket_port".into(),
+                "is needed when listen = \"\": the socket is named .s.PGSQL.<port>, \
+                 and there is no TCP port to take it from"
+                    .into(),
+            ));
+        }
+        // Port 0 binds a free port: allow for the longest one.
+        let path = proxy
+            .unix_socket_path(tcp_port.or(Some(65535)))
+            .unwrap_or_default();
+        let len = path.as_os_str().len();
+        if len > MAX_UNIX_SOCKET_PATH {
+            return Err((
+                "proxy.unix_socket_dir".into(),
+                format!(
+                    "the socket path {} would be {len} bytes; Unix socket paths hold at \
+                     most {MAX_UNIX_SOCKET_PATH}: choose a shorter directory",
+                    path.display()
+                ),
             ));
         }
         Ok(())

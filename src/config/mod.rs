@@ -17,12 +17,12 @@ pub use env::{EnvError, Environment};
 pub use load::ConfigError;
 pub use locate::Location;
 pub use schema::{
-    AdminConfig, AuthConfig, BudgetsConfig, ClusterConfig, Config, HttpConfig, ObservabilityConfig,
-    PoolConfig, ProxyConfig, RoutingConfig, UserConfig,
+    AdminConfig, AuthConfig, BudgetsConfig, ClusterConfig, Config, DEFAULT_STATE_FILE, HttpConfig,
+    ObservabilityConfig, PoolConfig, ProxyConfig, RoutingConfig, StateFile, UserConfig,
 };
 pub use sources::{Source, Sources};
 pub use types::{
-    ClientAuth, ClientTlsMode, ExplainMode, LogFormat, NodeAddr, PoolMode, PoolSize,
+    ClientAuth, ClientTlsMode, ExplainMode, FileMode, LogFormat, NodeAddr, PoolMode, PoolSize,
     ReadYourWrites, Secret, ServerTlsMode,
 };
 

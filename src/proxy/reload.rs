@@ -66,8 +66,10 @@ impl Shared {
         if new.proxy.worker_threads != old.proxy.worker_threads {
             tracing::warn!("proxy.worker_threads changes only on restart");
         }
+        // The view also holds the state file's record.
         let nodes_changed = new.cluster.primary != old.cluster.primary
-            || new.cluster.replicas != old.cluster.replicas;
+            || new.cluster.replicas != old.cluster.replicas
+            || new.cluster.state_file != old.cluster.state_file;
         let passwords_changed = new.users.len() != old.users.len()
             || new.users.iter().zip(&old.users).any(|(a, b)| {
                 a.name != b.name

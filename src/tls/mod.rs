@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 pub use accept::{ClientTls, build_client_tls};
 pub use connect::{NegotiateError, ServerTls, build_server_tls};
-pub use stream::{ClientStream, ServerStream, WaitReadable, write_flush};
+pub use stream::{ClientStream, ClientTransport, ServerStream, WaitReadable, write_flush};
 
 /// A certificate, key or CA file could not be used.
 #[derive(Debug, thiserror::Error)]

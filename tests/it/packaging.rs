@@ -94,6 +94,14 @@ fn dockerfile_builds_a_small_non_root_image_whose_settings_check() {
         "{user:?}"
     );
     assert_eq!(get("EXPOSE"), ["6432 9930"]);
+    // The state file's default directory exists and belongs to the user.
+    assert!(
+        get("RUN")
+            .iter()
+            .any(|r| r.contains("chown 10001:10001 /var/lib/pgsidecar")),
+        "{:?}",
+        get("RUN")
+    );
     assert!(get("HEALTHCHECK")[0].contains("/healthz"));
     assert!(
         get("COPY")
@@ -155,9 +163,11 @@ fn systemd_unit_is_sandboxed_and_verifies() {
         "User=pgsidecar",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
+        "StateDirectory=pgsidecar",
         "ProtectHome=yes",
         "PrivateTmp=yes",
         "CapabilityBoundingSet=\n",
+        "RuntimeDirectory=pgsidecar\n",
     ] {
         assert!(unit.contains(setting), "the unit lacks {setting:?}");
     }

@@ -97,6 +97,15 @@ pub(super) fn proxy_config(
         section([
             ("primary", cluster.primary().addr().into()),
             ("replicas", toml::Value::Array(replicas)),
+            (
+                "state_file",
+                cluster
+                    .root_dir()
+                    .join("pgsidecar.state")
+                    .display()
+                    .to_string()
+                    .into(),
+            ),
         ]),
     );
     let user = section([("name", USER.into()), ("password", PASSWORD.into())]);

@@ -10,6 +10,7 @@
 //! - [`client`]: listener and the per-client session.
 //! - [`routing`]: statement classification and routing policy.
 //! - [`cluster`]: node roles, health, replication lag.
+//! - [`fleet`]: sidecars sharing one connection budget per node.
 //! - [`observe`]: metrics, slow-query log, plans, query digests, HTTP.
 //! - [`admin`]: the `pgsidecar` admin console.
 //! - [`demo`]: a throwaway local primary + replica (used by `demo` and tests).
@@ -20,6 +21,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod fleet;
 pub mod observe;
 pub mod protocol;
 pub mod proxy;

@@ -20,7 +20,7 @@ pub fn mentions_shared(frame: &[u8]) -> bool {
 /// The ErrorResponse `frame` with every quoted `"pgsidecar_<id>"` that
 /// `client_name` knows replaced by `"<client name>"`; `None` if nothing was
 /// replaced.
-pub fn rewrite<'a>(frame: &[u8], client_name: impl Fn(u64) -> Option<&'a str>) -> Option<Bytes> {
+pub fn rewrite<'a>(frame: &[u8], client_name: impl Fn(u64) -> Option<&'a [u8]>) -> Option<Bytes> {
     let body = frame::body(frame);
     let mut out = BytesMut::with_capacity(frame.len() + 64);
     out.put_u8(frame[0]);
@@ -50,7 +50,7 @@ pub fn rewrite<'a>(frame: &[u8], client_name: impl Fn(u64) -> Option<&'a str>) -
 fn put_renamed<'a>(
     out: &mut BytesMut,
     value: &[u8],
-    client_name: &impl Fn(u64) -> Option<&'a str>,
+    client_name: &impl Fn(u64) -> Option<&'a [u8]>,
 ) -> bool {
     let mut replaced = false;
     let mut at = 0;
@@ -73,7 +73,7 @@ fn put_renamed<'a>(
             Some(name) => {
                 out.put_slice(&value[at..start]);
                 out.put_u8(b'"');
-                out.put_slice(name.as_bytes());
+                out.put_slice(name);
                 out.put_u8(b'"');
                 at = close + 1;
                 replaced = true;
@@ -107,7 +107,7 @@ mod tests {
             "bind message supplies 0 parameters, but prepared statement \"pgsidecar_12\" requires 1",
         );
         assert!(mentions_shared(&frame));
-        let names = |id| (id == 12).then_some("my \"stmt\"");
+        let names = |id| (id == 12).then_some(&b"my \"stmt\""[..]);
         let out = rewrite(&frame, names).unwrap();
         let (_, code, message) = crate::protocol::error::parse_error_fields(&out);
         assert_eq!(code, Some("08P01"));
@@ -125,7 +125,7 @@ mod tests {
 
     #[test]
     fn other_text_is_left_alone() {
-        let names = |id| (id == 12).then_some("mine");
+        let names = |id| (id == 12).then_some(&b"mine"[..]);
         for text in [
             "prepared statement \"pgsidecar_13\" does not exist",
             "relation \"pgsidecar_12x\" does not exist",

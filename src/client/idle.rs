@@ -63,13 +63,16 @@ pub fn answer(
         fe::FLUSH => Ok(Idle::Answered),
         fe::PARSE => {
             let msg = prepared::parse_parse(frame)?;
-            let known = shared.statements.get(msg.after_name);
+            let known = shared.statements.get(client.params.encoding(), &msg);
             if msg.name.is_empty() || !pool.statement_ok(known.map(|s| s.id)) {
                 return Ok(Idle::NeedServer);
             }
-            client
-                .statements
-                .define(&shared.statements, &shared.classifier, &msg);
+            client.statements.define(
+                &shared.statements,
+                &shared.classifier,
+                client.params.encoding(),
+                &msg,
+            );
             out.extend_from_slice(b"1\0\0\0\x04");
             Ok(Idle::Answered)
         }
@@ -94,9 +97,11 @@ fn query(
     status: u8,
     out: &mut BytesMut,
 ) -> Result<Idle, WireError> {
-    let c = client
-        .memo
-        .classify_ref(&shared.classifier, frame::query_text(frame)?);
+    let c = client.memo.classify_ref(
+        &shared.classifier,
+        client.params.encoding(),
+        frame::query_bytes(frame)?,
+    );
     if c.info.statement_count != 1 {
         return Ok(Idle::NeedServer);
     }
@@ -152,7 +157,9 @@ fn query(
             backend::ready_for_query(out, b'I');
             return Ok(Idle::Answered);
         }
-        (_, Some(Unpin::Deallocate(name))) if client.statements.forget(name).is_some() => {
+        (_, Some(Unpin::Deallocate(name)))
+            if client.statements.forget(name.as_bytes()).is_some() =>
+        {
             "DEALLOCATE"
         }
         _ => return Ok(Idle::NeedServer),

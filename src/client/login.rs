@@ -14,7 +14,7 @@ use super::session::SessionCtx;
 use super::state::ClientState;
 use crate::protocol::backend;
 use crate::protocol::startup::StartupMessage;
-use crate::protocol::{SqlState, WireError};
+use crate::protocol::{ClientEncoding, SqlState, WireError};
 use crate::proxy::Shared;
 use crate::server::{ClientReport, PoolKey};
 
@@ -35,7 +35,7 @@ pub async fn login<S>(
     stream: &mut S,
     buf: &mut BytesMut,
     startup: StartupMessage,
-    peer: Option<std::net::SocketAddr>,
+    peer: super::registry::ClientAddr,
 ) -> Result<Option<LoggedIn>, WireError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -126,11 +126,13 @@ where
         return Ok(Some(LoggedIn::Console));
     }
 
-    let cluster = shared.cluster();
-    let Some(primary) = cluster.primary() else {
+    let cluster = shared.cluster().clone();
+    // Just after a start or a failover the monitor may not have settled on
+    // a primary yet: wait for one as a request waits for a server.
+    let Some(primary) = cluster.wait_for_primary(config.pool.checkout_timeout).await else {
         return Err(WireError::fatal(
             SqlState::CONNECTION_FAILURE,
-            "no primary is available: every node is down or in recovery",
+            format!("no primary is available: {}", cluster.no_primary_reason()),
         ));
     };
     let key = PoolKey {
@@ -158,11 +160,18 @@ where
 
     // The client sees the server's parameters with its own startup values
     // (the proxy applies them on whichever server it gets).
-    let client_params = ClientParams::from_startup(&startup.params);
+    let mut client_params = ClientParams::from_startup(&startup.params);
+    if let Some(default) = params.get("client_encoding") {
+        client_params.set_default_encoding(default);
+    }
     for (name, value) in &params.params {
-        let value = client_params
-            .startup_raw(&name.to_lowercase())
-            .unwrap_or(value.as_str());
+        let value = match client_params.startup_raw(&name.to_lowercase()) {
+            // As the server reports it: `UTF8` for `utf8`, `EUC_JP` for
+            // `eucjp` (drivers look the name up in their own tables).
+            Some(v) if name == "client_encoding" => ClientEncoding::reported(v).unwrap_or(v),
+            Some(v) => v,
+            None => value.as_str(),
+        };
         backend::parameter_status(&mut out, name, value);
     }
     if client_params.startup_raw("application_name").is_some()

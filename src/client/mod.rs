@@ -24,5 +24,6 @@ mod route_setting;
 mod session;
 mod state;
 mod tx_modes;
+pub mod unix_socket;
 
-pub use listener::{accept_loop, bind};
+pub use listener::{Accept, accept_loop, bind};

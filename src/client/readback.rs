@@ -60,13 +60,19 @@ const PINS: &[(&str, PinReason, &str)] = &[
 pub fn query(client: &ClientParams) -> String {
     let mut sql = String::with_capacity(1024);
     // transaction_* are per transaction (and listed as 'session').
+    // Values as hex of their UTF-8 form: the server sends text in the
+    // session's client_encoding, which need not be UTF-8.
     sql.push_str(
-        "SELECT 's', name, setting FROM pg_catalog.pg_settings \
+        "SELECT 's', name, pg_catalog.encode(pg_catalog.convert_to(setting, 'UTF8'), 'hex') \
+         FROM pg_catalog.pg_settings \
          WHERE source = 'session' AND name NOT LIKE 'transaction\\_%' \
-         UNION ALL SELECT 'n', n, pg_catalog.current_setting(n, true) FROM (VALUES \
+         UNION ALL SELECT 'n', n, pg_catalog.encode(pg_catalog.convert_to(\
+         pg_catalog.current_setting(n, true), 'UTF8'), 'hex') FROM (VALUES \
          ('role'), ('session_authorization')",
     );
-    for name in client.current().keys() {
+    // A name that is not ASCII would have to be written in the client's
+    // encoding: such settings are kept as the client has them.
+    for name in client.current().keys().filter(|n| n.is_ascii()) {
         sql.push_str(", (");
         push_literal(&mut sql, name);
         sql.push(')');
@@ -174,7 +180,7 @@ fn data_row(frame: &[u8]) -> Option<[Option<Box<str>>; 3]> {
     }
     let mut rest = &body[2..];
     let mut row: [Option<Box<str>>; 3] = Default::default();
-    for column in &mut row {
+    for (i, column) in row.iter_mut().enumerate() {
         let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
         rest = &rest[4..];
         if len < 0 {
@@ -183,9 +189,25 @@ fn data_row(frame: &[u8]) -> Option<[Option<Box<str>>; 3]> {
         let len = len as usize;
         let bytes = rest.get(..len)?;
         rest = &rest[len..];
-        *column = std::str::from_utf8(bytes).ok().map(Box::from);
+        // The kind and name are ASCII; the value is hex of UTF-8.
+        let text = if i == 2 {
+            unhex(bytes)?
+        } else {
+            bytes.to_vec()
+        };
+        *column = String::from_utf8(text).ok().map(Box::from);
     }
     Some(row)
+}
+
+fn unhex(hex: &[u8]) -> Option<Vec<u8>> {
+    let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    hex.chunks(2)
+        .map(|pair| match pair {
+            [hi, lo] => Some(digit(*hi)? << 4 | digit(*lo)?),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -196,9 +218,14 @@ mod tests {
     fn row(values: [Option<&str>; 3]) -> Vec<u8> {
         let mut body = Vec::new();
         body.put_u16(3);
-        for v in values {
+        for (i, v) in values.into_iter().enumerate() {
             match v {
                 Some(v) => {
+                    let v = if i == 2 {
+                        v.bytes().map(|b| format!("{b:02x}")).collect()
+                    } else {
+                        v.to_string()
+                    };
                     body.put_i32(v.len() as i32);
                     body.put_slice(v.as_bytes());
                 }
@@ -217,6 +244,7 @@ mod tests {
         for values in [
             [Some("s"), Some("search_path"), Some("s1")],
             [Some("s"), Some("DateStyle"), Some("ISO, MDY")],
+            [Some("s"), Some("application_name"), Some("café")],
             [Some("n"), Some("role"), Some("other")],
             [Some("n"), Some("session_authorization"), Some("app")],
             [Some("n"), Some("my.var"), Some("42")],
@@ -229,6 +257,7 @@ mod tests {
         let found = r.finish("app").unwrap();
         let raw = |v: &str| ParamValue::Raw(v.into());
         let want: BTreeMap<Box<str>, ParamValue> = [
+            ("application_name", raw("café")),
             ("datestyle", raw("ISO, MDY")),
             ("my.var", raw("42")),
             ("role", raw("other")),
@@ -266,7 +295,9 @@ mod tests {
         );
         let sql = query(&p);
         assert!(
-            sql.contains("('role'), ('session_authorization'), ('it''s.odd')"),
+            sql.contains(
+                "('role'), ('session_authorization'), ('application_name'), ('it''s.odd')"
+            ),
             "{sql}"
         );
     }

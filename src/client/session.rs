@@ -157,6 +157,7 @@ where
                     &client.statements,
                     &mut client.memo,
                     &ctx.shared.classifier,
+                    client.params.encoding(),
                 )? {
                     break unit;
                 }

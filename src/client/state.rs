@@ -8,8 +8,10 @@ use super::effects::Pins;
 use super::params::{ClientParams, ParamValue};
 use super::prepared::ClientStatements;
 use crate::routing::policy::ClientRouting;
+use std::borrow::Cow;
 use std::ops::Range;
 
+use crate::protocol::ClientEncoding;
 use crate::routing::{Classified, Classifier, template};
 
 /// Per-client state that outlives any one server.
@@ -48,9 +50,15 @@ pub struct ClassMemo {
 }
 
 impl ClassMemo {
-    /// Classifies `text`, reusing the last result when it is the same text.
-    pub fn classify(&mut self, classifier: &Classifier, text: &str) -> Classified {
-        self.classify_ref(classifier, text).clone()
+    /// Classifies the statement text `raw`, which the client sent in
+    /// `encoding`, reusing the last result when it is the same text.
+    pub fn classify(
+        &mut self,
+        classifier: &Classifier,
+        encoding: ClientEncoding,
+        raw: &[u8],
+    ) -> Classified {
+        self.classify_ref(classifier, encoding, raw).clone()
     }
 
     /// Like [`classify`](Self::classify), borrowed: a clone bumps the
@@ -58,7 +66,46 @@ impl ClassMemo {
     /// the same statement shares (from every worker thread). Also reuses
     /// the last result for the same statement with other integers in it
     /// (see [`template`]), unless its values matter (a `SET`).
-    pub fn classify_ref(&mut self, classifier: &Classifier, text: &str) -> &Classified {
+    ///
+    /// A UTF-8 client repeating its last statement costs one comparison
+    /// and no validation: the text is checked once per request, however
+    /// many times routing and the relay ask. Text the proxy cannot read
+    /// exactly is classified as [`Classified::unreadable`].
+    pub fn classify_ref(
+        &mut self,
+        classifier: &Classifier,
+        encoding: ClientEncoding,
+        raw: &[u8],
+    ) -> &Classified {
+        // `keyed` implies `text` was read exactly; UTF-8 bytes equal to it
+        // are the same text.
+        if encoding.is_utf8() && self.keyed && self.class.is_some() && self.text.as_bytes() == raw {
+            return self
+                .class
+                .get_or_insert_with(|| classifier.classify(&self.text));
+        }
+        let view = encoding.decode(raw);
+        if !view.exact {
+            self.keyed = false;
+            self.text.clear();
+            self.numbers.clear();
+            let class = classifier.classify(&view.text).unreadable(encoding);
+            return self.class.insert(class);
+        }
+        self.classify_text(classifier, &view.text)
+    }
+
+    /// The text of `raw`: the memo's copy when it is the text last
+    /// classified (no second validation), else read again.
+    pub fn text_of<'a>(&'a self, encoding: ClientEncoding, raw: &'a [u8]) -> Cow<'a, str> {
+        if self.keyed && encoding.is_utf8() && self.text.as_bytes() == raw {
+            Cow::Borrowed(&self.text)
+        } else {
+            encoding.decode(raw).text
+        }
+    }
+
+    fn classify_text(&mut self, classifier: &Classifier, text: &str) -> &Classified {
         if self.keyed && self.class.is_some() && self.text == text {
             return self.class.get_or_insert_with(|| classifier.classify(text));
         }
@@ -119,29 +166,68 @@ impl ClientState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::{Reason, Route};
     use std::sync::Arc;
+
+    const UTF8: ClientEncoding = ClientEncoding::Utf8;
 
     #[test]
     fn the_memo_reuses_a_classification_for_other_integers_only() {
         // No cache: a classification that is not reused is a new Arc.
         let classifier = Classifier::new(&[], 10_000, 0);
         let mut memo = ClassMemo::default();
-        let first = memo.classify(&classifier, "select * from t where id = 1");
-        let same = memo.classify(&classifier, "select * from t where id = 22");
+        let mut classify = |text: &str| memo.classify(&classifier, UTF8, text.as_bytes());
+        let first = classify("select * from t where id = 1");
+        let same = classify("select * from t where id = 22");
         assert!(Arc::ptr_eq(&first.info, &same.info));
-        let again = memo.classify(&classifier, "select * from t where id = 333");
+        let again = classify("select * from t where id = 333");
         assert!(Arc::ptr_eq(&first.info, &again.info));
-        let other = memo.classify(&classifier, "select * from u where id = 333");
+        let other = classify("select * from u where id = 333");
         assert!(!Arc::ptr_eq(&first.info, &other.info));
 
         // A SET's values are what it does: never taken from the last one.
-        let set = memo.classify(&classifier, "set statement_timeout = 5000");
+        let set = classify("set statement_timeout = 5000");
         assert!(format!("{:?}", set.session).contains("5000"));
-        let set = memo.classify(&classifier, "set statement_timeout = 6000");
+        let set = classify("set statement_timeout = 6000");
         assert!(
             format!("{:?}", set.session).contains("6000"),
             "{:?}",
             set.session
         );
+    }
+
+    #[test]
+    fn text_the_proxy_cannot_read_goes_to_the_primary() {
+        let classifier = Classifier::new(&[], 10_000, 100);
+        let mut memo = ClassMemo::default();
+        // Not UTF-8: the server refuses it; the proxy routes it safely.
+        let c = memo.classify(&classifier, UTF8, b"select 'caf\xe9'");
+        assert_eq!(
+            (c.info.route, c.info.reason),
+            (Route::Write, Reason::Encoding)
+        );
+        // The same bytes from a LATIN1 client are `caf\u{e9}`: a read.
+        let c = memo.classify(&classifier, ClientEncoding::Latin1, b"select 'caf\xe9'");
+        assert_eq!(c.info.route, Route::Read);
+        // The shared cache was not changed by the unreadable one.
+        let c = memo.classify(&classifier, UTF8, "select 'café'".as_bytes());
+        assert_eq!(c.info.route, Route::Read);
+        // SJIS: the backslash-looking byte is inside a character, so the
+        // INSERT after the literal is seen.
+        let sjis = b"select E'\x83\x5c'; insert into t values (1); select 'x'";
+        let c = memo.classify(&classifier, ClientEncoding::Sjis, sjis);
+        assert_eq!(c.info.route, Route::Write);
+        assert_eq!(c.info.statement_count, 3);
+        // A lead byte with no trail: unreadable, and in an encoding whose
+        // structure then cannot be trusted, taken to change the session.
+        let c = memo.classify(&classifier, ClientEncoding::Sjis, b"select '\x83'");
+        assert_eq!(c.info.reason, Reason::Encoding);
+        assert!(!c.session.is_empty());
+        // Invalid UTF-8 is refused by the server: nothing is decided on it
+        // here (no BEGIN deferred, no setting answered by the proxy).
+        let c = memo.classify(&classifier, UTF8, b"begin /* \xff */");
+        assert_eq!(c.info.tx, crate::routing::TxEffect::None);
+        let c = memo.classify(&classifier, UTF8, b"set pgsidecar.route = '\xff'");
+        assert!(c.session.is_empty() && c.info.reason == Reason::Encoding);
     }
 }

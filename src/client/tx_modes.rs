@@ -7,7 +7,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::protocol::frame;
+use crate::protocol::{ClientEncoding, frame};
 use crate::routing::{Classifier, TxEffect};
 
 /// Transaction modes; `None` where the statements said nothing.
@@ -78,11 +78,12 @@ pub fn frames(deferred: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// The modes of a deferred BEGIN and its SET TRANSACTIONs.
-pub fn deferred(deferred: &[u8], classifier: &Classifier) -> Modes {
+/// The modes of a deferred BEGIN and its SET TRANSACTIONs (text in the
+/// client's `encoding`).
+pub fn deferred(deferred: &[u8], encoding: ClientEncoding, classifier: &Classifier) -> Modes {
     frames(deferred)
-        .filter_map(|f| frame::query_text(f).ok())
-        .filter_map(|sql| Modes::of(classifier.classify(sql).info.tx))
+        .filter_map(|f| frame::query_bytes(f).ok())
+        .filter_map(|sql| Modes::of(classifier.classify(&encoding.decode(sql).text).info.tx))
         .fold(Modes::default(), Modes::then)
 }
 
@@ -106,7 +107,7 @@ mod tests {
         );
         assert_eq!(frames(&both).count(), 2);
         assert_eq!(
-            deferred(&both, &classifier),
+            deferred(&both, ClientEncoding::Utf8, &classifier),
             Modes {
                 read_only: Some(true),
                 serializable: Some(true)
@@ -116,8 +117,14 @@ mod tests {
             &both,
             &query("set transaction isolation level repeatable read"),
         );
-        assert_eq!(deferred(&again, &classifier).serializable, Some(false));
-        assert_eq!(deferred(&again, &classifier).read_only, Some(true));
+        assert_eq!(
+            deferred(&again, ClientEncoding::Utf8, &classifier).serializable,
+            Some(false)
+        );
+        assert_eq!(
+            deferred(&again, ClientEncoding::Utf8, &classifier).read_only,
+            Some(true)
+        );
     }
 
     #[test]

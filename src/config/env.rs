@@ -25,7 +25,7 @@ const NOT_OVERRIDES: [&str; 2] = ["PGSIDECAR_CONFIG", "PGSIDECAR_LOG"];
 /// Sections whose prefix (`PGSIDECAR_PROXY_`, …) is reserved: an unknown
 /// variable under one of them is refused, because it is most likely a typo
 /// that would otherwise be silently ignored.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "proxy",
     "http",
     "cluster",
@@ -34,6 +34,7 @@ const SECTIONS: [&str; 8] = [
     "routing",
     "admin",
     "observability",
+    "fleet",
 ];
 
 /// One overridable key and how its variable's text becomes a TOML value.
@@ -64,24 +65,28 @@ const fn o(
 
 /// The overridable keys. Passwords are not among them: `[[users]]` already
 /// has `password_env`.
-pub(super) const OVERRIDES: [Override; 17] = [
-    o("proxy", "listen", socket_addr),
+pub(super) const OVERRIDES: [Override; 21] = [
+    o("proxy", "listen", listen_or_none),
     o("proxy", "pool_mode", typed::<PoolMode>),
     o("proxy", "max_client_conn", positive_int),
     o("proxy", "worker_threads", whole_number),
     o("http", "listen", socket_addr),
     o("cluster", "primary", node),
     o("cluster", "replicas", node_list),
+    o("cluster", "state_file", text),
     o("auth", "client_auth", typed::<ClientAuth>),
     o("pool", "size", pool_size),
     o("pool", "db_cores", positive_int),
     o("pool", "sidecars", positive_int),
+    o("pool", "budget", pool_size),
     o("pool", "checkout_timeout", duration),
     o("routing", "read_write_split", boolean),
     o("routing", "read_your_writes", typed::<ReadYourWrites>),
     o("routing", "max_replica_lag", duration),
     o("observability", "log_format", typed::<LogFormat>),
     o("observability", "slow_query_threshold", duration),
+    o("fleet", "name", text),
+    o("fleet", "instance", text),
 ];
 
 /// Why the environment was refused. Each variant names the variable.
@@ -218,6 +223,14 @@ fn socket_addr(s: &str) -> Result<toml::Value, String> {
     Ok(toml::Value::String(s.into()))
 }
 
+/// `[proxy] listen`: an address, or empty for no TCP listener.
+fn listen_or_none(s: &str) -> Result<toml::Value, String> {
+    if s.is_empty() {
+        return Ok(toml::Value::String(String::new()));
+    }
+    socket_addr(s)
+}
+
 fn node(s: &str) -> Result<toml::Value, String> {
     s.parse::<NodeAddr>()?;
     Ok(toml::Value::String(s.into()))
@@ -252,6 +265,11 @@ fn boolean(s: &str) -> Result<toml::Value, String> {
         "false" | "0" | "no" | "off" => Ok(toml::Value::Boolean(false)),
         _ => Err("must be true or false".into()),
     }
+}
+
+/// Any text (a path; "" is meaningful where the key says so).
+fn text(s: &str) -> Result<toml::Value, String> {
+    Ok(toml::Value::String(s.into()))
 }
 
 fn duration(s: &str) -> Result<toml::Value, String> {

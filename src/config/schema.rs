@@ -1,15 +1,17 @@
 //! The TOML schema: one struct per section, every field with its default.
-//! Field names are the contract's config keys (see DESIGN.md).
+//! Field names are the config keys users rely on: each one is documented,
+//! with its default, in `conf/pgsidecar.toml` (see docs/architecture.md,
+//! "How to add a config key").
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::types::{
-    ClientAuth, ClientTlsMode, ExplainMode, LogFormat, NodeAddr, PoolMode, PoolSize,
-    ReadYourWrites, Secret, ServerTlsMode,
+    Budget, ClientAuth, ClientTlsMode, ExplainMode, FileMode, LogFormat, NodeAddr, PoolMode,
+    PoolSize, ReadYourWrites, Secret, ServerTlsMode,
 };
 
 /// The whole file. Sections other than `[cluster]` may be omitted.
@@ -35,19 +37,37 @@ pub struct Config {
     pub observability: ObservabilityConfig,
     #[serde(default)]
     pub budgets: BudgetsConfig,
+    /// Absent: this instance acts alone (`[pool] size` / `sidecars`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
-    pub listen: SocketAddr,
+    /// The TCP address clients connect to; `None` (`listen = ""`): no TCP
+    /// listener, clients use the Unix socket only.
+    #[serde(with = "super::types::optional_listen")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the Unix-domain socket `.s.PGSQL.<port>`, the file
+    /// libpq looks for with `host=<dir>`. `None` (or `""`): no Unix socket.
+    /// Read at start only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_socket_dir: Option<PathBuf>,
+    /// The `<port>` in the socket's name; default: the port of `listen`
+    /// (the bound one when that is 0). Needed when `listen = ""`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_socket_port: Option<u16>,
+    /// Permission bits of the socket file. 0777 by default, as Postgres
+    /// and PgBouncer: connecting still takes a password.
+    pub unix_socket_mode: FileMode,
     pub pool_mode: PoolMode,
     pub max_client_conn: u32,
     /// Threads that run client sessions, read at start only. 0 (the
     /// default): one runtime worker per core. 1: a single-threaded runtime,
     /// which hands connections between sessions without cross-thread
     /// wake-ups: a little faster with tens of clients on shared cores, a
-    /// little slower with hundreds (README, Benchmarks). N: N workers.
+    /// little slower with hundreds (docs/benchmarks.md). N: N workers.
     pub worker_threads: u32,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -89,12 +109,24 @@ impl ProxyConfig {
             ClientTlsMode::Disable
         })
     }
+
+    /// The Unix socket's path, `<unix_socket_dir>/.s.PGSQL.<port>`, with
+    /// the port of the TCP listener actually bound (`tcp_port`, for
+    /// `listen` with port 0) unless `unix_socket_port` names one.
+    pub fn unix_socket_path(&self, tcp_port: Option<u16>) -> Option<PathBuf> {
+        let dir = self.unix_socket_dir.as_ref()?;
+        let port = self.unix_socket_port.or(tcp_port)?;
+        Some(dir.join(format!(".s.PGSQL.{port}")))
+    }
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
-            listen: "127.0.0.1:6432".parse().expect("static address"),
+            listen: Some("127.0.0.1:6432".parse().expect("static address")),
+            unix_socket_dir: None,
+            unix_socket_port: None,
+            unix_socket_mode: FileMode(0o777),
             pool_mode: PoolMode::Transaction,
             max_client_conn: 10_000,
             worker_threads: 0,
@@ -153,6 +185,32 @@ pub struct ClusterConfig {
     /// (required by "verify-full"; with "require", checked if given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_tls_ca_file: Option<PathBuf>,
+    /// Where the monitor records the primary it sends writes to and its
+    /// WAL timeline, so that after a restart (or a reload that changes
+    /// the nodes) a node still claiming the primary role on an older
+    /// timeline gets no writes. Unset: [`DEFAULT_STATE_FILE`] if usable;
+    /// "": keep no record (see [`StateFile`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<PathBuf>,
+}
+
+/// Where systemd's `StateDirectory=pgsidecar` and the container image put
+/// pgsidecar's state; Kubernetes users mount a volume there.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/pgsidecar/cluster.state";
+
+/// `cluster.state_file`, interpreted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateFile<'a> {
+    /// Set to "": no record, and before its first checks the configured
+    /// primary is trusted (a restart while a newer primary is unreachable
+    /// may write to an old one).
+    Off,
+    /// Set to a path: it must be writable, or pgsidecar does not start.
+    Set(&'a Path),
+    /// Not set: [`DEFAULT_STATE_FILE`] if its directory is writable;
+    /// otherwise no record is kept and, after every start, writes wait
+    /// until every configured node has answered.
+    Default(&'static Path),
 }
 
 fn default_connect_timeout() -> Duration {
@@ -164,6 +222,15 @@ fn default_monitor_database() -> String {
 }
 
 impl ClusterConfig {
+    /// `state_file`, interpreted.
+    pub fn state_file(&self) -> StateFile<'_> {
+        match &self.state_file {
+            Some(p) if p.as_os_str().is_empty() => StateFile::Off,
+            Some(p) => StateFile::Set(p),
+            None => StateFile::Default(Path::new(DEFAULT_STATE_FILE)),
+        }
+    }
+
     /// Checks the monitor keys against the `[[users]]` list. Errors are
     /// `(key, message)` like the loader's other cross-field checks.
     pub(super) fn validate_monitor(&self, users: &[UserConfig]) -> Result<(), (String, String)> {
@@ -212,6 +279,8 @@ pub struct PoolConfig {
     pub db_cores: u32,
     pub effective_spindle_count: u32,
     pub sidecars: u32,
+    /// With `[fleet]`: server connections per node for the whole fleet.
+    pub budget: Budget,
     #[serde(with = "humantime_serde")]
     pub checkout_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -229,6 +298,7 @@ impl Default for PoolConfig {
             db_cores: 4,
             effective_spindle_count: 1,
             sidecars: 1,
+            budget: Budget::Auto,
             checkout_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
@@ -252,6 +322,110 @@ impl PoolConfig {
                 (total / self.sidecars.max(1)).max(1)
             }
         }
+    }
+
+    /// `[pool] budget` as a number: the fixed value, or the whole
+    /// `db_cores * 2 + effective_spindle_count` (not divided: the fleet
+    /// shares it), never less than one.
+    pub fn node_budget(&self) -> u32 {
+        match self.budget {
+            Budget::Fixed(n) => n.max(1),
+            Budget::Auto => self
+                .db_cores
+                .saturating_mul(2)
+                .saturating_add(self.effective_spindle_count)
+                .max(1),
+        }
+    }
+
+    /// Largest size of one (database, user, node) pool: with a fleet, a
+    /// pool may use the member's whole share of the node (capped by a
+    /// fixed `size`); alone, [`effective_size`](Self::effective_size).
+    pub fn pool_max(&self, fleet: bool) -> u32 {
+        match (fleet, self.size) {
+            (false, _) => self.effective_size(),
+            (true, PoolSize::Fixed(n)) => n.clamp(1, self.node_budget()),
+            (true, PoolSize::Auto) => self.node_budget(),
+        }
+    }
+}
+
+/// `[fleet]`: sidecars with the same `name` find each other through the
+/// primary (and each replica) and share `[pool] budget` there. See the
+/// `fleet` module for how.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Shared by every member: letters, digits, `.`, `_`, `-`, at most
+    /// [`FleetConfig::MAX_NAME`] characters (it is part of an
+    /// `application_name`, which Postgres cuts at 63 bytes).
+    pub name: String,
+    /// This member's name in `SHOW FLEET` and `pg_stat_activity`; default
+    /// `<hostname>-<pid>` (the pod name in Kubernetes). Cut to fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// How often each member looks at the fleet on each node and moves
+    /// budget slots. Each look is one query (reading `pg_locks`).
+    #[serde(default = "default_fleet_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Slots an idle member keeps per node (capped by the budget), so its
+    /// first clients need not wait for another member to give one back.
+    #[serde(default = "default_fleet_floor")]
+    pub floor: u32,
+}
+
+fn default_fleet_interval() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_fleet_floor() -> u32 {
+    1
+}
+
+impl FleetConfig {
+    pub const MAX_NAME: usize = 24;
+    /// Shortest and longest `interval`.
+    pub const INTERVAL_RANGE: (Duration, Duration) =
+        (Duration::from_millis(10), Duration::from_secs(60));
+
+    /// Checks name, instance and interval. Errors are `(key, message)`.
+    pub(super) fn validate(&self) -> Result<(), (String, String)> {
+        let word = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        if self.name.is_empty() || self.name.len() > Self::MAX_NAME || !word(&self.name) {
+            return Err((
+                "fleet.name".into(),
+                format!(
+                    "must be 1 to {} letters, digits, '.', '_' or '-', got \"{}\"",
+                    Self::MAX_NAME,
+                    self.name.escape_debug()
+                ),
+            ));
+        }
+        if let Some(instance) = &self.instance
+            && (instance.is_empty() || instance.len() > 63 || !word(instance))
+        {
+            return Err((
+                "fleet.instance".into(),
+                format!(
+                    "must be 1 to 63 letters, digits, '.', '_' or '-', got \"{}\"",
+                    instance.escape_debug()
+                ),
+            ));
+        }
+        let (min, max) = Self::INTERVAL_RANGE;
+        if !(min..=max).contains(&self.interval) {
+            return Err((
+                "fleet.interval".into(),
+                format!(
+                    "must be between 10ms and 60s, got {}",
+                    humantime::format_duration(self.interval)
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -34,7 +34,14 @@ impl Shared {
     fn reload_from(&self, path: &Path) -> Result<(), ReloadError> {
         let applied = Config::load(path)
             .map_err(ReloadError::from)
-            .and_then(|config| self.apply(config));
+            .and_then(|config| self.apply(config))
+            .map_err(|e| match e {
+                // Named against the file and key that point at the file.
+                ReloadError::Tls(tls) => {
+                    ReloadError::Invalid(ConfigError::invalid_key(path, tls.key(), tls.problem()))
+                }
+                other => other,
+            });
         match applied {
             Ok(()) => {
                 tracing::info!(path = %path.display(), "config reloaded");
@@ -56,11 +63,18 @@ impl Shared {
         if new.proxy.listen != old.proxy.listen || new.http.listen != old.http.listen {
             tracing::warn!("listen addresses change only on restart");
         }
+        if new.fleet.as_ref().map(|f| (&f.name, &f.instance))
+            != old.fleet.as_ref().map(|f| (&f.name, &f.instance))
+        {
+            tracing::warn!("joining, leaving or renaming a fleet takes a restart");
+        }
         if new.proxy.worker_threads != old.proxy.worker_threads {
             tracing::warn!("proxy.worker_threads changes only on restart");
         }
+        // The view also holds the state file's record.
         let nodes_changed = new.cluster.primary != old.cluster.primary
-            || new.cluster.replicas != old.cluster.replicas;
+            || new.cluster.replicas != old.cluster.replicas
+            || new.cluster.state_file != old.cluster.state_file;
         let passwords_changed = new.users.len() != old.users.len()
             || new.users.iter().zip(&old.users).any(|(a, b)| {
                 a.name != b.name
@@ -92,6 +106,7 @@ impl Shared {
 fn same_pool_settings(a: &Config, b: &Config) -> bool {
     let (p, q) = (&a.pool, &b.pool);
     p.effective_size() == q.effective_size()
+        && p.node_budget() == q.node_budget()
         && p.checkout_timeout == q.checkout_timeout
         && p.idle_timeout == q.idle_timeout
         && p.max_lifetime == q.max_lifetime

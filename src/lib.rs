@@ -12,6 +12,7 @@
 //! - [`cluster`]: node roles, health, replication lag.
 //! - [`observe`]: metrics, slow-query log, plans, query digests, HTTP.
 //! - [`admin`]: the `pgsidecar` admin console.
+//! - [`logsafe`]: outside text escaped and capped for log lines.
 //! - [`demo`]: a throwaway local primary + replica (used by `demo` and tests).
 //! - [`proxy`]: wires the parts together and runs them.
 
@@ -20,6 +21,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod logsafe;
 pub mod observe;
 pub mod protocol;
 pub mod proxy;

@@ -12,6 +12,7 @@ use super::params::ClientParams;
 use super::registry::ClientInfo;
 use super::session::SessionCtx;
 use super::state::ClientState;
+use crate::logsafe;
 use crate::protocol::backend;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{SqlState, WireError};
@@ -111,7 +112,13 @@ where
         Ok(()) => {}
         Err(AuthFailure::Gone) => return Ok(None),
         Err(AuthFailure::Refused(e)) => {
-            tracing::info!(user, database, error = %e, "client authentication failed");
+            let error = e.to_string();
+            tracing::info!(
+                user = ?logsafe::name(user),
+                database = ?logsafe::name(database),
+                error = %logsafe::message(&error),
+                "client authentication failed"
+            );
             return Err(e);
         }
     }
@@ -144,7 +151,13 @@ where
     let params = match pool.server_params().await {
         Ok(p) => p,
         Err(e) => {
-            tracing::warn!(user, database, error = %e, "server login failed");
+            let error = e.to_string();
+            tracing::warn!(
+                user = ?logsafe::name(user),
+                database = ?logsafe::name(database),
+                error = %logsafe::message(&error),
+                "server login failed"
+            );
             shared.observer.metrics().error("server");
             shared.pools.forget_if_unused(&key);
             match e.to_client() {

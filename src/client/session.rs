@@ -450,7 +450,7 @@ async fn fail_request<S>(
 ) where
     S: AsyncWrite + Unpin,
 {
-    tracing::warn!(%error, "request refused");
+    tracing::warn!(error = %crate::logsafe::message(&error.to_string()), "request refused");
     cbuf.advance(unit.len);
     // A transaction the proxy had acknowledged (deferred BEGIN) is gone.
     client.deferred_begin = None;

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::env::{self, EnvError, Environment};
+use super::redact;
 use super::schema::Config;
 use super::sources::Sources;
 use super::types::{ClientAuth, Secret};
@@ -72,16 +73,31 @@ impl Config {
         env: &Environment,
     ) -> Result<(Config, Sources), ConfigError> {
         let parse_error = |e: toml::de::Error| {
-            let (line, column, line_text) = match e.span() {
-                Some(span) => locate(text, span.start),
-                None => (0, 0, String::new()),
+            let message = e.message().trim().to_string();
+            let (line, column, shown) = match e.span() {
+                Some(span) => {
+                    let (line, column, line_text) = locate(text, span.start);
+                    (
+                        line,
+                        column,
+                        redact::shown(text, span.start, line_text, message),
+                    )
+                }
+                None => (
+                    0,
+                    0,
+                    redact::Shown {
+                        line_text: String::new(),
+                        message,
+                    },
+                ),
             };
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: e.message().trim().to_string(),
-                line_text,
+                message: shown.message,
+                line_text: shown.line_text,
             }
         };
         let file: toml::Table = toml::from_str(text).map_err(parse_error)?;

@@ -4,6 +4,7 @@
 
 mod env;
 mod load;
+mod redact;
 mod schema;
 mod sources;
 mod types;

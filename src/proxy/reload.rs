@@ -41,7 +41,11 @@ impl Shared {
                 Ok(())
             }
             Err(error) => {
-                tracing::error!(%error, "config reload refused; the running config stays");
+                let shown = error.to_string();
+                tracing::error!(
+                    error = %crate::logsafe::message(&shown),
+                    "config reload refused; the running config stays"
+                );
                 Err(error)
             }
         }

@@ -149,7 +149,7 @@ struct RecordError(LastError);
 impl ErrorSink<ServerError> for RecordError {
     fn sink(&self, error: ServerError) {
         if !matches!(error, ServerError::Closed { .. }) {
-            tracing::warn!(%error, "server connection failed");
+            tracing::warn!(error = %crate::logsafe::message(&error.to_string()), "server connection failed");
             *lock(&self.0) = Some((Instant::now(), error.to_string()));
         }
     }

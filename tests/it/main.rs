@@ -45,5 +45,6 @@ mod routing_writes;
 mod running;
 mod runtime;
 mod security;
+mod security_logs;
 mod shutdown;
 mod tls;

@@ -126,7 +126,7 @@ impl Observer {
             self.metrics.slow_queries.inc();
             let rate = self.config.load().observability.slow_query_log_rate;
             if self.slowlog.allow(rate, Instant::now()) {
-                crate::observe::slowlog::log_slow(ev);
+                crate::observe::slowlog::log_slow(ev, crate::observe::MAX_QUERY_TEXT_CAP);
             } else {
                 self.metrics.slow_log_suppressed.inc();
             }

@@ -210,6 +210,7 @@ where
                     ProtocolError::TooLarge {
                         len: total,
                         max: MAX_STARTUP_LEN,
+                        limit: ProtocolError::BEFORE_LOGIN,
                     }
                     .into(),
                 ));

@@ -8,10 +8,12 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::auth::{self, AuthFailure};
+use super::credentials::UserAuth;
 use super::params::ClientParams;
 use super::registry::ClientInfo;
 use super::session::SessionCtx;
 use super::state::ClientState;
+use crate::config::ClientAuth;
 use crate::logsafe;
 use crate::protocol::backend;
 use crate::protocol::startup::StartupMessage;
@@ -89,26 +91,26 @@ where
     }
 
     let credentials = shared.credentials.load_full();
-    let Some(user_auth) = credentials.user(user).cloned() else {
-        return Err(WireError::fatal(
-            SqlState::INVALID_AUTHORIZATION,
-            format!("role \"{user}\" is not allowed to connect through pgsidecar"),
-        )
-        .with_hint("add it to [[users]] in the pgsidecar config"));
+    let method = config.auth.client_auth;
+    let user_auth = match credentials.user(user) {
+        Some(known) => known.clone(),
+        // With trust there is no exchange to hide behind.
+        None if method == ClientAuth::Trust => {
+            return Err(WireError::fatal(
+                SqlState::INVALID_AUTHORIZATION,
+                format!("role \"{user}\" is not allowed to connect through pgsidecar"),
+            )
+            .with_hint("add it to [[users]] in the pgsidecar config"));
+        }
+        // Anyone else learns nothing about which names exist: the exchange
+        // runs as for a known user and fails like a wrong password.
+        None => Arc::new(UserAuth::stand_in(user, method)),
     };
-    let console = database == crate::admin::DATABASE;
-    if console && !config.admin.users.iter().any(|u| u == user) {
-        return Err(WireError::fatal(
-            SqlState::INVALID_AUTHORIZATION,
-            format!("role \"{user}\" may not open the pgsidecar console"),
-        )
-        .with_hint("list it in [admin] users"));
-    }
     if !stream_is_ok(stream, &out).await {
         return Ok(None);
     }
     out.clear();
-    match auth::authenticate(stream, buf, config.auth.client_auth, &user_auth).await {
+    match auth::authenticate(stream, buf, method, &user_auth).await {
         Ok(()) => {}
         Err(AuthFailure::Gone) => return Ok(None),
         Err(AuthFailure::Refused(e)) => {
@@ -121,6 +123,22 @@ where
             );
             return Err(e);
         }
+    }
+    if credentials.user(user).is_none() {
+        // A stand-in never authenticates; this is only a second lock.
+        return Err(WireError::fatal(
+            SqlState::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{user}\""),
+        ));
+    }
+    // Checked after authentication, so that it tells a stranger nothing.
+    let console = database == crate::admin::DATABASE;
+    if console && !config.admin.users.iter().any(|u| u == user) {
+        return Err(WireError::fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            format!("role \"{user}\" may not open the pgsidecar console"),
+        )
+        .with_hint("list it in [admin] users"));
     }
     backend::auth_ok(&mut out);
     if console {

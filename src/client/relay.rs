@@ -226,6 +226,7 @@ impl ServerSide {
                     return Err(ProtocolError::TooLarge {
                         len: total,
                         max: MAX_INSPECTED,
+                        limit: "the limit on server messages the proxy reads whole",
                     });
                 }
                 if rest.len() < total {
@@ -297,6 +298,7 @@ fn process_client<F: Flow>(
             return Err(ProtocolError::TooLarge {
                 len: total,
                 max: max_message,
+                limit: ProtocolError::MAX_MESSAGE_SIZE,
             }
             .into());
         }

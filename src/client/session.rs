@@ -385,6 +385,7 @@ fn check_size(total: usize, max_message: usize) -> Result<(), WireError> {
         return Err(ProtocolError::TooLarge {
             len: total,
             max: max_message,
+            limit: ProtocolError::MAX_MESSAGE_SIZE,
         }
         .into());
     }

@@ -46,5 +46,6 @@ mod running;
 mod runtime;
 mod security;
 mod security_logs;
+mod security_probing;
 mod shutdown;
 mod tls;

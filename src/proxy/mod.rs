@@ -3,8 +3,10 @@
 
 mod reload;
 mod sources;
+mod start_only;
 
 pub use reload::ReloadError;
+pub use start_only::StartOnly;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +52,8 @@ pub struct Shared {
     generation: AtomicU64,
     /// The file `run` loaded, for SIGHUP and the console's RELOAD.
     pub config_path: OnceLock<PathBuf>,
+    /// Keys read only at start, which a reload keeps (set once bound).
+    pub start_only: OnceLock<StartOnly>,
     /// Cancelled when the proxy starts shutting down.
     pub shutdown: CancellationToken,
     /// Cancelled when `shutdown_timeout` has passed: sessions still holding
@@ -185,6 +189,7 @@ impl Proxy {
             monitor: Mutex::new(None),
             generation: AtomicU64::new(0),
             config_path: OnceLock::new(),
+            start_only: OnceLock::new(),
             shutdown: CancellationToken::new(),
             force_close: CancellationToken::new(),
             sessions: TaskTracker::new(),
@@ -212,6 +217,12 @@ impl Proxy {
             .serve_http()
             .await
             .map_err(StartError::Http)?;
+        // From now on the config shows the addresses really listened on.
+        let start_only = StartOnly::new(&config, addr, http.addr);
+        let mut in_force = config;
+        start_only.in_force(&mut in_force);
+        shared.config.store(Arc::new(in_force));
+        let _ = shared.start_only.set(start_only);
         let background = shared.observer.spawn_background();
         let accept = tokio::spawn(crate::client::accept_loop(listener, shared.clone()));
         shared.start_monitor();

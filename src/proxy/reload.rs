@@ -25,20 +25,25 @@ pub enum ReloadError {
 }
 
 impl Shared {
-    /// Re-reads the file `run` was started with and applies it.
-    pub fn reload_from_file(&self) -> Result<(), ReloadError> {
+    /// Re-reads the file `run` was started with and applies it. Returns
+    /// a warning for each key the file changed that only a restart
+    /// applies (those keep their running values).
+    pub fn reload_from_file(&self) -> Result<Vec<String>, ReloadError> {
         let path = self.config_path.get().ok_or(ReloadError::NoFile)?;
         self.reload_from(path)
     }
 
-    fn reload_from(&self, path: &Path) -> Result<(), ReloadError> {
+    fn reload_from(&self, path: &Path) -> Result<Vec<String>, ReloadError> {
         let applied = Config::load(path)
             .map_err(ReloadError::from)
             .and_then(|config| self.apply(config));
         match applied {
-            Ok(()) => {
+            Ok(kept) => {
+                for warning in &kept {
+                    tracing::warn!("{warning}");
+                }
                 tracing::info!(path = %path.display(), "config reloaded");
-                Ok(())
+                Ok(kept)
             }
             Err(error) => {
                 let shown = error.to_string();
@@ -51,18 +56,18 @@ impl Shared {
         }
     }
 
-    /// Applies a validated config. Certificate and CA files are read first:
-    /// if one cannot be used, nothing changes.
-    pub fn apply(&self, new: Config) -> Result<(), ReloadError> {
+    /// Applies a validated config, except the keys only a restart
+    /// applies, which keep their running values; returns what it said
+    /// about those. Certificate and CA files are read first: if one cannot
+    /// be used, nothing changes.
+    pub fn apply(&self, mut new: Config) -> Result<Vec<String>, ReloadError> {
         let client_tls = crate::tls::build_client_tls(&new.proxy)?;
         let server_tls = crate::tls::build_server_tls(&new.cluster)?;
+        let kept = match self.start_only.get() {
+            Some(start_only) => start_only.keep(&mut new),
+            None => Vec::new(),
+        };
         let old = self.config.load_full();
-        if new.proxy.listen != old.proxy.listen || new.http.listen != old.http.listen {
-            tracing::warn!("listen addresses change only on restart");
-        }
-        if new.proxy.worker_threads != old.proxy.worker_threads {
-            tracing::warn!("proxy.worker_threads changes only on restart");
-        }
         let nodes_changed = new.cluster.primary != old.cluster.primary
             || new.cluster.replicas != old.cluster.replicas;
         let passwords_changed = new.users.len() != old.users.len()
@@ -88,7 +93,7 @@ impl Shared {
             self.pools.clear();
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
-        Ok(())
+        Ok(kept)
     }
 }
 

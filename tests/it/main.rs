@@ -47,5 +47,6 @@ mod runtime;
 mod security;
 mod security_logs;
 mod security_probing;
+mod security_reload;
 mod shutdown;
 mod tls;

@@ -215,6 +215,11 @@ impl Config {
         }
         let positive = [
             ("proxy.max_client_conn", self.proxy.max_client_conn as u64),
+            ("http.max_connections", self.http.max_connections as u64),
+            (
+                "http.header_timeout",
+                self.http.header_timeout.as_millis() as u64,
+            ),
             (
                 "proxy.max_message_size",
                 u64::from(self.proxy.max_message_size >= 1024),

@@ -115,12 +115,20 @@ impl Default for ProxyConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// A connection whose request headers have not all arrived this long
+    /// after it opened (or after its previous response) is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// HTTP connections open at once; more are answered 503 and closed.
+    pub max_connections: u32,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:9930".parse().expect("static address"),
+            header_timeout: Duration::from_secs(5),
+            max_connections: 64,
         }
     }
 }

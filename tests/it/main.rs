@@ -45,6 +45,7 @@ mod routing_writes;
 mod running;
 mod runtime;
 mod security;
+mod security_http;
 mod security_logs;
 mod security_probing;
 mod security_reload;

@@ -3,8 +3,10 @@
 //! invisible characters escaped, so it cannot forge a line or drive a
 //! terminal, and its length capped, so one client cannot write megabytes
 //! of log. The text log format prints `%` fields as they are, so every
-//! such field goes through [`Escaped`].
+//! such field goes through [`Escaped`]; names are `&str` fields, which the
+//! formats escape themselves, and only need [`name`]'s cap.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Longest name (user, database, application_name, statement name) shown,
@@ -22,12 +24,18 @@ pub struct Escaped<'a> {
     cap: usize,
 }
 
-/// A name from a client, capped at [`NAME_CAP`].
-pub fn name(text: &str) -> Escaped<'_> {
-    Escaped {
-        text,
-        cap: NAME_CAP,
+/// A name from a client, capped at [`NAME_CAP`], for a `&str` field: the
+/// text format quotes and escapes those itself (`user="a\nb"`), the JSON
+/// format escapes them as JSON.
+pub fn name(text: &str) -> Cow<'_, str> {
+    if text.len() <= NAME_CAP {
+        return Cow::Borrowed(text);
     }
+    let mut end = NAME_CAP;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…({} bytes)", &text[..end], text.len()))
 }
 
 /// A message (an error's text), capped at [`MESSAGE_CAP`].
@@ -95,10 +103,10 @@ mod tests {
     fn control_characters_are_escaped_and_length_capped() {
         let forged = "app\nINFO config reloaded\r\x1b[31m\u{202e}\\n";
         assert_eq!(
-            name(forged).to_string(),
+            message(forged).to_string(),
             "app\\nINFO config reloaded\\r\\u{1b}[31m\\u{202e}\\\\n"
         );
-        assert_eq!(format!("{:?}", name("a\"b")), "\"a\\\"b\"");
+        assert_eq!(format!("{:?}", message("a\"b")), "\"a\\\"b\"");
         let long = "é".repeat(100);
         let shown = name(&long).to_string();
         assert!(shown.starts_with(&"é".repeat(64)), "{shown}");

@@ -116,8 +116,8 @@ where
         Err(AuthFailure::Refused(e)) => {
             let error = e.to_string();
             tracing::info!(
-                user = ?logsafe::name(user),
-                database = ?logsafe::name(database),
+                user = &*logsafe::name(user),
+                database = &*logsafe::name(database),
                 error = %logsafe::message(&error),
                 "client authentication failed"
             );
@@ -171,8 +171,8 @@ where
         Err(e) => {
             let error = e.to_string();
             tracing::warn!(
-                user = ?logsafe::name(user),
-                database = ?logsafe::name(database),
+                user = &*logsafe::name(user),
+                database = &*logsafe::name(database),
                 error = %logsafe::message(&error),
                 "server login failed"
             );

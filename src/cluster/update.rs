@@ -197,7 +197,7 @@ fn log_health(addr: String, was: bool, now: bool, error: Option<&str>) {
     match (was, now) {
         (_, false) => tracing::warn!(
             node = %addr,
-            error = ?crate::logsafe::message(error.unwrap_or("")),
+            error = %crate::logsafe::message(error.unwrap_or("")),
             "node unhealthy"
         ),
         (false, true) => tracing::info!(node = %addr, "node healthy"),

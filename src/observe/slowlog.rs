@@ -79,9 +79,9 @@ pub(crate) fn log_slow(ev: &QueryEvent<'_>, query_cap: usize) {
         duration_ms = ev.duration.as_secs_f64() * 1000.0,
         node = %ev.node_addr,
         role = ev.role.as_str(),
-        user = ?logsafe::name(ev.user),
-        database = ?logsafe::name(ev.database),
-        application_name = ?logsafe::name(ev.application_name),
+        user = &*logsafe::name(ev.user),
+        database = &*logsafe::name(ev.database),
+        application_name = &*logsafe::name(ev.application_name),
         rows = ev.rows,
         sqlstate = ev.error,
         "slow query"

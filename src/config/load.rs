@@ -271,6 +271,21 @@ impl Config {
             ));
         }
         self.validate_tls()?;
+        let text = self.observability.max_query_text;
+        let most = crate::observe::MAX_QUERY_TEXT_CAP as u32;
+        if !(64..=most).contains(&text) {
+            return Err((
+                "observability.max_query_text".into(),
+                format!("must be from 64 to {most} bytes, got {text}"),
+            ));
+        }
+        let memory = self.observability.max_query_memory;
+        if memory < 1024 * 1024 {
+            return Err((
+                "observability.max_query_memory".into(),
+                format!("must be at least 1048576 bytes (1 MiB), got {memory}"),
+            ));
+        }
         let rate = self.observability.explain_sample_rate;
         if !(0.0..=1.0).contains(&rate) {
             return Err((

@@ -320,6 +320,12 @@ pub struct ObservabilityConfig {
     pub explain_timeout: Duration,
     /// Query fingerprints kept for `/queries` (least recently seen evicted).
     pub max_fingerprints: u32,
+    /// Bytes of normalised text kept per fingerprint and printed in a
+    /// slow-query line; longer text is cut (and ends with `…`).
+    pub max_query_text: u32,
+    /// Bytes all kept fingerprints' texts and plans may take together; the
+    /// least recently seen are forgotten first to stay under it.
+    pub max_query_memory: u64,
     pub log_format: LogFormat,
 }
 
@@ -334,6 +340,8 @@ impl Default for ObservabilityConfig {
             explain_min_interval: Duration::from_secs(300),
             explain_timeout: Duration::from_secs(2),
             max_fingerprints: 5000,
+            max_query_text: 8192,
+            max_query_memory: 16 * 1024 * 1024,
             log_format: LogFormat::Text,
         }
     }

@@ -69,7 +69,7 @@ use std::net::SocketAddr;
 
 /// Largest `observability.max_query_text`: the classifier keeps no more
 /// normalised text than this per statement shape.
-pub const MAX_QUERY_TEXT_CAP: usize = 64 * 1024;
+pub const MAX_QUERY_TEXT_CAP: usize = crate::routing::MAX_NORMALIZED_TEXT;
 
 /// Why an observability part could not start.
 #[derive(Debug, thiserror::Error)]

@@ -65,6 +65,16 @@ use functions::FunctionPolicy;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+/// Normalised text kept per statement shape, in bytes (longer text is cut
+/// and ends with `…`; the fingerprint still covers all of it). With the
+/// cache's byte budget this bounds what many large distinct statements can
+/// make the classifier hold.
+pub const MAX_NORMALIZED_TEXT: usize = 64 * 1024;
+
+/// Bytes of normalised text and table names the classification cache
+/// holds at most (besides its bound in entries).
+pub const CACHE_TEXT_BUDGET: usize = 16 * 1024 * 1024;
+
 /// Bracket depth above which a statement is not parsed (`too_deep`).
 /// Generated SQL nests a handful of levels; 64 leaves room for hand-written
 /// monsters while keeping sqlparser's recursion and the tree walk shallow.
@@ -103,7 +113,7 @@ impl Classifier {
             )
         });
         Self {
-            cache: Cache::new(cache_capacity),
+            cache: Cache::new(cache_capacity, CACHE_TEXT_BUDGET),
             functions: FunctionPolicy::new(extra_read_only_functions),
             max_query_len,
         }
@@ -160,9 +170,7 @@ impl Classifier {
 
     /// The cache-miss path: full classification of `sql`.
     fn analyze(&self, sql: &str) -> StatementInfo {
-        // Normalised text can outgrow the input (`1` → `$1`), hence the slack.
-        let cap = self.max_query_len.saturating_mul(2).saturating_add(1024);
-        let normalized = normalize::normalize(sql, cap);
+        let normalized = normalize::normalize(sql, MAX_NORMALIZED_TEXT);
         let too_large = sql.len() > self.max_query_len;
         let too_deep = normalized.max_depth > MAX_NESTING;
         let unparsed = too_large || too_deep;

@@ -59,8 +59,9 @@ impl Sink for NotingSink<'_> {
 }
 
 /// Hash plus the text, used on a cache miss. The text stops growing at
-/// `cap` bytes (marked with `…`) so a huge statement does not pin a huge
-/// string in the cache; the hash always covers everything.
+/// `cap` bytes (cut inside a token if need be, and marked with `…`) so a
+/// huge statement does not pin a huge string in the cache; the hash always
+/// covers everything.
 pub(crate) struct TextSink {
     pub hash: FpHasher,
     pub text: String,
@@ -78,31 +79,38 @@ impl TextSink {
         }
     }
 
-    fn room(&mut self, s: &str) -> bool {
+    /// Appends what still fits of `s` (lower-cased if `lower`); the
+    /// text that does not fit is cut and `…` ends the text for good.
+    fn append(&mut self, s: &str, lower: bool) {
         if self.truncated {
-            return false;
+            return;
         }
-        if self.text.len() + s.len() > self.cap {
+        let room = self.cap.saturating_sub(self.text.len());
+        let mut end = s.len().min(room);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        if lower {
+            self.text
+                .extend(s[..end].chars().map(|c| c.to_ascii_lowercase()));
+        } else {
+            self.text.push_str(&s[..end]);
+        }
+        if end < s.len() {
             self.truncated = true;
             self.text.push('…');
-            return false;
         }
-        true
     }
 }
 
 impl Sink for TextSink {
     fn push(&mut self, s: &str) {
         self.hash.bytes(s.as_bytes());
-        if self.room(s) {
-            self.text.push_str(s);
-        }
+        self.append(s, false);
     }
     fn push_lower(&mut self, s: &str) {
         self.hash.lower(s.as_bytes());
-        if self.room(s) {
-            self.text.extend(s.chars().map(|c| c.to_ascii_lowercase()));
-        }
+        self.append(s, true);
     }
 }
 

@@ -47,6 +47,7 @@ mod runtime;
 mod security;
 mod security_http;
 mod security_logs;
+mod security_memory;
 mod security_probing;
 mod security_reload;
 mod shutdown;

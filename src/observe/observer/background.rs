@@ -44,7 +44,7 @@ impl Observer {
     async fn explain_one(&self, conns: &mut Conns, req: ExplainRequest) {
         let config = self.config();
         let timeout = config.observability.explain_timeout;
-        let query_cap = crate::observe::MAX_QUERY_TEXT_CAP;
+        let query_cap = config.observability.max_query_text as usize;
         let outcome = async {
             let conn = conns.get(&req.target, &config).await?;
             // statement_timeout bounds the server; this bounds the network.
@@ -71,6 +71,7 @@ impl Observer {
                 );
                 let sample = PlanSample {
                     summary,
+                    bytes: serde_json::to_string(&explained.plan).map_or(0, |t| t.len()),
                     plan: explained.plan,
                     at: SystemTime::now(),
                     node: req.target.node.to_string(),
@@ -103,8 +104,7 @@ impl Observer {
     fn tick(&self, window: &mut RecentLatency, budgets: &mut Budgets) {
         let config = self.config();
         self.settings.refresh(&config);
-        self.digests
-            .resize(config.observability.max_fingerprints as usize);
+        self.bound_digests(&config);
         let mut second = latency_histogram();
         self.digests.take_window(&mut second);
         let seconds = config.budgets.window.as_secs().max(1);

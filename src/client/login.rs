@@ -8,6 +8,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::auth::{self, AuthFailure};
+use super::buffer_budget::MessageLimits;
 use super::credentials::UserAuth;
 use super::params::ClientParams;
 use super::registry::ClientInfo;
@@ -223,7 +224,10 @@ where
             user: user_auth,
             database: database.to_string(),
             mode: config.proxy.pool_mode,
-            max_message: config.proxy.max_message_size as usize,
+            messages: MessageLimits::new(
+                config.proxy.max_message_size as usize,
+                shared.message_memory.clone(),
+            ),
             cancel,
         },
         ClientState::new(client_params),

@@ -2,6 +2,7 @@
 //! the per-client session that borrows server connections.
 
 mod auth;
+pub mod buffer_budget;
 pub mod cancel;
 pub mod credentials;
 mod effects;

@@ -271,6 +271,13 @@ impl Config {
             ));
         }
         self.validate_tls()?;
+        let memory = self.proxy.max_message_memory;
+        if memory < 2 * 1024 * 1024 {
+            return Err((
+                "proxy.max_message_memory".into(),
+                format!("must be at least 2097152 bytes (2 MiB), got {memory}"),
+            ));
+        }
         let text = self.observability.max_query_text;
         let most = crate::observe::MAX_QUERY_TEXT_CAP as u32;
         if !(64..=most).contains(&text) {

@@ -56,6 +56,9 @@ pub struct ProxyConfig {
     pub client_login_timeout: Duration,
     /// Largest protocol message (bytes) the proxy accepts from a client.
     pub max_message_size: u32,
+    /// Bytes all clients' large messages (over 1 MiB, each counted twice:
+    /// read and copied for the server) may hold at once.
+    pub max_message_memory: u64,
     /// A client idle outside a transaction this long is disconnected
     /// (57P05). Zero: never.
     #[serde(with = "humantime_serde")]
@@ -101,6 +104,7 @@ impl Default for ProxyConfig {
             shutdown_timeout: Duration::from_secs(30),
             client_login_timeout: Duration::from_secs(15),
             max_message_size: 64 * 1024 * 1024,
+            max_message_memory: 256 * 1024 * 1024,
             client_idle_timeout: Duration::ZERO,
             idle_transaction_timeout: Duration::ZERO,
             query_timeout: Duration::ZERO,

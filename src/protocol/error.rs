@@ -16,6 +16,7 @@ impl SqlState {
     pub const INVALID_AUTHORIZATION: SqlState = SqlState("28000");
     pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
+    pub const OUT_OF_MEMORY: SqlState = SqlState("53200");
     pub const READ_ONLY_TRANSACTION: SqlState = SqlState("25006");
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::client::buffer_budget::BufferBudget;
 use crate::client::credentials::Credentials;
 use crate::client::prepared::StatementRegistry;
 use crate::client::registry::ClientRegistry;
@@ -70,6 +71,8 @@ pub struct Shared {
     pub paused: Pause,
     /// Connected sockets, logged in or not (for max_client_conn).
     pub connected: AtomicUsize,
+    /// `proxy.max_message_memory`: what large client messages may hold.
+    pub message_memory: Arc<BufferBudget>,
     /// Client-facing TLS (certificate and mode); replaced on reload.
     pub client_tls: ArcSwap<crate::tls::ClientTls>,
 }
@@ -201,6 +204,7 @@ impl Proxy {
             write_log: WriteLog::default(),
             paused: Pause::default(),
             connected: AtomicUsize::new(0),
+            message_memory: BufferBudget::new(config.proxy.max_message_memory),
             client_tls: ArcSwap::from_pointee(client_tls),
             config: handle,
         });

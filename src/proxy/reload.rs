@@ -78,6 +78,7 @@ impl Shared {
             });
         let pools_changed = !same_pool_settings(&new, &old) || passwords_changed;
         self.client_tls.store(std::sync::Arc::new(client_tls));
+        self.message_memory.set_limit(new.proxy.max_message_memory);
         self.pools.set_server_tls(server_tls);
         self.credentials
             .store(std::sync::Arc::new(Credentials::build(&new)));

@@ -3,8 +3,11 @@
 //! budget across all clients, with the memory given back afterwards.
 //! Measured on a `pgsidecar run` process (/proc/PID/status).
 
+use std::time::Duration;
+
 use crate::harness::{self, APP};
 use crate::running;
+use crate::wire::{self, Raw};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -82,4 +85,107 @@ async fn query_statistics_stay_bounded_in_bytes() {
             assert!(text.len() <= 16384 && text.ends_with('…'), "{}", text.len());
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_share_a_budget_and_their_memory_is_given_back() {
+    let db = harness::fresh_db("sec_big_messages");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgsidecar.toml");
+    std::fs::write(
+        &path,
+        running::config_text(
+            None,
+            "[proxy]\nmax_message_size = 33554432\nmax_message_memory = 67108864\n\
+             [pool]\ncheckout_timeout = \"60s\"\n[observability]\nexplain = \"off\"\n",
+        ),
+    )
+    .unwrap();
+    let proxy = running::start(&path).await;
+    let warm = client(proxy.port, &db).await;
+    warm.simple_query("select 1").await.unwrap();
+    let before = proxy.memory("VmRSS");
+
+    // Eight clients send a 20 MB query each, all at once.
+    let size = 20_000_000;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let db = db.clone();
+            let port = proxy.port;
+            tokio::spawn(async move {
+                let c = client(port, &db).await;
+                let sql = format!("select length('{}')", "x".repeat(size));
+                c.simple_query(&sql).await.map(|_| ()).map_err(|e| {
+                    let db = e.as_db_error().expect("an ErrorResponse");
+                    (db.code().code().to_string(), db.message().to_string())
+                })
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err((code, message)) => {
+                assert_eq!(code, "53200", "{message}");
+                assert!(message.contains("proxy.max_message_memory"), "{message}");
+            }
+        }
+    }
+    let peak = proxy.memory("VmHWM");
+    eprintln!(
+        "{ok} of 8 large queries ran; RSS {} MiB, peak {} MiB",
+        before / MIB,
+        peak / MIB
+    );
+    assert!(ok >= 1, "no large query got through");
+    assert!(
+        peak < before + 160 * MIB,
+        "peak RSS {} MiB (from {} MiB)",
+        peak / MIB,
+        before / MIB
+    );
+    let settled = harness::eventually(
+        "memory to be given back",
+        Duration::from_secs(10),
+        || async {
+            let now = proxy.memory("VmRSS");
+            (now < before + 32 * MIB).then_some(now)
+        },
+    )
+    .await;
+    eprintln!("RSS afterwards {} MiB", settled / MIB);
+    // The budget is free again: one more large query runs.
+    let c = client(proxy.port, &db).await;
+    c.simple_query(&format!("select length('{}')", "y".repeat(size)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_message_over_the_budget_is_refused_at_its_header() {
+    let db = harness::fresh_db("sec_budget_header");
+    let proxy = harness::proxy(
+        "[auth]\nclient_auth = \"trust\"\n\
+         [proxy]\nmax_message_size = 134217728\nmax_message_memory = 16777216\n",
+    )
+    .await;
+    let (mut raw, _, _) = Raw::login_trust(proxy.addr, APP.name, &db).await;
+    // A Query that says it is 20 MiB long; its body never comes.
+    let mut header = vec![b'Q'];
+    header.extend_from_slice(&(20u32 * 1024 * 1024).to_be_bytes());
+    header.extend_from_slice(b"select ");
+    raw.send(&header).await;
+    let e = raw.fatal().await;
+    assert_eq!(e.code, "53200", "{e:?}");
+    assert!(e.message.contains("proxy.max_message_memory"), "{e:?}");
+    // Below the budget the same proxy takes it.
+    let (mut raw, _, _) = Raw::login_trust(proxy.addr, APP.name, &db).await;
+    raw.send(&wire::query(&format!(
+        "select length('{}')",
+        "z".repeat(4 << 20)
+    )))
+    .await;
+    let (_, seen) = raw.until_ready().await;
+    assert!(seen.iter().any(|(t, _)| *t == b'D'), "{seen:?}");
 }

@@ -340,10 +340,12 @@ impl SessionFlow<'_> {
             self.send(out, frame, Some(Request::Parse), 0);
             return Ok(());
         }
-        let s =
-            self.client
-                .statements
-                .define(&self.shared.statements, &self.shared.classifier, &msg);
+        let s = self.client.statements.define(
+            &self.shared.statements,
+            &self.shared.classifier,
+            &msg,
+            self.client.memo.reading(),
+        );
         if !self.ensure_prepared(&s, out, true) {
             // Already on this server: answer for it.
             self.expect.sent(fe::PARSE, None, Audience::Client, 0);
@@ -880,6 +882,11 @@ impl Flow for SessionFlow<'_> {
         let mut forward = matched.disposition != Some(Disposition::Drop);
         if matched.ready {
             self.on_ready(before, status, forward);
+        }
+        if matches!(tag, be::PARAMETER_STATUS | be::READY_FOR_QUERY) {
+            // standard_conforming_strings: how the next statements are read.
+            let quiet = self.expect.is_quiet();
+            self.client.memo.server_frame(tag, frame, quiet);
         }
         // `query_timeout` cancelled this query: its error names the limit.
         let reworded = if forward

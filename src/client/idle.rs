@@ -65,9 +65,10 @@ pub fn answer(
             if msg.name.is_empty() || !pool.statement_ok(known.map(|s| s.id)) {
                 return Ok(Idle::NeedServer);
             }
+            let reading = client.memo.reading();
             client
                 .statements
-                .define(&shared.statements, &shared.classifier, &msg);
+                .define(&shared.statements, &shared.classifier, &msg, reading);
             out.extend_from_slice(b"1\0\0\0\x04");
             Ok(Idle::Answered)
         }

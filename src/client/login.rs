@@ -14,6 +14,7 @@ use super::params::ClientParams;
 use super::registry::ClientInfo;
 use super::session::SessionCtx;
 use super::state::ClientState;
+use super::strings::StringMode;
 use crate::config::ClientAuth;
 use crate::logsafe;
 use crate::protocol::backend;
@@ -218,6 +219,15 @@ where
     if !stream_is_ok(stream, &out).await {
         return Ok(None);
     }
+    // How the client's statements' strings are read, as the client was
+    // told: its own startup value, else the server's.
+    let strings = StringMode::at_login(
+        client_params
+            .startup_raw("standard_conforming_strings")
+            .or(params.get("standard_conforming_strings")),
+    );
+    let mut state = ClientState::new(client_params);
+    state.memo.strings = strings;
     Ok(Some(LoggedIn::Session(Box::new((
         SessionCtx {
             shared: shared.clone(),
@@ -230,7 +240,7 @@ where
             ),
             cancel,
         },
-        ClientState::new(client_params),
+        state,
     )))))
 }
 

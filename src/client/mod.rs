@@ -22,5 +22,6 @@ mod route;
 mod route_setting;
 mod session;
 mod state;
+mod strings;
 
 pub use listener::{accept_loop, bind};

@@ -4,6 +4,7 @@
 //! proxy needs (its own Parse, a client's Bind with the name replaced) are
 //! built here.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -11,7 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::protocol::ProtocolError;
 use crate::protocol::frame::{self, fe};
-use crate::routing::{Classified, Classifier};
+use crate::routing::{Classified, Classifier, Quoting};
 use crate::server::statement_name;
 
 /// A statement as the proxy prepares it on servers.
@@ -51,19 +52,33 @@ impl StatementRegistry {
 
     /// The statement for a Parse body (everything after the client's name:
     /// query, parameter count and types).
+    /// `reading`: how the client's server reads strings (`None`: not
+    /// known for sure). A text with a backslash means something else in
+    /// each mode, so it is a different statement in each.
     fn get_or_insert(
         &self,
         classifier: &Classifier,
         query: &str,
         after_name: &[u8],
+        reading: Option<Quoting>,
     ) -> Arc<Statement> {
-        if let Some(s) = self.get(after_name) {
+        let key = match reading {
+            Some(Quoting::Standard) => Cow::Borrowed(after_name),
+            _ if !query.contains('\\') => Cow::Borrowed(after_name),
+            // No query starts with 0xFF (not UTF-8): no clash with a body.
+            Some(Quoting::Backslash) => Cow::Owned([&[0xFF, 1], after_name].concat()),
+            None => Cow::Owned([&[0xFF, 2], after_name].concat()),
+        };
+        if let Some(s) = self.get(&key) {
             return s;
         }
         // Classify outside the lock: a miss can take tens of microseconds.
-        let class = classifier.classify(query);
+        let class = match reading {
+            Some(quoting) => classifier.classify_in(query, quoting),
+            None => classifier.classify_unsure(query),
+        };
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = inner.by_body.get(after_name).and_then(Weak::upgrade) {
+        if let Some(s) = inner.by_body.get(&*key).and_then(Weak::upgrade) {
             return s;
         }
         inner.next_id += 1;
@@ -92,7 +107,7 @@ impl StatementRegistry {
         });
         inner
             .by_body
-            .insert(after_name.into(), Arc::downgrade(&statement));
+            .insert((*key).into(), Arc::downgrade(&statement));
         if inner.by_body.len() > 2 * inner.swept_at.max(1024) {
             inner.by_body.retain(|_, w| w.strong_count() > 0);
             inner.swept_at = inner.by_body.len();
@@ -175,8 +190,9 @@ impl ClientStatements {
         registry: &StatementRegistry,
         classifier: &Classifier,
         msg: &ParseMsg<'_>,
+        reading: Option<Quoting>,
     ) -> Arc<Statement> {
-        let s = registry.get_or_insert(classifier, msg.query, msg.after_name);
+        let s = registry.get_or_insert(classifier, msg.query, msg.after_name, reading);
         self.named.insert(msg.name.into(), s.clone());
         s
     }
@@ -248,11 +264,30 @@ mod tests {
         let mut b = ClientStatements::default();
         let fa = parse_frame("s1", "select 1");
         let fb = parse_frame("other", "select 1");
-        let sa = a.define(&reg, &c, &parse_parse(&fa).unwrap());
-        let sb = b.define(&reg, &c, &parse_parse(&fb).unwrap());
+        let sa = a.define(
+            &reg,
+            &c,
+            &parse_parse(&fa).unwrap(),
+            Some(Quoting::Standard),
+        );
+        let sb = b.define(
+            &reg,
+            &c,
+            &parse_parse(&fb).unwrap(),
+            Some(Quoting::Standard),
+        );
         assert_eq!(sa.id, sb.id);
         let fc = parse_frame("s2", "select 2");
-        assert_ne!(a.define(&reg, &c, &parse_parse(&fc).unwrap()).id, sa.id);
+        assert_ne!(
+            a.define(
+                &reg,
+                &c,
+                &parse_parse(&fc).unwrap(),
+                Some(Quoting::Standard)
+            )
+            .id,
+            sa.id
+        );
         // The proxy's Parse carries the proxy name and the same query.
         let p = parse_parse(&sa.parse).unwrap();
         assert_eq!(p.name, &*sa.name);

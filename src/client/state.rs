@@ -7,10 +7,11 @@ use bytes::Bytes;
 use super::effects::Pins;
 use super::params::{ClientParams, ParamValue};
 use super::prepared::ClientStatements;
+use super::strings::StringMode;
 use crate::routing::policy::ClientRouting;
 use std::ops::Range;
 
-use crate::routing::{Classified, Classifier, template};
+use crate::routing::{Classified, Classifier, Quoting, template};
 
 /// Per-client state that outlives any one server.
 #[derive(Default)]
@@ -34,9 +35,14 @@ pub struct ClientState {
 /// Texts longer than this are not remembered (every idle client keeps one).
 const MEMO_MAX: usize = 1024;
 
-/// Remembers the last classification of this client.
+/// Remembers the last classification of this client, and reads each text
+/// the way this client's server reads strings ([`StringMode`]).
 #[derive(Default)]
 pub struct ClassMemo {
+    /// The session's `standard_conforming_strings` as far as known.
+    pub strings: StringMode,
+    /// How `class` was read (`None`: unsure).
+    read_as: Option<Quoting>,
     text: String,
     class: Option<Classified>,
     /// `text` is the text `class` is for (false after a text too long to
@@ -59,14 +65,17 @@ impl ClassMemo {
     /// the last result for the same statement with other integers in it
     /// (see [`template`]), unless its values matter (a `SET`).
     pub fn classify_ref(&mut self, classifier: &Classifier, text: &str) -> &Classified {
-        if self.keyed && self.class.is_some() && self.text == text {
-            return self.class.get_or_insert_with(|| classifier.classify(text));
+        let reading = self.strings.reading();
+        let same_reading = reading.is_some() && self.read_as == reading;
+        if same_reading && self.keyed && self.class.is_some() && self.text == text {
+            return self.noted(classifier, text);
         }
         let valueless = self
             .class
             .as_ref()
             .is_some_and(|c| !c.info.has_session_changes);
-        if self.keyed
+        if same_reading
+            && self.keyed
             && valueless
             && !self.numbers.is_empty()
             && text.len() <= MEMO_MAX
@@ -75,18 +84,52 @@ impl ClassMemo {
             self.text.clear();
             self.text.push_str(text);
             std::mem::swap(&mut self.numbers, &mut self.spare);
-            return self.class.get_or_insert_with(|| classifier.classify(text));
+            return self.noted(classifier, text);
         }
         self.text.clear();
         self.keyed = text.len() <= MEMO_MAX;
         if self.keyed {
             self.text.push_str(text);
         }
-        let class = classifier.classify_noting_numbers(text, &mut self.numbers);
+        self.read_as = reading;
+        let class = match reading {
+            Some(quoting) => {
+                classifier.classify_noting_numbers_in(text, quoting, &mut self.numbers)
+            }
+            None => {
+                self.numbers.clear();
+                classifier.classify_unsure(text)
+            }
+        };
         if self.numbers.capacity() > MEMO_NUMBERS {
             self.numbers = Vec::new();
         }
-        self.class.insert(class)
+        self.class = Some(class);
+        self.noted(classifier, text)
+    }
+
+    /// The remembered classification, after telling [`StringMode`] about
+    /// it (a statement that may change the string mode makes the next
+    /// ones unsure until the server answers).
+    fn noted(&mut self, classifier: &Classifier, text: &str) -> &Classified {
+        let read_as = self.read_as;
+        let class = self.class.get_or_insert_with(|| match read_as {
+            Some(quoting) => classifier.classify_in(text, quoting),
+            None => classifier.classify_unsure(text),
+        });
+        self.strings.classified(class);
+        class
+    }
+
+    /// The string mode for other classifications of this client (named
+    /// prepared statements); `None` while not known for sure.
+    pub fn reading(&self) -> Option<Quoting> {
+        self.strings.reading()
+    }
+
+    /// A server frame the relay inspected ([`StringMode::server_frame`]).
+    pub fn server_frame(&mut self, tag: u8, frame: &[u8], quiet: bool) {
+        self.strings.server_frame(tag, frame, quiet);
     }
 }
 

@@ -46,6 +46,7 @@ mod running;
 mod runtime;
 mod security;
 mod security_http;
+mod security_literals;
 mod security_logs;
 mod security_memory;
 mod security_probing;

@@ -27,6 +27,10 @@ FROM debian:bookworm-slim
 # A fixed numeric uid, so Kubernetes' runAsNonRoot can check it.
 RUN useradd --system --uid 10001 --user-group --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin pgsidecar
+# [cluster] state_file's default place; mount a volume here so that the
+# primary's WAL timeline is remembered when the container is replaced.
+RUN mkdir -p /var/lib/pgsidecar && chown 10001:10001 /var/lib/pgsidecar \
+    && chmod 700 /var/lib/pgsidecar
 COPY --from=build /usr/local/bin/pgsidecar /usr/local/bin/pgsidecar
 COPY conf/pgsidecar.toml /etc/pgsidecar/pgsidecar.toml
 # In a container the listeners must face the container's network, not its

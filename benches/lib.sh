@@ -2,7 +2,9 @@
 # pgsidecar (release build) and Debian's PgBouncer in front of them, and the
 # clean-up. Source it after setting POOL, SCALE and IDLE_CLIENTS (defaults
 # below); it sets PRIMARY_PORT, REPLICA_PORT, SIDECAR_PORT, SIDECAR_PID,
-# BOUNCER_PORT (empty without PgBouncer), BINDIR, PASSWORD and WORK.
+# SIDECAR_SOCKET_DIR, BOUNCER_PORT (empty without PgBouncer), BOUNCER_PID,
+# BOUNCER_SOCKET_DIR, BINDIR, PASSWORD and WORK. Each proxy also listens
+# on a Unix socket, <its socket dir>/.s.PGSQL.<its port>.
 
 POOL=${POOL:-5}
 SCALE=${SCALE:-10}
@@ -81,9 +83,11 @@ psql_su() { local port=$1; shift; "$BINDIR/psql" -X -h 127.0.0.1 -p "$port" -U p
 start_pgsidecar() {
     SIDECAR_PORT=$(free_port)
     SIDECAR_HTTP=$(free_port)
+    SIDECAR_SOCKET_DIR=$WORK/sidecar-sock
     cat >"$WORK/pgsidecar.toml" <<EOF
 [proxy]
 listen = "127.0.0.1:$SIDECAR_PORT"
+unix_socket_dir = "$SIDECAR_SOCKET_DIR"
 max_client_conn = $((IDLE_CLIENTS + 1000))
 [http]
 listen = "127.0.0.1:$SIDECAR_HTTP"
@@ -111,14 +115,23 @@ start_pgbouncer() {
     BOUNCER_PORT=""
     command -v pgbouncer >/dev/null || { log "pgbouncer not installed: skipped (apt-get install pgbouncer)"; return; }
     BOUNCER_PORT=$(free_port)
-    echo "\"bench\" \"$PASSWORD\"" >"$WORK/userlist.txt"
+    BOUNCER_SOCKET_DIR=$WORK/bouncer-sock
+    mkdir -p "$BOUNCER_SOCKET_DIR"
+    # PgBouncer gets the role's SCRAM verifier from pg_authid, as
+    # pgsidecar derives one when it loads its config: with the plaintext
+    # password PgBouncer would run PBKDF2 (4096 rounds) on every login, a
+    # cost that swamps -C and the login of 500 clients. BOUNCER_PLAINTEXT=1
+    # gives it the plaintext password instead.
+    local secret=$PASSWORD
+    [ -n "${BOUNCER_PLAINTEXT:-}" ] || secret=$(psql_su "$PRIMARY_PORT" -Atc "select rolpassword from pg_authid where rolname = 'bench'")
+    echo "\"bench\" \"$secret\"" >"$WORK/userlist.txt"
     cat >"$WORK/pgbouncer.ini" <<EOF
 [databases]
 bench = host=127.0.0.1 port=$PRIMARY_PORT dbname=bench
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $BOUNCER_PORT
-unix_socket_dir =
+unix_socket_dir = $BOUNCER_SOCKET_DIR
 auth_type = scram-sha-256
 auth_file = $WORK/userlist.txt
 pool_mode = transaction
@@ -132,6 +145,9 @@ EOF
     as_pg pgbouncer "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
     PIDS+=("$!")
     wait_port "$BOUNCER_PORT"
+    # $! is runuser's; the pidfile has PgBouncer's own (for its CPU time).
+    for _ in $(seq 100); do [ -s "$WORK/pgbouncer.pid" ] && break; sleep 0.05; done
+    BOUNCER_PID=$(cat "$WORK/pgbouncer.pid")
 }
 
 # wait_port PORT [TRIES]: up to TRIES × 50 ms (default 10 s).

@@ -38,7 +38,9 @@ dpkg -i "$deb"
 
 step "files"
 for f in /usr/bin/pgsidecar /etc/pgsidecar/pgsidecar.toml \
-    /usr/share/doc/pgsidecar/README.md; do
+    /usr/share/doc/pgsidecar/README.md \
+    /usr/share/doc/pgsidecar/docs/architecture.md \
+    /usr/share/doc/pgsidecar/docs/deployment.md; do
     [[ -f "$f" ]] || fail "$f is missing"
     echo "ok  $f"
 done

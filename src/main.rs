@@ -1,13 +1,14 @@
 //! pgsidecar command line: `run`, `check` and `demo`. Everything else lives
 //! in the library.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use pgsidecar::config::{Config, LogFormat};
+use pgsidecar::config::{Config, ConfigError, LogFormat};
 use pgsidecar::demo::command::DemoOptions;
 use pgsidecar::proxy::Proxy;
 
@@ -81,17 +82,41 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", render(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes, each said once: many errors already put
+/// their cause in their own message (`cannot read config file X: No such
+/// file or directory`), and anyhow's `{:#}` would repeat it.
+fn render(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// Reads the certificate, key and CA files the config names, the way the
+/// proxy does when it starts, so that a file that cannot be used is
+/// reported against the config file and key that name it.
+fn check_tls_files(path: &std::path::Path, config: &Config) -> Result<(), ConfigError> {
+    let in_file =
+        |e: pgsidecar::tls::TlsError| ConfigError::invalid_key(path, e.key(), e.problem());
+    pgsidecar::tls::build_client_tls(&config.proxy).map_err(in_file)?;
+    pgsidecar::tls::build_server_tls(&config.cluster).map_err(in_file)?;
+    Ok(())
+}
+
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let (config, sources) = Config::load_with_sources(path)?;
-    // Certificates and keys are read the way `run` reads them.
-    pgsidecar::tls::build_client_tls(&config.proxy)?;
-    pgsidecar::tls::build_server_tls(&config.cluster)?;
+    check_tls_files(path, &config)?;
     let rendered = toml::to_string(&config).context("printing the config")?;
     print!("{}", sources.annotate(&rendered));
     println!(
@@ -101,10 +126,19 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Colour in log lines only for a person watching a terminal: not in a
+/// file, a pipe or journald, and never with `NO_COLOR` set
+/// (<https://no-color.org>).
+fn colour(stream_is_terminal: bool) -> bool {
+    stream_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGSIDECAR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour(std::io::stdout().is_terminal()));
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -128,6 +162,7 @@ fn runtime_builder(worker_threads: u32) -> tokio::runtime::Builder {
 
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    check_tls_files(path, &config)?;
     init_logging(config.observability.log_format);
     let worker_threads = config.proxy.worker_threads;
     let runtime = runtime_builder(worker_threads)
@@ -176,6 +211,7 @@ fn demo(options: DemoOptions) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(std::io::stderr().is_terminal()))
         .init();
     pgsidecar::demo::command::run(options)?;
     Ok(())

@@ -2,7 +2,8 @@
 //! SSLRequest answered ('S' and a TLS handshake when a certificate is
 //! configured, 'N' otherwise), GSSENCRequest declined, CancelRequest
 //! recognised, and the StartupMessage read, all under the startup size
-//! limit.
+//! limit. On a Unix socket TLS is never offered (see
+//! [`ClientTransport::OFFERS_TLS`]).
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncReadExt;
@@ -10,7 +11,7 @@ use tokio::io::AsyncReadExt;
 use crate::config::ClientTlsMode;
 use crate::protocol::startup::{self, StartupMessage, StartupPacket};
 use crate::protocol::{SqlState, WireError};
-use crate::tls::{ClientStream, ClientTls, write_flush};
+use crate::tls::{ClientTls, ClientTransport, write_flush};
 
 /// What a new connection turned out to be.
 pub enum Opening {
@@ -29,11 +30,13 @@ pub enum Opening {
 /// refused: those bytes were sent in plaintext and would otherwise be
 /// taken as if they came after the negotiation (the CVE-2021-23214 class
 /// of bug, a man-in-the-middle's way to inject a query).
-pub async fn negotiate(
-    stream: &mut ClientStream,
+pub async fn negotiate<S: ClientTransport>(
+    stream: &mut S,
     buf: &mut BytesMut,
     tls: &ClientTls,
 ) -> Result<Opening, WireError> {
+    let acceptor = tls.acceptor.as_ref().filter(|_| S::OFFERS_TLS);
+    let require = S::OFFERS_TLS && tls.mode == ClientTlsMode::Require;
     loop {
         let (packet, len) = loop {
             if let Some(parsed) = startup::parse(buf)? {
@@ -63,7 +66,7 @@ pub async fn negotiate(
                         "encryption requested again inside TLS",
                     ));
                 }
-                let acceptor = match (&packet, &tls.acceptor) {
+                let acceptor = match (&packet, acceptor) {
                     (StartupPacket::SslRequest, Some(acceptor)) => acceptor,
                     _ => {
                         if write_flush(stream, b"N").await.is_err() {
@@ -81,7 +84,7 @@ pub async fn negotiate(
                 }
             }
             StartupPacket::Cancel { pid, secret } => return Ok(Opening::Cancel { pid, secret }),
-            StartupPacket::Startup(_) if tls.mode == ClientTlsMode::Require && !stream.is_tls() => {
+            StartupPacket::Startup(_) if require && !stream.is_tls() => {
                 return Err(WireError::fatal(
                     SqlState::INVALID_AUTHORIZATION,
                     "pgsidecar requires SSL",

@@ -14,11 +14,11 @@ use super::route::{self, Unit};
 use super::session::SessionCtx;
 use super::state::ClientState;
 use crate::cluster::{ClusterView, NodeId, ReplicaLease, Role};
-use crate::config::PoolMode;
+use crate::config::{NodeAddr, PoolMode};
 use crate::protocol::frame::{self, fe};
 use crate::protocol::{SqlState, WireError};
 use crate::routing::policy::Target;
-use crate::server::{Lease, PoolKey, ServerPool};
+use crate::server::{CheckoutError, Lease, PoolKey, ServerPool};
 
 /// Time allowed for the proxy's own clean-up statements (ROLLBACK,
 /// DISCARD ALL) before the server connection is closed instead.
@@ -83,23 +83,103 @@ impl NodePools {
         })
     }
 
-    /// The pool of the current primary. Borrowed, like the cluster view it
-    /// is looked up in: every request asks, and cloning either would bump
-    /// a reference count that every client shares.
+    /// The pool of the current primary, for what an idle client's frames
+    /// can be answered from (statements already prepared there). Borrowed,
+    /// like the cluster view it is looked up in: every request asks, and
+    /// cloning either would bump a reference count that every client
+    /// shares. While no node may take writes (the monitor is settling, or
+    /// recording a new primary) it is the configured primary's pool: a
+    /// request that needs a server waits for a primary in [`acquire`].
     pub fn primary(&mut self, ctx: &SessionCtx) -> Result<&Arc<ServerPool>, WireError> {
         let cluster = ctx.shared.cluster();
-        let node = primary_node(&cluster)?;
+        let node = cluster.primary().unwrap_or(0);
         Ok(self.get(ctx, &cluster, node))
     }
 }
 
-fn primary_node(cluster: &ClusterView) -> Result<NodeId, WireError> {
-    cluster.primary().ok_or_else(|| {
+fn primary_node(cluster: &ClusterView, primary: Option<NodeId>) -> Result<NodeId, WireError> {
+    primary.ok_or_else(|| {
         WireError::error(
             SqlState::CONNECTION_FAILURE,
-            "no primary is available: every node is down or in recovery",
+            format!("no primary is available: {}", cluster.no_primary_reason()),
         )
     })
+}
+
+/// Why a queued checkout ended without a server.
+enum Lost {
+    Checkout(CheckoutError),
+    /// The monitor found the node down (a replica) or no longer the
+    /// primary, while the request was still queued for it.
+    GivenUp {
+        node: NodeAddr,
+    },
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lost::Checkout(e) => e.fmt(f),
+            Lost::GivenUp { node } => write!(f, "{node} is down or changed role"),
+        }
+    }
+}
+
+/// Takes a server of `node`'s pool, or gives up as soon as the monitor
+/// says the node is no longer fit for `role` (rather than retrying a
+/// refused connection for the whole checkout_timeout). The watch is only
+/// polled when the checkout has to wait.
+async fn checkout_unless_given_up(
+    pool: &ServerPool,
+    cluster: &ClusterView,
+    node: NodeId,
+    role: Role,
+) -> Result<Lease, Lost> {
+    tokio::select! {
+        biased;
+        got = pool.checkout() => got.map_err(Lost::Checkout),
+        () = cluster.given_up(node, role) => Err(Lost::GivenUp { node: cluster.addr(node).clone() }),
+    }
+}
+
+/// Most primary changes one queued write follows before it fails: a
+/// failover is one change, and a cluster flapping faster than that is
+/// better reported than chased.
+const MAX_PRIMARY_MOVES: usize = 3;
+
+/// Takes a server of the primary, waiting up to `checkout_timeout` for
+/// one to be chosen; follows the primary if it changes while the request
+/// is queued.
+async fn checkout_primary(
+    ctx: &SessionCtx,
+    pools: &mut NodePools,
+    cluster: &Arc<ClusterView>,
+) -> Result<(NodeId, Arc<ServerPool>, Lease), WireError> {
+    let mut moves = 0;
+    loop {
+        let node = match cluster.primary() {
+            Some(node) => node,
+            None => {
+                let limit = ctx.shared.config.load().pool.checkout_timeout;
+                primary_node(cluster, cluster.wait_for_primary(limit).await)?
+            }
+        };
+        let pool = pools.get(ctx, cluster, node).clone();
+        match checkout_unless_given_up(&pool, cluster, node, Role::Primary).await {
+            Ok(server) => return Ok((node, pool, server)),
+            Err(Lost::Checkout(e)) => return Err(e.to_wire()),
+            Err(lost @ Lost::GivenUp { .. }) if moves >= MAX_PRIMARY_MOVES => {
+                return Err(WireError::error(
+                    SqlState::CONNECTION_FAILURE,
+                    format!("the primary changed {moves} times while this request waited: {lost}"),
+                ));
+            }
+            Err(Lost::GivenUp { .. }) => {
+                moves += 1;
+                tracing::info!(old = %cluster.addr(node), "primary changed while a request waited for it; following");
+            }
+        }
+    }
 }
 
 /// Routes `unit` and takes a server for it.
@@ -142,26 +222,28 @@ async fn acquire_inner(
     if routed.decision.read_your_writes {
         metrics.read_your_writes();
     }
-    let (mut node, mut replica) = match routed.decision.target {
-        Target::Primary => (primary_node(&cluster)?, None),
-        Target::Replica(lease) => (lease.id, Some(lease)),
-    };
-    let mut pool = pools.get(ctx, &cluster, node).clone();
     let waited = std::time::Instant::now();
-    let checkout = pool.checkout().await;
-    metrics.pool_wait(waited.elapsed());
-    let lease = match checkout {
-        Ok(lease) => lease,
-        Err(e) if replica.is_some() => {
-            // Nothing was sent yet: a read can run on the primary instead.
-            tracing::warn!(error = %e, "replica unavailable, reading from the primary");
-            replica = None;
-            node = primary_node(&cluster)?;
-            pool = pools.get(ctx, &cluster, node).clone();
-            pool.checkout().await.map_err(|e| e.to_wire())?
+    let (node, pool, lease, replica) = match routed.decision.target {
+        Target::Replica(lease) => {
+            let node = lease.id;
+            let pool = pools.get(ctx, &cluster, node).clone();
+            match checkout_unless_given_up(&pool, &cluster, node, Role::Replica).await {
+                Ok(server) => (node, pool, server, Some(lease)),
+                Err(why) => {
+                    // Nothing was sent yet: a read can run on the primary instead.
+                    tracing::warn!(reason = %why, "replica unavailable, reading from the primary");
+                    drop(lease);
+                    let (node, pool, server) = checkout_primary(ctx, pools, &cluster).await?;
+                    (node, pool, server, None)
+                }
+            }
         }
-        Err(e) => return Err(e.to_wire()),
+        Target::Primary => {
+            let (node, pool, server) = checkout_primary(ctx, pools, &cluster).await?;
+            (node, pool, server, None)
+        }
     };
+    metrics.pool_wait(waited.elapsed());
     let role = if replica.is_some() {
         Role::Replica
     } else {

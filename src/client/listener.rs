@@ -1,15 +1,19 @@
-//! Accepting client connections: one task per client, each with a login
-//! deadline, the client counter, and cancel requests handled on the spot.
+//! Accepting client connections on TCP and on the Unix socket: one task
+//! per client, each with a login deadline, the client counter, and cancel
+//! requests handled on the spot.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use super::handshake::{self, Opening};
+use super::registry::ClientAddr;
+use super::unix_socket::UnixSocket;
 use super::{login, session};
 use crate::proxy::Shared;
+use crate::tls::{ClientStream, ClientTransport};
 
 /// Binds the client port with SO_REUSEPORT, so that a new pgsidecar can
 /// serve the same port while an old one drains (rolling restart).
@@ -24,8 +28,33 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// A listening socket: TCP, or the Unix socket (which removes its file
+/// when the loop ends and drops it).
+pub trait Accept: Send + 'static {
+    type Stream: ClientTransport;
+    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Stream, ClientAddr)>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = ClientStream;
+
+    async fn accept(&self) -> std::io::Result<(ClientStream, ClientAddr)> {
+        let (tcp, peer) = TcpListener::accept(self).await?;
+        Ok((ClientStream::Plain(tcp), ClientAddr::Tcp(peer)))
+    }
+}
+
+impl Accept for UnixSocket {
+    type Stream = tokio::net::UnixStream;
+
+    async fn accept(&self) -> std::io::Result<(Self::Stream, ClientAddr)> {
+        let (stream, _) = self.listener.accept().await?;
+        Ok((stream, ClientAddr::Unix { port: self.port }))
+    }
+}
+
 /// Accepts clients until shutdown starts.
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn accept_loop<L: Accept>(listener: L, shared: Arc<Shared>) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -37,7 +66,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 let tracker = shared.sessions.clone();
                 tracker.spawn(async move {
                     tracing::debug!(%peer, "client connected");
-                    handle(shared, stream).await;
+                    handle(shared, stream, peer).await;
                 });
             }
             Err(error) => {
@@ -58,12 +87,10 @@ impl Drop for Counted {
     }
 }
 
-async fn handle(shared: Arc<Shared>, tcp: TcpStream) {
+async fn handle<S: ClientTransport>(shared: Arc<Shared>, mut stream: S, peer: ClientAddr) {
     shared.connected.fetch_add(1, Ordering::Relaxed);
     let _counted = Counted(shared.clone());
-    let _ = tcp.set_nodelay(true);
-    let peer = tcp.peer_addr().ok();
-    let mut stream = crate::tls::ClientStream::Plain(tcp);
+    stream.set_options();
     let mut buf = BytesMut::with_capacity(256);
     let deadline = shared.config.load().proxy.client_login_timeout;
     let tls = shared.client_tls.load_full();

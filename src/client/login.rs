@@ -40,7 +40,7 @@ pub async fn login<S>(
     stream: &mut S,
     buf: &mut BytesMut,
     startup: StartupMessage,
-    peer: Option<std::net::SocketAddr>,
+    peer: super::registry::ClientAddr,
 ) -> Result<Option<LoggedIn>, WireError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -153,11 +153,13 @@ where
         return Ok(Some(LoggedIn::Console));
     }
 
-    let cluster = shared.cluster();
-    let Some(primary) = cluster.primary() else {
+    let cluster = shared.cluster().clone();
+    // Just after a start or a failover the monitor may not have settled on
+    // a primary yet: wait for one as a request waits for a server.
+    let Some(primary) = cluster.wait_for_primary(config.pool.checkout_timeout).await else {
         return Err(WireError::fatal(
             SqlState::CONNECTION_FAILURE,
-            "no primary is available: every node is down or in recovery",
+            format!("no primary is available: {}", cluster.no_primary_reason()),
         ));
     };
     let key = PoolKey {

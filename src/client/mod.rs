@@ -23,5 +23,6 @@ mod route_setting;
 mod session;
 mod state;
 mod strings;
+pub mod unix_socket;
 
-pub use listener::{accept_loop, bind};
+pub use listener::{Accept, accept_loop, bind};

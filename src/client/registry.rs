@@ -19,8 +19,38 @@ pub struct ClientInfo {
     pub user: String,
     pub database: String,
     pub application_name: String,
-    pub addr: Option<SocketAddr>,
+    pub addr: ClientAddr,
     pub connected_at: SystemTime,
+}
+
+/// Where a client connected from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAddr {
+    Tcp(SocketAddr),
+    /// The Unix socket `.s.PGSQL.<port>` (its peer has no address).
+    Unix {
+        port: u16,
+    },
+}
+
+impl ClientAddr {
+    /// SHOW CLIENTS' `addr` and `port`: the peer's IP and port, or `unix`
+    /// and the socket's port, as PgBouncer shows them.
+    pub fn host_and_port(&self) -> (String, u16) {
+        match self {
+            ClientAddr::Tcp(a) => (a.ip().to_string(), a.port()),
+            ClientAddr::Unix { port } => ("unix".to_string(), *port),
+        }
+    }
+}
+
+impl std::fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientAddr::Tcp(a) => a.fmt(f),
+            ClientAddr::Unix { port } => write!(f, "unix:{port}"),
+        }
+    }
 }
 
 /// What a client is doing.

@@ -21,21 +21,29 @@
 //! # Layout
 //! - `view`: [`ClusterView`], the read side.
 //! - `update`: the monitor's writes into the view; primary resolution.
-//! - `roles`: which claimant wins when several nodes say they are primary.
+//! - `roles`: which claimant may take writes when several nodes say they
+//!   are primary, or one says so on a timeline older than the one seen.
+//! - `memory`, `record`: that timeline, kept in `cluster.state_file` so
+//!   that a restart does not forget it.
 //! - `choose`: replica choice, [`ReplicaLease`], [`NoReplica`].
 //! - `timeline`: primary samples, lag in seconds, floors.
 //! - `lag`: a replica's freshness in one atomic word.
 //! - `node`: per-node atomics, [`Role`], [`NodeStatus`].
 //! - `monitor`: the tasks; `probe`: their connection and check query.
+//! - `catalog`: reads foreign-key actions and partitions from the primary
+//!   for read-your-writes (`routing::related`).
 //! - `lsn`: [`Lsn`] and WAL page geometry; `error`: [`CheckError`].
 
+pub mod catalog;
 mod choose;
 mod error;
 mod lag;
 mod lsn;
+mod memory;
 mod monitor;
 mod node;
 mod probe;
+mod record;
 mod roles;
 mod timeline;
 mod update;
@@ -49,6 +57,8 @@ pub use error::CheckError;
 pub use lsn::{Lsn, LsnParseError};
 pub use monitor::{MAX_RECONNECT_BACKOFF, MIN_CHECK_TIMEOUT};
 pub use node::{NodeStatus, Role};
+pub(crate) use probe::MonitorLogin;
+pub use record::{StateFileError, check as check_state_file};
 pub use timeline::{TIMELINE_CAPACITY, TIMELINE_WINDOW};
 pub use view::ClusterView;
 

@@ -12,6 +12,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::NodeId;
 use super::error::CheckError;
 use super::probe::{MonitorLogin, NodeConn};
+use super::record::StateFileError;
 use super::view::ClusterView;
 use crate::config::{Config, ConfigHandle};
 
@@ -120,7 +121,30 @@ async fn watch_node(view: Arc<ClusterView>, config: ConfigHandle, id: NodeId) {
                 backoff
             }
         };
+        write_pending_record(&view).await;
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// Writes the state file when a new primary waits to be recorded (once
+/// per round at most per failure, so a file that cannot be written is
+/// retried every check interval).
+async fn write_pending_record(view: &ClusterView) {
+    while let Some((path, record)) = view.take_pending_record() {
+        let (file, written) = (path.clone(), record.clone());
+        let result = tokio::task::spawn_blocking(move || super::record::store(&file, &written))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StateFileError::Write {
+                    path,
+                    error: std::io::Error::other(e.to_string()),
+                })
+            });
+        let failed = result.is_err();
+        view.record_written(record, result);
+        if failed {
+            return;
+        }
     }
 }
 

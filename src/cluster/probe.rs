@@ -31,6 +31,11 @@ const CHECK_SQL: &str = "SELECT r, \
 const GEOMETRY_SQL: &str = "SELECT current_setting('wal_block_size')::int8, \
      pg_size_bytes(current_setting('wal_segment_size'))";
 
+/// The cluster's identity: the same on a primary and every node cloned
+/// from it, so the state file's record is only applied to its own cluster.
+/// Read once per connection; a node that refuses it is still monitored.
+const SYSTEM_SQL: &str = "SELECT system_identifier FROM pg_control_system()";
+
 /// `application_name` of the monitor's sessions, to spot them in
 /// `pg_stat_activity`.
 const APPLICATION_NAME: &str = "pgsidecar-monitor";
@@ -62,6 +67,30 @@ impl MonitorLogin {
     }
 }
 
+impl MonitorLogin {
+    /// How to log in as this user on `addr`, into `database` (the
+    /// monitor's own, or another the proxy reads the catalog of).
+    pub(crate) fn pg_config(
+        &self,
+        addr: &NodeAddr,
+        database: &str,
+        application_name: &str,
+        connect_timeout: Duration,
+    ) -> tokio_postgres::Config {
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&addr.host)
+            .port(addr.port)
+            .user(&self.user)
+            .dbname(database)
+            .application_name(application_name)
+            .connect_timeout(connect_timeout);
+        if let Some(pw) = &self.password {
+            pg.password(pw);
+        }
+        pg
+    }
+}
+
 type NodeConnection = Connection<Socket, NoTlsStream>;
 
 /// An open monitor session. The connection future is polled only while a
@@ -74,6 +103,7 @@ pub(crate) struct NodeConn {
     connection: Pin<Box<NodeConnection>>,
     check: Statement,
     geometry: WalGeometry,
+    system: Option<u64>,
 }
 
 impl NodeConn {
@@ -85,16 +115,7 @@ impl NodeConn {
         connect_timeout: Duration,
         check_timeout: Duration,
     ) -> Result<NodeConn, CheckError> {
-        let mut pg = tokio_postgres::Config::new();
-        pg.host(&addr.host)
-            .port(addr.port)
-            .user(&login.user)
-            .dbname(&login.database)
-            .application_name(APPLICATION_NAME)
-            .connect_timeout(connect_timeout);
-        if let Some(pw) = &login.password {
-            pg.password(pw);
-        }
+        let pg = login.pg_config(addr, &login.database, APPLICATION_NAME, connect_timeout);
         let (client, connection) = tokio::time::timeout(connect_timeout, pg.connect(NoTls))
             .await
             .map_err(|_| CheckError::ConnectTimeout {
@@ -107,12 +128,21 @@ impl NodeConn {
                 source,
             })?;
         let mut connection = Box::pin(connection);
-        let (check, row) = bounded(addr, check_timeout, &mut connection, async {
+        let (check, row, system) = bounded(addr, check_timeout, &mut connection, async {
             let check = client.prepare(CHECK_SQL).await?;
             let row = client.query_one(GEOMETRY_SQL, &[]).await?;
-            Ok((check, row))
+            let system = client.query_one(SYSTEM_SQL, &[]).await;
+            Ok((check, row, system))
         })
         .await?;
+        let system = match system.and_then(|r| r.try_get::<_, i64>(0)) {
+            // A bigint holding an unsigned 64-bit number.
+            Ok(id) => Some(id as u64),
+            Err(error) => {
+                tracing::warn!(node = %addr, %error, "cannot read the system identifier; the state file's record is applied without it");
+                None
+            }
+        };
         let geometry = (row.try_get::<_, i64>(0).ok())
             .zip(row.try_get::<_, i64>(1).ok())
             .and_then(|(block, segment)| WalGeometry::new(block, segment))
@@ -124,6 +154,7 @@ impl NodeConn {
             connection,
             check,
             geometry,
+            system,
         })
     }
 
@@ -138,7 +169,9 @@ impl NodeConn {
             client.query_one(check, &[]).await
         })
         .await?;
-        parse(&self.addr, self.geometry, &row)
+        let mut probe = parse(&self.addr, self.geometry, &row)?;
+        probe.system = self.system;
+        Ok(probe)
     }
 }
 
@@ -184,6 +217,7 @@ fn parse(addr: &NodeAddr, geometry: WalGeometry, row: &Row) -> Result<Probe, Che
             in_recovery,
             lsn: lsn.map(Lsn::from),
             timeline: None,
+            system: None,
         });
     }
     let lsn = lsn.ok_or_else(|| bad(addr, "a primary reported no WAL insert position"))?;
@@ -195,6 +229,7 @@ fn parse(addr: &NodeAddr, geometry: WalGeometry, row: &Row) -> Result<Probe, Che
         in_recovery,
         lsn: Some(geometry.record_end(Lsn::from(lsn))),
         timeline: Some(timeline),
+        system: None,
     })
 }
 

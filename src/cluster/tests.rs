@@ -10,6 +10,8 @@ use super::*;
 use crate::config::Config;
 
 const MAX_LAG: Duration = Duration::from_millis(500);
+/// The system identifier the helpers' nodes report.
+const SYSTEM: u64 = 7_300_000_000_000_000_001;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -17,7 +19,7 @@ fn ms(n: u64) -> Duration {
 
 /// A view of a primary and two replicas, and an instant after its epoch.
 fn view() -> (Arc<ClusterView>, Instant) {
-    let text = "[cluster]\nprimary = \"p:5432\"\nreplicas = [\"r1:5432\", \"r2:5432\"]\n";
+    let text = "[cluster]\nprimary = \"p:5432\"\nreplicas = [\"r1:5432\", \"r2:5432\"]\nstate_file = \"\"\n";
     let config = Config::from_toml(text, Path::new("t.toml")).unwrap();
     let view = ClusterView::new(&config);
     (view, Instant::now())
@@ -28,6 +30,7 @@ fn primary(lsn: u64, timeline: u32) -> Probe {
         in_recovery: false,
         lsn: Some(Lsn(lsn)),
         timeline: Some(timeline),
+        system: Some(SYSTEM),
     }
 }
 
@@ -36,6 +39,7 @@ fn replica(lsn: u64) -> Probe {
         in_recovery: true,
         lsn: Some(Lsn(lsn)),
         timeline: None,
+        system: Some(SYSTEM),
     }
 }
 
@@ -212,7 +216,7 @@ fn a_promoted_replica_takes_over_and_the_old_primary_is_refused() {
     assert!(!view.is_healthy(0));
     let error = view.status_at(t0)[0].last_error.clone().unwrap();
     assert!(
-        error.contains("two primaries") && error.contains("r1:5432"),
+        error.contains("older than timeline 2") && error.contains("r1:5432"),
         "{error}"
     );
     // No replica is left but r2, unchecked.
@@ -244,4 +248,175 @@ fn no_claimant_means_no_primary() {
     assert_eq!(view.primary(), None);
     assert!(!view.primary_ready());
     assert!(changes.has_changed().unwrap());
+}
+
+/// Whether `f` is still pending after one poll.
+async fn still_pending(f: &mut std::pin::Pin<Box<impl std::future::Future<Output = ()>>>) -> bool {
+    tokio::select! {
+        biased;
+        () = f.as_mut() => false,
+        () = std::future::ready(()) => true,
+    }
+}
+
+#[tokio::test]
+async fn queued_requests_give_up_a_node_once_it_is_down_or_replaced() {
+    let (view, t0) = view();
+    check(&view, 0, t0, primary(100, 1));
+    check(&view, 1, t0, replica(100));
+    let mut replica_gone = Box::pin(view.given_up(1, Role::Replica));
+    let mut primary_gone = Box::pin(view.given_up(0, Role::Primary));
+    assert!(still_pending(&mut replica_gone).await);
+    assert!(still_pending(&mut primary_gone).await);
+    view.record_failure(1, "connection refused".into());
+    replica_gone.await;
+    // A primary that is merely down is still waited for…
+    view.record_failure(0, "connection refused".into());
+    assert!(still_pending(&mut primary_gone).await);
+    // …until another node takes the role.
+    check(&view, 2, t0 + ms(10), primary(120, 2));
+    primary_gone.await;
+    assert_eq!(view.wait_for_primary(ms(1)).await, Some(2));
+}
+
+/// A view like [`view`] keeping its record in `state` (`""`: none).
+fn view_with_state(state: &std::path::Path) -> Arc<ClusterView> {
+    let text = format!(
+        "[cluster]\nprimary = \"p:5432\"\nreplicas = [\"r1:5432\", \"r2:5432\"]\nstate_file = \"{}\"\n",
+        state.display()
+    );
+    ClusterView::new(&Config::from_toml(&text, Path::new("t.toml")).unwrap())
+}
+
+/// Writes what the monitor tasks would write, as they would (a failure
+/// waits for the next round).
+fn write_pending(view: &ClusterView) {
+    while let Some((path, record)) = view.take_pending_record() {
+        let result = super::record::store(&path, &record);
+        let failed = result.is_err();
+        view.record_written(record, result);
+        if failed {
+            return;
+        }
+    }
+}
+
+#[test]
+fn without_a_record_writes_wait_for_every_node_then_the_primary_is_recorded_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("cluster.state");
+    let t0 = Instant::now();
+    let view = view_with_state(&state);
+    assert_eq!(view.primary(), None, "nobody before any check");
+    check(&view, 0, t0, primary(100, 1));
+    check(&view, 1, t0, replica(100));
+    assert_eq!(view.primary(), None, "r2 has not answered");
+    let why = view.no_primary_reason();
+    assert!(
+        why.contains("holds no record") && why.contains("r2:5432"),
+        "{why}"
+    );
+    check(&view, 2, t0, replica(100));
+    assert_eq!(view.primary(), None, "published only once recorded");
+    assert!(view.no_primary_reason().contains("being recorded"));
+    write_pending(&view);
+    assert_eq!(view.primary(), Some(0));
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(
+        text.contains("timeline = 1") && text.contains("p:5432"),
+        "{text}"
+    );
+    assert!(text.contains(&SYSTEM.to_string()), "{text}");
+}
+
+#[test]
+fn after_a_restart_the_recorded_primary_leads_and_an_older_timeline_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("cluster.state");
+    let t0 = Instant::now();
+    // r1 was promoted (timeline 2) and recorded before the restart.
+    let before = view_with_state(&state);
+    for id in 0..3 {
+        check(&before, id, t0, replica(100));
+    }
+    check(&before, 1, t0, primary(120, 2));
+    write_pending(&before);
+    assert_eq!(before.primary(), Some(1));
+    drop(before);
+
+    let view = view_with_state(&state);
+    assert_eq!(view.primary(), Some(1), "restored from the state file");
+    // The old primary answers as a primary on timeline 1; r1 is down.
+    check(&view, 0, t0, primary(110, 1));
+    view.record_failure(1, "connection refused".into());
+    assert_eq!(view.primary(), Some(1), "never the old timeline");
+    assert!(!view.is_healthy(0));
+    let error = view.status_at(t0)[0].last_error.clone().unwrap();
+    assert!(
+        error.contains("timeline 1, older than timeline 2"),
+        "{error}"
+    );
+    assert!(error.contains(&state.display().to_string()), "{error}");
+    // r1 comes back demoted: still nobody on timeline 1 gets writes.
+    check(&view, 1, t0, replica(120));
+    assert_eq!(view.primary(), None);
+    assert!(view.no_primary_reason().contains("older than timeline 2"));
+    // A promotion to a newer timeline is taken (once recorded).
+    check(&view, 2, t0, primary(130, 3));
+    write_pending(&view);
+    assert_eq!(view.primary(), Some(2));
+}
+
+#[test]
+fn a_record_of_another_cluster_is_dropped_once_every_node_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("cluster.state");
+    let other = super::record::PrimaryRecord {
+        system: Some(1),
+        timeline: 9,
+        primary: "elsewhere:5432".parse().unwrap(),
+    };
+    super::record::store(&state, &other).unwrap();
+    let t0 = Instant::now();
+    let view = view_with_state(&state);
+    check(&view, 0, t0, primary(100, 1));
+    assert_eq!(view.primary(), None);
+    let error = view.status_at(t0)[0].last_error.clone().unwrap();
+    assert!(error.contains("another cluster"), "{error}");
+    check(&view, 1, t0, replica(100));
+    check(&view, 2, t0, replica(100));
+    write_pending(&view);
+    assert_eq!(view.primary(), Some(0));
+}
+
+#[test]
+fn without_a_state_file_the_newest_timeline_seen_still_counts() {
+    let (view, t0) = view();
+    check(&view, 0, t0, primary(100, 1));
+    check(&view, 1, t0, primary(120, 2));
+    assert_eq!(view.primary(), Some(1));
+    // The promoted node is demoted again; the old primary stays refused.
+    check(&view, 1, t0, replica(120));
+    assert_eq!(view.primary(), None);
+    assert!(!view.is_healthy(0));
+}
+
+#[test]
+fn a_state_file_that_cannot_be_written_holds_writes_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("cluster.state");
+    let t0 = Instant::now();
+    let view = view_with_state(&state);
+    drop(dir);
+    for id in 0..3 {
+        check(&view, id, t0, replica(100));
+    }
+    check(&view, 0, t0, primary(100, 1));
+    write_pending(&view);
+    assert_eq!(view.primary(), None);
+    let why = view.no_primary_reason();
+    assert!(
+        why.contains("could not be recorded") && why.contains("state_file"),
+        "{why}"
+    );
 }

@@ -5,19 +5,19 @@
 //! interval, for microseconds), so updates from different nodes' tasks
 //! never interleave half-way.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::NodeId;
 use super::lag::LagMark;
 use super::lsn::Lsn;
-use super::node::Role;
-use super::roles::{self, Claim};
+use super::memory::{Memory, Mode, Publish};
+use super::node::{NodeState, Role};
+use super::record::{PrimaryRecord, StateFileError};
+use super::roles::{self, CONFIGURED_PRIMARY, NodeFacts, Verdict};
 use super::timeline::Timeline;
 use super::view::ClusterView;
-
-/// The configured primary's id: it wins ties between claimants.
-const CONFIGURED_PRIMARY: NodeId = 0;
 
 /// What one successful check found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +28,8 @@ pub(crate) struct Probe {
     pub lsn: Option<Lsn>,
     /// Timeline ID of the WAL a primary writes.
     pub timeline: Option<u32>,
+    /// The cluster's system identifier, if the node let the monitor read it.
+    pub system: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,7 +46,12 @@ struct Facts {
     /// while the node is unreachable: a dead primary is still the primary
     /// until another node wins the role.
     claim: Option<u32>,
+    /// `claim` comes from the state file and no check has answered yet.
+    restored: bool,
     check: Check,
+    /// Answered at least one check.
+    answered: bool,
+    system: Option<u64>,
     refused: bool,
     shown_error: Option<Arc<String>>,
 }
@@ -53,19 +60,55 @@ struct Facts {
 #[derive(Debug)]
 pub(crate) struct MonitorState {
     facts: Vec<Facts>,
+    memory: Memory,
 }
 
 impl MonitorState {
-    pub(crate) fn new(nodes: usize) -> Self {
-        let facts = (0..nodes)
-            .map(|id| Facts {
-                claim: (id == CONFIGURED_PRIMARY).then_some(0),
-                check: Check::Never,
-                refused: false,
-                shown_error: None,
+    /// Before any check: the node the state file names claims the role on
+    /// its recorded timeline; without a state file, the configured primary
+    /// claims it (timeline unknown); with a state file but no record,
+    /// nobody does until every node has answered.
+    pub(crate) fn new(nodes: &[NodeState], memory: Memory) -> Self {
+        let restored = (memory.record.as_ref())
+            .and_then(|r| Some((nodes.iter().position(|n| n.addr == r.primary)?, r.timeline)));
+        let facts = (0..nodes.len())
+            .map(|id| {
+                let claim = match restored {
+                    Some((node, timeline)) if node == id => Some(timeline),
+                    Some(_) => None,
+                    None => (memory.mode == Mode::Off && id == CONFIGURED_PRIMARY).then_some(0),
+                };
+                Facts {
+                    claim,
+                    restored: restored.is_some_and(|(node, _)| node == id),
+                    check: Check::Never,
+                    answered: false,
+                    system: None,
+                    refused: false,
+                    shown_error: None,
+                }
             })
             .collect();
-        MonitorState { facts }
+        MonitorState { facts, memory }
+    }
+
+    fn verdict(&self, nodes: &[NodeState]) -> Verdict {
+        let facts: Vec<NodeFacts<'_>> = (self.facts.iter().zip(nodes))
+            .map(|(f, n)| NodeFacts {
+                addr: &n.addr,
+                claim: f.claim,
+                restored: f.restored,
+                answered: f.answered,
+                system: f.system,
+            })
+            .collect();
+        roles::decide(&facts, self.memory.record.as_ref(), &self.memory.mode)
+    }
+
+    /// The primary before any check, and why there is none.
+    pub(crate) fn initial(&self, nodes: &[NodeState]) -> (Option<NodeId>, Option<String>) {
+        let verdict = self.verdict(nodes);
+        (verdict.winner.map(|w| w.id), verdict.why_none)
     }
 }
 
@@ -79,6 +122,9 @@ impl ClusterView {
         let mut st = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
         let facts = &mut st.facts[id];
         facts.check = Check::Ok;
+        facts.answered = true;
+        facts.restored = false;
+        facts.system = p.system.or(facts.system);
         facts.claim = (!p.in_recovery).then(|| p.timeline.unwrap_or(0));
         node.set_timeline_id(p.timeline.filter(|_| !p.in_recovery));
         node.set_replay_lsn(p.lsn.filter(|_| p.in_recovery));
@@ -106,6 +152,23 @@ impl ClusterView {
         self.settle(&mut st);
     }
 
+    /// A record the state file must hold before its primary gets writes,
+    /// with the file's path; `None` if there is none or another monitor
+    /// task is writing it.
+    pub(crate) fn take_pending_record(&self) -> Option<(PathBuf, PrimaryRecord)> {
+        let mut st = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
+        st.memory.take_pending()
+    }
+
+    /// The outcome of writing `record` (from
+    /// [`take_pending_record`](Self::take_pending_record)): once written,
+    /// its primary may take writes; a failure is retried at the next check.
+    pub(crate) fn record_written(&self, record: PrimaryRecord, result: Result<(), StateFileError>) {
+        let mut st = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
+        st.memory.written(record, result);
+        self.settle(&mut st);
+    }
+
     /// How old a node's last success may be for it to count as healthy.
     pub(crate) fn set_stale_after(&self, d: Duration) {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
@@ -114,14 +177,26 @@ impl ClusterView {
     }
 
     /// Resolves the primary from the claims and publishes roles, health and
-    /// errors; on a primary change starts a fresh timeline. Bumps the
-    /// change generation when roles, refusals or the primary changed.
+    /// errors; on a primary change starts a fresh timeline. A new primary
+    /// is published only once the state file records it. Bumps the change
+    /// generation when roles, refusals or the primary changed.
     fn settle(&self, st: &mut MonitorState) {
-        let claims: Vec<Claim> = (st.facts.iter().enumerate())
-            .filter_map(|(id, f)| f.claim.map(|timeline| Claim { id, timeline }))
-            .collect();
-        let winner = roles::resolve(&claims, CONFIGURED_PRIMARY);
+        let verdict = st.verdict(&self.nodes);
+        let mut primary = verdict.winner.map(|w| w.id);
+        let mut why_none = verdict.why_none.clone();
+        if let Some(w) = verdict.winner.filter(|w| w.timeline > 0) {
+            let record = PrimaryRecord {
+                system: st.facts[w.id].system,
+                timeline: w.timeline,
+                primary: self.nodes[w.id].addr.clone(),
+            };
+            if let Publish::Wait(why) = st.memory.publish(record) {
+                primary = None;
+                why_none = Some(why);
+            }
+        }
         let mut changed = false;
+        let mut health_changed = false;
         for (id, facts) in st.facts.iter_mut().enumerate() {
             let node = &self.nodes[id];
             let role = if facts.claim.is_some() {
@@ -133,14 +208,7 @@ impl ClusterView {
                 node.set_role(role);
                 changed = true;
             }
-            let refusal = match (facts.claim, winner) {
-                (Some(timeline), Some(w)) if w.id != id => Some(roles::refusal(
-                    Claim { id, timeline },
-                    w,
-                    &self.nodes[w.id].addr.to_string(),
-                )),
-                _ => None,
-            };
+            let refusal = verdict.refusals[id].clone();
             changed |= refusal.is_some() != facts.refused;
             facts.refused = refusal.is_some();
             let healthy = facts.check == Check::Ok && refusal.is_none();
@@ -149,6 +217,7 @@ impl ClusterView {
                 (Check::Failed(e), None) => Some(e.clone()),
                 (_, r) => r,
             };
+            health_changed |= node.healthy() != healthy;
             if facts.shown_error.as_deref() != error.as_ref() || node.healthy() != healthy {
                 log_health(
                     node.addr.to_string(),
@@ -160,7 +229,9 @@ impl ClusterView {
                 node.set_health(healthy, facts.shown_error.clone());
             }
         }
-        let primary = winner.map(|w| w.id);
+        if self.no_primary.load().as_deref() != why_none.as_ref() {
+            self.no_primary.store(why_none.map(Arc::new));
+        }
         if primary != self.primary() {
             tracing::warn!(
                 old = ?self.primary().map(|id| self.nodes[id].addr.to_string()),
@@ -176,6 +247,9 @@ impl ClusterView {
         }
         if changed {
             self.changes.send_modify(|generation| *generation += 1);
+        }
+        if changed || health_changed {
+            self.moves.send_modify(|generation| *generation += 1);
         }
     }
 

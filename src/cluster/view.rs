@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use super::NodeId;
 use super::choose::{self, Candidate, NoReplica, ReplicaLease};
 use super::lsn::Lsn;
+use super::memory::Memory;
 use super::node::{NodeState, NodeStatus, Role};
 use super::timeline::{Head, Timeline};
 use super::update::MonitorState;
@@ -52,6 +53,8 @@ pub struct ClusterView {
     /// Origin of the instants packed into atomics.
     pub(crate) epoch: Instant,
     pub(crate) primary: AtomicUsize,
+    /// While `primary` is none: why, for the clients refused.
+    pub(crate) no_primary: ArcSwapOption<String>,
     /// Monitor-only bookkeeping; the router never takes this lock.
     pub(crate) monitor: Mutex<MonitorState>,
     /// Written by the primary's monitor task; read by the router only for
@@ -59,6 +62,9 @@ pub struct ClusterView {
     pub(crate) timeline: RwLock<Timeline>,
     pub(crate) head: ArcSwapOption<Head>,
     pub(crate) changes: watch::Sender<u64>,
+    /// Bumped on every change `changes` sees and on every health change:
+    /// what requests queued for a node wait on to give it up.
+    pub(crate) moves: watch::Sender<u64>,
     pub(crate) stale_after_nanos: AtomicU64,
 }
 
@@ -80,14 +86,22 @@ impl ClusterView {
             })
             .collect();
         let (changes, _) = watch::channel(0);
+        let (moves, _) = watch::channel(0);
+        let monitor = MonitorState::new(&nodes, Memory::from_config(config));
+        let (primary, why_none) = monitor.initial(&nodes);
+        if let Some(id) = primary {
+            nodes[id].set_role(Role::Primary);
+        }
         Arc::new(ClusterView {
-            monitor: Mutex::new(MonitorState::new(nodes.len())),
+            monitor: Mutex::new(monitor),
             nodes,
             epoch,
-            primary: AtomicUsize::new(0),
-            timeline: RwLock::new(Timeline::new(Some(0))),
+            primary: AtomicUsize::new(primary.unwrap_or(NO_PRIMARY)),
+            no_primary: ArcSwapOption::new(why_none.map(Arc::new)),
+            timeline: RwLock::new(Timeline::new(primary)),
             head: ArcSwapOption::empty(),
             changes,
+            moves,
             stale_after_nanos: AtomicU64::new(DEFAULT_STALE_AFTER.as_nanos() as u64),
         })
     }
@@ -105,6 +119,14 @@ impl ClusterView {
         match self.primary.load(Ordering::Acquire) {
             NO_PRIMARY => None,
             id => Some(id),
+        }
+    }
+
+    /// Why [`primary`](Self::primary) is none, in words for a client.
+    pub fn no_primary_reason(&self) -> String {
+        match self.no_primary.load().as_deref() {
+            Some(why) => why.clone(),
+            None => "every node is down or in recovery".into(),
         }
     }
 
@@ -231,6 +253,36 @@ impl ClusterView {
     /// stops being refused as a second primary. Not on health changes.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// Resolves once a request queued for a server of `node` should stop
+    /// waiting for it: work for a replica once the monitor finds it
+    /// unhealthy; work for the primary (`Role::Primary`) once another node,
+    /// or none, is the primary. A primary that is merely down is still
+    /// waited for: it may come back before a promotion. Subscribes only
+    /// when first polled, so a checkout raced against this that completes
+    /// at once costs no reference count.
+    pub async fn given_up(&self, node: NodeId, role: Role) {
+        let mut moves = self.moves.subscribe();
+        let _ = moves
+            .wait_for(|_| match role {
+                Role::Replica => !self.is_healthy(node),
+                Role::Primary => self.primary() != Some(node),
+            })
+            .await;
+    }
+
+    /// The primary, waiting up to `limit` for one while there is none
+    /// (during a promotion, or while the monitor has not settled which of
+    /// several claimants may take writes).
+    pub async fn wait_for_primary(&self, limit: Duration) -> Option<NodeId> {
+        if let Some(id) = self.primary() {
+            return Some(id);
+        }
+        let mut moves = self.moves.subscribe();
+        let found = moves.wait_for(|_| self.primary().is_some());
+        let _ = tokio::time::timeout(limit, found).await;
+        self.primary()
     }
 
     pub(crate) fn stale_after(&self) -> Duration {

@@ -64,14 +64,15 @@ const fn o(
 
 /// The overridable keys. Passwords are not among them: `[[users]]` already
 /// has `password_env`.
-pub(super) const OVERRIDES: [Override; 17] = [
-    o("proxy", "listen", socket_addr),
+pub(super) const OVERRIDES: [Override; 18] = [
+    o("proxy", "listen", listen_or_none),
     o("proxy", "pool_mode", typed::<PoolMode>),
     o("proxy", "max_client_conn", positive_int),
     o("proxy", "worker_threads", whole_number),
     o("http", "listen", socket_addr),
     o("cluster", "primary", node),
     o("cluster", "replicas", node_list),
+    o("cluster", "state_file", text),
     o("auth", "client_auth", typed::<ClientAuth>),
     o("pool", "size", pool_size),
     o("pool", "db_cores", positive_int),
@@ -218,6 +219,14 @@ fn socket_addr(s: &str) -> Result<toml::Value, String> {
     Ok(toml::Value::String(s.into()))
 }
 
+/// `[proxy] listen`: an address, or empty for no TCP listener.
+fn listen_or_none(s: &str) -> Result<toml::Value, String> {
+    if s.is_empty() {
+        return Ok(toml::Value::String(String::new()));
+    }
+    socket_addr(s)
+}
+
 fn node(s: &str) -> Result<toml::Value, String> {
     s.parse::<NodeAddr>()?;
     Ok(toml::Value::String(s.into()))
@@ -252,6 +261,11 @@ fn boolean(s: &str) -> Result<toml::Value, String> {
         "false" | "0" | "no" | "off" => Ok(toml::Value::Boolean(false)),
         _ => Err("must be true or false".into()),
     }
+}
+
+/// Any text (a path; "" is meaningful where the key says so).
+fn text(s: &str) -> Result<toml::Value, String> {
+    Ok(toml::Value::String(s.into()))
 }
 
 fn duration(s: &str) -> Result<toml::Value, String> {

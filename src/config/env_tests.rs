@@ -33,6 +33,7 @@ fn every_listed_key_is_overridden_on_top_of_the_file() {
         ("PGSIDECAR_HTTP_LISTEN", "0.0.0.0:9930"),
         ("PGSIDECAR_CLUSTER_PRIMARY", "primary.internal:5432"),
         ("PGSIDECAR_CLUSTER_REPLICAS", "r1:5432, r2:5433"),
+        ("PGSIDECAR_CLUSTER_STATE_FILE", "/data/pgsidecar.state"),
         ("PGSIDECAR_AUTH_CLIENT_AUTH", "md5"),
         ("PGSIDECAR_POOL_SIZE", "12"),
         ("PGSIDECAR_POOL_DB_CORES", "16"),
@@ -46,7 +47,7 @@ fn every_listed_key_is_overridden_on_top_of_the_file() {
     ];
     assert_eq!(vars.len(), OVERRIDES.len(), "test every override");
     let (c, sources) = load(FILE, &vars).unwrap();
-    assert_eq!(c.proxy.listen.to_string(), "0.0.0.0:6432");
+    assert_eq!(c.proxy.listen, Some("0.0.0.0:6432".parse().unwrap()));
     assert_eq!(c.proxy.pool_mode, PoolMode::Session);
     assert_eq!(c.proxy.max_client_conn, 50);
     assert_eq!(c.proxy.worker_threads, 1);
@@ -54,6 +55,10 @@ fn every_listed_key_is_overridden_on_top_of_the_file() {
     assert_eq!(c.cluster.primary.to_string(), "primary.internal:5432");
     let replicas: Vec<String> = c.cluster.replicas.iter().map(|r| r.to_string()).collect();
     assert_eq!(replicas, ["r1:5432", "r2:5433"]);
+    assert_eq!(
+        c.cluster.state_file(),
+        StateFile::Set(Path::new("/data/pgsidecar.state"))
+    );
     assert_eq!(c.auth.client_auth, ClientAuth::Md5);
     assert_eq!(c.pool.size, PoolSize::Fixed(12));
     assert_eq!((c.pool.db_cores, c.pool.sidecars), (16, 4));
@@ -222,4 +227,18 @@ fn annotation_follows_dotted_section_headers() {
     let sources = Sources::new(file, Vec::new());
     let out = sources.annotate("[a.b]\nx = 1\ny = 2\n");
     assert_eq!(out, "[a.b]\nx = 1  # file\ny = 2  # default\n");
+}
+
+#[test]
+fn an_empty_listen_variable_turns_tcp_off() {
+    let text = format!("{FILE}\n").replace(
+        "listen = \"127.0.0.1:7432\"",
+        "listen = \"127.0.0.1:7432\"\nunix_socket_dir = \"/run/p\"\nunix_socket_port = 5432",
+    );
+    let (c, _) = load(&text, &[("PGSIDECAR_PROXY_LISTEN", "")]).unwrap();
+    assert_eq!(c.proxy.listen, None);
+    assert_eq!(
+        c.proxy.unix_socket_path(None),
+        Some("/run/p/.s.PGSQL.5432".into())
+    );
 }

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::env::{self, EnvError, Environment};
+use super::locate::Location;
 use super::redact;
 use super::schema::Config;
 use super::sources::Sources;
@@ -14,33 +15,95 @@ use super::types::{ClientAuth, Secret};
 
 /// More session threads than this is a typo, not a tuning choice.
 const MAX_WORKER_THREADS: u32 = 1024;
+/// Longest Unix socket path Linux binds: `sun_path` is 108 bytes with the
+/// terminating NUL.
+const MAX_UNIX_SOCKET_PATH: usize = 107;
 
 /// Why a config file was refused. Every variant names the file and the key
 /// (or line) so the operator knows what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {}: {source}", .path.display())]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}:{line}:{column}: {message}\n    {line_text}")]
+    #[error("{}: {message}{}", At(.path, Some(.location)), Excerpt(Some(.location)))]
     Parse {
         path: PathBuf,
-        line: usize,
-        column: usize,
+        location: Location,
         message: String,
-        line_text: String,
     },
-    #[error("{path}: invalid `{key}`: {message}")]
+    /// A value the checks after parsing refused (or a file it names that
+    /// cannot be used); `location` is where the file sets `key`, if it does.
+    #[error(
+        "{}: invalid `{key}`: {message}{}",
+        At(.path, .location.as_ref()),
+        Excerpt(.location.as_ref())
+    )]
     Invalid {
         path: PathBuf,
         key: String,
         message: String,
+        location: Option<Location>,
+    },
+    /// Neither the file nor `PGSIDECAR_CLUSTER_PRIMARY` names the primary,
+    /// the one key without a default.
+    #[error(
+        "{}: `[cluster] primary` is required (the primary's host:port, or \
+         PGSIDECAR_CLUSTER_PRIMARY in the environment), e.g.\n    \
+         [cluster]\n    primary = \"127.0.0.1:5432\"",
+        At(.path, .location.as_ref())
+    )]
+    MissingPrimary {
+        path: PathBuf,
+        /// The file's `[cluster]` table, when it has one.
+        location: Option<Location>,
     },
     #[error(transparent)]
     Env(#[from] EnvError),
+}
+
+impl ConfigError {
+    /// A problem with the value of `key` found after loading (a certificate
+    /// file that cannot be read): names the file, and the key's line if the
+    /// file sets it.
+    pub fn invalid_key(path: &Path, key: &str, message: impl Into<String>) -> ConfigError {
+        let location = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| Location::of_key(&text, key));
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message: message.into(),
+            location,
+        }
+    }
+}
+
+/// `path`, or `path:line:column` when the place is known.
+struct At<'a>(&'a Path, Option<&'a Location>);
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1 {
+            Some(l) => write!(f, "{}:{}:{}", self.0.display(), l.line, l.column),
+            None => write!(f, "{}", self.0.display()),
+        }
+    }
+}
+
+/// The offending line under the message, when the place is known.
+struct Excerpt<'a>(Option<&'a Location>);
+
+impl std::fmt::Display for Excerpt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(l) if !l.line_text.trim().is_empty() => write!(f, "\n    {}", l.line_text),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Config {
@@ -73,41 +136,36 @@ impl Config {
         env: &Environment,
     ) -> Result<(Config, Sources), ConfigError> {
         let parse_error = |e: toml::de::Error| {
-            let message = e.message().trim().to_string();
-            let (line, column, shown) = match e.span() {
-                Some(span) => {
-                    let (line, column, line_text) = locate(text, span.start);
-                    (
-                        line,
-                        column,
-                        redact::shown(text, span.start, line_text, message),
-                    )
-                }
-                None => (
-                    0,
-                    0,
-                    redact::Shown {
-                        line_text: String::new(),
-                        message,
-                    },
-                ),
-            };
+            let offset = e.span().map_or(0, |s| s.start);
             ConfigError::Parse {
                 path: path.to_path_buf(),
-                line,
-                column,
-                message: shown.message,
-                line_text: shown.line_text,
+                location: Location::of_offset(text, offset),
+                // Without serde's quotation of a secret line's value.
+                message: redact::message(text, offset, e.message().trim()),
             }
         };
         let file: toml::Table = toml::from_str(text).map_err(parse_error)?;
         let mut merged = file.clone();
         let applied = env::apply(&mut merged, env)?;
+        // serde would say "missing field `cluster`": say which key is
+        // missing and what it wants instead.
+        let missing_primary = |e: &toml::de::Error| {
+            (e.message().starts_with("missing field") && !has_primary(&merged)).then(|| {
+                ConfigError::MissingPrimary {
+                    path: path.to_path_buf(),
+                    location: Location::of_key(text, "cluster"),
+                }
+            })
+        };
         let mut config: Config = if applied.is_empty() {
             // Straight from the text, so every error carries its line.
-            toml::from_str(text).map_err(parse_error)?
+            toml::from_str(text)
+                .map_err(|e| missing_primary(&e).unwrap_or_else(|| parse_error(e)))?
         } else {
-            merged.try_into().map_err(|e: toml::de::Error| {
+            merged.clone().try_into().map_err(|e: toml::de::Error| {
+                if let Some(missing) = missing_primary(&e) {
+                    return missing;
+                }
                 // The file's own mistakes still get their line; what is
                 // left is how the overrides combine with it.
                 match toml::from_str::<Config>(text) {
@@ -127,13 +185,19 @@ impl Config {
         config
             .resolve_and_validate()
             .map_err(|(key, mut message)| {
-                if let Some(var) = sources.var_for(&key) {
-                    message.push_str(&format!(" (set by environment variable {var})"));
-                }
+                // A value from the environment is not on any line of the file.
+                let location = match sources.var_for(&key) {
+                    Some(var) => {
+                        message.push_str(&format!(" (set by environment variable {var})"));
+                        None
+                    }
+                    None => Location::of_key(text, &key),
+                };
                 ConfigError::Invalid {
                     path: path.to_path_buf(),
                     key,
                     message,
+                    location,
                 }
             })?;
         Ok((config, sources))
@@ -271,6 +335,7 @@ impl Config {
             ));
         }
         self.validate_tls()?;
+        self.validate_listeners()?;
         let memory = self.proxy.max_message_memory;
         if memory < 2 * 1024 * 1024 {
             return Err((
@@ -327,6 +392,71 @@ impl Config {
         Ok(())
     }
 
+    /// The TCP address and the Unix socket: at least one, and a socket
+    /// path libpq can use and the kernel can bind.
+    fn validate_listeners(&mut self) -> Result<(), (String, String)> {
+        let proxy = &mut self.proxy;
+        if proxy
+            .unix_socket_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            proxy.unix_socket_dir = None;
+        }
+        if proxy.unix_socket_port == Some(0) {
+            return Err((
+                "proxy.unix_socket_port".into(),
+                "must be between 1 and 65535".into(),
+            ));
+        }
+        let Some(dir) = &proxy.unix_socket_dir else {
+            if proxy.listen.is_none() {
+                return Err((
+                    "proxy.listen".into(),
+                    "is \"\" (no TCP listener) and proxy.unix_socket_dir is not set: \
+                     no client could connect"
+                        .into(),
+                ));
+            }
+            return Ok(());
+        };
+        if !dir.is_absolute() {
+            return Err((
+                "proxy.unix_socket_dir".into(),
+                format!(
+                    "`{}` must be an absolute path (libpq takes a host starting with / \
+                     as a socket directory)",
+                    dir.display()
+                ),
+            ));
+        }
+        let tcp_port = proxy.listen.map(|a| a.port()).filter(|p| *p != 0);
+        if proxy.unix_socket_port.is_none() && proxy.listen.is_none() {
+            return Err((
+                "proxy.unix_socket_port".into(),
+                "is needed when listen = \"\": the socket is named .s.PGSQL.<port>, \
+                 and there is no TCP port to take it from"
+                    .into(),
+            ));
+        }
+        // Port 0 binds a free port: allow for the longest one.
+        let path = proxy
+            .unix_socket_path(tcp_port.or(Some(65535)))
+            .unwrap_or_default();
+        let len = path.as_os_str().len();
+        if len > MAX_UNIX_SOCKET_PATH {
+            return Err((
+                "proxy.unix_socket_dir".into(),
+                format!(
+                    "the socket path {} would be {len} bytes; Unix socket paths hold at \
+                     most {MAX_UNIX_SOCKET_PATH}: choose a shorter directory",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// TLS keys that only make sense together.
     fn validate_tls(&self) -> Result<(), (String, String)> {
         use super::types::{ClientTlsMode, ServerTlsMode};
@@ -371,13 +501,10 @@ impl Config {
     }
 }
 
-/// 1-based line and column of a byte offset, plus the line's text.
-fn locate(text: &str, offset: usize) -> (usize, usize, String) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |p| p + 1);
-    let column = before[line_start..].chars().count() + 1;
-    let line_text = text[line_start..].lines().next().unwrap_or("").to_string();
-    (line, column, line_text)
+/// The (merged) table names the primary.
+fn has_primary(table: &toml::Table) -> bool {
+    table
+        .get("cluster")
+        .and_then(toml::Value::as_table)
+        .is_some_and(|cluster| cluster.contains_key("primary"))
 }

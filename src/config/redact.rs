@@ -10,37 +10,62 @@ const SECRET_WORDS: [&str; 5] = ["pass", "secret", "pwd", "token", "credential"]
 /// (`password`, a misspelling of it) may.
 const PLAIN_USER_KEYS: [&str; 3] = ["name", "password_env", "password_file"];
 
-/// The part of a config error that quotes the file.
-pub(super) struct Shown {
-    pub line_text: String,
-    pub message: String,
+/// The text of the line at byte `offset` of `text`, as a config error may
+/// show it: replaced when that line may hold a secret.
+pub(super) fn line(text: &str, offset: usize, line_text: String) -> String {
+    match secret_line(text, offset, &line_text) {
+        None => line_text,
+        Some(Secret { key: Some(key), .. }) => {
+            format!("{key} = … (not shown: it may hold a password)")
+        }
+        Some(_) => "… (line not shown: it may hold a password)".to_string(),
+    }
 }
 
-/// `line_text` (the line at byte `offset` of `text`) and the parser's
-/// `message`, with the line's value and any quotation of it from the
-/// message replaced when the line may hold a secret.
-pub(super) fn shown(text: &str, offset: usize, line_text: String, message: String) -> Shown {
-    let offset = offset.min(text.len());
+/// A parser's message about the byte at `offset`, without its quotations
+/// of the value when the line may hold a secret.
+pub(super) fn message(text: &str, offset: usize, message: &str) -> String {
+    let line_text = line_at(text, offset);
+    match secret_line(text, offset, line_text) {
+        None => message.to_string(),
+        Some(_) => {
+            let value = line_text.split_once('=').map_or(line_text, |(_, v)| v);
+            without_quotes_of(message, value)
+        }
+    }
+}
+
+/// A line that may hold a secret, and its key if it shows one.
+struct Secret {
+    key: Option<String>,
+}
+
+fn secret_line(text: &str, offset: usize, line_text: &str) -> Option<Secret> {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let before = &text[..offset];
     // Inside a multi-line string the line is string content: whose, the
     // parser's position does not say. Counting the quotes is enough to
     // err on the side of hiding.
     let in_multiline =
         before.matches("\"\"\"").count() % 2 == 1 || before.matches("'''").count() % 2 == 1;
-    let key = key_of(&line_text);
-    if !in_multiline && !is_secret(before, key.as_deref(), &line_text) {
-        return Shown { line_text, message };
+    let key = key_of(line_text);
+    if in_multiline {
+        return Some(Secret { key: None });
     }
-    let value = line_text
-        .split_once('=')
-        .map_or(line_text.as_str(), |(_, v)| v);
-    Shown {
-        line_text: match key {
-            Some(key) if !in_multiline => format!("{key} = … (not shown: it may hold a password)"),
-            _ => "… (line not shown: it may hold a password)".to_string(),
-        },
-        message: without_quotes_of(&message, value),
+    is_secret(before, key.as_deref(), line_text).then_some(Secret { key })
+}
+
+/// The whole line that byte `offset` of `text` is on.
+fn line_at(text: &str, offset: usize) -> &str {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
     }
+    let start = text[..offset].rfind('\n').map_or(0, |p| p + 1);
+    text[start..].lines().next().unwrap_or("")
 }
 
 /// The key of a `key = value` line, if it is one.
@@ -102,10 +127,12 @@ fn without_quotes_of(message: &str, value: &str) -> String {
 mod tests {
     use super::*;
 
-    fn show(text: &str, line: &str, message: &str) -> (String, String) {
-        let offset = text.find(line).unwrap();
-        let s = shown(text, offset, line.to_string(), message.to_string());
-        (s.line_text, s.message)
+    fn show(text: &str, at: &str, msg: &str) -> (String, String) {
+        let offset = text.find(at).unwrap();
+        (
+            line(text, offset, line_at(text, offset).to_string()),
+            message(text, offset, msg),
+        )
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! The TOML schema: one struct per section, every field with its default.
-//! Field names are the contract's config keys (see DESIGN.md).
+//! Field names are the config keys users rely on: each one is documented,
+//! with its default, in `conf/pgsidecar.toml` (see docs/architecture.md,
+//! "How to add a config key").
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::types::{
-    ClientAuth, ClientTlsMode, ExplainMode, LogFormat, NodeAddr, PoolMode, PoolSize,
+    ClientAuth, ClientTlsMode, ExplainMode, FileMode, LogFormat, NodeAddr, PoolMode, PoolSize,
     ReadYourWrites, Secret, ServerTlsMode,
 };
 
@@ -40,14 +42,29 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
-    pub listen: SocketAddr,
+    /// The TCP address clients connect to; `None` (`listen = ""`): no TCP
+    /// listener, clients use the Unix socket only.
+    #[serde(with = "super::types::optional_listen")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the Unix-domain socket `.s.PGSQL.<port>`, the file
+    /// libpq looks for with `host=<dir>`. `None` (or `""`): no Unix socket.
+    /// Read at start only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_socket_dir: Option<PathBuf>,
+    /// The `<port>` in the socket's name; default: the port of `listen`
+    /// (the bound one when that is 0). Needed when `listen = ""`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_socket_port: Option<u16>,
+    /// Permission bits of the socket file. 0777 by default, as Postgres
+    /// and PgBouncer: connecting still takes a password.
+    pub unix_socket_mode: FileMode,
     pub pool_mode: PoolMode,
     pub max_client_conn: u32,
     /// Threads that run client sessions, read at start only. 0 (the
     /// default): one runtime worker per core. 1: a single-threaded runtime,
     /// which hands connections between sessions without cross-thread
     /// wake-ups: a little faster with tens of clients on shared cores, a
-    /// little slower with hundreds (README, Benchmarks). N: N workers.
+    /// little slower with hundreds (docs/benchmarks.md). N: N workers.
     pub worker_threads: u32,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -92,12 +109,24 @@ impl ProxyConfig {
             ClientTlsMode::Disable
         })
     }
+
+    /// The Unix socket's path, `<unix_socket_dir>/.s.PGSQL.<port>`, with
+    /// the port of the TCP listener actually bound (`tcp_port`, for
+    /// `listen` with port 0) unless `unix_socket_port` names one.
+    pub fn unix_socket_path(&self, tcp_port: Option<u16>) -> Option<PathBuf> {
+        let dir = self.unix_socket_dir.as_ref()?;
+        let port = self.unix_socket_port.or(tcp_port)?;
+        Some(dir.join(format!(".s.PGSQL.{port}")))
+    }
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
-            listen: "127.0.0.1:6432".parse().expect("static address"),
+            listen: Some("127.0.0.1:6432".parse().expect("static address")),
+            unix_socket_dir: None,
+            unix_socket_port: None,
+            unix_socket_mode: FileMode(0o777),
             pool_mode: PoolMode::Transaction,
             max_client_conn: 10_000,
             worker_threads: 0,
@@ -165,6 +194,32 @@ pub struct ClusterConfig {
     /// (required by "verify-full"; with "require", checked if given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_tls_ca_file: Option<PathBuf>,
+    /// Where the monitor records the primary it sends writes to and its
+    /// WAL timeline, so that after a restart (or a reload that changes
+    /// the nodes) a node still claiming the primary role on an older
+    /// timeline gets no writes. Unset: [`DEFAULT_STATE_FILE`] if usable;
+    /// "": keep no record (see [`StateFile`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<PathBuf>,
+}
+
+/// Where systemd's `StateDirectory=pgsidecar` and the container image put
+/// pgsidecar's state; Kubernetes users mount a volume there.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/pgsidecar/cluster.state";
+
+/// `cluster.state_file`, interpreted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateFile<'a> {
+    /// Set to "": no record, and before its first checks the configured
+    /// primary is trusted (a restart while a newer primary is unreachable
+    /// may write to an old one).
+    Off,
+    /// Set to a path: it must be writable, or pgsidecar does not start.
+    Set(&'a Path),
+    /// Not set: [`DEFAULT_STATE_FILE`] if its directory is writable;
+    /// otherwise no record is kept and, after every start, writes wait
+    /// until every configured node has answered.
+    Default(&'static Path),
 }
 
 fn default_connect_timeout() -> Duration {
@@ -176,6 +231,15 @@ fn default_monitor_database() -> String {
 }
 
 impl ClusterConfig {
+    /// `state_file`, interpreted.
+    pub fn state_file(&self) -> StateFile<'_> {
+        match &self.state_file {
+            Some(p) if p.as_os_str().is_empty() => StateFile::Off,
+            Some(p) => StateFile::Set(p),
+            None => StateFile::Default(Path::new(DEFAULT_STATE_FILE)),
+        }
+    }
+
     /// Checks the monitor keys against the `[[users]]` list. Errors are
     /// `(key, message)` like the loader's other cross-field checks.
     pub(super) fn validate_monitor(&self, users: &[UserConfig]) -> Result<(), (String, String)> {

@@ -19,7 +19,7 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 #[test]
 fn minimal_config_gets_defaults() {
     let c = parse(MINIMAL).unwrap();
-    assert_eq!(c.proxy.listen.to_string(), "127.0.0.1:6432");
+    assert_eq!(c.proxy.listen, Some("127.0.0.1:6432".parse().unwrap()));
     assert_eq!(c.proxy.pool_mode, PoolMode::Transaction);
     assert_eq!(c.proxy.worker_threads, 0);
     assert_eq!(c.auth.client_auth, ClientAuth::ScramSha256);
@@ -120,6 +120,26 @@ fn serialised_config_masks_passwords() {
 }
 
 #[test]
+fn state_file_defaults_to_var_lib_and_empty_turns_it_off() {
+    let c = parse(MINIMAL).unwrap();
+    let default = std::path::Path::new("/var/lib/pgsidecar/cluster.state");
+    assert_eq!(c.cluster.state_file(), StateFile::Default(default));
+    for (value, want) in [
+        ("\"\"", StateFile::Off),
+        (
+            "\"/data/s\"",
+            StateFile::Set(std::path::Path::new("/data/s")),
+        ),
+    ] {
+        let text = MINIMAL.replace(
+            "primary = \"127.0.0.1:5432\"",
+            &format!("primary = \"127.0.0.1:5432\"\nstate_file = {value}"),
+        );
+        assert_eq!(parse(&text).unwrap().cluster.state_file(), want, "{value}");
+    }
+}
+
+#[test]
 fn monitor_keys_default_and_are_checked_against_users() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(c.cluster.monitor_user, None);
@@ -196,5 +216,91 @@ fn observability_and_budget_keys_default_and_are_checked() {
             .unwrap_err()
             .to_string();
         assert!(err.contains(needle), "{extra:?} gave {err}");
+    }
+}
+
+#[test]
+fn unix_socket_keys() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.proxy.unix_socket_dir, None);
+    assert_eq!(c.proxy.unix_socket_mode, FileMode(0o777));
+    assert_eq!(c.proxy.unix_socket_path(Some(6432)), None);
+
+    let text = format!(
+        "{MINIMAL}\n[proxy]\nlisten = \"127.0.0.1:6432\"\nunix_socket_dir = \"/run/pgsidecar\"\n\
+         unix_socket_mode = \"0770\"\n"
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.proxy.unix_socket_mode, FileMode(0o770));
+    assert_eq!(
+        c.proxy.unix_socket_path(Some(6432)),
+        Some("/run/pgsidecar/.s.PGSQL.6432".into())
+    );
+    // An explicit port names the socket whatever TCP uses.
+    let c = parse(&format!("{text}unix_socket_port = 5432\n")).unwrap();
+    assert_eq!(
+        c.proxy.unix_socket_path(Some(6432)),
+        Some("/run/pgsidecar/.s.PGSQL.5432".into())
+    );
+    // Socket only.
+    let c = parse(&format!(
+        "{MINIMAL}\n[proxy]\nlisten = \"\"\nunix_socket_dir = \"/run/p\"\nunix_socket_port = 5432\n"
+    ))
+    .unwrap();
+    assert_eq!(c.proxy.listen, None);
+    // "" is no socket, as in Postgres.
+    let c = parse(&format!("{MINIMAL}\n[proxy]\nunix_socket_dir = \"\"\n")).unwrap();
+    assert_eq!(c.proxy.unix_socket_dir, None);
+}
+
+#[test]
+fn bad_unix_socket_keys_are_refused_with_the_key() {
+    let long = format!("/{}", "d".repeat(100));
+    let cases = [
+        (
+            "unix_socket_dir = \"run/pgsidecar\"",
+            "proxy.unix_socket_dir",
+            "absolute",
+        ),
+        (
+            &format!("unix_socket_dir = \"{long}\"")[..],
+            "proxy.unix_socket_dir",
+            "at most 107",
+        ),
+        (
+            "unix_socket_dir = \"/run/p\"\nunix_socket_mode = 777",
+            "unix_socket_mode",
+            "octal",
+        ),
+        (
+            "unix_socket_dir = \"/run/p\"\nunix_socket_mode = \"0999\"",
+            "unix_socket_mode",
+            "not a file mode",
+        ),
+        (
+            "unix_socket_dir = \"/run/p\"\nunix_socket_mode = \"01777\"",
+            "unix_socket_mode",
+            "not a file mode",
+        ),
+        (
+            "unix_socket_port = 0\nunix_socket_dir = \"/run/p\"",
+            "proxy.unix_socket_port",
+            "between 1",
+        ),
+        (
+            "listen = \"\"\nunix_socket_dir = \"/run/p\"",
+            "proxy.unix_socket_port",
+            "listen = \"\"",
+        ),
+        ("listen = \"\"", "proxy.listen", "no client could connect"),
+        ("listen = \"localhost:6432\"", "listen", "IP:port"),
+    ];
+    for (extra, key, needle) in cases {
+        let text = format!("{MINIMAL}\n[proxy]\n{extra}\n");
+        let err = parse(&text).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            err.contains(key) && err.contains(needle),
+            "{extra:?} gave {err}"
+        );
     }
 }

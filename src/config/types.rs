@@ -108,6 +108,84 @@ impl fmt::Display for PoolSize {
     }
 }
 
+/// Permission bits of a file pgsidecar creates (`[proxy] unix_socket_mode`),
+/// written as an octal string such as `"0777"` or `"0770"`. Integers are
+/// refused: `777` in TOML is decimal (0o1411), and a mode silently taken
+/// from the wrong base could open a socket to everyone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+impl FromStr for FileMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let digits = s.strip_prefix("0o").unwrap_or(s);
+        u32::from_str_radix(digits, 8)
+            .ok()
+            .filter(|m| !digits.is_empty() && *m <= 0o777)
+            .map(FileMode)
+            .ok_or_else(|| {
+                format!("`{s}` is not a file mode: write octal permission bits, e.g. \"0777\" or \"0770\"")
+            })
+    }
+}
+
+impl fmt::Display for FileMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl Serialize for FileMode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+            Raw::Int(n) => Err(serde::de::Error::custom(format!(
+                "file mode {n} must be an octal string, e.g. \"0777\" or \"0770\" \
+                 (a TOML integer is decimal or ambiguous)"
+            ))),
+        }
+    }
+}
+
+/// `[proxy] listen`: a TCP address, or `""` for none (clients then reach
+/// the proxy on its Unix socket only, as Postgres's `listen_addresses = ''`).
+pub mod optional_listen {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not an address like 127.0.0.1:6432 (IP:port), nor \"\" for no TCP listener"
+            ))
+        })
+    }
+}
+
 /// A secret string whose `Debug`/`Display` never shows the value, so it cannot
 /// leak into logs or `check` output by accident.
 #[derive(Clone, PartialEq, Eq, Deserialize)]

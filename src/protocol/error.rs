@@ -5,7 +5,8 @@ use bytes::BytesMut;
 use pgwire::messages::Message;
 use pgwire::messages::response::ErrorResponse;
 
-/// The SQLSTATE codes the proxy itself sends (see DESIGN.md, "Errors").
+/// The SQLSTATE codes the proxy itself sends (listed for users in
+/// docs/errors.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SqlState(pub &'static str);
 

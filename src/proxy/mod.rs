@@ -153,26 +153,45 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error(transparent)]
+    UnixSocket(#[from] crate::client::unix_socket::UnixSocketError),
+    #[error(transparent)]
     Http(ObserveError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// `cluster.state_file` cannot be read or written.
+    #[error(
+        "invalid `cluster.state_file`: {0}; point it at a writable file, or set it to \"\" to keep no record"
+    )]
+    StateFile(#[from] crate::cluster::StateFileError),
 }
 
 /// A running proxy. Dropping it stops accepting clients.
 pub struct Proxy {
+    /// The TCP address clients connect to. With `listen = ""` there is no
+    /// TCP listener and this is the unspecified address with port 0.
     pub addr: SocketAddr,
+    /// The Unix socket (`<unix_socket_dir>/.s.PGSQL.<port>`), if any.
+    pub unix_socket: Option<PathBuf>,
     /// Where /metrics, /healthz, /readyz and /queries are served.
     pub http_addr: SocketAddr,
     pub shared: Arc<Shared>,
-    accept: JoinHandle<()>,
+    /// The accept loops, TCP and Unix socket.
+    accept: Vec<JoinHandle<()>>,
     background: JoinHandle<()>,
+    catalog: JoinHandle<()>,
     http: Option<HttpHandle>,
 }
 
 impl Proxy {
-    /// Binds `[proxy].listen` (port 0 picks a free port) and starts serving.
+    /// Binds `[proxy].listen` (port 0 picks a free port) and the Unix
+    /// socket, if configured, and starts serving.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
         let listen = config.proxy.listen;
+        let unix_port = config.proxy.unix_socket_port;
+        let unix_mode = config.proxy.unix_socket_mode;
+        if let crate::config::StateFile::Set(path) = config.cluster.state_file() {
+            crate::cluster::check_state_file(path)?;
+        }
         let client_tls = crate::tls::build_client_tls(&config.proxy)?;
         let server_tls = crate::tls::build_server_tls(&config.cluster)?;
         let credentials = Credentials::build(&config);
@@ -208,38 +227,113 @@ impl Proxy {
             client_tls: ArcSwap::from_pointee(client_tls),
             config: handle,
         });
-        let listener = crate::client::bind(listen).map_err(|source| StartError::Listen {
-            addr: listen,
-            source,
-        })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: listen,
-            source,
-        })?;
+        let tcp = match listen {
+            Some(listen) => {
+                let error = |source| StartError::Listen {
+                    addr: listen,
+                    source,
+                };
+                let listener = crate::client::bind(listen).map_err(error)?;
+                let addr = listener.local_addr().map_err(error)?;
+                Some((listener, addr))
+            }
+            None => None,
+        };
+        let addr = tcp.as_ref().map_or(
+            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)),
+            |(_, addr)| *addr,
+        );
+        let unix = match shared
+            .config
+            .load()
+            .proxy
+            .unix_socket_path(tcp.as_ref().map(|(_, a)| a.port()))
+        {
+            Some(path) => {
+                let port = unix_port.unwrap_or(addr.port());
+                Some(crate::client::unix_socket::bind(&path, port, unix_mode).await?)
+            }
+            None => None,
+        };
+        let unix_socket = unix.as_ref().map(|u| u.file.path().to_path_buf());
         let http = shared
             .observer
             .serve_http()
             .await
             .map_err(StartError::Http)?;
         // From now on the config shows the addresses really listened on.
-        let start_only = StartOnly::new(&config, addr, http.addr);
+        let start_only = StartOnly::new(&config, tcp.as_ref().map(|(_, a)| *a), http.addr);
         let mut in_force = config;
         start_only.in_force(&mut in_force);
         shared.config.store(Arc::new(in_force));
         let _ = shared.start_only.set(start_only);
         let background = shared.observer.spawn_background();
-        let accept = tokio::spawn(crate::client::accept_loop(listener, shared.clone()));
+        let mut accept = Vec::new();
+        if let Some((listener, _)) = tcp {
+            accept.push(tokio::spawn(crate::client::accept_loop(
+                listener,
+                shared.clone(),
+            )));
+        }
+        if let Some(unix) = unix {
+            accept.push(tokio::spawn(crate::client::accept_loop(
+                unix,
+                shared.clone(),
+            )));
+        }
         shared.start_monitor();
-        tracing::info!(%addr, http = %http.addr, "pgsidecar listening");
+        let catalog = spawn_catalog(&shared);
+        tracing::info!(
+            addr = %listen.map_or("none".to_string(), |_| addr.to_string()),
+            unix = %unix_socket.as_deref().map_or("none".into(), |p| p.display().to_string()),
+            http = %http.addr,
+            "pgsidecar listening"
+        );
         Ok(Proxy {
             addr,
+            unix_socket,
             http_addr: http.addr,
             shared,
             accept,
             background,
+            catalog,
             http: Some(http),
         })
     }
+}
+
+/// Starts reading the catalog of the databases clients use, for what their
+/// writes reach beyond the tables named (read-your-writes).
+fn spawn_catalog(shared: &Arc<Shared>) -> JoinHandle<()> {
+    use crate::cluster::catalog::{self, CatalogSources};
+    use crate::routing::related::Related;
+    let weak = Arc::downgrade(shared);
+    let (w1, w2) = (weak.clone(), weak.clone());
+    catalog::spawn(CatalogSources {
+        config: shared.config.clone(),
+        primary: Box::new(move || {
+            let shared = w1.upgrade()?;
+            let cluster = shared.cluster();
+            cluster.primary().map(|id| cluster.addr(id).clone())
+        }),
+        databases: Box::new(move || {
+            let Some(shared) = w2.upgrade() else {
+                return Vec::new();
+            };
+            let pools = shared.pools.all();
+            pools.iter().map(|p| p.key.database.clone()).collect()
+        }),
+        publish: Box::new(move |edges| {
+            if let Some(shared) = weak.upgrade() {
+                let related = Related::build(edges);
+                tracing::info!(
+                    tables = related.len(),
+                    "read-your-writes: foreign-key actions and partitions read from the catalog"
+                );
+                shared.write_log.set_related(related);
+            }
+        }),
+    })
 }
 
 impl Proxy {
@@ -249,6 +343,10 @@ impl Proxy {
     pub async fn shutdown(mut self, timeout: std::time::Duration) {
         let shared = self.shared.clone();
         shared.shutdown.cancel();
+        // The loops return at once; the Unix socket file goes with them.
+        for accept in std::mem::take(&mut self.accept) {
+            let _ = accept.await;
+        }
         shared.sessions.close();
         tracing::info!(clients = shared.sessions.len(), "shutting down");
         if tokio::time::timeout(timeout, shared.sessions.wait())
@@ -282,8 +380,11 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.accept.abort();
+        for accept in &self.accept {
+            accept.abort();
+        }
         self.background.abort();
+        self.catalog.abort();
         self.shared.stop_monitor();
     }
 }

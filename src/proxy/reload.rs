@@ -36,7 +36,14 @@ impl Shared {
     fn reload_from(&self, path: &Path) -> Result<Vec<String>, ReloadError> {
         let applied = Config::load(path)
             .map_err(ReloadError::from)
-            .and_then(|config| self.apply(config));
+            .and_then(|config| self.apply(config))
+            .map_err(|e| match e {
+                // Named against the file and key that point at the file.
+                ReloadError::Tls(tls) => {
+                    ReloadError::Invalid(ConfigError::invalid_key(path, tls.key(), tls.problem()))
+                }
+                other => other,
+            });
         match applied {
             Ok(kept) => {
                 for warning in &kept {
@@ -68,8 +75,10 @@ impl Shared {
             None => Vec::new(),
         };
         let old = self.config.load_full();
+        // The view also holds the state file's record.
         let nodes_changed = new.cluster.primary != old.cluster.primary
-            || new.cluster.replicas != old.cluster.replicas;
+            || new.cluster.replicas != old.cluster.replicas
+            || new.cluster.state_file != old.cluster.state_file;
         let passwords_changed = new.users.len() != old.users.len()
             || new.users.iter().zip(&old.users).any(|(a, b)| {
                 a.name != b.name

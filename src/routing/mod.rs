@@ -45,6 +45,7 @@ mod functions;
 mod lexer;
 mod normalize;
 pub mod policy;
+pub mod related;
 mod session;
 mod strings;
 pub mod template;

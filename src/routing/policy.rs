@@ -8,6 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+
+use super::related::Related;
 use crate::cluster::{ClusterView, NoReplica, ReplicaLease};
 use crate::config::{ReadYourWrites, RoutingConfig};
 
@@ -67,10 +70,14 @@ pub enum Refusal {
 struct Mark(Instant);
 
 /// Recent writes per table, shared by all clients of this sidecar, so a
-/// read of a table written by anyone waits for a replica that has it.
+/// read of a table written by anyone waits for a replica that has it. A
+/// write also marks the tables the catalog says it reaches (foreign-key
+/// cascades, parents of a partition), and a read also looks at the marks
+/// of the table's ancestors (see [`Related`]).
 #[derive(Default)]
 pub struct WriteLog {
     tables: RwLock<HashMap<Arc<str>, Mark>>,
+    related: ArcSwap<Related>,
 }
 
 impl WriteLog {
@@ -79,9 +86,13 @@ impl WriteLog {
         if tables.is_empty() {
             return;
         }
+        let related = self.related.load();
         let mut map = self.tables.write().unwrap_or_else(|p| p.into_inner());
         for t in tables {
             map.insert(t.clone(), Mark(at));
+            for reached in related.also_written(t) {
+                map.insert(reached.clone(), Mark(at));
+            }
         }
         if map.len() > 4096
             && let Some(before) = forget_before
@@ -94,8 +105,27 @@ impl WriteLog {
         if tables.is_empty() {
             return None;
         }
+        let related = self.related.load();
         let map = self.tables.read().unwrap_or_else(|p| p.into_inner());
-        tables.iter().filter_map(|t| map.get(t)).map(|m| m.0).max()
+        let own = tables.iter().map(|t| &**t);
+        let ancestors = tables
+            .iter()
+            .flat_map(|t| related.ancestors(t))
+            .map(|a| &**a);
+        own.chain(ancestors)
+            .filter_map(|t| map.get(t))
+            .map(|m| m.0)
+            .max()
+    }
+
+    /// Replaces what writes are known to reach (read from the catalog).
+    pub fn set_related(&self, related: Related) {
+        self.related.store(Arc::new(related));
+    }
+
+    /// The tables other than `table` a write to it marks as written.
+    pub fn also_written(&self, table: &str) -> Vec<Arc<str>> {
+        self.related.load().also_written(table).to_vec()
     }
 }
 

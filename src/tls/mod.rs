@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 pub use accept::{ClientTls, build_client_tls};
 pub use connect::{NegotiateError, ServerTls, build_server_tls};
-pub use stream::{ClientStream, ServerStream, WaitReadable, write_flush};
+pub use stream::{ClientStream, ClientTransport, ServerStream, WaitReadable, write_flush};
 
 /// A certificate, key or CA file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,28 @@ pub enum TlsError {
         #[source]
         source: rustls::Error,
     },
+}
+
+impl TlsError {
+    /// The config key whose file or setting failed.
+    pub fn key(&self) -> &'static str {
+        match self {
+            TlsError::Pem { key, .. }
+            | TlsError::Empty { key, .. }
+            | TlsError::Rustls { key, .. } => key,
+        }
+    }
+
+    /// What went wrong, without the key (for an error that names it).
+    pub fn problem(&self) -> String {
+        match self {
+            TlsError::Pem {
+                what, path, reason, ..
+            } => format!("cannot read {what} from {}: {reason}", path.display()),
+            TlsError::Empty { what, path, .. } => format!("{} holds no {what}", path.display()),
+            TlsError::Rustls { source, .. } => format!("TLS setup failed: {source}"),
+        }
+    }
 }
 
 /// The crypto provider every TLS config uses: ring, to keep builds light.

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsAcceptor;
 
 /// A client's connection.
@@ -25,9 +25,43 @@ pub enum ServerStream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-impl ClientStream {
+/// A client connection as the opening handshake sees it: a TCP one may be
+/// upgraded to TLS, a Unix socket one never is. Each transport is its own
+/// type (not one more enum variant), so the TCP session code is exactly
+/// what it was and neither pays a branch per read for the other.
+pub trait ClientTransport:
+    AsyncRead + AsyncWrite + WaitReadable + Unpin + Send + Sync + 'static
+{
+    /// Whether an SSLRequest may be answered 'S' and `[proxy] tls_mode =
+    /// "require"` applies. Not on a Unix socket, as with Postgres (hostssl
+    /// lines never match a local connection): libpq does not ask for TLS
+    /// there, and the bytes never leave the host.
+    const OFFERS_TLS: bool;
+    /// Socket options for a new client (TCP_NODELAY on TCP), set in the
+    /// client's task rather than the accept loop's.
+    fn set_options(&self) {}
+    fn is_tls(&self) -> bool;
     /// Runs the TLS handshake on the plain socket (after 'S' was sent).
-    pub async fn upgrade(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
+    fn upgrade(
+        &mut self,
+        acceptor: &TlsAcceptor,
+    ) -> impl std::future::Future<Output = io::Result<()>> + Send;
+}
+
+impl ClientTransport for ClientStream {
+    const OFFERS_TLS: bool = true;
+
+    fn set_options(&self) {
+        if let ClientStream::Plain(tcp) = self {
+            let _ = tcp.set_nodelay(true);
+        }
+    }
+
+    fn is_tls(&self) -> bool {
+        matches!(self, ClientStream::Tls(_))
+    }
+
+    async fn upgrade(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
         let ClientStream::Plain(tcp) = std::mem::replace(self, ClientStream::Detached) else {
             return Err(io::Error::other("TLS requested twice"));
         };
@@ -35,9 +69,20 @@ impl ClientStream {
         *self = ClientStream::Tls(Box::new(tls));
         Ok(())
     }
+}
 
-    pub fn is_tls(&self) -> bool {
-        matches!(self, ClientStream::Tls(_))
+impl ClientTransport for UnixStream {
+    const OFFERS_TLS: bool = false;
+
+    fn is_tls(&self) -> bool {
+        false
+    }
+
+    async fn upgrade(&mut self, _acceptor: &TlsAcceptor) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "no TLS on a Unix socket",
+        ))
     }
 }
 
@@ -77,6 +122,16 @@ impl WaitReadable for ClientStream {
             ClientStream::Plain(tcp) => tcp.poll_read_ready(cx).map(|_| ()),
             _ => Poll::Ready(()),
         }
+    }
+}
+
+impl WaitReadable for UnixStream {
+    fn can_wait_unbuffered(&self) -> bool {
+        true
+    }
+
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_read_ready(cx).map(|_| ())
     }
 }
 

@@ -334,3 +334,287 @@ fn check_applies_environment_overrides_and_says_where_values_came_from() {
     );
     assert!(out.stdout.is_empty(), "{out:?}");
 }
+
+/// Runs a command line as shown in the docs (`VAR=value … pgsidecar args…`)
+/// in `dir`, with the binary under test standing in for `pgsidecar`.
+fn run_as_shown(line: &str, dir: &Path) -> Output {
+    let mut words = line.split_whitespace().peekable();
+    let mut cmd = pgsidecar();
+    while let Some((var, value)) = words.peek().and_then(|w| w.split_once('=')) {
+        cmd.env(var, value);
+        words.next();
+    }
+    let program = words.next().expect("a program");
+    assert!(
+        program.ends_with("pgsidecar"),
+        "the line runs pgsidecar: {line}"
+    );
+    cmd.args(words)
+        .current_dir(dir)
+        .output()
+        .expect("running the shown command")
+}
+
+#[test]
+fn the_check_command_in_the_example_configs_header_works_as_written() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(repo.join("conf/pgsidecar.toml")).unwrap();
+    let shown = example
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .find(|l| l.contains("pgsidecar check"))
+        .expect("the header shows a check command")
+        .trim_start_matches('#')
+        .trim();
+    let out = run_as_shown(shown, repo);
+    assert_eq!(out.status.code(), Some(0), "`{shown}`: {out:?}");
+    // So does every line of the docs that checks the example.
+    for page in ["README.md", "docs/configuration.md"] {
+        let text = std::fs::read_to_string(repo.join(page)).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("pgsidecar check --config conf/pgsidecar.toml"))
+            .collect();
+        assert!(!lines.is_empty(), "{page} shows how to check the example");
+        for shown in lines {
+            let out = run_as_shown(shown, repo);
+            assert_eq!(out.status.code(), Some(0), "{page}: `{shown}`: {out:?}");
+        }
+    }
+}
+
+#[test]
+fn the_readmes_quick_start_check_works_as_written() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let toml_block = readme
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README shows a minimal config");
+    let shown = readme
+        .lines()
+        .find(|l| l.contains("pgsidecar check --config pgsidecar.toml"))
+        .expect("README shows how to check it");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pgsidecar.toml"), toml_block).unwrap();
+    let out = run_as_shown(shown, dir.path());
+    assert_eq!(out.status.code(), Some(0), "`{shown}`: {out:?}");
+}
+
+/// `path:line:` of the first line of `text` starting with `prefix`.
+fn place(path: &Path, text: &str, prefix: &str) -> String {
+    let line = text.lines().position(|l| l.starts_with(prefix)).unwrap() + 1;
+    format!("{}:{line}:", path.display())
+}
+
+#[test]
+fn check_names_the_line_of_a_value_refused_after_parsing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgsidecar.toml");
+    let cases = [
+        (
+            GOOD.replace("[pool]\n", "[pool]\nsidecars = 0\n"),
+            "sidecars = 0",
+            "pool.sidecars",
+        ),
+        (
+            format!("{GOOD}\n[observability]\nexplain_sample_rate = 1.5\n"),
+            "explain_sample_rate",
+            "observability.explain_sample_rate",
+        ),
+        (
+            GOOD.replace(
+                "password = \"hunter2-do-not-print\"",
+                "password_env = \"PGSIDECAR_TEST_UNSET_PASSWORD\"",
+            ),
+            "password_env",
+            "users[0].password_env",
+        ),
+        (
+            GOOD.replace(
+                "primary = \"db.internal:5432\"",
+                "primary = \"db.internal:5432\"\nreplicas = [\"r1:5432\", \"r1:5432\"]",
+            ),
+            "replicas",
+            "cluster.replicas[1]",
+        ),
+    ];
+    for (body, line_prefix, key) in cases {
+        std::fs::write(&path, &body).unwrap();
+        let out = check(&path);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(key), "names {key}: {err}");
+        let at = place(&path, &body, line_prefix);
+        assert!(err.contains(&at), "names {at}: {err}");
+    }
+    // The same for a limit under [proxy].
+    let body = GOOD.replace(
+        "listen = \"127.0.0.1:7432\"\n",
+        "listen = \"127.0.0.1:7432\"\nmax_message_size = 10\n",
+    );
+    std::fs::write(&path, &body).unwrap();
+    let err = text(&check(&path).stderr);
+    assert!(
+        err.contains(&place(&path, &body, "max_message_size")) && err.contains("at least 1024"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_names_the_config_file_and_key_of_an_unreadable_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgsidecar.toml");
+    let body = GOOD.replace(
+        "listen = \"127.0.0.1:7432\"\n",
+        "listen = \"127.0.0.1:7432\"\ntls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"\n",
+    );
+    std::fs::write(&path, &body).unwrap();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+    assert!(err.contains("proxy.tls_cert"), "{err}");
+    let at = place(&path, &body, "tls_cert");
+    assert!(
+        err.contains(&at),
+        "names the config file and line {at}: {err}"
+    );
+}
+
+#[test]
+fn check_says_why_a_missing_file_cannot_be_read_once() {
+    let out = check(Path::new("/nonexistent/pgsidecar.toml"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+#[test]
+fn check_of_a_file_without_a_primary_names_cluster_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgsidecar.toml");
+    for body in ["", "[proxy]\nlisten = \"127.0.0.1:7432\"\n", "[cluster]\n"] {
+        std::fs::write(&path, body).unwrap();
+        let out = check(&path);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("[cluster] primary") && err.contains(&path.display().to_string()),
+            "{body:?}: {err}"
+        );
+        assert!(!err.contains("missing field"), "{body:?}: {err}");
+    }
+}
+
+/// Where `pgsidecar run`'s log goes in [`log_until_listening`].
+enum LogTo {
+    /// A pipe, as to a file, journald or a log collector.
+    Pipe,
+    /// A pseudo-terminal, as to someone watching it.
+    Terminal,
+}
+
+/// Starts `pgsidecar run` (no server needed: it listens before it reaches
+/// one) with its log sent to `to`, and returns the log up to the line
+/// saying where it listens.
+fn log_until_listening(to: LogTo, no_color: Option<&str>) -> String {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgsidecar.toml");
+    std::fs::write(
+        &path,
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+         [cluster]\nprimary = \"127.0.0.1:1\"\n\
+         [[users]]\nname = \"app\"\npassword = \"x\"\n",
+    )
+    .unwrap();
+    let mut cmd = pgsidecar();
+    cmd.args(["run", "--config"])
+        .arg(&path)
+        .env_remove("NO_COLOR");
+    if let Some(value) = no_color {
+        cmd.env("NO_COLOR", value);
+    }
+    let mut reader: Box<dyn Read + Send> = match to {
+        LogTo::Pipe => {
+            cmd.stdout(Stdio::piped());
+            Box::new(std::io::empty())
+        }
+        LogTo::Terminal => {
+            let (mut leader, mut follower) = (0, 0);
+            // SAFETY: openpty writes two descriptors it opened into the
+            // integers given; null name, termios and winsize are allowed.
+            let rc = unsafe {
+                libc::openpty(
+                    &mut leader,
+                    &mut follower,
+                    std::ptr::null_mut(),
+                    std::ptr::null(),
+                    std::ptr::null(),
+                )
+            };
+            assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+            // SAFETY: both descriptors were just opened and are owned here.
+            let (leader, follower) =
+                unsafe { (OwnedFd::from_raw_fd(leader), OwnedFd::from_raw_fd(follower)) };
+            cmd.stdout(Stdio::from(follower));
+            Box::new(std::fs::File::from(leader))
+        }
+    };
+    cmd.stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("starting pgsidecar run");
+    if let Some(stdout) = child.stdout.take() {
+        reader = Box::new(stdout);
+    }
+    // The command holds the follower end; drop it so the leader sees the
+    // end of output when the child exits.
+    drop(cmd);
+    let (chunks, arrived) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || chunks.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let found = loop {
+        match arrived.recv_timeout(Duration::from_secs(30)) {
+            Ok(chunk) => {
+                log.extend(chunk);
+                if text(&log).contains("pgsidecar listening") {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "no `pgsidecar listening` line: {}", text(&log));
+    text(&log)
+}
+
+#[test]
+fn logs_are_coloured_only_on_a_terminal_and_never_with_no_color() {
+    const ESC: char = '\u{1b}';
+    let piped = log_until_listening(LogTo::Pipe, None);
+    assert!(
+        !piped.contains(ESC),
+        "escape codes in a log written to a pipe: {piped:?}"
+    );
+    let terminal = log_until_listening(LogTo::Terminal, None);
+    assert!(
+        terminal.contains(ESC),
+        "a terminal gets colours: {terminal:?}"
+    );
+    let no_color = log_until_listening(LogTo::Terminal, Some("1"));
+    assert!(
+        !no_color.contains(ESC),
+        "NO_COLOR is honoured: {no_color:?}"
+    );
+}

@@ -65,7 +65,7 @@ async fn fixture() -> Fixture {
 /// Config for `cluster` whose monitor logs in as `app` with `password`.
 fn monitor_config(cluster: &LocalCluster, password: &str) -> Config {
     let text = format!(
-        "[cluster]\nprimary = \"{}\"\nreplicas = [\"{}\"]\nconnect_timeout = \"2s\"\n\
+        "[cluster]\nprimary = \"{}\"\nreplicas = [\"{}\"]\nconnect_timeout = \"2s\"\nstate_file = \"\"\n\
          monitor_user = \"{}\"\n[[users]]\nname = \"{}\"\npassword = \"{password}\"\n",
         cluster.nodes()[0].addr(),
         cluster.nodes()[1].addr(),

@@ -155,6 +155,56 @@ async fn demo_prints_a_working_psql_line_and_cleans_up_on_ctrl_c() {
 }
 
 #[tokio::test]
+async fn demo_offers_the_admin_console_with_a_line_to_paste() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut child = spawn_demo(&["--port", "0", "--http-port", "0"]);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let data_line = line_with(&mut lines, "data directory: ").await;
+    let root = PathBuf::from(data_line.split("data directory: ").nth(1).unwrap().trim());
+    let connect = line_with(&mut lines, "connect with: ").await;
+    let pasted = connect.split("connect with: ").nth(1).unwrap().trim();
+    let admin = line_with(&mut lines, "admin console: ").await;
+    let console = admin.split("admin console: ").nth(1).unwrap().trim();
+    assert!(console.contains("-d pgsidecar"), "{admin}");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    // One query through the demo line, so its pool exists.
+    let out = run_pasted(
+        pasted,
+        &["-X", "-At", "-c", "SELECT count(*) FROM products"],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    // The console answers the printed line: nodes, and the demo's pools.
+    let out = run_pasted(console, &["-X", "-At", "-F", "|", "-c", "SHOW NODES"]).await;
+    assert!(out.status.success(), "{console}: {out:?}");
+    let nodes = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(nodes.lines().count(), 2, "primary and replica: {nodes}");
+    assert!(
+        nodes.contains("|primary|") && nodes.contains("|replica|"),
+        "{nodes}"
+    );
+    let out = run_pasted(console, &["-X", "-At", "-F", "|", "-c", "SHOW POOLS"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let pools = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        pools.lines().any(|l| l.starts_with("demo|demo|")),
+        "the demo database's pool: {pools}"
+    );
+
+    let pid = child.id().expect("the demo is running") as i32;
+    // SAFETY: sending SIGINT to the child we spawned and still own.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("the demo exits within a minute of SIGINT")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!root.exists());
+    assert_no_processes_under(&root).await;
+}
+
+#[tokio::test]
 async fn demo_stops_by_itself_after_duration() {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut child = spawn_demo(&["--port", "0", "--http-port", "0", "--duration", "1"]);

@@ -163,7 +163,10 @@ pub fn proxy_config_text(extra_toml: &str) -> String {
     config_text(primary_only(), extra_toml)
 }
 
-fn config_text(nodes: toml::Table, extra_toml: &str) -> String {
+fn config_text(mut nodes: toml::Table, extra_toml: &str) -> String {
+    // Test proxies keep no state file unless a test gives one: the default
+    // path is the machine's, shared by every proxy.
+    nodes.insert("state_file".into(), "".into());
     let mut base = toml::Table::new();
     base.insert(
         "proxy".into(),
@@ -331,12 +334,12 @@ pub async fn superuser() -> Client {
 /// `(pid, state, query)`, state being `active`, `idle`,
 /// `idle in transaction`, …
 pub async fn backends(su: &Client, db: &str) -> Vec<(i32, String, String)> {
-    // The proxy's own sessions (cluster monitor, EXPLAIN sampler) name
+    // The proxy's own sessions (cluster monitor, catalog reader, EXPLAIN sampler) name
     // themselves and are not pool connections.
     su.query(
         "SELECT pid, coalesce(state, ''), coalesce(query, '') FROM pg_stat_activity \
          WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid() \
-         AND application_name NOT IN ('pgsidecar-monitor', 'pgsidecar-explain')",
+         AND application_name NOT IN ('pgsidecar-monitor', 'pgsidecar-explain', 'pgsidecar-catalog')",
         &[&db],
     )
     .await

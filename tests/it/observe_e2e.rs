@@ -11,7 +11,8 @@ use crate::observe_e2e_support::{
 };
 use crate::observe_support::get;
 
-/// The metrics DESIGN.md promises (without the `pgsidecar_` prefix).
+/// The contract metrics of docs/metrics.md (without the `pgsidecar_`
+/// prefix).
 const CONTRACT: [&str; 16] = [
     "client_connections",
     "server_connections",

@@ -12,7 +12,8 @@ use pgsidecar::observe::METRIC_NAMES;
 use crate::harness;
 use crate::observe_support::{Event, get, http, observer};
 
-/// The metrics DESIGN.md promises, by name.
+/// The contract metrics (docs/metrics.md), by name: the first sixteen of
+/// `METRIC_NAMES`.
 const CONTRACT: [&str; 16] = [
     "client_connections",
     "server_connections",

@@ -94,6 +94,14 @@ fn dockerfile_builds_a_small_non_root_image_whose_settings_check() {
         "{user:?}"
     );
     assert_eq!(get("EXPOSE"), ["6432 9930"]);
+    // The state file's default directory exists and belongs to the user.
+    assert!(
+        get("RUN")
+            .iter()
+            .any(|r| r.contains("chown 10001:10001 /var/lib/pgsidecar")),
+        "{:?}",
+        get("RUN")
+    );
     assert!(get("HEALTHCHECK")[0].contains("/healthz"));
     assert!(
         get("COPY")
@@ -155,9 +163,11 @@ fn systemd_unit_is_sandboxed_and_verifies() {
         "User=pgsidecar",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
+        "StateDirectory=pgsidecar",
         "ProtectHome=yes",
         "PrivateTmp=yes",
         "CapabilityBoundingSet=\n",
+        "RuntimeDirectory=pgsidecar\n",
     ] {
         assert!(unit.contains(setting), "the unit lacks {setting:?}");
     }
@@ -196,10 +206,25 @@ fn debian_metadata_names_files_that_exist() {
     );
     for asset in assets {
         let source = asset[0].as_str().unwrap();
-        if !source.starts_with("target/") {
+        if source.starts_with("target/") {
+            continue;
+        }
+        // cargo-deb expands `dir/*.ext`: it must match something.
+        if let Some((dir, ext)) = source.split_once("/*") {
+            let matched = std::fs::read_dir(repo(dir))
+                .unwrap_or_else(|e| panic!("asset {source}: {e}"))
+                .filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().ends_with(ext));
+            assert!(matched, "asset {source} matches no file");
+        } else {
             assert!(repo(source).is_file(), "asset {source} does not exist");
         }
     }
+    // The documentation ships with the package: README.md and docs/.
+    assert!(
+        targets.contains(&"usr/share/doc/pgsidecar/docs/"),
+        "{targets:?}"
+    );
     let scripts = repo(deb["maintainer-scripts"].as_str().unwrap());
     let postinst = std::fs::read_to_string(scripts.join("postinst")).unwrap();
     assert!(

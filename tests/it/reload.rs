@@ -153,7 +153,7 @@ async fn console_reload_applies_users_replicas_and_pool_size_keeping_clients() {
     let config = write_config(
         &path,
         &format!(
-            "[cluster]\nprimary = \"{primary}\"\n[pool]\nsize = 2\n{}",
+            "[cluster]\nprimary = \"{primary}\"\nstate_file = \"\"\n[pool]\nsize = 2\n{}",
             users(&[APP])
         ),
     );
@@ -172,7 +172,7 @@ async fn console_reload_applies_users_replicas_and_pool_size_keeping_clients() {
     write_config(
         &path,
         &format!(
-            "[cluster]\nprimary = \"{primary}\"\nreplicas = [\"{replica}\"]\n\
+            "[cluster]\nprimary = \"{primary}\"\nreplicas = [\"{replica}\"]\nstate_file = \"\"\n\
              [pool]\nsize = 7\n[routing]\nmax_replica_lag = \"30s\"\n{}",
             users(&[APP, PW_USER])
         ),

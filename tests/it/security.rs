@@ -73,7 +73,7 @@ fn listeners_default_to_loopback_and_the_console_to_nobody() {
         Path::new("t.toml"),
     )
     .unwrap();
-    assert!(config.proxy.listen.ip().is_loopback());
+    assert!(config.proxy.listen.is_some_and(|a| a.ip().is_loopback()));
     assert!(config.http.listen.ip().is_loopback());
     assert!(config.admin.users.is_empty(), "nobody may open the console");
     let shown = format!("{config:?}");

@@ -15,14 +15,14 @@ use crate::wire::{self, PROTOCOL_3_0, Raw, SSL_REQUEST};
 
 /// A CA and a server certificate it signed (for localhost and 127.0.0.1),
 /// as PEM files in a temp dir.
-struct Pki {
+pub struct Pki {
     dir: tempfile::TempDir,
     ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
-fn new_pki() -> Pki {
+pub fn new_pki() -> Pki {
     let dir = tempfile::tempdir().unwrap();
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();

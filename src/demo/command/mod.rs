@@ -187,13 +187,18 @@ async fn print_banner(
     println!();
     println!(
         "connect with: {}",
-        setup::psql_command(binaries, proxy.addr.port())
+        setup::psql_command(binaries, proxy.addr.port(), setup::DATABASE)
     );
     println!(
         "  then try:   SELECT * FROM {};   INSERT INTO {} VALUES (6, 'tea', 1.90);",
         setup::TABLE,
         setup::TABLE
     );
+    println!(
+        "admin console: {}",
+        setup::psql_command(binaries, proxy.addr.port(), crate::admin::DATABASE)
+    );
+    println!("  then try:   SHOW POOLS;   SHOW NODES;   SHOW QUERIES;   SHOW HELP;");
     let served = tokio::time::timeout(
         Duration::from_millis(500),
         tokio::net::TcpStream::connect(http),

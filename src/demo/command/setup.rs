@@ -75,7 +75,8 @@ pub(crate) fn row_count() -> usize {
 }
 
 /// The proxy's config: clients on `listen`, HTTP on `http`, the cluster's
-/// primary and replica, the demo role with its password.
+/// primary and replica, the demo role with its password, also allowed
+/// into the admin console.
 pub(super) fn proxy_config(
     listen: SocketAddr,
     http: SocketAddr,
@@ -96,10 +97,23 @@ pub(super) fn proxy_config(
         section([
             ("primary", cluster.primary().addr().into()),
             ("replicas", toml::Value::Array(replicas)),
+            (
+                "state_file",
+                cluster
+                    .root_dir()
+                    .join("pgsidecar.state")
+                    .display()
+                    .to_string()
+                    .into(),
+            ),
         ]),
     );
     let user = section([("name", USER.into()), ("password", PASSWORD.into())]);
     doc.insert("users".into(), toml::Value::Array(vec![user]));
+    doc.insert(
+        "admin".into(),
+        section([("users", toml::Value::Array(vec![USER.into()]))]),
+    );
     let text = toml::to_string(&doc).expect("a TOML table serialises");
     Config::from_toml(&text, Path::new("<demo config>"))
 }
@@ -125,9 +139,10 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// The `psql` line to paste: plain `psql` when that is on PATH, else the
+/// The `psql` line to paste to open `database` (the demo's, or the admin
+/// console's `pgsidecar`): plain `psql` when that is on PATH, else the
 /// full path of the one found with the server binaries.
-pub(super) fn psql_command(binaries: &PgBinaries, port: u16) -> String {
+pub(super) fn psql_command(binaries: &PgBinaries, port: u16, database: &str) -> String {
     let on_path = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("psql").is_file()));
     let psql = if on_path {
@@ -135,7 +150,7 @@ pub(super) fn psql_command(binaries: &PgBinaries, port: u16) -> String {
     } else {
         binaries.psql().display().to_string()
     };
-    format!("PGPASSWORD={PASSWORD} {psql} -h 127.0.0.1 -p {port} -U {USER} -d {DATABASE}")
+    format!("PGPASSWORD={PASSWORD} {psql} -h 127.0.0.1 -p {port} -U {USER} -d {database}")
 }
 
 #[cfg(test)]

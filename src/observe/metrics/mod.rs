@@ -25,7 +25,8 @@ use labels::LabelCache;
 pub(crate) use scrape::Scraped;
 
 /// Every metric family `/metrics` lists, full names. The contract's
-/// metrics come first (DESIGN.md), then the observer's own.
+/// metrics come first (the sixteen the project started with), then the
+/// observer's own; docs/metrics.md describes each one.
 pub const METRIC_NAMES: [&str; 22] = [
     "pgsidecar_client_connections",
     "pgsidecar_server_connections",

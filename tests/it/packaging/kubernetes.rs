@@ -1,6 +1,6 @@
 //! The Kubernetes sidecar example: the manifests parse, reference each
 //! other consistently (Secret, ConfigMap, mount, `--config`), carry the
-//! probes, annotations and resources the README promises, and the
+//! probes, annotations and resources docs/deployment.md promises, and the
 //! ConfigMap's TOML passes `pgsidecar check` with the pod's environment.
 //! Schemas are checked by `packaging/check-kubernetes.sh`.
 

@@ -78,7 +78,11 @@ fn key_of(line: &str) -> Option<String> {
 /// The line may hold a secret: its text names one, or it is in a
 /// `[[users]]` entry and is not one of that entry's plain keys.
 fn is_secret(before: &str, key: Option<&str>, line: &str) -> bool {
-    let lower = line.to_ascii_lowercase();
+    // `password_env` and `password_file` name where a password is, not it.
+    let lower = line
+        .to_ascii_lowercase()
+        .replace("password_env", "")
+        .replace("password_file", "");
     if SECRET_WORDS.iter().any(|w| lower.contains(w)) {
         return true;
     }
@@ -140,6 +144,11 @@ mod tests {
         let text = "[proxy]\nlisten = \"x\n[[users]]\nname = \"a\"\npasword = \"pw\"\n";
         assert_eq!(show(text, "listen = \"x", "m").0, "listen = \"x");
         assert_eq!(show(text, "name = \"a\"", "m").0, "name = \"a\"");
+        let env = "[[users]]\npassword_env = \"APP_PW\"\n";
+        assert_eq!(
+            show(env, "password_env", "m").0,
+            "password_env = \"APP_PW\""
+        );
         let (line, _) = show(text, "pasword = \"pw\"", "unknown field `pasword`");
         assert!(line.starts_with("pasword = … (not shown"), "{line}");
         let text = "[[users]]\npassword = 12345\n";

@@ -167,6 +167,10 @@ fn secret_mistakes() -> Vec<(&'static str, String)> {
             format!("{head}password = \"\"\"\n{SECRET}\n"),
         ),
         (
+            "two password sources (a check after parsing)",
+            format!("{head}password = \"{SECRET}\"\npassword_env = \"X\"\n"),
+        ),
+        (
             "secret in a table",
             format!("{head}password = {{ value = \"{SECRET}\" }}\n"),
         ),

@@ -1,5 +1,6 @@
 //! The frontend messages the proxy decodes after login: framing
-//! (`frame::header`/`complete`), Query text, and the Parse, Bind,
+//! (`frame::header`/`complete`), Query text (read in several client
+//! encodings), and the Parse, Bind,
 //! Describe/Close decoders behind prepared-statement renaming. None may
 //! panic; a renamed Bind must still be a well-formed frame.
 #![no_main]
@@ -7,6 +8,7 @@
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use pgsidecar::client::prepared;
+use pgsidecar::protocol::ClientEncoding::{EucTw, Johab, Latin1, Latin5, Sjis, Utf8};
 use pgsidecar::protocol::frame::{self, fe};
 
 fuzz_target!(|data: &[u8]| {
@@ -22,7 +24,12 @@ fuzz_target!(|data: &[u8]| {
         let _ = frame::body(msg);
         match tag {
             fe::QUERY => {
-                let _ = frame::query_text(msg);
+                if let Ok(text) = frame::query_bytes(msg) {
+                    // Any bytes, in any client encoding: a view, no panic.
+                    for encoding in [Utf8, Latin1, Latin5, Sjis, EucTw, Johab] {
+                        let _ = encoding.decode(text);
+                    }
+                }
             }
             fe::PARSE => {
                 if let Ok(p) = prepared::parse_parse(msg) {

@@ -73,7 +73,8 @@ where
 {
     send(stream, Authentication::CleartextPassword).await?;
     let msg = read_password_message(stream, buf).await?;
-    let (given, _) = frame::cstr(frame::body(&msg)).map_err(WireError::from)?;
+    // The password's bytes as typed, in the client's encoding.
+    let (given, _) = frame::cstr_bytes(frame::body(&msg)).map_err(WireError::from)?;
     if user.check_cleartext(given) {
         Ok(())
     } else {

@@ -94,12 +94,12 @@ impl UserAuth {
 
     /// Checks a cleartext password from a client in constant time, against
     /// whatever form is stored.
-    pub fn check_cleartext(&self, given: &str) -> bool {
+    pub fn check_cleartext(&self, given: &[u8]) -> bool {
         match &self.stored {
             None => false,
-            Some(Stored::Plain(p)) => bool::from(p.expose().as_bytes().ct_eq(given.as_bytes())),
+            Some(Stored::Plain(p)) => bool::from(p.expose().as_bytes().ct_eq(given)),
             Some(Stored::Md5(h)) => bool::from(
-                md5::md5_hash(&self.name, given)
+                md5::md5_of(&self.name, given)
                     .as_bytes()
                     .ct_eq(h.as_bytes()),
             ),
@@ -145,5 +145,25 @@ impl Credentials {
 
     pub fn user(&self, name: &str) -> Option<&Arc<UserAuth>> {
         self.users.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cleartext_password_is_checked_as_the_bytes_sent() {
+        let stored = Secret::new(md5::md5_hash("u", "s3cret"));
+        let user = UserAuth::new("u", Some(&stored), ClientAuth::Password);
+        assert!(user.check_cleartext(b"s3cret"));
+        assert!(!user.check_cleartext(b"wrong"));
+        // The stored hash is not a password.
+        assert!(!user.check_cleartext(stored.expose().as_bytes()));
+        // Bytes that are not UTF-8 (a LATIN1 client's `é`): a plain mismatch.
+        assert!(!user.check_cleartext(b"caf\xe9"));
+        let latin1 = UserAuth::new("u", Some(&Secret::new("café")), ClientAuth::Password);
+        assert!(latin1.check_cleartext("café".as_bytes()));
+        assert!(!latin1.check_cleartext(b"caf\xe9"));
     }
 }

@@ -251,9 +251,9 @@ impl SessionFlow<'_> {
     }
 
     /// The text to hand the observer: the original only if EXPLAIN may use it.
-    fn sql_for_observer(&self, text: &str, info: &StatementInfo) -> Arc<str> {
+    fn sql_for_observer(&self, raw: &[u8], info: &StatementInfo) -> Arc<str> {
         if self.shared.observer.wants_sql() {
-            Arc::from(text)
+            Arc::from(self.client.memo.text_of(self.client.params.encoding(), raw))
         } else {
             info.normalized.clone()
         }
@@ -265,10 +265,11 @@ impl SessionFlow<'_> {
         out: &mut BytesMut,
         to_client: &mut Outbox,
     ) -> Result<(), WireError> {
-        let c = self
-            .client
-            .memo
-            .classify(&self.shared.classifier, frame::query_text(frame)?);
+        let c = self.client.memo.classify(
+            &self.shared.classifier,
+            self.client.params.encoding(),
+            frame::query_bytes(frame)?,
+        );
         let stand_in = match route_setting::lone_change(&c) {
             // The proxy's own setting, with the session at a known state:
             // answered here, never forwarded.
@@ -304,14 +305,14 @@ impl SessionFlow<'_> {
         };
         if c.info.statement_count == 1
             && let Some(Unpin::Deallocate(name)) = &c.info.unpin
-            && self.client.statements.forget(name).is_some()
+            && self.client.statements.forget(name.as_bytes()).is_some()
         {
             // A protocol-level statement of this client: the server's
             // copy is shared with others and stays.
             self.reply(Synthetic::Command("DEALLOCATE"), to_client);
             return Ok(());
         }
-        let sql = self.sql_for_observer(frame::query_text(frame)?, &c.info);
+        let sql = self.sql_for_observer(frame::query_bytes(frame)?, &c.info);
         let effect = self.effects_of(&c.info, &c.session, sql);
         let token = self.hold.pending.add(effect);
         let frame = stand_in.as_deref().unwrap_or(frame);
@@ -327,15 +328,20 @@ impl SessionFlow<'_> {
     ) -> Result<(), ProtocolError> {
         let msg = prepared::parse_parse(frame)?;
         if msg.name.is_empty() {
-            let class = self
-                .client
-                .memo
-                .classify(&self.shared.classifier, msg.query);
+            let class = self.client.memo.classify(
+                &self.shared.classifier,
+                self.client.params.encoding(),
+                msg.query,
+            );
             let stand_in = route_setting::stand_in(&class)
                 .map(|q| route_setting::with_query(frame, &q))
                 .transpose()?;
             let frame = stand_in.as_deref().unwrap_or(frame);
-            self.client.statements.set_unnamed(frame, msg.query, class);
+            let text = self
+                .client
+                .memo
+                .text_of(self.client.params.encoding(), msg.query);
+            self.client.statements.set_unnamed(frame, &text, class);
             self.hold.unnamed_here = true;
             self.send(out, frame, Some(Request::Parse), 0);
             return Ok(());
@@ -343,8 +349,9 @@ impl SessionFlow<'_> {
         let s = self.client.statements.define(
             &self.shared.statements,
             &self.shared.classifier,
-            &msg,
+            self.client.params.encoding(),
             self.client.memo.reading(),
+            &msg,
         );
         if !self.ensure_prepared(&s, out, true) {
             // Already on this server: answer for it.
@@ -747,7 +754,7 @@ fn is_stale_plan(frame: &[u8]) -> bool {
     let mut routine = None;
     let mut rest = frame::body(frame);
     while let Some((&field, tail)) = rest.split_first() {
-        let Ok((value, tail)) = frame::cstr(tail) else {
+        let Ok((value, tail)) = frame::cstr_bytes(tail) else {
             break;
         };
         match field {
@@ -758,7 +765,7 @@ fn is_stale_plan(frame: &[u8]) -> bool {
         }
         rest = tail;
     }
-    code == Some("0A000") && routine == Some("RevalidateCachedQuery")
+    code == Some(b"0A000") && routine == Some(b"RevalidateCachedQuery")
 }
 
 impl Flow for SessionFlow<'_> {

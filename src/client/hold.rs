@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::cancel::{CancelTarget, send_cancel};
 use super::expect::{Audience, Expectations, Request};
 use super::flow::{HoldState, SYNC_TOKEN};
+use super::params::UTF8_FIRST;
 use super::registry::ClientActivity;
 use super::route::{self, Unit};
 use super::session::SessionCtx;
@@ -277,8 +278,13 @@ async fn acquire_inner(
 /// client: its session parameters and a BEGIN the proxy acknowledged.
 fn bring_up_to_date(held: &mut Held, client: &mut ClientState) {
     let (io, state) = held.lease.split();
-    if let Some(sql) = state.params.sync_sql(&client.params) {
-        frame::put_query(io.wbuf, &sql);
+    if let Some(sync) = state.params.sync_sql(&client.params) {
+        if sync.utf8_first {
+            frame::put_query(io.wbuf, UTF8_FIRST);
+            held.expect
+                .sent(fe::QUERY, Some(Request::Query), Audience::Proxy, SYNC_TOKEN);
+        }
+        frame::put_query(io.wbuf, &sync.sql);
         held.expect
             .sent(fe::QUERY, Some(Request::Query), Audience::Proxy, SYNC_TOKEN);
         state.params.assume(&client.params);

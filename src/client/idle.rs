@@ -61,14 +61,20 @@ pub fn answer(
         fe::FLUSH => Ok(Idle::Answered),
         fe::PARSE => {
             let msg = prepared::parse_parse(frame)?;
-            let known = shared.statements.get(msg.after_name);
+            let reading = client.memo.reading();
+            let known = shared
+                .statements
+                .get(client.params.encoding(), reading, &msg);
             if msg.name.is_empty() || !pool.statement_ok(known.map(|s| s.id)) {
                 return Ok(Idle::NeedServer);
             }
-            let reading = client.memo.reading();
-            client
-                .statements
-                .define(&shared.statements, &shared.classifier, &msg, reading);
+            client.statements.define(
+                &shared.statements,
+                &shared.classifier,
+                client.params.encoding(),
+                reading,
+                &msg,
+            );
             out.extend_from_slice(b"1\0\0\0\x04");
             Ok(Idle::Answered)
         }
@@ -93,9 +99,11 @@ fn query(
     status: u8,
     out: &mut BytesMut,
 ) -> Result<Idle, WireError> {
-    let c = client
-        .memo
-        .classify_ref(&shared.classifier, frame::query_text(frame)?);
+    let c = client.memo.classify_ref(
+        &shared.classifier,
+        client.params.encoding(),
+        frame::query_bytes(frame)?,
+    );
     if c.info.statement_count != 1 {
         return Ok(Idle::NeedServer);
     }
@@ -142,7 +150,9 @@ fn query(
             backend::ready_for_query(out, b'I');
             return Ok(Idle::Answered);
         }
-        (_, Some(Unpin::Deallocate(name))) if client.statements.forget(name).is_some() => {
+        (_, Some(Unpin::Deallocate(name)))
+            if client.statements.forget(name.as_bytes()).is_some() =>
+        {
             "DEALLOCATE"
         }
         _ => return Ok(Idle::NeedServer),

@@ -19,7 +19,7 @@ use crate::config::ClientAuth;
 use crate::logsafe;
 use crate::protocol::backend;
 use crate::protocol::startup::StartupMessage;
-use crate::protocol::{SqlState, WireError};
+use crate::protocol::{ClientEncoding, SqlState, WireError};
 use crate::proxy::Shared;
 use crate::server::{ClientReport, PoolKey};
 
@@ -193,11 +193,18 @@ where
 
     // The client sees the server's parameters with its own startup values
     // (the proxy applies them on whichever server it gets).
-    let client_params = ClientParams::from_startup(&startup.params);
+    let mut client_params = ClientParams::from_startup(&startup.params);
+    if let Some(default) = params.get("client_encoding") {
+        client_params.set_default_encoding(default);
+    }
     for (name, value) in &params.params {
-        let value = client_params
-            .startup_raw(&name.to_lowercase())
-            .unwrap_or(value.as_str());
+        let value = match client_params.startup_raw(&name.to_lowercase()) {
+            // As the server reports it: `UTF8` for `utf8`, `EUC_JP` for
+            // `eucjp` (drivers look the name up in their own tables).
+            Some(v) if name == "client_encoding" => ClientEncoding::reported(v).unwrap_or(v),
+            Some(v) => v,
+            None => value.as_str(),
+        };
         backend::parameter_status(&mut out, name, value);
     }
     if client_params.startup_raw("application_name").is_some()

@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use crate::protocol::ClientEncoding;
+
 /// A parameter value as it must be re-applied.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ParamValue {
@@ -44,6 +46,10 @@ pub struct ClientParams {
     /// COMMIT and vanish at ROLLBACK, as on the server.
     pending: Vec<ParamChange>,
     hash: u64,
+    /// The encoding of the text the client sends, from `client_encoding`
+    /// as the client set it, else the server's default.
+    encoding: ClientEncoding,
+    default_encoding: ClientEncoding,
 }
 
 impl Default for ClientParams {
@@ -61,6 +67,10 @@ fn hash_of(params: &BTreeMap<Box<str>, ParamValue>) -> u64 {
 impl ClientParams {
     /// From the StartupMessage: every parameter except user/database, plus
     /// the `-c name=value` settings inside `options`.
+    ///
+    /// A client that gives no `application_name` has `''`, as on a direct
+    /// connection (the proxy's own server connections are labelled
+    /// `pgsidecar` until a client's settings are applied to them).
     pub fn from_startup(params: &[(String, String)]) -> Self {
         let mut startup = BTreeMap::new();
         for (k, v) in params {
@@ -72,14 +82,32 @@ impl ClientParams {
                 startup.insert(k.to_lowercase().into(), ParamValue::Raw(v.as_str().into()));
             }
         }
+        startup
+            .entry("application_name".into())
+            .or_insert_with(|| ParamValue::Raw("".into()));
         let mut p = ClientParams {
             current: startup.clone(),
             startup,
             pending: Vec::new(),
             hash: 0,
+            encoding: ClientEncoding::default(),
+            default_encoding: ClientEncoding::default(),
         };
         p.rehash();
         p
+    }
+
+    /// The server's `client_encoding` for a session that does not set one
+    /// (the database's encoding), as the server reported it at login.
+    pub fn set_default_encoding(&mut self, name: &str) {
+        self.default_encoding = ClientEncoding::from_name(name).unwrap_or_default();
+        self.rehash();
+    }
+
+    /// The encoding of the text the client sends now.
+    #[inline]
+    pub fn encoding(&self) -> ClientEncoding {
+        self.encoding
     }
 
     /// Identifies the current settings; equal hashes mean nothing to sync.
@@ -167,6 +195,13 @@ impl ClientParams {
 
     fn rehash(&mut self) {
         self.hash = hash_of(&self.current);
+        // Quotes and case do not matter to the name lookup: `'latin1'`
+        // from a SET is read like `LATIN1` from the startup packet.
+        self.encoding = match self.current.get("client_encoding") {
+            Some(ParamValue::Sql(v) | ParamValue::Raw(v)) => ClientEncoding::from_name(v),
+            None => None,
+        }
+        .unwrap_or(self.default_encoding);
     }
 }
 
@@ -214,7 +249,14 @@ impl ServerParamsState {
 
     /// SQL that turns this server's settings into the client's, or `None`
     /// if they already match.
-    pub fn sync_sql(&self, client: &ClientParams) -> Option<String> {
+    ///
+    /// A server converts a whole Query message from its `client_encoding`
+    /// of the moment before running any of it, and the proxy writes the
+    /// values as UTF-8. So text that is not ASCII must reach a server that
+    /// reads UTF-8: then [`Sync::utf8_first`] asks for `SET client_encoding`
+    /// to UTF8 in a message of its own first, and the SQL ends by setting
+    /// the client's encoding again.
+    pub fn sync_sql(&self, client: &ClientParams) -> Option<Sync> {
         if self.matches(client) {
             return None;
         }
@@ -227,33 +269,58 @@ impl ServerParamsState {
         };
         for name in base.keys() {
             if !client.current.contains_key(name) {
-                sql.push_str("RESET ");
-                push_name(&mut sql, name);
-                sql.push(';');
+                push_reset(&mut sql, name);
             }
         }
         for (name, value) in &client.current {
-            if base.get(name) == Some(value) {
-                continue;
-            }
-            match value {
-                ParamValue::Sql(text) => {
-                    sql.push_str("SET ");
-                    push_name(&mut sql, name);
-                    sql.push_str(" TO ");
-                    sql.push_str(text);
-                    sql.push(';');
-                }
-                ParamValue::Raw(text) => {
-                    sql.push_str("SELECT pg_catalog.set_config(");
-                    push_literal(&mut sql, name);
-                    sql.push_str(", ");
-                    push_literal(&mut sql, text);
-                    sql.push_str(", false);");
-                }
+            if base.get(name) != Some(value) {
+                push_set(&mut sql, name, value);
             }
         }
-        Some(sql)
+        let utf8_first = !sql.is_ascii();
+        if utf8_first {
+            match client.current.get_key_value("client_encoding") {
+                Some((name, value)) => push_set(&mut sql, name, value),
+                None => push_reset(&mut sql, "client_encoding"),
+            }
+        }
+        Some(Sync { sql, utf8_first })
+    }
+}
+
+/// The statements that bring a server's settings up to date.
+#[derive(Debug)]
+pub struct Sync {
+    pub sql: String,
+    /// Send [`UTF8_FIRST`] before `sql` (see [`ServerParamsState::sync_sql`]).
+    pub utf8_first: bool,
+}
+
+/// Makes a server read the proxy's UTF-8 text, in a message of its own.
+pub const UTF8_FIRST: &str = "SET client_encoding TO 'UTF8'";
+
+fn push_reset(sql: &mut String, name: &str) {
+    sql.push_str("RESET ");
+    push_name(sql, name);
+    sql.push(';');
+}
+
+fn push_set(sql: &mut String, name: &str, value: &ParamValue) {
+    match value {
+        ParamValue::Sql(text) => {
+            sql.push_str("SET ");
+            push_name(sql, name);
+            sql.push_str(" TO ");
+            sql.push_str(text);
+            sql.push(';');
+        }
+        ParamValue::Raw(text) => {
+            sql.push_str("SELECT pg_catalog.set_config(");
+            push_literal(sql, name);
+            sql.push_str(", ");
+            push_literal(sql, text);
+            sql.push_str(", false);");
+        }
     }
 }
 

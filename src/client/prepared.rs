@@ -4,16 +4,17 @@
 //! proxy needs (its own Parse, a client's Bind with the name replaced) are
 //! built here.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::protocol::ProtocolError;
 use crate::protocol::frame::{self, fe};
+use crate::protocol::{ClientEncoding, ProtocolError};
 use crate::routing::{Classified, Classifier, Quoting};
 use crate::server::statement_name;
+
+use super::strings;
 
 /// A statement as the proxy prepares it on servers.
 pub struct Statement {
@@ -30,55 +31,158 @@ pub struct Statement {
 /// Every statement in use by any client, so that identical statements from
 /// different clients share one server-side statement. Holds weak references:
 /// a statement lives as long as a client or server uses it.
+///
+/// Identical bytes are the identical statement only when read the same
+/// way. A server reads a Parse in the `client_encoding` of the client that
+/// sent it, so `caf\xe9` is `café` from a LATIN1 client and invalid from a
+/// UTF-8 one; and it lexes strings in the session's
+/// `standard_conforming_strings` mode, so `'\'` is a whole literal in one
+/// mode and an unterminated one in the other. Statements are kept apart by
+/// [`Space`]: everything UTF-8-readable in standard mode (nearly every
+/// statement) shares one map; the rest are in maps of their own.
 #[derive(Default)]
 pub struct StatementRegistry {
     inner: Mutex<RegistryInner>,
 }
 
+/// Statements by Parse body (everything after the statement name).
+type ByBody = HashMap<Box<[u8]>, Weak<Statement>>;
+
 #[derive(Default)]
 struct RegistryInner {
-    by_body: HashMap<Box<[u8]>, Weak<Statement>>,
+    /// Statements of the shared space ([`Space::SHARED`]).
+    by_body: ByBody,
+    /// The others, by space (few: one per encoding and string mode in use).
+    by_space: Vec<(Space, ByBody)>,
     next_id: u64,
     /// Size after the last sweep of dead entries.
     swept_at: usize,
 }
 
+/// How a Parse body's bytes are read, as far as it matters to what they
+/// mean: the same bytes in two spaces may be two different statements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Space {
+    /// `None` for bytes that mean what they mean in UTF-8 (from UTF-8 and
+    /// SQL_ASCII clients, and ASCII text from anyone); else the client's
+    /// encoding.
+    encoding: Option<ClientEncoding>,
+    /// How its strings were lexed: `Some(Standard)` also for text both
+    /// modes read alike (no backslash); `None` for text read while the mode
+    /// was not known for sure (classified "unsure").
+    strings: Option<Quoting>,
+}
+
+impl Space {
+    /// UTF-8-readable text read in standard mode: nearly every statement.
+    const SHARED: Space = Space {
+        encoding: None,
+        strings: Some(Quoting::Standard),
+    };
+}
+
+/// The space of a Parse query from a client sending `encoding` whose
+/// strings are read in mode `reading` (`None`: unsure). The common case (a
+/// UTF-8 client in standard mode) reads no byte of the query.
+fn space(encoding: ClientEncoding, reading: Option<Quoting>, query: &[u8]) -> Space {
+    let strings = match reading {
+        Some(Quoting::Standard) => Some(Quoting::Standard),
+        // Without a backslash byte the decoded text has none either (every
+        // decoder maps U+005C only from 0x5C): both modes read it alike.
+        _ if !query.contains(&b'\\') => Some(Quoting::Standard),
+        other => other,
+    };
+    Space {
+        encoding: (!encoding.is_utf8() && !query.is_ascii()).then_some(encoding),
+        strings,
+    }
+}
+
+impl RegistryInner {
+    fn map(&self, space: Space) -> Option<&ByBody> {
+        if space == Space::SHARED {
+            return Some(&self.by_body);
+        }
+        self.by_space
+            .iter()
+            .find(|(k, _)| *k == space)
+            .map(|(_, m)| m)
+    }
+
+    fn map_mut(&mut self, space: Space) -> &mut ByBody {
+        if space == Space::SHARED {
+            return &mut self.by_body;
+        }
+        let i = match self.by_space.iter().position(|(k, _)| *k == space) {
+            Some(i) => i,
+            None => {
+                self.by_space.push((space, HashMap::new()));
+                self.by_space.len() - 1
+            }
+        };
+        &mut self.by_space[i].1
+    }
+
+    fn len(&self) -> usize {
+        self.by_body.len() + self.by_space.iter().map(|(_, m)| m.len()).sum::<usize>()
+    }
+
+    fn sweep(&mut self) {
+        self.by_body.retain(|_, w| w.strong_count() > 0);
+        for (_, m) in &mut self.by_space {
+            m.retain(|_, w| w.strong_count() > 0);
+        }
+        self.by_space.retain(|(_, m)| !m.is_empty());
+        self.swept_at = self.len();
+    }
+}
+
 impl StatementRegistry {
-    /// The existing statement for a Parse body, if any.
-    pub fn get(&self, after_name: &[u8]) -> Option<Arc<Statement>> {
+    /// The existing statement for a Parse message from a client sending
+    /// `encoding` and reading strings in mode `reading`, if any.
+    pub fn get(
+        &self,
+        encoding: ClientEncoding,
+        reading: Option<Quoting>,
+        msg: &ParseMsg<'_>,
+    ) -> Option<Arc<Statement>> {
+        let space = space(encoding, reading, msg.query);
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.by_body.get(after_name).and_then(Weak::upgrade)
+        inner
+            .map(space)?
+            .get(msg.after_name)
+            .and_then(Weak::upgrade)
     }
 
     /// The statement for a Parse body (everything after the client's name:
-    /// query, parameter count and types).
-    /// `reading`: how the client's server reads strings (`None`: not
-    /// known for sure). A text with a backslash means something else in
-    /// each mode, so it is a different statement in each.
+    /// query, parameter count and types), read in `encoding` with strings
+    /// in mode `reading` (`None`: not known for sure).
     fn get_or_insert(
         &self,
         classifier: &Classifier,
-        query: &str,
-        after_name: &[u8],
+        encoding: ClientEncoding,
         reading: Option<Quoting>,
+        msg: &ParseMsg<'_>,
     ) -> Arc<Statement> {
-        let key = match reading {
-            Some(Quoting::Standard) => Cow::Borrowed(after_name),
-            _ if !query.contains('\\') => Cow::Borrowed(after_name),
-            // No query starts with 0xFF (not UTF-8): no clash with a body.
-            Some(Quoting::Backslash) => Cow::Owned([&[0xFF, 1], after_name].concat()),
-            None => Cow::Owned([&[0xFF, 2], after_name].concat()),
-        };
-        if let Some(s) = self.get(&key) {
+        if let Some(s) = self.get(encoding, reading, msg) {
             return s;
         }
+        let after_name = msg.after_name;
+        let space = space(encoding, reading, msg.query);
         // Classify outside the lock: a miss can take tens of microseconds.
-        let class = match reading {
-            Some(quoting) => classifier.classify_in(query, quoting),
-            None => classifier.classify_unsure(query),
+        let view = encoding.decode(msg.query);
+        let class = strings::classify(classifier, &view.text, reading);
+        let class = if view.exact {
+            class
+        } else {
+            class.unreadable(encoding)
         };
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = inner.by_body.get(&*key).and_then(Weak::upgrade) {
+        if let Some(s) = inner
+            .map(space)
+            .and_then(|m| m.get(after_name))
+            .and_then(Weak::upgrade)
+        {
             return s;
         }
         inner.next_id += 1;
@@ -88,7 +192,7 @@ impl StatementRegistry {
         let stand_in = super::route_setting::stand_in(&class).map(|q| {
             let mut body = q.into_bytes();
             body.push(0);
-            body.extend_from_slice(after_name.get(query.len() + 1..).unwrap_or_default());
+            body.extend_from_slice(after_name.get(msg.query.len() + 1..).unwrap_or_default());
             body
         });
         let body = stand_in.as_deref().unwrap_or(after_name);
@@ -101,32 +205,32 @@ impl StatementRegistry {
         let statement = Arc::new(Statement {
             id,
             name: name.into_boxed_str(),
-            query: query.into(),
+            query: view.text.into(),
             parse: parse.freeze(),
             class,
         });
         inner
-            .by_body
-            .insert((*key).into(), Arc::downgrade(&statement));
-        if inner.by_body.len() > 2 * inner.swept_at.max(1024) {
-            inner.by_body.retain(|_, w| w.strong_count() > 0);
-            inner.swept_at = inner.by_body.len();
+            .map_mut(space)
+            .insert(after_name.into(), Arc::downgrade(&statement));
+        if inner.len() > 2 * inner.swept_at.max(1024) {
+            inner.sweep();
         }
         statement
     }
 }
 
-/// A parsed client Parse message.
+/// A parsed client Parse message. Its strings are the client's bytes, in
+/// its encoding.
 pub struct ParseMsg<'a> {
-    pub name: &'a str,
-    pub query: &'a str,
+    pub name: &'a [u8],
+    pub query: &'a [u8],
     /// The bytes after the name: query, parameter count, parameter types.
     pub after_name: &'a [u8],
 }
 
 pub fn parse_parse(frame: &[u8]) -> Result<ParseMsg<'_>, ProtocolError> {
-    let (name, after_name) = frame::cstr(frame::body(frame))?;
-    let (query, _) = frame::cstr(after_name)?;
+    let (name, after_name) = frame::cstr_bytes(frame::body(frame))?;
+    let (query, _) = frame::cstr_bytes(after_name)?;
     Ok(ParseMsg {
         name,
         query,
@@ -135,22 +239,22 @@ pub fn parse_parse(frame: &[u8]) -> Result<ParseMsg<'_>, ProtocolError> {
 }
 
 /// The statement name a Bind refers to, and where the name sits in the body.
-pub fn bind_statement(frame: &[u8]) -> Result<(&str, usize, usize), ProtocolError> {
+pub fn bind_statement(frame: &[u8]) -> Result<(&[u8], usize, usize), ProtocolError> {
     let body = frame::body(frame);
-    let (_portal, rest) = frame::cstr(body)?;
+    let (_portal, rest) = frame::cstr_bytes(body)?;
     let start = body.len() - rest.len();
-    let (stmt, _) = frame::cstr(rest)?;
+    let (stmt, _) = frame::cstr_bytes(rest)?;
     Ok((stmt, frame::HEADER_LEN + start, stmt.len()))
 }
 
 /// The (kind, name) of a Describe or Close message.
-pub fn target(frame: &[u8]) -> Result<(u8, &str), ProtocolError> {
+pub fn target(frame: &[u8]) -> Result<(u8, &[u8]), ProtocolError> {
     let body = frame::body(frame);
     let (&kind, rest) = body.split_first().ok_or(ProtocolError::Malformed {
         tag: frame.first().copied().unwrap_or(0),
         what: "missing target kind",
     })?;
-    let (name, _) = frame::cstr(rest)?;
+    let (name, _) = frame::cstr_bytes(rest)?;
     Ok((kind, name))
 }
 
@@ -174,35 +278,39 @@ pub fn put_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
     out.put_u8(0);
 }
 
-/// One client's prepared statements.
+/// One client's prepared statements, by the names it gave them (bytes in
+/// its encoding).
 #[derive(Default)]
 pub struct ClientStatements {
-    named: HashMap<Box<str>, Arc<Statement>>,
+    named: HashMap<Box<[u8]>, Arc<Statement>>,
     /// The client's last unnamed Parse, re-sent if a later Bind of the
     /// unnamed statement lands on a server that never saw it.
     unnamed: Option<(Bytes, Classified, Arc<str>)>,
 }
 
 impl ClientStatements {
-    /// Records a named Parse and returns the shared statement.
+    /// Records a named Parse from a client sending `encoding`, whose
+    /// server reads strings in mode `reading` (`None`: not known for sure),
+    /// and returns the shared statement.
     pub fn define(
         &mut self,
         registry: &StatementRegistry,
         classifier: &Classifier,
-        msg: &ParseMsg<'_>,
+        encoding: ClientEncoding,
         reading: Option<Quoting>,
+        msg: &ParseMsg<'_>,
     ) -> Arc<Statement> {
-        let s = registry.get_or_insert(classifier, msg.query, msg.after_name, reading);
+        let s = registry.get_or_insert(classifier, encoding, reading, msg);
         self.named.insert(msg.name.into(), s.clone());
         s
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Statement>> {
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
         self.named.get(name)
     }
 
     /// Forgets a name (Close or DEALLOCATE); true if it was known.
-    pub fn forget(&mut self, name: &str) -> Option<Arc<Statement>> {
+    pub fn forget(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
         self.named.remove(name)
     }
 
@@ -245,16 +353,23 @@ mod tests {
     use super::*;
 
     fn parse_frame(name: &str, query: &str) -> BytesMut {
+        parse_frame_bytes(name.as_bytes(), query.as_bytes())
+    }
+
+    fn parse_frame_bytes(name: &[u8], query: &[u8]) -> BytesMut {
         let mut body = Vec::new();
-        body.extend_from_slice(name.as_bytes());
+        body.extend_from_slice(name);
         body.push(0);
-        body.extend_from_slice(query.as_bytes());
+        body.extend_from_slice(query);
         body.push(0);
         body.extend_from_slice(&0u16.to_be_bytes());
         let mut f = BytesMut::new();
         frame::put_frame(&mut f, fe::PARSE, &body);
         f
     }
+
+    const UTF8: ClientEncoding = ClientEncoding::Utf8;
+    const STD: Option<Quoting> = Some(Quoting::Standard);
 
     #[test]
     fn identical_statements_share_one_server_name() {
@@ -264,34 +379,99 @@ mod tests {
         let mut b = ClientStatements::default();
         let fa = parse_frame("s1", "select 1");
         let fb = parse_frame("other", "select 1");
-        let sa = a.define(
-            &reg,
-            &c,
-            &parse_parse(&fa).unwrap(),
-            Some(Quoting::Standard),
-        );
-        let sb = b.define(
-            &reg,
-            &c,
-            &parse_parse(&fb).unwrap(),
-            Some(Quoting::Standard),
-        );
+        let sa = a.define(&reg, &c, UTF8, STD, &parse_parse(&fa).unwrap());
+        let sb = b.define(&reg, &c, UTF8, STD, &parse_parse(&fb).unwrap());
         assert_eq!(sa.id, sb.id);
         let fc = parse_frame("s2", "select 2");
         assert_ne!(
-            a.define(
-                &reg,
-                &c,
-                &parse_parse(&fc).unwrap(),
-                Some(Quoting::Standard)
-            )
-            .id,
+            a.define(&reg, &c, UTF8, STD, &parse_parse(&fc).unwrap()).id,
             sa.id
         );
         // The proxy's Parse carries the proxy name and the same query.
         let p = parse_parse(&sa.parse).unwrap();
-        assert_eq!(p.name, &*sa.name);
-        assert_eq!(p.query, "select 1");
+        assert_eq!(p.name, sa.name.as_bytes());
+        assert_eq!(p.query, b"select 1");
+    }
+
+    #[test]
+    fn the_same_bytes_in_another_encoding_are_another_statement() {
+        let reg = StatementRegistry::default();
+        let c = Classifier::new(&[], 10_000, 100);
+        let (mut a, mut b) = (ClientStatements::default(), ClientStatements::default());
+        let latin1 = ClientEncoding::Latin1;
+        let f = parse_frame_bytes(b"s1", b"select 'caf\xe9'");
+        let sa = a.define(&reg, &c, latin1, STD, &parse_parse(&f).unwrap());
+        assert_eq!(&*sa.query, "select 'café'");
+        assert_eq!(sa.class.info.route, crate::routing::Route::Read);
+        let sb = b.define(&reg, &c, UTF8, STD, &parse_parse(&f).unwrap());
+        assert_ne!(sa.id, sb.id);
+        assert_eq!(sb.class.info.reason, crate::routing::Reason::Encoding);
+        assert!(Arc::ptr_eq(
+            &reg.get(latin1, STD, &parse_parse(&f).unwrap()).unwrap(),
+            &sa
+        ));
+        // ASCII text means the same in every encoding: shared.
+        let g = parse_frame("s2", "select 1");
+        let ga = a.define(&reg, &c, latin1, STD, &parse_parse(&g).unwrap());
+        assert_eq!(
+            b.define(&reg, &c, UTF8, STD, &parse_parse(&g).unwrap()).id,
+            ga.id
+        );
+        // Names are bytes too.
+        assert!(a.get(b"s1").is_some() && a.forget(b"s1").is_some());
+    }
+
+    #[test]
+    fn the_same_bytes_in_another_string_mode_are_another_statement() {
+        use crate::routing::{Route, UNSURE_TEXT};
+        let reg = StatementRegistry::default();
+        let c = Classifier::new(&[], 10_000, 100);
+        let mut a = ClientStatements::default();
+        let bs = Some(Quoting::Backslash);
+        let define = |a: &mut ClientStatements, e, q, query: &[u8]| {
+            a.define(
+                &reg,
+                &c,
+                e,
+                q,
+                &parse_parse(&parse_frame_bytes(b"s", query)).unwrap(),
+            )
+        };
+        // One literal with backslash escapes, two (and a DELETE) without.
+        let hidden = br"select '\' , ' ; delete from t; --'";
+        let standard = define(&mut a, UTF8, STD, hidden);
+        assert_eq!(standard.class.info.route, Route::Read);
+        let backslash = define(&mut a, UTF8, bs, hidden);
+        assert_ne!(backslash.id, standard.id);
+        assert_eq!(backslash.class.info.route, Route::Write);
+        assert_eq!(backslash.class.info.statement_count, 2);
+        let unsure = define(&mut a, UTF8, None, hidden);
+        assert!(unsure.id != standard.id && unsure.id != backslash.id);
+        assert_eq!(&*unsure.class.info.normalized, UNSURE_TEXT);
+        assert_eq!(unsure.class.info.route, Route::Write);
+        // Each is found again in its own space only.
+        let msg = parse_frame_bytes(b"s", hidden);
+        let get = |q| reg.get(UTF8, q, &parse_parse(&msg).unwrap()).unwrap().id;
+        assert_eq!(
+            (get(STD), get(bs), get(None)),
+            (standard.id, backslash.id, unsure.id)
+        );
+        // Without a backslash both modes read alike: shared.
+        let plain = b"select 'x' from t";
+        let p = define(&mut a, UTF8, STD, plain).id;
+        assert_eq!(define(&mut a, UTF8, bs, plain).id, p);
+        assert_eq!(define(&mut a, UTF8, None, plain).id, p);
+        // Both apart at once: LATIN1 text read with backslash escapes.
+        let latin1 = ClientEncoding::Latin1;
+        let both = b"select 'caf\xe9\\' , ' ; delete from t; --'";
+        let lb = define(&mut a, latin1, bs, both);
+        assert_eq!(lb.class.info.route, Route::Write);
+        assert_eq!(lb.class.info.statement_count, 2);
+        let ls = define(&mut a, latin1, STD, both);
+        assert_eq!(ls.class.info.route, Route::Read);
+        let ub = define(&mut a, UTF8, bs, both);
+        assert_eq!(ub.class.info.reason, crate::routing::Reason::Encoding);
+        assert!(lb.id != ls.id && lb.id != ub.id && ls.id != ub.id);
     }
 
     #[test]
@@ -302,11 +482,11 @@ mod tests {
         let mut f = BytesMut::new();
         frame::put_frame(&mut f, fe::BIND, &body);
         let (stmt, at, len) = bind_statement(&f).unwrap();
-        assert_eq!(stmt, "s1");
+        assert_eq!(stmt, b"s1");
         let mut out = BytesMut::new();
         put_renamed(&mut out, &f, at, len, "pgsidecar_9");
         let (stmt, _, _) = bind_statement(&out).unwrap();
-        assert_eq!(stmt, "pgsidecar_9");
+        assert_eq!(stmt, b"pgsidecar_9");
         assert_eq!(frame::complete(&out).unwrap().unwrap().1.len(), out.len());
     }
 }

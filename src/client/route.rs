@@ -8,7 +8,7 @@ use super::prepared::{self, ClientStatements};
 use super::state::{ClassMemo, ClientState};
 use crate::cluster::ClusterView;
 use crate::protocol::frame::{self, fe};
-use crate::protocol::{ProtocolError, SqlState, WireError};
+use crate::protocol::{ClientEncoding, ProtocolError, SqlState, WireError};
 use crate::proxy::Shared;
 use crate::routing::policy::{self, Decision, Refusal};
 use crate::routing::{Classifier, Hint, Route, StatementInfo, TxEffect};
@@ -59,11 +59,13 @@ impl Unit {
 }
 
 /// Finds the unit at the start of `cbuf`; `None` if it is not complete yet.
+/// Its text is in the client's `encoding`.
 pub fn find_unit(
     cbuf: &[u8],
     statements: &ClientStatements,
     memo: &mut ClassMemo,
     classifier: &Classifier,
+    encoding: ClientEncoding,
 ) -> Result<Option<Unit>, ProtocolError> {
     let mut at = 0;
     let mut unit = Unit {
@@ -80,7 +82,7 @@ pub fn find_unit(
         at += f.len();
         match tag {
             fe::QUERY => {
-                let c = memo.classify(classifier, frame::query_text(f)?);
+                let c = memo.classify(classifier, encoding, frame::query_bytes(f)?);
                 if at == f.len() && c.info.statement_count == 1 {
                     unit.lone_tx = Some(c.info.tx);
                 }
@@ -91,7 +93,7 @@ pub fn find_unit(
             }
             fe::PARSE => {
                 let msg = prepared::parse_parse(f)?;
-                let c = memo.classify(classifier, msg.query);
+                let c = memo.classify(classifier, encoding, msg.query);
                 unit.hint = unit.hint.or(c.hint);
                 if msg.name.is_empty() {
                     unnamed = Some(c.info.clone());
@@ -146,7 +148,11 @@ pub struct Routed {
 /// BEGIN`): it applies to the transaction its unit starts.
 fn deferred_begin_hint(client: &ClientState) -> Option<Hint> {
     let begin = client.deferred_begin.as_ref()?;
-    Classifier::fingerprint(frame::query_text(begin).ok()?).1
+    let text = client
+        .params
+        .encoding()
+        .decode(frame::query_bytes(begin).ok()?);
+    Classifier::fingerprint(&text.text).1
 }
 
 /// Where the unit runs.

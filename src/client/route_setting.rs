@@ -99,14 +99,14 @@ pub fn stand_in(class: &Classified) -> Option<String> {
 /// A copy of the Parse `frame` with its query text replaced: same
 /// statement name, same parameter types.
 pub fn with_query(frame: &[u8], query: &str) -> Result<Bytes, ProtocolError> {
-    let (name, after_name) = frame::cstr(frame::body(frame))?;
-    let (old, _) = frame::cstr(after_name)?;
+    let (name, after_name) = frame::cstr_bytes(frame::body(frame))?;
+    let (old, _) = frame::cstr_bytes(after_name)?;
     let params = &after_name[old.len() + 1..];
     let len = 4 + name.len() + 1 + query.len() + 1 + params.len();
     let mut out = BytesMut::with_capacity(1 + len);
     out.put_u8(fe::PARSE);
     out.put_u32(len as u32);
-    out.put_slice(name.as_bytes());
+    out.put_slice(name);
     out.put_u8(0);
     out.put_slice(query.as_bytes());
     out.put_u8(0);

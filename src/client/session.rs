@@ -159,6 +159,7 @@ where
                     &client.statements,
                     &mut client.memo,
                     &ctx.shared.classifier,
+                    client.params.encoding(),
                 )? {
                     break unit;
                 }

@@ -7,10 +7,12 @@ use bytes::Bytes;
 use super::effects::Pins;
 use super::params::{ClientParams, ParamValue};
 use super::prepared::ClientStatements;
-use super::strings::StringMode;
+use super::strings::{self, StringMode};
 use crate::routing::policy::ClientRouting;
+use std::borrow::Cow;
 use std::ops::Range;
 
+use crate::protocol::ClientEncoding;
 use crate::routing::{Classified, Classifier, Quoting, template};
 
 /// Per-client state that outlives any one server.
@@ -36,7 +38,8 @@ pub struct ClientState {
 const MEMO_MAX: usize = 1024;
 
 /// Remembers the last classification of this client, and reads each text
-/// the way this client's server reads strings ([`StringMode`]).
+/// the way this client's server reads it: in the client's encoding, with
+/// strings lexed in the session's string mode ([`StringMode`]).
 #[derive(Default)]
 pub struct ClassMemo {
     /// The session's `standard_conforming_strings` as far as known.
@@ -46,7 +49,7 @@ pub struct ClassMemo {
     text: String,
     class: Option<Classified>,
     /// `text` is the text `class` is for (false after a text too long to
-    /// keep).
+    /// keep, or one that could not be read exactly).
     keyed: bool,
     /// Byte ranges of `text`'s numeric literals, and a spare list.
     numbers: Vec<Range<usize>>,
@@ -54,9 +57,16 @@ pub struct ClassMemo {
 }
 
 impl ClassMemo {
-    /// Classifies `text`, reusing the last result when it is the same text.
-    pub fn classify(&mut self, classifier: &Classifier, text: &str) -> Classified {
-        self.classify_ref(classifier, text).clone()
+    /// Classifies the statement text `raw`, which the client sent in
+    /// `encoding`, reusing the last result when it is the same text read
+    /// in the same string mode.
+    pub fn classify(
+        &mut self,
+        classifier: &Classifier,
+        encoding: ClientEncoding,
+        raw: &[u8],
+    ) -> Classified {
+        self.classify_ref(classifier, encoding, raw).clone()
     }
 
     /// Like [`classify`](Self::classify), borrowed: a clone bumps the
@@ -64,16 +74,69 @@ impl ClassMemo {
     /// the same statement shares (from every worker thread). Also reuses
     /// the last result for the same statement with other integers in it
     /// (see [`template`]), unless its values matter (a `SET`).
-    pub fn classify_ref(&mut self, classifier: &Classifier, text: &str) -> &Classified {
+    ///
+    /// A UTF-8 client repeating its last statement in the same string
+    /// mode costs one comparison and no validation: the text is checked
+    /// once per request, however many times routing and the relay ask.
+    /// Text the proxy cannot read exactly is classified as
+    /// [`Classified::unreadable`] (still lexed in the session's string
+    /// mode, so that what it shows is what the server would read).
+    pub fn classify_ref(
+        &mut self,
+        classifier: &Classifier,
+        encoding: ClientEncoding,
+        raw: &[u8],
+    ) -> &Classified {
         let reading = self.strings.reading();
-        let same_reading = reading.is_some() && self.read_as == reading;
+        // `keyed` implies `text` was read exactly; UTF-8 bytes equal to it
+        // are the same text. An unsure reading is as repeatable as a sure
+        // one: the same text gets the same (cautious) classification.
+        if encoding.is_utf8()
+            && self.keyed
+            && self.read_as == reading
+            && self.class.is_some()
+            && self.text.as_bytes() == raw
+        {
+            return self.noted(classifier);
+        }
+        let view = encoding.decode(raw);
+        if !view.exact {
+            self.keyed = false;
+            self.text.clear();
+            self.numbers.clear();
+            self.read_as = reading;
+            let class = strings::classify(classifier, &view.text, reading).unreadable(encoding);
+            self.class = Some(class);
+            return self.noted(classifier);
+        }
+        self.classify_text(classifier, &view.text, reading)
+    }
+
+    /// The text of `raw`: the memo's copy when it is the text last
+    /// classified (no second validation), else read again.
+    pub fn text_of<'a>(&'a self, encoding: ClientEncoding, raw: &'a [u8]) -> Cow<'a, str> {
+        if self.keyed && encoding.is_utf8() && self.text.as_bytes() == raw {
+            Cow::Borrowed(&self.text)
+        } else {
+            encoding.decode(raw).text
+        }
+    }
+
+    fn classify_text(
+        &mut self,
+        classifier: &Classifier,
+        text: &str,
+        reading: Option<Quoting>,
+    ) -> &Classified {
+        let same_reading = self.read_as == reading;
         if same_reading && self.keyed && self.class.is_some() && self.text == text {
-            return self.noted(classifier, text);
+            return self.noted(classifier);
         }
         let valueless = self
             .class
             .as_ref()
             .is_some_and(|c| !c.info.has_session_changes);
+        // Only a sure reading notes numbers (`numbers` is empty otherwise).
         if same_reading
             && self.keyed
             && valueless
@@ -84,7 +147,7 @@ impl ClassMemo {
             self.text.clear();
             self.text.push_str(text);
             std::mem::swap(&mut self.numbers, &mut self.spare);
-            return self.noted(classifier, text);
+            return self.noted(classifier);
         }
         self.text.clear();
         self.keyed = text.len() <= MEMO_MAX;
@@ -105,18 +168,18 @@ impl ClassMemo {
             self.numbers = Vec::new();
         }
         self.class = Some(class);
-        self.noted(classifier, text)
+        self.noted(classifier)
     }
 
     /// The remembered classification, after telling [`StringMode`] about
     /// it (a statement that may change the string mode makes the next
-    /// ones unsure until the server answers).
-    fn noted(&mut self, classifier: &Classifier, text: &str) -> &Classified {
-        let read_as = self.read_as;
-        let class = self.class.get_or_insert_with(|| match read_as {
-            Some(quoting) => classifier.classify_in(text, quoting),
-            None => classifier.classify_unsure(text),
-        });
+    /// ones unsure until the server answers). Always called with `class`
+    /// set; the fallback only keeps this free of a panic path.
+    fn noted(&mut self, classifier: &Classifier) -> &Classified {
+        let (read_as, text) = (self.read_as, &self.text);
+        let class = self
+            .class
+            .get_or_insert_with(|| strings::classify(classifier, text, read_as));
         self.strings.classified(class);
         class
     }
@@ -162,29 +225,132 @@ impl ClientState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::{Reason, Route};
     use std::sync::Arc;
+
+    const UTF8: ClientEncoding = ClientEncoding::Utf8;
 
     #[test]
     fn the_memo_reuses_a_classification_for_other_integers_only() {
         // No cache: a classification that is not reused is a new Arc.
         let classifier = Classifier::new(&[], 10_000, 0);
         let mut memo = ClassMemo::default();
-        let first = memo.classify(&classifier, "select * from t where id = 1");
-        let same = memo.classify(&classifier, "select * from t where id = 22");
+        let mut classify = |text: &str| memo.classify(&classifier, UTF8, text.as_bytes());
+        let first = classify("select * from t where id = 1");
+        let same = classify("select * from t where id = 22");
         assert!(Arc::ptr_eq(&first.info, &same.info));
-        let again = memo.classify(&classifier, "select * from t where id = 333");
+        let again = classify("select * from t where id = 333");
         assert!(Arc::ptr_eq(&first.info, &again.info));
-        let other = memo.classify(&classifier, "select * from u where id = 333");
+        let other = classify("select * from u where id = 333");
         assert!(!Arc::ptr_eq(&first.info, &other.info));
 
         // A SET's values are what it does: never taken from the last one.
-        let set = memo.classify(&classifier, "set statement_timeout = 5000");
+        let set = classify("set statement_timeout = 5000");
         assert!(format!("{:?}", set.session).contains("5000"));
-        let set = memo.classify(&classifier, "set statement_timeout = 6000");
+        let set = classify("set statement_timeout = 6000");
         assert!(
             format!("{:?}", set.session).contains("6000"),
             "{:?}",
             set.session
+        );
+    }
+
+    #[test]
+    fn text_the_proxy_cannot_read_goes_to_the_primary() {
+        let classifier = Classifier::new(&[], 10_000, 100);
+        let mut memo = ClassMemo::default();
+        // Not UTF-8: the server refuses it; the proxy routes it safely.
+        let c = memo.classify(&classifier, UTF8, b"select 'caf\xe9'");
+        assert_eq!(
+            (c.info.route, c.info.reason),
+            (Route::Write, Reason::Encoding)
+        );
+        // The same bytes from a LATIN1 client are `caf\u{e9}`: a read.
+        let c = memo.classify(&classifier, ClientEncoding::Latin1, b"select 'caf\xe9'");
+        assert_eq!(c.info.route, Route::Read);
+        // The shared cache was not changed by the unreadable one.
+        let c = memo.classify(&classifier, UTF8, "select 'café'".as_bytes());
+        assert_eq!(c.info.route, Route::Read);
+        // SJIS: the backslash-looking byte is inside a character, so the
+        // INSERT after the literal is seen.
+        let sjis = b"select E'\x83\x5c'; insert into t values (1); select 'x'";
+        let c = memo.classify(&classifier, ClientEncoding::Sjis, sjis);
+        assert_eq!(c.info.route, Route::Write);
+        assert_eq!(c.info.statement_count, 3);
+        // A lead byte with no trail: unreadable, and in an encoding whose
+        // structure then cannot be trusted, taken to change the session.
+        let c = memo.classify(&classifier, ClientEncoding::Sjis, b"select '\x83'");
+        assert_eq!(c.info.reason, Reason::Encoding);
+        assert!(!c.session.is_empty());
+        // Invalid UTF-8 is refused by the server: nothing is decided on it
+        // here (no BEGIN deferred, no setting answered by the proxy).
+        let c = memo.classify(&classifier, UTF8, b"begin /* \xff */");
+        assert_eq!(c.info.tx, crate::routing::TxEffect::None);
+        let c = memo.classify(&classifier, UTF8, b"set pgsidecar.route = '\xff'");
+        assert!(c.session.is_empty() && c.info.reason == Reason::Encoding);
+    }
+
+    #[test]
+    fn text_is_decoded_in_the_encoding_and_lexed_in_the_string_mode() {
+        use crate::protocol::backend;
+        use crate::routing::UNSURE_TEXT;
+        let classifier = Classifier::new(&[], 10_000, 100);
+        let mut memo = ClassMemo {
+            strings: StringMode::at_login(Some("off")),
+            ..ClassMemo::default()
+        };
+        let latin1 = ClientEncoding::Latin1;
+        // LATIN1 text with backslash escapes: one literal, then a DELETE.
+        let hidden = b"select 'caf\xe9\\' , ''secret'' ; delete from t; --'; delete from t";
+        let c = memo.classify(&classifier, latin1, hidden);
+        assert_eq!((c.info.route, c.info.statement_count), (Route::Write, 2));
+        assert!(
+            !c.info.normalized.contains("secret"),
+            "{}",
+            c.info.normalized
+        );
+        // Unreadable (invalid UTF-8) text is still lexed in the session's
+        // mode: what it shows is what the server would read.
+        let bad = b"select '\xff\\' , ''secret'' as pw'";
+        let c = memo.classify(&classifier, UTF8, bad);
+        assert_eq!(c.info.reason, Reason::Encoding);
+        assert!(
+            !c.info.normalized.contains("secret"),
+            "{}",
+            c.info.normalized
+        );
+        // A UTF-8 statement repeated in the same mode: the same result.
+        let text = br"select * from t where a = '\' , ''secret'''";
+        let first = memo.classify(&classifier, UTF8, text);
+        assert!(!first.info.normalized.contains("secret"));
+        let again = memo.classify(&classifier, UTF8, text);
+        assert!(Arc::ptr_eq(&first.info, &again.info));
+        // A change of mode on its way: the same bytes are read unsure
+        // (no text, primary), in UTF-8 and unreadable alike.
+        memo.classify(&classifier, UTF8, b"set standard_conforming_strings = on");
+        let c = memo.classify(&classifier, UTF8, text);
+        assert_eq!(
+            (&*c.info.normalized, c.info.route),
+            (UNSURE_TEXT, Route::Write)
+        );
+        let c = memo.classify(&classifier, UTF8, bad);
+        assert_eq!(
+            (&*c.info.normalized, c.info.reason),
+            (UNSURE_TEXT, Reason::Encoding)
+        );
+        // The server's answer settles it: standard strings from now on
+        // (three literals and a word).
+        let mut frame = bytes::BytesMut::new();
+        backend::parameter_status(&mut frame, "standard_conforming_strings", "on");
+        memo.server_frame(b'S', &frame, false);
+        frame.clear();
+        backend::ready_for_query(&mut frame, b'I');
+        memo.server_frame(b'Z', &frame, true);
+        let c = memo.classify(&classifier, UTF8, text);
+        assert!(
+            c.info.normalized.contains("secret"),
+            "{}",
+            c.info.normalized
         );
     }
 }

@@ -16,7 +16,7 @@
 //! [`Classifier::classify_unsure`]: crate::routing::Classifier::classify_unsure
 
 use crate::protocol::frame::{self, be};
-use crate::routing::{Classified, Quoting, SessionChange, TxEffect, Unpin};
+use crate::routing::{Classified, Classifier, Quoting, SessionChange, TxEffect, Unpin};
 
 /// The setting's name, as servers report it.
 const SETTING: &str = "standard_conforming_strings";
@@ -95,6 +95,15 @@ impl StringMode {
     }
 }
 
+/// Classifies `text` as read in mode `reading` (`None`: not known for
+/// sure, so [`Classifier::classify_unsure`]).
+pub fn classify(classifier: &Classifier, text: &str, reading: Option<Quoting>) -> Classified {
+    match reading {
+        Some(quoting) => classifier.classify_in(text, quoting),
+        None => classifier.classify_unsure(text),
+    }
+}
+
 fn names_setting(change: &SessionChange) -> bool {
     match change {
         SessionChange::Set { name, .. }
@@ -110,7 +119,6 @@ fn names_setting(change: &SessionChange) -> bool {
 mod tests {
     use super::*;
     use crate::protocol::backend;
-    use crate::routing::Classifier;
     use bytes::BytesMut;
 
     fn status(name: &str, value: &str) -> BytesMut {

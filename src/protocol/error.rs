@@ -153,7 +153,9 @@ impl From<ProtocolError> for WireError {
 }
 
 /// Reads the SQLSTATE and message out of an ErrorResponse/NoticeResponse
-/// frame from a server (for logs and decisions, not forwarding).
+/// frame from a server (for logs and decisions, not forwarding). A field
+/// that is not UTF-8 (the message, in a client's encoding such as LATIN1)
+/// reads as `None`; the fields after it are still read.
 pub fn parse_error_fields(frame: &[u8]) -> (Option<&str>, Option<&str>, Option<&str>) {
     let mut code = None;
     let mut message = None;
@@ -163,13 +165,14 @@ pub fn parse_error_fields(frame: &[u8]) -> (Option<&str>, Option<&str>, Option<&
         if field == 0 {
             break;
         }
-        let Ok((value, tail)) = super::frame::cstr(tail) else {
+        let Ok((value, tail)) = super::frame::cstr_bytes(tail) else {
             break;
         };
+        let value = std::str::from_utf8(value).ok();
         match field {
-            b'C' => code = Some(value),
-            b'M' => message = Some(value),
-            b'V' => severity = Some(value),
+            b'C' => code = value,
+            b'M' => message = value,
+            b'V' => severity = value,
             _ => {}
         }
         rest = tail;
@@ -191,5 +194,11 @@ mod tests {
         assert_eq!(sev, Some("FATAL"));
         assert_eq!(code, Some("53300"));
         assert_eq!(msg, Some("too many clients"));
+        // A LATIN1 message: unreadable, and the code after it still read.
+        let frame = b"E\0\0\0\x1fVERROR\0Mcaf\xe9 broke\0C22021\0\0";
+        assert_eq!(
+            parse_error_fields(frame),
+            (Some("ERROR"), Some("22021"), None)
+        );
     }
 }

@@ -75,21 +75,35 @@ pub fn body(frame: &[u8]) -> &[u8] {
     frame.get(HEADER_LEN..).unwrap_or(&[])
 }
 
-/// Reads a NUL-terminated string from the front of `buf`, returning it and
-/// the rest. Invalid UTF-8 is refused: every string the proxy inspects
-/// (query text, names) must be text it can reason about.
-pub fn cstr(buf: &[u8]) -> Result<(&str, &[u8]), ProtocolError> {
+/// Reads a NUL-terminated string from the front of `buf`, returning its
+/// bytes and the rest. Text a client sends (query text, statement and
+/// portal names) is in the client's encoding, not necessarily UTF-8: it is
+/// kept as bytes, and read through [`ClientEncoding::decode`] where the
+/// proxy needs to understand it.
+///
+/// [`ClientEncoding::decode`]: super::ClientEncoding::decode
+#[inline]
+pub fn cstr_bytes(buf: &[u8]) -> Result<(&[u8], &[u8]), ProtocolError> {
     let end = buf
         .iter()
         .position(|b| *b == 0)
         .ok_or(ProtocolError::MissingTerminator)?;
-    let s = std::str::from_utf8(&buf[..end]).map_err(|_| ProtocolError::NotUtf8)?;
-    Ok((s, &buf[end + 1..]))
+    Ok((&buf[..end], &buf[end + 1..]))
 }
 
-/// The SQL text of a complete Query ('Q') frame.
-pub fn query_text(frame: &[u8]) -> Result<&str, ProtocolError> {
-    cstr(body(frame)).map(|(s, _)| s)
+/// Like [`cstr_bytes`], for strings the protocol defines as ASCII or
+/// UTF-8 (a SASL mechanism name, fields the proxy's own server connections
+/// send): invalid UTF-8 is refused.
+pub fn cstr(buf: &[u8]) -> Result<(&str, &[u8]), ProtocolError> {
+    let (bytes, rest) = cstr_bytes(buf)?;
+    let s = std::str::from_utf8(bytes).map_err(|_| ProtocolError::NotUtf8)?;
+    Ok((s, rest))
+}
+
+/// The SQL text of a complete Query ('Q') frame, in the client's encoding.
+#[inline]
+pub fn query_bytes(frame: &[u8]) -> Result<&[u8], ProtocolError> {
+    cstr_bytes(body(frame)).map(|(s, _)| s)
 }
 
 /// The transaction status byte of a complete ReadyForQuery ('Z') frame.
@@ -135,7 +149,7 @@ mod tests {
         put_query(&mut b, "select 1");
         let (tag, frame) = complete(&b).unwrap().unwrap();
         assert_eq!(tag, b'Q');
-        assert_eq!(query_text(frame).unwrap(), "select 1");
+        assert_eq!(query_bytes(frame).unwrap(), b"select 1");
         assert!(complete(&b[..b.len() - 1]).unwrap().is_none());
     }
 
@@ -144,5 +158,10 @@ mod tests {
         assert!(cstr(b"abc").is_err());
         assert!(cstr(b"\xff\0").is_err());
         assert_eq!(cstr(b"ab\0cd").unwrap(), ("ab", &b"cd"[..]));
+        // Bytes in a client's encoding are kept as they are.
+        assert_eq!(
+            cstr_bytes(b"caf\xe9\0x").unwrap(),
+            (&b"caf\xe9"[..], &b"x"[..])
+        );
     }
 }

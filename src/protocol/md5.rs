@@ -28,7 +28,15 @@ pub fn md5_hash(user: &str, password: &str) -> String {
     if is_md5_hash(password) {
         return password.to_owned();
     }
-    prefixed_hex(&[password.as_bytes(), user.as_bytes()])
+    md5_of(user, password.as_bytes())
+}
+
+/// `md5` + hex(md5(password ‖ user)) for a password a client typed: its
+/// bytes as sent (not necessarily UTF-8), and always hashed, even when it
+/// looks like a hash itself (else knowing the stored hash would be as good
+/// as knowing the password).
+pub fn md5_of(user: &str, password: &[u8]) -> String {
+    prefixed_hex(&[password, user.as_bytes()])
 }
 
 /// The response to AuthenticationMD5Password: `md5` + hex(md5(hex_part ‖ salt)),

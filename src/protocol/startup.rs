@@ -2,7 +2,7 @@
 //! GSSENCRequest, CancelRequest and StartupMessage. Parsed with hard limits,
 //! because they arrive before the client has proven anything.
 
-use super::{SqlState, WireError};
+use super::{ClientEncoding, SqlState, WireError};
 
 /// Postgres refuses startup packets over this size (MAX_STARTUP_PACKET_LENGTH).
 pub const MAX_STARTUP_LEN: usize = 10_000;
@@ -99,7 +99,7 @@ fn parse_startup(version: u32, body: &[u8]) -> Result<StartupMessage, WireError>
             format!("invalid startup packet: {what}"),
         )
     };
-    let mut params = Vec::new();
+    let mut raw = Vec::new();
     let mut rest = body;
     loop {
         let end = rest
@@ -109,18 +109,48 @@ fn parse_startup(version: u32, body: &[u8]) -> Result<StartupMessage, WireError>
         if end == 0 {
             break;
         }
-        let key = std::str::from_utf8(&rest[..end])
-            .map_err(|_| malformed("parameter name is not UTF-8"))?;
+        let key = &rest[..end];
         rest = &rest[end + 1..];
-        let vend = rest
-            .iter()
-            .position(|b| *b == 0)
-            .ok_or_else(|| malformed(&format!("parameter \"{key}\" has no value")))?;
-        let value = std::str::from_utf8(&rest[..vend])
-            .map_err(|_| malformed(&format!("value of \"{key}\" is not UTF-8")))?;
+        let vend = rest.iter().position(|b| *b == 0).ok_or_else(|| {
+            let key = String::from_utf8_lossy(key);
+            malformed(&format!(
+                "parameter \"{}\" has no value",
+                key.escape_debug()
+            ))
+        })?;
+        raw.push((key, &rest[..vend]));
         rest = &rest[vend + 1..];
-        params.push((key.to_string(), value.to_string()));
     }
+    // Values are the client's bytes, not necessarily UTF-8: read them in
+    // the encoding the same packet names, if any.
+    let encoding = raw
+        .iter()
+        .find(|(k, _)| *k == b"client_encoding")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .and_then(ClientEncoding::from_name)
+        .unwrap_or_default();
+    let params = raw
+        .into_iter()
+        .map(|(key, value)| {
+            let key = encoding.decode(key).text.into_owned();
+            let value = if key == "application_name" && std::str::from_utf8(value).is_err() {
+                // What Postgres 15 makes of it (pg_clean_ascii).
+                value
+                    .iter()
+                    .map(|&b| {
+                        if (32..127).contains(&b) {
+                            char::from(b)
+                        } else {
+                            '?'
+                        }
+                    })
+                    .collect()
+            } else {
+                encoding.decode(value).text.into_owned()
+            };
+            (key, value)
+        })
+        .collect();
     Ok(StartupMessage {
         major,
         minor,
@@ -195,6 +225,27 @@ mod tests {
         assert_eq!((s.major, s.minor), (3, 0));
         assert_eq!(s.param("user"), Some("app"));
         assert_eq!(s.param("database"), Some("db"));
+    }
+
+    #[test]
+    fn values_are_read_in_the_encoding_the_packet_names() {
+        let body = b"user\0app\0client_encoding\0LATIN1\0options\0-c my.v=caf\xe9\0\
+                     application_name\0caf\xe9\0\0";
+        let StartupPacket::Startup(s) = parse(&packet(196_608, body)).unwrap().unwrap().0 else {
+            panic!()
+        };
+        assert_eq!(s.param("options"), Some("-c my.v=café"));
+        // As Postgres 15 stores a non-UTF-8 application_name.
+        assert_eq!(s.param("application_name"), Some("caf?"));
+        // No encoding named: UTF-8, invalid bytes replaced, not refused.
+        let StartupPacket::Startup(s) = parse(&packet(196_608, b"user\0caf\xe9\0\0"))
+            .unwrap()
+            .unwrap()
+            .0
+        else {
+            panic!()
+        };
+        assert_eq!(s.param("user"), Some("caf\u{FFFD}"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! session state machine consume it.
 
 use super::fingerprint::Fingerprint;
+use crate::protocol::ClientEncoding;
 use std::sync::Arc;
 
 /// A routing hint from a leading `/* pgsidecar:primary|replica */` comment.
@@ -63,6 +64,10 @@ pub enum Reason {
     ProxySetting,
     /// Not produced by the classifier: for the policy, when a hint decided.
     Hint,
+    /// Text the proxy could not read exactly: bytes invalid in the client's
+    /// encoding (the server answers 22021), or an encoding it has no
+    /// decoder for. Primary, never a replica.
+    Encoding,
 }
 
 impl Reason {
@@ -86,11 +91,12 @@ impl Reason {
             Self::SessionState => "session_state",
             Self::ProxySetting => "proxy_setting",
             Self::Hint => "hint",
+            Self::Encoding => "encoding",
         }
     }
 
     /// Every variant, e.g. to pre-register metric label values.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Self::Read,
         Self::Write,
         Self::Ddl,
@@ -108,6 +114,7 @@ impl Reason {
         Self::SessionState,
         Self::ProxySetting,
         Self::Hint,
+        Self::Encoding,
     ];
 }
 
@@ -278,4 +285,43 @@ pub struct Classified {
     /// Session effects computed from this very text (empty and
     /// allocation-free unless `info.has_session_changes`).
     pub session: Vec<SessionChange>,
+}
+
+impl Classified {
+    /// The classification of a lossy rendering of a statement sent in
+    /// `encoding` (see [`crate::protocol::SqlText::exact`]): what it reads
+    /// or writes is not known for sure, so it goes to the primary (a hint
+    /// cannot send it to a replica), and nothing is decided on it without
+    /// the server: no deferred BEGIN, no `SET pgsidecar.route` answered by
+    /// the proxy. Copies the shared info: only for such statements.
+    ///
+    /// From a UTF-8 client such text is invalid and the server refuses it
+    /// (22021), whatever the database's encoding: it has no effects. In
+    /// another encoding (SQL_ASCII too: a SQL_ASCII database takes any
+    /// bytes from a SQL_ASCII client)
+    /// the server may accept what the proxy cannot read (no decoder), so
+    /// session changes read from it, whose values may be mangled, are
+    /// untracked; and in an encoding with ASCII bytes inside multibyte
+    /// characters even its token structure may be wrong (a `SET` hidden in
+    /// what looked like a literal): any statement is taken to change the
+    /// session then.
+    pub fn unreadable(self, encoding: ClientEncoding) -> Classified {
+        let mut info = StatementInfo::clone(&self.info);
+        info.route = Route::Write;
+        info.reason = Reason::Encoding;
+        info.tx = TxEffect::None;
+        let mut session = self.session;
+        if encoding == ClientEncoding::Utf8 {
+            session.clear();
+            info.pin = None;
+            info.unpin = None;
+        } else if !encoding.ascii_safe() || info.has_session_changes {
+            session.push(SessionChange::Untracked { name: None });
+        }
+        Classified {
+            hint: None,
+            info: Arc::new(info),
+            session,
+        }
+    }
 }

@@ -61,6 +61,10 @@ impl std::fmt::Debug for ServerSecret {
     }
 }
 
+/// Names the proxy's server connections in `pg_stat_activity` until a
+/// client's settings are applied.
+const LABEL: &str = "SET application_name TO 'pgsidecar'";
+
 /// Largest message accepted from a server during login (auth and params
 /// are tiny; anything bigger means we are not talking to Postgres).
 const MAX_LOGIN_MESSAGE: usize = 64 * 1024;
@@ -99,19 +103,13 @@ async fn connect_inner(p: &LoginParams, addr: Arc<str>) -> Result<ServerConn, Se
         })?;
 
     let mut out = BytesMut::with_capacity(256);
-    encode_startup(
-        &mut out,
-        &[
-            ("user", &p.user),
-            ("database", &p.database),
-            ("application_name", "pgsidecar"),
-        ],
-    );
+    encode_startup(&mut out, &[("user", &p.user), ("database", &p.database)]);
     write_flush(&mut stream, &out).await.map_err(io)?;
 
     let mut buf = BytesMut::with_capacity(8192);
     let mut params = ServerParams::default();
     let mut scram: Option<ScramClient> = None;
+    let mut labelled = false;
     loop {
         let (tag, msg) = read_message(&mut stream, &mut buf, p).await?;
         let body = frame::body(&msg);
@@ -187,6 +185,7 @@ async fn connect_inner(p: &LoginParams, addr: Arc<str>) -> Result<ServerConn, Se
                     write_flush(&mut stream, &out).await.map_err(io)?;
                 }
             }
+            be::PARAMETER_STATUS | be::COMMAND_COMPLETE if labelled => {}
             be::PARAMETER_STATUS => {
                 let (name, rest) = frame::cstr(body).map_err(|e| protocol(p, &e.to_string()))?;
                 let (value, _) = frame::cstr(rest).map_err(|e| protocol(p, &e.to_string()))?;
@@ -196,6 +195,17 @@ async fn connect_inner(p: &LoginParams, addr: Arc<str>) -> Result<ServerConn, Se
                 params.backend_pid =
                     be_i32(body).ok_or_else(|| protocol(p, "short BackendKeyData"))?;
                 params.backend_secret = body[4..].into();
+            }
+            be::READY_FOR_QUERY if !labelled => {
+                // Labelled with a SET rather than in the startup packet, so
+                // that the label is not the session's reset value: a
+                // client's `RESET application_name` (or RESET ALL) then
+                // gives '', as on a direct connection. The client's own
+                // value replaces it with the first parameter sync.
+                labelled = true;
+                out.clear();
+                frame::put_query(&mut out, LABEL);
+                write_flush(&mut stream, &out).await.map_err(io)?;
             }
             be::READY_FOR_QUERY => {
                 return Ok(ServerConn::new(

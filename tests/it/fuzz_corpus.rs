@@ -43,7 +43,7 @@ fn frontend_corpus() {
             }
             let msg = &rest[..total];
             match tag {
-                fe::QUERY => drop(frame::query_text(msg)),
+                fe::QUERY => drop(frame::query_bytes(msg)),
                 fe::PARSE => drop(prepared::parse_parse(msg)),
                 fe::BIND => drop(prepared::bind_statement(msg)),
                 fe::DESCRIBE | fe::CLOSE => drop(prepared::target(msg)),

@@ -19,6 +19,7 @@ mod drivers_pinning;
 mod drivers_protocol;
 mod drivers_sqlx;
 mod drivers_tokio_postgres;
+mod encoding;
 mod failover_restart;
 mod failover_waiters;
 mod failures;

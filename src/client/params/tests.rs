@@ -36,23 +36,27 @@ fn startup_params_and_options_are_settings() {
 fn sync_sets_what_differs_and_resets_what_the_client_lacks() {
     let client = startup(&[("application_name", "a")]);
     let mut server = ServerParamsState::default();
-    let sql = server.sync_sql(&client).unwrap();
+    let sync = server.sync_sql(&client).unwrap();
     assert_eq!(
-        sql,
+        sync.sql,
         "SELECT pg_catalog.set_config('application_name', 'a', false);"
     );
+    assert!(!sync.utf8_first);
     server.assume(&client);
-    assert_eq!(server.sync_sql(&client), None);
+    assert!(server.sync_sql(&client).is_none());
 
     let mut other = startup(&[]);
     other.apply(
         ParamChange::Set("search_path".into(), ParamValue::Sql("'x', public".into())),
         false,
     );
-    let sql = server.sync_sql(&other).unwrap();
+    other.apply(ParamChange::Reset("application_name".into()), false);
+    let sql = server.sync_sql(&other).unwrap().sql;
+    // A client that never set application_name has '', as on Postgres.
     assert_eq!(
         sql,
-        "RESET application_name;SET search_path TO 'x', public;"
+        "SELECT pg_catalog.set_config('application_name', '', false);\
+         SET search_path TO 'x', public;"
     );
 }
 
@@ -103,17 +107,79 @@ fn unknown_server_state_starts_from_reset_all_and_quotes_names() {
     let mut server = ServerParamsState::default();
     server.mark_unknown();
     assert_eq!(
-        server.sync_sql(&p).unwrap(),
-        "RESET ALL;SELECT pg_catalog.set_config('My.Weird\"Name', 'it''s', false);"
+        server.sync_sql(&p).unwrap().sql,
+        "RESET ALL;SELECT pg_catalog.set_config('My.Weird\"Name', 'it''s', false);\
+         SELECT pg_catalog.set_config('application_name', '', false);"
     );
 }
 
 #[test]
-fn a_fresh_server_matches_a_client_without_settings() {
+fn a_client_without_settings_still_gets_an_empty_application_name() {
+    // The proxy labels its fresh server connections; the client's '' replaces
+    // the label once, and then the server matches.
+    let client = startup(&[("user", "u")]);
+    let mut server = ServerParamsState::default();
     assert_eq!(
-        ServerParamsState::default().sync_sql(&startup(&[("user", "u")])),
-        None
+        server.sync_sql(&client).unwrap().sql,
+        "SELECT pg_catalog.set_config('application_name', '', false);"
     );
+    server.assume(&client);
+    assert!(server.sync_sql(&client).is_none());
+}
+
+#[test]
+fn the_client_encoding_is_tracked_from_startup_set_and_reset() {
+    let mut p = startup(&[("client_encoding", "latin1")]);
+    assert_eq!(p.encoding(), ClientEncoding::Latin1);
+    p.apply(
+        ParamChange::Set("client_encoding".into(), ParamValue::Sql("'SJIS'".into())),
+        false,
+    );
+    assert_eq!(p.encoding(), ClientEncoding::Sjis);
+    p.apply(ParamChange::Reset("client_encoding".into()), false);
+    assert_eq!(p.encoding(), ClientEncoding::Latin1);
+    // In a block: from COMMIT on.
+    p.apply(
+        ParamChange::Set("client_encoding".into(), ParamValue::Raw("EUC_JP".into())),
+        true,
+    );
+    assert_eq!(p.encoding(), ClientEncoding::Latin1);
+    p.end_transaction(true);
+    assert_eq!(p.encoding(), ClientEncoding::EucJp);
+    // No setting: the server's default, as reported at login.
+    let mut q = startup(&[]);
+    assert_eq!(q.encoding(), ClientEncoding::Utf8);
+    q.set_default_encoding("SQL_ASCII");
+    assert_eq!(q.encoding(), ClientEncoding::SqlAscii);
+}
+
+#[test]
+fn non_ascii_values_are_sent_to_a_server_reading_utf8() {
+    // The server may read another encoding when the sync arrives (it last
+    // served a LATIN1 client): UTF8 first, the client's encoding last.
+    let mut p = startup(&[("client_encoding", "LATIN1")]);
+    p.apply(
+        ParamChange::Set("my.v".into(), ParamValue::Sql("'café'".into())),
+        false,
+    );
+    let sync = ServerParamsState::default().sync_sql(&p).unwrap();
+    assert!(sync.utf8_first);
+    assert!(
+        sync.sql.ends_with(
+            "SET my.v TO 'café';\
+             SELECT pg_catalog.set_config('client_encoding', 'LATIN1', false);"
+        ),
+        "{}",
+        sync.sql
+    );
+    // A client with no encoding of its own gets the server's default back.
+    let mut q = startup(&[]);
+    q.apply(
+        ParamChange::Set("my.v".into(), ParamValue::Raw("é".into())),
+        false,
+    );
+    let sync = ServerParamsState::default().sync_sql(&q).unwrap();
+    assert!(sync.utf8_first && sync.sql.ends_with("RESET client_encoding;"));
 }
 
 #[test]
@@ -150,9 +216,10 @@ fn savepoints_shape_what_commit_keeps() {
 fn replayed_values_mean_the_same_in_either_string_mode() {
     // Raw values (startup, set_config) with a backslash or a quote.
     let client = startup(&[("application_name", r"a\'b")]);
-    let sql = ServerParamsState::default().sync_sql(&client).unwrap();
+    let sync = ServerParamsState::default().sync_sql(&client).unwrap();
+    assert!(!sync.utf8_first);
     assert_eq!(
-        sql,
+        sync.sql,
         r"SELECT pg_catalog.set_config('application_name', E'a\\''b', false);"
     );
 }

@@ -19,6 +19,6 @@ versions=("$@")
 [[ ${#versions[@]} -gt 0 ]] || versions=(1.29.0 1.37.0)
 for version in "${versions[@]}"; do
     kubernetes-validate --strict --kubernetes-version "$version" \
-        secret.yaml configmap.yaml deployment.yaml
+        secret.yaml configmap.yaml deployment.yaml hpa.yaml
 done
 echo "check-kubernetes: all manifests valid"

@@ -10,6 +10,7 @@
 //! - [`client`]: listener and the per-client session.
 //! - [`routing`]: statement classification and routing policy.
 //! - [`cluster`]: node roles, health, replication lag.
+//! - [`fleet`]: sidecars sharing one connection budget per node.
 //! - [`observe`]: metrics, slow-query log, plans, query digests, HTTP.
 //! - [`admin`]: the `pgsidecar` admin console.
 //! - [`logsafe`]: outside text escaped and capped for log lines.
@@ -21,6 +22,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod fleet;
 pub mod logsafe;
 pub mod observe;
 pub mod protocol;

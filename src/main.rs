@@ -119,10 +119,19 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     check_tls_files(path, &config)?;
     let rendered = toml::to_string(&config).context("printing the config")?;
     print!("{}", sources.annotate(&rendered));
-    println!(
-        "\n# computed pool size per (database, user, node): {}",
-        config.pool.effective_size()
-    );
+    match &config.fleet {
+        None => println!(
+            "\n# computed pool size per (database, user, node): {}",
+            config.pool.effective_size()
+        ),
+        Some(fleet) => println!(
+            "\n# fleet \"{}\": budget per node for the whole fleet: {}; \
+             largest pool: {}",
+            fleet.name,
+            config.pool.node_budget(),
+            config.pool.pool_max(true)
+        ),
+    }
     Ok(())
 }
 

@@ -26,6 +26,7 @@ pub async fn execute(sql: &str, shared: &Shared) -> Result<Reply, WireError> {
         ["SHOW", "NODES"] => Reply::Rows(nodes(shared)),
         ["SHOW", "QUERIES"] => Reply::Rows(queries(shared)),
         ["SHOW", "CONFIG"] => Reply::Rows(config(shared)),
+        ["SHOW", "FLEET"] => Reply::Rows(fleet(shared)?),
         ["SHOW", "HELP"] | ["HELP"] => Reply::Rows(help()),
         ["RELOAD"] => {
             let result = shared.reload_from_file();
@@ -86,6 +87,10 @@ fn help() -> Table {
         (
             "SHOW CONFIG",
             "the running configuration (passwords masked)",
+        ),
+        (
+            "SHOW FLEET",
+            "fleet members per node: share of the budget, open connections, last seen",
         ),
         ("RELOAD", "re-read the config file"),
         (
@@ -365,6 +370,63 @@ fn queries(shared: &Shared) -> Table {
         ]);
     }
     t
+}
+
+fn fleet(shared: &Shared) -> Result<Table, WireError> {
+    let Some(fleet) = &shared.fleet else {
+        return Err(WireError::error(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "this pgsidecar is not a fleet member: [fleet] is not configured",
+        )
+        .with_hint("add [fleet] name = \"...\" to the config of every sidecar of the deployment and restart them"));
+    };
+    let mut t = Table::new(&[
+        "fleet",
+        "node",
+        "budget",
+        "member",
+        "self",
+        "present",
+        "share",
+        "open",
+        "wanting",
+        "last_seen",
+        "backend_pid",
+    ]);
+    let identity = fleet.identity();
+    for node in fleet.nodes() {
+        if !node.connected && node.members.is_empty() {
+            t.row(vec![
+                cell(&identity.fleet),
+                cell(&node.node),
+                cell(node.budget),
+                cell(&identity.instance),
+                cell(true),
+                cell(false),
+                cell(node.gate.limit),
+                cell(node.gate.open),
+                cell(node.gate.waiting > 0),
+                None,
+                None,
+            ]);
+        }
+        for m in &node.members {
+            t.row(vec![
+                cell(&identity.fleet),
+                cell(&node.node),
+                cell(node.budget),
+                cell(&m.instance),
+                cell(m.is_self),
+                cell(m.present),
+                cell(m.share),
+                m.open.map(|o| o.to_string()),
+                cell(m.wanting),
+                cell(timestamp(m.last_seen)),
+                cell(m.pid),
+            ]);
+        }
+    }
+    Ok(t)
 }
 
 fn config(shared: &Shared) -> Table {

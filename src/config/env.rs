@@ -25,7 +25,7 @@ const NOT_OVERRIDES: [&str; 2] = ["PGSIDECAR_CONFIG", "PGSIDECAR_LOG"];
 /// Sections whose prefix (`PGSIDECAR_PROXY_`, …) is reserved: an unknown
 /// variable under one of them is refused, because it is most likely a typo
 /// that would otherwise be silently ignored.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "proxy",
     "http",
     "cluster",
@@ -34,6 +34,7 @@ const SECTIONS: [&str; 8] = [
     "routing",
     "admin",
     "observability",
+    "fleet",
 ];
 
 /// One overridable key and how its variable's text becomes a TOML value.
@@ -64,7 +65,7 @@ const fn o(
 
 /// The overridable keys. Passwords are not among them: `[[users]]` already
 /// has `password_env`.
-pub(super) const OVERRIDES: [Override; 18] = [
+pub(super) const OVERRIDES: [Override; 21] = [
     o("proxy", "listen", listen_or_none),
     o("proxy", "pool_mode", typed::<PoolMode>),
     o("proxy", "max_client_conn", positive_int),
@@ -77,12 +78,15 @@ pub(super) const OVERRIDES: [Override; 18] = [
     o("pool", "size", pool_size),
     o("pool", "db_cores", positive_int),
     o("pool", "sidecars", positive_int),
+    o("pool", "budget", pool_size),
     o("pool", "checkout_timeout", duration),
     o("routing", "read_write_split", boolean),
     o("routing", "read_your_writes", typed::<ReadYourWrites>),
     o("routing", "max_replica_lag", duration),
     o("observability", "log_format", typed::<LogFormat>),
     o("observability", "slow_query_threshold", duration),
+    o("fleet", "name", text),
+    o("fleet", "instance", text),
 ];
 
 /// Why the environment was refused. Each variant names the variable.

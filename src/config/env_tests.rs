@@ -44,6 +44,9 @@ fn every_listed_key_is_overridden_on_top_of_the_file() {
         ("PGSIDECAR_ROUTING_MAX_REPLICA_LAG", "3s"),
         ("PGSIDECAR_OBSERVABILITY_LOG_FORMAT", "json"),
         ("PGSIDECAR_OBSERVABILITY_SLOW_QUERY_THRESHOLD", "1s"),
+        ("PGSIDECAR_POOL_BUDGET", "40"),
+        ("PGSIDECAR_FLEET_NAME", "checkout-api"),
+        ("PGSIDECAR_FLEET_INSTANCE", "web-7f9c"),
     ];
     assert_eq!(vars.len(), OVERRIDES.len(), "test every override");
     let (c, sources) = load(FILE, &vars).unwrap();
@@ -68,6 +71,12 @@ fn every_listed_key_is_overridden_on_top_of_the_file() {
     assert_eq!(c.routing.max_replica_lag, Duration::from_secs(3));
     assert_eq!(c.observability.log_format, LogFormat::Json);
     assert_eq!(c.observability.slow_query_threshold, Duration::from_secs(1));
+    assert_eq!(c.pool.budget, Budget::Fixed(40));
+    let fleet = c.fleet.as_ref().expect("[fleet] from the environment");
+    assert_eq!(
+        (fleet.name.as_str(), fleet.instance.as_deref()),
+        ("checkout-api", Some("web-7f9c"))
+    );
     for over in &OVERRIDES {
         assert_eq!(
             sources.of(over.section, None, over.key),

@@ -263,6 +263,9 @@ impl Config {
             }
         }
         self.cluster.validate_monitor(&self.users)?;
+        if let Some(fleet) = &self.fleet {
+            fleet.validate()?;
+        }
         for (i, replica) in self.cluster.replicas.iter().enumerate() {
             if *replica == self.cluster.primary {
                 return Err((

@@ -18,13 +18,13 @@ pub use env::{EnvError, Environment};
 pub use load::ConfigError;
 pub use locate::Location;
 pub use schema::{
-    AdminConfig, AuthConfig, BudgetsConfig, ClusterConfig, Config, DEFAULT_STATE_FILE, HttpConfig,
-    ObservabilityConfig, PoolConfig, ProxyConfig, RoutingConfig, StateFile, UserConfig,
+    AdminConfig, AuthConfig, BudgetsConfig, ClusterConfig, Config, DEFAULT_STATE_FILE, FleetConfig,
+    HttpConfig, ObservabilityConfig, PoolConfig, ProxyConfig, RoutingConfig, StateFile, UserConfig,
 };
 pub use sources::{Source, Sources};
 pub use types::{
-    ClientAuth, ClientTlsMode, ExplainMode, FileMode, LogFormat, NodeAddr, PoolMode, PoolSize,
-    ReadYourWrites, Secret, ServerTlsMode,
+    Budget, ClientAuth, ClientTlsMode, ExplainMode, FileMode, LogFormat, NodeAddr, PoolMode,
+    PoolSize, ReadYourWrites, Secret, ServerTlsMode,
 };
 
 /// The running config. Readers call `load()` once per unit of work (a

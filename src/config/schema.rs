@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::types::{
-    ClientAuth, ClientTlsMode, ExplainMode, FileMode, LogFormat, NodeAddr, PoolMode, PoolSize,
-    ReadYourWrites, Secret, ServerTlsMode,
+    Budget, ClientAuth, ClientTlsMode, ExplainMode, FileMode, LogFormat, NodeAddr, PoolMode,
+    PoolSize, ReadYourWrites, Secret, ServerTlsMode,
 };
 
 /// The whole file. Sections other than `[cluster]` may be omitted.
@@ -37,6 +37,9 @@ pub struct Config {
     pub observability: ObservabilityConfig,
     #[serde(default)]
     pub budgets: BudgetsConfig,
+    /// Absent: this instance acts alone (`[pool] size` / `sidecars`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -288,6 +291,8 @@ pub struct PoolConfig {
     pub db_cores: u32,
     pub effective_spindle_count: u32,
     pub sidecars: u32,
+    /// With `[fleet]`: server connections per node for the whole fleet.
+    pub budget: Budget,
     #[serde(with = "humantime_serde")]
     pub checkout_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -305,6 +310,7 @@ impl Default for PoolConfig {
             db_cores: 4,
             effective_spindle_count: 1,
             sidecars: 1,
+            budget: Budget::Auto,
             checkout_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
@@ -328,6 +334,110 @@ impl PoolConfig {
                 (total / self.sidecars.max(1)).max(1)
             }
         }
+    }
+
+    /// `[pool] budget` as a number: the fixed value, or the whole
+    /// `db_cores * 2 + effective_spindle_count` (not divided: the fleet
+    /// shares it), never less than one.
+    pub fn node_budget(&self) -> u32 {
+        match self.budget {
+            Budget::Fixed(n) => n.max(1),
+            Budget::Auto => self
+                .db_cores
+                .saturating_mul(2)
+                .saturating_add(self.effective_spindle_count)
+                .max(1),
+        }
+    }
+
+    /// Largest size of one (database, user, node) pool: with a fleet, a
+    /// pool may use the member's whole share of the node (capped by a
+    /// fixed `size`); alone, [`effective_size`](Self::effective_size).
+    pub fn pool_max(&self, fleet: bool) -> u32 {
+        match (fleet, self.size) {
+            (false, _) => self.effective_size(),
+            (true, PoolSize::Fixed(n)) => n.clamp(1, self.node_budget()),
+            (true, PoolSize::Auto) => self.node_budget(),
+        }
+    }
+}
+
+/// `[fleet]`: sidecars with the same `name` find each other through the
+/// primary (and each replica) and share `[pool] budget` there. See the
+/// `fleet` module for how.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Shared by every member: letters, digits, `.`, `_`, `-`, at most
+    /// [`FleetConfig::MAX_NAME`] characters (it is part of an
+    /// `application_name`, which Postgres cuts at 63 bytes).
+    pub name: String,
+    /// This member's name in `SHOW FLEET` and `pg_stat_activity`; default
+    /// `<hostname>-<pid>` (the pod name in Kubernetes). Cut to fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// How often each member looks at the fleet on each node and moves
+    /// budget slots. Each look is one query (reading `pg_locks`).
+    #[serde(default = "default_fleet_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Slots an idle member keeps per node (capped by the budget), so its
+    /// first clients need not wait for another member to give one back.
+    #[serde(default = "default_fleet_floor")]
+    pub floor: u32,
+}
+
+fn default_fleet_interval() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_fleet_floor() -> u32 {
+    1
+}
+
+impl FleetConfig {
+    pub const MAX_NAME: usize = 24;
+    /// Shortest and longest `interval`.
+    pub const INTERVAL_RANGE: (Duration, Duration) =
+        (Duration::from_millis(10), Duration::from_secs(60));
+
+    /// Checks name, instance and interval. Errors are `(key, message)`.
+    pub(super) fn validate(&self) -> Result<(), (String, String)> {
+        let word = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        if self.name.is_empty() || self.name.len() > Self::MAX_NAME || !word(&self.name) {
+            return Err((
+                "fleet.name".into(),
+                format!(
+                    "must be 1 to {} letters, digits, '.', '_' or '-', got \"{}\"",
+                    Self::MAX_NAME,
+                    self.name.escape_debug()
+                ),
+            ));
+        }
+        if let Some(instance) = &self.instance
+            && (instance.is_empty() || instance.len() > 63 || !word(instance))
+        {
+            return Err((
+                "fleet.instance".into(),
+                format!(
+                    "must be 1 to 63 letters, digits, '.', '_' or '-', got \"{}\"",
+                    instance.escape_debug()
+                ),
+            ));
+        }
+        let (min, max) = Self::INTERVAL_RANGE;
+        if !(min..=max).contains(&self.interval) {
+            return Err((
+                "fleet.interval".into(),
+                format!(
+                    "must be between 10ms and 60s, got {}",
+                    humantime::format_duration(self.interval)
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

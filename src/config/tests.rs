@@ -304,3 +304,65 @@ fn bad_unix_socket_keys_are_refused_with_the_key() {
         );
     }
 }
+
+#[test]
+fn fleet_section_and_budget_parse_with_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert!(c.fleet.is_none());
+    assert_eq!(c.pool.budget, Budget::Auto);
+    assert_eq!(
+        c.pool.node_budget(),
+        9,
+        "db_cores * 2 + spindles, not divided"
+    );
+    assert_eq!(c.pool.pool_max(false), c.pool.effective_size());
+    let text = format!("{MINIMAL}\n[pool]\nsidecars = 3\nbudget = 8\n[fleet]\nname = \"api\"\n");
+    let c = parse(&text).unwrap();
+    let fleet = c.fleet.as_ref().unwrap();
+    assert_eq!((fleet.name.as_str(), fleet.floor), ("api", 1));
+    assert_eq!(fleet.interval, std::time::Duration::from_millis(500));
+    assert_eq!(c.pool.node_budget(), 8);
+    assert_eq!(
+        c.pool.pool_max(true),
+        8,
+        "a pool may use the member's whole share"
+    );
+    let text = format!("{MINIMAL}\n[pool]\nsize = 3\nbudget = 8\n[fleet]\nname = \"api\"\n");
+    assert_eq!(parse(&text).unwrap().pool.pool_max(true), 3);
+}
+
+#[test]
+fn bad_fleet_keys_are_refused_by_name() {
+    for (snippet, key) in [
+        ("[fleet]\nname = \"\"\n", "fleet.name"),
+        ("[fleet]\nname = \"a/b\"\n", "fleet.name"),
+        (
+            "[fleet]\nname = \"aaaaaaaaaaaaaaaaaaaaaaaaa\"\n",
+            "fleet.name",
+        ),
+        (
+            "[fleet]\nname = \"a\"\ninstance = \"x#1\"\n",
+            "fleet.instance",
+        ),
+        (
+            "[fleet]\nname = \"a\"\ninterval = \"1ms\"\n",
+            "fleet.interval",
+        ),
+    ] {
+        let err = parse(&format!("{MINIMAL}\n{snippet}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{snippet}: {err}");
+    }
+    let err = parse(&format!("{MINIMAL}\n[pool]\nbudget = 0\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("budget must be between 1 and 100000"), "{err}");
+    let err = parse(&format!("{MINIMAL}\n[pool]\nbudget = \"lots\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("budget must be an integer or \"auto\""),
+        "{err}"
+    );
+}

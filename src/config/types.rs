@@ -186,6 +186,48 @@ pub mod optional_listen {
     }
 }
 
+/// `[pool] budget`: server connections to one node for a whole fleet (all
+/// pools of all members), or "auto" for `db_cores * 2 +
+/// effective_spindle_count`. Used only with `[fleet]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Budget {
+    #[default]
+    Auto,
+    Fixed(u32),
+}
+
+impl<'de> Deserialize<'de> for Budget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Same spellings and range as a pool size.
+        Ok(
+            match PoolSize::deserialize(d).map_err(|e| {
+                serde::de::Error::custom(e.to_string().replace("pool size", "budget"))
+            })? {
+                PoolSize::Auto => Budget::Auto,
+                PoolSize::Fixed(n) => Budget::Fixed(n),
+            },
+        )
+    }
+}
+
+impl Serialize for Budget {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Budget::Auto => s.serialize_str("auto"),
+            Budget::Fixed(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl fmt::Display for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Budget::Auto => f.write_str("\"auto\""),
+            Budget::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
 /// A secret string whose `Debug`/`Display` never shows the value, so it cannot
 /// leak into logs or `check` output by accident.
 #[derive(Clone, PartialEq, Eq, Deserialize)]

@@ -63,7 +63,7 @@ pub use http::HttpHandle;
 pub use metrics::{ERROR_KINDS, LATENCY_BUCKETS, METRIC_NAMES, Metrics, ROUTING_REASONS};
 pub use observer::{Observer, QueryEvent};
 pub use queries::QueryOrder;
-pub use sources::{ClientCounts, PoolSnapshot, Sources};
+pub use sources::{ClientCounts, FleetSnapshot, PoolSnapshot, Sources};
 
 use std::net::SocketAddr;
 

@@ -23,6 +23,19 @@ pub trait Sources: Send + Sync + 'static {
     /// Clients pinned to their server connection (session state that
     /// cannot move between servers).
     fn pinned(&self) -> u64;
+    /// With `[fleet]`: the fleet on each node as this member sees it.
+    fn fleet(&self) -> Option<FleetSnapshot> {
+        None
+    }
+}
+
+/// The fleet as the metrics show it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetSnapshot {
+    /// Members present (on the node where most are seen).
+    pub members: u64,
+    /// (node, budget, this member's share) per node.
+    pub nodes: Vec<(NodeAddr, u32, u32)>,
 }
 
 /// One pool's occupancy.

@@ -48,6 +48,9 @@ pub struct Shared {
     /// reload changes the node list.
     cluster: ArcSwap<ClusterView>,
     monitor: Mutex<Option<JoinHandle<()>>>,
+    /// With `[fleet]` (at start): this member's coordinators and what they
+    /// see. Joining or leaving a fleet takes a restart.
+    pub fleet: Option<crate::fleet::Fleet>,
     /// Bumped when pools or the node list are replaced, so sessions drop
     /// the pools they looked up.
     generation: AtomicU64,
@@ -120,7 +123,17 @@ impl Shared {
     }
 
     fn start_monitor(&self) {
-        let handle = self.cluster.load().spawn_monitor(self.config.clone());
+        let cluster = self.cluster.load();
+        if let Some(fleet) = &self.fleet {
+            let nodes = (0..cluster.node_count())
+                .filter_map(|id| {
+                    let addr = cluster.addr(id).clone();
+                    self.pools.gate(&addr).map(|gate| (addr, gate))
+                })
+                .collect();
+            fleet.start(self.config.clone(), nodes);
+        }
+        let handle = cluster.spawn_monitor(self.config.clone());
         let old = self
             .monitor
             .lock()
@@ -132,6 +145,9 @@ impl Shared {
     }
 
     fn stop_monitor(&self) {
+        if let Some(fleet) = &self.fleet {
+            fleet.stop();
+        }
         if let Some(h) = self
             .monitor
             .lock()
@@ -204,7 +220,11 @@ impl Proxy {
                 }),
             ),
             credentials: ArcSwap::from_pointee(credentials),
-            pools: Pools::new(server_tls),
+            pools: match config.fleet {
+                Some(_) => Pools::with_budget(server_tls),
+                None => Pools::new(server_tls),
+            },
+            fleet: config.fleet.as_ref().map(crate::fleet::Fleet::new),
             clients: Arc::new(ClientRegistry::default()),
             statements: StatementRegistry::default(),
             cluster: ArcSwap::new(ClusterView::new(&config)),

@@ -7,7 +7,7 @@ use std::sync::Weak;
 use super::Shared;
 use crate::client::registry::ClientActivity;
 use crate::cluster::NodeStatus;
-use crate::observe::{ClientCounts, PoolSnapshot, Sources};
+use crate::observe::{ClientCounts, FleetSnapshot, PoolSnapshot, Sources};
 
 pub struct ProxySources {
     pub shared: Weak<Shared>,
@@ -56,6 +56,19 @@ impl Sources for ProxySources {
     fn pinned(&self) -> u64 {
         self.shared.upgrade().map_or(0, |s| {
             s.clients.all().iter().filter(|c| c.is_pinned()).count() as u64
+        })
+    }
+
+    fn fleet(&self) -> Option<FleetSnapshot> {
+        let shared = self.shared.upgrade()?;
+        let fleet = shared.fleet.as_ref()?;
+        Some(FleetSnapshot {
+            members: fleet.members() as u64,
+            nodes: fleet
+                .nodes()
+                .into_iter()
+                .map(|n| (n.node, n.budget, n.gate.limit))
+                .collect(),
         })
     }
 }

@@ -1,15 +1,16 @@
 //! Keys a running proxy reads only at start: the listen addresses and the
 //! Unix socket (the sockets are bound), `worker_threads` (the runtime is
 //! built),
-//! `log_format` (the logger is installed) and `read_only_functions` (the
-//! classifier is built). A reload keeps their running values in the
+//! `log_format` (the logger is installed), `read_only_functions` (the
+//! classifier is built) and fleet membership, `[fleet]` itself with its
+//! `name` and `instance` (the coordinators are started). A reload keeps their running values in the
 //! config it stores, so that SHOW CONFIG shows what is in force, and says
 //! which ones the file changed.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::config::{Config, FileMode, LogFormat};
+use crate::config::{Config, FileMode, FleetConfig, LogFormat};
 
 /// The start-only values: as the file gave them at start, and in force.
 #[derive(Clone, Debug)]
@@ -26,6 +27,9 @@ pub struct StartOnly {
     worker_threads: u32,
     log_format: LogFormat,
     read_only_functions: Vec<String>,
+    /// `[fleet]` as at start (its `interval` and `floor` reload; without
+    /// a `[fleet]` in the file the start values stay in force).
+    fleet: Option<FleetConfig>,
 }
 
 impl StartOnly {
@@ -43,6 +47,7 @@ impl StartOnly {
             worker_threads: config.proxy.worker_threads,
             log_format: config.observability.log_format,
             read_only_functions: config.routing.read_only_functions.clone(),
+            fleet: config.fleet.clone(),
         }
     }
 
@@ -63,6 +68,13 @@ impl StartOnly {
             .routing
             .read_only_functions
             .clone_from(&self.read_only_functions);
+        match (&self.fleet, &mut config.fleet) {
+            (Some(start), Some(fleet)) => {
+                fleet.name.clone_from(&start.name);
+                fleet.instance.clone_from(&start.instance);
+            }
+            (start, fleet) => fleet.clone_from(start),
+        }
     }
 
     /// What `new` (a reloaded file) changed of these keys, one sentence per
@@ -132,7 +144,79 @@ impl StartOnly {
                 format!("{:?}", new.routing.read_only_functions),
             );
         }
+        let member = |f: &Option<FleetConfig>| {
+            f.as_ref()
+                .map_or_else(|| "none".into(), |f| format!("{:?}", f.name))
+        };
+        if self.fleet.is_some() != new.fleet.is_some() {
+            note("[fleet]", member(&self.fleet), member(&new.fleet));
+        } else if let (Some(start), Some(asked)) = (&self.fleet, &new.fleet) {
+            if asked.name != start.name {
+                note("fleet.name", member(&self.fleet), member(&new.fleet));
+            }
+            if asked.instance != start.instance {
+                let instance = |i: &Option<String>| {
+                    i.as_ref()
+                        .map_or_else(|| "the default".into(), |i| format!("{i:?}"))
+                };
+                note(
+                    "fleet.instance",
+                    instance(&start.instance),
+                    instance(&asked.instance),
+                );
+            }
+        }
         self.in_force(new);
         kept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            "[cluster]\nprimary = \"127.0.0.1:5432\"\n[[users]]\nname = \"app\"\n\
+             password = \"secret\"\n[pool]\nbudget = 8\n{extra}"
+        );
+        Config::from_toml(&text, Path::new("test.toml")).unwrap()
+    }
+
+    #[test]
+    fn fleet_membership_keeps_its_running_value_and_the_rest_reloads() {
+        let start = config("[fleet]\nname = \"api\"\ninstance = \"a\"\n");
+        let running = StartOnly::new(&start, None, start.http.listen);
+        // Renamed, another instance, a new interval: only the interval.
+        let mut new = config("[fleet]\nname = \"web\"\ninstance = \"b\"\ninterval = \"2s\"\n");
+        let kept = running.keep(&mut new);
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert!(kept[0].starts_with("fleet.name changes only on restart"));
+        assert!(kept[1].starts_with("fleet.instance changes only on restart"));
+        let fleet = new.fleet.as_ref().unwrap();
+        assert_eq!(
+            (fleet.name.as_str(), fleet.instance.as_deref()),
+            ("api", Some("a"))
+        );
+        assert_eq!(fleet.interval, std::time::Duration::from_secs(2));
+        // Leaving: still a member, with the section in force.
+        let mut new = config("");
+        let kept = running.keep(&mut new);
+        assert!(
+            kept[0].starts_with("[fleet] changes only on restart"),
+            "{kept:?}"
+        );
+        assert_eq!(new.fleet.as_ref().map(|f| f.name.as_str()), Some("api"));
+        // Joining: still alone.
+        let start = config("");
+        let running = StartOnly::new(&start, None, start.http.listen);
+        let mut new = config("[fleet]\nname = \"api\"\n");
+        let kept = running.keep(&mut new);
+        assert!(kept[0].contains("still none"), "{kept:?}");
+        assert!(new.fleet.is_none());
+        // Nothing changed: nothing said.
+        let mut same = config("");
+        assert!(running.keep(&mut same).is_empty());
     }
 }

@@ -36,6 +36,9 @@ pub enum Health {
     Clean,
     /// Mid-protocol, in a transaction, or failed: must be closed.
     Broken,
+    /// Healthy but no longer wanted (its budget slot is needed elsewhere):
+    /// closed without the pool treating it as a failure.
+    Retired,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -109,7 +112,21 @@ impl ServerConn {
         self.health = Health::Broken;
     }
 
+    /// Closes it when it is next given back, as a healthy connection that
+    /// is no longer wanted (see [`Health::Retired`]).
+    pub fn retire(&mut self) {
+        if self.health == Health::Clean {
+            self.health = Health::Retired;
+        }
+    }
+
+    /// Whether the pool must close it (broken or retired).
     pub fn is_broken(&self) -> bool {
+        self.health != Health::Clean
+    }
+
+    /// Whether it failed (as opposed to being retired).
+    pub fn has_failed(&self) -> bool {
         self.health == Health::Broken
     }
 

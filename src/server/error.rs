@@ -49,6 +49,15 @@ pub enum ServerError {
     },
     #[error("server {addr} closed the connection")]
     Closed { addr: String },
+    #[error(
+        "no slot of the fleet's connection budget for server {addr} within {waited:?} \
+         (this member holds {share} now)"
+    )]
+    NoBudget {
+        addr: String,
+        waited: Duration,
+        share: u32,
+    },
     #[error("TLS with server {addr} failed: {source}")]
     Tls {
         addr: String,
@@ -63,6 +72,10 @@ impl ServerError {
     pub fn to_client(&self) -> ClientReport {
         match self {
             ServerError::Rejected { frame, .. } => ClientReport::Forward(frame.clone()),
+            ServerError::NoBudget { .. } => ClientReport::Error(WireError::fatal(
+                SqlState::TOO_MANY_CONNECTIONS,
+                self.to_string(),
+            )),
             other => ClientReport::Error(WireError::fatal(
                 SqlState::CONNECTION_FAILURE,
                 other.to_string(),
@@ -87,6 +100,15 @@ pub enum CheckoutError {
         waited: Duration,
         size: u32,
     },
+    #[error(
+        "no server connection to {node} was free within {waited:?}: this member's share \
+         of the fleet's budget for the node is {share} connections, all in use"
+    )]
+    FleetBudget {
+        node: String,
+        waited: Duration,
+        share: u32,
+    },
     #[error("could not get a connection to server {node}: {last_error}")]
     Unreachable { node: String, last_error: String },
     #[error(transparent)]
@@ -99,6 +121,12 @@ impl CheckoutError {
             CheckoutError::Timeout { .. } => {
                 WireError::error(SqlState::TOO_MANY_CONNECTIONS, self.to_string())
                     .with_hint("raise [pool] size or checkout_timeout, or shorten transactions")
+            }
+            CheckoutError::FleetBudget { .. } => {
+                WireError::error(SqlState::TOO_MANY_CONNECTIONS, self.to_string()).with_hint(
+                    "raise [pool] budget or checkout_timeout, shorten transactions, \
+                     or see SHOW FLEET for the other members' shares",
+                )
             }
             CheckoutError::Unreachable { .. } => {
                 WireError::error(SqlState::CONNECTION_FAILURE, self.to_string())

@@ -1,12 +1,15 @@
 //! Backend side: connections to Postgres nodes (connect, log in, health)
-//! and the bb8 pools that hold them, one per (database, user, node).
+//! and the bb8 pools that hold them, one per (database, user, node); with
+//! a fleet, the per-node budget gate all pools of a node share.
 
+mod budget;
 mod connection;
 mod error;
 mod login;
 mod pool;
 mod prepared;
 
+pub use budget::{BudgetPermit, GateState, IdleConnections, NoPermit, NodeGate};
 pub use connection::{ServerConn, ServerIoParts, ServerParams, ServerState};
 pub use error::{CheckoutError, ClientReport, ServerError};
 pub use login::{LoginParams, ServerSecret};

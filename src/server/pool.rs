@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use bb8::{ErrorSink, ManageConnection, QueueStrategy, RunError};
 
+use super::budget::{BudgetPermit, IdleConnections, NodeGate, Seat};
 use super::connection::{ServerConn, ServerParams};
 use super::error::{CheckoutError, ServerError};
 use super::login::{self, LoginParams, ServerSecret};
@@ -42,10 +43,12 @@ pub struct ServerEntry {
 
 type ServerList = Arc<Mutex<HashMap<u64, ServerEntry>>>;
 
-/// Removes a connection from its pool's list when it closes.
+/// Removes a connection from its pool's list when it closes, and gives
+/// back its fleet budget permit (if the pool has a budget gate).
 pub struct Registration {
     list: std::sync::Weak<Mutex<HashMap<u64, ServerEntry>>>,
     id: u64,
+    _permit: Option<BudgetPermit>,
 }
 
 impl Drop for Registration {
@@ -101,7 +104,15 @@ pub struct ServerManager {
     last_error: LastError,
     servers: ServerList,
     trouble: Arc<Trouble>,
+    /// With a fleet: this pool's seat at the node's budget gate, and how
+    /// long a connection attempt waits for a permit (`checkout_timeout`).
+    /// Set once the pool exists (the seat refers back to it).
+    gate: GateSlot,
 }
+
+/// A pool's seat at its node's budget gate, shared by the pool and its
+/// manager; set right after the pool is created.
+type GateSlot = Arc<std::sync::OnceLock<(Seat, Duration)>>;
 
 impl ManageConnection for ServerManager {
     /// Boxed: a lease moves between the pool, a session and its relay on
@@ -110,7 +121,24 @@ impl ManageConnection for ServerManager {
     type Error = ServerError;
 
     async fn connect(&self) -> Result<Box<ServerConn>, ServerError> {
+        let mut permit = match self.gate.get() {
+            None => None,
+            Some((seat, wait)) => {
+                Some(
+                    seat.acquire(*wait)
+                        .await
+                        .map_err(|e| ServerError::NoBudget {
+                            addr: self.addr.to_string(),
+                            waited: e.waited,
+                            share: e.limit,
+                        })?,
+                )
+            }
+        };
         let mut conn = login::connect(&self.login, self.addr.clone()).await?;
+        if let Some(permit) = &mut permit {
+            permit.set_backend_pid(conn.params.backend_pid);
+        }
         *lock(&self.last_error) = None;
         lock(&self.servers).insert(
             conn.id,
@@ -123,6 +151,7 @@ impl ManageConnection for ServerManager {
         conn.registration = Some(Registration {
             list: Arc::downgrade(&self.servers),
             id: conn.id,
+            _permit: permit,
         });
         Ok(Box::new(conn))
     }
@@ -134,11 +163,16 @@ impl ManageConnection for ServerManager {
     }
 
     fn has_broken(&self, conn: &mut Box<ServerConn>) -> bool {
-        let broken = conn.is_broken();
-        if broken {
+        if conn.has_failed() {
             self.trouble.note();
         }
-        broken
+        // Over the fleet budget (the share shrank), or another pool of the
+        // node needs the room: close it rather than keep it.
+        conn.is_broken()
+            || self
+                .gate
+                .get()
+                .is_some_and(|(seat, _)| seat.should_give_back())
     }
 }
 
@@ -148,7 +182,12 @@ struct RecordError(LastError);
 
 impl ErrorSink<ServerError> for RecordError {
     fn sink(&self, error: ServerError) {
-        if !matches!(error, ServerError::Closed { .. }) {
+        // Waiting for budget is not a server failure: the client is told
+        // it timed out (53300), not that the node is unreachable.
+        if !matches!(
+            error,
+            ServerError::Closed { .. } | ServerError::NoBudget { .. }
+        ) {
             tracing::warn!(error = %crate::logsafe::message(&error.to_string()), "server connection failed");
             *lock(&self.0) = Some((Instant::now(), error.to_string()));
         }
@@ -178,11 +217,19 @@ pub struct ServerPool {
     good_statements: RwLock<HashSet<u64>>,
     servers: ServerList,
     trouble: Arc<Trouble>,
+    gate: GateSlot,
 }
 
 impl ServerPool {
-    fn new(key: PoolKey, config: &Config, secret: ServerSecret, tls: ServerTls) -> Self {
+    fn new(
+        key: PoolKey,
+        config: &Config,
+        secret: ServerSecret,
+        tls: ServerTls,
+        budgeted: bool,
+    ) -> Self {
         let last_error = LastError::default();
+        let gate = GateSlot::default();
         let servers = ServerList::default();
         let trouble = Arc::new(Trouble::new());
         let manager = ServerManager {
@@ -200,8 +247,9 @@ impl ServerPool {
             },
             addr: key.node.to_string().into(),
             last_error: last_error.clone(),
+            gate: gate.clone(),
         };
-        let size = config.pool.effective_size();
+        let size = config.pool.pool_max(budgeted);
         let pool = bb8::Pool::builder()
             .max_size(size)
             .min_idle(None)
@@ -224,6 +272,7 @@ impl ServerPool {
             good_statements: RwLock::default(),
             servers,
             trouble,
+            gate,
         }
     }
 
@@ -274,10 +323,17 @@ impl ServerPool {
                         node: self.key.node.to_string(),
                         last_error,
                     },
-                    None => CheckoutError::Timeout {
-                        node: self.key.node.to_string(),
-                        waited: self.checkout_timeout,
-                        size: self.size,
+                    None => match self.gate.get() {
+                        Some((seat, _)) => CheckoutError::FleetBudget {
+                            node: self.key.node.to_string(),
+                            waited: self.checkout_timeout,
+                            share: seat.gate().state().limit,
+                        },
+                        None => CheckoutError::Timeout {
+                            node: self.key.node.to_string(),
+                            waited: self.checkout_timeout,
+                            size: self.size,
+                        },
                     },
                 })
             }
@@ -320,20 +376,72 @@ impl ServerPool {
     }
 }
 
+impl IdleConnections for ServerPool {
+    fn idle(&self) -> u32 {
+        self.pool.state().idle_connections
+    }
+
+    /// Takes an idle connection out and retires it. Polled once, without
+    /// waiting: with no idle connection left (another client took it in
+    /// the meantime) it gives up.
+    fn close_one_idle(&self) -> bool {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        let mut get = std::pin::pin!(self.pool.get());
+        match get.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(mut conn)) => {
+                conn.retire();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 /// All pools, created on first use.
 #[derive(Default)]
 pub struct Pools {
     map: RwLock<HashMap<PoolKey, Arc<ServerPool>>>,
     /// How new pools encrypt their connections (`[cluster] server_tls`).
     tls: RwLock<ServerTls>,
+    /// With a fleet: one budget gate per node, shared by every pool of the
+    /// node and kept across reloads. Decided at start.
+    gates: Option<RwLock<HashMap<NodeAddr, Arc<NodeGate>>>>,
 }
 
 impl Pools {
+    /// Pools of a proxy acting alone.
     pub fn new(tls: ServerTls) -> Self {
         Pools {
             map: RwLock::default(),
             tls: RwLock::new(tls),
+            gates: None,
         }
+    }
+
+    /// Pools of a fleet member: every connection needs a permit of its
+    /// node's budget gate (see [`gate`](Self::gate)).
+    pub fn with_budget(tls: ServerTls) -> Self {
+        Pools {
+            gates: Some(RwLock::default()),
+            ..Pools::new(tls)
+        }
+    }
+
+    /// The budget gate of `node` (created at limit 0), if this proxy is a
+    /// fleet member.
+    pub fn gate(&self, node: &NodeAddr) -> Option<Arc<NodeGate>> {
+        let gates = self.gates.as_ref()?;
+        if let Some(g) = gates.read().unwrap_or_else(|p| p.into_inner()).get(node) {
+            return Some(g.clone());
+        }
+        let mut gates = gates.write().unwrap_or_else(|p| p.into_inner());
+        Some(
+            gates
+                .entry(node.clone())
+                .or_insert_with(|| NodeGate::new(node.clone()))
+                .clone(),
+        )
     }
 
     /// Replaces the TLS settings for pools created from now on (a reload
@@ -353,11 +461,24 @@ impl Pools {
         if let Some(p) = self.map.read().unwrap_or_else(|p| p.into_inner()).get(key) {
             return p.clone();
         }
+        let gate = self.gate(&key.node);
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         map.entry(key.clone())
             .or_insert_with(|| {
                 let tls = self.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
-                Arc::new(ServerPool::new(key.clone(), config, secret(), tls))
+                let pool = Arc::new(ServerPool::new(
+                    key.clone(),
+                    config,
+                    secret(),
+                    tls,
+                    gate.is_some(),
+                ));
+                if let Some(gate) = &gate {
+                    let weak: std::sync::Weak<dyn IdleConnections> = Arc::downgrade(&pool) as _;
+                    let seat = gate.seat(Some(weak));
+                    let _ = pool.gate.set((seat, config.pool.checkout_timeout));
+                }
+                pool
             })
             .clone()
     }

@@ -23,6 +23,8 @@ mod encoding;
 mod failover_restart;
 mod failover_waiters;
 mod failures;
+mod fleet_budget;
+mod fleet_support;
 mod fuzz_corpus;
 mod lexer_props;
 mod limits;

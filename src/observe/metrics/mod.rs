@@ -25,9 +25,10 @@ use labels::LabelCache;
 pub(crate) use scrape::Scraped;
 
 /// Every metric family `/metrics` lists, full names. The contract's
-/// metrics come first (the sixteen the project started with), then the
-/// observer's own; docs/metrics.md describes each one.
-pub const METRIC_NAMES: [&str; 22] = [
+/// metrics come first (the sixteen the project started with, then the
+/// fleet's three), then the observer's own; docs/metrics.md describes each
+/// one.
+pub const METRIC_NAMES: [&str; 25] = [
     "pgsidecar_client_connections",
     "pgsidecar_server_connections",
     "pgsidecar_pool_size",
@@ -44,6 +45,9 @@ pub const METRIC_NAMES: [&str; 22] = [
     "pgsidecar_explain_samples_total",
     "pgsidecar_errors_total",
     "pgsidecar_config_reloads_total",
+    "pgsidecar_fleet_members",
+    "pgsidecar_pool_budget",
+    "pgsidecar_pool_share",
     "pgsidecar_pinned_clients",
     "pgsidecar_pool_usage_ratio",
     "pgsidecar_budget_exceeded",

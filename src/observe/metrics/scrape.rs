@@ -21,6 +21,9 @@ pub(crate) struct Scraped {
     lag_bytes: GaugeVec,
     node_up: IntGaugeVec,
     pinned: IntGauge,
+    fleet_members: IntGauge,
+    pool_budget: IntGaugeVec,
+    pool_share: IntGaugeVec,
     pub(crate) budget_exceeded: IntGaugeVec,
     pub(crate) budget_value: GaugeVec,
     /// Serialises reset-refill-gather so two scrapes never interleave.
@@ -69,6 +72,20 @@ impl Scraped {
                 "pinned_clients",
                 "Clients pinned to one server connection by session state.",
             ),
+            fleet_members: f.gauge(
+                "fleet_members",
+                "With [fleet]: members of the fleet present (this one included).",
+            ),
+            pool_budget: f.gauge_vec(
+                "pool_budget",
+                "With [fleet]: server connections the whole fleet may have open to the node.",
+                &["node"],
+            ),
+            pool_share: f.gauge_vec(
+                "pool_share",
+                "With [fleet]: the node's budget slots this member holds (its connection limit there).",
+                &["node"],
+            ),
             budget_exceeded: f.gauge_vec(
                 "budget_exceeded",
                 "1 while the [budgets] entry is exceeded, else 0.",
@@ -92,6 +109,21 @@ impl Scraped {
         }
         self.pinned.set(clamp(sources.pinned()));
 
+        for g in [&self.pool_budget, &self.pool_share] {
+            g.reset();
+        }
+        if let Some(fleet) = sources.fleet() {
+            self.fleet_members.set(clamp(fleet.members));
+            for (node, budget, share) in fleet.nodes {
+                let label = node.to_string();
+                self.pool_budget
+                    .with_label_values(&[&label])
+                    .set(i64::from(budget));
+                self.pool_share
+                    .with_label_values(&[&label])
+                    .set(i64::from(share));
+            }
+        }
         for g in [&self.server_connections, &self.pool_size, &self.node_up] {
             g.reset();
         }

@@ -179,7 +179,8 @@ impl Observer {
 
     /// The `/metrics` text.
     pub fn render_metrics(&self) -> String {
-        let pool_size = self.config.load().pool.effective_size();
+        let config = self.config.load();
+        let pool_size = config.pool.pool_max(config.fleet.is_some());
         self.metrics.render(self.sources.as_ref(), pool_size)
     }
 

@@ -31,7 +31,12 @@ fn kubernetes_sidecar_example_is_consistent_and_its_config_checks() {
     assert_eq!(str_of(&config_map["kind"], "kind"), "ConfigMap");
     assert_eq!(str_of(&deployment["kind"], "kind"), "Deployment");
     let kustomization = read("packaging/kubernetes/kustomization.yaml");
-    for file in ["secret.yaml", "configmap.yaml", "deployment.yaml"] {
+    for file in [
+        "secret.yaml",
+        "configmap.yaml",
+        "deployment.yaml",
+        "hpa.yaml",
+    ] {
         assert!(kustomization.contains(&format!("- {file}")), "{file}");
     }
 
@@ -153,4 +158,33 @@ fn kubernetes_sidecar_example_is_consistent_and_its_config_checks() {
         app_env("PGUSER")["value"].as_str()
     );
     assert_eq!(effective["http"]["listen"].as_str(), Some("0.0.0.0:9930"));
+
+    // The pods form a fleet sharing one budget, scaled by the HPA: no
+    // static count of sidecars anywhere.
+    assert!(
+        effective["fleet"]["name"].as_str().is_some(),
+        "the ConfigMap's config joins a fleet"
+    );
+    assert!(
+        !toml_text.contains("sidecars"),
+        "no static sidecars count in the ConfigMap"
+    );
+    assert!(
+        deployment["spec"]["replicas"].is_badvalue(),
+        "the HPA, not the Deployment, sets the number of pods"
+    );
+    let hpa = manifest("hpa.yaml");
+    assert_eq!(str_of(&hpa["kind"], "kind"), "HorizontalPodAutoscaler");
+    assert_eq!(str_of(&hpa["apiVersion"], "apiVersion"), "autoscaling/v2");
+    let target = &hpa["spec"]["scaleTargetRef"];
+    assert_eq!(str_of(&target["kind"], "target kind"), "Deployment");
+    assert_eq!(
+        str_of(&target["name"], "target name"),
+        str_of(&deployment["metadata"]["name"], "deployment name")
+    );
+    let (min, max) = (
+        hpa["spec"]["minReplicas"].as_i64().unwrap(),
+        hpa["spec"]["maxReplicas"].as_i64().unwrap(),
+    );
+    assert!(1 <= min && min < max, "{min}..{max}");
 }

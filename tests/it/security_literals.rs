@@ -1,7 +1,8 @@
 //! String literals are found the way the session's server finds them:
 //! with `standard_conforming_strings = off` a backslash escapes a quote in
 //! '…' (and always in E'…'), so no literal leaks into /queries or the
-//! slow-query log, and no statement hides a write from the router.
+//! slow-query log, and no statement hides a write from the router, in
+//! whatever encoding the client sends.
 
 use std::time::Duration;
 
@@ -189,4 +190,73 @@ async fn a_backslash_cannot_hide_a_write_from_the_router() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0, "the DELETE ran on the primary");
+}
+
+/// Both readings at once: a LATIN1 client whose session reads strings
+/// with backslash escapes. Its bytes are decoded as LATIN1 (é is one byte,
+/// not invalid UTF-8) and then lexed in backslash mode, so the write after
+/// the one literal is found and no literal value is shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latin1_client_with_backslash_strings_is_read_both_ways() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let cluster = harness::cluster();
+    let db = harness::fresh_db("sec_scs_latin1");
+    let direct = harness::connect(
+        &cluster
+            .primary()
+            .conn_string_as(APP.name, APP.password, &db),
+    )
+    .await
+    .unwrap();
+    direct
+        .batch_execute("create table victim (id int); insert into victim values (1)")
+        .await
+        .unwrap();
+    block_in_place(|| cluster.wait_for_replay(cluster.replica(0))).unwrap();
+    let config = format!(
+        "{}[routing]\nmax_replica_lag = \"10s\"\n[observability]\nexplain = \"off\"\n",
+        harness::shared_replica_toml()
+    );
+    let proxy = harness::proxy(&config).await;
+    let utf8 = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+    harness::until_served_by(
+        &utf8,
+        cluster.replica(0).port(),
+        "the replica serving reads",
+        Duration::from_secs(15),
+    )
+    .await;
+    let psql = |sql: &'static [u8]| {
+        let mut cmd = harness::pg_tool("psql");
+        cmd.args(["-X", "-At", "-v", "ON_ERROR_STOP=1"])
+            .args(["-h", "127.0.0.1", "-p", &proxy.addr.port().to_string()])
+            .args(["-U", APP.name, "-d", &db, "-c"])
+            .arg(OsStr::from_bytes(sql))
+            .env("PGPASSWORD", APP.password.unwrap_or_default())
+            .env("PGCLIENTENCODING", "LATIN1")
+            .env("PGOPTIONS", "-c standard_conforming_strings=off");
+        cmd.output()
+    };
+    // LATIN1 `café\` then, read with standard strings, a second literal;
+    // the server reads one literal and runs the DELETE after it.
+    let out = psql(b"SELECT 'caf\xe9\\' , ' ; DELETE FROM victim; --'")
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let left: i64 = direct
+        .query_one("select count(*) from victim", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the DELETE ran on the primary");
+    // One literal in the normalised text, its value nowhere.
+    let out = psql(b"select 'caf\xe9\\' , ''TOPSECRET34'' as pw, ''y' as latin1_shape")
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let shape = digest_with(&proxy, "latin1_shape").await;
+    assert_eq!(shape, "select $1 as latin1_shape");
+    assert_eq!(leaks(&proxy, "topsecret34"), Vec::<String>::new());
 }

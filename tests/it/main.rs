@@ -18,6 +18,7 @@ mod drivers_pgbench;
 mod drivers_pinning;
 mod drivers_protocol;
 mod drivers_sqlx;
+mod drivers_suites;
 mod drivers_tokio_postgres;
 mod encoding;
 mod failover_restart;

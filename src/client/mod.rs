@@ -2,6 +2,7 @@
 //! the per-client session that borrows server connections.
 
 mod auth;
+pub mod buffer_budget;
 pub mod cancel;
 pub mod credentials;
 mod effects;
@@ -21,6 +22,7 @@ mod route;
 mod route_setting;
 mod session;
 mod state;
+mod strings;
 pub mod unix_socket;
 
 pub use listener::{Accept, accept_loop, bind};

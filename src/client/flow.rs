@@ -370,6 +370,7 @@ impl SessionFlow<'_> {
             &self.shared.statements,
             &self.shared.classifier,
             self.client.params.encoding(),
+            self.client.memo.reading(),
             &msg,
         );
         if !self.ensure_prepared(&s, out, true) {
@@ -965,6 +966,11 @@ impl Flow for SessionFlow<'_> {
         }
         if matched.ready {
             self.on_ready(before, status, forward);
+        }
+        if matches!(tag, be::PARAMETER_STATUS | be::READY_FOR_QUERY) {
+            // standard_conforming_strings: how the next statements are read.
+            let quiet = self.expect.is_quiet();
+            self.client.memo.server_frame(tag, frame, quiet);
         }
         // `query_timeout` cancelled this query: its error names the limit.
         let reworded = if forward

@@ -63,7 +63,10 @@ pub fn answer(
         fe::FLUSH => Ok(Idle::Answered),
         fe::PARSE => {
             let msg = prepared::parse_parse(frame)?;
-            let known = shared.statements.get(client.params.encoding(), &msg);
+            let reading = client.memo.reading();
+            let known = shared
+                .statements
+                .get(client.params.encoding(), reading, &msg);
             if msg.name.is_empty() || !pool.statement_ok(known.map(|s| s.id)) {
                 return Ok(Idle::NeedServer);
             }
@@ -71,6 +74,7 @@ pub fn answer(
                 &shared.statements,
                 &shared.classifier,
                 client.params.encoding(),
+                reading,
                 &msg,
             );
             out.extend_from_slice(b"1\0\0\0\x04");

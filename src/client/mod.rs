@@ -2,6 +2,7 @@
 //! the per-client session that borrows server connections.
 
 mod auth;
+pub mod buffer_budget;
 pub mod cancel;
 pub mod credentials;
 mod effects;
@@ -23,6 +24,7 @@ mod route;
 mod route_setting;
 mod session;
 mod state;
+mod strings;
 mod tx_modes;
 pub mod unix_socket;
 

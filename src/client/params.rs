@@ -430,9 +430,15 @@ fn push_name(sql: &mut String, name: &str) {
     }
 }
 
+/// `text` as a string literal that means the same whatever
+/// `standard_conforming_strings` the server has: with a backslash, an
+/// `E'…'` literal with the backslashes doubled.
 fn push_literal(sql: &mut String, text: &str) {
+    if text.contains('\\') {
+        sql.push('E');
+    }
     sql.push('\'');
-    sql.push_str(&text.replace('\'', "''"));
+    sql.push_str(&text.replace('\\', "\\\\").replace('\'', "''"));
     sql.push('\'');
 }
 

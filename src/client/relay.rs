@@ -12,6 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 
+use super::buffer_budget::MessageLimits;
 use super::limits::{Fired, RelayTimers};
 use crate::protocol::frame;
 use crate::protocol::{ProtocolError, WireError};
@@ -226,6 +227,7 @@ impl ServerSide {
                     return Err(ProtocolError::TooLarge {
                         len: total,
                         max: MAX_INSPECTED,
+                        limit: "the limit on server messages the proxy reads whole",
                     });
                 }
                 if rest.len() < total {
@@ -286,7 +288,7 @@ fn process_client<F: Flow>(
     wbuf: &mut BytesMut,
     side: &mut ServerSide,
     flow: &mut F,
-    max_message: usize,
+    messages: &MessageLimits,
 ) -> Result<ClientSide, WireError> {
     let mut outbox = Outbox::default();
     loop {
@@ -296,13 +298,7 @@ fn process_client<F: Flow>(
         let Some((tag, total)) = frame::header(cbuf)? else {
             return Ok(ClientSide::Open);
         };
-        if total > max_message {
-            return Err(ProtocolError::TooLarge {
-                len: total,
-                max: max_message,
-            }
-            .into());
-        }
+        messages.admit(total)?;
         if cbuf.len() < total {
             cbuf.reserve(total - cbuf.len());
             return Ok(ClientSide::Open);
@@ -312,8 +308,12 @@ fn process_client<F: Flow>(
         match step {
             ClientStep::Continue => {
                 if side.replaying {
-                    side.replay.extend_from_slice(&cbuf[..total]);
-                    side.replaying = side.replay.len() <= MAX_REPLAY;
+                    // Checked before copying: a large message is not
+                    // copied a third time just to find it is too long.
+                    side.replaying = side.replay.len() + total <= MAX_REPLAY;
+                    if side.replaying {
+                        side.replay.extend_from_slice(&cbuf[..total]);
+                    }
                 }
                 cbuf.advance(total);
             }
@@ -337,7 +337,7 @@ pub async fn relay<S, F>(
     cbuf: &mut BytesMut,
     server: ServerIo<'_>,
     flow: &mut F,
-    max_message: usize,
+    messages: &MessageLimits,
     timers: &mut RelayTimers,
     mut replay: Option<&mut BytesMut>,
 ) -> RelayEnd
@@ -362,7 +362,7 @@ where
     side.replay.clear();
     let end = 'relay: {
         // Frames already read from the client are handled before any I/O.
-        match process_client(cbuf, wbuf, &mut side, flow, max_message) {
+        match process_client(cbuf, wbuf, &mut side, flow, messages) {
             Err(e) => break 'relay RelayEnd::ClientError(e),
             Ok(ClientSide::Terminated) => break 'relay RelayEnd::ClientGone,
             Ok(ClientSide::Paused) => side.client_paused = true,
@@ -370,16 +370,7 @@ where
         }
         poll_fn(|cx| {
             poll_relay(
-                cx,
-                client,
-                cbuf,
-                sstream,
-                rbuf,
-                wbuf,
-                &mut side,
-                flow,
-                max_message,
-                timers,
+                cx, client, cbuf, sstream, rbuf, wbuf, &mut side, flow, messages, timers,
             )
         })
         .await
@@ -406,7 +397,7 @@ fn poll_relay<S, F>(
     wbuf: &mut BytesMut,
     side: &mut ServerSide,
     flow: &mut F,
-    max_message: usize,
+    messages: &MessageLimits,
     timers: &mut RelayTimers,
 ) -> Poll<RelayEnd>
 where
@@ -426,7 +417,7 @@ where
                 Poll::Ready(Ok(_)) => {
                     progress = true;
                     timers.client_activity();
-                    match process_client(cbuf, wbuf, side, flow, max_message) {
+                    match process_client(cbuf, wbuf, side, flow, messages) {
                         Err(e) => return Poll::Ready(RelayEnd::ClientError(e)),
                         Ok(ClientSide::Terminated) => return Poll::Ready(RelayEnd::ClientGone),
                         Ok(ClientSide::Paused) => side.client_paused = true,
@@ -449,6 +440,8 @@ where
                 Poll::Pending => {}
             }
         }
+        // A large message has gone: its buffers and charge go back.
+        messages.settle(cbuf, Some(wbuf));
         if side.server_unflushed && side.eof.is_none() {
             match Pin::new(&mut *server).poll_flush(cx) {
                 Poll::Ready(Ok(())) => side.server_unflushed = false,

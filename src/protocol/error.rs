@@ -17,6 +17,7 @@ impl SqlState {
     pub const INVALID_AUTHORIZATION: SqlState = SqlState("28000");
     pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
+    pub const OUT_OF_MEMORY: SqlState = SqlState("53200");
     pub const READ_ONLY_TRANSACTION: SqlState = SqlState("25006");
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
@@ -128,8 +129,13 @@ fn field_text(text: &str) -> String {
 pub enum ProtocolError {
     #[error("message '{}' declares an impossible length {len}", Tag(*tag))]
     BadLength { tag: u8, len: usize },
-    #[error("message of {len} bytes exceeds the limit of {max} bytes (proxy.max_message_size)")]
-    TooLarge { len: usize, max: usize },
+    /// `limit` names the limit: a config key or what the limit is for.
+    #[error("message of {len} bytes exceeds the limit of {max} bytes ({limit})")]
+    TooLarge {
+        len: usize,
+        max: usize,
+        limit: &'static str,
+    },
     #[error("a string in the message is not terminated")]
     MissingTerminator,
     #[error("a string in the message is not valid UTF-8")]
@@ -138,6 +144,13 @@ pub enum ProtocolError {
     Malformed { tag: u8, what: &'static str },
     #[error("unexpected message '{}' {when}", Tag(*tag))]
     Unexpected { tag: u8, when: &'static str },
+}
+
+impl ProtocolError {
+    /// Names `proxy.max_message_size` as the limit.
+    pub const MAX_MESSAGE_SIZE: &'static str = "proxy.max_message_size";
+    /// The fixed limit before login (Postgres's MAX_STARTUP_PACKET_LENGTH).
+    pub const BEFORE_LOGIN: &'static str = "the fixed limit for messages before login";
 }
 
 /// A message type byte as a person reads it: the letter, or `\xNN` for a

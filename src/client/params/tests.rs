@@ -212,3 +212,15 @@ fn savepoints_shape_what_commit_keeps() {
     p.apply(sp("x"), false);
     assert_eq!(p.current(), expected.current());
 }
+
+#[test]
+fn replayed_values_mean_the_same_in_either_string_mode() {
+    // Raw values (startup, set_config) with a backslash or a quote.
+    let client = startup(&[("application_name", r"a\'b")]);
+    let sync = ServerParamsState::default().sync_sql(&client).unwrap();
+    assert!(!sync.utf8_first);
+    assert_eq!(
+        sync.sql,
+        r"SELECT pg_catalog.set_config('application_name', E'a\\''b', false);"
+    );
+}

@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
+use crate::client::buffer_budget::BufferBudget;
 use crate::client::limits::Limits;
 use crate::protocol::backend;
 use crate::protocol::error::SqlState;
@@ -104,7 +105,7 @@ async fn run(flow: &mut Preamble, request: &[u8], script: BytesMut) -> (RelayEnd
         &mut cbuf,
         io,
         flow,
-        1 << 20,
+        &MessageLimits::new(1 << 20, BufferBudget::new(u64::MAX)),
         &mut timers,
         Some(&mut scratch),
     )

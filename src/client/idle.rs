@@ -128,8 +128,12 @@ fn query(
         None => {}
     }
     let tag = match (&c.info.tx, &c.info.unpin) {
-        (TxEffect::Begin { .. }, _)
-            if mode == PoolMode::Transaction && client.deferred_begin.is_none() =>
+        // READ WRITE runs on the primary whatever follows: routed now, so
+        // that a replica asked for refuses it at once.
+        (TxEffect::Begin { read_only, .. }, _)
+            if *read_only != Some(false)
+                && mode == PoolMode::Transaction
+                && client.deferred_begin.is_none() =>
         {
             client.deferred_begin = Some(Bytes::copy_from_slice(frame));
             backend::command_complete(out, "BEGIN");

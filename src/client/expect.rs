@@ -92,6 +92,12 @@ pub enum Expect {
         token: u64,
     },
     Reply(Synthetic),
+    /// A request with a token sent while the server skips to Sync: it gets
+    /// no answer, and fails when the next server frame arrives.
+    Skipped {
+        request: Request,
+        token: u64,
+    },
 }
 
 /// What to do with one server frame.
@@ -134,11 +140,6 @@ pub struct Expectations {
     /// the server ignores every message until that Sync, including ones
     /// sent after the error arrived, so they are owed nothing.
     skipping: bool,
-    /// Requests with tokens sent while skipping: they failed, reported
-    /// with the next server frame. Boxed: rare, and this struct moves with
-    /// every server a client takes (a box is one word, a Vec three).
-    #[allow(clippy::box_collection)]
-    skipped: Option<Box<Vec<Event>>>,
     status: u8,
 }
 
@@ -149,7 +150,6 @@ impl Default for Expectations {
             batch_open: false,
             copy_in: false,
             skipping: false,
-            skipped: None,
             status: b'I',
         }
     }
@@ -187,9 +187,7 @@ impl Expectations {
                 if let Some(request) = request
                     && token != 0
                 {
-                    self.skipped
-                        .get_or_insert_default()
-                        .push(Event::Failed { request, token });
+                    self.queue.push_back(Expect::Skipped { request, token });
                 }
                 return;
             }
@@ -222,9 +220,7 @@ impl Expectations {
     /// Matches one server frame (tag and, for ReadyForQuery, its status).
     pub fn received(&mut self, tag: u8, status: u8) -> Matched {
         let mut m = Matched::default();
-        if let Some(skipped) = self.skipped.take() {
-            m.events = *skipped;
-        }
+        self.drain_skipped(&mut m);
         let Some(Expect::Response {
             request, audience, ..
         }) = self.queue.front().cloned()
@@ -343,6 +339,15 @@ impl Expectations {
         self.queue = kept;
     }
 
+    /// Requests the server skipped fail (they lead the queue, up to the
+    /// Sync that ends the skipping).
+    fn drain_skipped(&mut self, m: &mut Matched) {
+        while let Some(&Expect::Skipped { request, token }) = self.queue.front() {
+            m.events.push(Event::Failed { request, token });
+            self.queue.pop_front();
+        }
+    }
+
     fn drain_replies(&mut self, m: &mut Matched) {
         while let Some(Expect::Reply(r)) = self.queue.front() {
             m.replies.push(*r);
@@ -375,7 +380,7 @@ impl Expectations {
                 audience,
                 token: t,
             } => !request.ends_with_ready() || (*audience == Audience::Proxy && *t == token),
-            Expect::Reply(_) => true,
+            Expect::Reply(_) | Expect::Skipped { .. } => true,
         })
     }
 

@@ -13,7 +13,7 @@ use super::error_names;
 use super::expect::{Audience, Disposition, Event, Expectations, Request, Synthetic};
 use super::params::ParamChange;
 use super::prepared::{self, Statement};
-use super::readback::{self, Readback};
+use super::readback;
 use super::registry::ClientInfo;
 use super::relay::{ClientStep, Flow, Outbox, ServerStep};
 use super::route_setting;
@@ -69,15 +69,6 @@ pub struct HoldState {
     /// an evicted statement: its statements are no longer what the proxy
     /// thinks, so it is closed instead of going back to the pool.
     pub stale_server: bool,
-    /// The server sent its client a FATAL error (it is terminating): when
-    /// the connection then closes, the client has its one error already.
-    pub server_fatal: bool,
-    /// Something opaque ran (see [`readback`]): the session is read back
-    /// before the server may be released.
-    opaque: bool,
-    /// The readback's rows while it runs. Boxed: rare, and this struct
-    /// moves with every server a client takes.
-    readback: Option<Box<Readback>>,
 }
 
 /// Where the recording of a batch stands.
@@ -142,9 +133,6 @@ impl HoldState {
             retry: Retry::default(),
             executed: false,
             stale_server: false,
-            server_fatal: false,
-            opaque: false,
-            readback: None,
             query_timed_out: None,
         }
     }
@@ -154,11 +142,6 @@ impl HoldState {
 const KEPT_FRAMES: usize = 4096;
 
 impl HoldState {
-    /// Something opaque ran that the proxy has not read back yet.
-    pub fn unread_opaque(&self) -> bool {
-        self.opaque
-    }
-
     /// Drops what this hold recorded, keeping the lists' capacity.
     pub fn empty(&mut self) {
         self.pending.clear();
@@ -247,7 +230,9 @@ impl SessionFlow<'_> {
         if let Some(pin) = info.pin {
             self.client.pins.add(pin);
         }
-        self.hold.opaque |= info.opaque;
+        if info.opaque {
+            self.client.readback.opaque_ran();
+        }
         let changes = match effects::param_changes(session) {
             Some(c) => c,
             None => {
@@ -532,8 +517,7 @@ impl SessionFlow<'_> {
     fn adopt_readback(&mut self) {
         self.server.params.mark_unknown();
         self.hold.params_diverged = true;
-        let mut rows = self.hold.readback.take().unwrap_or_default();
-        let Some(found) = rows.finish(&self.pool.key.user) else {
+        let Some(found) = self.client.readback.finish(&self.pool.key.user) else {
             // Its state is unknown: closed at release, not reused.
             tracing::warn!("reading the session back failed: the server connection will be closed");
             self.hold.stale_server = true;
@@ -579,7 +563,7 @@ impl SessionFlow<'_> {
             Event::Failed {
                 request: Request::Query,
                 token: readback::TOKEN,
-            } => self.hold.readback.get_or_insert_default().fail(),
+            } => self.client.readback.fail(),
             Event::Done {
                 request: Request::Query,
                 token: readback::TOKEN,
@@ -646,7 +630,7 @@ impl SessionFlow<'_> {
             fe::FUNCTION_CALL => {
                 // A function by OID: anything at all.
                 self.hold.wrote = true;
-                self.hold.opaque = true;
+                self.client.readback.opaque_ran();
                 self.send(to_server, frame, Some(Request::FunctionCall), 0);
             }
             _ => self.send(to_server, frame, Request::of_frontend(tag, 0), 0),
@@ -951,19 +935,13 @@ impl Flow for SessionFlow<'_> {
             _ => {}
         }
         if tag == b'D' && self.expect.head_token() == Some(readback::TOKEN) {
-            self.hold.readback.get_or_insert_default().row(frame);
+            self.client.readback.row(frame);
         }
         let matched = self.expect.received(tag, status);
         for event in &matched.events {
             self.on_event(event, status);
         }
         let mut forward = matched.disposition != Some(Disposition::Drop);
-        if tag == be::ERROR_RESPONSE
-            && forward
-            && crate::protocol::error::parse_error_fields(frame).0 == Some("FATAL")
-        {
-            self.hold.server_fatal = true;
-        }
         if matched.ready {
             self.on_ready(before, status, forward);
         }
@@ -1007,9 +985,9 @@ impl Flow for SessionFlow<'_> {
         for reply in &matched.replies {
             then.push(reply.bytes(self.expect.status()));
         }
-        if self.hold.opaque && matched.ready && self.may_release() {
+        if matched.ready && self.client.readback.is_due() && self.may_release() {
             // Not yet: first read back what the opaque code did.
-            self.hold.opaque = false;
+            self.client.readback.start();
             frame::put_query(to_server, &readback::query(&self.client.params));
             self.expect.sent(
                 fe::QUERY,

@@ -306,6 +306,7 @@ async fn refit(
 /// Queues, ahead of the client's request, what makes the server match the
 /// client: its session parameters and a BEGIN the proxy acknowledged.
 fn bring_up_to_date(held: &mut Held, client: &mut ClientState) {
+    client.readback.forget_running();
     let (io, state) = held.lease.split();
     if let Some(sync) = state.params.sync_sql(&client.params) {
         if sync.utf8_first {
@@ -365,7 +366,7 @@ pub async fn leave(mut held: Held, client: &ClientState, mode: PoolMode) {
     remember_params(&mut held, client);
     // Code the proxy could not see into may have left anything: cleaned
     // as thoroughly as a pinned session's.
-    let opaque = held.hold.unread_opaque();
+    let opaque = client.readback.unread();
     let Held {
         mut lease, expect, ..
     } = held;

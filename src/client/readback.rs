@@ -94,12 +94,86 @@ fn push_literal(sql: &mut String, text: &str) {
     sql.push('\'');
 }
 
+/// Where reading back the session of a client's held server stands. Kept
+/// with the client, not the hold: the hold's state is copied with every
+/// server a client takes, and this is rarely anything but `Clean`.
+#[derive(Default)]
+pub enum Readback {
+    /// Nothing opaque ran since the last readback.
+    #[default]
+    Clean,
+    /// Something opaque ran: read back before the server is released.
+    Due,
+    /// The readback query runs; its rows so far.
+    Running(Box<Rows>),
+}
+
+impl Readback {
+    /// A statement classified opaque was sent to the held server.
+    pub fn opaque_ran(&mut self) {
+        match self {
+            Readback::Clean => *self = Readback::Due,
+            Readback::Due => {}
+            // After the query: read back again once it completes.
+            Readback::Running(rows) => rows.again = true,
+        }
+    }
+
+    pub fn is_due(&self) -> bool {
+        matches!(self, Readback::Due)
+    }
+
+    /// Not `Clean`: the server's session may hold what opaque code left.
+    pub fn unread(&self) -> bool {
+        !matches!(self, Readback::Clean)
+    }
+
+    /// The readback query was sent.
+    pub fn start(&mut self) {
+        *self = Readback::Running(Box::default());
+    }
+
+    /// A DataRow answering the readback query.
+    pub fn row(&mut self, frame: &[u8]) {
+        if let Readback::Running(rows) = self {
+            rows.row(frame);
+        }
+    }
+
+    pub fn fail(&mut self) {
+        if let Readback::Running(rows) = self {
+            rows.failed = true;
+        }
+    }
+
+    /// The query completed: what it found (`None` if it failed).
+    pub fn finish(&mut self, login_user: &str) -> Option<Found> {
+        let Readback::Running(mut rows) = std::mem::take(self) else {
+            return None;
+        };
+        if rows.again {
+            *self = Readback::Due;
+        }
+        rows.finish(login_user)
+    }
+
+    /// A new server was taken: a readback of the last one (which went away
+    /// before it completed) no longer applies.
+    pub fn forget_running(&mut self) {
+        if let Readback::Running(_) = self {
+            *self = Readback::Clean;
+        }
+    }
+}
+
 /// Rows of the readback as they arrive.
 #[derive(Default)]
-pub struct Readback {
+pub struct Rows {
     rows: Vec<[Option<Box<str>>; 3]>,
     /// The query failed: the server's state is unknown.
     failed: bool,
+    /// Something opaque ran again meanwhile.
+    again: bool,
 }
 
 /// What the readback found.
@@ -110,22 +184,18 @@ pub struct Found {
     pub pins: Vec<PinReason>,
 }
 
-impl Readback {
+impl Rows {
     /// A DataRow of the readback (three text columns).
-    pub fn row(&mut self, frame: &[u8]) {
+    fn row(&mut self, frame: &[u8]) {
         if let Some(row) = data_row(frame) {
             self.rows.push(row);
         }
     }
 
-    pub fn fail(&mut self) {
-        self.failed = true;
-    }
-
     /// The result, once the query completed: `None` if it failed.
     /// `login_user` is the server connection's own user (its session
     /// authorization when nothing changed it).
-    pub fn finish(&mut self, login_user: &str) -> Option<Found> {
+    fn finish(&mut self, login_user: &str) -> Option<Found> {
         let rows = std::mem::take(&mut self.rows);
         if std::mem::take(&mut self.failed) {
             return None;
@@ -241,6 +311,7 @@ mod tests {
     #[test]
     fn settings_roles_and_pins_are_read() {
         let mut r = Readback::default();
+        r.start();
         for values in [
             [Some("s"), Some("search_path"), Some("s1")],
             [Some("s"), Some("DateStyle"), Some("ISO, MDY")],
@@ -273,6 +344,9 @@ mod tests {
     #[test]
     fn unchanged_role_and_user_are_not_settings_and_a_failure_adopts_nothing() {
         let mut r = Readback::default();
+        r.opaque_ran();
+        assert!(r.is_due());
+        r.start();
         r.row(&row([Some("n"), Some("role"), Some("none")]));
         r.row(&row([
             Some("n"),
@@ -280,10 +354,14 @@ mod tests {
             Some("app"),
         ]));
         assert_eq!(r.finish("app"), Some(Found::default()));
+        assert!(!r.unread());
+        r.start();
         r.row(&row([Some("s"), Some("search_path"), Some("s1")]));
         r.fail();
+        // Something opaque ran again while the query ran.
+        r.opaque_ran();
         assert_eq!(r.finish("app"), None);
-        assert_eq!(r.finish("app"), Some(Found::default()), "starts afresh");
+        assert!(r.is_due(), "read back again");
     }
 
     #[test]

@@ -234,20 +234,24 @@ where
                 tracing::warn!(server = %lease.addr, "server did not answer a query_timeout cancel");
                 return Err(limits::query_unanswered_error(limit));
             }
+            RelayEnd::ServerEnded => {
+                // The server's own FATAL (57P01 from pg_terminate_backend,
+                // 25P03 from idle_in_transaction_session_timeout) reached the
+                // client: one error, then the close, as on a direct
+                // connection.
+                let h = held.take().expect("held above");
+                let mut lease = h.lease;
+                lease.mark_broken();
+                tracing::info!(server = %lease.addr, "server connection ended with a FATAL error");
+                ctx.shared.observer.metrics().error("server");
+                return Ok(());
+            }
             RelayEnd::ServerGone(err) => {
                 let h = held.take().expect("held above");
-                let told = h.hold.server_fatal;
                 let mut lease = h.lease;
                 lease.mark_broken();
                 tracing::warn!(server = %lease.addr, error = ?err, "server connection lost");
                 ctx.shared.observer.metrics().error("server");
-                if told {
-                    // The server's own FATAL (57P01 from pg_terminate_backend,
-                    // 25P03 from idle_in_transaction_session_timeout) reached
-                    // the client: one error, then the close, as on a direct
-                    // connection.
-                    return Ok(());
-                }
                 return Err(WireError::fatal(
                     SqlState::ADMIN_SHUTDOWN,
                     format!("the server connection to {} was lost", lease.addr),

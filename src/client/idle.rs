@@ -1,7 +1,8 @@
 //! Requests a client without a server is answered for on the spot: Sync and
 //! Flush with nothing outstanding, Terminate, `SET pgsidecar.route`, a lone
-//! BEGIN (deferred until the transaction's first statement says where it
-//! runs) and the COMMIT/ROLLBACK of such an empty transaction, DEALLOCATE
+//! BEGIN and the SET TRANSACTIONs after it (deferred until the
+//! transaction's first statement says where it runs) and the
+//! COMMIT/ROLLBACK of such an empty transaction, DEALLOCATE
 //! and Close of the client's own statements, and Parse of a statement this
 //! pool already prepared successfully. Answering these locally saves a
 //! checkout, and keeps clients that prepare synchronously while other
@@ -13,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use super::prepared;
 use super::route_setting;
 use super::state::ClientState;
+use super::tx_modes;
 use crate::config::PoolMode;
 use crate::protocol::WireError;
 use crate::protocol::backend;
@@ -126,11 +128,24 @@ fn query(
         None => {}
     }
     let tag = match (&c.info.tx, &c.info.unpin) {
-        (TxEffect::Begin { read_only: None }, _)
-            if mode == PoolMode::Transaction && client.deferred_begin.is_none() =>
+        // READ WRITE runs on the primary whatever follows: routed now, so
+        // that a replica asked for refuses it at once.
+        (TxEffect::Begin { read_only, .. }, _)
+            if *read_only != Some(false)
+                && mode == PoolMode::Transaction
+                && client.deferred_begin.is_none() =>
         {
             client.deferred_begin = Some(Bytes::copy_from_slice(frame));
             backend::command_complete(out, "BEGIN");
+            backend::ready_for_query(out, b'T');
+            return Ok(Idle::Answered);
+        }
+        // Its modes join the BEGIN's: the transaction's first real
+        // statement decides where it runs, knowing them all.
+        (tx, _) if tx_modes::deferrable_set_transaction(*tx) && client.deferred_begin.is_some() => {
+            let deferred = client.deferred_begin.as_ref().expect("checked");
+            client.deferred_begin = Some(tx_modes::append(deferred, frame));
+            backend::command_complete(out, "SET");
             backend::ready_for_query(out, b'T');
             return Ok(Idle::Answered);
         }

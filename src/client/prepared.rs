@@ -339,6 +339,15 @@ impl ClientStatements {
         self.unnamed.as_ref().map(|(_, c, _)| c)
     }
 
+    /// A name this client gave the shared statement `id` (for errors that
+    /// name it; a scan, so not for the hot path).
+    pub fn client_name(&self, id: u64) -> Option<&[u8]> {
+        self.named
+            .iter()
+            .find(|(_, s)| s.id == id)
+            .map(|(name, _)| &**name)
+    }
+
     pub fn len(&self) -> usize {
         self.named.len()
     }

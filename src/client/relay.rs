@@ -113,6 +113,10 @@ pub enum RelayEnd {
     /// The server connection closed or failed; its last bytes (a FATAL
     /// error, usually) were delivered to the client.
     ServerGone(Option<std::io::Error>),
+    /// The server sent the client a FATAL error (it was terminated:
+    /// pg_terminate_backend, idle_in_transaction_session_timeout) and
+    /// closed: the client has its one error already.
+    ServerEnded,
     /// The client stayed idle past a limit; the error says which.
     Idle(WireError),
     /// The server answered neither a query nor its cancel in time.
@@ -159,6 +163,8 @@ struct ServerSide {
     /// The server's first frame was a FATAL error: it was dying when the
     /// request reached it.
     abandoned: bool,
+    /// A FATAL error from the server went to the client.
+    told_fatal: bool,
     eof: Option<Option<std::io::Error>>,
 }
 
@@ -237,6 +243,9 @@ impl ServerSide {
                 let step = flow.server_frame(tag, &rest[..total], wbuf, &mut then);
                 if matches!(step, ServerStep::Forward | ServerStep::Release(true)) {
                     self.replaying = false;
+                    self.told_fatal |= tag == b'E'
+                        && crate::protocol::error::parse_error_fields(&rest[..total]).0
+                            == Some("FATAL");
                 }
                 match step {
                     ServerStep::Forward => self.add(Chunk::Forward(total)),
@@ -292,6 +301,9 @@ fn process_client<F: Flow>(
 ) -> Result<ClientSide, WireError> {
     let mut outbox = Outbox::default();
     loop {
+        if let Some(&tag) = cbuf.first() {
+            super::flow::check_frontend_tag(tag)?;
+        }
         let Some((tag, total)) = frame::header(cbuf)? else {
             return Ok(ClientSide::Open);
         };
@@ -538,6 +550,7 @@ where
             if let Some(err) = side.eof.take() {
                 return Poll::Ready(match side.take_replay() {
                     Some(replay) => RelayEnd::Unanswered(replay),
+                    None if side.told_fatal => RelayEnd::ServerEnded,
                     None => RelayEnd::ServerGone(err),
                 });
             }

@@ -127,7 +127,6 @@ where
             let Some(tag) = next else {
                 return Ok(());
             };
-            check_frontend_tag(tag)?;
             let (_, total) = frame::header(cbuf)?.expect("complete frame");
             let primary_pool = pools.primary(ctx)?;
             match idle::answer(
@@ -234,6 +233,18 @@ where
                 lease.mark_broken();
                 tracing::warn!(server = %lease.addr, "server did not answer a query_timeout cancel");
                 return Err(limits::query_unanswered_error(limit));
+            }
+            RelayEnd::ServerEnded => {
+                // The server's own FATAL (57P01 from pg_terminate_backend,
+                // 25P03 from idle_in_transaction_session_timeout) reached the
+                // client: one error, then the close, as on a direct
+                // connection.
+                let h = held.take().expect("held above");
+                let mut lease = h.lease;
+                lease.mark_broken();
+                tracing::info!(server = %lease.addr, "server connection ended with a FATAL error");
+                ctx.shared.observer.metrics().error("server");
+                return Ok(());
             }
             RelayEnd::ServerGone(err) => {
                 let h = held.take().expect("held above");
@@ -370,6 +381,9 @@ where
     S: AsyncRead + WaitReadable + Unpin,
 {
     loop {
+        if let Some(&tag) = cbuf.first() {
+            check_frontend_tag(tag)?;
+        }
         if let Some((tag, total)) = frame::header(cbuf)? {
             messages.admit(total)?;
             if cbuf.len() >= total {

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use super::effects::Pins;
 use super::params::{ClientParams, ParamValue};
 use super::prepared::ClientStatements;
+use super::readback::Readback;
 use super::strings::{self, StringMode};
 use crate::routing::policy::ClientRouting;
 use std::borrow::Cow;
@@ -32,6 +33,8 @@ pub struct ClientState {
     /// The last statement text classified, so that the idle path, routing
     /// and the relay classify each request once.
     pub memo: ClassMemo,
+    /// Reading back the held server's session after opaque code ran.
+    pub readback: Readback,
 }
 
 /// Texts longer than this are not remembered (every idle client keeps one).

@@ -200,6 +200,8 @@ impl Classifier {
                 unpin: None,
                 statement_count: a.statement_count.max(b.statement_count),
                 has_session_changes: untracked,
+                // Unsure what the server reads: it may run anything.
+                opaque: true,
             }),
             session: if untracked {
                 vec![SessionChange::Untracked { name: None }]
@@ -263,6 +265,7 @@ impl Classifier {
         let mut info = combine(parts);
         if unparsed || normalized.unterminated {
             info.route = Route::Write;
+            info.opaque = true;
             info.reason = if too_large {
                 Reason::TooLarge
             } else if too_deep {
@@ -288,6 +291,7 @@ fn combine(parts: Vec<StmtClass>) -> StatementInfo {
     let mut tx = TxEffect::None;
     let (mut pin, mut unpin) = (None, None);
     let mut has_session_changes = false;
+    let mut opaque = false;
     let mut parse_error = false;
     let (mut read, mut written) = (BTreeSet::new(), BTreeSet::new());
     for part in parts {
@@ -304,6 +308,7 @@ fn combine(parts: Vec<StmtClass>) -> StatementInfo {
             unpin = part.unpin;
         }
         has_session_changes |= part.session;
+        opaque |= part.opaque;
         read.extend(part.read);
         written.extend(part.written);
     }
@@ -331,6 +336,7 @@ fn combine(parts: Vec<StmtClass>) -> StatementInfo {
         unpin,
         statement_count: count,
         has_session_changes,
+        opaque,
     }
 }
 

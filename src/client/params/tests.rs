@@ -108,7 +108,8 @@ fn unknown_server_state_starts_from_reset_all_and_quotes_names() {
     server.mark_unknown();
     assert_eq!(
         server.sync_sql(&p).unwrap().sql,
-        "RESET ALL;SELECT pg_catalog.set_config('My.Weird\"Name', 'it''s', false);\
+        "RESET SESSION AUTHORIZATION;RESET ROLE;RESET ALL;\
+         SELECT pg_catalog.set_config('My.Weird\"Name', 'it''s', false);\
          SELECT pg_catalog.set_config('application_name', '', false);"
     );
 }

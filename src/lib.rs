@@ -13,6 +13,7 @@
 //! - [`fleet`]: sidecars sharing one connection budget per node.
 //! - [`observe`]: metrics, slow-query log, plans, query digests, HTTP.
 //! - [`admin`]: the `pgsidecar` admin console.
+//! - [`logsafe`]: outside text escaped and capped for log lines.
 //! - [`demo`]: a throwaway local primary + replica (used by `demo` and tests).
 //! - [`proxy`]: wires the parts together and runs them.
 
@@ -22,6 +23,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod fleet;
+pub mod logsafe;
 pub mod observe;
 pub mod protocol;
 pub mod proxy;

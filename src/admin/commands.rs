@@ -31,13 +31,13 @@ pub async fn execute(sql: &str, shared: &Shared) -> Result<Reply, WireError> {
         ["RELOAD"] => {
             let result = shared.reload_from_file();
             shared.observer.metrics().config_reload(result.is_ok());
-            result.map_err(|e| {
+            let kept = result.map_err(|e| {
                 WireError::error(
                     SqlState::INVALID_PARAMETER_VALUE,
                     format!("reload refused: {e}"),
                 )
             })?;
-            Reply::Done("RELOAD")
+            Reply::Warned("RELOAD", kept)
         }
         ["PAUSE"] => {
             shared.paused.set(true);

@@ -100,6 +100,7 @@ async fn read_frame<S: AsyncRead + Unpin>(
                 return Err(crate::protocol::ProtocolError::TooLarge {
                     len: total,
                     max: MAX_COMMAND,
+                    limit: "the console's limit on commands",
                 }
                 .into());
             }

@@ -8,6 +8,8 @@ use crate::protocol::backend;
 pub enum Reply {
     Rows(Table),
     Done(&'static str),
+    /// A command tag after WARNING notices.
+    Warned(&'static str, Vec<String>),
 }
 
 impl Reply {
@@ -15,6 +17,12 @@ impl Reply {
         match self {
             Reply::Rows(t) => t.encode(out),
             Reply::Done(tag) => backend::command_complete(out, tag),
+            Reply::Warned(tag, warnings) => {
+                for warning in warnings {
+                    backend::warning(out, warning);
+                }
+                backend::command_complete(out, tag);
+            }
         }
     }
 }

@@ -127,7 +127,9 @@ where
     if mechanism != scram::MECHANISM {
         return Err(AuthFailure::Refused(WireError::fatal(
             SqlState::PROTOCOL_VIOLATION,
-            format!("client selected an invalid SASL authentication mechanism \"{mechanism}\""),
+            // Not echoed, as Postgres does not: a client that misread the
+            // request may have sent its password here.
+            "client selected an invalid SASL authentication mechanism",
         )));
     }
     let data = rest
@@ -209,6 +211,7 @@ where
                     ProtocolError::TooLarge {
                         len: total,
                         max: MAX_STARTUP_LEN,
+                        limit: ProtocolError::BEFORE_LOGIN,
                     }
                     .into(),
                 ));

@@ -73,6 +73,25 @@ impl UserAuth {
         }
     }
 
+    /// A stand-in for a user nobody configured: every method goes through
+    /// its usual exchange (SCRAM with a stable salt) and fails like a wrong
+    /// password, so a stranger cannot tell which names exist.
+    pub fn stand_in(name: &str, method: ClientAuth) -> Self {
+        static MOCK_KEY: OnceLock<[u8; 32]> = OnceLock::new();
+        let key = MOCK_KEY.get_or_init(rand::random);
+        let md5 = (method == ClientAuth::Md5).then(|| {
+            let random: [u8; 16] = rand::random();
+            md5::md5_hash(name, &String::from_utf8_lossy(&random))
+        });
+        UserAuth {
+            name: name.to_string(),
+            stored: None,
+            verifier: Some(ScramVerifier::mock(name, key)),
+            md5,
+            learned_client_key: OnceLock::new(),
+        }
+    }
+
     /// Checks a cleartext password from a client in constant time, against
     /// whatever form is stored.
     pub fn check_cleartext(&self, given: &[u8]) -> bool {

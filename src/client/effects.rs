@@ -79,6 +79,14 @@ impl Pins {
 pub fn param_changes(changes: &[SessionChange]) -> Option<Vec<ParamChange>> {
     let mut out = Vec::new();
     for c in changes {
+        // A custom setting set or reset, even locally, stays defined.
+        if let SessionChange::Set { name, .. }
+        | SessionChange::SetConfig { name, .. }
+        | SessionChange::Reset { name, .. } = c
+            && super::params::is_custom(name)
+        {
+            out.push(ParamChange::Define(name.as_str().into()));
+        }
         match c {
             SessionChange::Set { name, value, local } if !local => out.push(ParamChange::Set(
                 name.as_str().into(),
@@ -215,6 +223,15 @@ mod tests {
             local: true,
         };
         assert_eq!(param_changes(&[local]), Some(vec![]));
+        let custom = SessionChange::Set {
+            name: "my.var".into(),
+            value: "1".into(),
+            local: true,
+        };
+        assert_eq!(
+            param_changes(&[custom]),
+            Some(vec![ParamChange::Define("my.var".into())])
+        );
         let untracked = SessionChange::Untracked { name: None };
         assert_eq!(param_changes(&[untracked]), None);
     }

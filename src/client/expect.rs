@@ -92,6 +92,12 @@ pub enum Expect {
         token: u64,
     },
     Reply(Synthetic),
+    /// A request with a token sent while the server skips to Sync: it gets
+    /// no answer, and fails when the next server frame arrives.
+    Skipped {
+        request: Request,
+        token: u64,
+    },
 }
 
 /// What to do with one server frame.
@@ -130,6 +136,10 @@ pub struct Expectations {
     batch_open: bool,
     /// Between the server's CopyInResponse and the client's CopyDone/Fail.
     copy_in: bool,
+    /// An extended-query request failed before its batch's Sync was sent:
+    /// the server ignores every message until that Sync, including ones
+    /// sent after the error arrived, so they are owed nothing.
+    skipping: bool,
     status: u8,
 }
 
@@ -139,6 +149,7 @@ impl Default for Expectations {
             queue: VecDeque::new(),
             batch_open: false,
             copy_in: false,
+            skipping: false,
             status: b'I',
         }
     }
@@ -171,6 +182,17 @@ impl Expectations {
             // The server ignores Sync during COPY IN: nothing to expect.
             return;
         }
+        if self.skipping {
+            if tag != fe::SYNC {
+                if let Some(request) = request
+                    && token != 0
+                {
+                    self.queue.push_back(Expect::Skipped { request, token });
+                }
+                return;
+            }
+            self.skipping = false;
+        }
         if let Some(request) = request {
             self.queue.push_back(Expect::Response {
                 request,
@@ -183,6 +205,10 @@ impl Expectations {
     /// A made-up reply for a client message the proxy answered itself.
     /// Returns true if it is due right away (nothing owed before it).
     pub fn reply(&mut self, reply: Synthetic) -> bool {
+        if self.skipping {
+            // The server would have skipped the message: no answer.
+            return false;
+        }
         if self.queue.is_empty() {
             true
         } else {
@@ -194,6 +220,7 @@ impl Expectations {
     /// Matches one server frame (tag and, for ReadyForQuery, its status).
     pub fn received(&mut self, tag: u8, status: u8) -> Matched {
         let mut m = Matched::default();
+        self.drain_skipped(&mut m);
         let Some(Expect::Response {
             request, audience, ..
         }) = self.queue.front().cloned()
@@ -277,7 +304,7 @@ impl Expectations {
                 Expect::Response {
                     request: Request::Sync,
                     ..
-                } => break,
+                } => return,
                 Expect::Response { request, token, .. } if token != 0 => {
                     m.events.push(Event::Failed { request, token })
                 }
@@ -285,6 +312,9 @@ impl Expectations {
             }
             self.queue.pop_front();
         }
+        // The batch's Sync is still to come: what is sent before it is
+        // skipped too.
+        self.skipping = true;
     }
 
     /// Syncs the client sent after the COPY command but before the server
@@ -307,6 +337,15 @@ impl Expectations {
             first = false;
         }
         self.queue = kept;
+    }
+
+    /// Requests the server skipped fail (they lead the queue, up to the
+    /// Sync that ends the skipping).
+    fn drain_skipped(&mut self, m: &mut Matched) {
+        while let Some(&Expect::Skipped { request, token }) = self.queue.front() {
+            m.events.push(Event::Failed { request, token });
+            self.queue.pop_front();
+        }
     }
 
     fn drain_replies(&mut self, m: &mut Matched) {
@@ -341,7 +380,7 @@ impl Expectations {
                 audience,
                 token: t,
             } => !request.ends_with_ready() || (*audience == Audience::Proxy && *t == token),
-            Expect::Reply(_) => true,
+            Expect::Reply(_) | Expect::Skipped { .. } => true,
         })
     }
 

@@ -9,9 +9,11 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::effects::{self, Effect, Observed, Pending};
+use super::error_names;
 use super::expect::{Audience, Disposition, Event, Expectations, Request, Synthetic};
 use super::params::ParamChange;
 use super::prepared::{self, Statement};
+use super::readback;
 use super::registry::ClientInfo;
 use super::relay::{ClientStep, Flow, Outbox, ServerStep};
 use super::route_setting;
@@ -232,6 +234,9 @@ impl SessionFlow<'_> {
         if let Some(pin) = info.pin {
             self.client.pins.add(pin);
         }
+        if info.opaque {
+            self.client.readback.opaque_ran();
+        }
         let changes = match effects::param_changes(session) {
             Some(c) => c,
             None => {
@@ -365,6 +370,7 @@ impl SessionFlow<'_> {
             &self.shared.statements,
             &self.shared.classifier,
             self.client.params.encoding(),
+            self.client.memo.reading(),
             &msg,
         );
         if !self.ensure_prepared(&s, out, true) {
@@ -521,6 +527,33 @@ impl SessionFlow<'_> {
         }
     }
 
+    /// The readback completed: the client adopts the session it found,
+    /// which is also the server's (what the client sent meanwhile runs in
+    /// it). Custom settings the readback cannot list may linger on the
+    /// server: its settings count as unknown, so the next sync starts with
+    /// a reset.
+    fn adopt_readback(&mut self) {
+        self.server.params.mark_unknown();
+        self.hold.params_diverged = true;
+        let Some(found) = self.client.readback.finish(&self.pool.key.user) else {
+            // Its state is unknown: closed at release, not reused.
+            tracing::warn!("reading the session back failed: the server connection will be closed");
+            self.hold.stale_server = true;
+            return;
+        };
+        let mut settings = found.settings;
+        // Not read back (see readback::query): kept as they are.
+        for (name, value) in self.client.params.current() {
+            if !name.is_ascii() {
+                settings.insert(name.clone(), value.clone());
+            }
+        }
+        self.client.params.adopt(settings);
+        for pin in found.pins {
+            self.client.pins.add(pin);
+        }
+    }
+
     fn on_event(&mut self, event: &Event, status: u8) {
         match *event {
             Event::Failed {
@@ -545,6 +578,14 @@ impl SessionFlow<'_> {
                 request: Request::Query,
                 token: SYNC_TOKEN,
             } => self.server.params.mark_unknown(),
+            Event::Failed {
+                request: Request::Query,
+                token: readback::TOKEN,
+            } => self.client.readback.fail(),
+            Event::Done {
+                request: Request::Query,
+                token: readback::TOKEN,
+            } => self.adopt_readback(),
             Event::Done { token, .. } => {
                 if let Some(mut effect) = self.hold.pending.take(token) {
                     if let Some(o) = effect.observed.take() {
@@ -613,7 +654,9 @@ impl SessionFlow<'_> {
             fe::DESCRIBE => self.on_describe(frame, to_server, token)?,
             fe::CLOSE => self.on_close(frame, to_server, to_client)?,
             fe::FUNCTION_CALL => {
+                // A function by OID: anything at all.
                 self.hold.wrote = true;
+                self.client.readback.opaque_ran();
                 self.send(to_server, frame, Some(Request::FunctionCall), 0);
             }
             _ => self.send(to_server, frame, Request::of_frontend(tag, 0), 0),
@@ -801,10 +844,20 @@ impl Flow for SessionFlow<'_> {
         to_server: &mut BytesMut,
         to_client: &mut Outbox,
     ) -> Result<ClientStep, WireError> {
-        check_frontend_tag(tag)?;
+        // The relay has checked the tag (check_frontend_tag).
         if let Some(budget) = self.hold.budget.as_mut() {
             if *budget >= frame.len() || tag == fe::TERMINATE {
                 *budget = budget.saturating_sub(frame.len());
+            } else if self.hold.budget_until_sync && matches!(tag, fe::QUERY | fe::FUNCTION_CALL) {
+                // The client moved on without a Sync (asyncpg's prepare()
+                // then BEGIN): the proxy ends the read's batch with a Sync
+                // of its own, so that this server can be released and the
+                // request routed on its own.
+                self.hold.budget_until_sync = false;
+                frame::put_frame(to_server, fe::SYNC, &[]);
+                self.expect
+                    .sent(fe::SYNC, Some(Request::Sync), Audience::Proxy, 0);
+                return Ok(ClientStep::Hold);
             } else if self.hold.budget_until_sync {
                 self.hold.budget_until_sync = tag != fe::SYNC;
             } else {
@@ -907,6 +960,9 @@ impl Flow for SessionFlow<'_> {
             }
             _ => {}
         }
+        if tag == b'D' && self.expect.head_token() == Some(readback::TOKEN) {
+            self.client.readback.row(frame);
+        }
         let matched = self.expect.received(tag, status);
         for event in &matched.events {
             self.on_event(event, status);
@@ -914,6 +970,11 @@ impl Flow for SessionFlow<'_> {
         let mut forward = matched.disposition != Some(Disposition::Drop);
         if matched.ready {
             self.on_ready(before, status, forward);
+        }
+        if matches!(tag, be::PARAMETER_STATUS | be::READY_FOR_QUERY) {
+            // standard_conforming_strings: how the next statements are read.
+            let quiet = self.expect.is_quiet();
+            self.client.memo.server_frame(tag, frame, quiet);
         }
         // `query_timeout` cancelled this query: its error names the limit.
         let reworded = if forward
@@ -927,6 +988,12 @@ impl Flow for SessionFlow<'_> {
                     .to_bytes()
                     .freeze(),
             )
+        } else if tag == be::ERROR_RESPONSE && forward && error_names::mentions_shared(frame) {
+            // It names a shared statement: name the client's instead.
+            let statements = &self.client.statements;
+            let renamed = error_names::rewrite(frame, |id| statements.client_name(id));
+            forward &= renamed.is_none();
+            renamed
         } else {
             None
         };
@@ -950,6 +1017,17 @@ impl Flow for SessionFlow<'_> {
         for reply in &matched.replies {
             then.push(reply.bytes(self.expect.status()));
         }
+        if matched.ready && self.client.readback.is_due() && self.may_release() {
+            // Not yet: first read back what the opaque code did.
+            self.client.readback.start();
+            frame::put_query(to_server, &readback::query(&self.client.params));
+            self.expect.sent(
+                fe::QUERY,
+                Some(Request::Query),
+                Audience::Proxy,
+                readback::TOKEN,
+            );
+        }
         if matched.ready && self.may_release() {
             ServerStep::Release(forward)
         } else if forward {
@@ -961,22 +1039,56 @@ impl Flow for SessionFlow<'_> {
 }
 
 /// Refuses message types a client may not send after login, as Postgres
-/// does, without bothering a server with them.
+/// does, without bothering a server with them. Checked as soon as the type
+/// byte arrives: a startup-phase packet sent again (SSLRequest,
+/// StartupMessage) has no type byte, so its length's first byte (0) would
+/// otherwise be read as one and the rest of its length as a message length
+/// to wait for.
+#[inline]
 pub fn check_frontend_tag(tag: u8) -> Result<(), WireError> {
+    if FRONTEND_TAGS[tag as usize] {
+        return Ok(());
+    }
+    refuse_frontend_tag(tag)
+}
+
+/// The message types a client may send after login, by type byte (a table:
+/// this runs for every message).
+const FRONTEND_TAGS: [bool; 256] = {
+    let mut table = [false; 256];
+    let tags = [
+        fe::QUERY,
+        fe::PARSE,
+        fe::BIND,
+        fe::DESCRIBE,
+        fe::EXECUTE,
+        fe::CLOSE,
+        fe::SYNC,
+        fe::FLUSH,
+        fe::FUNCTION_CALL,
+        fe::TERMINATE,
+        fe::COPY_DATA,
+        fe::COPY_DONE,
+        fe::COPY_FAIL,
+    ];
+    let mut i = 0;
+    while i < tags.len() {
+        table[tags[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
+#[cold]
+fn refuse_frontend_tag(tag: u8) -> Result<(), WireError> {
     match tag {
-        fe::QUERY
-        | fe::PARSE
-        | fe::BIND
-        | fe::DESCRIBE
-        | fe::EXECUTE
-        | fe::CLOSE
-        | fe::SYNC
-        | fe::FLUSH
-        | fe::FUNCTION_CALL
-        | fe::TERMINATE
-        | fe::COPY_DATA
-        | fe::COPY_DONE
-        | fe::COPY_FAIL => Ok(()),
+        0 => Err(WireError::from(ProtocolError::Unexpected {
+            tag: 0,
+            when: "after login",
+        })
+        .with_hint(
+            "a startup packet (StartupMessage, SSLRequest, GSSENCRequest) is only valid before login",
+        )),
         other => Err(ProtocolError::Unexpected {
             tag: other,
             when: "after login",

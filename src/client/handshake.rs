@@ -39,8 +39,15 @@ pub async fn negotiate<S: ClientTransport>(
     let require = S::OFFERS_TLS && tls.mode == ClientTlsMode::Require;
     loop {
         let (packet, len) = loop {
-            if let Some(parsed) = startup::parse(buf)? {
-                break parsed;
+            match early_terminate(buf) {
+                Some(true) => return Ok(Opening::Closed),
+                // Maybe a Terminate: wait for the rest of it.
+                None => {}
+                Some(false) => {
+                    if let Some(parsed) = startup::parse(buf)? {
+                        break parsed;
+                    }
+                }
             }
             buf.reserve(512);
             match stream.read_buf(buf).await {
@@ -93,5 +100,32 @@ pub async fn negotiate<S: ClientTransport>(
             }
             StartupPacket::Startup(s) => return Ok(Opening::Startup(s)),
         }
+    }
+}
+
+/// A Terminate message where a startup packet belongs: a client closing
+/// before it logged in (node-postgres's `connect(); end()` in one tick).
+/// Postgres closes such a connection without a word, and so does the
+/// proxy. `None` while the buffer may still turn out to be one.
+fn early_terminate(buf: &[u8]) -> Option<bool> {
+    const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
+    let n = buf.len().min(TERMINATE.len());
+    if n == 0 || buf[..n] != TERMINATE[..n] {
+        return Some(false);
+    }
+    (n == TERMINATE.len()).then_some(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::early_terminate;
+
+    #[test]
+    fn a_terminate_is_told_from_a_startup_packet() {
+        assert_eq!(early_terminate(b"X\0\0\0\x04"), Some(true));
+        assert_eq!(early_terminate(b"X\0\0"), None);
+        assert_eq!(early_terminate(b""), Some(false));
+        assert_eq!(early_terminate(b"\0\0\0\x08"), Some(false));
+        assert_eq!(early_terminate(b"X\0\0\0\x05"), Some(false));
     }
 }

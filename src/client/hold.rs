@@ -245,6 +245,13 @@ async fn acquire_inner(
         }
     };
     metrics.pool_wait(waited.elapsed());
+    let lease = if lease.state.params.fits(&client.params) {
+        lease
+    } else {
+        // Boxed: rare, and its state (another checkout) would otherwise
+        // grow every acquisition's.
+        Box::pin(refit(lease, &pool, client)).await?
+    };
     let role = if replica.is_some() {
         Role::Replica
     } else {
@@ -274,9 +281,32 @@ async fn acquire_inner(
     Ok(held)
 }
 
+/// Another server of `pool` for a client that `lease` does not fit: one
+/// with a custom setting defined that this client never defined (Postgres
+/// cannot undefine one, and the client would see '' where its own session
+/// has NULL). Such servers are closed; after as many tries as the pool has
+/// servers, one is used anyway.
+async fn refit(
+    mut lease: Lease,
+    pool: &ServerPool,
+    client: &ClientState,
+) -> Result<Lease, WireError> {
+    for _ in 0..=pool.size {
+        if lease.state.params.fits(&client.params) {
+            return Ok(lease);
+        }
+        tracing::debug!(server = %lease.addr, "closing a server with custom settings this client never set");
+        lease.mark_broken();
+        drop(lease);
+        lease = pool.checkout().await.map_err(|e| e.to_wire())?;
+    }
+    Ok(lease)
+}
+
 /// Queues, ahead of the client's request, what makes the server match the
 /// client: its session parameters and a BEGIN the proxy acknowledged.
 fn bring_up_to_date(held: &mut Held, client: &mut ClientState) {
+    client.readback.forget_running();
     let (io, state) = held.lease.split();
     if let Some(sync) = state.params.sync_sql(&client.params) {
         if sync.utf8_first {
@@ -291,8 +321,11 @@ fn bring_up_to_date(held: &mut Held, client: &mut ClientState) {
     }
     if let Some(begin) = client.deferred_begin.take() {
         io.wbuf.extend_from_slice(&begin);
-        held.expect
-            .sent(fe::QUERY, Some(Request::Query), Audience::Proxy, 0);
+        // The BEGIN, and any SET TRANSACTION answered after it.
+        for _ in super::tx_modes::frames(&begin) {
+            held.expect
+                .sent(fe::QUERY, Some(Request::Query), Audience::Proxy, 0);
+        }
     }
 }
 
@@ -331,6 +364,9 @@ fn remember_params(held: &mut Held, client: &ClientState) {
 /// reaches the next client.
 pub async fn leave(mut held: Held, client: &ClientState, mode: PoolMode) {
     remember_params(&mut held, client);
+    // Code the proxy could not see into may have left anything: cleaned
+    // as thoroughly as a pinned session's.
+    let opaque = client.readback.unread();
     let Held {
         mut lease, expect, ..
     } = held;
@@ -347,7 +383,7 @@ pub async fn leave(mut held: Held, client: &ClientState, mode: PoolMode) {
         lease.mark_broken();
         return;
     }
-    let pinned = client.pins.is_pinned();
+    let pinned = client.pins.is_pinned() || opaque;
     let script = match (expect.status(), mode == PoolMode::Session || pinned) {
         (b'I', false) => return,
         (b'I', true) => "DISCARD ALL",

@@ -1,8 +1,9 @@
 //! Requests a client without a server is answered for on the spot: Sync and
 //! Flush with nothing outstanding, Terminate, `SET pgsidecar.route` (and
-//! `.min_lsn`), `SHOW` of the proxy's own parameters, a lone
-//! BEGIN (deferred until the transaction's first statement says where it
-//! runs) and the COMMIT/ROLLBACK of such an empty transaction, DEALLOCATE
+//! `.min_lsn`), `SHOW` of the proxy's own parameters, a lone BEGIN and the
+//! SET TRANSACTIONs after it (deferred until the transaction's first
+//! statement says where it runs) and the COMMIT/ROLLBACK of such an empty
+//! transaction, DEALLOCATE
 //! and Close of the client's own statements, and Parse of a statement this
 //! pool already prepared successfully. Answering these locally saves a
 //! checkout, and keeps clients that prepare synchronously while other
@@ -14,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use super::prepared;
 use super::route_setting;
 use super::state::ClientState;
+use super::tx_modes;
 use crate::config::PoolMode;
 use crate::protocol::WireError;
 use crate::protocol::backend;
@@ -65,7 +67,10 @@ pub fn answer(
         fe::FLUSH => Ok(Idle::Answered),
         fe::PARSE => {
             let msg = prepared::parse_parse(frame)?;
-            let known = shared.statements.get(client.params.encoding(), &msg);
+            let reading = client.memo.reading();
+            let known = shared
+                .statements
+                .get(client.params.encoding(), reading, &msg);
             if msg.name.is_empty() || !pool.statement_ok(known.map(|s| s.id)) {
                 return Ok(Idle::NeedServer);
             }
@@ -73,6 +78,7 @@ pub fn answer(
                 &shared.statements,
                 &shared.classifier,
                 client.params.encoding(),
+                reading,
                 &msg,
             );
             out.extend_from_slice(b"1\0\0\0\x04");
@@ -135,11 +141,24 @@ fn query(
         None => {}
     }
     let tag = match (&c.info.tx, &c.info.unpin) {
-        (TxEffect::Begin { read_only: None }, _)
-            if mode == PoolMode::Transaction && client.deferred_begin.is_none() =>
+        // READ WRITE runs on the primary whatever follows: routed now, so
+        // that a replica asked for refuses it at once.
+        (TxEffect::Begin { read_only, .. }, _)
+            if *read_only != Some(false)
+                && mode == PoolMode::Transaction
+                && client.deferred_begin.is_none() =>
         {
             client.deferred_begin = Some(Bytes::copy_from_slice(frame));
             backend::command_complete(out, "BEGIN");
+            backend::ready_for_query(out, b'T');
+            return Ok(Idle::Answered);
+        }
+        // Its modes join the BEGIN's: the transaction's first real
+        // statement decides where it runs, knowing them all.
+        (tx, _) if tx_modes::deferrable_set_transaction(*tx) && client.deferred_begin.is_some() => {
+            let deferred = client.deferred_begin.as_ref().expect("checked");
+            client.deferred_begin = Some(tx_modes::append(deferred, frame));
+            backend::command_complete(out, "SET");
             backend::ready_for_query(out, b'T');
             return Ok(Idle::Answered);
         }

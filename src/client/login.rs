@@ -8,10 +8,15 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::auth::{self, AuthFailure};
+use super::buffer_budget::MessageLimits;
+use super::credentials::UserAuth;
 use super::params::ClientParams;
 use super::registry::ClientInfo;
 use super::session::SessionCtx;
 use super::state::ClientState;
+use super::strings::StringMode;
+use crate::config::ClientAuth;
+use crate::logsafe;
 use crate::protocol::backend;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{ClientEncoding, SqlState, WireError};
@@ -88,13 +93,47 @@ where
     }
 
     let credentials = shared.credentials.load_full();
-    let Some(user_auth) = credentials.user(user).cloned() else {
-        return Err(WireError::fatal(
-            SqlState::INVALID_AUTHORIZATION,
-            format!("role \"{user}\" is not allowed to connect through pgsidecar"),
-        )
-        .with_hint("add it to [[users]] in the pgsidecar config"));
+    let method = config.auth.client_auth;
+    let user_auth = match credentials.user(user) {
+        Some(known) => known.clone(),
+        // With trust there is no exchange to hide behind.
+        None if method == ClientAuth::Trust => {
+            return Err(WireError::fatal(
+                SqlState::INVALID_AUTHORIZATION,
+                format!("role \"{user}\" is not allowed to connect through pgsidecar"),
+            )
+            .with_hint("add it to [[users]] in the pgsidecar config"));
+        }
+        // Anyone else learns nothing about which names exist: the exchange
+        // runs as for a known user and fails like a wrong password.
+        None => Arc::new(UserAuth::stand_in(user, method)),
     };
+    if !stream_is_ok(stream, &out).await {
+        return Ok(None);
+    }
+    out.clear();
+    match auth::authenticate(stream, buf, method, &user_auth).await {
+        Ok(()) => {}
+        Err(AuthFailure::Gone) => return Ok(None),
+        Err(AuthFailure::Refused(e)) => {
+            let error = e.to_string();
+            tracing::info!(
+                user = &*logsafe::name(user),
+                database = &*logsafe::name(database),
+                error = %logsafe::message(&error),
+                "client authentication failed"
+            );
+            return Err(e);
+        }
+    }
+    if credentials.user(user).is_none() {
+        // A stand-in never authenticates; this is only a second lock.
+        return Err(WireError::fatal(
+            SqlState::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{user}\""),
+        ));
+    }
+    // Checked after authentication, so that it tells a stranger nothing.
     let console = database == crate::admin::DATABASE;
     if console && !config.admin.users.iter().any(|u| u == user) {
         return Err(WireError::fatal(
@@ -102,18 +141,6 @@ where
             format!("role \"{user}\" may not open the pgsidecar console"),
         )
         .with_hint("list it in [admin] users"));
-    }
-    if !stream_is_ok(stream, &out).await {
-        return Ok(None);
-    }
-    out.clear();
-    match auth::authenticate(stream, buf, config.auth.client_auth, &user_auth).await {
-        Ok(()) => {}
-        Err(AuthFailure::Gone) => return Ok(None),
-        Err(AuthFailure::Refused(e)) => {
-            tracing::info!(user, database, error = %e, "client authentication failed");
-            return Err(e);
-        }
     }
     backend::auth_ok(&mut out);
     if console {
@@ -146,7 +173,13 @@ where
     let params = match pool.server_params().await {
         Ok(p) => p,
         Err(e) => {
-            tracing::warn!(user, database, error = %e, "server login failed");
+            let error = e.to_string();
+            tracing::warn!(
+                user = &*logsafe::name(user),
+                database = &*logsafe::name(database),
+                error = %logsafe::message(&error),
+                "server login failed"
+            );
             shared.observer.metrics().error("server");
             shared.pools.forget_if_unused(&key);
             match e.to_client() {
@@ -195,16 +228,28 @@ where
     if !stream_is_ok(stream, &out).await {
         return Ok(None);
     }
+    // How the client's statements' strings are read, as the client was
+    // told: its own startup value, else the server's.
+    let strings = StringMode::at_login(
+        client_params
+            .startup_raw("standard_conforming_strings")
+            .or(params.get("standard_conforming_strings")),
+    );
+    let mut state = ClientState::new(client_params);
+    state.memo.strings = strings;
     Ok(Some(LoggedIn::Session(Box::new((
         SessionCtx {
             shared: shared.clone(),
             user: user_auth,
             database: database.to_string(),
             mode: config.proxy.pool_mode,
-            max_message: config.proxy.max_message_size as usize,
+            messages: MessageLimits::new(
+                config.proxy.max_message_size as usize,
+                shared.message_memory.clone(),
+            ),
             cancel,
         },
-        ClientState::new(client_params),
+        state,
     )))))
 }
 

@@ -2,9 +2,11 @@
 //! the per-client session that borrows server connections.
 
 mod auth;
+pub mod buffer_budget;
 pub mod cancel;
 pub mod credentials;
 mod effects;
+mod error_names;
 mod expect;
 mod fleet_announce;
 mod flow;
@@ -17,12 +19,15 @@ mod login;
 pub mod params;
 pub mod prepared;
 mod proxy_show;
+mod readback;
 pub mod registry;
 mod relay;
 mod route;
 mod route_setting;
 mod session;
 mod state;
+mod strings;
+mod tx_modes;
 pub mod unix_socket;
 
 pub use listener::{Accept, accept_loop, bind};

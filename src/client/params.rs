@@ -5,7 +5,7 @@
 //! string (startup packet, set_config) re-applied with set_config, since for
 //! list parameters such as search_path the two mean different things.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::protocol::ClientEncoding;
@@ -32,6 +32,9 @@ pub enum ParamChange {
     Savepoint(Box<str>),
     ReleaseSavepoint(Box<str>),
     RollbackToSavepoint(Box<str>),
+    /// A custom setting was set or reset (even locally, even in a block
+    /// that rolls back): it stays defined in the session.
+    Define(Box<str>),
 }
 
 /// Startup parameters that are not session settings.
@@ -45,7 +48,16 @@ pub struct ClientParams {
     /// Changes made inside the open transaction block: they take effect at
     /// COMMIT and vanish at ROLLBACK, as on the server.
     pending: Vec<ParamChange>,
+    /// Custom settings (`my.var`) this client has defined. Postgres keeps
+    /// a custom setting defined in a session once anything set or reset
+    /// it: `current_setting('my.var', true)` is then '' rather than NULL.
+    /// Servers are matched to clients on this too (see
+    /// [`ServerParamsState::fits`]).
+    defined: BTreeSet<Box<str>>,
     hash: u64,
+    /// `default_transaction_isolation` is serializable (kept with the
+    /// hash: routing asks for every request).
+    serializable: bool,
     /// The encoding of the text the client sends, from `client_encoding`
     /// as the client set it, else the server's default.
     encoding: ClientEncoding,
@@ -58,10 +70,17 @@ impl Default for ClientParams {
     }
 }
 
-fn hash_of(params: &BTreeMap<Box<str>, ParamValue>) -> u64 {
+fn hash_of(params: &BTreeMap<Box<str>, ParamValue>, defined: &BTreeSet<Box<str>>) -> u64 {
     let mut h = DefaultHasher::new();
     params.hash(&mut h);
+    defined.hash(&mut h);
     h.finish()
+}
+
+/// A custom setting's name (`my.var`): one Postgres makes a placeholder
+/// for. The proxy's own `pgsidecar.*` never reaches a server as a client's.
+pub fn is_custom(name: &str) -> bool {
+    name.contains('.') && !name.starts_with("pgsidecar.")
 }
 
 impl ClientParams {
@@ -72,7 +91,7 @@ impl ClientParams {
     /// connection (the proxy's own server connections are labelled
     /// `pgsidecar` until a client's settings are applied to them).
     pub fn from_startup(params: &[(String, String)]) -> Self {
-        let mut startup = BTreeMap::new();
+        let mut startup: BTreeMap<Box<str>, ParamValue> = BTreeMap::new();
         for (k, v) in params {
             if k == "options" {
                 for (name, value) in parse_options(v) {
@@ -85,11 +104,14 @@ impl ClientParams {
         startup
             .entry("application_name".into())
             .or_insert_with(|| ParamValue::Raw("".into()));
+        let defined = startup.keys().filter(|n| is_custom(n)).cloned().collect();
         let mut p = ClientParams {
             current: startup.clone(),
             startup,
             pending: Vec::new(),
+            defined,
             hash: 0,
+            serializable: false,
             encoding: ClientEncoding::default(),
             default_encoding: ClientEncoding::default(),
         };
@@ -127,8 +149,31 @@ impl ClientParams {
         }
     }
 
+    /// A statement that set or reset custom setting `name` (even SET
+    /// LOCAL, even in a block that rolls back) completed: the session has
+    /// it defined from now on.
+    pub fn define(&mut self, name: &str) {
+        if is_custom(name) && !self.defined.contains(name) {
+            self.defined.insert(name.into());
+            self.rehash();
+        }
+    }
+
+    /// Replaces the current settings with what the server reported
+    /// (after code the proxy could not see into changed them).
+    pub fn adopt(&mut self, current: BTreeMap<Box<str>, ParamValue>) {
+        self.defined
+            .extend(current.keys().filter(|n| is_custom(n)).cloned());
+        self.current = current;
+        self.rehash();
+    }
+
     /// Applies a change that ran successfully, now or at COMMIT.
     pub fn apply(&mut self, change: ParamChange, in_transaction: bool) {
+        if let ParamChange::Define(name) = &change {
+            self.define(name);
+            return;
+        }
         if in_transaction {
             self.pend(change);
             return;
@@ -149,7 +194,8 @@ impl ClientParams {
             // Outside a block the string that made them resolved them.
             ParamChange::Savepoint(_)
             | ParamChange::ReleaseSavepoint(_)
-            | ParamChange::RollbackToSavepoint(_) => return,
+            | ParamChange::RollbackToSavepoint(_)
+            | ParamChange::Define(_) => return,
         }
         self.rehash();
     }
@@ -193,8 +239,22 @@ impl ClientParams {
         }
     }
 
+    /// Transactions of this session are SERIALIZABLE unless they say
+    /// otherwise.
+    pub fn serializable_by_default(&self) -> bool {
+        self.serializable
+    }
+
     fn rehash(&mut self) {
-        self.hash = hash_of(&self.current);
+        self.hash = hash_of(&self.current, &self.defined);
+        self.serializable = self
+            .current
+            .get("default_transaction_isolation")
+            .is_some_and(|v| {
+                let (ParamValue::Sql(text) | ParamValue::Raw(text)) = v;
+                text.trim_matches(|c: char| c == '\'' || c.is_whitespace())
+                    .eq_ignore_ascii_case("serializable")
+            });
         // Quotes and case do not matter to the name lookup: `'latin1'`
         // from a SET is read like `LATIN1` from the startup packet.
         self.encoding = match self.current.get("client_encoding") {
@@ -209,6 +269,8 @@ impl ClientParams {
 #[derive(Clone, Debug)]
 pub struct ServerParamsState {
     params: BTreeMap<Box<str>, ParamValue>,
+    /// Custom settings defined on it (no RESET or DISCARD undefines one).
+    defined: BTreeSet<Box<str>>,
     hash: u64,
     /// A sync failed half-way: the server's settings are not known.
     unknown: bool,
@@ -218,7 +280,8 @@ impl Default for ServerParamsState {
     fn default() -> Self {
         ServerParamsState {
             params: BTreeMap::new(),
-            hash: hash_of(&BTreeMap::new()),
+            defined: BTreeSet::new(),
+            hash: hash_of(&BTreeMap::new(), &BTreeSet::new()),
             unknown: false,
         }
     }
@@ -229,11 +292,19 @@ impl ServerParamsState {
         !self.unknown && self.hash == client.hash
     }
 
+    /// Whether the server can be made to look like the client's own
+    /// session: it has no custom setting defined that the client never
+    /// defined (that client would see '' where its own session has none).
+    pub fn fits(&self, client: &ClientParams) -> bool {
+        self.defined.is_empty() || self.defined.is_subset(&client.defined)
+    }
+
     /// Records that the server now has the client's settings.
     pub fn assume(&mut self, client: &ClientParams) {
         if !self.matches(client) {
             self.params = client.current.clone();
-            self.hash = client.hash;
+            self.defined.extend(client.defined.iter().cloned());
+            self.hash = hash_of(&self.params, &self.defined);
             self.unknown = false;
         }
     }
@@ -242,9 +313,13 @@ impl ServerParamsState {
         self.unknown = true;
     }
 
-    /// The server ran DISCARD ALL / RESET ALL itself.
+    /// The server ran DISCARD ALL / RESET ALL itself: its settings are its
+    /// defaults, its custom settings still defined.
     pub fn reset(&mut self) {
+        let defined = std::mem::take(&mut self.defined);
         *self = ServerParamsState::default();
+        self.hash = hash_of(&self.params, &defined);
+        self.defined = defined;
     }
 
     /// SQL that turns this server's settings into the client's, or `None`
@@ -262,7 +337,8 @@ impl ServerParamsState {
         }
         let mut sql = String::new();
         let base = if self.unknown {
-            sql.push_str("RESET ALL;");
+            // RESET ALL leaves the role and the session user alone.
+            sql.push_str("RESET SESSION AUTHORIZATION;RESET ROLE;RESET ALL;");
             &BTreeMap::new()
         } else {
             &self.params
@@ -270,6 +346,15 @@ impl ServerParamsState {
         for name in base.keys() {
             if !client.current.contains_key(name) {
                 push_reset(&mut sql, name);
+            }
+        }
+        // Defined in the client's session, reset since: RESET defines it
+        // here too.
+        for name in client.defined.difference(&self.defined) {
+            if !client.current.contains_key(name) && !base.contains_key(name) {
+                sql.push_str("RESET ");
+                push_name(&mut sql, name);
+                sql.push(';');
             }
         }
         for (name, value) in &client.current {
@@ -345,9 +430,15 @@ fn push_name(sql: &mut String, name: &str) {
     }
 }
 
+/// `text` as a string literal that means the same whatever
+/// `standard_conforming_strings` the server has: with a backslash, an
+/// `E'…'` literal with the backslashes doubled.
 fn push_literal(sql: &mut String, text: &str) {
+    if text.contains('\\') {
+        sql.push('E');
+    }
     sql.push('\'');
-    sql.push_str(&text.replace('\'', "''"));
+    sql.push_str(&text.replace('\\', "\\\\").replace('\'', "''"));
     sql.push('\'');
 }
 

@@ -11,8 +11,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::protocol::frame::{self, fe};
 use crate::protocol::{ClientEncoding, ProtocolError};
-use crate::routing::{Classified, Classifier};
+use crate::routing::{Classified, Classifier, Quoting};
 use crate::server::statement_name;
+
+use super::strings;
 
 /// A statement as the proxy prepares it on servers.
 pub struct Statement {
@@ -30,11 +32,14 @@ pub struct Statement {
 /// different clients share one server-side statement. Holds weak references:
 /// a statement lives as long as a client or server uses it.
 ///
-/// Identical bytes are the identical statement only in one encoding: a
-/// server reads a Parse in the `client_encoding` of the client that sent
-/// it, so `caf\xe9` is `café` from a LATIN1 client and invalid from a UTF-8
-/// one. Statements with non-ASCII text from clients that do not send UTF-8
-/// are kept apart, by encoding.
+/// Identical bytes are the identical statement only when read the same
+/// way. A server reads a Parse in the `client_encoding` of the client that
+/// sent it, so `caf\xe9` is `café` from a LATIN1 client and invalid from a
+/// UTF-8 one; and it lexes strings in the session's
+/// `standard_conforming_strings` mode, so `'\'` is a whole literal in one
+/// mode and an unterminated one in the other. Statements are kept apart by
+/// [`Space`]: everything UTF-8-readable in standard mode (nearly every
+/// statement) shares one map; the rest are in maps of their own.
 #[derive(Default)]
 pub struct StatementRegistry {
     inner: Mutex<RegistryInner>,
@@ -45,88 +50,128 @@ type ByBody = HashMap<Box<[u8]>, Weak<Statement>>;
 
 #[derive(Default)]
 struct RegistryInner {
-    /// Statements whose bytes mean what they mean in UTF-8.
+    /// Statements of the shared space ([`Space::SHARED`]).
     by_body: ByBody,
-    /// The others, by the encoding their clients send.
-    by_encoding: Vec<(ClientEncoding, ByBody)>,
+    /// The others, by space (few: one per encoding and string mode in use).
+    by_space: Vec<(Space, ByBody)>,
     next_id: u64,
     /// Size after the last sweep of dead entries.
     swept_at: usize,
 }
 
-/// Where a Parse body's statement is kept: `None` for the shared UTF-8
-/// space (UTF-8 and SQL_ASCII clients, and ASCII text from anyone).
-fn space(encoding: ClientEncoding, query: &[u8]) -> Option<ClientEncoding> {
-    (!encoding.is_utf8() && !query.is_ascii()).then_some(encoding)
+/// How a Parse body's bytes are read, as far as it matters to what they
+/// mean: the same bytes in two spaces may be two different statements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Space {
+    /// `None` for bytes that mean what they mean in UTF-8 (from UTF-8 and
+    /// SQL_ASCII clients, and ASCII text from anyone); else the client's
+    /// encoding.
+    encoding: Option<ClientEncoding>,
+    /// How its strings were lexed: `Some(Standard)` also for text both
+    /// modes read alike (no backslash); `None` for text read while the mode
+    /// was not known for sure (classified "unsure").
+    strings: Option<Quoting>,
+}
+
+impl Space {
+    /// UTF-8-readable text read in standard mode: nearly every statement.
+    const SHARED: Space = Space {
+        encoding: None,
+        strings: Some(Quoting::Standard),
+    };
+}
+
+/// The space of a Parse query from a client sending `encoding` whose
+/// strings are read in mode `reading` (`None`: unsure). The common case (a
+/// UTF-8 client in standard mode) reads no byte of the query.
+fn space(encoding: ClientEncoding, reading: Option<Quoting>, query: &[u8]) -> Space {
+    let strings = match reading {
+        Some(Quoting::Standard) => Some(Quoting::Standard),
+        // Without a backslash byte the decoded text has none either (every
+        // decoder maps U+005C only from 0x5C): both modes read it alike.
+        _ if !query.contains(&b'\\') => Some(Quoting::Standard),
+        other => other,
+    };
+    Space {
+        encoding: (!encoding.is_utf8() && !query.is_ascii()).then_some(encoding),
+        strings,
+    }
 }
 
 impl RegistryInner {
-    fn map(&self, space: Option<ClientEncoding>) -> Option<&ByBody> {
-        match space {
-            None => Some(&self.by_body),
-            Some(e) => self
-                .by_encoding
-                .iter()
-                .find(|(k, _)| *k == e)
-                .map(|(_, m)| m),
+    fn map(&self, space: Space) -> Option<&ByBody> {
+        if space == Space::SHARED {
+            return Some(&self.by_body);
         }
+        self.by_space
+            .iter()
+            .find(|(k, _)| *k == space)
+            .map(|(_, m)| m)
     }
 
-    fn map_mut(&mut self, space: Option<ClientEncoding>) -> &mut ByBody {
-        let Some(e) = space else {
+    fn map_mut(&mut self, space: Space) -> &mut ByBody {
+        if space == Space::SHARED {
             return &mut self.by_body;
-        };
-        let i = match self.by_encoding.iter().position(|(k, _)| *k == e) {
+        }
+        let i = match self.by_space.iter().position(|(k, _)| *k == space) {
             Some(i) => i,
             None => {
-                self.by_encoding.push((e, HashMap::new()));
-                self.by_encoding.len() - 1
+                self.by_space.push((space, HashMap::new()));
+                self.by_space.len() - 1
             }
         };
-        &mut self.by_encoding[i].1
+        &mut self.by_space[i].1
     }
 
     fn len(&self) -> usize {
-        self.by_body.len() + self.by_encoding.iter().map(|(_, m)| m.len()).sum::<usize>()
+        self.by_body.len() + self.by_space.iter().map(|(_, m)| m.len()).sum::<usize>()
     }
 
     fn sweep(&mut self) {
         self.by_body.retain(|_, w| w.strong_count() > 0);
-        for (_, m) in &mut self.by_encoding {
+        for (_, m) in &mut self.by_space {
             m.retain(|_, w| w.strong_count() > 0);
         }
-        self.by_encoding.retain(|(_, m)| !m.is_empty());
+        self.by_space.retain(|(_, m)| !m.is_empty());
         self.swept_at = self.len();
     }
 }
 
 impl StatementRegistry {
     /// The existing statement for a Parse message from a client sending
-    /// `encoding`, if any.
-    pub fn get(&self, encoding: ClientEncoding, msg: &ParseMsg<'_>) -> Option<Arc<Statement>> {
+    /// `encoding` and reading strings in mode `reading`, if any.
+    pub fn get(
+        &self,
+        encoding: ClientEncoding,
+        reading: Option<Quoting>,
+        msg: &ParseMsg<'_>,
+    ) -> Option<Arc<Statement>> {
+        let space = space(encoding, reading, msg.query);
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner
-            .map(space(encoding, msg.query))?
+            .map(space)?
             .get(msg.after_name)
             .and_then(Weak::upgrade)
     }
 
     /// The statement for a Parse body (everything after the client's name:
-    /// query, parameter count and types).
+    /// query, parameter count and types), read in `encoding` with strings
+    /// in mode `reading` (`None`: not known for sure).
     fn get_or_insert(
         &self,
         classifier: &Classifier,
         encoding: ClientEncoding,
+        reading: Option<Quoting>,
         msg: &ParseMsg<'_>,
     ) -> Arc<Statement> {
-        if let Some(s) = self.get(encoding, msg) {
+        if let Some(s) = self.get(encoding, reading, msg) {
             return s;
         }
         let after_name = msg.after_name;
-        let space = space(encoding, msg.query);
+        let space = space(encoding, reading, msg.query);
         // Classify outside the lock: a miss can take tens of microseconds.
         let view = encoding.decode(msg.query);
-        let class = classifier.classify(&view.text);
+        let class = strings::classify(classifier, &view.text, reading);
         let class = if view.exact {
             class
         } else {
@@ -244,16 +289,18 @@ pub struct ClientStatements {
 }
 
 impl ClientStatements {
-    /// Records a named Parse from a client sending `encoding` and returns
-    /// the shared statement.
+    /// Records a named Parse from a client sending `encoding`, whose
+    /// server reads strings in mode `reading` (`None`: not known for sure),
+    /// and returns the shared statement.
     pub fn define(
         &mut self,
         registry: &StatementRegistry,
         classifier: &Classifier,
         encoding: ClientEncoding,
+        reading: Option<Quoting>,
         msg: &ParseMsg<'_>,
     ) -> Arc<Statement> {
-        let s = registry.get_or_insert(classifier, encoding, msg);
+        let s = registry.get_or_insert(classifier, encoding, reading, msg);
         self.named.insert(msg.name.into(), s.clone());
         s
     }
@@ -292,6 +339,15 @@ impl ClientStatements {
         self.unnamed.as_ref().map(|(_, c, _)| c)
     }
 
+    /// A name this client gave the shared statement `id` (for errors that
+    /// name it; a scan, so not for the hot path).
+    pub fn client_name(&self, id: u64) -> Option<&[u8]> {
+        self.named
+            .iter()
+            .find(|(_, s)| s.id == id)
+            .map(|(name, _)| &**name)
+    }
+
     pub fn len(&self) -> usize {
         self.named.len()
     }
@@ -322,6 +378,7 @@ mod tests {
     }
 
     const UTF8: ClientEncoding = ClientEncoding::Utf8;
+    const STD: Option<Quoting> = Some(Quoting::Standard);
 
     #[test]
     fn identical_statements_share_one_server_name() {
@@ -331,12 +388,12 @@ mod tests {
         let mut b = ClientStatements::default();
         let fa = parse_frame("s1", "select 1");
         let fb = parse_frame("other", "select 1");
-        let sa = a.define(&reg, &c, UTF8, &parse_parse(&fa).unwrap());
-        let sb = b.define(&reg, &c, UTF8, &parse_parse(&fb).unwrap());
+        let sa = a.define(&reg, &c, UTF8, STD, &parse_parse(&fa).unwrap());
+        let sb = b.define(&reg, &c, UTF8, STD, &parse_parse(&fb).unwrap());
         assert_eq!(sa.id, sb.id);
         let fc = parse_frame("s2", "select 2");
         assert_ne!(
-            a.define(&reg, &c, UTF8, &parse_parse(&fc).unwrap()).id,
+            a.define(&reg, &c, UTF8, STD, &parse_parse(&fc).unwrap()).id,
             sa.id
         );
         // The proxy's Parse carries the proxy name and the same query.
@@ -352,25 +409,78 @@ mod tests {
         let (mut a, mut b) = (ClientStatements::default(), ClientStatements::default());
         let latin1 = ClientEncoding::Latin1;
         let f = parse_frame_bytes(b"s1", b"select 'caf\xe9'");
-        let sa = a.define(&reg, &c, latin1, &parse_parse(&f).unwrap());
+        let sa = a.define(&reg, &c, latin1, STD, &parse_parse(&f).unwrap());
         assert_eq!(&*sa.query, "select 'café'");
         assert_eq!(sa.class.info.route, crate::routing::Route::Read);
-        let sb = b.define(&reg, &c, UTF8, &parse_parse(&f).unwrap());
+        let sb = b.define(&reg, &c, UTF8, STD, &parse_parse(&f).unwrap());
         assert_ne!(sa.id, sb.id);
         assert_eq!(sb.class.info.reason, crate::routing::Reason::Encoding);
         assert!(Arc::ptr_eq(
-            &reg.get(latin1, &parse_parse(&f).unwrap()).unwrap(),
+            &reg.get(latin1, STD, &parse_parse(&f).unwrap()).unwrap(),
             &sa
         ));
         // ASCII text means the same in every encoding: shared.
         let g = parse_frame("s2", "select 1");
-        let ga = a.define(&reg, &c, latin1, &parse_parse(&g).unwrap());
+        let ga = a.define(&reg, &c, latin1, STD, &parse_parse(&g).unwrap());
         assert_eq!(
-            b.define(&reg, &c, UTF8, &parse_parse(&g).unwrap()).id,
+            b.define(&reg, &c, UTF8, STD, &parse_parse(&g).unwrap()).id,
             ga.id
         );
         // Names are bytes too.
         assert!(a.get(b"s1").is_some() && a.forget(b"s1").is_some());
+    }
+
+    #[test]
+    fn the_same_bytes_in_another_string_mode_are_another_statement() {
+        use crate::routing::{Route, UNSURE_TEXT};
+        let reg = StatementRegistry::default();
+        let c = Classifier::new(&[], 10_000, 100);
+        let mut a = ClientStatements::default();
+        let bs = Some(Quoting::Backslash);
+        let define = |a: &mut ClientStatements, e, q, query: &[u8]| {
+            a.define(
+                &reg,
+                &c,
+                e,
+                q,
+                &parse_parse(&parse_frame_bytes(b"s", query)).unwrap(),
+            )
+        };
+        // One literal with backslash escapes, two (and a DELETE) without.
+        let hidden = br"select '\' , ' ; delete from t; --'";
+        let standard = define(&mut a, UTF8, STD, hidden);
+        assert_eq!(standard.class.info.route, Route::Read);
+        let backslash = define(&mut a, UTF8, bs, hidden);
+        assert_ne!(backslash.id, standard.id);
+        assert_eq!(backslash.class.info.route, Route::Write);
+        assert_eq!(backslash.class.info.statement_count, 2);
+        let unsure = define(&mut a, UTF8, None, hidden);
+        assert!(unsure.id != standard.id && unsure.id != backslash.id);
+        assert_eq!(&*unsure.class.info.normalized, UNSURE_TEXT);
+        assert_eq!(unsure.class.info.route, Route::Write);
+        // Each is found again in its own space only.
+        let msg = parse_frame_bytes(b"s", hidden);
+        let get = |q| reg.get(UTF8, q, &parse_parse(&msg).unwrap()).unwrap().id;
+        assert_eq!(
+            (get(STD), get(bs), get(None)),
+            (standard.id, backslash.id, unsure.id)
+        );
+        // Without a backslash both modes read alike: shared.
+        let plain = b"select 'x' from t";
+        let p = define(&mut a, UTF8, STD, plain).id;
+        assert_eq!(define(&mut a, UTF8, bs, plain).id, p);
+        assert_eq!(define(&mut a, UTF8, None, plain).id, p);
+        // Both apart at once: LATIN1 text read with backslash escapes.
+        let latin1 = ClientEncoding::Latin1;
+        let both = b"select 'caf\xe9\\' , ' ; delete from t; --'";
+        let lb = define(&mut a, latin1, bs, both);
+        assert_eq!(lb.class.info.route, Route::Write);
+        assert_eq!(lb.class.info.statement_count, 2);
+        let ls = define(&mut a, latin1, STD, both);
+        assert_eq!(ls.class.info.route, Route::Read);
+        let ub = define(&mut a, UTF8, bs, both);
+        assert_eq!(ub.class.info.reason, crate::routing::Reason::Encoding);
+        assert!(lb.id != ls.id && lb.id != ub.id && ls.id != ub.id);
     }
 
     #[test]

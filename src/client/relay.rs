@@ -12,6 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 
+use super::buffer_budget::MessageLimits;
 use super::limits::{Fired, RelayTimers};
 use crate::protocol::frame;
 use crate::protocol::{ProtocolError, WireError};
@@ -127,6 +128,10 @@ pub enum RelayEnd {
     /// The server connection closed or failed; its last bytes (a FATAL
     /// error, usually) were delivered to the client.
     ServerGone(Option<std::io::Error>),
+    /// The server sent the client a FATAL error (it was terminated:
+    /// pg_terminate_backend, idle_in_transaction_session_timeout) and
+    /// closed: the client has its one error already.
+    ServerEnded,
     /// The client stayed idle past a limit; the error says which.
     Idle(WireError),
     /// The server answered neither a query nor its cancel in time.
@@ -185,6 +190,8 @@ struct ServerSide {
     /// The server's first frame was a FATAL error: it was dying when the
     /// request reached it.
     abandoned: bool,
+    /// A FATAL error from the server went to the client.
+    told_fatal: bool,
     eof: Option<Option<std::io::Error>>,
 }
 
@@ -256,6 +263,7 @@ impl ServerSide {
                     return Err(ProtocolError::TooLarge {
                         len: total,
                         max: MAX_INSPECTED,
+                        limit: "the limit on server messages the proxy reads whole",
                     });
                 }
                 if rest.len() < total {
@@ -265,6 +273,9 @@ impl ServerSide {
                 let step = flow.server_frame(tag, &rest[..total], wbuf, &mut then);
                 if matches!(step, ServerStep::Forward | ServerStep::Release(true)) {
                     self.replaying = false;
+                    self.told_fatal |= tag == b'E'
+                        && crate::protocol::error::parse_error_fields(&rest[..total]).0
+                            == Some("FATAL");
                 }
                 match step {
                     ServerStep::Forward => self.add(Chunk::Forward(total)),
@@ -316,20 +327,17 @@ fn process_client<F: Flow>(
     wbuf: &mut BytesMut,
     side: &mut ServerSide,
     flow: &mut F,
-    max_message: usize,
+    messages: &MessageLimits,
 ) -> Result<ClientSide, WireError> {
     let mut outbox = Outbox::default();
     loop {
+        if let Some(&tag) = cbuf.first() {
+            super::flow::check_frontend_tag(tag)?;
+        }
         let Some((tag, total)) = frame::header(cbuf)? else {
             return Ok(ClientSide::Open);
         };
-        if total > max_message {
-            return Err(ProtocolError::TooLarge {
-                len: total,
-                max: max_message,
-            }
-            .into());
-        }
+        messages.admit(total)?;
         if cbuf.len() < total {
             cbuf.reserve(total - cbuf.len());
             return Ok(ClientSide::Open);
@@ -339,8 +347,12 @@ fn process_client<F: Flow>(
         match step {
             ClientStep::Continue => {
                 if side.replaying {
-                    side.replay.extend_from_slice(&cbuf[..total]);
-                    side.replaying = side.replay.len() <= MAX_REPLAY;
+                    // Checked before copying: a large message is not
+                    // copied a third time just to find it is too long.
+                    side.replaying = side.replay.len() + total <= MAX_REPLAY;
+                    if side.replaying {
+                        side.replay.extend_from_slice(&cbuf[..total]);
+                    }
                 }
                 cbuf.advance(total);
             }
@@ -364,7 +376,7 @@ pub async fn relay<S, F>(
     cbuf: &mut BytesMut,
     server: ServerIo<'_>,
     flow: &mut F,
-    max_message: usize,
+    messages: &MessageLimits,
     timers: &mut RelayTimers,
     mut replay: Option<&mut BytesMut>,
 ) -> RelayEnd
@@ -389,7 +401,7 @@ where
     side.replay.clear();
     let end = 'relay: {
         // Frames already read from the client are handled before any I/O.
-        match process_client(cbuf, wbuf, &mut side, flow, max_message) {
+        match process_client(cbuf, wbuf, &mut side, flow, messages) {
             Err(e) => break 'relay RelayEnd::ClientError(e),
             Ok(ClientSide::Terminated) => break 'relay RelayEnd::ClientGone,
             Ok(ClientSide::Paused) => side.client_paused = true,
@@ -397,16 +409,7 @@ where
         }
         poll_fn(|cx| {
             poll_relay(
-                cx,
-                client,
-                cbuf,
-                sstream,
-                rbuf,
-                wbuf,
-                &mut side,
-                flow,
-                max_message,
-                timers,
+                cx, client, cbuf, sstream, rbuf, wbuf, &mut side, flow, messages, timers,
             )
         })
         .await
@@ -433,7 +436,7 @@ fn poll_relay<S, F>(
     wbuf: &mut BytesMut,
     side: &mut ServerSide,
     flow: &mut F,
-    max_message: usize,
+    messages: &MessageLimits,
     timers: &mut RelayTimers,
 ) -> Poll<RelayEnd>
 where
@@ -453,7 +456,7 @@ where
                 Poll::Ready(Ok(_)) => {
                     progress = true;
                     timers.client_activity();
-                    match process_client(cbuf, wbuf, side, flow, max_message) {
+                    match process_client(cbuf, wbuf, side, flow, messages) {
                         Err(e) => return Poll::Ready(RelayEnd::ClientError(e)),
                         Ok(ClientSide::Terminated) => return Poll::Ready(RelayEnd::ClientGone),
                         Ok(ClientSide::Paused) => side.client_paused = true,
@@ -476,6 +479,8 @@ where
                 Poll::Pending => {}
             }
         }
+        // A large message has gone: its buffers and charge go back.
+        messages.settle(cbuf, Some(wbuf));
         if side.server_unflushed && side.eof.is_none() {
             match Pin::new(&mut *server).poll_flush(cx) {
                 Poll::Ready(Ok(())) => side.server_unflushed = false,
@@ -585,6 +590,7 @@ where
             if let Some(err) = side.eof.take() {
                 return Poll::Ready(match side.take_replay() {
                     Some(replay) => RelayEnd::Unanswered(replay),
+                    None if side.told_fatal => RelayEnd::ServerEnded,
                     None => RelayEnd::ServerGone(err),
                 });
             }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::prepared::{self, ClientStatements};
 use super::state::{ClassMemo, ClientState};
+use super::tx_modes::{self, Modes};
 use crate::cluster::ClusterView;
 use crate::protocol::frame::{self, fe};
 use crate::protocol::{ClientEncoding, ProtocolError, SqlState, WireError};
@@ -163,22 +164,31 @@ pub fn decide(
     cluster: &ClusterView,
 ) -> Result<Routed, WireError> {
     let config = shared.config.load();
-    // The transaction the unit starts, if any, and whether it said READ
-    // ONLY (Some(true)), READ WRITE (Some(false)) or neither (None).
-    let declared = if client.deferred_begin.is_some() {
-        // Inside a transaction the client opened with a lone BEGIN: it is
-        // read only if the session says so or its first statement does.
-        match unit.first_tx() {
-            TxEffect::SetTransaction { read_only } => Some(read_only),
-            _ => Some(None),
+    // The transaction the unit starts, if any, and the modes it asked for.
+    let declared = match &client.deferred_begin {
+        // Inside a transaction the client opened with a BEGIN the proxy
+        // deferred: its modes, and those of the unit's SET TRANSACTION.
+        Some(deferred) => {
+            let begun = tx_modes::deferred(deferred, client.params.encoding(), &shared.classifier);
+            Some(match Modes::of(unit.first_tx()) {
+                Some(later) => begun.then(later),
+                None => begun,
+            })
         }
-    } else {
-        match unit.first_tx() {
-            TxEffect::Begin { read_only } => Some(read_only),
+        None => match unit.first_tx() {
+            tx @ TxEffect::Begin { .. } => Modes::of(tx),
             _ => None,
-        }
+        },
     };
-    let tx = declared.map(|d| d.unwrap_or(client.read_only_by_default()));
+    let tx = declared.map(|d| d.read_only.unwrap_or(client.read_only_by_default()));
+    // A hot standby runs no SERIALIZABLE transaction, read only or not;
+    // with that session default, no statement at all.
+    let serializable = match declared {
+        Some(d) => d
+            .serializable
+            .unwrap_or_else(|| client.params.serializable_by_default()),
+        None => client.params.serializable_by_default(),
+    };
     let route = match tx {
         Some(true) => Route::Read,
         Some(false) => Route::Write,
@@ -206,7 +216,9 @@ pub fn decide(
         hint: deferred_begin_hint(client).or(unit.hint),
         tables_read: tables,
         read_only_transaction: tx == Some(true),
-        undeclared_transaction: tx == Some(false) && declared == Some(None),
+        undeclared_transaction: tx == Some(false)
+            && declared.is_some_and(|d| d.read_only.is_none()),
+        serializable,
     };
     policy::decide(
         &request,
@@ -225,6 +237,11 @@ pub fn decide(
             "this statement writes, but it was sent to a replica (pgsidecar:replica hint or pgsidecar.route = 'replica')",
         )
         .with_hint("remove the hint, or SET pgsidecar.route = 'auto'"),
+        Refusal::SerializableOnReplica => WireError::error(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "a SERIALIZABLE transaction cannot run on a replica (a hot standby), but it was sent to one (pgsidecar:replica hint or pgsidecar.route = 'replica')",
+        )
+        .with_hint("use ISOLATION LEVEL REPEATABLE READ for reads on a replica, or remove the hint"),
         Refusal::NoReplica(why) => WireError::error(
             SqlState::CONNECTION_FAILURE,
             format!(

@@ -11,6 +11,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::sync::WaitForCancellationFuture;
 
+use super::buffer_budget::MessageLimits;
 use super::cancel::CancelTarget;
 use super::credentials::UserAuth;
 use super::flow::{SessionFlow, check_frontend_tag};
@@ -24,7 +25,7 @@ use super::state::ClientState;
 use crate::config::PoolMode;
 use crate::protocol::backend;
 use crate::protocol::frame;
-use crate::protocol::{ProtocolError, SqlState, WireError};
+use crate::protocol::{SqlState, WireError};
 use crate::proxy::Shared;
 use crate::tls::WaitReadable;
 
@@ -34,7 +35,7 @@ pub struct SessionCtx {
     pub user: Arc<UserAuth>,
     pub database: String,
     pub mode: PoolMode,
-    pub max_message: usize,
+    pub messages: MessageLimits,
     pub cancel: ClientHandle,
 }
 
@@ -120,13 +121,12 @@ where
             let next = tokio::select! {
                 biased;
                 _ = &mut shutdown => return Err(shutting_down()),
-                next = next_frame(stream, cbuf, ctx.max_message) => next?,
+                next = next_frame(stream, cbuf, &ctx.messages) => next?,
                 error = idle_expiry(expiry) => return Err(error),
             };
             let Some(tag) = next else {
                 return Ok(());
             };
-            check_frontend_tag(tag)?;
             let (_, total) = frame::header(cbuf)?.expect("complete frame");
             let primary_pool = pools.primary(ctx)?;
             match idle::answer(
@@ -169,7 +169,7 @@ where
                 )? {
                     break unit;
                 }
-                if !read_more(stream, cbuf, ctx.max_message).await? {
+                if !read_more(stream, cbuf, &ctx.messages).await? {
                     return Ok(());
                 }
             };
@@ -240,6 +240,18 @@ where
                 lease.mark_broken();
                 tracing::warn!(server = %lease.addr, "server did not answer a query_timeout cancel");
                 return Err(limits::query_unanswered_error(limit));
+            }
+            RelayEnd::ServerEnded => {
+                // The server's own FATAL (57P01 from pg_terminate_backend,
+                // 25P03 from idle_in_transaction_session_timeout) reached the
+                // client: one error, then the close, as on a direct
+                // connection.
+                let h = held.take().expect("held above");
+                let mut lease = h.lease;
+                lease.mark_broken();
+                tracing::info!(server = %lease.addr, "server connection ended with a FATAL error");
+                ctx.shared.observer.metrics().error("server");
+                return Ok(());
             }
             RelayEnd::ServerGone(err) => {
                 let h = held.take().expect("held above");
@@ -314,7 +326,7 @@ where
             cbuf,
             io,
             &mut flow,
-            ctx.max_message,
+            &ctx.messages,
             &mut timers,
             (fresh.is_some() && retry.attempts < MAX_RETRIES).then_some(&mut retry.replay),
         ) => end,
@@ -370,33 +382,25 @@ fn shutting_down() -> WireError {
 async fn next_frame<S>(
     stream: &mut S,
     cbuf: &mut BytesMut,
-    max_message: usize,
+    messages: &MessageLimits,
 ) -> Result<Option<u8>, WireError>
 where
     S: AsyncRead + WaitReadable + Unpin,
 {
     loop {
+        if let Some(&tag) = cbuf.first() {
+            check_frontend_tag(tag)?;
+        }
         if let Some((tag, total)) = frame::header(cbuf)? {
-            check_size(total, max_message)?;
+            messages.admit(total)?;
             if cbuf.len() >= total {
                 return Ok(Some(tag));
             }
         }
-        if !read_more(stream, cbuf, max_message).await? {
+        if !read_more(stream, cbuf, messages).await? {
             return Ok(None);
         }
     }
-}
-
-fn check_size(total: usize, max_message: usize) -> Result<(), WireError> {
-    if total > max_message {
-        return Err(ProtocolError::TooLarge {
-            len: total,
-            max: max_message,
-        }
-        .into());
-    }
-    Ok(())
 }
 
 /// Reads more client bytes; false when the client is gone. Refuses a
@@ -404,7 +408,7 @@ fn check_size(total: usize, max_message: usize) -> Result<(), WireError> {
 async fn read_more<S>(
     stream: &mut S,
     cbuf: &mut BytesMut,
-    max_message: usize,
+    messages: &MessageLimits,
 ) -> Result<bool, WireError>
 where
     S: AsyncRead + WaitReadable + Unpin,
@@ -413,13 +417,14 @@ where
     // the buffer is refused before the proxy waits for its body.
     let mut at = 0;
     while let Some((_, total)) = frame::header(&cbuf[at..])? {
-        check_size(total, max_message)?;
+        messages.admit(total)?;
         if cbuf.len() - at < total {
             cbuf.reserve(at + total - cbuf.len());
             break;
         }
         at += total;
     }
+    messages.settle(cbuf, None);
     if cbuf.is_empty() {
         // Between requests an idle client keeps no buffer (a plain socket
         // says when there is something to read) or a small one (TLS): with
@@ -458,7 +463,7 @@ async fn fail_request<S>(
 ) where
     S: AsyncWrite + Unpin,
 {
-    tracing::warn!(%error, "request refused");
+    tracing::warn!(error = %crate::logsafe::message(&error.to_string()), "request refused");
     cbuf.advance(unit.len);
     // A transaction the proxy had acknowledged (deferred BEGIN) is gone.
     client.deferred_begin = None;

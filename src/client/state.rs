@@ -7,12 +7,14 @@ use bytes::Bytes;
 use super::effects::Pins;
 use super::params::{ClientParams, ParamValue};
 use super::prepared::ClientStatements;
+use super::readback::Readback;
+use super::strings::{self, StringMode};
 use crate::routing::policy::ClientRouting;
 use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::protocol::ClientEncoding;
-use crate::routing::{Classified, Classifier, template};
+use crate::routing::{Classified, Classifier, Quoting, template};
 
 /// Per-client state that outlives any one server.
 #[derive(Default)]
@@ -31,18 +33,26 @@ pub struct ClientState {
     /// The last statement text classified, so that the idle path, routing
     /// and the relay classify each request once.
     pub memo: ClassMemo,
+    /// Reading back the held server's session after opaque code ran.
+    pub readback: Readback,
 }
 
 /// Texts longer than this are not remembered (every idle client keeps one).
 const MEMO_MAX: usize = 1024;
 
-/// Remembers the last classification of this client.
+/// Remembers the last classification of this client, and reads each text
+/// the way this client's server reads it: in the client's encoding, with
+/// strings lexed in the session's string mode ([`StringMode`]).
 #[derive(Default)]
 pub struct ClassMemo {
+    /// The session's `standard_conforming_strings` as far as known.
+    pub strings: StringMode,
+    /// How `class` was read (`None`: unsure).
+    read_as: Option<Quoting>,
     text: String,
     class: Option<Classified>,
     /// `text` is the text `class` is for (false after a text too long to
-    /// keep).
+    /// keep, or one that could not be read exactly).
     keyed: bool,
     /// Byte ranges of `text`'s numeric literals, and a spare list.
     numbers: Vec<Range<usize>>,
@@ -51,7 +61,8 @@ pub struct ClassMemo {
 
 impl ClassMemo {
     /// Classifies the statement text `raw`, which the client sent in
-    /// `encoding`, reusing the last result when it is the same text.
+    /// `encoding`, reusing the last result when it is the same text read
+    /// in the same string mode.
     pub fn classify(
         &mut self,
         classifier: &Classifier,
@@ -67,32 +78,41 @@ impl ClassMemo {
     /// the last result for the same statement with other integers in it
     /// (see [`template`]), unless its values matter (a `SET`).
     ///
-    /// A UTF-8 client repeating its last statement costs one comparison
-    /// and no validation: the text is checked once per request, however
-    /// many times routing and the relay ask. Text the proxy cannot read
-    /// exactly is classified as [`Classified::unreadable`].
+    /// A UTF-8 client repeating its last statement in the same string
+    /// mode costs one comparison and no validation: the text is checked
+    /// once per request, however many times routing and the relay ask.
+    /// Text the proxy cannot read exactly is classified as
+    /// [`Classified::unreadable`] (still lexed in the session's string
+    /// mode, so that what it shows is what the server would read).
     pub fn classify_ref(
         &mut self,
         classifier: &Classifier,
         encoding: ClientEncoding,
         raw: &[u8],
     ) -> &Classified {
+        let reading = self.strings.reading();
         // `keyed` implies `text` was read exactly; UTF-8 bytes equal to it
-        // are the same text.
-        if encoding.is_utf8() && self.keyed && self.class.is_some() && self.text.as_bytes() == raw {
-            return self
-                .class
-                .get_or_insert_with(|| classifier.classify(&self.text));
+        // are the same text. An unsure reading is as repeatable as a sure
+        // one: the same text gets the same (cautious) classification.
+        if encoding.is_utf8()
+            && self.keyed
+            && self.read_as == reading
+            && self.class.is_some()
+            && self.text.as_bytes() == raw
+        {
+            return self.noted(classifier);
         }
         let view = encoding.decode(raw);
         if !view.exact {
             self.keyed = false;
             self.text.clear();
             self.numbers.clear();
-            let class = classifier.classify(&view.text).unreadable(encoding);
-            return self.class.insert(class);
+            self.read_as = reading;
+            let class = strings::classify(classifier, &view.text, reading).unreadable(encoding);
+            self.class = Some(class);
+            return self.noted(classifier);
         }
-        self.classify_text(classifier, &view.text)
+        self.classify_text(classifier, &view.text, reading)
     }
 
     /// The text of `raw`: the memo's copy when it is the text last
@@ -105,15 +125,23 @@ impl ClassMemo {
         }
     }
 
-    fn classify_text(&mut self, classifier: &Classifier, text: &str) -> &Classified {
-        if self.keyed && self.class.is_some() && self.text == text {
-            return self.class.get_or_insert_with(|| classifier.classify(text));
+    fn classify_text(
+        &mut self,
+        classifier: &Classifier,
+        text: &str,
+        reading: Option<Quoting>,
+    ) -> &Classified {
+        let same_reading = self.read_as == reading;
+        if same_reading && self.keyed && self.class.is_some() && self.text == text {
+            return self.noted(classifier);
         }
         let valueless = self
             .class
             .as_ref()
             .is_some_and(|c| !c.info.has_session_changes);
-        if self.keyed
+        // Only a sure reading notes numbers (`numbers` is empty otherwise).
+        if same_reading
+            && self.keyed
             && valueless
             && !self.numbers.is_empty()
             && text.len() <= MEMO_MAX
@@ -122,18 +150,52 @@ impl ClassMemo {
             self.text.clear();
             self.text.push_str(text);
             std::mem::swap(&mut self.numbers, &mut self.spare);
-            return self.class.get_or_insert_with(|| classifier.classify(text));
+            return self.noted(classifier);
         }
         self.text.clear();
         self.keyed = text.len() <= MEMO_MAX;
         if self.keyed {
             self.text.push_str(text);
         }
-        let class = classifier.classify_noting_numbers(text, &mut self.numbers);
+        self.read_as = reading;
+        let class = match reading {
+            Some(quoting) => {
+                classifier.classify_noting_numbers_in(text, quoting, &mut self.numbers)
+            }
+            None => {
+                self.numbers.clear();
+                classifier.classify_unsure(text)
+            }
+        };
         if self.numbers.capacity() > MEMO_NUMBERS {
             self.numbers = Vec::new();
         }
-        self.class.insert(class)
+        self.class = Some(class);
+        self.noted(classifier)
+    }
+
+    /// The remembered classification, after telling [`StringMode`] about
+    /// it (a statement that may change the string mode makes the next
+    /// ones unsure until the server answers). Always called with `class`
+    /// set; the fallback only keeps this free of a panic path.
+    fn noted(&mut self, classifier: &Classifier) -> &Classified {
+        let (read_as, text) = (self.read_as, &self.text);
+        let class = self
+            .class
+            .get_or_insert_with(|| strings::classify(classifier, text, read_as));
+        self.strings.classified(class);
+        class
+    }
+
+    /// The string mode for other classifications of this client (named
+    /// prepared statements); `None` while not known for sure.
+    pub fn reading(&self) -> Option<Quoting> {
+        self.strings.reading()
+    }
+
+    /// A server frame the relay inspected ([`StringMode::server_frame`]).
+    pub fn server_frame(&mut self, tag: u8, frame: &[u8], quiet: bool) {
+        self.strings.server_frame(tag, frame, quiet);
     }
 }
 
@@ -229,5 +291,69 @@ mod tests {
         assert_eq!(c.info.tx, crate::routing::TxEffect::None);
         let c = memo.classify(&classifier, UTF8, b"set pgsidecar.route = '\xff'");
         assert!(c.session.is_empty() && c.info.reason == Reason::Encoding);
+    }
+
+    #[test]
+    fn text_is_decoded_in_the_encoding_and_lexed_in_the_string_mode() {
+        use crate::protocol::backend;
+        use crate::routing::UNSURE_TEXT;
+        let classifier = Classifier::new(&[], 10_000, 100);
+        let mut memo = ClassMemo {
+            strings: StringMode::at_login(Some("off")),
+            ..ClassMemo::default()
+        };
+        let latin1 = ClientEncoding::Latin1;
+        // LATIN1 text with backslash escapes: one literal, then a DELETE.
+        let hidden = b"select 'caf\xe9\\' , ''secret'' ; delete from t; --'; delete from t";
+        let c = memo.classify(&classifier, latin1, hidden);
+        assert_eq!((c.info.route, c.info.statement_count), (Route::Write, 2));
+        assert!(
+            !c.info.normalized.contains("secret"),
+            "{}",
+            c.info.normalized
+        );
+        // Unreadable (invalid UTF-8) text is still lexed in the session's
+        // mode: what it shows is what the server would read.
+        let bad = b"select '\xff\\' , ''secret'' as pw'";
+        let c = memo.classify(&classifier, UTF8, bad);
+        assert_eq!(c.info.reason, Reason::Encoding);
+        assert!(
+            !c.info.normalized.contains("secret"),
+            "{}",
+            c.info.normalized
+        );
+        // A UTF-8 statement repeated in the same mode: the same result.
+        let text = br"select * from t where a = '\' , ''secret'''";
+        let first = memo.classify(&classifier, UTF8, text);
+        assert!(!first.info.normalized.contains("secret"));
+        let again = memo.classify(&classifier, UTF8, text);
+        assert!(Arc::ptr_eq(&first.info, &again.info));
+        // A change of mode on its way: the same bytes are read unsure
+        // (no text, primary), in UTF-8 and unreadable alike.
+        memo.classify(&classifier, UTF8, b"set standard_conforming_strings = on");
+        let c = memo.classify(&classifier, UTF8, text);
+        assert_eq!(
+            (&*c.info.normalized, c.info.route),
+            (UNSURE_TEXT, Route::Write)
+        );
+        let c = memo.classify(&classifier, UTF8, bad);
+        assert_eq!(
+            (&*c.info.normalized, c.info.reason),
+            (UNSURE_TEXT, Reason::Encoding)
+        );
+        // The server's answer settles it: standard strings from now on
+        // (three literals and a word).
+        let mut frame = bytes::BytesMut::new();
+        backend::parameter_status(&mut frame, "standard_conforming_strings", "on");
+        memo.server_frame(b'S', &frame, false);
+        frame.clear();
+        backend::ready_for_query(&mut frame, b'I');
+        memo.server_frame(b'Z', &frame, true);
+        let c = memo.classify(&classifier, UTF8, text);
+        assert!(
+            c.info.normalized.contains("secret"),
+            "{}",
+            c.info.normalized
+        );
     }
 }

@@ -107,7 +107,7 @@ async fn run(sources: CatalogSources) {
                         conns.remove(db);
                         let text = report(&e);
                         if errors.get(db) != Some(&text) {
-                            tracing::warn!(node = %addr, database = %db, user = %login.user, error = %text,
+                            tracing::warn!(node = %addr, database = &*crate::logsafe::name(db), user = %login.user, error = %crate::logsafe::message(&text),
                                 "cannot read foreign keys and partitions: read-your-writes covers only the tables a write names");
                             errors.insert(db.clone(), text);
                         }

@@ -270,7 +270,11 @@ impl ClusterView {
 
 fn log_health(addr: String, was: bool, now: bool, error: Option<&str>) {
     match (was, now) {
-        (_, false) => tracing::warn!(node = %addr, error = error.unwrap_or(""), "node unhealthy"),
+        (_, false) => tracing::warn!(
+            node = %addr,
+            error = %crate::logsafe::message(error.unwrap_or("")),
+            "node unhealthy"
+        ),
         (false, true) => tracing::info!(node = %addr, "node healthy"),
         (true, true) => {}
     }

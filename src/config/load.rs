@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::env::{self, EnvError, Environment};
 use super::locate::Location;
+use super::redact;
 use super::schema::Config;
 use super::sources::Sources;
 use super::types::{ClientAuth, Secret};
@@ -134,10 +135,14 @@ impl Config {
         path: &Path,
         env: &Environment,
     ) -> Result<(Config, Sources), ConfigError> {
-        let parse_error = |e: toml::de::Error| ConfigError::Parse {
-            path: path.to_path_buf(),
-            location: Location::of_offset(text, e.span().map_or(0, |s| s.start)),
-            message: e.message().trim().to_string(),
+        let parse_error = |e: toml::de::Error| {
+            let offset = e.span().map_or(0, |s| s.start);
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                location: Location::of_offset(text, offset),
+                // Without serde's quotation of a secret line's value.
+                message: redact::message(text, offset, e.message().trim()),
+            }
         };
         let file: toml::Table = toml::from_str(text).map_err(parse_error)?;
         let mut merged = file.clone();
@@ -277,6 +282,11 @@ impl Config {
         }
         let positive = [
             ("proxy.max_client_conn", self.proxy.max_client_conn as u64),
+            ("http.max_connections", self.http.max_connections as u64),
+            (
+                "http.header_timeout",
+                self.http.header_timeout.as_millis() as u64,
+            ),
             (
                 "proxy.max_message_size",
                 u64::from(self.proxy.max_message_size >= 1024),
@@ -329,6 +339,28 @@ impl Config {
         }
         self.validate_tls()?;
         self.validate_listeners()?;
+        let memory = self.proxy.max_message_memory;
+        if memory < 2 * 1024 * 1024 {
+            return Err((
+                "proxy.max_message_memory".into(),
+                format!("must be at least 2097152 bytes (2 MiB), got {memory}"),
+            ));
+        }
+        let text = self.observability.max_query_text;
+        let most = crate::observe::MAX_QUERY_TEXT_CAP as u32;
+        if !(64..=most).contains(&text) {
+            return Err((
+                "observability.max_query_text".into(),
+                format!("must be from 64 to {most} bytes, got {text}"),
+            ));
+        }
+        let memory = self.observability.max_query_memory;
+        if memory < 1024 * 1024 {
+            return Err((
+                "observability.max_query_memory".into(),
+                format!("must be at least 1048576 bytes (1 MiB), got {memory}"),
+            ));
+        }
         let rate = self.observability.explain_sample_rate;
         if !(0.0..=1.0).contains(&rate) {
             return Err((

@@ -28,6 +28,8 @@ impl Location {
         let line_start = before.rfind('\n').map_or(0, |p| p + 1);
         let column = before[line_start..].chars().count() + 1;
         let line_text = text[line_start..].lines().next().unwrap_or("").to_string();
+        // An error must not print a password (a bad line in [[users]]).
+        let line_text = super::redact::line(text, offset, line_text);
         Location {
             line,
             column,

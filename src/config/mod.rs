@@ -5,6 +5,7 @@
 mod env;
 mod load;
 mod locate;
+mod redact;
 mod schema;
 mod sources;
 mod types;

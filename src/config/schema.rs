@@ -76,6 +76,9 @@ pub struct ProxyConfig {
     pub client_login_timeout: Duration,
     /// Largest protocol message (bytes) the proxy accepts from a client.
     pub max_message_size: u32,
+    /// Bytes all clients' large messages (over 1 MiB, each counted twice:
+    /// read and copied for the server) may hold at once.
+    pub max_message_memory: u64,
     /// A client idle outside a transaction this long is disconnected
     /// (57P05). Zero: never.
     #[serde(with = "humantime_serde")]
@@ -133,6 +136,7 @@ impl Default for ProxyConfig {
             shutdown_timeout: Duration::from_secs(30),
             client_login_timeout: Duration::from_secs(15),
             max_message_size: 64 * 1024 * 1024,
+            max_message_memory: 256 * 1024 * 1024,
             client_idle_timeout: Duration::ZERO,
             idle_transaction_timeout: Duration::ZERO,
             query_timeout: Duration::ZERO,
@@ -147,12 +151,20 @@ impl Default for ProxyConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// A connection whose request headers have not all arrived this long
+    /// after it opened (or after its previous response) is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// HTTP connections open at once; more are answered 503 and closed.
+    pub max_connections: u32,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:9930".parse().expect("static address"),
+            header_timeout: Duration::from_secs(5),
+            max_connections: 64,
         }
     }
 }
@@ -486,6 +498,12 @@ pub struct ObservabilityConfig {
     pub explain_timeout: Duration,
     /// Query fingerprints kept for `/queries` (least recently seen evicted).
     pub max_fingerprints: u32,
+    /// Bytes of normalised text kept per fingerprint and printed in a
+    /// slow-query line; longer text is cut (and ends with `…`).
+    pub max_query_text: u32,
+    /// Bytes all kept fingerprints' texts and plans may take together; the
+    /// least recently seen are forgotten first to stay under it.
+    pub max_query_memory: u64,
     pub log_format: LogFormat,
 }
 
@@ -500,6 +518,8 @@ impl Default for ObservabilityConfig {
             explain_min_interval: Duration::from_secs(300),
             explain_timeout: Duration::from_secs(2),
             max_fingerprints: 5000,
+            max_query_text: 8192,
+            max_query_memory: 16 * 1024 * 1024,
             log_format: LogFormat::Text,
         }
     }

@@ -67,6 +67,10 @@ pub use sources::{ClientCounts, FleetSnapshot, PoolSnapshot, Sources};
 
 use std::net::SocketAddr;
 
+/// Largest `observability.max_query_text`: the classifier keeps no more
+/// normalised text than this per statement shape.
+pub const MAX_QUERY_TEXT_CAP: usize = crate::routing::MAX_NORMALIZED_TEXT;
+
 /// Why an observability part could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {

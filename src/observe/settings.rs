@@ -3,7 +3,7 @@
 //! config. The background timer refreshes them every second, so a reload
 //! takes effect within a second.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::config::{Config, ExplainMode};
@@ -15,6 +15,7 @@ pub(crate) struct Settings {
     explain: AtomicU8,
     sample_rate_bits: AtomicU64,
     min_interval_nanos: AtomicU64,
+    max_query_text: AtomicUsize,
 }
 
 impl Settings {
@@ -25,6 +26,7 @@ impl Settings {
             explain: AtomicU8::new(0),
             sample_rate_bits: AtomicU64::new(0),
             min_interval_nanos: AtomicU64::new(0),
+            max_query_text: AtomicUsize::new(0),
         };
         s.refresh(config);
         s
@@ -47,6 +49,13 @@ impl Settings {
             .store(o.explain_sample_rate.to_bits(), Ordering::Relaxed);
         self.min_interval_nanos
             .store(nanos(o.explain_min_interval), Ordering::Relaxed);
+        self.max_query_text
+            .store(o.max_query_text as usize, Ordering::Relaxed);
+    }
+
+    /// `max_query_text`: bytes of normalised text kept and logged.
+    pub(crate) fn max_query_text(&self) -> usize {
+        self.max_query_text.load(Ordering::Relaxed)
     }
 
     /// `observability.enabled`: digests, slow log and EXPLAIN run.

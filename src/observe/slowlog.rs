@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::logsafe;
 use crate::observe::observer::QueryEvent;
 
 /// How often suppressed lines are summed up.
@@ -68,18 +69,19 @@ impl SlowLog {
     }
 }
 
-/// Writes the slow-query line for `ev`.
-pub(crate) fn log_slow(ev: &QueryEvent<'_>) {
+/// Writes the slow-query line for `ev`, its text cut at `query_cap`
+/// bytes; what the client wrote (names, quoted identifiers) escaped.
+pub(crate) fn log_slow(ev: &QueryEvent<'_>, query_cap: usize) {
     tracing::warn!(
         target: "slow_query",
-        query = %ev.normalized,
+        query = %logsafe::text(ev.normalized, query_cap),
         fingerprint = %format_args!("{:016x}", ev.fingerprint),
         duration_ms = ev.duration.as_secs_f64() * 1000.0,
         node = %ev.node_addr,
         role = ev.role.as_str(),
-        user = ev.user,
-        database = ev.database,
-        application_name = ev.application_name,
+        user = &*logsafe::name(ev.user),
+        database = &*logsafe::name(ev.database),
+        application_name = &*logsafe::name(ev.application_name),
         rows = ev.rows,
         sqlstate = ev.error,
         "slow query"

@@ -4,7 +4,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pgwire::messages::Message;
-use pgwire::messages::response::{CommandComplete, ReadyForQuery, TransactionStatus};
+use pgwire::messages::response::{
+    CommandComplete, NoticeResponse, ReadyForQuery, TransactionStatus,
+};
 use pgwire::messages::startup::{
     Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
 };
@@ -47,6 +49,17 @@ pub fn ready_for_query(out: &mut BytesMut, status: u8) {
 
 pub fn negotiate_protocol_version(out: &mut BytesMut, newest_minor: i32, unsupported: Vec<String>) {
     let _ = NegotiateProtocolVersion::new(newest_minor, unsupported).encode(out);
+}
+
+/// A NoticeResponse of severity WARNING (SQLSTATE 01000).
+pub fn warning(out: &mut BytesMut, message: &str) {
+    let fields = vec![
+        (b'S', "WARNING".to_string()),
+        (b'V', "WARNING".to_string()),
+        (b'C', "01000".to_string()),
+        (b'M', message.to_string()),
+    ];
+    let _ = NoticeResponse::new(fields).encode(out);
 }
 
 pub fn command_complete(out: &mut BytesMut, tag: &str) {

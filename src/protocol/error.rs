@@ -17,6 +17,7 @@ impl SqlState {
     pub const INVALID_AUTHORIZATION: SqlState = SqlState("28000");
     pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
+    pub const OUT_OF_MEMORY: SqlState = SqlState("53200");
     pub const READ_ONLY_TRANSACTION: SqlState = SqlState("25006");
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
@@ -94,13 +95,13 @@ impl WireError {
             (b'S', sev.clone()),
             (b'V', sev),
             (b'C', self.code.0.to_string()),
-            (b'M', self.message.clone()),
+            (b'M', field_text(&self.message)),
         ];
         if let Some(d) = &self.detail {
-            fields.push((b'D', d.clone()));
+            fields.push((b'D', field_text(d)));
         }
         if let Some(h) = &self.hint {
-            fields.push((b'H', h.clone()));
+            fields.push((b'H', field_text(h)));
         }
         // Encoding into a BytesMut cannot fail for an ErrorResponse (its limit
         // is i32::MAX and the proxy's messages are short).
@@ -114,21 +115,58 @@ impl WireError {
     }
 }
 
+/// Text for an ErrorResponse field: a NUL (from something a client sent)
+/// would end the field early and leave the rest of the frame unreadable.
+fn field_text(text: &str) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\\x00")
+    } else {
+        text.to_string()
+    }
+}
+
 /// A peer broke the framing rules. Each variant becomes an 08P01 error.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
-    #[error("message '{}' declares an impossible length {len}", char::from(*tag))]
+    #[error("message '{}' declares an impossible length {len}", Tag(*tag))]
     BadLength { tag: u8, len: usize },
-    #[error("message of {len} bytes exceeds the limit of {max} bytes (proxy.max_message_size)")]
-    TooLarge { len: usize, max: usize },
+    /// `limit` names the limit: a config key or what the limit is for.
+    #[error("message of {len} bytes exceeds the limit of {max} bytes ({limit})")]
+    TooLarge {
+        len: usize,
+        max: usize,
+        limit: &'static str,
+    },
     #[error("a string in the message is not terminated")]
     MissingTerminator,
     #[error("a string in the message is not valid UTF-8")]
     NotUtf8,
-    #[error("message '{}' is malformed: {what}", char::from(*tag))]
+    #[error("message '{}' is malformed: {what}", Tag(*tag))]
     Malformed { tag: u8, what: &'static str },
-    #[error("unexpected message '{}' {when}", char::from(*tag))]
+    #[error("unexpected message '{}' {when}", Tag(*tag))]
     Unexpected { tag: u8, when: &'static str },
+}
+
+impl ProtocolError {
+    /// Names `proxy.max_message_size` as the limit.
+    pub const MAX_MESSAGE_SIZE: &'static str = "proxy.max_message_size";
+    /// The fixed limit before login (Postgres's MAX_STARTUP_PACKET_LENGTH).
+    pub const BEFORE_LOGIN: &'static str = "the fixed limit for messages before login";
+}
+
+/// A message type byte as a person reads it: the letter, or `\xNN` for a
+/// byte that is not a printable character (a NUL written raw would end the
+/// ErrorResponse field that names it).
+pub struct Tag(pub u8);
+
+impl std::fmt::Display for Tag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_ascii_graphic() {
+            write!(f, "{}", char::from(self.0))
+        } else {
+            write!(f, "\\x{:02x}", self.0)
+        }
+    }
 }
 
 impl From<ProtocolError> for WireError {
@@ -188,5 +226,23 @@ mod tests {
             parse_error_fields(frame),
             (Some("ERROR"), Some("22021"), None)
         );
+    }
+
+    #[test]
+    fn unprintable_bytes_never_reach_a_field_raw() {
+        let e: WireError = ProtocolError::Unexpected {
+            tag: 0,
+            when: "after login",
+        }
+        .into();
+        assert_eq!(
+            e.message,
+            "invalid protocol: unexpected message '\\x00' after login"
+        );
+        let b = WireError::error(SqlState::SYNTAX_ERROR, "a\0b").to_bytes();
+        let (_, _, msg) = parse_error_fields(&b);
+        assert_eq!(msg, Some("a\\x00b"));
+        assert_eq!(Tag(b'Q').to_string(), "Q");
+        assert_eq!(Tag(0xff).to_string(), "\\xff");
     }
 }

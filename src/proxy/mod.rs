@@ -3,8 +3,10 @@
 
 mod reload;
 mod sources;
+mod start_only;
 
 pub use reload::ReloadError;
+pub use start_only::StartOnly;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::client::buffer_budget::BufferBudget;
 use crate::client::credentials::Credentials;
 use crate::client::prepared::StatementRegistry;
 use crate::client::registry::ClientRegistry;
@@ -53,6 +56,8 @@ pub struct Shared {
     generation: AtomicU64,
     /// The file `run` loaded, for SIGHUP and the console's RELOAD.
     pub config_path: OnceLock<PathBuf>,
+    /// Keys read only at start, which a reload keeps (set once bound).
+    pub start_only: OnceLock<StartOnly>,
     /// Cancelled when the proxy starts shutting down.
     pub shutdown: CancellationToken,
     /// Cancelled when `shutdown_timeout` has passed: sessions still holding
@@ -69,6 +74,8 @@ pub struct Shared {
     pub paused: Pause,
     /// Connected sockets, logged in or not (for max_client_conn).
     pub connected: AtomicUsize,
+    /// `proxy.max_message_memory`: what large client messages may hold.
+    pub message_memory: Arc<BufferBudget>,
     /// Client-facing TLS (certificate and mode); replaced on reload.
     pub client_tls: ArcSwap<crate::tls::ClientTls>,
 }
@@ -227,6 +234,7 @@ impl Proxy {
             monitor: Mutex::new(None),
             generation: AtomicU64::new(0),
             config_path: OnceLock::new(),
+            start_only: OnceLock::new(),
             shutdown: CancellationToken::new(),
             force_close: CancellationToken::new(),
             sessions: TaskTracker::new(),
@@ -238,6 +246,7 @@ impl Proxy {
             write_log,
             paused: Pause::default(),
             connected: AtomicUsize::new(0),
+            message_memory: BufferBudget::new(config.proxy.max_message_memory),
             client_tls: ArcSwap::from_pointee(client_tls),
             config: handle,
         });
@@ -275,6 +284,12 @@ impl Proxy {
             .serve_http()
             .await
             .map_err(StartError::Http)?;
+        // From now on the config shows the addresses really listened on.
+        let start_only = StartOnly::new(&config, tcp.as_ref().map(|(_, a)| *a), http.addr);
+        let mut in_force = config;
+        start_only.in_force(&mut in_force);
+        shared.config.store(Arc::new(in_force));
+        let _ = shared.start_only.set(start_only);
         let background = shared.observer.spawn_background();
         let mut accept = Vec::new();
         if let Some((listener, _)) = tcp {

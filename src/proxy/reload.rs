@@ -25,13 +25,15 @@ pub enum ReloadError {
 }
 
 impl Shared {
-    /// Re-reads the file `run` was started with and applies it.
-    pub fn reload_from_file(&self) -> Result<(), ReloadError> {
+    /// Re-reads the file `run` was started with and applies it. Returns
+    /// a warning for each key the file changed that only a restart
+    /// applies (those keep their running values).
+    pub fn reload_from_file(&self) -> Result<Vec<String>, ReloadError> {
         let path = self.config_path.get().ok_or(ReloadError::NoFile)?;
         self.reload_from(path)
     }
 
-    fn reload_from(&self, path: &Path) -> Result<(), ReloadError> {
+    fn reload_from(&self, path: &Path) -> Result<Vec<String>, ReloadError> {
         let applied = Config::load(path)
             .map_err(ReloadError::from)
             .and_then(|config| self.apply(config))
@@ -43,34 +45,36 @@ impl Shared {
                 other => other,
             });
         match applied {
-            Ok(()) => {
+            Ok(kept) => {
+                for warning in &kept {
+                    tracing::warn!("{warning}");
+                }
                 tracing::info!(path = %path.display(), "config reloaded");
-                Ok(())
+                Ok(kept)
             }
             Err(error) => {
-                tracing::error!(%error, "config reload refused; the running config stays");
+                let shown = error.to_string();
+                tracing::error!(
+                    error = %crate::logsafe::message(&shown),
+                    "config reload refused; the running config stays"
+                );
                 Err(error)
             }
         }
     }
 
-    /// Applies a validated config. Certificate and CA files are read first:
-    /// if one cannot be used, nothing changes.
-    pub fn apply(&self, new: Config) -> Result<(), ReloadError> {
+    /// Applies a validated config, except the keys only a restart
+    /// applies, which keep their running values; returns what it said
+    /// about those. Certificate and CA files are read first: if one cannot
+    /// be used, nothing changes.
+    pub fn apply(&self, mut new: Config) -> Result<Vec<String>, ReloadError> {
         let client_tls = crate::tls::build_client_tls(&new.proxy)?;
         let server_tls = crate::tls::build_server_tls(&new.cluster)?;
+        let kept = match self.start_only.get() {
+            Some(start_only) => start_only.keep(&mut new),
+            None => Vec::new(),
+        };
         let old = self.config.load_full();
-        if new.proxy.listen != old.proxy.listen || new.http.listen != old.http.listen {
-            tracing::warn!("listen addresses change only on restart");
-        }
-        if new.fleet.as_ref().map(|f| (&f.name, &f.instance))
-            != old.fleet.as_ref().map(|f| (&f.name, &f.instance))
-        {
-            tracing::warn!("joining, leaving or renaming a fleet takes a restart");
-        }
-        if new.proxy.worker_threads != old.proxy.worker_threads {
-            tracing::warn!("proxy.worker_threads changes only on restart");
-        }
         // The view also holds the state file's record.
         let nodes_changed = new.cluster.primary != old.cluster.primary
             || new.cluster.replicas != old.cluster.replicas
@@ -83,6 +87,7 @@ impl Shared {
             });
         let pools_changed = !same_pool_settings(&new, &old) || passwords_changed;
         self.client_tls.store(std::sync::Arc::new(client_tls));
+        self.message_memory.set_limit(new.proxy.max_message_memory);
         self.pools.set_server_tls(server_tls);
         self.credentials
             .store(std::sync::Arc::new(Credentials::build(&new)));
@@ -98,7 +103,7 @@ impl Shared {
             self.pools.clear();
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
-        Ok(())
+        Ok(kept)
     }
 }
 

@@ -7,6 +7,8 @@
 //! entry's `hot` bit with a relaxed atomic store (under the read lock), and
 //! a full shard evicts the first entry whose bit is clear, clearing bits on
 //! the way. That approximates LRU without any bookkeeping on the hit path.
+//! Each shard is also bounded in bytes (normalised text and table names),
+//! so that large distinct statements cannot grow it without limit.
 
 use super::fingerprint::Fingerprint;
 use super::types::StatementInfo;
@@ -40,23 +42,50 @@ struct Entry {
     hot: AtomicBool,
 }
 
-type Shard = HashMap<Fingerprint, Entry, BuildHasherDefault<PassThrough>>;
+type Map = HashMap<Fingerprint, Entry, BuildHasherDefault<PassThrough>>;
+
+struct Shard {
+    map: Map,
+    /// [`heap_bytes`] of its entries.
+    bytes: usize,
+}
+
+/// Bytes an entry holds besides its fixed size: its text and table names.
+fn heap_bytes(info: &StatementInfo) -> usize {
+    info.normalized.len()
+        + info
+            .tables_read
+            .iter()
+            .chain(info.tables_written.iter())
+            .map(|t| t.len() + 16)
+            .sum::<usize>()
+}
 
 /// Bounded concurrent map from fingerprint to classification.
 pub(crate) struct Cache {
     shards: Box<[RwLock<Shard>]>,
     per_shard: usize,
+    bytes_per_shard: usize,
 }
 
 impl Cache {
     /// At most about `capacity` entries (rounded up to a multiple of the
-    /// shard count); `0` disables caching.
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// shard count) and `bytes` of text; `0` entries disables caching.
+    pub(crate) fn new(capacity: usize, bytes: usize) -> Self {
         let per_shard = capacity.div_ceil(SHARDS);
         let shards = (0..SHARDS)
-            .map(|_| RwLock::new(Shard::with_capacity_and_hasher(0, Default::default())))
+            .map(|_| {
+                RwLock::new(Shard {
+                    map: Map::with_capacity_and_hasher(0, Default::default()),
+                    bytes: 0,
+                })
+            })
             .collect();
-        Self { shards, per_shard }
+        Self {
+            shards,
+            per_shard,
+            bytes_per_shard: bytes / SHARDS,
+        }
     }
 
     fn shard(&self, fp: Fingerprint) -> &RwLock<Shard> {
@@ -69,7 +98,7 @@ impl Cache {
         // A poisoned lock only means another thread panicked mid-insert; the
         // map itself is still consistent, so keep using it.
         let shard = self.shard(fp).read().unwrap_or_else(|e| e.into_inner());
-        let entry = shard.get(&fp)?;
+        let entry = shard.map.get(&fp)?;
         if !entry.hot.load(Ordering::Relaxed) {
             entry.hot.store(true, Ordering::Relaxed);
         }
@@ -84,13 +113,21 @@ impl Cache {
         }
         let fp = info.fingerprint;
         let mut shard = self.shard(fp).write().unwrap_or_else(|e| e.into_inner());
-        if let Some(existing) = shard.get(&fp) {
+        if let Some(existing) = shard.map.get(&fp) {
             return Arc::clone(&existing.info);
         }
-        if shard.len() >= self.per_shard {
+        let size = heap_bytes(&info);
+        if size > self.bytes_per_shard {
+            // Not worth a whole shard: classified again next time.
+            return info;
+        }
+        while !shard.map.is_empty()
+            && (shard.map.len() >= self.per_shard || shard.bytes + size > self.bytes_per_shard)
+        {
             evict_one(&mut shard);
         }
-        shard.insert(
+        shard.bytes += size;
+        shard.map.insert(
             fp,
             Entry {
                 info: Arc::clone(&info),
@@ -104,7 +141,7 @@ impl Cache {
     pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len())
+            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).map.len())
             .sum()
     }
 }
@@ -112,16 +149,16 @@ impl Cache {
 /// Second chance: the first entry not hit since the last sweep goes.
 fn evict_one(shard: &mut Shard) {
     let mut victim = None;
-    for (fp, entry) in shard.iter() {
+    for (fp, entry) in shard.map.iter() {
         if !entry.hot.swap(false, Ordering::Relaxed) {
             victim = Some(*fp);
             break;
         }
     }
     // Every entry was hot (and now is not): take the first one.
-    let victim = victim.or_else(|| shard.keys().next().copied());
-    if let Some(fp) = victim {
-        shard.remove(&fp);
+    let victim = victim.or_else(|| shard.map.keys().next().copied());
+    if let Some(entry) = victim.and_then(|fp| shard.map.remove(&fp)) {
+        shard.bytes -= heap_bytes(&entry.info);
     }
 }
 

@@ -9,7 +9,7 @@ use super::types::{PinReason, ProxyParam, Reason, Route, TxEffect, Unpin};
 use super::walker::{self, Facts};
 use sqlparser::ast::{
     CopySource, CopyTarget, DiscardObject, Reset, Set, SetExpr, Statement, TransactionAccessMode,
-    TransactionMode,
+    TransactionIsolationLevel, TransactionMode,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -27,6 +27,8 @@ pub(crate) struct StmtClass {
     pub unpin: Option<Unpin>,
     /// Has literal-dependent session effects (SET, RESET, set_config).
     pub session: bool,
+    /// Runs code whose effects on the session the text does not show.
+    pub opaque: bool,
     pub read: BTreeSet<String>,
     pub written: BTreeSet<String>,
 }
@@ -40,6 +42,7 @@ impl StmtClass {
             pin: None,
             unpin: None,
             session: false,
+            opaque: false,
             read: BTreeSet::new(),
             written: BTreeSet::new(),
         }
@@ -64,6 +67,7 @@ pub(crate) fn classify_statement(text: &str, functions: &FunctionPolicy) -> Stmt
             parts.fold(first, |mut acc, part| {
                 acc.route = Route::Write;
                 acc.reason = Reason::MultiStatementWrite;
+                acc.opaque |= part.opaque;
                 acc.read.extend(part.read);
                 acc.written.extend(part.written);
                 acc
@@ -86,6 +90,17 @@ fn parse(text: &str) -> Result<Vec<Statement>, sqlparser::parser::ParserError> {
         return Parser::parse_sql(&dialect, &format!("SELECT * FROM{rest}"));
     }
     Parser::parse_sql(&dialect, text)
+}
+
+/// `Some(true)` for ISOLATION LEVEL SERIALIZABLE, `Some(false)` for
+/// another level, `None` when none is given (the last one counts).
+fn serializable_mode(modes: &[TransactionMode]) -> Option<bool> {
+    modes.iter().rev().find_map(|m| match m {
+        TransactionMode::IsolationLevel(level) => {
+            Some(*level == TransactionIsolationLevel::Serializable)
+        }
+        _ => None,
+    })
 }
 
 fn read_only_mode(modes: &[TransactionMode]) -> Option<bool> {
@@ -133,6 +148,7 @@ fn classify_ast(stmt: &Statement, functions: &FunctionPolicy) -> StmtClass {
         if analyze {
             return classify_ast(statement, functions);
         }
+        // Plain EXPLAIN runs nothing.
         let mut class = StmtClass::new(Route::Read, Reason::Read);
         class.read.extend(facts.read.union(&facts.written).cloned());
         return class;
@@ -141,6 +157,10 @@ fn classify_ast(stmt: &Statement, functions: &FunctionPolicy) -> StmtClass {
     class.pin = class.pin.or(facts.pin);
     class.unpin = class.unpin.or(facts.unpin.clone());
     class.session |= facts.set_config;
+    // A procedure, a prepared statement's body, or a user function may
+    // change the session where the text does not say.
+    class.opaque |=
+        facts.opaque_call || matches!(stmt, Statement::Call(_) | Statement::Execute { .. });
     if class.reason == Reason::Ddl {
         class
             .written
@@ -206,6 +226,7 @@ fn by_kind(stmt: &Statement, facts: &Facts) -> StmtClass {
         S::Truncate(_) => StmtClass::write(Reason::Write),
         S::StartTransaction { modes, .. } => tx(TxEffect::Begin {
             read_only: read_only_mode(modes),
+            serializable: serializable_mode(modes),
         }),
         S::Commit { .. } => tx(TxEffect::Commit),
         S::Rollback {
@@ -224,6 +245,7 @@ fn by_kind(stmt: &Statement, facts: &Facts) -> StmtClass {
             ..
         }) => tx(TxEffect::SetTransaction {
             read_only: read_only_mode(modes),
+            serializable: serializable_mode(modes),
         }),
         S::Set(Set::SetTransaction {
             modes,
@@ -232,6 +254,7 @@ fn by_kind(stmt: &Statement, facts: &Facts) -> StmtClass {
         }) => {
             let mut class = session(TxEffect::SetSessionCharacteristics {
                 read_only: read_only_mode(modes),
+                serializable: serializable_mode(modes),
             });
             class.session = true;
             class

@@ -47,6 +47,15 @@ pub(crate) fn classify(text: &str) -> StmtClass {
             None
         }
     };
+    let serializable = || {
+        if has_words(&["serializable"]) {
+            Some(true)
+        } else if has_words(&["isolation", "level"]) {
+            Some(false)
+        } else {
+            None
+        }
+    };
     let (w0, w1) = (word(0), word(1));
     let mut class = StmtClass::new(Route::Write, Reason::ParseError);
     match w0.as_str() {
@@ -54,6 +63,7 @@ pub(crate) fn classify(text: &str) -> StmtClass {
             &mut class,
             TxEffect::Begin {
                 read_only: read_only(),
+                serializable: serializable(),
             },
         ),
         "commit" | "end" => tx(&mut class, TxEffect::Commit),
@@ -65,6 +75,7 @@ pub(crate) fn classify(text: &str) -> StmtClass {
             &mut class,
             TxEffect::SetTransaction {
                 read_only: read_only(),
+                serializable: serializable(),
             },
         ),
         "set" | "reset" => {
@@ -124,6 +135,13 @@ pub(crate) fn classify(text: &str) -> StmtClass {
         _ => {}
     }
     scan_calls(&tokens, text, &mut class);
+    // Text the parser could not read may run anything: only statements
+    // recognised above as changing nothing but what they spell out are not
+    // opaque.
+    class.opaque = !matches!(
+        class.reason,
+        Reason::TransactionControl | Reason::SessionState | Reason::ProxySetting
+    );
     class
 }
 

@@ -109,6 +109,17 @@ const DENIED_PREFIXES: &[&str] = &[
     "pg_sequence_", "binary_upgrade_", "pg_set_", "pg_clear_", "pg_restore_", "pg_sync_",
 ];
 
+/// A built-in this module lists (read-only or denied, by name or family).
+/// Functions configured in `routing.read_only_functions` are not: they are
+/// the user's own code, declared safe on a replica but free to change the
+/// session (`set_config(…, false)`).
+fn is_builtin(name: &str) -> bool {
+    READ_ONLY.contains(&name)
+        || READ_ONLY_PREFIXES.iter().any(|p| name.starts_with(p))
+        || DENIED.contains(&name)
+        || DENIED_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
 /// What calling one function means for routing.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub(crate) struct FnEffect {
@@ -117,6 +128,9 @@ pub(crate) struct FnEffect {
     pub unpin: Option<Unpin>,
     /// `set_config(...)`: a literal-dependent session change.
     pub set_config: bool,
+    /// Not a built-in this module knows: user code, which may change the
+    /// session in ways the statement's text does not show.
+    pub opaque: bool,
 }
 
 /// The allow-list plus the names configured in `routing.read_only_functions`.
@@ -149,11 +163,13 @@ impl FunctionPolicy {
             let full = parts.join(".");
             return FnEffect {
                 read_only: self.extra.contains(&full),
+                opaque: true,
                 ..FnEffect::default()
             };
         };
         let mut effect = FnEffect {
             read_only: self.is_read_only(name),
+            opaque: !is_builtin(name),
             ..FnEffect::default()
         };
         if name == "set_config" {

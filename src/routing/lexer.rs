@@ -47,6 +47,35 @@ impl TokenKind {
     }
 }
 
+/// How a session's server reads `'…'` strings: with
+/// `standard_conforming_strings = on` (the default since PostgreSQL 9.1) a
+/// backslash is an ordinary character; with `off` it escapes the next
+/// character, as it always does in `E'…'`. Text lexed the wrong way finds
+/// literals where there are none (and leaks literal values into the
+/// normalised text) or misses statements hidden in what looks like one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Quoting {
+    /// `standard_conforming_strings = on`.
+    #[default]
+    Standard,
+    /// `standard_conforming_strings = off`: backslash escapes in `'…'`
+    /// (and `N'…'`).
+    Backslash,
+}
+
+impl Quoting {
+    /// The mode a `standard_conforming_strings` value means, if it is one
+    /// (the boolean spellings Postgres accepts).
+    pub fn from_setting(value: &str) -> Option<Quoting> {
+        let v = value.trim().trim_matches('\'').to_ascii_lowercase();
+        match v.as_str() {
+            "on" | "true" | "yes" | "1" | "t" | "y" => Some(Quoting::Standard),
+            "off" | "false" | "no" | "0" | "f" | "n" => Some(Quoting::Backslash),
+            _ => None,
+        }
+    }
+}
+
 /// One token as a byte range of the input. The range always lies on UTF-8
 /// character boundaries because it starts and ends at ASCII bytes or at the
 /// end of the input.
@@ -68,6 +97,8 @@ impl Token {
 pub struct Lexer<'a> {
     src: &'a [u8],
     pos: usize,
+    /// Backslash escapes in plain `'…'` strings too.
+    backslash_strings: bool,
     /// Set when a string, quoted identifier or comment ran into the end of
     /// the input. Such text is never valid SQL, and it must not share a
     /// fingerprint with the valid statement it resembles.
@@ -76,9 +107,15 @@ pub struct Lexer<'a> {
 
 impl<'a> Lexer<'a> {
     pub fn new(sql: &'a str) -> Self {
+        Self::with_quoting(sql, Quoting::Standard)
+    }
+
+    /// A lexer reading strings as a server in `quoting` mode does.
+    pub fn with_quoting(sql: &'a str, quoting: Quoting) -> Self {
         Self {
             src: sql.as_bytes(),
             pos: 0,
+            backslash_strings: quoting == Quoting::Backslash,
             unterminated: false,
         }
     }
@@ -237,7 +274,7 @@ impl<'a> Lexer<'a> {
                 TokenKind::BlockComment
             }
             b'\'' => {
-                self.quoted(b'\'', false);
+                self.quoted(b'\'', self.backslash_strings);
                 TokenKind::String
             }
             b'"' => {
@@ -258,7 +295,12 @@ impl<'a> Lexer<'a> {
                 self.quoted(b'\'', true);
                 TokenKind::String
             }
-            b'b' | b'B' | b'x' | b'X' | b'n' | b'N' if next == b'\'' => {
+            b'n' | b'N' if next == b'\'' => {
+                self.pos += 1;
+                self.quoted(b'\'', self.backslash_strings);
+                TokenKind::String
+            }
+            b'b' | b'B' | b'x' | b'X' if next == b'\'' => {
                 self.pos += 1;
                 self.quoted(b'\'', false);
                 TokenKind::String

@@ -47,6 +47,7 @@ mod normalize;
 pub mod policy;
 pub mod related;
 mod session;
+mod strings;
 pub mod template;
 mod types;
 mod walker;
@@ -56,6 +57,7 @@ mod tests;
 
 use cache::Cache;
 pub use fingerprint::Fingerprint;
+pub use lexer::Quoting;
 pub use types::{
     Classified, Hint, PinReason, ProxyParam, Reason, Route, RouteSetting, SessionChange,
     StatementInfo, TxEffect, Unpin,
@@ -65,6 +67,24 @@ use classify::StmtClass;
 use functions::FunctionPolicy;
 use std::collections::BTreeSet;
 use std::sync::Arc;
+
+/// Normalised text kept per statement shape, in bytes (longer text is cut
+/// and ends with `…`; the fingerprint still covers all of it). With the
+/// cache's byte budget this bounds what many large distinct statements can
+/// make the classifier hold.
+pub const MAX_NORMALIZED_TEXT: usize = 64 * 1024;
+
+/// Bytes of normalised text and table names the classification cache
+/// holds at most (besides its bound in entries).
+pub const CACHE_TEXT_BUDGET: usize = 16 * 1024 * 1024;
+
+/// What a statement that the two string modes read differently shows,
+/// while the session's mode is not known for sure.
+pub const UNSURE_TEXT: &str =
+    "<not shown: standard_conforming_strings was changing, the text could not be read for sure>";
+
+/// The fingerprint all such statements share.
+const UNSURE_FINGERPRINT: Fingerprint = Fingerprint(0x5ec0_11f1_de17_0017_5ec0_11f1_de17_0017);
 
 /// Bracket depth above which a statement is not parsed (`too_deep`).
 /// Generated SQL nests a handful of levels; 64 leaves room for hand-written
@@ -104,7 +124,7 @@ impl Classifier {
             )
         });
         Self {
-            cache: Cache::new(cache_capacity),
+            cache: Cache::new(cache_capacity, CACHE_TEXT_BUDGET),
             functions: FunctionPolicy::new(extra_read_only_functions),
             max_query_len,
         }
@@ -114,7 +134,15 @@ impl Classifier {
     /// may contain `$1` parameters). Never panics; allocation-free on a
     /// cache hit for statements without session effects.
     pub fn classify(&self, sql: &str) -> Classified {
-        self.classify_fingerprinted(sql, normalize::fingerprint(sql))
+        self.classify_in(sql, Quoting::Standard)
+    }
+
+    /// [`classify`](Self::classify) for a session whose server reads
+    /// strings in `quoting` mode (`standard_conforming_strings`). Shapes
+    /// are cached across modes: text read the right way has the same
+    /// normalised form, and so the same classification, in either.
+    pub fn classify_in(&self, sql: &str, quoting: Quoting) -> Classified {
+        self.classify_fingerprinted(sql, quoting, normalize::fingerprint(sql, quoting))
     }
 
     /// Like [`classify`](Self::classify), also listing the byte ranges of
@@ -124,20 +152,77 @@ impl Classifier {
         sql: &str,
         numbers: &mut Vec<std::ops::Range<usize>>,
     ) -> Classified {
-        self.classify_fingerprinted(sql, normalize::fingerprint_noting_numbers(sql, numbers))
+        self.classify_noting_numbers_in(sql, Quoting::Standard, numbers)
+    }
+
+    /// [`classify_noting_numbers`](Self::classify_noting_numbers) in
+    /// `quoting` mode (see [`classify_in`](Self::classify_in)).
+    pub fn classify_noting_numbers_in(
+        &self,
+        sql: &str,
+        quoting: Quoting,
+        numbers: &mut Vec<std::ops::Range<usize>>,
+    ) -> Classified {
+        self.classify_fingerprinted(
+            sql,
+            quoting,
+            normalize::fingerprint_noting_numbers(sql, quoting, numbers),
+        )
+    }
+
+    /// For when the session's string mode is not known for sure (a change
+    /// of `standard_conforming_strings` is on its way to the server): if
+    /// both modes read `sql` alike, that classification; if not, one that
+    /// shows no text, runs on the primary, and whose session changes are
+    /// untracked (the proxy cannot know which the server will make).
+    pub fn classify_unsure(&self, sql: &str) -> Classified {
+        let standard = self.classify_in(sql, Quoting::Standard);
+        if !sql.contains('\\') {
+            return standard;
+        }
+        let backslash = self.classify_in(sql, Quoting::Backslash);
+        if standard.info.fingerprint == backslash.info.fingerprint {
+            return standard;
+        }
+        let (a, b) = (&standard.info, &backslash.info);
+        let untracked = !standard.session.is_empty() || !backslash.session.is_empty();
+        Classified {
+            hint: standard.hint.or(backslash.hint),
+            info: Arc::new(StatementInfo {
+                fingerprint: UNSURE_FINGERPRINT,
+                normalized: Arc::from(UNSURE_TEXT),
+                route: Route::Write,
+                reason: Reason::ParseError,
+                tables_read: Box::default(),
+                tables_written: Box::default(),
+                tx: if a.tx == b.tx { a.tx } else { TxEffect::None },
+                pin: a.pin.or(b.pin),
+                unpin: None,
+                statement_count: a.statement_count.max(b.statement_count),
+                has_session_changes: untracked,
+                // Unsure what the server reads: it may run anything.
+                opaque: true,
+            }),
+            session: if untracked {
+                vec![SessionChange::Untracked { name: None }]
+            } else {
+                Vec::new()
+            },
+        }
     }
 
     fn classify_fingerprinted(
         &self,
         sql: &str,
+        quoting: Quoting,
         (fp, hint): (Fingerprint, Option<Hint>),
     ) -> Classified {
         let info = match self.cache.get(fp) {
             Some(info) => info,
-            None => self.cache.insert(Arc::new(self.analyze(sql))),
+            None => self.cache.insert(Arc::new(self.analyze(sql, quoting))),
         };
         let session = if info.has_session_changes {
-            session::extract(sql)
+            session::extract(sql, quoting)
         } else {
             Vec::new()
         };
@@ -151,7 +236,7 @@ impl Classifier {
     /// Fingerprint and hint only (no cache, no parse): e.g. for digests of
     /// statements the proxy does not route.
     pub fn fingerprint(sql: &str) -> (Fingerprint, Option<Hint>) {
-        normalize::fingerprint(sql)
+        normalize::fingerprint(sql, Quoting::Standard)
     }
 
     /// Number of statement shapes currently cached.
@@ -160,10 +245,8 @@ impl Classifier {
     }
 
     /// The cache-miss path: full classification of `sql`.
-    fn analyze(&self, sql: &str) -> StatementInfo {
-        // Normalised text can outgrow the input (`1` → `$1`), hence the slack.
-        let cap = self.max_query_len.saturating_mul(2).saturating_add(1024);
-        let normalized = normalize::normalize(sql, cap);
+    fn analyze(&self, sql: &str, quoting: Quoting) -> StatementInfo {
+        let normalized = normalize::normalize(sql, quoting, MAX_NORMALIZED_TEXT);
         let too_large = sql.len() > self.max_query_len;
         let too_deep = normalized.max_depth > MAX_NESTING;
         let unparsed = too_large || too_deep;
@@ -171,17 +254,18 @@ impl Classifier {
             .spans
             .iter()
             .map(|span| {
-                let text = sql.get(span.clone()).unwrap_or("");
+                let text = strings::for_parser(sql.get(span.clone()).unwrap_or(""), quoting);
                 if unparsed {
-                    fallback::classify(text)
+                    fallback::classify(&text)
                 } else {
-                    classify::classify_statement(text, &self.functions)
+                    classify::classify_statement(&text, &self.functions)
                 }
             })
             .collect();
         let mut info = combine(parts);
         if unparsed || normalized.unterminated {
             info.route = Route::Write;
+            info.opaque = true;
             info.reason = if too_large {
                 Reason::TooLarge
             } else if too_deep {
@@ -207,6 +291,7 @@ fn combine(parts: Vec<StmtClass>) -> StatementInfo {
     let mut tx = TxEffect::None;
     let (mut pin, mut unpin) = (None, None);
     let mut has_session_changes = false;
+    let mut opaque = false;
     let mut parse_error = false;
     let (mut read, mut written) = (BTreeSet::new(), BTreeSet::new());
     for part in parts {
@@ -226,6 +311,7 @@ fn combine(parts: Vec<StmtClass>) -> StatementInfo {
             unpin = part.unpin;
         }
         has_session_changes |= part.session;
+        opaque |= part.opaque;
         read.extend(part.read);
         written.extend(part.written);
     }
@@ -253,6 +339,7 @@ fn combine(parts: Vec<StmtClass>) -> StatementInfo {
         unpin,
         statement_count: count,
         has_session_changes,
+        opaque,
     }
 }
 

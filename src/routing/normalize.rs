@@ -9,7 +9,7 @@
 //! around `( ) [ ] , . ::` and before `;`; empty statements dropped.
 
 use super::fingerprint::{Fingerprint, FpHasher};
-use super::lexer::{Lexer, Token, TokenKind};
+use super::lexer::{Lexer, Quoting, Token, TokenKind};
 use super::types::Hint;
 use std::ops::Range;
 
@@ -59,8 +59,9 @@ impl Sink for NotingSink<'_> {
 }
 
 /// Hash plus the text, used on a cache miss. The text stops growing at
-/// `cap` bytes (marked with `…`) so a huge statement does not pin a huge
-/// string in the cache; the hash always covers everything.
+/// `cap` bytes (cut inside a token if need be, and marked with `…`) so a
+/// huge statement does not pin a huge string in the cache; the hash always
+/// covers everything.
 pub(crate) struct TextSink {
     pub hash: FpHasher,
     pub text: String,
@@ -78,31 +79,38 @@ impl TextSink {
         }
     }
 
-    fn room(&mut self, s: &str) -> bool {
+    /// Appends what still fits of `s` (lower-cased if `lower`); the
+    /// text that does not fit is cut and `…` ends the text for good.
+    fn append(&mut self, s: &str, lower: bool) {
         if self.truncated {
-            return false;
+            return;
         }
-        if self.text.len() + s.len() > self.cap {
+        let room = self.cap.saturating_sub(self.text.len());
+        let mut end = s.len().min(room);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        if lower {
+            self.text
+                .extend(s[..end].chars().map(|c| c.to_ascii_lowercase()));
+        } else {
+            self.text.push_str(&s[..end]);
+        }
+        if end < s.len() {
             self.truncated = true;
             self.text.push('…');
-            return false;
         }
-        true
     }
 }
 
 impl Sink for TextSink {
     fn push(&mut self, s: &str) {
         self.hash.bytes(s.as_bytes());
-        if self.room(s) {
-            self.text.push_str(s);
-        }
+        self.append(s, false);
     }
     fn push_lower(&mut self, s: &str) {
         self.hash.lower(s.as_bytes());
-        if self.room(s) {
-            self.text.extend(s.chars().map(|c| c.to_ascii_lowercase()));
-        }
+        self.append(s, true);
     }
 }
 
@@ -116,9 +124,9 @@ pub(crate) struct Scan {
 }
 
 /// Hash-only scan: fingerprint and hint, no allocation.
-pub(crate) fn fingerprint(sql: &str) -> (Fingerprint, Option<Hint>) {
+pub(crate) fn fingerprint(sql: &str, quoting: Quoting) -> (Fingerprint, Option<Hint>) {
     let mut sink = HashSink(FpHasher::new());
-    let scan = run(sql, &mut sink, |_| {});
+    let scan = run(sql, quoting, &mut sink, |_| {});
     (sink.0.finish(), scan.hint)
 }
 
@@ -126,6 +134,7 @@ pub(crate) fn fingerprint(sql: &str) -> (Fingerprint, Option<Hint>) {
 /// literals in `numbers` (cleared first).
 pub(crate) fn fingerprint_noting_numbers(
     sql: &str,
+    quoting: Quoting,
     numbers: &mut Vec<Range<usize>>,
 ) -> (Fingerprint, Option<Hint>) {
     numbers.clear();
@@ -133,16 +142,16 @@ pub(crate) fn fingerprint_noting_numbers(
         hash: FpHasher::new(),
         numbers,
     };
-    let scan = run(sql, &mut sink, |_| {});
+    let scan = run(sql, quoting, &mut sink, |_| {});
     (sink.hash.finish(), scan.hint)
 }
 
 /// Full scan on a cache miss: normalised text (capped at `cap` bytes) and
 /// the byte range of each non-empty statement (without its `;`).
-pub(crate) fn normalize(sql: &str, cap: usize) -> Normalized {
+pub(crate) fn normalize(sql: &str, quoting: Quoting, cap: usize) -> Normalized {
     let mut sink = TextSink::new(cap);
     let mut spans = Vec::new();
-    let scan = run(sql, &mut sink, |r| spans.push(r));
+    let scan = run(sql, quoting, &mut sink, |r| spans.push(r));
     Normalized {
         fingerprint: sink.hash.finish(),
         text: sink.text,
@@ -165,6 +174,7 @@ pub(crate) struct Normalized {
 /// The single pass. `on_statement` gets each non-empty statement's range.
 pub(crate) fn run(
     sql: &str,
+    quoting: Quoting,
     sink: &mut impl Sink,
     mut on_statement: impl FnMut(Range<usize>),
 ) -> Scan {
@@ -175,7 +185,7 @@ pub(crate) fn run(
     let mut pending_semicolon = false;
     let mut seen_token = false;
     let (mut depth, mut max_depth) = (0usize, 0usize);
-    let mut lexer = Lexer::new(sql);
+    let mut lexer = Lexer::with_quoting(sql, quoting);
     for tok in lexer.by_ref() {
         match tok.kind {
             TokenKind::LineComment | TokenKind::BlockComment => {

@@ -55,6 +55,9 @@ pub struct Request<'a> {
     /// (and the session default is read-write): where a replica is asked
     /// for, it goes there, and the replica refuses its writes itself.
     pub undeclared_transaction: bool,
+    /// It runs (or opens) a SERIALIZABLE transaction, which a hot standby
+    /// refuses: the primary, whatever its statements.
+    pub serializable: bool,
 }
 
 /// A request the policy refuses.
@@ -62,6 +65,8 @@ pub struct Request<'a> {
 pub enum Refusal {
     /// A replica was required (hint or setting) for a write.
     WriteOnReplica,
+    /// A replica was required for a SERIALIZABLE transaction.
+    SerializableOnReplica,
     /// No replica could serve the read and fallback_to_primary is off.
     NoReplica(NoReplica),
 }
@@ -336,6 +341,12 @@ pub fn decide(
         (None, Some(RouteSetting::Primary)) => return Ok(Decision::primary("hint")),
         _ => false,
     };
+    if req.serializable {
+        if wants_replica {
+            return Err(Refusal::SerializableOnReplica);
+        }
+        return Ok(Decision::primary("transaction"));
+    }
     let is_read = req.route == Route::Read
         || req.read_only_transaction
         || (wants_replica && req.undeclared_transaction);
@@ -462,6 +473,7 @@ mod tests {
             tables_read: tables,
             read_only_transaction: false,
             undeclared_transaction: false,
+            serializable: false,
         }
     }
 

@@ -3,26 +3,38 @@
 //! — never from the cache, since statements that differ only in these
 //! values share a fingerprint.
 
-use super::lexer::{Lexer, Token, TokenKind};
+use std::borrow::Cow;
+
+use super::lexer::{Lexer, Quoting, Token, TokenKind};
 use super::types::{ProxyParam, RouteSetting, SessionChange};
 use crate::cluster::Lsn;
 
 /// All session changes in `sql` (every statement), in order, less those a
-/// ROLLBACK later in the same string undoes.
-pub(crate) fn extract(sql: &str) -> Vec<SessionChange> {
+/// ROLLBACK later in the same string undoes. Strings are read as a server
+/// in `quoting` mode reads them; SET values are kept in a form that means
+/// the same in either mode (they are re-applied on other servers).
+pub(crate) fn extract(sql: &str, quoting: Quoting) -> Vec<SessionChange> {
     let mut out = Vec::new();
     let mut blocks = Blocks::default();
     let mut stmt: Vec<Token> = Vec::new();
-    for tok in Lexer::new(sql).filter(|t| !t.kind.is_comment()) {
+    let src = Src { sql, quoting };
+    for tok in Lexer::with_quoting(sql, quoting).filter(|t| !t.kind.is_comment()) {
         if tok.kind == TokenKind::Semicolon {
-            statement(sql, &stmt, &mut out, &mut blocks);
+            statement(src, &stmt, &mut out, &mut blocks);
             stmt.clear();
         } else {
             stmt.push(tok);
         }
     }
-    statement(sql, &stmt, &mut out, &mut blocks);
+    statement(src, &stmt, &mut out, &mut blocks);
     out
+}
+
+/// The text being read and how its strings are read.
+#[derive(Clone, Copy)]
+struct Src<'a> {
+    sql: &'a str,
+    quoting: Quoting,
 }
 
 /// Transaction control within one string, as positions in its list of
@@ -119,12 +131,13 @@ fn is_word(t: Option<&Token>, sql: &str, w: &str) -> bool {
     t.is_some_and(|t| t.kind == TokenKind::Word && t.text(sql).eq_ignore_ascii_case(w))
 }
 
-fn statement(sql: &str, toks: &[Token], out: &mut Vec<SessionChange>, blocks: &mut Blocks) {
+fn statement(src: Src<'_>, toks: &[Token], out: &mut Vec<SessionChange>, blocks: &mut Blocks) {
+    let sql = src.sql;
     if blocks.control(sql, toks, out) {
         return;
     }
     if is_word(toks.first(), sql, "set") {
-        set(sql, &toks[1..], out);
+        set(src, &toks[1..], out);
     } else if is_word(toks.first(), sql, "reset") {
         reset(sql, &toks[1..], out);
     } else if is_word(toks.first(), sql, "show") {
@@ -136,20 +149,45 @@ fn statement(sql: &str, toks: &[Token], out: &mut Vec<SessionChange>, blocks: &m
         }
         return;
     }
-    set_config_calls(sql, toks, out);
+    set_config_calls(src, toks, out);
 }
 
 /// Source text of `toks`, comments dropped and whitespace collapsed: what
-/// can be sent back as the value of `SET name TO …`.
-fn joined(sql: &str, toks: &[Token]) -> String {
+/// can be sent back as the value of `SET name TO …`, on a server in either
+/// string mode (see [`portable`]).
+fn joined(src: Src<'_>, toks: &[Token]) -> String {
     let mut s = String::new();
     for (i, t) in toks.iter().enumerate() {
         if i > 0 && toks[i - 1].end != t.start && t.kind != TokenKind::Punct {
             s.push(' ');
         }
-        s.push_str(t.text(sql));
+        if t.kind == TokenKind::String {
+            s.push_str(&portable(t.text(src.sql), src.quoting));
+        } else {
+            s.push_str(t.text(src.sql));
+        }
     }
     s
+}
+
+/// A string literal's text, written so that it means the same whatever
+/// `standard_conforming_strings` the server that reads it has: a plain
+/// `'…'` read with backslash escapes is the `E'…'` of the same body; one
+/// read without them that holds a backslash becomes `E'…'` with its
+/// backslashes doubled. Other literals already mean the same in both.
+pub(crate) fn portable(text: &str, quoting: Quoting) -> Cow<'_, str> {
+    let body = match text.as_bytes() {
+        [b'\'', ..] => text,
+        [b'n' | b'N', b'\'', ..] => &text[1..],
+        _ => return Cow::Borrowed(text),
+    };
+    match quoting {
+        Quoting::Backslash => Cow::Owned(format!("E{body}")),
+        Quoting::Standard if body.contains('\\') => {
+            Cow::Owned(format!("E{}", body.replace('\\', "\\\\")))
+        }
+        Quoting::Standard => Cow::Borrowed(text),
+    }
 }
 
 /// A (possibly dotted) parameter name and how many tokens it took.
@@ -173,7 +211,8 @@ fn param_name(sql: &str, toks: &[Token]) -> Option<(String, usize)> {
     }
 }
 
-fn set(sql: &str, toks: &[Token], out: &mut Vec<SessionChange>) {
+fn set(src: Src<'_>, toks: &[Token], out: &mut Vec<SessionChange>) {
+    let sql = src.sql;
     let mut toks = toks;
     let mut local = false;
     if is_word(toks.first(), sql, "local") {
@@ -226,22 +265,22 @@ fn set(sql: &str, toks: &[Token], out: &mut Vec<SessionChange>) {
         && (is_word(value.first(), sql, "default")
             || (name == "timezone" && is_word(value.first(), sql, "local")));
     if name == "pgsidecar.route" {
-        out.push(route_change(sql, value, is_default, local));
+        out.push(route_change(src, value, is_default, local));
     } else if name == "pgsidecar.min_lsn" {
-        out.push(min_lsn_change(sql, value, is_default, local));
+        out.push(min_lsn_change(src, value, is_default, local));
     } else if is_default || value.is_empty() {
         out.push(SessionChange::Reset { name, local });
     } else {
-        let value = joined(sql, value);
+        let value = joined(src, value);
         out.push(SessionChange::Set { name, value, local });
     }
 }
 
-fn route_change(sql: &str, value: &[Token], is_default: bool, local: bool) -> SessionChange {
-    let raw = joined(sql, value);
+fn route_change(src: Src<'_>, value: &[Token], is_default: bool, local: bool) -> SessionChange {
+    let raw = joined(src, value);
     let text = match value {
-        [t] if t.kind == TokenKind::String => unquote(t.text(sql), '\'').unwrap_or_default(),
-        [t] => t.text(sql).to_string(),
+        [t] if t.kind == TokenKind::String => string_value(src, t).unwrap_or_default(),
+        [t] => t.text(src.sql).to_string(),
         _ => raw.clone(),
     };
     let setting = match text.to_ascii_lowercase().as_str() {
@@ -261,11 +300,11 @@ fn route_change(sql: &str, value: &[Token], is_default: bool, local: bool) -> Se
 /// `SET pgsidecar.min_lsn`: an LSN as Postgres prints it, quoted or not
 /// (`0/16B3748` lexes as several tokens, hence the joined text); DEFAULT,
 /// or an empty string, for none.
-fn min_lsn_change(sql: &str, value: &[Token], is_default: bool, local: bool) -> SessionChange {
-    let raw = joined(sql, value);
+fn min_lsn_change(src: Src<'_>, value: &[Token], is_default: bool, local: bool) -> SessionChange {
+    let raw = joined(src, value);
     let text = match value {
-        [t] if t.kind == TokenKind::String => unquote(t.text(sql), '\'').unwrap_or_default(),
-        _ => value.iter().map(|t| t.text(sql)).collect(),
+        [t] if t.kind == TokenKind::String => string_value(src, t).unwrap_or_default(),
+        _ => value.iter().map(|t| t.text(src.sql)).collect(),
     };
     let lsn = if is_default || text.trim().is_empty() {
         Some(Lsn::default())
@@ -312,7 +351,8 @@ fn reset(sql: &str, toks: &[Token], out: &mut Vec<SessionChange>) {
 }
 
 /// `set_config('name', 'value', is_local)` anywhere in the statement.
-fn set_config_calls(sql: &str, toks: &[Token], out: &mut Vec<SessionChange>) {
+fn set_config_calls(src: Src<'_>, toks: &[Token], out: &mut Vec<SessionChange>) {
+    let sql = src.sql;
     for (i, t) in toks.iter().enumerate() {
         let qualified_ok =
             i < 2 || toks[i - 1].text(sql) != "." || is_word(toks.get(i - 2), sql, "pg_catalog");
@@ -322,20 +362,21 @@ fn set_config_calls(sql: &str, toks: &[Token], out: &mut Vec<SessionChange>) {
         {
             continue;
         }
-        out.push(set_config(sql, &toks[i + 2..]));
+        out.push(set_config(src, &toks[i + 2..]));
     }
 }
 
-fn set_config(sql: &str, toks: &[Token]) -> SessionChange {
+fn set_config(src: Src<'_>, toks: &[Token]) -> SessionChange {
+    let sql = src.sql;
     // Exactly three single-token arguments, then `)`.
     let arg = |i: usize| toks.get(i * 2);
     let shape_ok = (0..2).all(|i| toks.get(i * 2 + 1).is_some_and(|t| t.text(sql) == ","))
         && toks.get(5).is_some_and(|t| t.text(sql) == ")");
     let name = arg(0)
-        .and_then(|t| string_value(sql, t))
+        .and_then(|t| string_value(src, t))
         .map(|n| n.to_ascii_lowercase());
-    let value = arg(1).and_then(|t| string_value(sql, t));
-    let local = arg(2).and_then(|t| bool_value(sql, t));
+    let value = arg(1).and_then(|t| string_value(src, t));
+    let local = arg(2).and_then(|t| bool_value(src, t));
     match (shape_ok, name, value, local) {
         (true, Some(name), Some(_), Some(local))
             if name == "pgsidecar.route" || name == "pgsidecar.min_lsn" =>
@@ -344,9 +385,9 @@ fn set_config(sql: &str, toks: &[Token]) -> SessionChange {
                 // Transaction-local: no lasting effect the proxy could honour.
                 SessionChange::Untracked { name: Some(name) }
             } else if name == "pgsidecar.route" {
-                route_change(sql, &toks[2..3], false, false)
+                route_change(src, &toks[2..3], false, false)
             } else {
-                min_lsn_change(sql, &toks[2..3], false, false)
+                min_lsn_change(src, &toks[2..3], false, false)
             }
         }
         (true, Some(name), Some(value), Some(local)) => {
@@ -356,25 +397,27 @@ fn set_config(sql: &str, toks: &[Token]) -> SessionChange {
     }
 }
 
-/// The value of a plain string literal (`'..'`, or `E'..'` without
-/// backslashes); `None` for anything else.
-fn string_value(sql: &str, t: &Token) -> Option<String> {
+/// The value of a plain string literal (`'..'`, or `E'..'` — or `'..'`
+/// read with backslash escapes — without backslashes); `None` for
+/// anything else.
+fn string_value(src: Src<'_>, t: &Token) -> Option<String> {
     if t.kind != TokenKind::String {
         return None;
     }
-    let text = t.text(sql);
+    let text = t.text(src.sql);
     let text = match text.strip_prefix(['e', 'E']) {
         Some(rest) if !rest.contains('\\') => rest,
         Some(_) => return None,
+        None if src.quoting == Quoting::Backslash && text.contains('\\') => return None,
         None => text,
     };
     unquote(text, '\'')
 }
 
-fn bool_value(sql: &str, t: &Token) -> Option<bool> {
+fn bool_value(src: Src<'_>, t: &Token) -> Option<bool> {
     let text = match t.kind {
-        TokenKind::Word => t.text(sql).to_ascii_lowercase(),
-        TokenKind::String => string_value(sql, t)?.to_ascii_lowercase(),
+        TokenKind::Word => t.text(src.sql).to_ascii_lowercase(),
+        TokenKind::String => string_value(src, t)?.to_ascii_lowercase(),
         _ => return None,
     };
     match text.as_str() {

@@ -61,16 +61,17 @@ pub fn same_shape(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::lexer::Quoting;
     use crate::routing::normalize::fingerprint_noting_numbers;
 
     fn check(prev: &str, text: &str) -> bool {
         let mut numbers = Vec::new();
-        let (fp, _) = fingerprint_noting_numbers(prev, &mut numbers);
+        let (fp, _) = fingerprint_noting_numbers(prev, Quoting::Standard, &mut numbers);
         let mut out = Vec::new();
         let same = same_shape(prev, &numbers, text, &mut out);
         if same {
             let mut again = Vec::new();
-            let (fq, _) = fingerprint_noting_numbers(text, &mut again);
+            let (fq, _) = fingerprint_noting_numbers(text, Quoting::Standard, &mut again);
             assert_eq!(fp, fq, "{prev:?} / {text:?}");
             assert_eq!(out, again, "{prev:?} / {text:?}");
         }

@@ -161,8 +161,12 @@ pub enum TxEffect {
     #[default]
     None,
     /// BEGIN / START TRANSACTION; `read_only` is `Some` when READ ONLY or
-    /// READ WRITE was given.
-    Begin { read_only: Option<bool> },
+    /// READ WRITE was given, `serializable` when an ISOLATION LEVEL was
+    /// (true for SERIALIZABLE, which a hot standby refuses).
+    Begin {
+        read_only: Option<bool>,
+        serializable: Option<bool>,
+    },
     /// COMMIT / END (also COMMIT AND CHAIN).
     Commit,
     /// ROLLBACK / ABORT.
@@ -174,9 +178,15 @@ pub enum TxEffect {
     /// `ROLLBACK TO [SAVEPOINT] name`: the transaction stays open.
     RollbackToSavepoint,
     /// SET TRANSACTION …, for the current transaction.
-    SetTransaction { read_only: Option<bool> },
+    SetTransaction {
+        read_only: Option<bool>,
+        serializable: Option<bool>,
+    },
     /// SET SESSION CHARACTERISTICS AS TRANSACTION …: the session default.
-    SetSessionCharacteristics { read_only: Option<bool> },
+    SetSessionCharacteristics {
+        read_only: Option<bool>,
+        serializable: Option<bool>,
+    },
 }
 
 /// State that cannot survive moving the client to another server: the
@@ -331,6 +341,12 @@ pub struct StatementInfo {
     /// Whether the statement has literal-dependent session effects that
     /// [`super::Classified::session`] recomputes from the text each time.
     pub has_session_changes: bool,
+    /// It runs code that may change the session where its text does not
+    /// say: DO, CALL, EXECUTE, a function that is not a known built-in,
+    /// or anything the parser could not read. The proxy then reads the
+    /// session's settings back from the server before another client may
+    /// use it.
+    pub opaque: bool,
 }
 
 /// The result of [`super::Classifier::classify`].

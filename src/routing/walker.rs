@@ -21,6 +21,8 @@ pub(crate) struct Facts {
     pub select_into: bool,
     /// A call to a function not on the allow-list.
     pub write_function: bool,
+    /// A call to a function that is not a known built-in (user code).
+    pub opaque_call: bool,
     pub set_config: bool,
     pub pin: Option<PinReason>,
     pub unpin: Option<Unpin>,
@@ -148,6 +150,7 @@ impl Walker<'_> {
         let effect = self.functions.effect(&name_parts(name));
         let facts = &mut self.facts;
         facts.write_function |= !effect.read_only;
+        facts.opaque_call |= effect.opaque;
         facts.set_config |= effect.set_config;
         facts.pin = facts.pin.or(effect.pin);
         if effect.unpin.is_some() {

@@ -188,7 +188,7 @@ impl ErrorSink<ServerError> for RecordError {
             error,
             ServerError::Closed { .. } | ServerError::NoBudget { .. }
         ) {
-            tracing::warn!(%error, "server connection failed");
+            tracing::warn!(error = %crate::logsafe::message(&error.to_string()), "server connection failed");
             *lock(&self.0) = Some((Instant::now(), error.to_string()));
         }
     }

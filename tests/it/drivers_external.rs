@@ -22,7 +22,7 @@ fn drivers_dir() -> PathBuf {
 
 /// Passes with a message when the suite's tools are not installed, or
 /// panics if CI asked for the driver suites.
-fn missing(what: &str, install: &str) {
+pub(crate) fn missing(what: &str, install: &str) {
     let message = format!("{what} is not installed ({install}); driver suite skipped");
     if std::env::var_os("PGSIDECAR_REQUIRE_DRIVERS").is_some() {
         panic!("{message}, but PGSIDECAR_REQUIRE_DRIVERS is set");

@@ -262,7 +262,7 @@ async fn errors_the_proxy_sends_are_counted_by_kind() {
     .await;
     refused(
         &format!("host=127.0.0.1 port={port} user=nobody password=x dbname={db}"),
-        "28000",
+        "28P01",
     )
     .await;
 

@@ -299,6 +299,42 @@ async fn a_cancel_request_with_a_wrong_key_cancels_nothing() {
     assert_eq!(status, b'I');
 }
 
+/// libpq's PQcancel (psycopg's cancel, `stream()` closed early) returns when
+/// the cancel connection closes, which Postgres does once it has signalled
+/// the backend: a cancel that finds no query running is then spent. Through
+/// the proxy the same must hold, or a late signal hits whatever the server
+/// runs next: here another client's query (a pool of one server, so the
+/// next client gets the same one). Rounds, because the late signal is a race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_cancel_does_not_cancel_the_next_clients_query() {
+    let db = harness::fresh_db("cancel_spent");
+    let proxy = harness::proxy("[auth]\nclient_auth = \"trust\"\n[pool]\nsize = 1\n").await;
+    for round in 0..20 {
+        let (mut a, pid, secret) = Raw::login_trust(proxy.addr, "app", &db).await;
+        // A holds the server in a transaction, no query running.
+        for sql in ["begin", "select 1"] {
+            a.send(&wire::query(sql)).await;
+            let (_, seen) = a.until_ready().await;
+            assert!(seen.iter().all(|(tag, _)| *tag != b'E'), "{sql}: {seen:?}");
+        }
+        let mut cancel = Raw::connect(proxy.addr).await;
+        cancel.send(&wire::cancel_request(pid, secret)).await;
+        cancel.expect_closed().await;
+        a.send(&wire::query("commit")).await;
+        let (status, seen) = a.until_ready().await;
+        assert_eq!(status, b'I', "round {round}: {seen:?}");
+        a.send(&wire::message(b'X', b"")).await;
+
+        let b = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+        if let Err(e) = b.simple_query("select pg_sleep(0.2), 7").await {
+            panic!(
+                "round {round}: the other client's cancel, already answered, reached this query: {}",
+                harness::error_text(&e)
+            );
+        }
+    }
+}
+
 // ---- clients that leave -----------------------------------------------------
 
 /// Waits until no backend on `db` is idle in a transaction.

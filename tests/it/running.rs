@@ -20,12 +20,38 @@ pub struct Running {
 
 /// Starts `pgsidecar run --config path` and waits until it listens.
 pub async fn start(path: &Path) -> Running {
-    start_logging(path, "info").await
+    start_full(path, "info", None).await
 }
 
 /// [`start`] with `PGSIDECAR_LOG = filter`.
 pub async fn start_logging(path: &Path, filter: &str) -> Running {
+    start_full(path, filter, None).await
+}
+
+/// [`start`] with the open-file limit (RLIMIT_NOFILE) set to `nofile`.
+pub async fn start_with_fd_limit(path: &Path, nofile: Option<u64>) -> Running {
+    start_full(path, "info", nofile).await
+}
+
+async fn start_full(path: &Path, filter: &str, nofile: Option<u64>) -> Running {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"));
+    if let Some(n) = nofile {
+        // SAFETY: only setrlimit (async-signal-safe) runs in the child
+        // between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("PGSIDECAR_") {
             cmd.env_remove(key);
@@ -106,6 +132,17 @@ impl Running {
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
     }
 
+    /// A `kB` field of /proc/PID/status (`VmRSS`, `VmHWM`), in bytes.
+    pub fn memory(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {field} in {status}"))
+            * 1024
+    }
+
     /// Log lines so far (stdout and stderr).
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
@@ -170,12 +207,13 @@ pub fn config_text(listen: Option<u16>, extra: &str) -> String {
     }
     format!(
         "[proxy]\nlisten = \"127.0.0.1:{}\"\n{extra_proxy}\
-         [http]\nlisten = \"127.0.0.1:0\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n{extra_http}\
          [cluster]\nprimary = \"{}\"\n{users}{rest}",
         listen.unwrap_or(0),
         cluster.primary().addr(),
         extra_proxy = section(extra, "proxy"),
-        rest = without_section(extra, "proxy"),
+        extra_http = section(extra, "http"),
+        rest = without_section(&without_section(extra, "proxy"), "http"),
     )
 }
 

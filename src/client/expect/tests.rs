@@ -252,3 +252,38 @@ fn requests_skipped_after_an_error_fail_with_it() {
     assert_eq!(recv(&mut e, b"Z"), vec![F]);
     assert!(e.is_reusable());
 }
+
+#[test]
+fn an_error_before_the_sync_was_sent_skips_what_follows_until_it() {
+    let mut e = Expectations::default();
+    e.sent(fe::PARSE, Some(Request::Parse), Audience::Client, 7);
+    let m = e.received(be::ERROR_RESPONSE, b'T');
+    assert_eq!(m.disposition, Some(F));
+    assert_eq!(
+        m.events,
+        [Event::Failed {
+            request: Request::Parse,
+            token: 7
+        }]
+    );
+    // Sent after the error arrived: the server skips them, answering none.
+    e.sent(fe::BIND, Some(Request::Bind), Audience::Client, 8);
+    e.sent(fe::EXECUTE, Some(Request::Execute), Audience::Client, 0);
+    assert!(!e.reply(Synthetic::ParseComplete));
+    e.sent(fe::SYNC, Some(Request::Sync), Audience::Client, 0);
+    let m = e.received(be::READY_FOR_QUERY, b'E');
+    assert_eq!(m.disposition, Some(F));
+    assert!(m.ready);
+    assert_eq!(
+        m.events,
+        [Event::Failed {
+            request: Request::Bind,
+            token: 8
+        }]
+    );
+    assert!(e.is_quiet());
+    // After the Sync, requests are answered again.
+    client(&mut e, fe::QUERY);
+    assert_eq!(recv(&mut e, b"CZ"), vec![F, F]);
+    assert!(e.is_quiet());
+}

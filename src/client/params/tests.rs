@@ -108,7 +108,8 @@ fn unknown_server_state_starts_from_reset_all_and_quotes_names() {
     server.mark_unknown();
     assert_eq!(
         server.sync_sql(&p).unwrap().sql,
-        "RESET ALL;SELECT pg_catalog.set_config('My.Weird\"Name', 'it''s', false);\
+        "RESET SESSION AUTHORIZATION;RESET ROLE;RESET ALL;\
+         SELECT pg_catalog.set_config('My.Weird\"Name', 'it''s', false);\
          SELECT pg_catalog.set_config('application_name', '', false);"
     );
 }
@@ -210,4 +211,16 @@ fn savepoints_shape_what_commit_keeps() {
     // Markers outside a block change nothing.
     p.apply(sp("x"), false);
     assert_eq!(p.current(), expected.current());
+}
+
+#[test]
+fn replayed_values_mean_the_same_in_either_string_mode() {
+    // Raw values (startup, set_config) with a backslash or a quote.
+    let client = startup(&[("application_name", r"a\'b")]);
+    let sync = ServerParamsState::default().sync_sql(&client).unwrap();
+    assert!(!sync.utf8_first);
+    assert_eq!(
+        sync.sql,
+        r"SELECT pg_catalog.set_config('application_name', E'a\\''b', false);"
+    );
 }

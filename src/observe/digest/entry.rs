@@ -50,6 +50,9 @@ pub struct PlanSample {
     /// The generic plan (no parameter values were known) rather than the
     /// plan for one query's literals or captured parameters.
     pub generic: bool,
+    /// Size of `plan` as JSON text, counted against
+    /// `observability.max_query_memory`.
+    pub bytes: usize,
 }
 
 /// Live statistics of one fingerprint (behind its shard's lock).
@@ -99,6 +102,11 @@ impl Digest {
 
     /// Claims the right to request a plan now if none was requested within
     /// `interval`.
+    /// Text and plan bytes, what `max_query_memory` bounds.
+    pub(crate) fn bytes(&self) -> usize {
+        self.normalized.len() + self.plan.as_ref().map_or(0, |p| p.bytes)
+    }
+
     pub(crate) fn claim_explain(&mut self, now: Instant, interval: Duration) -> bool {
         let due = self
             .explain_requested

@@ -1,6 +1,8 @@
 //! Query digests: statistics per query fingerprint, bounded by
-//! `observability.max_fingerprints`, plus the recent all-query latency
-//! window the p95 budget is checked against.
+//! `observability.max_fingerprints` in number and by
+//! `observability.max_query_text` / `max_query_memory` in bytes of text
+//! and plans, plus the recent all-query latency window the p95 budget is
+//! checked against.
 //!
 //! Many worker threads record at once, so the table is split into shards
 //! (a mutex each) chosen by fingerprint: two queries contend only if their
@@ -15,6 +17,7 @@ mod window;
 mod tests;
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -33,9 +36,38 @@ const MAX_SHARDS: usize = 16;
 
 struct Shard {
     digests: LruCache<u64, Digest>,
+    /// Text and plan bytes its digests hold ([`Digest::bytes`]).
+    bytes: usize,
     /// Latencies of every query since the window timer last took them.
     window: Histogram<u32>,
 }
+
+impl Shard {
+    /// Forgets least recently seen digests (never `keep`) until `more`
+    /// bytes fit in `budget`.
+    fn make_room(&mut self, more: usize, budget: usize, keep: Option<u64>) {
+        while self.bytes + more > budget {
+            let Some((&fp, _)) = self.digests.peek_lru() else {
+                return;
+            };
+            if Some(fp) == keep {
+                // The one being grown is the oldest: demote the others.
+                if self.digests.len() == 1 {
+                    return;
+                }
+                self.digests.promote(&fp);
+                continue;
+            }
+            if let Some(old) = self.digests.pop(&fp) {
+                self.bytes -= old.bytes();
+            }
+        }
+    }
+}
+
+/// Default bytes of text per fingerprint and in all (the config's).
+const DEFAULT_TEXT: usize = 8 * 1024;
+const DEFAULT_MEMORY: usize = 16 * 1024 * 1024;
 
 /// One finished query, as the digest table needs it.
 pub(crate) struct Sample<'a> {
@@ -50,6 +82,10 @@ pub(crate) struct Sample<'a> {
 /// The digest table.
 pub(crate) struct Digests {
     shards: Box<[Mutex<Shard>]>,
+    /// Bytes of text kept per fingerprint.
+    max_text: AtomicUsize,
+    /// Each shard's share of the bytes all digests may hold.
+    shard_bytes: AtomicUsize,
 }
 
 impl Digests {
@@ -60,18 +96,48 @@ impl Digests {
             .map(|i| {
                 Mutex::new(Shard {
                     digests: LruCache::new(share(max, count, i)),
+                    bytes: 0,
                     window: latency_histogram(),
                 })
             })
             .collect();
-        Digests { shards }
+        let digests = Digests {
+            shards,
+            max_text: AtomicUsize::new(0),
+            shard_bytes: AtomicUsize::new(0),
+        };
+        digests.set_byte_limits(DEFAULT_TEXT, DEFAULT_MEMORY);
+        digests
+    }
+
+    /// Sets the bytes of text kept per new fingerprint and the bytes all
+    /// may hold (a reload), forgetting the least recently seen to fit.
+    pub(crate) fn set_byte_limits(&self, max_text: usize, max_memory: usize) {
+        let per_shard = max_memory / self.shards.len();
+        self.max_text.store(max_text, Ordering::Relaxed);
+        self.shard_bytes.store(per_shard, Ordering::Relaxed);
+        for shard in self.shards.iter() {
+            lock(shard).make_room(0, per_shard, None);
+        }
+    }
+
+    /// Text and plan bytes held by every digest.
+    pub fn bytes(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).bytes).sum()
     }
 
     /// Changes the bound (a reload), evicting least recently seen entries.
     pub(crate) fn resize(&self, max: usize) {
         let count = self.shards.len();
         for (i, shard) in self.shards.iter().enumerate() {
-            lock(shard).digests.resize(share(max, count, i));
+            let mut shard = lock(shard);
+            let cap = share(max, count, i);
+            while shard.digests.len() > cap.get() {
+                if let Some((_, old)) = shard.digests.pop_lru() {
+                    shard.bytes -= old.bytes();
+                }
+            }
+            shard.digests.resize(cap);
         }
     }
 
@@ -82,9 +148,18 @@ impl Digests {
         let mut shard = self.shard(s.fingerprint);
         let shard = &mut *shard;
         record_latency(&mut shard.window, s.duration);
-        let digest = shard
-            .digests
-            .get_or_insert_mut(s.fingerprint, || Digest::new(s.normalized.clone()));
+        if !shard.digests.contains(&s.fingerprint) {
+            let digest = Digest::new(capped(s.normalized, self.max_text.load(Ordering::Relaxed)));
+            let budget = self.shard_bytes.load(Ordering::Relaxed);
+            shard.make_room(digest.bytes(), budget, None);
+            shard.bytes += digest.bytes();
+            if let Some((_, old)) = shard.digests.push(s.fingerprint, digest) {
+                shard.bytes -= old.bytes();
+            }
+        }
+        let Some(digest) = shard.digests.get_mut(&s.fingerprint) else {
+            return false;
+        };
         digest.add(s.role, s.duration, s.rows, s.error);
         claim.is_some_and(|(interval, now)| digest.claim_explain(now, interval))
     }
@@ -96,11 +171,24 @@ impl Digests {
         }
     }
 
-    /// Stores a sampled plan (if the fingerprint is still kept).
+    /// Stores a sampled plan (if the fingerprint is still kept), making
+    /// room for its bytes among the other digests of its shard.
+    /// A plan that could not fit in the shard's share even alone is not
+    /// kept.
     pub(crate) fn set_plan(&self, fingerprint: u64, plan: Arc<PlanSample>) {
-        if let Some(d) = self.shard(fingerprint).digests.peek_mut(&fingerprint) {
-            d.plan = Some(plan);
+        let budget = self.shard_bytes.load(Ordering::Relaxed);
+        let mut shard = self.shard(fingerprint);
+        let shard = &mut *shard;
+        let Some(d) = shard.digests.peek_mut(&fingerprint) else {
+            return;
+        };
+        let (old, new) = (d.bytes(), d.normalized.len() + plan.bytes);
+        if new > budget {
+            return;
         }
+        d.plan = Some(plan);
+        shard.bytes = shard.bytes - old + new;
+        shard.make_room(0, budget, Some(fingerprint));
     }
 
     /// Copies of every digest (unordered). Does not touch recency.
@@ -145,6 +233,19 @@ impl Digests {
         let index = (mixed >> 32) as usize % self.shards.len();
         lock(&self.shards[index])
     }
+}
+
+/// `text` if it has at most `max` bytes, else its first `max` bytes (on
+/// a character boundary) and `…`, in an allocation of their own.
+fn capped(text: &Arc<str>, max: usize) -> Arc<str> {
+    if text.len() <= max {
+        return text.clone();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Arc::from(format!("{}…", &text[..end]))
 }
 
 /// Shard `i`'s share of `max` entries among `count` shards (at least 1).

@@ -164,3 +164,53 @@ fn a_histogram_of_fast_queries_stays_small() {
     // counts are u32: well under 10 KB per fingerprint.
     assert!(h.distinct_values() * 4 < 10_000, "{}", h.distinct_values());
 }
+
+#[test]
+fn text_and_plans_are_bounded_in_bytes() {
+    let d = Digests::new(5000);
+    // 100 bytes of text per fingerprint, 16 shards × 1000 bytes in all.
+    d.set_byte_limits(100, 16_000);
+    let long: Arc<str> = "é".repeat(5000).into();
+    for fp in 0..2000u64 {
+        let fp = fp.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        d.record(&sample(fp, &long, Role::Primary, 1), None);
+        assert!(d.bytes() <= 16_000, "{}", d.bytes());
+    }
+    let kept = d.snapshots();
+    assert!(kept.len() >= 100, "{}", kept.len());
+    for s in &kept {
+        assert!(
+            s.query.len() <= 100 && s.query.ends_with('…'),
+            "{}",
+            s.query
+        );
+    }
+    // A plan takes room from the others in its shard, never more.
+    let fp = kept[0].fingerprint;
+    let plan = |bytes| {
+        Arc::new(PlanSample {
+            summary: crate::observe::explain::PlanSummary {
+                top_node: "Result".into(),
+                total_cost: 0.0,
+                seq_scans: Vec::new(),
+            },
+            plan: serde_json::Value::Null,
+            at: std::time::SystemTime::now(),
+            node: String::new(),
+            generic: true,
+            bytes,
+        })
+    };
+    d.set_plan(fp, plan(800));
+    assert!(d.get(fp).unwrap().plan.is_some());
+    assert!(d.bytes() <= 16_000, "{}", d.bytes());
+    d.set_plan(fp, plan(5_000));
+    assert_eq!(
+        d.get(fp).unwrap().plan.unwrap().bytes,
+        800,
+        "too big to keep"
+    );
+    // A smaller budget (a reload) forgets down to it.
+    d.set_byte_limits(100, 1_600);
+    assert!(d.bytes() <= 1_600, "{}", d.bytes());
+}

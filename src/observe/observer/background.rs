@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::Observer;
+use crate::logsafe;
 use crate::observe::budgets::Budgets;
 use crate::observe::digest::{PlanSample, RecentLatency, latency_histogram};
 use crate::observe::explain::{self, Conns, ExplainError, ExplainRequest, Explained, PlanSummary};
@@ -43,6 +44,7 @@ impl Observer {
     async fn explain_one(&self, conns: &mut Conns, req: ExplainRequest) {
         let config = self.config();
         let timeout = config.observability.explain_timeout;
+        let query_cap = config.observability.max_query_text as usize;
         let outcome = async {
             let conn = conns.get(&req.target, &config).await?;
             // statement_timeout bounds the server; this bounds the network.
@@ -55,18 +57,21 @@ impl Observer {
         match outcome.and_then(|e| e.map(summarise).transpose()) {
             Ok(Some((summary, explained))) => {
                 self.metrics.explain_samples.inc();
+                let shown = summary.to_string();
                 tracing::info!(
                     target: "explain",
                     fingerprint = %format_args!("{:016x}", req.fingerprint),
-                    query = %req.normalized,
+                    query = %logsafe::text(&req.normalized, query_cap),
                     node = %req.target.node,
-                    top_node = %summary.top_node,
+                    top_node = %logsafe::message(&summary.top_node),
                     total_cost = summary.total_cost,
                     generic = explained.generic,
-                    "plan: {summary}"
+                    "plan: {}",
+                    logsafe::message(&shown)
                 );
                 let sample = PlanSample {
                     summary,
+                    bytes: serde_json::to_string(&explained.plan).map_or(0, |t| t.len()),
                     plan: explained.plan,
                     at: SystemTime::now(),
                     node: req.target.node.to_string(),
@@ -76,18 +81,19 @@ impl Observer {
             }
             Ok(None) => tracing::debug!(
                 target: "explain",
-                query = %req.normalized,
+                query = %logsafe::text(&req.normalized, query_cap),
                 "not a statement EXPLAIN takes"
             ),
             Err(error) => {
                 conns.discard(&req.target);
                 self.metrics.error("explain");
+                let error = error.to_string();
                 tracing::warn!(
                     target: "explain",
                     fingerprint = %format_args!("{:016x}", req.fingerprint),
-                    query = %req.normalized,
+                    query = %logsafe::text(&req.normalized, query_cap),
                     node = %req.target.node,
-                    %error,
+                    error = %logsafe::message(&error),
                     "EXPLAIN failed"
                 );
             }
@@ -98,8 +104,7 @@ impl Observer {
     fn tick(&self, window: &mut RecentLatency, budgets: &mut Budgets) {
         let config = self.config();
         self.settings.refresh(&config);
-        self.digests
-            .resize(config.observability.max_fingerprints as usize);
+        self.bound_digests(&config);
         let mut second = latency_histogram();
         self.digests.take_window(&mut second);
         let seconds = config.budgets.window.as_secs().max(1);

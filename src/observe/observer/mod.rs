@@ -19,6 +19,9 @@ use crate::observe::settings::Settings;
 use crate::observe::slowlog::SlowLog;
 use crate::observe::sources::Sources;
 
+/// Longer statements are not explained (a queued request holds a copy).
+const MAX_EXPLAINED_SQL: usize = 256 * 1024;
+
 /// A finished statement, reported after its response completed.
 #[derive(Clone, Copy, Debug)]
 pub struct QueryEvent<'a> {
@@ -72,7 +75,7 @@ impl Observer {
             .chain(&current.cluster.replicas)
             .cloned()
             .collect();
-        Arc::new(Observer {
+        let observer = Observer {
             metrics: Metrics::new(&nodes),
             settings: Settings::new(&current),
             digests: Digests::new(current.observability.max_fingerprints as usize),
@@ -81,7 +84,26 @@ impl Observer {
             background_started: AtomicBool::new(false),
             config,
             sources,
-        })
+        };
+        observer.bound_digests(&current);
+        Arc::new(observer)
+    }
+
+    /// Applies `max_fingerprints`, `max_query_text` and
+    /// `max_query_memory` to the digest table.
+    fn bound_digests(&self, config: &Config) {
+        let o = &config.observability;
+        self.digests.resize(o.max_fingerprints as usize);
+        self.digests.set_byte_limits(
+            o.max_query_text as usize,
+            usize::try_from(o.max_query_memory).unwrap_or(usize::MAX),
+        );
+    }
+
+    /// Bytes of query text and plans the digests hold (at most
+    /// `observability.max_query_memory`).
+    pub fn digest_bytes(&self) -> usize {
+        self.digests.bytes()
     }
 
     /// Whether [`QueryEvent::sql`] may be used (EXPLAIN is on); when not,
@@ -126,7 +148,7 @@ impl Observer {
             self.metrics.slow_queries.inc();
             let rate = self.config.load().observability.slow_query_log_rate;
             if self.slowlog.allow(rate, Instant::now()) {
-                crate::observe::slowlog::log_slow(ev);
+                crate::observe::slowlog::log_slow(ev, self.settings.max_query_text());
             } else {
                 self.metrics.slow_log_suppressed.inc();
             }
@@ -142,8 +164,7 @@ impl Observer {
     pub fn config_changed(&self) {
         let config = self.config();
         self.settings.refresh(&config);
-        self.digests
-            .resize(config.observability.max_fingerprints as usize);
+        self.bound_digests(&config);
     }
 
     /// Statistics of one fingerprint, if kept.
@@ -178,6 +199,12 @@ impl Observer {
     }
 
     fn request_explain(&self, ev: &QueryEvent<'_>) {
+        if ev.sql.len() > MAX_EXPLAINED_SQL {
+            // The request would copy it; the classifier does not parse
+            // statements this long either.
+            self.digests.unclaim_explain(ev.fingerprint);
+            return;
+        }
         let request = ExplainRequest {
             fingerprint: ev.fingerprint,
             normalized: ev.normalized.clone(),

@@ -62,6 +62,20 @@ impl ScramVerifier {
         Ok(Self::derive(password.as_ref(), salt, iterations))
     }
 
+    /// A verifier no password matches (its keys are random), for a user
+    /// that does not exist: the salt is derived from `user` and a secret
+    /// `key`, so it stays the same from one attempt to the next, as for a
+    /// real user — Postgres's "mock authentication". Costs no PBKDF2.
+    pub fn mock(user: &str, key: &[u8]) -> Self {
+        let salt = crypto::hmac(key, &[b"mock salt", user.as_bytes()]);
+        Self {
+            iterations: Self::DEFAULT_ITERATIONS,
+            salt: salt[..Self::DEFAULT_SALT_LEN].to_vec(),
+            stored_key: crypto::random_bytes(),
+            server_key: crypto::random_bytes(),
+        }
+    }
+
     fn derive(password: &[u8], salt: &[u8], iterations: u32) -> Self {
         let salted = crypto::salted_password(password, salt, iterations);
         let (client_key, server_key) = crypto::client_and_server_key(&salted);

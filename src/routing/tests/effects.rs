@@ -7,23 +7,32 @@ use super::{classifier, classify};
 #[test]
 fn transaction_effects() {
     let cases = [
-        ("begin", TxEffect::Begin { read_only: None }),
+        (
+            "begin",
+            TxEffect::Begin {
+                read_only: None,
+                serializable: None,
+            },
+        ),
         (
             "BEGIN READ ONLY",
             TxEffect::Begin {
                 read_only: Some(true),
+                serializable: None,
             },
         ),
         (
             "start transaction isolation level serializable, read write",
             TxEffect::Begin {
                 read_only: Some(false),
+                serializable: Some(true),
             },
         ),
         (
             "begin transaction isolation level repeatable read read only",
             TxEffect::Begin {
                 read_only: Some(true),
+                serializable: Some(false),
             },
         ),
         ("commit", TxEffect::Commit),
@@ -37,21 +46,29 @@ fn transaction_effects() {
             "set transaction read only",
             TxEffect::SetTransaction {
                 read_only: Some(true),
+                serializable: None,
             },
         ),
         (
             "set transaction isolation level serializable",
-            TxEffect::SetTransaction { read_only: None },
+            TxEffect::SetTransaction {
+                read_only: None,
+                serializable: Some(true),
+            },
         ),
         (
             "set session characteristics as transaction read write",
             TxEffect::SetSessionCharacteristics {
                 read_only: Some(false),
+                serializable: None,
             },
         ),
         (
             "begin; insert into t values (1)",
-            TxEffect::Begin { read_only: None },
+            TxEffect::Begin {
+                read_only: None,
+                serializable: None,
+            },
         ),
         ("insert into t values (1); commit", TxEffect::Commit),
         ("select 1", TxEffect::None),
@@ -433,4 +450,45 @@ fn proxy_min_lsn_and_show() {
     assert!(other.session.is_empty());
     let other = c.classify("show pgsidecar.other");
     assert_eq!(other.info.reason.as_str(), "read");
+}
+
+/// Opaque: code that may change the session where the text does not say.
+/// Built-ins the allow-list knows are not, so plain reads and writes cost
+/// the proxy nothing more.
+#[test]
+fn opaque_statements_are_those_running_user_code() {
+    for sql in [
+        "select now()",
+        "select count(*), max(id) from t where id = 1",
+        "select to_char(now(), 'YYYY'), json_build_object('a', 1)",
+        "select pg_catalog.now()",
+        "insert into t values (1)",
+        "update t set v = lower(v) where id = $1",
+        "set search_path = x",
+        "select set_config('a.b', 'c', false)",
+        "select nextval('s')",
+        "select pg_advisory_lock(1)",
+        "begin",
+        "commit",
+        "explain select my_func()",
+        "",
+    ] {
+        assert!(!classify(sql).info.opaque, "{sql:?} is not opaque");
+    }
+    for sql in [
+        "do $$ begin perform set_config('search_path', 's1', false); end $$",
+        "DO LANGUAGE plpgsql $$ begin end $$",
+        "call set_path_proc('s1')",
+        "select my_func()",
+        "select app.safe_fn()",
+        "select audit_read()",
+        "select * from my_srf(1)",
+        "insert into t values (f())",
+        "select 1; select f()",
+        "execute stmt(1)",
+        "explain analyze select my_func()",
+        "select from where",
+    ] {
+        assert!(classify(sql).info.opaque, "{sql:?} is opaque");
+    }
 }

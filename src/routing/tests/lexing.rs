@@ -289,3 +289,55 @@ fn deep_nesting_is_refused_not_overflowed() {
         let _ = c.classify(&sql);
     }
 }
+
+#[test]
+fn backslash_mode_reads_plain_strings_as_the_server_does() {
+    use super::super::lexer::Quoting;
+    let sql = r"select pg_sleep(0.25), 'x\' , ''TOPSECRET30'' as pw, ''y'";
+    let strings = |q| {
+        Lexer::with_quoting(sql, q)
+            .filter(|t| t.kind == TokenKind::String)
+            .count()
+    };
+    assert_eq!(strings(Quoting::Standard), 5);
+    assert_eq!(strings(Quoting::Backslash), 1);
+    let c = crate::routing::Classifier::new(&[], 10_000, 100);
+    let standard = c.classify(sql);
+    assert!(standard.info.normalized.contains("topsecret30"));
+    let backslash = c.classify_in(sql, Quoting::Backslash);
+    assert_eq!(&*backslash.info.normalized, "select pg_sleep($1), $2");
+    // Unsure: the two readings differ, so no text and the primary.
+    let unsure = c.classify_unsure(sql);
+    assert_eq!(&*unsure.info.normalized, crate::routing::UNSURE_TEXT);
+    assert_eq!(unsure.info.route, crate::routing::Route::Write);
+    // Without a backslash both read alike: the usual classification.
+    assert_eq!(
+        c.classify_unsure("select 'a'").info.route,
+        crate::routing::Route::Read
+    );
+}
+
+#[test]
+fn a_write_hidden_by_backslash_mode_is_found() {
+    use super::super::lexer::Quoting;
+    let c = crate::routing::Classifier::new(&[], 10_000, 100);
+    let sql = r"SELECT '\' , ' ; DELETE FROM victim; --'";
+    assert_eq!(c.classify(sql).info.route, crate::routing::Route::Read);
+    let class = c.classify_in(sql, Quoting::Backslash);
+    assert_eq!(class.info.route, crate::routing::Route::Write);
+    assert_eq!(class.info.statement_count, 2);
+    assert!(class.info.tables_written.iter().any(|t| &**t == "victim"));
+    // SET values are kept in a form either mode reads the same way.
+    let set = c.classify_in(r"set application_name = 'a\'b'", Quoting::Backslash);
+    assert!(
+        format!("{:?}", set.session).contains(r#"value: "E'a\\'b'""#),
+        "{:?}",
+        set.session
+    );
+    let set = c.classify(r"set application_name = 'a\b'");
+    assert!(
+        format!("{:?}", set.session).contains(r#"value: "E'a\\\\b'""#),
+        "{:?}",
+        set.session
+    );
+}

@@ -162,3 +162,24 @@ fn classifier_is_shareable_across_tasks() {
     shareable::<Classifier>();
     shareable::<Classified>();
 }
+
+#[test]
+fn cache_is_bounded_in_bytes_and_text_is_cut() {
+    let c = Classifier::new(&[], 1024, 20_000);
+    let padding = "a".repeat(70 * 1024);
+    for i in 0..400 {
+        let class = c.classify(&format!("select 1 as \"q{i}_{padding}\""));
+        let text = &class.info.normalized;
+        assert!(
+            text.len() <= super::MAX_NORMALIZED_TEXT + 3,
+            "{}",
+            text.len()
+        );
+        assert!(text.starts_with(&format!("select $1 as \"q{i}_aaa")) && text.ends_with('…'));
+    }
+    let n = c.cached_statements();
+    assert!(
+        n * super::MAX_NORMALIZED_TEXT <= super::CACHE_TEXT_BUDGET,
+        "{n} cached"
+    );
+}

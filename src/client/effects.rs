@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::cluster::Lsn;
 use crate::routing::{PinReason, RouteSetting, SessionChange, StatementInfo, Unpin};
 
 use super::params::{ParamChange, ParamValue};
@@ -121,6 +122,8 @@ pub struct Effect {
     /// `pgsidecar.route` once it has run (the proxy's own setting, which
     /// the server only stands in for).
     pub route: Option<RouteSetting>,
+    /// `pgsidecar.min_lsn` once it has run, likewise.
+    pub min_lsn: Option<Lsn>,
     pub unpin: Option<Unpin>,
     /// What the observer is told when it completes.
     pub observed: Option<Observed>,
@@ -130,6 +133,7 @@ impl Effect {
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
             && self.route.is_none()
+            && self.min_lsn.is_none()
             && self.unpin.is_none()
             && self.observed.is_none()
     }

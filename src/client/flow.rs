@@ -40,6 +40,9 @@ pub struct HoldState {
     /// This transaction wrote (for read-your-writes), and which tables.
     wrote: bool,
     tables_written: Vec<Arc<str>>,
+    /// The fleet's announcement of the write that just committed: the
+    /// client's ReadyForQuery waits for it.
+    announced: Option<super::fleet_announce::Announced>,
     /// The last COMMIT or ROLLBACK tag seen was COMMIT (a transaction
     /// block that ends otherwise rolled back, taking its SETs with it).
     /// Other tags leave it: in `COMMIT; SET x = 1` the block committed.
@@ -124,6 +127,7 @@ impl HoldState {
             bound_unnamed: None,
             wrote: false,
             tables_written: Vec::new(),
+            announced: None,
             last_was_commit: false,
             params_diverged: false,
             budget: None,
@@ -244,6 +248,7 @@ impl SessionFlow<'_> {
         Effect {
             changes,
             route: route_setting::after(session),
+            min_lsn: route_setting::min_lsn_after(session),
             unpin: info.unpin.clone(),
             observed: Some(Observed {
                 info: info.clone(),
@@ -275,6 +280,15 @@ impl SessionFlow<'_> {
             self.client.params.encoding(),
             frame::query_bytes(frame)?,
         );
+        if let Some(param) = super::proxy_show::lone_show(&c)
+            && self.expect.is_quiet()
+            && self.expect.status() != b'E'
+        {
+            let answer =
+                super::proxy_show::answer(param, self.client, self.shared, self.expect.status());
+            to_client.push_later(super::proxy_show::later(answer));
+            return Ok(());
+        }
         let stand_in = match route_setting::lone_change(&c) {
             // The proxy's own setting, with the session at a known state:
             // answered here, never forwarded.
@@ -282,9 +296,7 @@ impl SessionFlow<'_> {
                 match change {
                     Ok(setting) => {
                         let in_transaction = self.expect.status() != b'I';
-                        self.client
-                            .routing
-                            .set(route_setting::session_value(setting), in_transaction);
+                        self.client.routing.apply(setting, in_transaction);
                         self.reply(Synthetic::Command("SET"), to_client);
                     }
                     Err(refusal) => {
@@ -339,6 +351,9 @@ impl SessionFlow<'_> {
                 msg.query,
             );
             let stand_in = route_setting::stand_in(&class)
+                .or_else(|| {
+                    super::proxy_show::stand_in(&class, self.client, self.shared, self.hold.role)
+                })
                 .map(|q| route_setting::with_query(frame, &q))
                 .transpose()?;
             let frame = stand_in.as_deref().unwrap_or(frame);
@@ -488,13 +503,16 @@ impl SessionFlow<'_> {
                 .routing
                 .set(route_setting::session_value(setting), in_transaction);
         }
+        if let Some(lsn) = effect.min_lsn {
+            self.client.routing.set_min_lsn(lsn, in_transaction);
+        }
         if let Some(unpin) = effect.unpin {
             self.client.pins.release(&unpin);
             match unpin {
                 Unpin::DiscardAll => {
                     // Everything the session set goes, the proxy's own
-                    // setting too.
-                    self.client.routing.set(None, false);
+                    // settings too.
+                    self.client.routing.discard();
                     self.client.statements.forget_all();
                     self.client.params.apply(ParamChange::ResetAll, false);
                     self.server.prepared.clear();
@@ -597,7 +615,10 @@ impl SessionFlow<'_> {
             self.client.params.end_transaction(committed);
             self.client.routing.end_transaction(committed);
         }
-        if status == b'I' && self.hold.wrote {
+        // Only the client's own ReadyForQuery: one answering the proxy's
+        // parameter sync at the start of a hold can come before the
+        // client's write has even run.
+        if status == b'I' && self.hold.wrote && for_client {
             let now = Instant::now();
             let config = self.shared.config.load();
             let horizon = crate::routing::policy::horizon(&config.routing);
@@ -605,6 +626,11 @@ impl SessionFlow<'_> {
             self.shared
                 .write_log
                 .record(&self.hold.tables_written, now, now.checked_sub(horizon));
+            self.hold.announced = super::fleet_announce::committed(
+                self.shared,
+                &mut self.client.routing,
+                &self.hold.tables_written,
+            );
             self.hold.wrote = false;
             self.hold.tables_written.clear();
         }
@@ -971,13 +997,19 @@ impl Flow for SessionFlow<'_> {
         } else {
             None
         };
+        // A committed write's ReadyForQuery waits for the fleet to hear of it.
+        let announced = self.hold.announced.take().filter(|_| forward);
         if let Some(parameters) = held {
             // The ParameterDescription held back goes first.
             then.push(parameters);
-            if forward {
+            if forward && announced.is_none() {
                 then.push(Bytes::copy_from_slice(frame));
                 forward = false;
             }
+        }
+        if let Some(announced) = announced {
+            then.push_later(super::fleet_announce::ready_after(announced, frame));
+            forward = false;
         }
         if let Some(error) = reworded {
             then.push(error);

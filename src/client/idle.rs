@@ -1,8 +1,9 @@
 //! Requests a client without a server is answered for on the spot: Sync and
-//! Flush with nothing outstanding, Terminate, `SET pgsidecar.route`, a lone
-//! BEGIN and the SET TRANSACTIONs after it (deferred until the
-//! transaction's first statement says where it runs) and the
-//! COMMIT/ROLLBACK of such an empty transaction, DEALLOCATE
+//! Flush with nothing outstanding, Terminate, `SET pgsidecar.route` (and
+//! `.min_lsn`), `SHOW` of the proxy's own parameters, a lone BEGIN and the
+//! SET TRANSACTIONs after it (deferred until the transaction's first
+//! statement says where it runs) and the COMMIT/ROLLBACK of such an empty
+//! transaction, DEALLOCATE
 //! and Close of the client's own statements, and Parse of a statement this
 //! pool already prepared successfully. Answering these locally saves a
 //! checkout, and keeps clients that prepare synchronously while other
@@ -31,6 +32,9 @@ pub enum Idle {
     Terminate,
     /// Needs a server.
     NeedServer,
+    /// Answered once this resolves (the frame is consumed; what `out`
+    /// holds goes first).
+    Later(super::relay::Later),
 }
 
 pub fn answer(
@@ -109,12 +113,21 @@ fn query(
     if c.info.statement_count != 1 {
         return Ok(Idle::NeedServer);
     }
+    if let Some(param) = super::proxy_show::lone_show(c) {
+        return Ok(
+            match super::proxy_show::answer(param, client, shared, status) {
+                super::proxy_show::Answer::Now(reply) => {
+                    out.extend_from_slice(&reply);
+                    Idle::Answered
+                }
+                super::proxy_show::Answer::Later(later) => Idle::Later(later),
+            },
+        );
+    }
     match route_setting::lone_change(c) {
         Some(Ok(setting)) => {
             let in_transaction = client.deferred_begin.is_some();
-            client
-                .routing
-                .set(route_setting::session_value(setting), in_transaction);
+            client.routing.apply(setting, in_transaction);
             backend::command_complete(out, "SET");
             backend::ready_for_query(out, status);
             return Ok(Idle::Answered);

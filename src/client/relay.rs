@@ -55,11 +55,26 @@ pub enum ServerStep {
 
 /// Bytes the proxy itself sends the client, in order with server output.
 #[derive(Default)]
-pub struct Outbox(Vec<Bytes>);
+pub struct Outbox(Vec<Own>);
+
+/// Bytes the proxy will have once something has happened (a fleet
+/// announcement committed, a WAL position sampled): nothing after them
+/// reaches the client before they do.
+pub type Later = std::pin::Pin<Box<dyn std::future::Future<Output = Bytes> + Send>>;
+
+enum Own {
+    Now(Bytes),
+    Later(Later),
+}
 
 impl Outbox {
     pub fn push(&mut self, bytes: Bytes) {
-        self.0.push(bytes);
+        self.0.push(Own::Now(bytes));
+    }
+
+    /// Bytes that come when `later` resolves; what follows waits for them.
+    pub fn push_later(&mut self, later: Later) {
+        self.0.push(Own::Later(later));
     }
 }
 
@@ -130,7 +145,6 @@ pub enum RelayEnd {
 /// Client bytes kept for a retry are at most this much.
 const MAX_REPLAY: usize = 1024 * 1024;
 
-#[derive(Debug)]
 enum Chunk {
     /// The next n bytes of the server buffer go to the client.
     Forward(usize),
@@ -138,6 +152,19 @@ enum Chunk {
     Skip(usize),
     /// Bytes made by the proxy.
     Own(Bytes),
+    /// Bytes made by the proxy once the future resolves.
+    Later(Later),
+}
+
+impl std::fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Chunk::Forward(n) => write!(f, "Forward({n})"),
+            Chunk::Skip(n) => write!(f, "Skip({n})"),
+            Chunk::Own(b) => write!(f, "Own({} bytes)", b.len()),
+            Chunk::Later(_) => write!(f, "Later"),
+        }
+    }
 }
 
 /// s2c bookkeeping: which scanned server bytes go where.
@@ -184,8 +211,11 @@ impl ServerSide {
     }
 
     fn add_own(&mut self, outbox: &mut Outbox) {
-        for b in outbox.0.drain(..) {
-            self.push(Chunk::Own(b));
+        for own in outbox.0.drain(..) {
+            self.push(match own {
+                Own::Now(b) => Chunk::Own(b),
+                Own::Later(later) => Chunk::Later(later),
+            });
         }
     }
 
@@ -496,6 +526,16 @@ where
                 Chunk::Skip(n) => {
                     rbuf.advance(*n);
                     side.scanned -= *n;
+                    side.chunks.pop_front();
+                }
+                Chunk::Later(later) => match later.as_mut().poll(cx) {
+                    Poll::Ready(bytes) => {
+                        *chunk = Chunk::Own(bytes);
+                        progress = true;
+                    }
+                    Poll::Pending => break,
+                },
+                Chunk::Own(b) if b.is_empty() => {
                     side.chunks.pop_front();
                 }
                 Chunk::Own(b) => {

@@ -1,14 +1,29 @@
-//! The proxy's own session setting `pgsidecar.route`: which statements
-//! change it, the error for a value it refuses, and the stand-in a server
-//! prepares in its place when the change comes by the extended protocol.
+//! The proxy's own session settings `pgsidecar.route` and
+//! `pgsidecar.min_lsn`: which statements change them, the error for a
+//! value it refuses, and the stand-in a server prepares in its place when
+//! the change comes by the extended protocol.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::cluster::Lsn;
 use crate::protocol::frame::{self, fe};
 use crate::protocol::{ProtocolError, SqlState, WireError};
+use crate::routing::policy::ProxyChange;
 use crate::routing::{Classified, Reason, RouteSetting, SessionChange};
 
 const HINT: &str = "use 'primary', 'replica' or 'auto'";
+
+/// The 22023 a client gets for `SET pgsidecar.min_lsn = 'yesterday'`.
+fn invalid_lsn(value: &str) -> WireError {
+    WireError::error(
+        SqlState::INVALID_PARAMETER_VALUE,
+        format!(
+            "invalid value for parameter \"pgsidecar.min_lsn\": {}",
+            capped(value)
+        ),
+    )
+    .with_hint("give a WAL position as Postgres prints it, e.g. '0/16B3748' (what SHOW pgsidecar.last_write_lsn answered after a write)")
+}
 
 /// The 22023 a client gets for `SET pgsidecar.route = 'sideways'`.
 pub fn invalid_route(value: &str) -> WireError {
@@ -17,6 +32,21 @@ pub fn invalid_route(value: &str) -> WireError {
         format!("invalid value for parameter \"pgsidecar.route\": \"{value}\""),
     )
     .with_hint(HINT)
+}
+
+/// A client's text for an error message: escaped, and cut after 64
+/// characters.
+fn capped(value: &str) -> String {
+    let mut out: String = value
+        .chars()
+        .take(64)
+        .collect::<String>()
+        .escape_debug()
+        .collect();
+    if value.chars().nth(64).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// The 0A000 a client gets for `SET LOCAL pgsidecar.route`: by the time a
@@ -31,24 +61,42 @@ fn local_refused() -> WireError {
     )
 }
 
+/// The same for `SET LOCAL pgsidecar.min_lsn`.
+fn local_min_lsn_refused() -> WireError {
+    WireError::error(
+        SqlState::FEATURE_NOT_SUPPORTED,
+        "SET LOCAL pgsidecar.min_lsn is not supported: a transaction is routed as a whole when it starts",
+    )
+    .with_hint(
+        "use SET pgsidecar.min_lsn for the session, or a /* pgsidecar:min_lsn=... */ comment on the transaction's first statement",
+    )
+}
+
 /// What the session keeps for a setting: `auto` is the same as none.
 pub fn session_value(setting: RouteSetting) -> Option<RouteSetting> {
     (setting != RouteSetting::Auto).then_some(setting)
 }
 
 /// The change made by a statement that is nothing but a `SET`/`RESET` of
-/// `pgsidecar.route`: the new setting, or the error refusing it. (A
-/// `SELECT set_config('pgsidecar.route', …)` returns a row, so the server
-/// runs it and the setting changes when it completes.)
-pub fn lone_change(class: &Classified) -> Option<Result<RouteSetting, WireError>> {
+/// `pgsidecar.route` or `pgsidecar.min_lsn`: the new setting, or the error
+/// refusing it. (A `SELECT set_config('pgsidecar.route', …)` returns a
+/// row, so the server runs it and the setting changes when it completes.)
+pub fn lone_change(class: &Classified) -> Option<Result<ProxyChange, WireError>> {
     if class.info.statement_count != 1 || class.info.reason != Reason::ProxySetting {
         return None;
     }
     match class.session.as_slice() {
         [SessionChange::Route { local: true, .. }] => Some(Err(local_refused())),
-        [SessionChange::Route { setting, value, .. }] => {
-            Some(setting.ok_or_else(|| invalid_route(value)))
-        }
+        [SessionChange::Route { setting, value, .. }] => Some(
+            setting
+                .map(|s| ProxyChange::Route(session_value(s)))
+                .ok_or_else(|| invalid_route(value)),
+        ),
+        [SessionChange::MinLsn { local: true, .. }] => Some(Err(local_min_lsn_refused())),
+        [SessionChange::MinLsn { lsn, value, .. }] => Some(
+            lsn.map(ProxyChange::MinLsn)
+                .ok_or_else(|| invalid_lsn(value)),
+        ),
         _ => None,
     }
 }
@@ -67,6 +115,17 @@ pub fn after(session: &[SessionChange]) -> Option<RouteSetting> {
     })
 }
 
+/// The same for `pgsidecar.min_lsn` (`RESET ALL` restores 0/0).
+pub fn min_lsn_after(session: &[SessionChange]) -> Option<Lsn> {
+    session.iter().rev().find_map(|c| match c {
+        SessionChange::MinLsn {
+            lsn, local: false, ..
+        } => *lsn,
+        SessionChange::ResetAll => Some(Lsn::default()),
+        _ => None,
+    })
+}
+
 /// By the extended protocol a server must still answer every message in
 /// order (ParseComplete, BindComplete, NoData, CommandComplete) and, after
 /// an error, skip what follows up to Sync, even messages the client has
@@ -78,7 +137,8 @@ pub fn after(session: &[SessionChange]) -> Option<RouteSetting> {
 /// raises the proxy's own error.
 pub fn stand_in(class: &Classified) -> Option<String> {
     Some(match lone_change(class)? {
-        Ok(_) => "SET pgsidecar.route TO DEFAULT".into(),
+        Ok(ProxyChange::Route(_)) => "SET pgsidecar.route TO DEFAULT".into(),
+        Ok(ProxyChange::MinLsn(_)) => "SET pgsidecar.min_lsn TO DEFAULT".into(),
         Err(error) => {
             let quote = |s: &str| s.replace('\'', "''");
             let body = format!(
@@ -182,6 +242,45 @@ mod tests {
         assert_eq!(after(&classifier.classify("select 1").session), None);
         let class = classifier.classify("set pgsidecar.route = 'primary'; reset all");
         assert_eq!(after(&class.session), Some(RouteSetting::Auto));
+    }
+
+    #[test]
+    fn min_lsn_is_answered_by_the_proxy_and_refused_by_name() {
+        let classifier = Classifier::new(&[], 10_000, 100);
+        let class = classifier.classify("set pgsidecar.min_lsn = '0/16B3748'");
+        assert_eq!(
+            lone_change(&class).unwrap().unwrap(),
+            ProxyChange::MinLsn(Lsn(0x16B3748))
+        );
+        assert_eq!(
+            stand_in(&class).as_deref(),
+            Some("SET pgsidecar.min_lsn TO DEFAULT")
+        );
+        let class = classifier.classify("reset pgsidecar.min_lsn");
+        assert_eq!(
+            lone_change(&class).unwrap().unwrap(),
+            ProxyChange::MinLsn(Lsn(0))
+        );
+        let class = classifier.classify("set pgsidecar.min_lsn = 'x\ny'");
+        let refusal = lone_change(&class).unwrap().unwrap_err();
+        assert_eq!(refusal.code, SqlState::INVALID_PARAMETER_VALUE);
+        assert!(
+            refusal.message.contains("pgsidecar.min_lsn"),
+            "{}",
+            refusal.message
+        );
+        assert!(
+            !refusal.message.contains('\n'),
+            "escaped: {}",
+            refusal.message
+        );
+        let class = classifier.classify("set local pgsidecar.min_lsn = '0/1'");
+        let refusal = lone_change(&class).unwrap().unwrap_err();
+        assert_eq!(refusal.code, SqlState::FEATURE_NOT_SUPPORTED);
+        let class = classifier.classify("set pgsidecar.min_lsn = '0/5'; reset all");
+        assert_eq!(min_lsn_after(&class.session), Some(Lsn(0)));
+        let class = classifier.classify("select set_config('pgsidecar.min_lsn', '0/9', false)");
+        assert_eq!(min_lsn_after(&class.session), Some(Lsn(9)));
     }
 
     #[test]

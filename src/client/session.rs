@@ -151,6 +151,13 @@ where
                     write(stream, &out).await;
                     out.clear();
                 }
+                Idle::Later(later) => {
+                    cbuf.advance(total);
+                    write(stream, &out).await;
+                    out.clear();
+                    write(stream, &later.await).await;
+                    continue;
+                }
             }
             let unit = loop {
                 if let Some(unit) = route::find_unit(

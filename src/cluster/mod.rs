@@ -51,10 +51,12 @@ mod view;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) use update::Probe;
 
 pub use choose::{NoReplica, ReplicaLease};
 pub use error::CheckError;
-pub use lsn::{Lsn, LsnParseError};
+pub use lsn::{Lsn, LsnParseError, WalGeometry};
 pub use monitor::{MAX_RECONNECT_BACKOFF, MIN_CHECK_TIMEOUT};
 pub use node::{NodeStatus, Role};
 pub(crate) use probe::MonitorLogin;

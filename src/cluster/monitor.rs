@@ -122,7 +122,12 @@ async fn watch_node(view: Arc<ClusterView>, config: ConfigHandle, id: NodeId) {
             }
         };
         write_pending_record(&view).await;
-        tokio::time::sleep(wait).await;
+        // The primary's task samples sooner when someone waits for a
+        // sample taken after now (`ClusterView::lsn_after_soon`).
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = view.sample_wanted.notified(), if view.primary() == Some(id) => {}
+        }
     }
 }
 

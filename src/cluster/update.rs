@@ -137,6 +137,7 @@ impl ClusterView {
         {
             timeline.push(sent, lsn);
             self.head.store(timeline.head().map(Arc::new));
+            self.sampled.notify_waiters();
         }
         self.refresh_marks(&timeline);
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::NodeId;
 use super::choose::{self, Candidate, NoReplica, ReplicaLease};
@@ -66,6 +66,11 @@ pub struct ClusterView {
     /// what requests queued for a node wait on to give it up.
     pub(crate) moves: watch::Sender<u64>,
     pub(crate) stale_after_nanos: AtomicU64,
+    /// Wakes the primary's monitor task to sample now rather than at the
+    /// end of its interval.
+    pub(crate) sample_wanted: Notify,
+    /// Told after every primary sample.
+    pub(crate) sampled: Notify,
 }
 
 impl ClusterView {
@@ -103,6 +108,8 @@ impl ClusterView {
             changes,
             moves,
             stale_after_nanos: AtomicU64::new(DEFAULT_STALE_AFTER.as_nanos() as u64),
+            sample_wanted: Notify::new(),
+            sampled: Notify::new(),
         })
     }
 
@@ -206,6 +213,25 @@ impl ClusterView {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .lsn_after(t)
+    }
+
+    /// [`lsn_after`](Self::lsn_after), waiting for the sample if it has
+    /// not been taken yet: the primary's monitor task is asked to take one
+    /// at once (one round trip) rather than at the end of its interval.
+    /// `None` if no sample came within `limit` (the primary is not
+    /// answering, or there is none).
+    pub async fn lsn_after_soon(&self, t: Instant, limit: Duration) -> Option<Lsn> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let sampled = self.sampled.notified();
+            tokio::pin!(sampled);
+            sampled.as_mut().enable();
+            if let Some(lsn) = self.lsn_after(t) {
+                return Some(lsn);
+            }
+            self.sample_wanted.notify_one();
+            tokio::time::timeout_at(deadline, sampled).await.ok()?;
+        }
     }
 
     /// The newest WAL position sampled on the current primary.

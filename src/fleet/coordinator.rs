@@ -22,6 +22,8 @@ use super::identity::Identity;
 use super::policy::{self, Inputs};
 use super::session::{Login, Look, Session, SessionError};
 use super::view::{FleetView, MemberRow};
+use super::writes::{Link, Writes};
+use crate::cluster::ClusterView;
 use crate::config::{Config, ConfigHandle, NodeAddr};
 use crate::server::NodeGate;
 
@@ -85,6 +87,8 @@ struct Up {
     last_waited: u64,
     /// (when, unused capacity) samples.
     unused: VecDeque<(Instant, u32)>,
+    /// The session listens for the fleet's writes (the node is the primary).
+    listening: bool,
 }
 
 pub(super) struct Coordinator {
@@ -97,6 +101,10 @@ pub(super) struct Coordinator {
     /// `[fleet]`).
     pub floor: u32,
     pub interval: Duration,
+    /// The fleet's writes: heard on, and announced through, the session of
+    /// the node that is the primary.
+    pub writes: Arc<Writes>,
+    pub cluster: Arc<ClusterView>,
 }
 
 /// Drops the gate to 0 however the coordinator ends (also when aborted,
@@ -127,7 +135,7 @@ impl Coordinator {
             let s = Settings::from_config(&self.config.load(), self.floor, self.interval);
             if up.as_ref().is_some_and(|u| u.login != s.login) {
                 tracing::info!(node = %self.node, "fleet login changed; reconnecting");
-                up = None;
+                self.drop_session(&mut up);
                 lose(&self.gate);
             }
             let result = match up.as_mut() {
@@ -155,7 +163,7 @@ impl Coordinator {
                             "fleet coordinator lost its session: this member's share of the node is 0 until it reconnects");
                     }
                     failing = true;
-                    up = None;
+                    self.drop_session(&mut up);
                     lose(&self.gate);
                     self.view
                         .disconnected(&self.node, s.budget, self.gate.state());
@@ -175,12 +183,50 @@ impl Coordinator {
                 tracing::warn!(node = %self.node,
                     "fleet coordinator session ended: this member's share of the node is 0 until it reconnects");
                 failing = true;
-                up = None;
+                self.drop_session(&mut up);
                 lose(&self.gate);
                 self.view
                     .disconnected(&self.node, s.budget, self.gate.state());
             }
         }
+    }
+
+    /// The session is gone: if it listened, the member is deaf now.
+    fn drop_session(&self, up: &mut Option<Up>) {
+        if let Some(u) = up.take()
+            && u.listening
+        {
+            self.writes.detach(u.session.pid);
+        }
+    }
+
+    /// Listens for the fleet's writes while the node is the primary (and
+    /// announces this member's writes through this session). A LISTEN the
+    /// node refuses (it is in recovery after all) is tried again next round.
+    async fn follow_primary(&self, u: &mut Up) -> Result<(), SessionError> {
+        let primary =
+            (self.cluster.primary()).is_some_and(|id| *self.cluster.addr(id) == self.node);
+        if primary && !u.listening {
+            match u.session.listen(self.writes.channel()).await {
+                Ok(geometry) => {
+                    u.listening = true;
+                    self.writes.attach(Link {
+                        client: u.session.client.clone(),
+                        pid: u.session.pid,
+                        geometry,
+                    });
+                }
+                Err(e @ SessionError::Query { .. }) => {
+                    tracing::debug!(node = %self.node, error = %e, "LISTEN refused; trying again next round");
+                }
+                Err(e) => return Err(e),
+            }
+        } else if !primary && u.listening {
+            self.writes.detach(u.session.pid);
+            u.listening = false;
+            u.session.unlisten().await?;
+        }
+        Ok(())
     }
 
     async fn connect(&self, s: &Settings) -> Result<Up, SessionError> {
@@ -190,6 +236,7 @@ impl Coordinator {
             &self.identity,
             s.connect_timeout,
             s.timeout,
+            self.writes.clone(),
         )
         .await?;
         Ok(Up {
@@ -201,11 +248,13 @@ impl Coordinator {
             free_since: HashMap::new(),
             last_waited: self.gate.state().waited,
             unused: VecDeque::new(),
+            listening: false,
         })
     }
 
     /// One round; returns how long to wait before the next.
     async fn round(&self, u: &mut Up, s: &Settings) -> Result<Duration, SessionError> {
+        self.follow_primary(u).await?;
         let look = u.session.look(s.budget).await?;
         let now = Instant::now();
         u.free_since.retain(|slot, _| look.free.contains(slot));

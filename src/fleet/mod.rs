@@ -51,10 +51,11 @@
 //! session (at once for a killed process, ≤ 6 s for a vanished host) and
 //! taken by a member that wants them within one interval plus [`GRACE`].
 //!
-//! # Later: read-your-writes across the fleet
+//! # Read-your-writes across the fleet
 //! The coordinator session to the primary is the member's one long-lived
-//! session there; it can LISTEN as well (its connection task already
-//! receives whatever the server sends unasked).
+//! session there: it also LISTENs on the fleet's channel, and announces
+//! the tables this member's clients wrote with NOTIFY ([`writes`]), so
+//! that a read through any member waits for a replica that has them.
 //!
 //! # Layout
 //! - `identity`: lock key, application name, default instance name.
@@ -62,12 +63,15 @@
 //! - `policy`: how many slots to hold (pure).
 //! - `coordinator`: the per-node loop.
 //! - `view`: what `SHOW FLEET` and the metrics show.
+//! - `writes`, `announce`: the fleet's writes, sent and heard.
 
+mod announce;
 mod coordinator;
 mod identity;
 mod policy;
 mod session;
 mod view;
+pub mod writes;
 
 use std::sync::{Arc, Mutex};
 
@@ -76,8 +80,11 @@ use tokio::task::JoinHandle;
 pub use identity::Identity;
 pub use session::SERVER_KEEPALIVE;
 pub use view::{FleetView, MemberRow, NodeFleet};
+pub use writes::{WriteCounts, Writes};
 
+use crate::cluster::ClusterView;
 use crate::config::{ConfigHandle, FleetConfig, NodeAddr};
+use crate::routing::policy::WriteLog;
 use crate::server::NodeGate;
 
 pub use coordinator::GRACE;
@@ -88,13 +95,17 @@ pub struct Fleet {
     floor: u32,
     interval: std::time::Duration,
     view: Arc<FleetView>,
+    writes: Arc<Writes>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Fleet {
-    pub fn new(config: &FleetConfig) -> Fleet {
+    /// `log`: the write log the other members' writes are recorded in.
+    pub fn new(config: &FleetConfig, log: Arc<WriteLog>, handle: ConfigHandle) -> Fleet {
+        let identity = Identity::new(config);
         Fleet {
-            identity: Identity::new(config),
+            writes: Arc::new(Writes::new(identity.key, log, handle)),
+            identity,
             floor: config.floor,
             interval: config.interval,
             view: Arc::default(),
@@ -106,12 +117,25 @@ impl Fleet {
         &self.identity
     }
 
-    /// (Re)starts one coordinator per node, each with its node's gate.
-    pub fn start(&self, config: ConfigHandle, nodes: Vec<(NodeAddr, Arc<NodeGate>)>) {
+    /// The fleet's writes: this member's announcements and what it heard.
+    pub fn writes(&self) -> &Writes {
+        &self.writes
+    }
+
+    /// (Re)starts one coordinator per node, each with its node's gate, and
+    /// the announcer of this member's writes. `cluster` says which node is
+    /// the primary (where the fleet's writes are announced).
+    pub fn start(
+        &self,
+        config: ConfigHandle,
+        nodes: Vec<(NodeAddr, Arc<NodeGate>)>,
+        cluster: Arc<ClusterView>,
+    ) {
         self.stop();
         let addrs: Vec<NodeAddr> = nodes.iter().map(|(a, _)| a.clone()).collect();
         self.view.retain(&addrs);
         let mut tasks = lock(&self.tasks);
+        tasks.push(tokio::spawn(self.writes.clone().run()));
         for (node, gate) in nodes {
             let coordinator = coordinator::Coordinator {
                 node,
@@ -121,6 +145,8 @@ impl Fleet {
                 view: self.view.clone(),
                 floor: self.floor,
                 interval: self.interval,
+                writes: self.writes.clone(),
+                cluster: cluster.clone(),
             };
             tasks.push(tokio::spawn(coordinator.run()));
         }
@@ -138,6 +164,7 @@ impl Fleet {
         for task in lock(&self.tasks).drain(..) {
             task.abort();
         }
+        self.writes.detach_all();
     }
 
     /// Each node as this member sees the fleet there.

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -16,6 +17,8 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::identity::{Identity, PRESENCE, WANT};
 use super::policy::Seen;
+use super::writes::Writes;
+use crate::cluster::WalGeometry;
 use crate::config::NodeAddr;
 
 /// Server-side keepalives (idle, interval in seconds, count): Postgres
@@ -69,7 +72,9 @@ pub struct Look {
 /// An open coordinator session.
 pub struct Session {
     addr: NodeAddr,
-    client: Client,
+    /// Shared with the announcer of the fleet's writes while this session
+    /// listens on the primary.
+    pub client: Arc<Client>,
     /// This session's backend pid.
     pub pid: i32,
     key: i32,
@@ -79,13 +84,15 @@ pub struct Session {
 }
 
 impl Session {
-    /// Connects, takes the presence lock and tunes the session.
+    /// Connects, takes the presence lock and tunes the session. The
+    /// notifications it gets (once it listens) go to `writes`.
     pub async fn open(
         addr: &NodeAddr,
         login: &Login,
         identity: &Identity,
         connect_timeout: Duration,
         timeout: Duration,
+        writes: Arc<Writes>,
     ) -> Result<Session, SessionError> {
         let (idle, interval, count) = SERVER_KEEPALIVE;
         let mut pg = tokio_postgres::Config::new();
@@ -103,7 +110,8 @@ impl Session {
             .options(format!(
                 "-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} \
                  -c tcp_keepalives_count={count} -c tcp_user_timeout={} \
-                 -c statement_timeout={} -c idle_in_transaction_session_timeout=0",
+                 -c statement_timeout={} -c idle_in_transaction_session_timeout=0 \
+                 -c synchronous_commit=off -c standard_conforming_strings=on",
                 USER_TIMEOUT.as_millis(),
                 timeout.as_millis(),
             ));
@@ -124,10 +132,11 @@ impl Session {
         let (tx, closed) = oneshot::channel();
         let node = addr.clone();
         tokio::spawn(async move {
-            // Messages the server sends unasked: notices now; notifications
-            // once members LISTEN on this session.
+            // Messages the server sends unasked: notices, and the fleet's
+            // writes once the session listens.
             loop {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(n))) => writes.heard(&n),
                     Some(Ok(AsyncMessage::Notice(n))) => {
                         tracing::debug!(node = %node, notice = %n.message(), "fleet session notice")
                     }
@@ -143,7 +152,7 @@ impl Session {
         });
         let mut session = Session {
             addr: addr.clone(),
-            client,
+            client: Arc::new(client),
             pid: 0,
             key: identity.key,
             timeout,
@@ -282,6 +291,31 @@ impl Session {
             ))
             .await?;
         Ok(row.get(0))
+    }
+
+    /// LISTENs on `channel` (the fleet's writes); returns the node's WAL
+    /// geometry, for the positions announcements report.
+    pub async fn listen(&self, channel: &str) -> Result<WalGeometry, SessionError> {
+        let row = self
+            .bounded(async {
+                self.client
+                    .batch_execute(&format!("LISTEN {channel}"))
+                    .await?;
+                self.client
+                    .query_one(
+                        "SELECT current_setting('wal_block_size')::int8, \
+                         pg_size_bytes(current_setting('wal_segment_size'))",
+                        &[],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(WalGeometry::new(row.get(0), row.get(1)).unwrap_or_default())
+    }
+
+    /// Stops listening (the node is no longer the primary).
+    pub async fn unlisten(&self) -> Result<(), SessionError> {
+        self.bounded(self.client.batch_execute("UNLISTEN *")).await
     }
 
     /// Publishes `application_name` (with the open connection count).

@@ -36,6 +36,14 @@ pub struct FleetSnapshot {
     pub members: u64,
     /// (node, budget, this member's share) per node.
     pub nodes: Vec<(NodeAddr, u32, u32)>,
+    /// Write transactions this member announced to the fleet.
+    pub writes_published: u64,
+    /// Announcements of writes heard from other members.
+    pub writes_received: u64,
+    /// Write transactions whose announcement failed.
+    pub publish_failures: u64,
+    /// Whether this member hears the fleet's writes now.
+    pub listening: bool,
 }
 
 /// One pool's occupancy.

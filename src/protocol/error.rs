@@ -28,6 +28,7 @@ impl SqlState {
     pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState("25P03");
     pub const SYNTAX_ERROR: SqlState = SqlState("42601");
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: SqlState = SqlState("55000");
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
 }
 

@@ -68,8 +68,8 @@ pub struct Shared {
     /// Metrics, digests, slow-query log, plans.
     pub observer: Arc<Observer>,
     pub classifier: Classifier,
-    /// Recent writes, for read-your-writes.
-    pub write_log: WriteLog,
+    /// Recent writes, for read-your-writes (the fleet's too).
+    pub write_log: Arc<WriteLog>,
     /// The admin console's PAUSE: new work waits while it is on.
     pub paused: Pause,
     /// Connected sockets, logged in or not (for max_client_conn).
@@ -131,7 +131,7 @@ impl Shared {
                     self.pools.gate(&addr).map(|gate| (addr, gate))
                 })
                 .collect();
-            fleet.start(self.config.clone(), nodes);
+            fleet.start(self.config.clone(), nodes, cluster.clone());
         }
         let handle = cluster.spawn_monitor(self.config.clone());
         let old = self
@@ -212,6 +212,9 @@ impl Proxy {
         let server_tls = crate::tls::build_server_tls(&config.cluster)?;
         let credentials = Credentials::build(&config);
         let handle = crate::config::handle(config.clone());
+        let write_log = Arc::new(WriteLog::default());
+        let fleet = (config.fleet.as_ref())
+            .map(|f| crate::fleet::Fleet::new(f, write_log.clone(), handle.clone()));
         let shared = Arc::new_cyclic(|weak| Shared {
             observer: Observer::new(
                 handle.clone(),
@@ -224,7 +227,7 @@ impl Proxy {
                 Some(_) => Pools::with_budget(server_tls),
                 None => Pools::new(server_tls),
             },
-            fleet: config.fleet.as_ref().map(crate::fleet::Fleet::new),
+            fleet,
             clients: Arc::new(ClientRegistry::default()),
             statements: StatementRegistry::default(),
             cluster: ArcSwap::new(ClusterView::new(&config)),
@@ -240,7 +243,7 @@ impl Proxy {
                 MAX_PARSED_QUERY,
                 CLASSIFIER_CACHE,
             ),
-            write_log: WriteLog::default(),
+            write_log,
             paused: Pause::default(),
             connected: AtomicUsize::new(0),
             message_memory: BufferBudget::new(config.proxy.max_message_memory),

@@ -62,6 +62,7 @@ impl Sources for ProxySources {
     fn fleet(&self) -> Option<FleetSnapshot> {
         let shared = self.shared.upgrade()?;
         let fleet = shared.fleet.as_ref()?;
+        let writes = fleet.writes().counts();
         Some(FleetSnapshot {
             members: fleet.members() as u64,
             nodes: fleet
@@ -69,6 +70,10 @@ impl Sources for ProxySources {
                 .into_iter()
                 .map(|n| (n.node, n.budget, n.gate.limit))
                 .collect(),
+            writes_published: writes.published,
+            writes_received: writes.received,
+            publish_failures: writes.failures,
+            listening: writes.listening,
         })
     }
 }

@@ -5,7 +5,7 @@
 
 use super::fallback;
 use super::functions::FunctionPolicy;
-use super::types::{PinReason, Reason, Route, TxEffect, Unpin};
+use super::types::{PinReason, ProxyParam, Reason, Route, TxEffect, Unpin};
 use super::walker::{self, Facts};
 use sqlparser::ast::{
     CopySource, CopyTarget, DiscardObject, Reset, Set, SetExpr, Statement, TransactionAccessMode,
@@ -197,7 +197,19 @@ fn by_kind(stmt: &Statement, facts: &Facts) -> StmtClass {
         // `WITH … INSERT/UPDATE/DELETE/MERGE` parses as a query around a write.
         S::Query(q) if is_write_body(&q.body) => StmtClass::write(Reason::Write),
         S::Query(_) => read_or_escalate(facts),
-        S::ShowVariable { .. } => StmtClass::new(Route::Read, Reason::Read),
+        S::ShowVariable { variable } => {
+            let mut class = StmtClass::new(Route::Read, Reason::Read);
+            let name: Vec<String> = variable
+                .iter()
+                .map(|i| i.value.to_ascii_lowercase())
+                .collect();
+            if ProxyParam::named(&name.join(".")).is_some() {
+                // Answered by the proxy, the name read from the text again.
+                class.reason = Reason::ProxySetting;
+                class.session = true;
+            }
+            class
+        }
         // `COPY (INSERT … RETURNING …) TO STDOUT` is a write.
         S::Copy {
             source: CopySource::Query(q),
@@ -259,7 +271,7 @@ fn by_kind(stmt: &Statement, facts: &Facts) -> StmtClass {
             let mut class = session(TxEffect::None);
             class.session = true;
             if let Reset::ConfigurationParameter(name) = &reset.reset
-                && walker::relation(name) == "pgsidecar.route"
+                && is_proxy_name(&walker::relation(name))
             {
                 class.reason = Reason::ProxySetting;
             }
@@ -336,9 +348,14 @@ fn pinned(reason: Reason, pin: PinReason) -> StmtClass {
 
 fn is_proxy_setting(set: &Set) -> bool {
     match set {
-        Set::SingleAssignment { variable, .. } => walker::relation(variable) == "pgsidecar.route",
+        Set::SingleAssignment { variable, .. } => is_proxy_name(&walker::relation(variable)),
         _ => false,
     }
+}
+
+/// The proxy's own settings a client may change.
+fn is_proxy_name(name: &str) -> bool {
+    matches!(name, "pgsidecar.route" | "pgsidecar.min_lsn")
 }
 
 fn is_ddl(stmt: &Statement) -> bool {

@@ -59,8 +59,8 @@ use cache::Cache;
 pub use fingerprint::Fingerprint;
 pub use lexer::Quoting;
 pub use types::{
-    Classified, Hint, PinReason, Reason, Route, RouteSetting, SessionChange, StatementInfo,
-    TxEffect, Unpin,
+    Classified, Hint, PinReason, ProxyParam, Reason, Route, RouteSetting, SessionChange,
+    StatementInfo, TxEffect, Unpin,
 };
 
 use classify::StmtClass;
@@ -297,6 +297,9 @@ fn combine(parts: Vec<StmtClass>) -> StatementInfo {
     for part in parts {
         if part.route == Route::Write && route == Route::Read {
             route = Route::Write;
+            reason = part.reason;
+        } else if count == 1 && part.reason == Reason::ProxySetting {
+            // A lone `SHOW pgsidecar.…`: a read the proxy answers.
             reason = part.reason;
         }
         parse_error |= part.reason == Reason::ParseError;

@@ -190,10 +190,14 @@ pub(crate) fn run(
         match tok.kind {
             TokenKind::LineComment | TokenKind::BlockComment => {
                 if !seen_token && tok.kind == TokenKind::BlockComment {
-                    // Primary wins over replica if a client sends both.
-                    match parse_hint(tok.text(sql)) {
-                        Some(Hint::Primary) => hint = Some(Hint::Primary),
-                        Some(Hint::Replica) if hint.is_none() => hint = Some(Hint::Replica),
+                    // Primary wins over a token, a token over replica, if a
+                    // client sends several.
+                    match (parse_hint(tok.text(sql)), hint) {
+                        (Some(Hint::Primary), _) => hint = Some(Hint::Primary),
+                        (Some(Hint::MinLsn(l)), None | Some(Hint::Replica)) => {
+                            hint = Some(Hint::MinLsn(l))
+                        }
+                        (Some(Hint::Replica), None) => hint = Some(Hint::Replica),
                         _ => {}
                     }
                 }
@@ -336,8 +340,10 @@ fn is_clause_keyword(word: &[u8]) -> bool {
     word.len() <= 9 && KEYWORDS.iter().any(|k| k.eq_ignore_ascii_case(word))
 }
 
-/// Recognises `/* pgsidecar:primary */` and `/* pgsidecar:replica */`,
-/// case-insensitive, with any whitespace around the words and the colon.
+/// Recognises `/* pgsidecar:primary */`, `/* pgsidecar:replica */` and
+/// `/* pgsidecar:min_lsn=0/16B3748 */`, case-insensitive, with any
+/// whitespace around the words, the colon and the `=`. A `min_lsn` that is
+/// not an LSN is no hint (like any other comment).
 pub(crate) fn parse_hint(comment: &str) -> Option<Hint> {
     let body = comment.strip_prefix("/*")?.strip_suffix("*/")?.trim();
     let rest = strip_prefix_ci(body, "pgsidecar")?.trim_start();
@@ -347,7 +353,9 @@ pub(crate) fn parse_hint(comment: &str) -> Option<Hint> {
     } else if value.eq_ignore_ascii_case("replica") {
         Some(Hint::Replica)
     } else {
-        None
+        let lsn = strip_prefix_ci(value, "min_lsn")?.trim_start();
+        let lsn = lsn.strip_prefix('=')?.trim();
+        lsn.parse().ok().map(Hint::MinLsn)
     }
 }
 

@@ -6,7 +6,8 @@
 use std::borrow::Cow;
 
 use super::lexer::{Lexer, Quoting, Token, TokenKind};
-use super::types::{RouteSetting, SessionChange};
+use super::types::{ProxyParam, RouteSetting, SessionChange};
+use crate::cluster::Lsn;
 
 /// All session changes in `sql` (every statement), in order, less those a
 /// ROLLBACK later in the same string undoes. Strings are read as a server
@@ -139,6 +140,14 @@ fn statement(src: Src<'_>, toks: &[Token], out: &mut Vec<SessionChange>, blocks:
         set(src, &toks[1..], out);
     } else if is_word(toks.first(), sql, "reset") {
         reset(sql, &toks[1..], out);
+    } else if is_word(toks.first(), sql, "show") {
+        if let Some((name, n)) = param_name(sql, &toks[1..])
+            && n + 1 == toks.len()
+            && let Some(param) = ProxyParam::named(&name)
+        {
+            out.push(SessionChange::Show(param));
+        }
+        return;
     }
     set_config_calls(src, toks, out);
 }
@@ -257,6 +266,8 @@ fn set(src: Src<'_>, toks: &[Token], out: &mut Vec<SessionChange>) {
             || (name == "timezone" && is_word(value.first(), sql, "local")));
     if name == "pgsidecar.route" {
         out.push(route_change(src, value, is_default, local));
+    } else if name == "pgsidecar.min_lsn" {
+        out.push(min_lsn_change(src, value, is_default, local));
     } else if is_default || value.is_empty() {
         out.push(SessionChange::Reset { name, local });
     } else {
@@ -286,6 +297,27 @@ fn route_change(src: Src<'_>, value: &[Token], is_default: bool, local: bool) ->
     }
 }
 
+/// `SET pgsidecar.min_lsn`: an LSN as Postgres prints it, quoted or not
+/// (`0/16B3748` lexes as several tokens, hence the joined text); DEFAULT,
+/// or an empty string, for none.
+fn min_lsn_change(src: Src<'_>, value: &[Token], is_default: bool, local: bool) -> SessionChange {
+    let raw = joined(src, value);
+    let text = match value {
+        [t] if t.kind == TokenKind::String => string_value(src, t).unwrap_or_default(),
+        _ => value.iter().map(|t| t.text(src.sql)).collect(),
+    };
+    let lsn = if is_default || text.trim().is_empty() {
+        Some(Lsn::default())
+    } else {
+        text.trim().parse().ok()
+    };
+    SessionChange::MinLsn {
+        lsn,
+        value: raw,
+        local,
+    }
+}
+
 fn reset(sql: &str, toks: &[Token], out: &mut Vec<SessionChange>) {
     let w = |i: usize, s: &str| is_word(toks.get(i), sql, s);
     let name = if w(0, "all") && toks.len() == 1 {
@@ -304,6 +336,12 @@ fn reset(sql: &str, toks: &[Token], out: &mut Vec<SessionChange>) {
     if name == "pgsidecar.route" {
         out.push(SessionChange::Route {
             setting: Some(RouteSetting::Auto),
+            value: "DEFAULT".into(),
+            local: false,
+        });
+    } else if name == "pgsidecar.min_lsn" {
+        out.push(SessionChange::MinLsn {
+            lsn: Some(Lsn::default()),
             value: "DEFAULT".into(),
             local: false,
         });
@@ -340,12 +378,16 @@ fn set_config(src: Src<'_>, toks: &[Token]) -> SessionChange {
     let value = arg(1).and_then(|t| string_value(src, t));
     let local = arg(2).and_then(|t| bool_value(src, t));
     match (shape_ok, name, value, local) {
-        (true, Some(name), Some(_), Some(local)) if name == "pgsidecar.route" => {
+        (true, Some(name), Some(_), Some(local))
+            if name == "pgsidecar.route" || name == "pgsidecar.min_lsn" =>
+        {
             if local {
                 // Transaction-local: no lasting effect the proxy could honour.
                 SessionChange::Untracked { name: Some(name) }
-            } else {
+            } else if name == "pgsidecar.route" {
                 route_change(src, &toks[2..3], false, false)
+            } else {
+                min_lsn_change(src, &toks[2..3], false, false)
             }
         }
         (true, Some(name), Some(value), Some(local)) => {

@@ -3,14 +3,49 @@
 //! session state machine consume it.
 
 use super::fingerprint::Fingerprint;
+use crate::cluster::Lsn;
 use crate::protocol::ClientEncoding;
 use std::sync::Arc;
 
-/// A routing hint from a leading `/* pgsidecar:primary|replica */` comment.
+/// A routing hint from a leading `/* pgsidecar:primary|replica */` or
+/// `/* pgsidecar:min_lsn=0/16B3748 */` comment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Hint {
     Primary,
     Replica,
+    /// A causal token: read only on a node that has replayed this WAL
+    /// position (the primary otherwise).
+    MinLsn(Lsn),
+}
+
+/// The proxy's own session parameters a client can `SHOW`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProxyParam {
+    /// `pgsidecar.route`.
+    Route,
+    /// `pgsidecar.min_lsn`: the session's causal token.
+    MinLsn,
+    /// `pgsidecar.last_write_lsn`: a WAL position at or past the commit of
+    /// the client's last write (read only).
+    LastWriteLsn,
+}
+
+impl ProxyParam {
+    pub const ALL: [ProxyParam; 3] = [Self::Route, Self::MinLsn, Self::LastWriteLsn];
+
+    /// The parameter's name, as `SHOW` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Route => "pgsidecar.route",
+            Self::MinLsn => "pgsidecar.min_lsn",
+            Self::LastWriteLsn => "pgsidecar.last_write_lsn",
+        }
+    }
+
+    /// The parameter named `name` (lower-cased, as GUC names compare).
+    pub fn named(name: &str) -> Option<ProxyParam> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
 }
 
 /// Where a statement may run, judged from its text alone.
@@ -60,7 +95,8 @@ pub enum Reason {
     /// SET/RESET/DISCARD/PREPARE/DEALLOCATE/LISTEN/UNLISTEN: session state
     /// the proxy tracks itself.
     SessionState,
-    /// `SET pgsidecar.route = …`: the proxy's own setting, never forwarded.
+    /// `SET pgsidecar.route = …`, `SET pgsidecar.min_lsn = …` and `SHOW`
+    /// of the proxy's own parameters: answered by the proxy.
     ProxySetting,
     /// Not produced by the classifier: for the policy, when a hint decided.
     Hint,
@@ -206,6 +242,17 @@ pub enum RouteSetting {
     Auto,
 }
 
+impl RouteSetting {
+    /// The value as `SHOW pgsidecar.route` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::Replica => "replica",
+            Self::Auto => "auto",
+        }
+    }
+}
+
 /// A session-parameter effect whose value lives in literals, so it is
 /// recomputed from each statement's own text and never taken from the cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -247,6 +294,17 @@ pub enum SessionChange {
         value: String,
         local: bool,
     },
+    /// `SET [LOCAL] pgsidecar.min_lsn = '0/16B3748'`, `RESET
+    /// pgsidecar.min_lsn` (`lsn` 0/0, which every node has replayed):
+    /// intercepted by the proxy like `pgsidecar.route`. `lsn` is `None`
+    /// for a value that is not an LSN, refused with an error naming `value`.
+    MinLsn {
+        lsn: Option<Lsn>,
+        value: String,
+        local: bool,
+    },
+    /// `SHOW pgsidecar.route|min_lsn|last_write_lsn`: answered by the proxy.
+    Show(ProxyParam),
     /// `SAVEPOINT name`, `RELEASE [SAVEPOINT] name`, and a `ROLLBACK TO`
     /// whose savepoint the same string did not make: markers that let the
     /// client's changes pending in its open transaction block be undone

@@ -29,8 +29,13 @@ pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new
 /// A primary (no replica) with the two roles and `dbs` databases owned by
 /// `fleet_app`, each initialised by `pgbench -i`.
 pub async fn cluster(dbs: &[&str]) -> LocalCluster {
+    cluster_with_replicas(dbs, 0).await
+}
+
+/// [`cluster`] with `replicas` streaming replicas.
+pub async fn cluster_with_replicas(dbs: &[&str], replicas: usize) -> LocalCluster {
     let options = ClusterOptions::default()
-        .replicas(0)
+        .replicas(replicas)
         .role(RoleSpec::new(
             APP_ROLE,
             APP_PASSWORD,
@@ -80,22 +85,48 @@ impl Member {
         budget: u32,
         checkout_timeout: &str,
     ) -> Member {
+        let extra =
+            format!("[pool]\nbudget = {budget}\ncheckout_timeout = \"{checkout_timeout}\"\n");
+        Member::start_in(cluster, name, Some("t"), &extra).await
+    }
+
+    /// A member of fleet `fleet` (`None`: a sidecar in no fleet) in front of
+    /// every node of `cluster` (its replicas too), with the `[pool]` and
+    /// `[routing]` sections given in `extra`.
+    pub async fn start_in(
+        cluster: &LocalCluster,
+        name: &str,
+        fleet: Option<&str>,
+        extra: &str,
+    ) -> Member {
         let dir = tempfile::tempdir().unwrap();
         let path: PathBuf = dir.path().join("pgsidecar.toml");
+        let replicas: Vec<String> = cluster
+            .replicas()
+            .iter()
+            .map(|n| format!("\"{}\"", n.addr()))
+            .collect();
+        let fleet = fleet
+            .map(|f| {
+                format!("[fleet]\nname = \"{f}\"\ninstance = \"{name}\"\ninterval = \"100ms\"\n")
+            })
+            .unwrap_or_default();
         let text = format!(
             "[proxy]\nlisten = \"127.0.0.1:0\"\n\
              [http]\nlisten = \"127.0.0.1:0\"\n\
-             [cluster]\nprimary = \"{primary}\"\nmonitor_user = \"{MON_ROLE}\"\n\
+             [cluster]\nprimary = \"{primary}\"\nreplicas = [{replicas}]\n\
+             monitor_user = \"{MON_ROLE}\"\n\
              [[users]]\nname = \"{APP_ROLE}\"\npassword = \"{APP_PASSWORD}\"\n\
              [[users]]\nname = \"{MON_ROLE}\"\npassword = \"{MON_PASSWORD}\"\n\
              [admin]\nusers = [\"{MON_ROLE}\"]\n\
-             [pool]\nbudget = {budget}\ncheckout_timeout = \"{checkout_timeout}\"\n\
-             [fleet]\nname = \"t\"\ninstance = \"{name}\"\ninterval = \"100ms\"\n\
+             {extra}{fleet}\
              [observability]\nexplain = \"off\"\n",
             primary = cluster.primary().addr(),
+            replicas = replicas.join(", "),
         );
         std::fs::write(&path, text).unwrap();
-        let process = running::start(&path).await;
+        // The fleet's writes logged with wall-clock times (fleet_ryw).
+        let process = running::start_logging(&path, "info,pgsidecar::fleet::writes=debug").await;
         Member {
             name: name.to_string(),
             process,

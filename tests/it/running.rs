@@ -20,11 +20,20 @@ pub struct Running {
 
 /// Starts `pgsidecar run --config path` and waits until it listens.
 pub async fn start(path: &Path) -> Running {
-    start_with_fd_limit(path, None).await
+    start_full(path, "info", None).await
+}
+
+/// [`start`] with `PGSIDECAR_LOG = filter`.
+pub async fn start_logging(path: &Path, filter: &str) -> Running {
+    start_full(path, filter, None).await
 }
 
 /// [`start`] with the open-file limit (RLIMIT_NOFILE) set to `nofile`.
 pub async fn start_with_fd_limit(path: &Path, nofile: Option<u64>) -> Running {
+    start_full(path, "info", nofile).await
+}
+
+async fn start_full(path: &Path, filter: &str, nofile: Option<u64>) -> Running {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"));
     if let Some(n) = nofile {
         // SAFETY: only setrlimit (async-signal-safe) runs in the child
@@ -52,7 +61,7 @@ pub async fn start_with_fd_limit(path: &Path, nofile: Option<u64>) -> Running {
         .args(["run", "--config"])
         .arg(path)
         .env("NO_COLOR", "1")
-        .env("PGSIDECAR_LOG", "info")
+        .env("PGSIDECAR_LOG", filter)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -26,9 +26,9 @@ pub(crate) use scrape::Scraped;
 
 /// Every metric family `/metrics` lists, full names. The contract's
 /// metrics come first (the sixteen the project started with, then the
-/// fleet's three), then the observer's own; docs/metrics.md describes each
-/// one.
-pub const METRIC_NAMES: [&str; 25] = [
+/// fleet's three, then the fleet's read-your-writes), then the observer's
+/// own; docs/metrics.md describes each one.
+pub const METRIC_NAMES: [&str; 29] = [
     "pgsidecar_client_connections",
     "pgsidecar_server_connections",
     "pgsidecar_pool_size",
@@ -48,6 +48,10 @@ pub const METRIC_NAMES: [&str; 25] = [
     "pgsidecar_fleet_members",
     "pgsidecar_pool_budget",
     "pgsidecar_pool_share",
+    "pgsidecar_fleet_writes_published_total",
+    "pgsidecar_fleet_writes_received_total",
+    "pgsidecar_fleet_publish_failures_total",
+    "pgsidecar_fleet_listening",
     "pgsidecar_pinned_clients",
     "pgsidecar_pool_usage_ratio",
     "pgsidecar_budget_exceeded",
@@ -62,17 +66,22 @@ pub const METRIC_NAMES: [&str; 25] = [
 /// (`ddl`, `locking_clause`, `write_function`, `parse_error`, …) when the
 /// statement decided; `transaction` for an explicit transaction; `hint`
 /// for a routing hint or `pgsidecar.route`; `read_your_writes` for a read
-/// kept on the primary after a recent write; `split_disabled` with
+/// kept on the primary after a recent write; `fleet_write` for one kept
+/// there by another fleet member's write (or while this member cannot hear
+/// the fleet); `min_lsn` for one whose causal token no replica has
+/// replayed; `split_disabled` with
 /// `routing.read_write_split = false`; and, for a read that fell back to
 /// the primary, why no replica could take it (`none_configured`,
 /// `all_unhealthy`, `all_lagging`). Other classifier reasons appear when
 /// first counted.
-pub const ROUTING_REASONS: [&str; 10] = [
+pub const ROUTING_REASONS: [&str; 12] = [
     "read",
     "write",
     "transaction",
     "hint",
     "read_your_writes",
+    "fleet_write",
+    "min_lsn",
     "split_disabled",
     "none_configured",
     "all_unhealthy",

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use prometheus::{Encoder, GaugeVec, IntGauge, IntGaugeVec, TextEncoder};
+use prometheus::{Encoder, GaugeVec, IntCounter, IntGauge, IntGaugeVec, TextEncoder};
 
 use super::Metrics;
 use super::family::{Families, describe_missing};
@@ -24,6 +24,10 @@ pub(crate) struct Scraped {
     fleet_members: IntGauge,
     pool_budget: IntGaugeVec,
     pool_share: IntGaugeVec,
+    fleet_published: IntCounter,
+    fleet_received: IntCounter,
+    fleet_failures: IntCounter,
+    fleet_listening: IntGauge,
     pub(crate) budget_exceeded: IntGaugeVec,
     pub(crate) budget_value: GaugeVec,
     /// Serialises reset-refill-gather so two scrapes never interleave.
@@ -86,6 +90,22 @@ impl Scraped {
                 "With [fleet]: the node's budget slots this member holds (its connection limit there).",
                 &["node"],
             ),
+            fleet_published: f.counter(
+                "fleet_writes_published_total",
+                "With [fleet]: write transactions this member announced to the other members.",
+            ),
+            fleet_received: f.counter(
+                "fleet_writes_received_total",
+                "With [fleet]: announcements of writes heard from other members.",
+            ),
+            fleet_failures: f.counter(
+                "fleet_publish_failures_total",
+                "With [fleet]: write transactions whose announcement failed (other members' reads may miss them).",
+            ),
+            fleet_listening: f.gauge(
+                "fleet_listening",
+                "With [fleet]: 1 while this member hears the fleet's writes; 0 sends its reads to the primary.",
+            ),
             budget_exceeded: f.gauge_vec(
                 "budget_exceeded",
                 "1 while the [budgets] entry is exceeded, else 0.",
@@ -114,6 +134,15 @@ impl Scraped {
         }
         if let Some(fleet) = sources.fleet() {
             self.fleet_members.set(clamp(fleet.members));
+            // Counted by the fleet; brought up to its totals here.
+            for (c, total) in [
+                (&self.fleet_published, fleet.writes_published),
+                (&self.fleet_received, fleet.writes_received),
+                (&self.fleet_failures, fleet.publish_failures),
+            ] {
+                c.inc_by(total.saturating_sub(c.get()));
+            }
+            self.fleet_listening.set(i64::from(fleet.listening));
             for (node, budget, share) in fleet.nodes {
                 let label = node.to_string();
                 self.pool_budget

@@ -389,6 +389,69 @@ fn tables_read_and_written() {
     }
 }
 
+#[test]
+fn proxy_min_lsn_and_show() {
+    use crate::cluster::Lsn;
+    use crate::routing::ProxyParam;
+    let c = classifier();
+    let lsn = |s: &str| s.parse::<Lsn>().unwrap();
+    let min = |l: Option<Lsn>, value: &str, local| SessionChange::MinLsn {
+        lsn: l,
+        value: value.into(),
+        local,
+    };
+    let cases = [
+        (
+            "set pgsidecar.min_lsn = '0/16B3748'",
+            min(Some(lsn("0/16B3748")), "'0/16B3748'", false),
+        ),
+        (
+            "SET pgsidecar.min_lsn TO '16/b374d848'",
+            min(Some(lsn("16/B374D848")), "'16/b374d848'", false),
+        ),
+        (
+            "set pgsidecar.min_lsn = 'yesterday'",
+            min(None, "'yesterday'", false),
+        ),
+        ("set pgsidecar.min_lsn = ''", min(Some(Lsn(0)), "''", false)),
+        (
+            "set pgsidecar.min_lsn to default",
+            min(Some(Lsn(0)), "default", false),
+        ),
+        (
+            "reset pgsidecar.min_lsn",
+            min(Some(Lsn(0)), "DEFAULT", false),
+        ),
+        (
+            "set local pgsidecar.min_lsn = '0/1'",
+            min(Some(Lsn(1)), "'0/1'", true),
+        ),
+        (
+            "show pgsidecar.route",
+            SessionChange::Show(ProxyParam::Route),
+        ),
+        (
+            "SHOW pgsidecar.last_write_lsn",
+            SessionChange::Show(ProxyParam::LastWriteLsn),
+        ),
+        (
+            "show PGSIDECAR.MIN_LSN",
+            SessionChange::Show(ProxyParam::MinLsn),
+        ),
+    ];
+    for (sql, want) in cases {
+        let got = c.classify(sql);
+        assert_eq!(got.info.reason.as_str(), "proxy_setting", "{sql:?}");
+        assert_eq!(got.session, vec![want], "{sql:?}");
+    }
+    // Other SHOWs are plain reads the server answers.
+    let other = c.classify("show search_path");
+    assert_eq!(other.info.reason.as_str(), "read");
+    assert!(other.session.is_empty());
+    let other = c.classify("show pgsidecar.other");
+    assert_eq!(other.info.reason.as_str(), "read");
+}
+
 /// Opaque: code that may change the session where the text does not say.
 /// Built-ins the allow-list knows are not, so plain reads and writes cost
 /// the proxy nothing more.

@@ -106,6 +106,24 @@ fn hints() {
         ("-- pgsidecar:replica\nselect 1", None),
         ("/* pgsidecar:secondary */ select 1", None),
         ("/* pgsidecar:replica", None),
+        (
+            "/* pgsidecar:min_lsn=0/16B3748 */ select 1",
+            Some(Hint::MinLsn(crate::cluster::Lsn(0x16B3748))),
+        ),
+        (
+            "/* PgSidecar : MIN_LSN = 16/b374d848 */ select 1",
+            Some(Hint::MinLsn(crate::cluster::Lsn(0x16_B374_D848))),
+        ),
+        (
+            "/* pgsidecar:replica */ /* pgsidecar:min_lsn=0/1 */ select 1",
+            Some(Hint::MinLsn(crate::cluster::Lsn(1))),
+        ),
+        (
+            "/* pgsidecar:min_lsn=0/1 */ /* pgsidecar:primary */ select 1",
+            Some(Hint::Primary),
+        ),
+        ("/* pgsidecar:min_lsn=yesterday */ select 1", None),
+        ("/* pgsidecar:min_lsn */ select 1", None),
     ];
     for (sql, want) in cases {
         assert_eq!(Classifier::fingerprint(sql).1, want, "{sql:?}");

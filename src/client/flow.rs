@@ -10,7 +10,9 @@ use bytes::{Bytes, BytesMut};
 
 use super::effects::{self, Effect, Observed, Pending};
 use super::error_names;
-use super::expect::{Audience, Disposition, Event, Expectations, Request, Synthetic};
+use super::expect::{
+    Audience, CommandTag, Disposition, Event, Expectations, Request, Synthetic, Token,
+};
 use super::params::ParamChange;
 use super::prepared::{self, Statement};
 use super::readback;
@@ -18,10 +20,10 @@ use super::registry::ClientInfo;
 use super::relay::{ClientStep, Flow, Outbox, ServerStep};
 use super::route_setting;
 use super::state::ClientState;
+use super::tx_status::TxStatus;
 use crate::cluster::{NodeId, Role};
 use crate::config::PoolMode;
 use crate::observe::QueryEvent;
-use crate::protocol::backend;
 use crate::protocol::frame::{self, be, fe};
 use crate::protocol::{ProtocolError, WireError};
 use crate::proxy::Shared;
@@ -171,7 +173,7 @@ impl HoldState {
 }
 
 impl SessionFlow<'_> {
-    fn send(&mut self, out: &mut BytesMut, frame: &[u8], request: Option<Request>, token: u64) {
+    fn send(&mut self, out: &mut BytesMut, frame: &[u8], request: Option<Request>, token: Token) {
         out.extend_from_slice(frame);
         self.expect.sent(frame[0], request, Audience::Client, token);
     }
@@ -192,8 +194,12 @@ impl SessionFlow<'_> {
         }
         if let Some(evicted) = self.server.prepared.insert(s.id) {
             prepared::put_target(out, fe::CLOSE, b'S', &statement_name(evicted));
-            self.expect
-                .sent(fe::CLOSE, Some(Request::Close), Audience::Proxy, evicted);
+            self.expect.sent(
+                fe::CLOSE,
+                Some(Request::Close),
+                Audience::Proxy,
+                Token::Statement(evicted),
+            );
         }
         out.extend_from_slice(&s.parse);
         let audience = if for_client {
@@ -201,8 +207,12 @@ impl SessionFlow<'_> {
         } else {
             Audience::Proxy
         };
-        self.expect
-            .sent(fe::PARSE, Some(Request::Parse), audience, s.id);
+        self.expect.sent(
+            fe::PARSE,
+            Some(Request::Parse),
+            audience,
+            Token::Statement(s.id),
+        );
         true
     }
 
@@ -211,8 +221,12 @@ impl SessionFlow<'_> {
             && let Some(parse) = self.client.statements.unnamed_parse().cloned()
         {
             out.extend_from_slice(&parse);
-            self.expect
-                .sent(fe::PARSE, Some(Request::Parse), Audience::Proxy, 0);
+            self.expect.sent(
+                fe::PARSE,
+                Some(Request::Parse),
+                Audience::Proxy,
+                Token::None,
+            );
             self.hold.unnamed_here = true;
         }
     }
@@ -282,7 +296,7 @@ impl SessionFlow<'_> {
         );
         if let Some(param) = super::proxy_show::lone_show(&c)
             && self.expect.is_quiet()
-            && self.expect.status() != b'E'
+            && self.expect.status() != TxStatus::Failed
         {
             let answer =
                 super::proxy_show::answer(param, self.client, self.shared, self.expect.status());
@@ -292,18 +306,18 @@ impl SessionFlow<'_> {
         let stand_in = match route_setting::lone_change(&c) {
             // The proxy's own setting, with the session at a known state:
             // answered here, never forwarded.
-            Some(change) if self.expect.is_quiet() && self.expect.status() != b'E' => {
+            Some(change) if self.expect.is_quiet() && self.expect.status() != TxStatus::Failed => {
                 match change {
                     Ok(setting) => {
-                        let in_transaction = self.expect.status() != b'I';
+                        let in_transaction = self.expect.status().in_transaction();
                         self.client.routing.apply(setting, in_transaction);
-                        self.reply(Synthetic::Command("SET"), to_client);
+                        self.reply(Synthetic::Command(CommandTag::Set), to_client);
                     }
                     Err(refusal) => {
                         // Refused, and the session carries on (a transaction
                         // block stays usable: the server saw nothing).
                         let mut reply = refusal.to_bytes();
-                        backend::ready_for_query(&mut reply, self.expect.status());
+                        self.expect.status().put_ready(&mut reply);
                         to_client.push(reply.freeze());
                     }
                 }
@@ -326,7 +340,7 @@ impl SessionFlow<'_> {
         {
             // A protocol-level statement of this client: the server's
             // copy is shared with others and stays.
-            self.reply(Synthetic::Command("DEALLOCATE"), to_client);
+            self.reply(Synthetic::Command(CommandTag::Deallocate), to_client);
             return Ok(());
         }
         let sql = self.sql_for_observer(frame::query_bytes(frame)?, &c.info);
@@ -363,7 +377,7 @@ impl SessionFlow<'_> {
                 .text_of(self.client.params.encoding(), msg.query);
             self.client.statements.set_unnamed(frame, &text, class);
             self.hold.unnamed_here = true;
-            self.send(out, frame, Some(Request::Parse), 0);
+            self.send(out, frame, Some(Request::Parse), Token::None);
             return Ok(());
         }
         let s = self.client.statements.define(
@@ -375,7 +389,8 @@ impl SessionFlow<'_> {
         );
         if !self.ensure_prepared(&s, out, true) {
             // Already on this server: answer for it.
-            self.expect.sent(fe::PARSE, None, Audience::Client, 0);
+            self.expect
+                .sent(fe::PARSE, None, Audience::Client, Token::None);
             self.reply(Synthetic::ParseComplete, to_client);
         }
         Ok(())
@@ -385,7 +400,7 @@ impl SessionFlow<'_> {
         &mut self,
         frame: &[u8],
         out: &mut BytesMut,
-        token: u64,
+        token: Token,
     ) -> Result<(), ProtocolError> {
         let (name, at, len) = prepared::bind_statement(frame)?;
         self.hold.bound = None;
@@ -393,7 +408,7 @@ impl SessionFlow<'_> {
         if name.is_empty() {
             self.ensure_unnamed(out);
             self.hold.bound_unnamed = self.client.statements.unnamed_class().cloned();
-            self.send(out, frame, Some(Request::Bind), 0);
+            self.send(out, frame, Some(Request::Bind), Token::None);
         } else if let Some(s) = self.client.statements.get(name).cloned() {
             self.ensure_prepared(&s, out, false);
             prepared::put_renamed(out, frame, at, len, &s.name);
@@ -404,7 +419,7 @@ impl SessionFlow<'_> {
             // Not one of ours: an SQL-level PREPAREd name, or an error the
             // server will report in its own words.
             self.hold.wrote = true;
-            self.send(out, frame, Some(Request::Bind), 0);
+            self.send(out, frame, Some(Request::Bind), Token::None);
         }
         Ok(())
     }
@@ -424,7 +439,7 @@ impl SessionFlow<'_> {
                 let effect = self.effects_of(&c.info, &c.session, sql);
                 self.hold.pending.add(effect)
             }
-            None => 0,
+            None => Token::None,
         };
         self.send(out, frame, Some(Request::Execute), token);
     }
@@ -433,7 +448,7 @@ impl SessionFlow<'_> {
         &mut self,
         frame: &[u8],
         out: &mut BytesMut,
-        token: u64,
+        token: Token,
     ) -> Result<(), ProtocolError> {
         let (kind, name) = prepared::target(frame)?;
         let request = Request::of_frontend(fe::DESCRIBE, kind);
@@ -448,7 +463,7 @@ impl SessionFlow<'_> {
                 return Ok(());
             }
         }
-        self.send(out, frame, request, 0);
+        self.send(out, frame, request, Token::None);
         Ok(())
     }
 
@@ -461,11 +476,12 @@ impl SessionFlow<'_> {
         let (kind, name) = prepared::target(frame)?;
         if kind == b'S' && !name.is_empty() && self.client.statements.forget(name).is_some() {
             // The server-side statement stays for other clients.
-            self.expect.sent(fe::CLOSE, None, Audience::Client, 0);
+            self.expect
+                .sent(fe::CLOSE, None, Audience::Client, Token::None);
             self.reply(Synthetic::CloseComplete, to_client);
             return Ok(());
         }
-        self.send(out, frame, Some(Request::Close), 0);
+        self.send(out, frame, Some(Request::Close), Token::None);
         Ok(())
     }
 
@@ -490,8 +506,8 @@ impl SessionFlow<'_> {
     }
 
     /// A request with effects completed successfully.
-    fn apply(&mut self, effect: Effect, status: u8) {
-        let in_transaction = status != b'I';
+    fn apply(&mut self, effect: Effect, status: TxStatus) {
+        let in_transaction = status.in_transaction();
         for change in effect.changes {
             if matches!(change, ParamChange::Reset(_) | ParamChange::ResetAll) {
                 self.hold.params_diverged = true;
@@ -554,16 +570,16 @@ impl SessionFlow<'_> {
         }
     }
 
-    fn on_event(&mut self, event: &Event, status: u8) {
+    fn on_event(&mut self, event: &Event, status: TxStatus) {
         match *event {
             Event::Failed {
                 request: Request::Parse,
-                token,
-            } => self.server.prepared.remove(token),
+                token: Token::Statement(id),
+            } => self.server.prepared.remove(id),
             Event::Done {
                 request: Request::Parse,
-                token,
-            } => self.pool.mark_statement_ok(token),
+                token: Token::Statement(id),
+            } => self.pool.mark_statement_ok(id),
             // The Close of a statement the LRU evicted was skipped after an
             // error: the server still has it, unknown to the proxy.
             Event::Failed {
@@ -576,15 +592,15 @@ impl SessionFlow<'_> {
             } => {}
             Event::Failed {
                 request: Request::Query,
-                token: SYNC_TOKEN,
+                token: Token::ParamSync,
             } => self.server.params.mark_unknown(),
             Event::Failed {
                 request: Request::Query,
-                token: readback::TOKEN,
+                token: Token::Readback,
             } => self.client.readback.fail(),
             Event::Done {
                 request: Request::Query,
-                token: readback::TOKEN,
+                token: Token::Readback,
             } => self.adopt_readback(),
             Event::Done { token, .. } => {
                 if let Some(mut effect) = self.hold.pending.take(token) {
@@ -605,12 +621,12 @@ impl SessionFlow<'_> {
     /// A ReadyForQuery: transaction boundaries and read-your-writes.
     /// `for_client`: it answers the client's request, not a statement of
     /// the proxy's own (a parameter sync), which is no transaction of theirs.
-    fn on_ready(&mut self, before: u8, status: u8, for_client: bool) {
+    fn on_ready(&mut self, before: TxStatus, status: TxStatus, for_client: bool) {
         self.hold.query_timed_out = None;
-        if status == b'I' && for_client {
+        if status.is_idle() && for_client {
             self.shared.observer.metrics().transaction();
         }
-        if before != b'I' && status == b'I' {
+        if !before.is_idle() && status.is_idle() {
             let committed = std::mem::take(&mut self.hold.last_was_commit);
             self.client.params.end_transaction(committed);
             self.client.routing.end_transaction(committed);
@@ -618,7 +634,7 @@ impl SessionFlow<'_> {
         // Only the client's own ReadyForQuery: one answering the proxy's
         // parameter sync at the start of a hold can come before the
         // client's write has even run.
-        if status == b'I' && self.hold.wrote && for_client {
+        if status.is_idle() && self.hold.wrote && for_client {
             let now = Instant::now();
             let config = self.shared.config.load();
             let horizon = crate::routing::policy::horizon(&config.routing);
@@ -644,7 +660,7 @@ impl SessionFlow<'_> {
         frame: &[u8],
         to_server: &mut BytesMut,
         to_client: &mut Outbox,
-        token: u64,
+        token: Token,
     ) -> Result<(), WireError> {
         match tag {
             fe::QUERY => self.on_query(frame, to_server, to_client)?,
@@ -657,9 +673,9 @@ impl SessionFlow<'_> {
                 // A function by OID: anything at all.
                 self.hold.wrote = true;
                 self.client.readback.opaque_ran();
-                self.send(to_server, frame, Some(Request::FunctionCall), 0);
+                self.send(to_server, frame, Some(Request::FunctionCall), Token::None);
             }
-            _ => self.send(to_server, frame, Request::of_frontend(tag, 0), 0),
+            _ => self.send(to_server, frame, Request::of_frontend(tag, 0), Token::None),
         }
         Ok(())
     }
@@ -715,8 +731,8 @@ impl SessionFlow<'_> {
         };
         if name.is_empty()
             || executed_before
-            || self.expect.status() != b'I'
-            || !self.expect.settled_but(SYNC_TOKEN)
+            || !self.expect.status().is_idle()
+            || !self.expect.settled_but(Token::ParamSync)
         {
             return Ok(false);
         }
@@ -745,7 +761,7 @@ impl SessionFlow<'_> {
         if retry.state != Recording::Synced || !retry.described || retry.parameters_sent {
             return false;
         }
-        let Some(skipped) = self.expect.take_over_batch(RETRY_TOKEN) else {
+        let Some(skipped) = self.expect.take_over_batch(Token::RetryFrom) else {
             return false;
         };
         retry.state = Recording::Off;
@@ -753,18 +769,22 @@ impl SessionFlow<'_> {
         let statement = retry.statement.take().expect("recorded with its statement");
         let frames = std::mem::take(&mut retry.frames);
         for event in &skipped {
-            self.on_event(event, b'I');
+            self.on_event(event, TxStatus::Idle);
         }
         tracing::debug!(statement = %statement.name, "stale plan: preparing again and retrying");
         prepared::put_target(to_server, fe::CLOSE, b'S', &statement.name);
-        self.expect
-            .sent(fe::CLOSE, Some(Request::Close), Audience::Proxy, 0);
+        self.expect.sent(
+            fe::CLOSE,
+            Some(Request::Close),
+            Audience::Proxy,
+            Token::None,
+        );
         to_server.extend_from_slice(&statement.parse);
         self.expect.sent(
             fe::PARSE,
             Some(Request::Parse),
             Audience::Proxy,
-            statement.id,
+            Token::Statement(statement.id),
         );
         // Replies the proxy makes for replayed frames queue behind the
         // server's answers, so nothing goes to the client directly.
@@ -772,7 +792,10 @@ impl SessionFlow<'_> {
         let mut rest = &frames[..];
         while let Ok(Some((tag, f))) = frame::complete(rest) {
             rest = &rest[f.len()..];
-            if self.dispatch(tag, f, to_server, &mut to_client, 0).is_err() {
+            if self
+                .dispatch(tag, f, to_server, &mut to_client, Token::None)
+                .is_err()
+            {
                 break;
             }
         }
@@ -802,17 +825,11 @@ fn rows_of(tag: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
-/// Token of the proxy's own parameter-sync query at the start of a hold.
-pub const SYNC_TOKEN: u64 = u64::MAX;
-
 /// ParameterDescription, the first answer to a Describe of a statement.
 const PARAMETER_DESCRIPTION: u8 = b't';
 
 /// Most bytes of a batch kept for a retry.
 const RETRY_MAX: usize = 64 * 1024;
-
-/// Token of the message a recorded batch may be retried from.
-const RETRY_TOKEN: u64 = u64::MAX - 1;
 
 /// An ErrorResponse saying a prepared statement's plan is stale: "cached
 /// plan must not change result type" (SQLSTATE 0A000, raised by the
@@ -856,7 +873,7 @@ impl Flow for SessionFlow<'_> {
                 self.hold.budget_until_sync = false;
                 frame::put_frame(to_server, fe::SYNC, &[]);
                 self.expect
-                    .sent(fe::SYNC, Some(Request::Sync), Audience::Proxy, 0);
+                    .sent(fe::SYNC, Some(Request::Sync), Audience::Proxy, Token::None);
                 return Ok(ClientStep::Hold);
             } else if self.hold.budget_until_sync {
                 self.hold.budget_until_sync = tag != fe::SYNC;
@@ -868,15 +885,15 @@ impl Flow for SessionFlow<'_> {
             return Ok(ClientStep::Terminate);
         }
         let token = if self.record(tag, frame)? {
-            RETRY_TOKEN
+            Token::RetryFrom
         } else {
-            0
+            Token::None
         };
         self.dispatch(tag, frame, to_server, to_client, token)?;
         Ok(ClientStep::Continue)
     }
 
-    fn quiet_status(&self) -> Option<u8> {
+    fn quiet_status(&self) -> Option<TxStatus> {
         self.expect.is_quiet().then(|| self.expect.status())
     }
 
@@ -901,7 +918,7 @@ impl Flow for SessionFlow<'_> {
         to_server: &mut BytesMut,
         then: &mut Outbox,
     ) -> ServerStep {
-        if tag == PARAMETER_DESCRIPTION && self.expect.head_token() == Some(RETRY_TOKEN) {
+        if tag == PARAMETER_DESCRIPTION && self.expect.head_token() == Some(Token::RetryFrom) {
             // A Describe of a statement the batch may be retried from: the
             // server sends this before it checks the plan. Held back until
             // the plan is known good, so a retry does not send it twice.
@@ -920,7 +937,7 @@ impl Flow for SessionFlow<'_> {
         let held = self.hold.retry.parameters.take();
         let before = self.expect.status();
         let status = if tag == be::READY_FOR_QUERY {
-            frame::ready_status(frame)
+            TxStatus::of_ready(frame)
         } else {
             before
         };
@@ -960,7 +977,7 @@ impl Flow for SessionFlow<'_> {
             }
             _ => {}
         }
-        if tag == b'D' && self.expect.head_token() == Some(readback::TOKEN) {
+        if tag == b'D' && self.expect.head_token() == Some(Token::Readback) {
             self.client.readback.row(frame);
         }
         let matched = self.expect.received(tag, status);
@@ -1025,7 +1042,7 @@ impl Flow for SessionFlow<'_> {
                 fe::QUERY,
                 Some(Request::Query),
                 Audience::Proxy,
-                readback::TOKEN,
+                Token::Readback,
             );
         }
         if matched.ready && self.may_release() {

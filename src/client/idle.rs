@@ -12,13 +12,14 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::expect::CommandTag;
 use super::prepared;
 use super::route_setting;
 use super::state::ClientState;
 use super::tx_modes;
+use super::tx_status::TxStatus;
 use crate::config::PoolMode;
 use crate::protocol::WireError;
-use crate::protocol::backend;
 use crate::protocol::frame::{self, fe};
 use crate::proxy::Shared;
 use crate::routing::{TxEffect, Unpin};
@@ -46,22 +47,18 @@ pub fn answer(
     mode: PoolMode,
     out: &mut BytesMut,
 ) -> Result<Idle, WireError> {
-    let status = if client.deferred_begin.is_some() {
-        b'T'
-    } else {
-        b'I'
-    };
+    let status = TxStatus::of_deferred_begin(client.deferred_begin.is_some());
     if client.skip_to_sync {
         if tag == fe::SYNC {
             client.skip_to_sync = false;
-            backend::ready_for_query(out, status);
+            status.put_ready(out);
         }
         return Ok(Idle::Answered);
     }
     match tag {
         fe::TERMINATE => Ok(Idle::Terminate),
         fe::SYNC => {
-            backend::ready_for_query(out, status);
+            status.put_ready(out);
             Ok(Idle::Answered)
         }
         fe::FLUSH => Ok(Idle::Answered),
@@ -102,7 +99,7 @@ fn query(
     client: &mut ClientState,
     shared: &Shared,
     mode: PoolMode,
-    status: u8,
+    status: TxStatus,
     out: &mut BytesMut,
 ) -> Result<Idle, WireError> {
     let c = client.memo.classify_ref(
@@ -128,14 +125,13 @@ fn query(
         Some(Ok(setting)) => {
             let in_transaction = client.deferred_begin.is_some();
             client.routing.apply(setting, in_transaction);
-            backend::command_complete(out, "SET");
-            backend::ready_for_query(out, status);
+            CommandTag::Set.put(out, status);
             return Ok(Idle::Answered);
         }
         Some(Err(refusal)) => {
             // Refused, and the session carries on (as after any error).
             out.extend_from_slice(&refusal.to_bytes());
-            backend::ready_for_query(out, status);
+            status.put_ready(out);
             return Ok(Idle::Answered);
         }
         None => {}
@@ -149,8 +145,7 @@ fn query(
                 && client.deferred_begin.is_none() =>
         {
             client.deferred_begin = Some(Bytes::copy_from_slice(frame));
-            backend::command_complete(out, "BEGIN");
-            backend::ready_for_query(out, b'T');
+            CommandTag::Begin.put(out, TxStatus::InTransaction);
             return Ok(Idle::Answered);
         }
         // Its modes join the BEGIN's: the transaction's first real
@@ -158,8 +153,7 @@ fn query(
         (tx, _) if tx_modes::deferrable_set_transaction(*tx) && client.deferred_begin.is_some() => {
             let deferred = client.deferred_begin.as_ref().expect("checked");
             client.deferred_begin = Some(tx_modes::append(deferred, frame));
-            backend::command_complete(out, "SET");
-            backend::ready_for_query(out, b'T');
+            CommandTag::Set.put(out, TxStatus::InTransaction);
             return Ok(Idle::Answered);
         }
         (TxEffect::Commit | TxEffect::Rollback, _) if client.deferred_begin.is_some() => {
@@ -170,22 +164,20 @@ fn query(
                 .routing
                 .end_transaction(c.info.tx == TxEffect::Commit);
             let tag = if c.info.tx == TxEffect::Commit {
-                "COMMIT"
+                CommandTag::Commit
             } else {
-                "ROLLBACK"
+                CommandTag::Rollback
             };
-            backend::command_complete(out, tag);
-            backend::ready_for_query(out, b'I');
+            tag.put(out, TxStatus::Idle);
             return Ok(Idle::Answered);
         }
         (_, Some(Unpin::Deallocate(name)))
             if client.statements.forget(name.as_bytes()).is_some() =>
         {
-            "DEALLOCATE"
+            CommandTag::Deallocate
         }
         _ => return Ok(Idle::NeedServer),
     };
-    backend::command_complete(out, tag);
-    backend::ready_for_query(out, status);
+    tag.put(out, status);
     Ok(Idle::Answered)
 }

@@ -28,6 +28,7 @@ mod session;
 mod state;
 mod strings;
 mod tx_modes;
+mod tx_status;
 pub mod unix_socket;
 
 pub use listener::{Accept, accept_loop, bind};

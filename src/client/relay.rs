@@ -102,18 +102,14 @@ pub trait Flow {
         then: &mut Outbox,
     ) -> ServerStep;
     /// The transaction status when the server owes nothing, else `None`.
-    fn quiet_status(&self) -> Option<u8>;
+    fn quiet_status(&self) -> Option<super::tx_status::TxStatus>;
     /// `query_timeout` passed and a cancel was sent: the server's
     /// "canceling statement" error should say why.
     fn query_timed_out(&mut self, limit: std::time::Duration);
 }
 
 /// The server connection's I/O parts the relay drives.
-pub struct ServerIo<'a> {
-    pub stream: &'a mut crate::tls::ServerStream,
-    pub rbuf: &'a mut BytesMut,
-    pub wbuf: &'a mut BytesMut,
-}
+pub use crate::server::ServerIoParts as ServerIo;
 
 /// Why a relay ended.
 #[derive(Debug)]

@@ -19,11 +19,12 @@ use super::hold::{self, Held, NodePools};
 use super::idle::{self, Idle};
 use super::limits::{self, Limits, RelayTimers};
 use super::registry::{ClientHandle, ServerLink};
-use super::relay::{self, RelayEnd, ServerIo};
+use super::relay::{self, RelayEnd};
 use super::route;
 use super::state::ClientState;
+use super::tx_status::TxStatus;
 use crate::config::PoolMode;
-use crate::protocol::backend;
+use crate::observe::ErrorKind;
 use crate::protocol::frame;
 use crate::protocol::{SqlState, WireError};
 use crate::proxy::Shared;
@@ -69,7 +70,7 @@ where
         .await;
     if let Err(e) = result {
         if e.code == SqlState::PROTOCOL_VIOLATION {
-            ctx.shared.observer.metrics().error("protocol");
+            ctx.shared.observer.metrics().error(ErrorKind::Protocol);
         }
         let _ = crate::tls::write_flush(stream, &e.to_bytes()).await;
     }
@@ -250,7 +251,7 @@ where
                 let mut lease = h.lease;
                 lease.mark_broken();
                 tracing::info!(server = %lease.addr, "server connection ended with a FATAL error");
-                ctx.shared.observer.metrics().error("server");
+                ctx.shared.observer.metrics().error(ErrorKind::Server);
                 return Ok(());
             }
             RelayEnd::ServerGone(err) => {
@@ -258,7 +259,7 @@ where
                 let mut lease = h.lease;
                 lease.mark_broken();
                 tracing::warn!(server = %lease.addr, error = ?err, "server connection lost");
-                ctx.shared.observer.metrics().error("server");
+                ctx.shared.observer.metrics().error(ErrorKind::Server);
                 return Err(WireError::fatal(
                     SqlState::ADMIN_SHUTDOWN,
                     format!("the server connection to {} was lost", lease.addr),
@@ -310,11 +311,6 @@ where
         mode: ctx.mode,
         who: &ctx.cancel.slot.info,
     };
-    let io = ServerIo {
-        stream: io.stream,
-        rbuf: io.rbuf,
-        wbuf: io.wbuf,
-    };
     let mut timers = RelayTimers::new(limits, timer_cancel);
     let fresh = retry.fresh.take();
     let end = tokio::select! {
@@ -333,7 +329,7 @@ where
     };
     ctx.cancel.slot.set_server(None);
     ctx.cancel.slot.set_pinned(client.pins.is_pinned());
-    tracing::trace!(?end, status = %char::from(h.expect.status()), "relay ended");
+    tracing::trace!(?end, status = %h.expect.status(), "relay ended");
     Ok((end, fresh))
 }
 
@@ -469,7 +465,7 @@ async fn fail_request<S>(
     client.deferred_begin = None;
     let mut out = error.to_bytes();
     if unit.ends_with_ready {
-        backend::ready_for_query(&mut out, b'I');
+        TxStatus::Idle.put_ready(&mut out);
     } else {
         // Extended protocol up to Flush: skip to the client's Sync.
         client.skip_to_sync = true;

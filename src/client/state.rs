@@ -347,7 +347,7 @@ mod tests {
         backend::parameter_status(&mut frame, "standard_conforming_strings", "on");
         memo.server_frame(b'S', &frame, false);
         frame.clear();
-        backend::ready_for_query(&mut frame, b'I');
+        crate::client::tx_status::TxStatus::Idle.put_ready(&mut frame);
         memo.server_frame(b'Z', &frame, true);
         let c = memo.classify(&classifier, UTF8, text);
         assert!(

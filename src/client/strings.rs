@@ -85,7 +85,7 @@ impl StringMode {
                 if quiet {
                     self.changing = false;
                 }
-                if frame::ready_status(body_frame) == b'I' {
+                if super::tx_status::TxStatus::of_ready(body_frame).is_idle() {
                     self.touched = false;
                 }
             }

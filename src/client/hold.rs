@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::cancel::{CancelTarget, send_cancel};
 use super::expect::{Audience, Expectations, Request, Token};
-use super::flow::HoldState;
+use super::hold_state::HoldState;
 use super::params::UTF8_FIRST;
 use super::registry::ClientActivity;
 use super::route::{self, Unit};

@@ -19,8 +19,8 @@ use super::state::ClientState;
 use super::tx_modes;
 use super::tx_status::TxStatus;
 use crate::config::PoolMode;
-use crate::protocol::WireError;
 use crate::protocol::frame::{self, fe};
+use crate::protocol::{ProtocolError, WireError};
 use crate::proxy::Shared;
 use crate::routing::{TxEffect, Unpin};
 use crate::server::ServerPool;
@@ -180,4 +180,63 @@ fn query(
     };
     tag.put(out, status);
     Ok(Idle::Answered)
+}
+
+/// Refuses message types a client may not send after login, as Postgres
+/// does, without bothering a server with them. Checked as soon as the type
+/// byte arrives: a startup-phase packet sent again (SSLRequest,
+/// StartupMessage) has no type byte, so its length's first byte (0) would
+/// otherwise be read as one and the rest of its length as a message length
+/// to wait for.
+#[inline]
+pub fn check_frontend_tag(tag: u8) -> Result<(), WireError> {
+    if FRONTEND_TAGS[tag as usize] {
+        return Ok(());
+    }
+    refuse_frontend_tag(tag)
+}
+
+/// The message types a client may send after login, by type byte (a table:
+/// this runs for every message).
+const FRONTEND_TAGS: [bool; 256] = {
+    let mut table = [false; 256];
+    let tags = [
+        fe::QUERY,
+        fe::PARSE,
+        fe::BIND,
+        fe::DESCRIBE,
+        fe::EXECUTE,
+        fe::CLOSE,
+        fe::SYNC,
+        fe::FLUSH,
+        fe::FUNCTION_CALL,
+        fe::TERMINATE,
+        fe::COPY_DATA,
+        fe::COPY_DONE,
+        fe::COPY_FAIL,
+    ];
+    let mut i = 0;
+    while i < tags.len() {
+        table[tags[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
+#[cold]
+fn refuse_frontend_tag(tag: u8) -> Result<(), WireError> {
+    match tag {
+        0 => Err(WireError::from(ProtocolError::Unexpected {
+            tag: 0,
+            when: "after login",
+        })
+        .with_hint(
+            "a startup packet (StartupMessage, SSLRequest, GSSENCRequest) is only valid before login",
+        )),
+        other => Err(ProtocolError::Unexpected {
+            tag: other,
+            when: "after login",
+        }
+        .into()),
+    }
 }

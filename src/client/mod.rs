@@ -12,6 +12,7 @@ mod fleet_announce;
 mod flow;
 mod handshake;
 mod hold;
+mod hold_state;
 mod idle;
 mod limits;
 mod listener;

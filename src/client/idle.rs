@@ -12,7 +12,8 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::expect::CommandTag;
+use super::expect::{CommandTag, Synthetic};
+use super::local;
 use super::prepared;
 use super::route_setting;
 use super::state::ClientState;
@@ -22,7 +23,8 @@ use crate::config::PoolMode;
 use crate::protocol::frame::{self, fe};
 use crate::protocol::{ProtocolError, WireError};
 use crate::proxy::Shared;
-use crate::routing::{TxEffect, Unpin};
+use crate::routing::policy::ClientRouting;
+use crate::routing::{Classified, TxEffect};
 use crate::server::ServerPool;
 
 /// What to do with a frame received while no server is held.
@@ -71,20 +73,13 @@ pub fn answer(
             if msg.name.is_empty() || !pool.statement_ok(known.map(|s| s.id)) {
                 return Ok(Idle::NeedServer);
             }
-            client.statements.define(
-                &shared.statements,
-                &shared.classifier,
-                client.params.encoding(),
-                reading,
-                &msg,
-            );
-            out.extend_from_slice(b"1\0\0\0\x04");
+            local::define(&msg, client, shared);
+            out.extend_from_slice(&Synthetic::ParseComplete.bytes(status));
             Ok(Idle::Answered)
         }
         fe::CLOSE => {
-            let (kind, name) = prepared::target(frame)?;
-            if kind == b'S' && !name.is_empty() && client.statements.forget(name).is_some() {
-                out.extend_from_slice(b"3\0\0\0\x04");
+            if local::close(frame, client)? {
+                out.extend_from_slice(&Synthetic::CloseComplete.bytes(status));
                 return Ok(Idle::Answered);
             }
             Ok(Idle::NeedServer)
@@ -121,65 +116,73 @@ fn query(
             },
         );
     }
-    match route_setting::lone_change(c) {
-        Some(Ok(setting)) => {
-            let in_transaction = client.deferred_begin.is_some();
-            client.routing.apply(setting, in_transaction);
-            CommandTag::Set.put(out, status);
-            return Ok(Idle::Answered);
-        }
-        Some(Err(refusal)) => {
-            // Refused, and the session carries on (as after any error).
-            out.extend_from_slice(&refusal.to_bytes());
-            status.put_ready(out);
-            return Ok(Idle::Answered);
-        }
-        None => {}
+    if let Some(change) = route_setting::lone_change(c) {
+        local::proxy_setting(change, &mut client.routing, status).put(out, status);
+        return Ok(Idle::Answered);
     }
-    let tag = match (&c.info.tx, &c.info.unpin) {
+    if deferred_transaction(
+        c,
+        frame,
+        &mut client.deferred_begin,
+        &mut client.routing,
+        mode,
+        out,
+    ) {
+        return Ok(Idle::Answered);
+    }
+    if let Some(answer) = local::deallocate(c, &mut client.statements) {
+        answer.put(out, status);
+        return Ok(Idle::Answered);
+    }
+    Ok(Idle::NeedServer)
+}
+
+/// A BEGIN deferred until the transaction's first statement says where
+/// it runs, the SET TRANSACTIONs after it, and the COMMIT or ROLLBACK of
+/// such a transaction with nothing in it: answered here (true).
+fn deferred_transaction(
+    c: &Classified,
+    frame: &[u8],
+    deferred_begin: &mut Option<Bytes>,
+    routing: &mut ClientRouting,
+    mode: PoolMode,
+    out: &mut BytesMut,
+) -> bool {
+    match &c.info.tx {
         // READ WRITE runs on the primary whatever follows: routed now, so
         // that a replica asked for refuses it at once.
-        (TxEffect::Begin { read_only, .. }, _)
+        TxEffect::Begin { read_only, .. }
             if *read_only != Some(false)
                 && mode == PoolMode::Transaction
-                && client.deferred_begin.is_none() =>
+                && deferred_begin.is_none() =>
         {
-            client.deferred_begin = Some(Bytes::copy_from_slice(frame));
+            *deferred_begin = Some(Bytes::copy_from_slice(frame));
             CommandTag::Begin.put(out, TxStatus::InTransaction);
-            return Ok(Idle::Answered);
+            true
         }
         // Its modes join the BEGIN's: the transaction's first real
         // statement decides where it runs, knowing them all.
-        (tx, _) if tx_modes::deferrable_set_transaction(*tx) && client.deferred_begin.is_some() => {
-            let deferred = client.deferred_begin.as_ref().expect("checked");
-            client.deferred_begin = Some(tx_modes::append(deferred, frame));
+        tx if tx_modes::deferrable_set_transaction(*tx) && deferred_begin.is_some() => {
+            let deferred = deferred_begin.as_ref().expect("checked");
+            *deferred_begin = Some(tx_modes::append(deferred, frame));
             CommandTag::Set.put(out, TxStatus::InTransaction);
-            return Ok(Idle::Answered);
+            true
         }
-        (TxEffect::Commit | TxEffect::Rollback, _) if client.deferred_begin.is_some() => {
+        TxEffect::Commit | TxEffect::Rollback if deferred_begin.is_some() => {
             // Nothing ran in it: nothing to commit or roll back anywhere
             // but the proxy's own setting.
-            client.deferred_begin = None;
-            client
-                .routing
-                .end_transaction(c.info.tx == TxEffect::Commit);
+            *deferred_begin = None;
+            routing.end_transaction(c.info.tx == TxEffect::Commit);
             let tag = if c.info.tx == TxEffect::Commit {
                 CommandTag::Commit
             } else {
                 CommandTag::Rollback
             };
             tag.put(out, TxStatus::Idle);
-            return Ok(Idle::Answered);
+            true
         }
-        (_, Some(Unpin::Deallocate(name)))
-            if client.statements.forget(name.as_bytes()).is_some() =>
-        {
-            CommandTag::Deallocate
-        }
-        _ => return Ok(Idle::NeedServer),
-    };
-    tag.put(out, status);
-    Ok(Idle::Answered)
+        _ => false,
+    }
 }
 
 /// Refuses message types a client may not send after login, as Postgres

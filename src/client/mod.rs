@@ -16,6 +16,7 @@ mod hold_state;
 mod idle;
 mod limits;
 mod listener;
+mod local;
 mod login;
 pub mod params;
 pub mod prepared;

@@ -8,17 +8,31 @@
 use bytes::BytesMut;
 
 use super::SessionFlow;
-use crate::client::expect::{Audience, CommandTag, Request, Synthetic, Token};
+use crate::client::expect::{Audience, Request, Synthetic, Token};
+use crate::client::local::{self, Local};
 use crate::client::prepared::{self, Statement};
 use crate::client::relay::Outbox;
 use crate::client::route_setting;
 use crate::client::tx_status::TxStatus;
 use crate::protocol::frame::{self, fe};
 use crate::protocol::{ProtocolError, WireError};
-use crate::routing::Unpin;
 use crate::server::statement_name;
 
 impl SessionFlow<'_> {
+    /// Sends the client an answer of the proxy's own to a simple Query:
+    /// a command's in line with what the server still owes, a refusal at
+    /// once (the session is quiet when the proxy refuses).
+    pub(super) fn answer_locally(&mut self, answer: Local, to_client: &mut Outbox) {
+        match answer {
+            Local::Command(tag) => self.reply(Synthetic::Command(tag), to_client),
+            refused @ Local::Refused(_) => {
+                let mut reply = BytesMut::new();
+                refused.put(&mut reply, self.expect.status());
+                to_client.push(reply.freeze());
+            }
+        }
+    }
+
     /// Sends one client frame on (renamed, prepared first, or answered by
     /// the proxy). `token` marks a Bind/Describe a retry may start from.
     pub(super) fn dispatch(
@@ -127,20 +141,9 @@ impl SessionFlow<'_> {
             // The proxy's own setting, with the session at a known state:
             // answered here, never forwarded.
             Some(change) if self.expect.is_quiet() && self.expect.status() != TxStatus::Failed => {
-                match change {
-                    Ok(setting) => {
-                        let in_transaction = self.expect.status().in_transaction();
-                        self.client.routing.apply(setting, in_transaction);
-                        self.reply(Synthetic::Command(CommandTag::Set), to_client);
-                    }
-                    Err(refusal) => {
-                        // Refused, and the session carries on (a transaction
-                        // block stays usable: the server saw nothing).
-                        let mut reply = refusal.to_bytes();
-                        self.expect.status().put_ready(&mut reply);
-                        to_client.push(reply.freeze());
-                    }
-                }
+                let answer =
+                    local::proxy_setting(change, &mut self.client.routing, self.expect.status());
+                self.answer_locally(answer, to_client);
                 return Ok(());
             }
             // In a failed transaction (where Postgres refuses every
@@ -154,13 +157,10 @@ impl SessionFlow<'_> {
             }),
             None => None,
         };
-        if c.info.statement_count == 1
-            && let Some(Unpin::Deallocate(name)) = &c.info.unpin
-            && self.client.statements.forget(name.as_bytes()).is_some()
-        {
+        if let Some(answer) = local::deallocate(&c, &mut self.client.statements) {
             // A protocol-level statement of this client: the server's
             // copy is shared with others and stays.
-            self.reply(Synthetic::Command(CommandTag::Deallocate), to_client);
+            self.answer_locally(answer, to_client);
             return Ok(());
         }
         let sql = self.sql_for_observer(frame::query_bytes(frame)?, &c.info);
@@ -205,13 +205,7 @@ impl SessionFlow<'_> {
             self.send(out, frame, Some(Request::Parse), Token::None);
             return Ok(());
         }
-        let s = self.client.statements.define(
-            &self.shared.statements,
-            &self.shared.classifier,
-            self.client.params.encoding(),
-            self.client.memo.reading(),
-            &msg,
-        );
+        let s = local::define(&msg, self.client, self.shared);
         if !self.ensure_prepared(&s, out, true) {
             // Already on this server: answer for it.
             self.expect
@@ -298,8 +292,7 @@ impl SessionFlow<'_> {
         out: &mut BytesMut,
         to_client: &mut Outbox,
     ) -> Result<(), ProtocolError> {
-        let (kind, name) = prepared::target(frame)?;
-        if kind == b'S' && !name.is_empty() && self.client.statements.forget(name).is_some() {
+        if local::close(frame, self.client)? {
             // The server-side statement stays for other clients.
             self.expect
                 .sent(fe::CLOSE, None, Audience::Client, Token::None);

@@ -73,7 +73,7 @@ pub fn answer(
             if msg.name.is_empty() || !pool.statement_ok(known.map(|s| s.id)) {
                 return Ok(Idle::NeedServer);
             }
-            local::define(&msg, client, shared);
+            local::define(&msg, client, &shared.statements, &shared.classifier);
             out.extend_from_slice(&Synthetic::ParseComplete.bytes(status));
             Ok(Idle::Answered)
         }
@@ -241,5 +241,101 @@ fn refuse_frontend_tag(tag: u8) -> Result<(), WireError> {
             when: "after login",
         }
         .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::state::ClassMemo;
+    use crate::protocol::ClientEncoding;
+    use crate::routing::Classifier;
+
+    fn run(
+        text: &str,
+        deferred: &mut Option<Bytes>,
+        routing: &mut ClientRouting,
+        mode: PoolMode,
+    ) -> Option<BytesMut> {
+        let classifier = Classifier::new(&[], 10_000, 0);
+        let mut memo = ClassMemo::default();
+        let c = memo.classify(&classifier, ClientEncoding::Utf8, text.as_bytes());
+        let mut frame = BytesMut::new();
+        frame::put_query(&mut frame, text);
+        let mut out = BytesMut::new();
+        deferred_transaction(&c, &frame, deferred, routing, mode, &mut out).then_some(out)
+    }
+
+    fn answer(tag: CommandTag, status: TxStatus) -> BytesMut {
+        let mut out = BytesMut::new();
+        tag.put(&mut out, status);
+        out
+    }
+
+    #[test]
+    fn a_begin_is_deferred_with_its_set_transaction_until_a_statement_needs_a_server() {
+        let mut deferred = None;
+        let mut routing = ClientRouting::default();
+        let mode = PoolMode::Transaction;
+        let out = run("begin", &mut deferred, &mut routing, mode);
+        assert_eq!(
+            out,
+            Some(answer(CommandTag::Begin, TxStatus::InTransaction))
+        );
+        assert!(deferred.is_some());
+        // A second BEGIN goes to the server (which warns about it).
+        assert_eq!(run("begin", &mut deferred, &mut routing, mode), None);
+        let out = run(
+            "set transaction isolation level repeatable read",
+            &mut deferred,
+            &mut routing,
+            mode,
+        );
+        assert_eq!(out, Some(answer(CommandTag::Set, TxStatus::InTransaction)));
+        let begun = deferred.clone().expect("still deferred");
+        assert_eq!(crate::client::tx_modes::frames(&begun).count(), 2);
+        // A statement is not the proxy's to answer.
+        assert_eq!(run("select 1", &mut deferred, &mut routing, mode), None);
+        let out = run("commit", &mut deferred, &mut routing, mode);
+        assert_eq!(out, Some(answer(CommandTag::Commit, TxStatus::Idle)));
+        assert_eq!(deferred, None);
+    }
+
+    #[test]
+    fn a_begin_that_must_write_or_in_session_mode_is_not_deferred() {
+        let mut deferred = None;
+        let mut routing = ClientRouting::default();
+        let out = run(
+            "begin read write",
+            &mut deferred,
+            &mut routing,
+            PoolMode::Transaction,
+        );
+        assert_eq!(out, None);
+        assert_eq!(
+            run("begin", &mut deferred, &mut routing, PoolMode::Session),
+            None
+        );
+        assert_eq!(
+            run(
+                "rollback",
+                &mut deferred,
+                &mut routing,
+                PoolMode::Transaction
+            ),
+            None,
+            "nothing deferred to roll back"
+        );
+        assert_eq!(deferred, None);
+    }
+
+    #[test]
+    fn only_the_message_types_of_a_logged_in_client_pass() {
+        for tag in [fe::QUERY, fe::PARSE, fe::SYNC, fe::TERMINATE, fe::COPY_DATA] {
+            assert!(check_frontend_tag(tag).is_ok());
+        }
+        for tag in [0, b'p', b'Z'] {
+            assert!(check_frontend_tag(tag).is_err());
+        }
     }
 }

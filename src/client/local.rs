@@ -12,13 +12,12 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::expect::CommandTag;
-use super::prepared::{self, ClientStatements, ParseMsg, Statement};
+use super::prepared::{self, ClientStatements, ParseMsg, Statement, StatementRegistry};
 use super::state::ClientState;
 use super::tx_status::TxStatus;
 use crate::protocol::{ProtocolError, WireError};
-use crate::proxy::Shared;
 use crate::routing::policy::{ClientRouting, ProxyChange};
-use crate::routing::{Classified, Unpin};
+use crate::routing::{Classified, Classifier, Unpin};
 
 /// A simple Query the proxy answered.
 #[derive(Debug)]
@@ -80,10 +79,15 @@ pub fn close(frame: &[u8], client: &mut ClientState) -> Result<bool, ProtocolErr
 
 /// Defines a named statement of the client's Parse under its proxy-wide
 /// statement (shared by every client that prepares the same text).
-pub fn define(msg: &ParseMsg<'_>, client: &mut ClientState, shared: &Shared) -> Arc<Statement> {
+pub fn define(
+    msg: &ParseMsg<'_>,
+    client: &mut ClientState,
+    registry: &StatementRegistry,
+    classifier: &Classifier,
+) -> Arc<Statement> {
     client.statements.define(
-        &shared.statements,
-        &shared.classifier,
+        registry,
+        classifier,
         client.params.encoding(),
         client.memo.reading(),
         msg,

@@ -76,6 +76,18 @@ impl Outbox {
     pub fn push_later(&mut self, later: Later) {
         self.0.push(Own::Later(later));
     }
+
+    /// What is queued now, in order (a `Later` shows as `None`).
+    #[cfg(test)]
+    pub fn drain(&mut self) -> Vec<Option<Bytes>> {
+        self.0
+            .drain(..)
+            .map(|own| match own {
+                Own::Now(b) => Some(b),
+                Own::Later(_) => None,
+            })
+            .collect()
+    }
 }
 
 /// The session's part of the relay.

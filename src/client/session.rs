@@ -14,7 +14,7 @@ use tokio_util::sync::WaitForCancellationFuture;
 use super::buffer_budget::MessageLimits;
 use super::cancel::CancelTarget;
 use super::credentials::UserAuth;
-use super::flow::SessionFlow;
+use super::flow::{HeldEnv, SessionFlow};
 use super::hold::{self, Held, NodePools};
 use super::idle::{self, Idle, check_frontend_tag};
 use super::limits::{self, Limits, RelayTimers};
@@ -378,13 +378,16 @@ where
         server_id: h.lease.id,
     }));
     let (io, state) = h.lease.split();
+    let env = HeldEnv {
+        shared: &ctx.shared,
+        pool: &h.pool,
+    };
     let mut flow = SessionFlow {
         expect: &mut h.expect,
         client,
         hold: &mut h.hold,
         server: state,
-        pool: &h.pool,
-        shared: &ctx.shared,
+        env: &env,
         mode: ctx.mode,
         who: &ctx.cancel.slot.info,
     };

@@ -8,7 +8,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::SessionFlow;
+use super::{FlowEnv, SessionFlow};
 use crate::client::effects::Effect;
 use crate::client::error_names;
 use crate::client::expect::{Audience, Disposition, Event, Matched, Request, Token};
@@ -21,7 +21,7 @@ use crate::client::tx_status::TxStatus;
 use crate::protocol::frame::{self, be, fe};
 use crate::routing::Unpin;
 
-impl SessionFlow<'_> {
+impl<E: FlowEnv> SessionFlow<'_, E> {
     /// Matches a response to its request and acts on what completed:
     /// statements' events, the end of a transaction at ReadyForQuery, the
     /// string mode a ParameterStatus sets. Returns the match and whether
@@ -153,7 +153,7 @@ impl SessionFlow<'_> {
             Event::Done {
                 request: Request::Parse,
                 token: Token::Statement(id),
-            } => self.pool.mark_statement_ok(id),
+            } => self.env.statement_ok(id),
             // The Close of a statement the LRU evicted was skipped after an
             // error: the server still has it, unknown to the proxy.
             Event::Failed {
@@ -198,7 +198,7 @@ impl SessionFlow<'_> {
     pub(super) fn on_ready(&mut self, before: TxStatus, status: TxStatus, for_client: bool) {
         self.hold.query_timed_out = None;
         if status.is_idle() && for_client {
-            self.shared.observer.metrics().transaction();
+            self.env.transaction();
         }
         if !before.is_idle() && status.is_idle() {
             let committed = std::mem::take(&mut self.hold.last_was_commit);
@@ -210,17 +210,10 @@ impl SessionFlow<'_> {
         // client's write has even run.
         if status.is_idle() && self.hold.wrote && for_client {
             let now = std::time::Instant::now();
-            let config = self.shared.config.load();
-            let horizon = crate::routing::policy::horizon(&config.routing);
             self.client.routing.wrote(now);
-            self.shared
-                .write_log
-                .record(&self.hold.tables_written, now, now.checked_sub(horizon));
-            self.hold.announced = fleet_announce::committed(
-                self.shared,
-                &mut self.client.routing,
-                &self.hold.tables_written,
-            );
+            self.hold.announced =
+                self.env
+                    .committed(&self.hold.tables_written, now, &mut self.client.routing);
             self.hold.wrote = false;
             self.hold.tables_written.clear();
         }
@@ -272,7 +265,7 @@ impl SessionFlow<'_> {
     pub(super) fn adopt_readback(&mut self) {
         self.server.params.mark_unknown();
         self.hold.params_diverged = true;
-        let Some(found) = self.client.readback.finish(&self.pool.key.user) else {
+        let Some(found) = self.client.readback.finish(self.env.server_user()) else {
             // Its state is unknown: closed at release, not reused.
             tracing::warn!("reading the session back failed: the server connection will be closed");
             self.hold.stale_server = true;

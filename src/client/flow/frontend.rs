@@ -7,7 +7,7 @@
 
 use bytes::BytesMut;
 
-use super::SessionFlow;
+use super::{FlowEnv, SessionFlow};
 use crate::client::expect::{Audience, Request, Synthetic, Token};
 use crate::client::local::{self, Local};
 use crate::client::prepared::{self, Statement};
@@ -18,7 +18,7 @@ use crate::protocol::frame::{self, fe};
 use crate::protocol::{ProtocolError, WireError};
 use crate::server::statement_name;
 
-impl SessionFlow<'_> {
+impl<E: FlowEnv> SessionFlow<'_, E> {
     /// Sends the client an answer of the proxy's own to a simple Query:
     /// a command's in line with what the server still owes, a refusal at
     /// once (the session is quiet when the proxy refuses).
@@ -120,7 +120,7 @@ impl SessionFlow<'_> {
         to_client: &mut Outbox,
     ) -> Result<(), WireError> {
         let c = self.client.memo.classify(
-            &self.shared.classifier,
+            self.env.classifier(),
             self.client.params.encoding(),
             frame::query_bytes(frame)?,
         );
@@ -128,12 +128,7 @@ impl SessionFlow<'_> {
             && self.expect.is_quiet()
             && self.expect.status() != TxStatus::Failed
         {
-            let answer = crate::client::proxy_show::answer(
-                param,
-                self.client,
-                self.shared,
-                self.expect.status(),
-            );
+            let answer = self.env.show(param, self.client, self.expect.status());
             to_client.push_later(crate::client::proxy_show::later(answer));
             return Ok(());
         }
@@ -180,19 +175,12 @@ impl SessionFlow<'_> {
         let msg = prepared::parse_parse(frame)?;
         if msg.name.is_empty() {
             let class = self.client.memo.classify(
-                &self.shared.classifier,
+                self.env.classifier(),
                 self.client.params.encoding(),
                 msg.query,
             );
             let stand_in = route_setting::stand_in(&class)
-                .or_else(|| {
-                    crate::client::proxy_show::stand_in(
-                        &class,
-                        self.client,
-                        self.shared,
-                        self.hold.role,
-                    )
-                })
+                .or_else(|| self.env.show_stand_in(&class, self.client, self.hold.role))
                 .map(|q| route_setting::with_query(frame, &q))
                 .transpose()?;
             let frame = stand_in.as_deref().unwrap_or(frame);
@@ -205,7 +193,12 @@ impl SessionFlow<'_> {
             self.send(out, frame, Some(Request::Parse), Token::None);
             return Ok(());
         }
-        let s = local::define(&msg, self.client, self.shared);
+        let s = local::define(
+            &msg,
+            self.client,
+            self.env.statements(),
+            self.env.classifier(),
+        );
         if !self.ensure_prepared(&s, out, true) {
             // Already on this server: answer for it.
             self.expect

@@ -16,28 +16,30 @@ use super::tx_status::TxStatus;
 use crate::config::PoolMode;
 use crate::protocol::WireError;
 use crate::protocol::frame::{self, be, fe};
-use crate::proxy::Shared;
-use crate::server::{ServerPool, ServerState};
+use crate::server::ServerState;
 
 mod backend;
+mod env;
 mod frontend;
 mod observe;
 pub(super) mod retry;
 
+pub use env::{FlowEnv, HeldEnv};
+
 /// One stretch of relaying on one server.
-pub struct SessionFlow<'a> {
+pub struct SessionFlow<'a, E: FlowEnv = HeldEnv<'a>> {
     pub expect: &'a mut Expectations,
     pub client: &'a mut ClientState,
     pub hold: &'a mut HoldState,
     pub server: &'a mut ServerState,
-    pub pool: &'a ServerPool,
-    pub shared: &'a Shared,
+    /// The proxy's parts the flow uses (shared state, the server's pool).
+    pub env: &'a E,
     pub mode: PoolMode,
     /// Who the client is, for the slow-query log.
     pub who: &'a ClientInfo,
 }
 
-impl SessionFlow<'_> {
+impl<E: FlowEnv> SessionFlow<'_, E> {
     fn send(&mut self, out: &mut BytesMut, frame: &[u8], request: Option<Request>, token: Token) {
         out.extend_from_slice(frame);
         self.expect.sent(frame[0], request, Audience::Client, token);
@@ -57,7 +59,7 @@ impl SessionFlow<'_> {
     }
 }
 
-impl Flow for SessionFlow<'_> {
+impl<E: FlowEnv> Flow for SessionFlow<'_, E> {
     fn client_frame(
         &mut self,
         tag: u8,
@@ -139,3 +141,6 @@ impl Flow for SessionFlow<'_> {
         self.release_or_go_on(matched.ready, forward, to_server)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::SessionFlow;
+use super::{FlowEnv, SessionFlow};
 use crate::client::effects::{self, Effect, Observed};
 use crate::client::route_setting;
 use crate::observe::QueryEvent;
 use crate::protocol::frame::{self, be};
 use crate::routing::{Route, SessionChange, StatementInfo};
 
-impl SessionFlow<'_> {
+impl<E: FlowEnv> SessionFlow<'_, E> {
     /// Notes what a statement about to run does: writes (for
     /// read-your-writes) and pins. Returns its effects for completion.
     pub(super) fn effects_of(
@@ -58,7 +58,7 @@ impl SessionFlow<'_> {
 
     /// The text to hand the observer: the original only if EXPLAIN may use it.
     pub(super) fn sql_for_observer(&self, raw: &[u8], info: &StatementInfo) -> Arc<str> {
-        if self.shared.observer.wants_sql() {
+        if self.env.wants_sql() {
             Arc::from(self.client.memo.text_of(self.client.params.encoding(), raw))
         } else {
             info.normalized.clone()
@@ -109,7 +109,7 @@ impl SessionFlow<'_> {
 
     /// Tells the observer about a finished statement.
     pub(super) fn observe(&self, o: Observed) {
-        self.shared.observer.record(&QueryEvent {
+        self.env.record(&QueryEvent {
             fingerprint: o.info.fingerprint.low64(),
             normalized: &o.info.normalized,
             sql: &o.sql,
@@ -117,7 +117,7 @@ impl SessionFlow<'_> {
             is_write: o.info.route == Route::Write,
             role: self.hold.role,
             node: self.hold.node,
-            node_addr: &self.pool.key.node,
+            node_addr: self.env.node_addr(),
             duration: o.start.elapsed(),
             rows: o.rows,
             error: o.error.as_deref(),

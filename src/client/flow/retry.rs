@@ -6,7 +6,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::SessionFlow;
+use super::{FlowEnv, SessionFlow};
 use crate::client::expect::{Audience, Request, Token};
 use crate::client::prepared;
 use crate::client::relay::{Outbox, ServerStep};
@@ -77,7 +77,7 @@ const PARAMETER_DESCRIPTION: u8 = b't';
 /// Most bytes of a batch kept for a retry.
 const RETRY_MAX: usize = 64 * 1024;
 
-impl SessionFlow<'_> {
+impl<E: FlowEnv> SessionFlow<'_, E> {
     /// A server frame the retry may take: the ParameterDescription of a
     /// recorded Describe (held back until the plan is known good, so a
     /// retry does not send it twice), or the stale-plan error it retries

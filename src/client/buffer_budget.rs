@@ -123,11 +123,16 @@ impl MessageLimits {
     /// buffer, if the caller has it) is drained, both are replaced by
     /// small buffers and the charge is given back. A plain load when
     /// nothing is charged.
+    #[inline]
     pub fn settle(&self, cbuf: &mut BytesMut, wbuf: Option<&mut BytesMut>) {
         let charged = self.charged.load(Ordering::Relaxed);
-        if charged == 0 {
-            return;
+        if charged != 0 {
+            self.settle_charged(charged, cbuf, wbuf);
         }
+    }
+
+    #[cold]
+    fn settle_charged(&self, charged: usize, cbuf: &mut BytesMut, wbuf: Option<&mut BytesMut>) {
         let pending = matches!(frame::header(cbuf), Ok(Some((_, total))) if total > LARGE);
         if pending || cbuf.len() > LARGE || wbuf.as_ref().is_some_and(|w| !w.is_empty()) {
             return;

@@ -95,7 +95,7 @@ impl HoldState {
         let mut fresh = HoldState::new(node, role);
         fresh.pending = self.pending;
         fresh.tables_written = self.tables_written;
-        fresh.retry = self.retry.recycle();
+        fresh.retry.frames = self.retry.frames;
         fresh
     }
 }

@@ -26,6 +26,7 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
     /// statements' events, the end of a transaction at ReadyForQuery, the
     /// string mode a ParameterStatus sets. Returns the match and whether
     /// the frame goes to the client.
+    #[inline]
     pub(super) fn match_response(
         &mut self,
         tag: u8,
@@ -55,6 +56,7 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
     /// An error the client should read otherwise: the one `query_timeout`
     /// caused names the limit, one naming a shared statement names the
     /// client's. Clears `forward` when the original is replaced.
+    #[inline]
     pub(super) fn reword(&self, tag: u8, frame: &[u8], forward: &mut bool) -> Option<Bytes> {
         if tag != be::ERROR_RESPONSE || !*forward {
             return None;
@@ -84,6 +86,7 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
     /// that waits for the fleet to hear of a committed write, a reworded
     /// error, the proxy's made-up replies. Returns whether the frame
     /// itself is still forwarded in place.
+    #[inline]
     pub(super) fn queue_after(
         &mut self,
         frame: &[u8],
@@ -118,6 +121,7 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
 
     /// At a ReadyForQuery that lets the server go: first reads back what
     /// opaque code did, if it ran, then releases.
+    #[inline]
     pub(super) fn release_or_go_on(
         &mut self,
         ready: bool,

@@ -68,6 +68,7 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
     /// What a CommandComplete or ErrorResponse says about the statement
     /// at the head of the queue: its rows, its error, and whether a
     /// transaction block committed.
+    #[inline]
     pub(super) fn note_outcome(&mut self, tag: u8, frame: &[u8]) {
         match tag {
             be::COMMAND_COMPLETE => {

@@ -36,7 +36,7 @@ pub(super) enum Recording {
 pub(in crate::client) struct Retry {
     pub(super) state: Recording,
     /// The client's frames, as it sent them.
-    pub(super) frames: BytesMut,
+    pub(in crate::client) frames: BytesMut,
     pub(super) statement: Option<Arc<Statement>>,
     /// A Describe comes before any Execute: the client learns the new row
     /// shape from the replay, rather than decoding rows by the old one.
@@ -61,14 +61,6 @@ impl Retry {
         }
         self.frames.clear();
     }
-
-    /// A fresh record for the next hold, in this one's (emptied) buffer.
-    pub(in crate::client) fn recycle(self) -> Retry {
-        Retry {
-            frames: self.frames,
-            ..Retry::default()
-        }
-    }
 }
 
 /// ParameterDescription, the first answer to a Describe of a statement.
@@ -82,6 +74,7 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
     /// recorded Describe (held back until the plan is known good, so a
     /// retry does not send it twice), or the stale-plan error it retries
     /// from. `Some(step)` when the frame is the retry's.
+    #[inline]
     pub(super) fn retry_sees(
         &mut self,
         tag: u8,

@@ -86,7 +86,15 @@ impl MessageLimits {
     /// `max_message_size` is a protocol error; a large one is charged
     /// (once: a client's charge covers its largest message until
     /// [`settle`](Self::settle)).
+    #[inline]
     pub fn admit(&self, total: usize) -> Result<(), WireError> {
+        if total <= LARGE && total <= self.max_message {
+            return Ok(());
+        }
+        self.admit_large(total)
+    }
+
+    fn admit_large(&self, total: usize) -> Result<(), WireError> {
         if total > self.max_message {
             return Err(ProtocolError::TooLarge {
                 len: total,

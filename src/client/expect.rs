@@ -227,6 +227,7 @@ impl Expectations {
 
     /// Notes a message sent to the server. `token` is [`Token::None`]
     /// unless the caller wants events for it.
+    #[inline]
     pub fn sent(&mut self, tag: u8, request: Option<Request>, audience: Audience, token: Token) {
         match tag {
             fe::SYNC => self.batch_open = false,

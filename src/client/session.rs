@@ -280,6 +280,7 @@ where
 
 /// Every end of a relay, in one place: the server given back (or marked
 /// broken), the request moved to another server, or the session ended.
+#[inline]
 fn relay_ended(
     end: RelayEnd,
     fresh: Fresh,

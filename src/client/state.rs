@@ -117,6 +117,7 @@ impl ClassMemo {
 
     /// The text of `raw`: the memo's copy when it is the text last
     /// classified (no second validation), else read again.
+    #[inline]
     pub fn text_of<'a>(&'a self, encoding: ClientEncoding, raw: &'a [u8]) -> Cow<'a, str> {
         if self.keyed && encoding.is_utf8() && self.text.as_bytes() == raw {
             Cow::Borrowed(&self.text)

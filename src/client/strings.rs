@@ -50,6 +50,7 @@ impl StringMode {
 
     /// A statement was classified (it is about to be sent): note whether
     /// it may change the setting.
+    #[inline]
     pub fn classified(&mut self, class: &Classified) {
         let info = &class.info;
         let changes = info.has_session_changes && class.session.iter().any(names_setting);

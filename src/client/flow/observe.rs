@@ -131,6 +131,7 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
 
 /// The row count at the end of a CommandComplete tag ("SELECT 5",
 /// "INSERT 0 1", "UPDATE 3"); 0 for tags without one.
+#[inline]
 fn rows_of(tag: &[u8]) -> u64 {
     let tag = tag.strip_suffix(b"\0").unwrap_or(tag);
     let digits = tag.iter().rev().take_while(|b| b.is_ascii_digit()).count();

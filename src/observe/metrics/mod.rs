@@ -286,6 +286,7 @@ impl Metrics {
     }
 
     /// A transaction (or autocommit statement outside one) completed.
+    #[inline]
     pub fn transaction(&self) {
         self.hot.transaction();
     }

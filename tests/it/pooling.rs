@@ -195,6 +195,71 @@ async fn transaction_mode_shares_one_server_between_clients() {
     );
 }
 
+/// Clients waiting for the one server are served in the order they asked,
+/// and the client that gave the server back and asks again queues behind
+/// them. (bb8's waiters were served in order too; what the hand-off adds —
+/// a newcomer arriving while a woken waiter is on its way can no longer
+/// take the server first — depends on timing a test cannot arrange.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_clients_are_served_in_arrival_order() {
+    let db = harness::fresh_db("fifo_handoff");
+    let proxy = harness::proxy(
+        "[pool]\nsize = 1\ncheckout_timeout = \"60s\"\n[admin]\nusers = [\"app\"]\n",
+    )
+    .await;
+    let holder = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+    holder
+        .batch_execute("CREATE TABLE served (n serial, who text)")
+        .await
+        .unwrap();
+    // A lone BEGIN is answered by the proxy; the first statement takes the server.
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+
+    let mut waiters = Vec::new();
+    for i in 1..=3 {
+        let client = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+        waiters.push(tokio::spawn(async move {
+            client
+                .batch_execute(&format!("INSERT INTO served (who) VALUES ('w{i}')"))
+                .await
+                .map(|()| client)
+        }));
+        // The next one asks only once this one is queued.
+        harness::eventually(
+            &format!("{i} clients waiting"),
+            Duration::from_secs(20),
+            || async {
+                let pools = harness::console(&proxy, APP, "SHOW POOLS").await.rows();
+                pools
+                    .iter()
+                    .any(|p| p["database"] == db && p["cl_waiting"] == i.to_string())
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    holder.batch_execute("COMMIT").await.unwrap();
+    holder
+        .batch_execute("INSERT INTO served (who) VALUES ('holder')")
+        .await
+        .unwrap();
+    for w in waiters {
+        w.await.unwrap().unwrap();
+    }
+    let order = harness::scalar(
+        &holder,
+        "SELECT string_agg(who, ',' ORDER BY n) FROM served",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        order.as_deref(),
+        Some("w1,w2,w3,holder"),
+        "served in arrival order, the client asking again last"
+    );
+}
+
 #[tokio::test]
 async fn checkout_timeout_answers_53300_and_the_retry_succeeds() {
     let db = harness::fresh_db("checkout_timeout");

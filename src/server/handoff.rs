@@ -39,7 +39,8 @@ type Bb8Lease = bb8::PooledConnection<'static, ServerManager>;
 pub enum Source {
     /// Handed over by the client that released it a moment ago.
     Handed,
-    /// Taken from bb8: idle in the pool, or newly opened.
+    /// Taken from bb8 (idle there, or newly opened): checked if it sat
+    /// idle.
     Pool,
 }
 
@@ -66,6 +67,16 @@ struct Queue {
     spare: Vec<Arc<Slot>>,
     /// Fillers started and not yet finished.
     opening: u32,
+    /// The pool was found at its size since the queue last started; while
+    /// sessions wait, only a connection closed in [`Handoff::give`] or a
+    /// filler that failed makes room again (connections idle in bb8, which
+    /// the reaper may close, exist only while no one waits). Spares
+    /// asking bb8 for its count on every enqueue.
+    full: bool,
+    /// The task failing waiters at their deadline runs.
+    watchdog: bool,
+    /// It found the queue empty at its last wake-up.
+    watchdog_idle: bool,
 }
 
 /// Where one waiting checkout receives its connection.
@@ -75,11 +86,24 @@ struct Slot {
     ready: Notify,
 }
 
-#[derive(Default)]
 struct SlotState {
-    lease: Option<Bb8Lease>,
+    lease: Option<(Bb8Lease, Source)>,
     /// Still in the queue (not served, not given up).
     queued: bool,
+    /// Its `checkout_timeout` passed before a connection came.
+    expired: bool,
+    deadline: Instant,
+}
+
+impl Default for SlotState {
+    fn default() -> Self {
+        SlotState {
+            lease: None,
+            queued: false,
+            expired: false,
+            deadline: Instant::now(),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -116,31 +140,94 @@ impl Handoff {
             {
                 return Ok((self.lease(conn), Source::Pool, Duration::ZERO));
             }
+            if queue.waiters.is_empty() {
+                queue.full = false;
+            }
+            // Read under the lock: deadlines are in queue order.
+            let since = Instant::now();
             let slot = queue.spare_slot();
-            lock(&slot.state).queued = true;
+            *lock(&slot.state) = SlotState {
+                lease: None,
+                queued: true,
+                expired: false,
+                deadline: since + self.timeout,
+            };
             queue.waiters.push_back(slot.clone());
             self.refill(&mut queue);
-            slot
-        };
-        let waiting = Waiting { hand: self, slot };
-        let since = Instant::now();
-        let mut deadline = std::pin::pin!(tokio::time::sleep_until(since + self.timeout));
-        loop {
-            if let Some(conn) = waiting.received() {
-                return Ok((self.lease(conn), Source::Handed, since.elapsed()));
+            if !queue.watchdog {
+                self.start_watchdog(&mut queue);
             }
-            tokio::select! {
-                biased;
-                () = waiting.slot.ready.notified() => {}
-                () = &mut deadline => {
-                    // Given in the same instant: take it rather than lose it.
-                    return match waiting.received() {
-                        Some(conn) => Ok((self.lease(conn), Source::Handed, since.elapsed())),
-                        None => Err(WaitedInVain),
-                    };
+            (slot, since)
+        };
+        let (slot, since) = slot;
+        let waiting = Waiting { hand: self, slot };
+        loop {
+            {
+                let mut state = lock(&waiting.slot.state);
+                if let Some((conn, source)) = state.lease.take() {
+                    drop(state);
+                    return Ok((self.lease(conn), source, since.elapsed()));
+                }
+                if state.expired {
+                    return Err(WaitedInVain);
                 }
             }
+            waiting.slot.ready.notified().await;
         }
+    }
+
+    /// Starts the task that fails waiters at their deadline: one per pool
+    /// while anyone waits, instead of a timer per waiting checkout. The
+    /// queue is in deadline order, so it sleeps until the oldest waiter's
+    /// deadline and, woken, fails those past theirs; a waiter served
+    /// before its deadline costs it nothing.
+    fn start_watchdog(self: &Arc<Self>, queue: &mut Queue) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        queue.watchdog = true;
+        let hand = self.clone();
+        runtime.spawn(async move {
+            while let Some(next) = hand.expire() {
+                tokio::time::sleep_until(next).await;
+            }
+        });
+    }
+
+    /// Fails the waiters past their deadline; returns when to look again,
+    /// or `None` (and the watchdog stops) when no one has waited for a
+    /// whole `checkout_timeout` (it lingers that long, so that a pool
+    /// whose queue empties and fills again does not start a task each time).
+    fn expire(&self) -> Option<Instant> {
+        let mut queue = lock(&self.queue);
+        let now = Instant::now();
+        while let Some(first) = queue.waiters.front() {
+            let later = {
+                let mut state = lock(&first.state);
+                if state.deadline > now {
+                    Some(state.deadline)
+                } else {
+                    state.queued = false;
+                    state.expired = true;
+                    None
+                }
+            };
+            if let Some(deadline) = later {
+                queue.watchdog_idle = false;
+                return Some(deadline);
+            }
+            if let Some(slot) = queue.waiters.pop_front() {
+                slot.ready.notify_one();
+                queue.spare.push(slot);
+            }
+        }
+        if !queue.watchdog_idle {
+            queue.watchdog_idle = true;
+            return Some(now + self.timeout);
+        }
+        queue.watchdog = false;
+        queue.watchdog_idle = false;
+        None
     }
 
     fn lease(self: &Arc<Self>, conn: Bb8Lease) -> Lease {
@@ -165,7 +252,7 @@ impl Handoff {
     /// it, waiting for a fleet budget permit first) and gives it to the
     /// queue like a released one.
     fn refill(self: &Arc<Self>, queue: &mut Queue) {
-        if queue.opening as usize >= queue.waiters.len() {
+        if queue.full || queue.opening as usize >= queue.waiters.len() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -177,21 +264,31 @@ impl Handoff {
             let hand = self.clone();
             runtime.spawn(async move {
                 let got = hand.bb8.get_owned().await;
-                lock(&hand.queue).opening -= 1;
-                // A failure went to the error sink (the pool's last error,
-                // which waiters that time out report).
-                if let Ok(conn) = got {
-                    hand.give(conn);
+                let mut queue = lock(&hand.queue);
+                queue.opening -= 1;
+                match got {
+                    Ok(conn) => {
+                        drop(queue);
+                        hand.give(conn, Source::Pool);
+                    }
+                    // The failure went to the error sink (the pool's last
+                    // error, which waiters that time out report); those
+                    // still waiting get another try.
+                    Err(_) => {
+                        queue.full = false;
+                        hand.refill(&mut queue);
+                    }
                 }
             });
         }
+        queue.full = open + queue.opening >= self.size;
     }
 
     /// Gives a connection back: to the oldest waiter, or to bb8 when no one
     /// waits (bb8 checks it and keeps or closes it). One that must close
     /// (broken, past `max_lifetime`, asked back by the fleet budget) goes
     /// to bb8 to be closed, and a filler opens another for the waiters.
-    fn give(self: &Arc<Self>, mut conn: Bb8Lease) {
+    fn give(self: &Arc<Self>, mut conn: Bb8Lease, source: Source) {
         let mut queue = lock(&self.queue);
         if queue.waiters.is_empty() {
             // Under the queue's lock: a checkout that finds no idle
@@ -201,6 +298,7 @@ impl Handoff {
         }
         if self.must_close(&mut conn) {
             drop(conn);
+            queue.full = false;
             self.refill(&mut queue);
             return;
         }
@@ -210,7 +308,7 @@ impl Handoff {
         {
             let mut state = lock(&slot.state);
             state.queued = false;
-            state.lease = Some(conn);
+            state.lease = Some((conn, source));
         }
         slot.ready.notify_one();
         // Reusable once its waiter has taken the connection and let go.
@@ -251,12 +349,6 @@ struct Waiting<'a> {
     slot: Arc<Slot>,
 }
 
-impl Waiting<'_> {
-    fn received(&self) -> Option<Bb8Lease> {
-        lock(&self.slot.state).lease.take()
-    }
-}
-
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let (queued, mut late) = {
@@ -278,8 +370,8 @@ impl Drop for Waiting<'_> {
             state.queued = false;
             late = late.or_else(|| state.lease.take());
         }
-        if let Some(conn) = late {
-            self.hand.give(conn);
+        if let Some((conn, source)) = late {
+            self.hand.give(conn, source);
         }
     }
 }
@@ -314,7 +406,7 @@ impl DerefMut for Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.hand.give(conn);
+            self.hand.give(conn, Source::Handed);
         }
     }
 }

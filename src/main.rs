@@ -124,13 +124,20 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             "\n# computed pool size per (database, user, node): {}",
             config.pool.effective_size()
         ),
-        Some(fleet) => println!(
-            "\n# fleet \"{}\": budget per node for the whole fleet: {}; \
-             largest pool: {}",
-            fleet.name,
-            config.pool.node_budget(),
-            config.pool.pool_max(true)
-        ),
+        Some(fleet) => {
+            let replicas = if config.cluster.replicas.is_empty() {
+                String::new()
+            } else {
+                format!(", each replica {}", config.pool.replica_budget())
+            };
+            println!(
+                "\n# fleet \"{}\": budget per node for the whole fleet: primary {}{replicas}; \
+                 largest pool: {}",
+                fleet.name,
+                config.pool.primary_budget(),
+                config.pool.pool_max(true)
+            )
+        }
     }
     Ok(())
 }

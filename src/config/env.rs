@@ -65,7 +65,7 @@ const fn o(
 
 /// The overridable keys. Passwords are not among them: `[[users]]` already
 /// has `password_env`.
-pub(super) const OVERRIDES: [Override; 21] = [
+pub(super) const OVERRIDES: [Override; 22] = [
     o("proxy", "listen", listen_or_none),
     o("proxy", "pool_mode", typed::<PoolMode>),
     o("proxy", "max_client_conn", positive_int),
@@ -77,6 +77,7 @@ pub(super) const OVERRIDES: [Override; 21] = [
     o("auth", "client_auth", typed::<ClientAuth>),
     o("pool", "size", pool_size),
     o("pool", "db_cores", positive_int),
+    o("pool", "replica_db_cores", positive_int),
     o("pool", "sidecars", positive_int),
     o("pool", "budget", pool_size),
     o("pool", "checkout_timeout", duration),

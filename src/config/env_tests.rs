@@ -37,6 +37,7 @@ fn every_listed_key_is_overridden_on_top_of_the_file() {
         ("PGSIDECAR_AUTH_CLIENT_AUTH", "md5"),
         ("PGSIDECAR_POOL_SIZE", "12"),
         ("PGSIDECAR_POOL_DB_CORES", "16"),
+        ("PGSIDECAR_POOL_REPLICA_DB_CORES", "6"),
         ("PGSIDECAR_POOL_SIDECARS", "4"),
         ("PGSIDECAR_POOL_CHECKOUT_TIMEOUT", "750ms"),
         ("PGSIDECAR_ROUTING_READ_WRITE_SPLIT", "false"),
@@ -65,6 +66,7 @@ fn every_listed_key_is_overridden_on_top_of_the_file() {
     assert_eq!(c.auth.client_auth, ClientAuth::Md5);
     assert_eq!(c.pool.size, PoolSize::Fixed(12));
     assert_eq!((c.pool.db_cores, c.pool.sidecars), (16, 4));
+    assert_eq!(c.pool.replica_db_cores, Some(6));
     assert_eq!(c.pool.checkout_timeout, Duration::from_millis(750));
     assert!(!c.routing.read_write_split);
     assert_eq!(c.routing.read_your_writes, ReadYourWrites::Window);

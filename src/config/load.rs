@@ -293,6 +293,10 @@ impl Config {
             ),
             ("pool.db_cores", self.pool.db_cores as u64),
             (
+                "pool.replica_db_cores",
+                self.pool.replica_db_cores.map_or(1, u64::from),
+            ),
+            (
                 "pool.prepared_statements_cache",
                 self.pool.prepared_statements_cache as u64,
             ),
@@ -496,6 +500,18 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// `[pool] budget` on `node`: a node of `[cluster] replicas` gets the
+    /// replicas' budget (`replica_db_cores`), any other the primary's. By
+    /// the configured list, not the node's current role: the cores belong
+    /// to the machine, which a promotion does not change.
+    pub fn node_budget(&self, node: &super::NodeAddr) -> u32 {
+        if self.cluster.replicas.contains(node) {
+            self.pool.replica_budget()
+        } else {
+            self.pool.primary_budget()
+        }
     }
 
     /// Looks a user up by name.

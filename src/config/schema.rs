@@ -289,6 +289,12 @@ pub struct UserConfig {
 pub struct PoolConfig {
     pub size: PoolSize,
     pub db_cores: u32,
+    /// Cores of each replica (nodes of `[cluster] replicas`), for `budget =
+    /// "auto"`; absent: `db_cores`. Replicas are often smaller or larger
+    /// machines than the primary, and a budget sized for one would starve
+    /// or overload the other.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica_db_cores: Option<u32>,
     pub effective_spindle_count: u32,
     pub sidecars: u32,
     /// With `[fleet]`: server connections per node for the whole fleet.
@@ -308,6 +314,7 @@ impl Default for PoolConfig {
         PoolConfig {
             size: PoolSize::Auto,
             db_cores: 4,
+            replica_db_cores: None,
             effective_spindle_count: 1,
             sidecars: 1,
             budget: Budget::Auto,
@@ -336,14 +343,23 @@ impl PoolConfig {
         }
     }
 
-    /// `[pool] budget` as a number: the fixed value, or the whole
-    /// `db_cores * 2 + effective_spindle_count` (not divided: the fleet
-    /// shares it), never less than one.
-    pub fn node_budget(&self) -> u32 {
+    /// `[pool] budget` on the primary as a number: the fixed value, or the
+    /// whole `db_cores * 2 + effective_spindle_count` (not divided: the
+    /// fleet shares it), never less than one.
+    pub fn primary_budget(&self) -> u32 {
+        self.budget_with(self.db_cores)
+    }
+
+    /// `[pool] budget` on a replica: as [`primary_budget`](Self::primary_budget)
+    /// with `replica_db_cores` (when set) in the formula.
+    pub fn replica_budget(&self) -> u32 {
+        self.budget_with(self.replica_db_cores.unwrap_or(self.db_cores))
+    }
+
+    fn budget_with(&self, cores: u32) -> u32 {
         match self.budget {
             Budget::Fixed(n) => n.max(1),
-            Budget::Auto => self
-                .db_cores
+            Budget::Auto => cores
                 .saturating_mul(2)
                 .saturating_add(self.effective_spindle_count)
                 .max(1),
@@ -351,13 +367,16 @@ impl PoolConfig {
     }
 
     /// Largest size of one (database, user, node) pool: with a fleet, a
-    /// pool may use the member's whole share of the node (capped by a
-    /// fixed `size`); alone, [`effective_size`](Self::effective_size).
+    /// pool may use the member's whole share of a node (capped by a fixed
+    /// `size`), so the larger of the primary's and the replicas' budgets
+    /// (the node's gate holds a pool to that node's own share); alone,
+    /// [`effective_size`](Self::effective_size).
     pub fn pool_max(&self, fleet: bool) -> u32 {
+        let budget = self.primary_budget().max(self.replica_budget());
         match (fleet, self.size) {
             (false, _) => self.effective_size(),
-            (true, PoolSize::Fixed(n)) => n.clamp(1, self.node_budget()),
-            (true, PoolSize::Auto) => self.node_budget(),
+            (true, PoolSize::Fixed(n)) => n.clamp(1, budget),
+            (true, PoolSize::Auto) => budget,
         }
     }
 }

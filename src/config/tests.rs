@@ -311,17 +311,19 @@ fn fleet_section_and_budget_parse_with_defaults() {
     assert!(c.fleet.is_none());
     assert_eq!(c.pool.budget, Budget::Auto);
     assert_eq!(
-        c.pool.node_budget(),
+        c.pool.primary_budget(),
         9,
         "db_cores * 2 + spindles, not divided"
     );
+    assert_eq!(c.pool.replica_budget(), 9, "replicas default to db_cores");
     assert_eq!(c.pool.pool_max(false), c.pool.effective_size());
     let text = format!("{MINIMAL}\n[pool]\nsidecars = 3\nbudget = 8\n[fleet]\nname = \"api\"\n");
     let c = parse(&text).unwrap();
     let fleet = c.fleet.as_ref().unwrap();
     assert_eq!((fleet.name.as_str(), fleet.floor), ("api", 1));
     assert_eq!(fleet.interval, std::time::Duration::from_millis(500));
-    assert_eq!(c.pool.node_budget(), 8);
+    assert_eq!(c.pool.primary_budget(), 8);
+    assert_eq!(c.pool.replica_budget(), 8);
     assert_eq!(
         c.pool.pool_max(true),
         8,
@@ -329,6 +331,61 @@ fn fleet_section_and_budget_parse_with_defaults() {
     );
     let text = format!("{MINIMAL}\n[pool]\nsize = 3\nbudget = 8\n[fleet]\nname = \"api\"\n");
     assert_eq!(parse(&text).unwrap().pool.pool_max(true), 3);
+}
+
+#[test]
+fn replicas_have_their_own_db_cores_in_the_auto_budget() {
+    let fleet = "[fleet]\nname = \"api\"\n";
+    let cluster = "[cluster]\nprimary = \"p:5432\"\nreplicas = [\"r1:5432\", \"r2:5432\"]\n";
+    let text = format!(
+        "{cluster}[[users]]\nname = \"app\"\npassword = \"pw\"\n\
+         [pool]\ndb_cores = 4\nreplica_db_cores = 2\neffective_spindle_count = 0\n{fleet}"
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.pool.replica_db_cores, Some(2));
+    assert_eq!((c.pool.primary_budget(), c.pool.replica_budget()), (8, 4));
+    let node = |s: &str| s.parse::<NodeAddr>().unwrap();
+    assert_eq!(c.node_budget(&node("p:5432")), 8);
+    assert_eq!(c.node_budget(&node("r1:5432")), 4);
+    assert_eq!(c.node_budget(&node("r2:5432")), 4);
+    assert_eq!(c.pool.pool_max(true), 8, "the larger node's budget");
+    // Bigger replicas: a pool may use a replica's larger share.
+    let text = text.replace("replica_db_cores = 2", "replica_db_cores = 16");
+    let c = parse(&text).unwrap();
+    assert_eq!(c.node_budget(&node("r1:5432")), 32);
+    assert_eq!(c.pool.pool_max(true), 32);
+    // A fixed budget is the same on every node.
+    let text = text.replace("[pool]\n", "[pool]\nbudget = 6\n");
+    let c = parse(&text).unwrap();
+    assert_eq!(
+        (
+            c.node_budget(&node("p:5432")),
+            c.node_budget(&node("r1:5432"))
+        ),
+        (6, 6)
+    );
+    // Not written back when absent (`pgsidecar check` prints the config).
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.pool.replica_db_cores, None);
+    assert!(!toml::to_string(&c).unwrap().contains("replica_db_cores"));
+}
+
+#[test]
+fn replica_db_cores_must_be_a_positive_integer() {
+    for (value, needle) in [
+        ("0", "must be greater than zero"),
+        ("-2", "expected u32"),
+        ("\"auto\"", "expected u32"),
+    ] {
+        let text = format!("{MINIMAL}\n[pool]\nreplica_db_cores = {value}\n");
+        let err = parse(&text).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            err.contains("test.toml:10")
+                && err.contains("replica_db_cores")
+                && err.contains(needle),
+            "{value}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -46,7 +46,7 @@ struct Settings {
 }
 
 impl Settings {
-    fn from_config(config: &Config, floor: u32, interval: Duration) -> Settings {
+    fn from_config(config: &Config, node: &NodeAddr, floor: u32, interval: Duration) -> Settings {
         let (floor, interval) = match &config.fleet {
             Some(f) => (f.floor, f.interval),
             // `[fleet]` removed by a reload: it still applies until restart.
@@ -59,7 +59,7 @@ impl Settings {
             .and_then(|u| u.password.as_ref())
             .map(|p| p.expose().to_string());
         Settings {
-            budget: config.pool.node_budget(),
+            budget: config.node_budget(node),
             floor,
             interval,
             login: Login {
@@ -132,7 +132,8 @@ impl Coordinator {
         let mut backoff = Duration::ZERO;
         let mut failing = false;
         loop {
-            let s = Settings::from_config(&self.config.load(), self.floor, self.interval);
+            let s =
+                Settings::from_config(&self.config.load(), &self.node, self.floor, self.interval);
             if up.as_ref().is_some_and(|u| u.login != s.login) {
                 tracing::info!(node = %self.node, "fleet login changed; reconnecting");
                 self.drop_session(&mut up);

@@ -111,7 +111,8 @@ impl Shared {
 fn same_pool_settings(a: &Config, b: &Config) -> bool {
     let (p, q) = (&a.pool, &b.pool);
     p.effective_size() == q.effective_size()
-        && p.node_budget() == q.node_budget()
+        && p.primary_budget() == q.primary_budget()
+        && p.replica_budget() == q.replica_budget()
         && p.checkout_timeout == q.checkout_timeout
         && p.idle_timeout == q.idle_timeout
         && p.max_lifetime == q.max_lifetime

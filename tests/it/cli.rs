@@ -84,6 +84,50 @@ fn check_refuses_a_bad_value_naming_the_key() {
     assert!(text(&out.stderr).contains("checkout_timeout"), "{out:?}");
 }
 
+/// With `[fleet]`, `check` prints each node's budget: replicas count
+/// `replica_db_cores`; a zero there is refused with its file and line.
+#[test]
+fn check_prints_the_primarys_and_the_replicas_fleet_budgets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgsidecar.toml");
+    let fleet = GOOD
+        .replace(
+            "primary = \"db.internal:5432\"\n",
+            "primary = \"db.internal:5432\"\nreplicas = [\"r1.internal:5432\"]\n",
+        )
+        .replace("db_cores = 3\n", "db_cores = 3\nreplica_db_cores = 1\n")
+        + "[fleet]\nname = \"api\"\n";
+    std::fs::write(&path, &fleet).unwrap();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let printed = text(&out.stdout);
+    // 3 * 2 + 2 on the primary, 1 * 2 + 2 on the replica.
+    assert!(
+        printed.contains(
+            "budget per node for the whole fleet: primary 8, each replica 4; largest pool: 8"
+        ),
+        "{printed}"
+    );
+    assert!(printed.contains("replica_db_cores = 1"), "{printed}");
+
+    let bad = fleet.replace("replica_db_cores = 1", "replica_db_cores = 0");
+    std::fs::write(&path, &bad).unwrap();
+    let line = bad
+        .lines()
+        .position(|l| l.starts_with("replica_db_cores"))
+        .unwrap()
+        + 1;
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("pool.replica_db_cores")
+            && err.contains("must be greater than zero")
+            && err.contains(&format!("{}:{line}", path.display())),
+        "{err}"
+    );
+}
+
 #[test]
 fn check_names_a_missing_file() {
     let out = check(Path::new("/nonexistent/pgsidecar.toml"));

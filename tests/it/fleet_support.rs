@@ -216,7 +216,12 @@ pub struct Samples {
 
 impl Sampler {
     pub fn start(cluster: &LocalCluster) -> Sampler {
-        let conn = cluster.primary().conn_string();
+        Sampler::start_on(cluster.primary().conn_string())
+    }
+
+    /// [`start`](Self::start) on the node of the superuser connection
+    /// string `conn` (a replica's, to count the fleet's connections there).
+    pub fn start_on(conn: String) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let task = tokio::spawn(async move {
@@ -303,6 +308,12 @@ pub struct BenchReport {
 impl Bench {
     /// `pgbench -n -c clients -T seconds` through `port` on `db`.
     pub fn start(port: u16, db: &str, clients: u32, seconds: u32) -> Bench {
+        Bench::start_with(port, db, clients, seconds, &[])
+    }
+
+    /// [`start`](Self::start) with more pgbench options (`-S`: the
+    /// built-in select-only script, reads a replica may serve).
+    pub fn start_with(port: u16, db: &str, clients: u32, seconds: u32, more: &[&str]) -> Bench {
         let args = [
             "-n".to_string(),
             "-c".into(),
@@ -312,14 +323,21 @@ impl Bench {
             "-T".into(),
             seconds.to_string(),
         ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let args: Vec<&str> = args
+            .iter()
+            .map(String::as_str)
+            .chain(more.iter().copied())
+            .collect();
         let child = pgbench_cmd(port, db, &args)
             .spawn()
             .expect("spawning pgbench");
         Bench {
             child,
             started: Instant::now(),
-            what: format!("pgbench -c {clients} -T {seconds} via port {port} on {db}"),
+            what: format!(
+                "pgbench -c {clients} -T {seconds} {} via port {port} on {db}",
+                more.join(" ")
+            ),
         }
     }
 

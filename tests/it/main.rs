@@ -25,6 +25,7 @@ mod failover_restart;
 mod failover_waiters;
 mod failures;
 mod fleet_budget;
+mod fleet_replica_budget;
 mod fleet_ryw;
 mod fleet_support;
 mod fuzz_corpus;

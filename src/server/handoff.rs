@@ -9,7 +9,9 @@
 //! getter also arms bb8's `connection_timeout` timer and takes its lock
 //! three times. Here a connection given back while sessions wait goes into
 //! the oldest waiter's slot and wakes that one task: nothing else runs, no
-//! one can overtake, and waiters are served in arrival order (FIFO).
+//! one can overtake, and waiters are served in arrival order (FIFO). Their
+//! `checkout_timeout` is kept by one watchdog task per pool, not a timer
+//! each.
 //!
 //! bb8 still owns each connection's life: opening (a waiter with room in
 //! the pool starts a "filler" that takes one from bb8, which connects),
@@ -133,7 +135,7 @@ impl Handoff {
     /// waiter was served, within `checkout_timeout`. Returns how long it
     /// waited (zero, without reading the clock, when it did not).
     pub async fn take(self: &Arc<Self>) -> Result<(Lease, Source, Duration), WaitedInVain> {
-        let slot = {
+        let (slot, since) = {
             let mut queue = lock(&self.queue);
             if queue.waiters.is_empty()
                 && let Some(conn) = self.idle_now()
@@ -159,7 +161,6 @@ impl Handoff {
             }
             (slot, since)
         };
-        let (slot, since) = slot;
         let waiting = Waiting { hand: self, slot };
         loop {
             {

@@ -181,9 +181,57 @@ pub struct Matched {
     pub disposition: Option<Disposition>,
     /// Made-up replies to send right after this frame.
     pub replies: Vec<Synthetic>,
-    pub events: Vec<Event>,
+    pub events: Events,
     /// This frame was a ReadyForQuery.
     pub ready: bool,
+}
+
+/// The events of one frame: nearly always none or one (a Query's or an
+/// Execute's end), kept inline so that matching a frame allocates nothing;
+/// more (a failed batch) spill into a list.
+#[derive(Debug, Default)]
+pub struct Events {
+    first: Option<Event>,
+    more: Vec<Event>,
+}
+
+impl Events {
+    fn push(&mut self, event: Event) {
+        if self.first.is_none() {
+            self.first = Some(event);
+        } else {
+            self.more.push(event);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Event> {
+        self.first.iter().chain(&self.more)
+    }
+}
+
+impl<'a> IntoIterator for &'a Events {
+    type Item = &'a Event;
+    type IntoIter = std::iter::Chain<std::option::Iter<'a, Event>, std::slice::Iter<'a, Event>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.iter().chain(&self.more)
+    }
+}
+
+impl PartialEq<Vec<Event>> for Events {
+    fn eq(&self, other: &Vec<Event>) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl<const N: usize> PartialEq<[Event; N]> for Events {
+    fn eq(&self, other: &[Event; N]) -> bool {
+        self.iter().eq(other.iter())
+    }
 }
 
 /// The response queue of one server connection plus the protocol position

@@ -164,13 +164,14 @@ impl std::fmt::Display for Lost {
 /// Takes a server of `node`'s pool, or gives up as soon as the monitor
 /// says the node is no longer fit for `role` (rather than retrying a
 /// refused connection for the whole checkout_timeout). The watch is only
-/// polled when the checkout has to wait.
+/// polled when the checkout has to wait. Returns the server with how long
+/// the checkout waited.
 async fn checkout_unless_given_up(
     pool: &ServerPool,
     cluster: &ClusterView,
     node: NodeId,
     role: Role,
-) -> Result<Lease, Lost> {
+) -> Result<(Lease, Duration), Lost> {
     tokio::select! {
         biased;
         got = pool.checkout() => got.map_err(Lost::Checkout),
@@ -190,7 +191,7 @@ async fn checkout_primary(
     ctx: &SessionCtx,
     pools: &mut NodePools,
     cluster: &Arc<ClusterView>,
-) -> Result<(NodeId, Arc<ServerPool>, Lease), Refused> {
+) -> Result<(NodeId, Arc<ServerPool>, (Lease, Duration)), Refused> {
     let mut moves = 0;
     loop {
         let node = match cluster.primary() {
@@ -254,8 +255,8 @@ async fn acquire_inner(
     if routed.decision.read_your_writes {
         metrics.read_your_writes();
     }
-    let waited = std::time::Instant::now();
-    let (node, pool, lease, replica) = match routed.decision.target {
+    // The checkout says how long it waited (no clock read when it did not).
+    let (node, pool, (lease, waited), replica) = match routed.decision.target {
         Target::Replica(lease) => {
             let node = lease.id;
             let pool = pools.get(ctx, &cluster, node).clone();
@@ -275,7 +276,7 @@ async fn acquire_inner(
             (node, pool, server, None)
         }
     };
-    metrics.pool_wait(waited.elapsed());
+    metrics.pool_wait(waited);
     let lease = if lease.state.params.fits(&client.params) {
         lease
     } else {
@@ -329,7 +330,7 @@ async fn refit(
         tracing::debug!(server = %lease.addr, "closing a server with custom settings this client never set");
         lease.mark_broken();
         drop(lease);
-        lease = pool.checkout().await?;
+        lease = pool.checkout().await?.0;
     }
     Ok(lease)
 }

@@ -404,6 +404,7 @@ where
             .as_deref_mut()
             .map(std::mem::take)
             .unwrap_or_default(),
+        chunks: SPARE_CHUNKS.take(),
         ..ServerSide::default()
     };
     side.replay.clear();
@@ -428,6 +429,10 @@ where
         };
         poll_fn(|cx| relay.poll(cx)).await
     };
+    if side.chunks.capacity() <= KEPT_CHUNKS {
+        side.chunks.clear();
+        SPARE_CHUNKS.set(std::mem::take(&mut side.chunks));
+    }
     if let Some(scratch) = replay
         && side.replay.capacity() <= KEPT_REPLAY
     {
@@ -435,6 +440,19 @@ where
     }
     end
 }
+
+thread_local! {
+    /// The chunk list of the relay that ended last on this thread, for the
+    /// next: a relay runs per transaction, and its list would otherwise be
+    /// allocated and freed every time. (A relay in progress keeps its own;
+    /// one that ends on another thread leaves its list there.)
+    static SPARE_CHUNKS: std::cell::Cell<VecDeque<Chunk>> = const {
+        std::cell::Cell::new(VecDeque::new())
+    };
+}
+
+/// A chunk list longer than this is not kept for the next relay.
+const KEPT_CHUNKS: usize = 64;
 
 /// A replay buffer larger than this is not kept for the next request
 /// (every client keeps one).

@@ -19,7 +19,7 @@ use crate::routing::{Classifier, Hint, Route, StatementInfo, TxEffect};
 pub struct Unit {
     /// Bytes of the buffer that make up the unit.
     pub len: usize,
-    pub infos: Vec<Arc<StatementInfo>>,
+    pub infos: Infos,
     pub hint: Option<Hint>,
     /// The unit is a lone simple-Query statement: its transaction effect.
     pub lone_tx: Option<TxEffect>,
@@ -29,6 +29,51 @@ pub struct Unit {
     /// Something in the unit cannot be classified (a FunctionCall, a Bind
     /// of a statement the proxy does not know): it needs the primary.
     unknown: Option<&'static str>,
+}
+
+/// The classifications of a unit's statements. Most units are one
+/// statement: it is kept inline, so finding a unit allocates nothing.
+pub enum Infos {
+    One([Arc<StatementInfo>; 1]),
+    Many(Vec<Arc<StatementInfo>>),
+}
+
+impl Default for Infos {
+    fn default() -> Self {
+        Infos::Many(Vec::new())
+    }
+}
+
+impl Infos {
+    fn push(&mut self, info: Arc<StatementInfo>) {
+        *self = match std::mem::take(self) {
+            Infos::Many(v) if v.is_empty() => Infos::One([info]),
+            Infos::One([first]) => Infos::Many(vec![first, info]),
+            Infos::Many(mut v) => {
+                v.push(info);
+                Infos::Many(v)
+            }
+        };
+    }
+
+    pub fn as_slice(&self) -> &[Arc<StatementInfo>] {
+        match self {
+            Infos::One(one) => one,
+            Infos::Many(v) => v,
+        }
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Arc<StatementInfo>> {
+        self.as_slice().iter()
+    }
+
+    pub fn first(&self) -> Option<&Arc<StatementInfo>> {
+        self.as_slice().first()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
 }
 
 impl Unit {
@@ -72,7 +117,7 @@ pub fn find_unit(
     let mut at = 0;
     let mut unit = Unit {
         len: 0,
-        infos: Vec::new(),
+        infos: Infos::default(),
         hint: None,
         lone_tx: None,
         ends_with_ready: true,

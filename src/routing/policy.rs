@@ -363,8 +363,9 @@ pub fn decide(
     // Read-your-writes: an explicit replica request skips it.
     let mut floor = None;
     let mut fleet = false;
+    // One clock read for the read-your-writes window and the replicas' health.
+    let now = Instant::now();
     if !wants_replica {
-        let now = Instant::now();
         // A replica within max_replica_lag has replayed everything older
         // than that (plus a margin for the sampling interval).
         let horizon = horizon(config);
@@ -400,7 +401,7 @@ pub fn decide(
     if by_token {
         floor = Some(token);
     }
-    match cluster.choose_replica(floor, config.max_replica_lag) {
+    match cluster.choose_replica_at(now, floor, config.max_replica_lag) {
         Ok(lease) => Ok(Decision {
             target: Target::Replica(lease),
             reason,

@@ -135,6 +135,12 @@ impl ServerConn {
         self.returned = Instant::now();
     }
 
+    /// How old it was when last given back (what `max_lifetime` limits
+    /// when it goes straight to the next client).
+    pub fn age_when_returned(&self) -> std::time::Duration {
+        self.returned.saturating_duration_since(self.created)
+    }
+
     /// Whether [`check_idle`](Self::check_idle) is worth its system call
     /// before handing the connection out: after it sat idle for `after`,
     /// or while its pool has recently lost connections (a restart or a

@@ -5,6 +5,7 @@
 mod budget;
 mod connection;
 mod error;
+mod handoff;
 mod login;
 mod pool;
 mod prepared;
@@ -12,6 +13,7 @@ mod prepared;
 pub use budget::{BudgetPermit, GateState, IdleConnections, NoPermit, NodeGate};
 pub use connection::{ServerConn, ServerIoParts, ServerParams, ServerState};
 pub use error::{CheckoutError, ClientReport, ServerError};
+pub use handoff::Lease;
 pub use login::{LoginParams, ServerSecret};
-pub use pool::{Lease, PoolKey, Pools, ServerEntry, ServerPool};
+pub use pool::{PoolKey, Pools, ServerEntry, ServerPool};
 pub use prepared::{PreparedOnServer, statement_name};

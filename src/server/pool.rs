@@ -1,6 +1,6 @@
 //! Server connection pools: one bb8 pool per (database, user, node), the
-//! registry that creates them on first use, and checkout with the errors a
-//! client understands.
+//! registry that creates them on first use, and checkout (through the
+//! pool's [`Handoff`] queue) with the errors a client understands.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,18 +8,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use bb8::{ErrorSink, ManageConnection, QueueStrategy, RunError};
+use bb8::{ErrorSink, ManageConnection, QueueStrategy};
 
 use super::budget::{BudgetPermit, IdleConnections, NodeGate, Seat};
 use super::connection::{ServerConn, ServerParams};
 use super::error::{CheckoutError, ServerError};
+use super::handoff::{Handoff, Lease, Source};
 use super::login::{self, LoginParams, ServerSecret};
 use crate::config::{Config, NodeAddr};
 use crate::tls::ServerTls;
-
-/// A server connection checked out of its pool; dropping it gives it back
-/// (or closes it if it was marked broken).
-pub type Lease = bb8::PooledConnection<'static, ServerManager>;
 
 /// Identifies a pool.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -112,7 +109,7 @@ pub struct ServerManager {
 
 /// A pool's seat at its node's budget gate, shared by the pool and its
 /// manager; set right after the pool is created.
-type GateSlot = Arc<std::sync::OnceLock<(Seat, Duration)>>;
+pub(super) type GateSlot = Arc<std::sync::OnceLock<(Seat, Duration)>>;
 
 impl ManageConnection for ServerManager {
     /// Boxed: a lease moves between the pool, a session and its relay on
@@ -207,6 +204,8 @@ pub struct ServerPool {
     pub key: PoolKey,
     pub size: u32,
     pool: bb8::Pool<ServerManager>,
+    /// Who waits for a connection, and the hand-off of released ones.
+    hand: Arc<Handoff>,
     checkout_timeout: Duration,
     params: ArcSwapOption<ServerParams>,
     first_connect: tokio::sync::Mutex<()>,
@@ -261,10 +260,18 @@ impl ServerPool {
             .test_on_check_out(false)
             .error_sink(Box::new(RecordError(last_error.clone())))
             .build_unchecked(manager);
+        let hand = Arc::new(Handoff::new(
+            pool.clone(),
+            size,
+            config.pool.checkout_timeout,
+            config.pool.max_lifetime,
+            gate.clone(),
+        ));
         ServerPool {
             key,
             size,
             pool,
+            hand,
             checkout_timeout: config.pool.checkout_timeout,
             params: ArcSwapOption::empty(),
             first_connect: tokio::sync::Mutex::new(()),
@@ -296,47 +303,54 @@ impl ServerPool {
         Ok(params)
     }
 
-    /// Takes a connection, waiting up to `checkout_timeout`. One that turns
-    /// out dead on the check is closed and another taken.
-    pub async fn checkout(&self) -> Result<Lease, CheckoutError> {
+    /// Takes a connection, waiting up to `checkout_timeout` behind the
+    /// clients already waiting; returns it with how long it waited (zero
+    /// when it did not). One that turns out dead on the check is closed and
+    /// another taken.
+    pub async fn checkout(&self) -> Result<(Lease, Duration), CheckoutError> {
+        let mut total = Duration::ZERO;
         loop {
-            let mut lease = self.get().await?;
-            if lease.needs_check(CHECK_AFTER_IDLE, self.trouble.recent()) && !lease.check_idle() {
+            let (mut lease, source, waited) =
+                self.hand.take().await.map_err(|_| self.timed_out())?;
+            total += waited;
+            // One handed over was in use a moment ago: only checked while
+            // the pool is losing connections.
+            let check = match source {
+                Source::Handed => self.trouble.recent(),
+                Source::Pool => lease.needs_check(CHECK_AFTER_IDLE, self.trouble.recent()),
+            };
+            if check && !lease.check_idle() {
                 lease.mark_broken();
                 continue;
             }
-            return Ok(lease);
+            return Ok((lease, total));
         }
     }
 
-    async fn get(&self) -> Result<Lease, CheckoutError> {
-        match self.pool.get_owned().await {
-            Ok(lease) => Ok(lease),
-            Err(RunError::User(e)) => Err(e.into()),
-            Err(RunError::TimedOut) => {
-                let recent = lock(&self.last_error)
-                    .as_ref()
-                    .filter(|(at, _)| at.elapsed() < self.checkout_timeout * 2)
-                    .map(|(_, e)| e.clone());
-                Err(match recent {
-                    Some(last_error) => CheckoutError::Unreachable {
-                        node: self.key.node.to_string(),
-                        last_error,
-                    },
-                    None => match self.gate.get() {
-                        Some((seat, _)) => CheckoutError::FleetBudget {
-                            node: self.key.node.to_string(),
-                            waited: self.checkout_timeout,
-                            share: seat.gate().state().limit,
-                        },
-                        None => CheckoutError::Timeout {
-                            node: self.key.node.to_string(),
-                            waited: self.checkout_timeout,
-                            size: self.size,
-                        },
-                    },
-                })
-            }
+    /// Why no connection came within `checkout_timeout`: the node's last
+    /// connect error if recent, else the fleet budget or a busy pool.
+    fn timed_out(&self) -> CheckoutError {
+        let recent = lock(&self.last_error)
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < self.checkout_timeout * 2)
+            .map(|(_, e)| e.clone());
+        match recent {
+            Some(last_error) => CheckoutError::Unreachable {
+                node: self.key.node.to_string(),
+                last_error,
+            },
+            None => match self.gate.get() {
+                Some((seat, _)) => CheckoutError::FleetBudget {
+                    node: self.key.node.to_string(),
+                    waited: self.checkout_timeout,
+                    share: seat.gate().state().limit,
+                },
+                None => CheckoutError::Timeout {
+                    node: self.key.node.to_string(),
+                    waited: self.checkout_timeout,
+                    size: self.size,
+                },
+            },
         }
     }
 

@@ -195,6 +195,211 @@ async fn transaction_mode_shares_one_server_between_clients() {
     );
 }
 
+/// Clients waiting for the one server are served in the order they asked,
+/// and the client that gave the server back and asks again queues behind
+/// them. (bb8's waiters were served in order too; what the hand-off adds —
+/// a newcomer arriving while a woken waiter is on its way can no longer
+/// take the server first — depends on timing a test cannot arrange.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_clients_are_served_in_arrival_order() {
+    let db = harness::fresh_db("fifo_handoff");
+    let proxy = harness::proxy(
+        "[pool]\nsize = 1\ncheckout_timeout = \"60s\"\n[admin]\nusers = [\"app\"]\n",
+    )
+    .await;
+    let holder = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+    holder
+        .batch_execute("CREATE TABLE served (n serial, who text)")
+        .await
+        .unwrap();
+    // A lone BEGIN is answered by the proxy; the first statement takes the server.
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+
+    let mut waiters = Vec::new();
+    for i in 1..=3 {
+        let client = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+        waiters.push(tokio::spawn(async move {
+            client
+                .batch_execute(&format!("INSERT INTO served (who) VALUES ('w{i}')"))
+                .await
+                .map(|()| client)
+        }));
+        // The next one asks only once this one is queued.
+        harness::eventually(
+            &format!("{i} clients waiting"),
+            Duration::from_secs(20),
+            || async {
+                let pools = harness::console(&proxy, APP, "SHOW POOLS").await.rows();
+                pools
+                    .iter()
+                    .any(|p| p["database"] == db && p["cl_waiting"] == i.to_string())
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    holder.batch_execute("COMMIT").await.unwrap();
+    holder
+        .batch_execute("INSERT INTO served (who) VALUES ('holder')")
+        .await
+        .unwrap();
+    for w in waiters {
+        w.await.unwrap().unwrap();
+    }
+    let order = harness::scalar(
+        &holder,
+        "SELECT string_agg(who, ',' ORDER BY n) FROM served",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        order.as_deref(),
+        Some("w1,w2,w3,holder"),
+        "served in arrival order, the client asking again last"
+    );
+}
+
+/// A client whose next read was already waiting in the proxy when it gave
+/// its replica server back (pipelined behind a lone read, which is released
+/// at its end) queues behind the clients that were waiting for that server,
+/// instead of taking it back before the one woken for it runs. The order
+/// is the replica's own: each read returns `clock_timestamp()`, and all run
+/// one after another on the pool's one server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_asking_again_does_not_overtake_the_waiting_ones() {
+    let cluster = harness::cluster();
+    let db = harness::fresh_db("fifo_barging");
+    let direct = harness::connect(
+        &cluster
+            .primary()
+            .conn_string_as(APP.name, APP.password, &db),
+    )
+    .await
+    .unwrap();
+    direct
+        .batch_execute("CREATE TABLE locked (id int)")
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| cluster.wait_for_replay(cluster.replica(0))).unwrap();
+    let config = format!(
+        "{}[routing]\nmax_replica_lag = \"10s\"\n\
+         [pool]\nsize = 1\ncheckout_timeout = \"60s\"\n[admin]\nusers = [\"app\"]\n",
+        harness::shared_replica_toml()
+    );
+    let proxy = harness::proxy(&config).await;
+    let asker = Arc::new(harness::connect_proxy(&proxy, APP, &db).await.unwrap());
+    let replica_port = cluster.replica(0).port();
+    harness::until_served_by(
+        &asker,
+        replica_port,
+        "the replica serving reads",
+        Duration::from_secs(15),
+    )
+    .await;
+
+    // The primary takes an ACCESS EXCLUSIVE lock; once the replica has
+    // replayed it, a read of the table there waits for it.
+    direct
+        .batch_execute("BEGIN; LOCK TABLE locked IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let on_replica = harness::connect(&cluster.replica(0).conn_string_as(
+        APP.name,
+        APP.password,
+        &db,
+    ))
+    .await
+    .unwrap();
+    // A commit elsewhere flushes the lock's WAL record to the replica.
+    let flusher = harness::connect(
+        &cluster
+            .primary()
+            .conn_string_as(APP.name, APP.password, &db),
+    )
+    .await
+    .unwrap();
+    harness::eventually(
+        "the lock replayed on the replica",
+        Duration::from_secs(20),
+        || async {
+            flusher
+                .batch_execute("SELECT txid_current()")
+                .await
+                .unwrap();
+            let n = harness::scalar(
+                &on_replica,
+                "SELECT count(*) FROM pg_locks WHERE relation = 'locked'::regclass",
+            )
+            .await
+            .unwrap();
+            (n.as_deref() != Some("0")).then_some(())
+        },
+    )
+    .await;
+
+    const STAMP: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint";
+    let stamp = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> i64 {
+        rows.iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+                _ => None,
+            })
+            .expect("a row")
+    };
+    // The asker's blocked read and its next one, sent in one write.
+    let first = {
+        let asker = asker.clone();
+        tokio::spawn(async move {
+            let (blocked, next) = tokio::join!(
+                asker.simple_query("SELECT count(*) FROM locked"),
+                asker.simple_query(STAMP),
+            );
+            blocked.unwrap();
+            next.unwrap()
+        })
+    };
+    let waiting_count = |n: usize| {
+        let proxy = &proxy;
+        let db = &db;
+        async move {
+            harness::eventually(
+                &format!("{n} clients waiting"),
+                Duration::from_secs(20),
+                || async {
+                    let pools = harness::console(proxy, APP, "SHOW POOLS").await.rows();
+                    pools
+                        .iter()
+                        .any(|p| p["database"] == *db && p["cl_waiting"] == n.to_string())
+                        .then_some(())
+                },
+            )
+            .await
+        }
+    };
+    let mut waiters = Vec::new();
+    for n in 1..=3 {
+        let client = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+        waiters.push(tokio::spawn(async move {
+            client.simple_query(STAMP).await.unwrap()
+        }));
+        waiting_count(n).await;
+    }
+    direct.batch_execute("COMMIT").await.unwrap();
+
+    let mut served = vec![("asker again", stamp(first.await.unwrap()))];
+    for (n, w) in waiters.into_iter().enumerate() {
+        served.push((["w1", "w2", "w3"][n], stamp(w.await.unwrap())));
+    }
+    served.sort_by_key(|(_, at)| *at);
+    let order: Vec<_> = served.iter().map(|(who, _)| *who).collect();
+    assert_eq!(
+        order,
+        ["w1", "w2", "w3", "asker again"],
+        "order of service on the replica: {served:?}"
+    );
+}
+
 #[tokio::test]
 async fn checkout_timeout_answers_53300_and_the_retry_succeeds() {
     let db = harness::fresh_db("checkout_timeout");

@@ -1,0 +1,413 @@
+//! Handing a released server straight to the session that has waited
+//! longest: the pool's queue of waiting checkouts, and the [`Lease`] whose
+//! drop gives its connection to the head of that queue.
+//!
+//! Why not bb8's checkout: bb8 puts a returned connection in its idle list
+//! and wakes one getter, which must then run, lock and pop it; a session
+//! already running (one that just released and asks again, or a new one)
+//! takes it first, and the woken getter goes to the back of the line. Each
+//! getter also arms bb8's `connection_timeout` timer and takes its lock
+//! three times. Here a connection given back while sessions wait goes into
+//! the oldest waiter's slot and wakes that one task: nothing else runs, no
+//! one can overtake, and waiters are served in arrival order (FIFO). Their
+//! `checkout_timeout` is kept by one watchdog task per pool, not a timer
+//! each.
+//!
+//! bb8 still owns each connection's life: opening (a waiter with room in
+//! the pool starts a "filler" that takes one from bb8, which connects),
+//! the check of a returned connection (`has_broken`: broken, retired, or
+//! asked back by the fleet budget) and closing it, `max_lifetime` and
+//! `idle_timeout` of connections idle in bb8, and the counts the pool
+//! metrics read. A connection only goes back into bb8 when no one waits.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::connection::ServerConn;
+use super::pool::{GateSlot, ServerManager};
+
+/// A connection as bb8 lends it.
+type Bb8Lease = bb8::PooledConnection<'static, ServerManager>;
+
+/// Where a checkout's connection came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Handed over by the client that released it a moment ago.
+    Handed,
+    /// Taken from bb8 (idle there, or newly opened): checked if it sat
+    /// idle.
+    Pool,
+}
+
+/// A checkout that found no connection within its `checkout_timeout`.
+#[derive(Debug)]
+pub struct WaitedInVain;
+
+/// The part of a pool its leases share: bb8, and who waits.
+pub struct Handoff {
+    bb8: bb8::Pool<ServerManager>,
+    queue: Mutex<Queue>,
+    size: u32,
+    timeout: Duration,
+    max_lifetime: Duration,
+    gate: GateSlot,
+}
+
+/// Waiting checkouts, oldest first, under one lock with the slots kept for
+/// reuse (so that waiting allocates nothing once a pool has been busy).
+#[derive(Default)]
+struct Queue {
+    waiters: VecDeque<Arc<Slot>>,
+    /// Slots of served waiters; reusable once the waiter let go of it.
+    spare: Vec<Arc<Slot>>,
+    /// Fillers started and not yet finished.
+    opening: u32,
+    /// The pool was found at its size since the queue last started; while
+    /// sessions wait, only a connection closed in [`Handoff::give`] or a
+    /// filler that failed makes room again (connections idle in bb8, which
+    /// the reaper may close, exist only while no one waits). Spares
+    /// asking bb8 for its count on every enqueue.
+    full: bool,
+    /// The task failing waiters at their deadline runs.
+    watchdog: bool,
+    /// It found the queue empty at its last wake-up.
+    watchdog_idle: bool,
+}
+
+/// Where one waiting checkout receives its connection.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    ready: Notify,
+}
+
+struct SlotState {
+    lease: Option<(Bb8Lease, Source)>,
+    /// Still in the queue (not served, not given up).
+    queued: bool,
+    /// Its `checkout_timeout` passed before a connection came.
+    expired: bool,
+    deadline: Instant,
+}
+
+impl Default for SlotState {
+    fn default() -> Self {
+        SlotState {
+            lease: None,
+            queued: false,
+            expired: false,
+            deadline: Instant::now(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Handoff {
+    pub(super) fn new(
+        bb8: bb8::Pool<ServerManager>,
+        size: u32,
+        timeout: Duration,
+        max_lifetime: Duration,
+        gate: GateSlot,
+    ) -> Self {
+        Handoff {
+            bb8,
+            queue: Mutex::default(),
+            size,
+            timeout,
+            max_lifetime,
+            gate,
+        }
+    }
+
+    /// Takes a connection: an idle one of bb8's if no one is waiting
+    /// ahead, else the next one given back (or opened) after every earlier
+    /// waiter was served, within `checkout_timeout`. Returns how long it
+    /// waited (zero, without reading the clock, when it did not).
+    pub async fn take(self: &Arc<Self>) -> Result<(Lease, Source, Duration), WaitedInVain> {
+        let (slot, since) = {
+            let mut queue = lock(&self.queue);
+            if queue.waiters.is_empty()
+                && let Some(conn) = self.idle_now()
+            {
+                return Ok((self.lease(conn), Source::Pool, Duration::ZERO));
+            }
+            if queue.waiters.is_empty() {
+                queue.full = false;
+            }
+            // Read under the lock: deadlines are in queue order.
+            let since = Instant::now();
+            let slot = queue.spare_slot();
+            *lock(&slot.state) = SlotState {
+                lease: None,
+                queued: true,
+                expired: false,
+                deadline: since + self.timeout,
+            };
+            queue.waiters.push_back(slot.clone());
+            self.refill(&mut queue);
+            if !queue.watchdog {
+                self.start_watchdog(&mut queue);
+            }
+            (slot, since)
+        };
+        let waiting = Waiting { hand: self, slot };
+        loop {
+            {
+                let mut state = lock(&waiting.slot.state);
+                if let Some((conn, source)) = state.lease.take() {
+                    drop(state);
+                    return Ok((self.lease(conn), source, since.elapsed()));
+                }
+                if state.expired {
+                    return Err(WaitedInVain);
+                }
+            }
+            waiting.slot.ready.notified().await;
+        }
+    }
+
+    /// Starts the task that fails waiters at their deadline: one per pool
+    /// while anyone waits, instead of a timer per waiting checkout. The
+    /// queue is in deadline order, so it sleeps until the oldest waiter's
+    /// deadline and, woken, fails those past theirs; a waiter served
+    /// before its deadline costs it nothing.
+    fn start_watchdog(self: &Arc<Self>, queue: &mut Queue) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        queue.watchdog = true;
+        let hand = self.clone();
+        runtime.spawn(async move {
+            while let Some(next) = hand.expire() {
+                tokio::time::sleep_until(next).await;
+            }
+        });
+    }
+
+    /// Fails the waiters past their deadline; returns when to look again,
+    /// or `None` (and the watchdog stops) when no one has waited for a
+    /// whole `checkout_timeout` (it lingers that long, so that a pool
+    /// whose queue empties and fills again does not start a task each time).
+    fn expire(&self) -> Option<Instant> {
+        let mut queue = lock(&self.queue);
+        let now = Instant::now();
+        while let Some(first) = queue.waiters.front() {
+            let later = {
+                let mut state = lock(&first.state);
+                if state.deadline > now {
+                    Some(state.deadline)
+                } else {
+                    state.queued = false;
+                    state.expired = true;
+                    None
+                }
+            };
+            if let Some(deadline) = later {
+                queue.watchdog_idle = false;
+                return Some(deadline);
+            }
+            if let Some(slot) = queue.waiters.pop_front() {
+                slot.ready.notify_one();
+                queue.spare.push(slot);
+            }
+        }
+        if !queue.watchdog_idle {
+            queue.watchdog_idle = true;
+            return Some(now + self.timeout);
+        }
+        queue.watchdog = false;
+        queue.watchdog_idle = false;
+        None
+    }
+
+    fn lease(self: &Arc<Self>, conn: Bb8Lease) -> Lease {
+        Lease {
+            conn: Some(conn),
+            hand: self.clone(),
+        }
+    }
+
+    /// An idle connection of bb8's, without waiting. Polled once: bb8
+    /// answers at once when it has one (its timer is never armed then).
+    fn idle_now(&self) -> Option<Bb8Lease> {
+        let mut get = std::pin::pin!(self.bb8.get_owned());
+        match get.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(conn)) => Some(conn),
+            _ => None,
+        }
+    }
+
+    /// Starts fillers, one per waiter beyond those already opening, while
+    /// the pool has room: each takes one connection from bb8 (which opens
+    /// it, waiting for a fleet budget permit first) and gives it to the
+    /// queue like a released one.
+    fn refill(self: &Arc<Self>, queue: &mut Queue) {
+        if queue.full || queue.opening as usize >= queue.waiters.len() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let open = self.bb8.state().connections;
+        while (queue.opening as usize) < queue.waiters.len() && open + queue.opening < self.size {
+            queue.opening += 1;
+            let hand = self.clone();
+            runtime.spawn(async move {
+                let got = hand.bb8.get_owned().await;
+                let mut queue = lock(&hand.queue);
+                queue.opening -= 1;
+                match got {
+                    Ok(conn) => {
+                        drop(queue);
+                        hand.give(conn, Source::Pool);
+                    }
+                    // The failure went to the error sink (the pool's last
+                    // error, which waiters that time out report); those
+                    // still waiting get another try.
+                    Err(_) => {
+                        queue.full = false;
+                        hand.refill(&mut queue);
+                    }
+                }
+            });
+        }
+        queue.full = open + queue.opening >= self.size;
+    }
+
+    /// Gives a connection back: to the oldest waiter, or to bb8 when no one
+    /// waits (bb8 checks it and keeps or closes it). One that must close
+    /// (broken, past `max_lifetime`, asked back by the fleet budget) goes
+    /// to bb8 to be closed, and a filler opens another for the waiters.
+    fn give(self: &Arc<Self>, mut conn: Bb8Lease, source: Source) {
+        let mut queue = lock(&self.queue);
+        if queue.waiters.is_empty() {
+            // Under the queue's lock: a checkout that finds no idle
+            // connection and starts waiting cannot slip in between.
+            drop(conn);
+            return;
+        }
+        if self.must_close(&mut conn) {
+            drop(conn);
+            queue.full = false;
+            self.refill(&mut queue);
+            return;
+        }
+        let Some(slot) = queue.waiters.pop_front() else {
+            return;
+        };
+        {
+            let mut state = lock(&slot.state);
+            state.queued = false;
+            state.lease = Some((conn, source));
+        }
+        slot.ready.notify_one();
+        // Reusable once its waiter has taken the connection and let go.
+        queue.spare.push(slot);
+    }
+
+    /// Whether a connection must close instead of serving a waiter. It is
+    /// marked retired (if not broken) so that bb8, checking it again, closes it.
+    fn must_close(&self, conn: &mut Bb8Lease) -> bool {
+        let close = conn.is_broken()
+            || conn.age_when_returned() >= self.max_lifetime
+            || self
+                .gate
+                .get()
+                .is_some_and(|(seat, _)| seat.should_give_back());
+        if close {
+            conn.retire();
+        }
+        close
+    }
+}
+
+impl Queue {
+    /// A slot no one else holds, reused if one is free.
+    fn spare_slot(&mut self) -> Arc<Slot> {
+        match self.spare.iter().rposition(|s| Arc::strong_count(s) == 1) {
+            Some(i) => self.spare.swap_remove(i),
+            None => Arc::new(Slot::default()),
+        }
+    }
+}
+
+/// A queued checkout; dropped (served, timed out, or cancelled because the
+/// node went down) it leaves the queue, and a connection handed to it too
+/// late goes on to the next waiter.
+struct Waiting<'a> {
+    hand: &'a Arc<Handoff>,
+    slot: Arc<Slot>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let (queued, mut late) = {
+            let mut state = lock(&self.slot.state);
+            (state.queued, state.lease.take())
+        };
+        if queued {
+            let mut queue = lock(&self.hand.queue);
+            if let Some(i) = queue
+                .waiters
+                .iter()
+                .position(|s| Arc::ptr_eq(s, &self.slot))
+            {
+                queue.waiters.remove(i);
+                queue.spare.push(self.slot.clone());
+            }
+            // Served after all, between the two locks.
+            let mut state = lock(&self.slot.state);
+            state.queued = false;
+            late = late.or_else(|| state.lease.take());
+        }
+        if let Some((conn, source)) = late {
+            self.hand.give(conn, source);
+        }
+    }
+}
+
+/// A server connection checked out of its pool; dropping it gives it to
+/// the next waiting client, or back to the pool (which closes it if it was
+/// marked broken).
+pub struct Lease {
+    /// Always `Some` until dropped.
+    conn: Option<Bb8Lease>,
+    hand: Arc<Handoff>,
+}
+
+impl Deref for Lease {
+    type Target = ServerConn;
+
+    fn deref(&self) -> &ServerConn {
+        self.conn
+            .as_ref()
+            .expect("a lease holds its connection until dropped")
+    }
+}
+
+impl DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut ServerConn {
+        self.conn
+            .as_mut()
+            .expect("a lease holds its connection until dropped")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.hand.give(conn, Source::Handed);
+        }
+    }
+}

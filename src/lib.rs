@@ -16,6 +16,7 @@
 //! - [`logsafe`]: outside text escaped and capped for log lines.
 //! - [`demo`]: a throwaway local primary + replica (used by `demo` and tests).
 //! - [`proxy`]: wires the parts together and runs them.
+//! - [`sync`]: taking a lock whose holder panicked.
 
 pub mod admin;
 pub mod client;
@@ -29,4 +30,5 @@ pub mod protocol;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod sync;
 pub mod tls;

@@ -86,7 +86,15 @@ impl MessageLimits {
     /// `max_message_size` is a protocol error; a large one is charged
     /// (once: a client's charge covers its largest message until
     /// [`settle`](Self::settle)).
+    #[inline]
     pub fn admit(&self, total: usize) -> Result<(), WireError> {
+        if total <= LARGE && total <= self.max_message {
+            return Ok(());
+        }
+        self.admit_large(total)
+    }
+
+    fn admit_large(&self, total: usize) -> Result<(), WireError> {
         if total > self.max_message {
             return Err(ProtocolError::TooLarge {
                 len: total,
@@ -123,11 +131,16 @@ impl MessageLimits {
     /// buffer, if the caller has it) is drained, both are replaced by
     /// small buffers and the charge is given back. A plain load when
     /// nothing is charged.
+    #[inline]
     pub fn settle(&self, cbuf: &mut BytesMut, wbuf: Option<&mut BytesMut>) {
         let charged = self.charged.load(Ordering::Relaxed);
-        if charged == 0 {
-            return;
+        if charged != 0 {
+            self.settle_charged(charged, cbuf, wbuf);
         }
+    }
+
+    #[cold]
+    fn settle_charged(&self, charged: usize, cbuf: &mut BytesMut, wbuf: Option<&mut BytesMut>) {
         let pending = matches!(frame::header(cbuf), Ok(Some((_, total))) if total > LARGE);
         if pending || cbuf.len() > LARGE || wbuf.as_ref().is_some_and(|w| !w.is_empty()) {
             return;

@@ -10,6 +10,7 @@ use std::time::Instant;
 use crate::cluster::Lsn;
 use crate::routing::{PinReason, RouteSetting, SessionChange, StatementInfo, Unpin};
 
+use super::expect::Token;
 use super::params::{ParamChange, ParamValue};
 
 /// Why a client may not leave its server, as a small set.
@@ -166,17 +167,20 @@ impl Pending {
     }
 
     /// Stores an effect; returns the token to put on its request.
-    pub fn add(&mut self, effect: Effect) -> u64 {
+    pub fn add(&mut self, effect: Effect) -> Token {
         if effect.is_empty() {
-            return 0;
+            return Token::None;
         }
         self.next += 1;
         self.waiting.push((self.next, effect));
-        self.next
+        Token::Effect(self.next)
     }
 
     /// The effect waiting under `token`.
-    pub fn get_mut(&mut self, token: u64) -> Option<&mut Effect> {
+    pub fn get_mut(&mut self, token: Token) -> Option<&mut Effect> {
+        let Token::Effect(token) = token else {
+            return None;
+        };
         self.waiting
             .iter_mut()
             .find(|(t, _)| *t == token)
@@ -184,7 +188,10 @@ impl Pending {
     }
 
     /// Takes the effect for a completed (or failed) request.
-    pub fn take(&mut self, token: u64) -> Option<Effect> {
+    pub fn take(&mut self, token: Token) -> Option<Effect> {
+        let Token::Effect(token) = token else {
+            return None;
+        };
         let i = self.waiting.iter().position(|(t, _)| *t == token)?;
         Some(self.waiting.swap_remove(i).1)
     }
@@ -239,7 +246,7 @@ mod tests {
     #[test]
     fn tokens_find_their_effects() {
         let mut p = Pending::default();
-        assert_eq!(p.add(Effect::default()), 0);
+        assert_eq!(p.add(Effect::default()), Token::None);
         let t = p.add(Effect {
             changes: vec![ParamChange::ResetAll],
             ..Effect::default()

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 
+use super::tx_status::TxStatus;
 use crate::protocol::frame::{be, fe};
 
 /// The request a response belongs to.
@@ -57,6 +58,35 @@ pub enum Audience {
     Proxy,
 }
 
+/// Why the session wants to hear of a request's end: the token it carries
+/// through the queue to the [`Event`] it completes or fails with. Small
+/// and `Copy`: one goes with every message sent.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Token {
+    /// No events wanted.
+    #[default]
+    None,
+    /// A Parse or Close of the proxy-wide statement with this id (whether
+    /// it is prepared on this server).
+    Statement(u64),
+    /// A client statement whose effects wait under this number in the
+    /// hold's `Pending`.
+    Effect(u64),
+    /// The proxy's parameter sync at the start of a hold.
+    ParamSync,
+    /// The Bind or Describe a recorded batch may be retried from after a
+    /// stale plan.
+    RetryFrom,
+    /// The query reading the session back after opaque code ran.
+    Readback,
+}
+
+impl Token {
+    pub fn is_some(self) -> bool {
+        self != Token::None
+    }
+}
+
 /// A made-up reply the proxy owes the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synthetic {
@@ -64,21 +94,50 @@ pub enum Synthetic {
     CloseComplete,
     /// A simple Query the proxy answered itself: CommandComplete with this
     /// tag, then ReadyForQuery with the transaction status of the moment.
-    Command(&'static str),
+    Command(CommandTag),
+}
+
+/// The command tags of the simple queries the proxy answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandTag {
+    Set,
+    Deallocate,
+    Begin,
+    Commit,
+    Rollback,
+}
+
+impl CommandTag {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandTag::Set => "SET",
+            CommandTag::Deallocate => "DEALLOCATE",
+            CommandTag::Begin => "BEGIN",
+            CommandTag::Commit => "COMMIT",
+            CommandTag::Rollback => "ROLLBACK",
+        }
+    }
 }
 
 impl Synthetic {
-    pub fn bytes(self, status: u8) -> bytes::Bytes {
+    pub fn bytes(self, status: TxStatus) -> bytes::Bytes {
         match self {
             Synthetic::ParseComplete => bytes::Bytes::from_static(b"1\0\0\0\x04"),
             Synthetic::CloseComplete => bytes::Bytes::from_static(b"3\0\0\0\x04"),
             Synthetic::Command(tag) => {
-                let mut out = bytes::BytesMut::with_capacity(16 + tag.len());
-                crate::protocol::backend::command_complete(&mut out, tag);
-                crate::protocol::backend::ready_for_query(&mut out, status);
+                let mut out = bytes::BytesMut::with_capacity(16 + tag.as_str().len());
+                tag.put(&mut out, status);
                 out.freeze()
             }
         }
+    }
+}
+
+impl CommandTag {
+    /// Appends CommandComplete with this tag, then ReadyForQuery.
+    pub fn put(self, out: &mut bytes::BytesMut, status: TxStatus) {
+        crate::protocol::backend::command_complete(out, self.as_str());
+        status.put_ready(out);
     }
 }
 
@@ -89,14 +148,14 @@ pub enum Expect {
     Response {
         request: Request,
         audience: Audience,
-        token: u64,
+        token: Token,
     },
     Reply(Synthetic),
     /// A request with a token sent while the server skips to Sync: it gets
     /// no answer, and fails when the next server frame arrives.
     Skipped {
         request: Request,
-        token: u64,
+        token: Token,
     },
 }
 
@@ -111,9 +170,9 @@ pub enum Disposition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A request carrying this token failed with an ErrorResponse.
-    Failed { request: Request, token: u64 },
+    Failed { request: Request, token: Token },
     /// A request carrying this token completed successfully.
-    Done { request: Request, token: u64 },
+    Done { request: Request, token: Token },
 }
 
 /// The result of matching one server frame.
@@ -188,7 +247,7 @@ pub struct Expectations {
     /// the server ignores every message until that Sync, including ones
     /// sent after the error arrived, so they are owed nothing.
     skipping: bool,
-    status: u8,
+    status: TxStatus,
 }
 
 impl Default for Expectations {
@@ -198,7 +257,7 @@ impl Default for Expectations {
             batch_open: false,
             copy_in: false,
             skipping: false,
-            status: b'I',
+            status: TxStatus::Idle,
         }
     }
 }
@@ -214,9 +273,10 @@ impl Expectations {
         }
     }
 
-    /// Notes a message sent to the server. `token` is 0 unless the caller
-    /// wants events for it.
-    pub fn sent(&mut self, tag: u8, request: Option<Request>, audience: Audience, token: u64) {
+    /// Notes a message sent to the server. `token` is [`Token::None`]
+    /// unless the caller wants events for it.
+    #[inline]
+    pub fn sent(&mut self, tag: u8, request: Option<Request>, audience: Audience, token: Token) {
         match tag {
             fe::SYNC => self.batch_open = false,
             fe::QUERY | fe::FUNCTION_CALL => {}
@@ -233,7 +293,7 @@ impl Expectations {
         if self.skipping {
             if tag != fe::SYNC {
                 if let Some(request) = request
-                    && token != 0
+                    && token.is_some()
                 {
                     self.queue.push_back(Expect::Skipped { request, token });
                 }
@@ -266,7 +326,7 @@ impl Expectations {
     }
 
     /// Matches one server frame (tag and, for ReadyForQuery, its status).
-    pub fn received(&mut self, tag: u8, status: u8) -> Matched {
+    pub fn received(&mut self, tag: u8, status: TxStatus) -> Matched {
         let mut m = Matched::default();
         self.drain_skipped(&mut m);
         let Some(Expect::Response {
@@ -323,7 +383,7 @@ impl Expectations {
         };
         if completes
             && let Some(Expect::Response { request, token, .. }) = self.queue.pop_front()
-            && token != 0
+            && token.is_some()
         {
             m.events.push(Event::Done { request, token });
         }
@@ -342,7 +402,7 @@ impl Expectations {
             return;
         };
         if request.ends_with_ready() {
-            if token != 0 {
+            if token.is_some() {
                 m.events.push(Event::Failed { request, token });
             }
             return;
@@ -353,7 +413,7 @@ impl Expectations {
                     request: Request::Sync,
                     ..
                 } => return,
-                Expect::Response { request, token, .. } if token != 0 => {
+                Expect::Response { request, token, .. } if token.is_some() => {
                     m.events.push(Event::Failed { request, token })
                 }
                 _ => {}
@@ -405,14 +465,14 @@ impl Expectations {
 
     /// The token of the statement (Query or Execute) the next response
     /// belongs to, 0 if the head is anything else.
-    pub fn head_statement_token(&self) -> u64 {
+    pub fn head_statement_token(&self) -> Token {
         match self.queue.front() {
             Some(Expect::Response {
                 request: Request::Query | Request::Execute,
                 token,
                 ..
             }) => *token,
-            _ => 0,
+            _ => Token::None,
         }
     }
 
@@ -421,7 +481,7 @@ impl Expectations {
     /// transaction status alone): the next message runs in [`status`].
     ///
     /// [`status`]: Self::status
-    pub fn settled_but(&self, token: u64) -> bool {
+    pub fn settled_but(&self, token: Token) -> bool {
         self.queue.iter().all(|e| match e {
             Expect::Response {
                 request,
@@ -439,7 +499,7 @@ impl Expectations {
     /// ReadyForQuery the proxy's, so that the replayed batch answers the
     /// client instead. Returns a failure for each dropped request with a
     /// token, or `None` (changing nothing) when the queue is not like that.
-    pub fn take_over_batch(&mut self, token: u64) -> Option<Vec<Event>> {
+    pub fn take_over_batch(&mut self, token: Token) -> Option<Vec<Event>> {
         let head_matches = matches!(
             self.queue.front(),
             Some(Expect::Response { audience: Audience::Client, token: t, .. }) if *t == token
@@ -463,7 +523,7 @@ impl Expectations {
             .queue
             .drain(..last)
             .filter_map(|e| match e {
-                Expect::Response { request, token, .. } if token != 0 => {
+                Expect::Response { request, token, .. } if token.is_some() => {
                     Some(Event::Failed { request, token })
                 }
                 _ => None,
@@ -476,7 +536,7 @@ impl Expectations {
     }
 
     /// The token of the request the next response answers.
-    pub fn head_token(&self) -> Option<u64> {
+    pub fn head_token(&self) -> Option<Token> {
         match self.queue.front() {
             Some(Expect::Response { token, .. }) => Some(*token),
             _ => None,
@@ -501,11 +561,11 @@ impl Expectations {
 
     /// Quiet and outside a transaction block: safe for another client.
     pub fn is_reusable(&self) -> bool {
-        self.is_quiet() && self.status == b'I'
+        self.is_quiet() && self.status.is_idle()
     }
 
-    /// Last transaction status from ReadyForQuery ('I', 'T' or 'E').
-    pub fn status(&self) -> u8 {
+    /// Last transaction status from ReadyForQuery.
+    pub fn status(&self) -> TxStatus {
         self.status
     }
 }

@@ -7,15 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::cancel::{CancelTarget, send_cancel};
-use super::expect::{Audience, Expectations, Request};
-use super::flow::{HoldState, SYNC_TOKEN};
+use super::expect::{Audience, Expectations, Request, Token};
+use super::hold_state::HoldState;
 use super::params::UTF8_FIRST;
 use super::registry::ClientActivity;
 use super::route::{self, Unit};
 use super::session::SessionCtx;
 use super::state::ClientState;
+use super::tx_status::TxStatus;
 use crate::cluster::{ClusterView, NodeId, ReplicaLease, Role};
 use crate::config::{NodeAddr, PoolMode};
+use crate::observe::ErrorKind;
 use crate::protocol::frame::{self, fe};
 use crate::protocol::{SqlState, WireError};
 use crate::routing::policy::Target;
@@ -98,13 +100,46 @@ impl NodePools {
     }
 }
 
-fn primary_node(cluster: &ClusterView, primary: Option<NodeId>) -> Result<NodeId, WireError> {
+fn primary_node(cluster: &ClusterView, primary: Option<NodeId>) -> Result<NodeId, Refused> {
     primary.ok_or_else(|| {
-        WireError::error(
+        Refused::no_node(WireError::error(
             SqlState::CONNECTION_FAILURE,
             format!("no primary is available: {}", cluster.no_primary_reason()),
-        )
+        ))
     })
+}
+
+/// Why no server was taken for a request: the error the client gets, and
+/// the `errors_total` kind it is counted as (decided where the error is
+/// made, not guessed back from its SQLSTATE).
+#[derive(Debug)]
+pub struct Refused {
+    pub kind: ErrorKind,
+    pub error: WireError,
+}
+
+impl Refused {
+    pub fn no_node(error: WireError) -> Refused {
+        Refused {
+            kind: ErrorKind::NoNode,
+            error,
+        }
+    }
+}
+
+impl From<CheckoutError> for Refused {
+    fn from(e: CheckoutError) -> Refused {
+        let kind = match e {
+            CheckoutError::Timeout { .. } | CheckoutError::FleetBudget { .. } => {
+                ErrorKind::CheckoutTimeout
+            }
+            CheckoutError::Unreachable { .. } | CheckoutError::Server(_) => ErrorKind::NoNode,
+        };
+        Refused {
+            kind,
+            error: e.to_wire(),
+        }
+    }
 }
 
 /// Why a queued checkout ended without a server.
@@ -156,7 +191,7 @@ async fn checkout_primary(
     ctx: &SessionCtx,
     pools: &mut NodePools,
     cluster: &Arc<ClusterView>,
-) -> Result<(NodeId, Arc<ServerPool>, (Lease, Duration)), WireError> {
+) -> Result<(NodeId, Arc<ServerPool>, (Lease, Duration)), Refused> {
     let mut moves = 0;
     loop {
         let node = match cluster.primary() {
@@ -169,12 +204,12 @@ async fn checkout_primary(
         let pool = pools.get(ctx, cluster, node).clone();
         match checkout_unless_given_up(&pool, cluster, node, Role::Primary).await {
             Ok(server) => return Ok((node, pool, server)),
-            Err(Lost::Checkout(e)) => return Err(e.to_wire()),
+            Err(Lost::Checkout(e)) => return Err(e.into()),
             Err(lost @ Lost::GivenUp { .. }) if moves >= MAX_PRIMARY_MOVES => {
-                return Err(WireError::error(
+                return Err(Refused::no_node(WireError::error(
                     SqlState::CONNECTION_FAILURE,
                     format!("the primary changed {moves} times while this request waited: {lost}"),
-                ));
+                )));
             }
             Err(Lost::GivenUp { .. }) => {
                 moves += 1;
@@ -194,17 +229,13 @@ pub async fn acquire(
 ) -> Result<Held, WireError> {
     let slot = &ctx.cancel.slot;
     slot.set_activity(ClientActivity::Waiting);
-    let held = acquire_inner(ctx, client, pools, unit, spare).await;
-    if let Err(e) = &held {
-        slot.set_activity(ClientActivity::Idle);
-        let kind = match e.code {
-            SqlState::TOO_MANY_CONNECTIONS => "checkout_timeout",
-            SqlState::READ_ONLY_TRANSACTION => "routing",
-            _ => "no_node",
-        };
-        ctx.shared.observer.metrics().error(kind);
-    }
-    held
+    acquire_inner(ctx, client, pools, unit, spare)
+        .await
+        .map_err(|refused| {
+            slot.set_activity(ClientActivity::Idle);
+            ctx.shared.observer.metrics().error(refused.kind);
+            refused.error
+        })
 }
 
 async fn acquire_inner(
@@ -213,7 +244,7 @@ async fn acquire_inner(
     pools: &mut NodePools,
     unit: &Unit,
     spare: &mut Spare,
-) -> Result<Held, WireError> {
+) -> Result<Held, Refused> {
     // The admin console's PAUSE holds new work here until RESUME.
     ctx.shared.paused.resumed().await;
     // One view of the cluster for the decision and the pool it picks.
@@ -291,7 +322,7 @@ async fn refit(
     mut lease: Lease,
     pool: &ServerPool,
     client: &ClientState,
-) -> Result<Lease, WireError> {
+) -> Result<Lease, CheckoutError> {
     for _ in 0..=pool.size {
         if lease.state.params.fits(&client.params) {
             return Ok(lease);
@@ -299,7 +330,7 @@ async fn refit(
         tracing::debug!(server = %lease.addr, "closing a server with custom settings this client never set");
         lease.mark_broken();
         drop(lease);
-        lease = pool.checkout().await.map_err(|e| e.to_wire())?.0;
+        lease = pool.checkout().await?.0;
     }
     Ok(lease)
 }
@@ -312,20 +343,32 @@ fn bring_up_to_date(held: &mut Held, client: &mut ClientState) {
     if let Some(sync) = state.params.sync_sql(&client.params) {
         if sync.utf8_first {
             frame::put_query(io.wbuf, UTF8_FIRST);
-            held.expect
-                .sent(fe::QUERY, Some(Request::Query), Audience::Proxy, SYNC_TOKEN);
+            held.expect.sent(
+                fe::QUERY,
+                Some(Request::Query),
+                Audience::Proxy,
+                Token::ParamSync,
+            );
         }
         frame::put_query(io.wbuf, &sync.sql);
-        held.expect
-            .sent(fe::QUERY, Some(Request::Query), Audience::Proxy, SYNC_TOKEN);
+        held.expect.sent(
+            fe::QUERY,
+            Some(Request::Query),
+            Audience::Proxy,
+            Token::ParamSync,
+        );
         state.params.assume(&client.params);
     }
     if let Some(begin) = client.deferred_begin.take() {
         io.wbuf.extend_from_slice(&begin);
         // The BEGIN, and any SET TRANSACTION answered after it.
         for _ in super::tx_modes::frames(&begin) {
-            held.expect
-                .sent(fe::QUERY, Some(Request::Query), Audience::Proxy, 0);
+            held.expect.sent(
+                fe::QUERY,
+                Some(Request::Query),
+                Audience::Proxy,
+                Token::None,
+            );
         }
     }
 }
@@ -386,8 +429,8 @@ pub async fn leave(mut held: Held, client: &ClientState, mode: PoolMode) {
     }
     let pinned = client.pins.is_pinned() || opaque;
     let script = match (expect.status(), mode == PoolMode::Session || pinned) {
-        (b'I', false) => return,
-        (b'I', true) => "DISCARD ALL",
+        (TxStatus::Idle, false) => return,
+        (TxStatus::Idle, true) => "DISCARD ALL",
         (_, false) => "ROLLBACK",
         (_, true) => "ROLLBACK; DISCARD ALL",
     };
@@ -398,7 +441,7 @@ pub async fn leave(mut held: Held, client: &ClientState, mode: PoolMode) {
         lease.state.params.reset();
     }
     match tokio::time::timeout(CLEANUP_TIMEOUT, lease.run_internal(script)).await {
-        Ok(Ok(b'I')) => {}
+        Ok(Ok(status)) if TxStatus::from_byte(status).is_idle() => {}
         _ => lease.mark_broken(),
     }
 }

@@ -12,16 +12,19 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::expect::{CommandTag, Synthetic};
+use super::local;
 use super::prepared;
 use super::route_setting;
 use super::state::ClientState;
 use super::tx_modes;
+use super::tx_status::TxStatus;
 use crate::config::PoolMode;
-use crate::protocol::WireError;
-use crate::protocol::backend;
 use crate::protocol::frame::{self, fe};
+use crate::protocol::{ProtocolError, WireError};
 use crate::proxy::Shared;
-use crate::routing::{TxEffect, Unpin};
+use crate::routing::policy::ClientRouting;
+use crate::routing::{Classified, TxEffect};
 use crate::server::ServerPool;
 
 /// What to do with a frame received while no server is held.
@@ -46,22 +49,18 @@ pub fn answer(
     mode: PoolMode,
     out: &mut BytesMut,
 ) -> Result<Idle, WireError> {
-    let status = if client.deferred_begin.is_some() {
-        b'T'
-    } else {
-        b'I'
-    };
+    let status = TxStatus::of_deferred_begin(client.deferred_begin.is_some());
     if client.skip_to_sync {
         if tag == fe::SYNC {
             client.skip_to_sync = false;
-            backend::ready_for_query(out, status);
+            status.put_ready(out);
         }
         return Ok(Idle::Answered);
     }
     match tag {
         fe::TERMINATE => Ok(Idle::Terminate),
         fe::SYNC => {
-            backend::ready_for_query(out, status);
+            status.put_ready(out);
             Ok(Idle::Answered)
         }
         fe::FLUSH => Ok(Idle::Answered),
@@ -74,20 +73,13 @@ pub fn answer(
             if msg.name.is_empty() || !pool.statement_ok(known.map(|s| s.id)) {
                 return Ok(Idle::NeedServer);
             }
-            client.statements.define(
-                &shared.statements,
-                &shared.classifier,
-                client.params.encoding(),
-                reading,
-                &msg,
-            );
-            out.extend_from_slice(b"1\0\0\0\x04");
+            local::define(&msg, client, &shared.statements, &shared.classifier);
+            out.extend_from_slice(&Synthetic::ParseComplete.bytes(status));
             Ok(Idle::Answered)
         }
         fe::CLOSE => {
-            let (kind, name) = prepared::target(frame)?;
-            if kind == b'S' && !name.is_empty() && client.statements.forget(name).is_some() {
-                out.extend_from_slice(b"3\0\0\0\x04");
+            if local::close(frame, client)? {
+                out.extend_from_slice(&Synthetic::CloseComplete.bytes(status));
                 return Ok(Idle::Answered);
             }
             Ok(Idle::NeedServer)
@@ -102,7 +94,7 @@ fn query(
     client: &mut ClientState,
     shared: &Shared,
     mode: PoolMode,
-    status: u8,
+    status: TxStatus,
     out: &mut BytesMut,
 ) -> Result<Idle, WireError> {
     let c = client.memo.classify_ref(
@@ -124,68 +116,226 @@ fn query(
             },
         );
     }
-    match route_setting::lone_change(c) {
-        Some(Ok(setting)) => {
-            let in_transaction = client.deferred_begin.is_some();
-            client.routing.apply(setting, in_transaction);
-            backend::command_complete(out, "SET");
-            backend::ready_for_query(out, status);
-            return Ok(Idle::Answered);
-        }
-        Some(Err(refusal)) => {
-            // Refused, and the session carries on (as after any error).
-            out.extend_from_slice(&refusal.to_bytes());
-            backend::ready_for_query(out, status);
-            return Ok(Idle::Answered);
-        }
-        None => {}
+    if let Some(change) = route_setting::lone_change(c) {
+        local::proxy_setting(change, &mut client.routing, status).put(out, status);
+        return Ok(Idle::Answered);
     }
-    let tag = match (&c.info.tx, &c.info.unpin) {
+    if deferred_transaction(
+        c,
+        frame,
+        &mut client.deferred_begin,
+        &mut client.routing,
+        mode,
+        out,
+    ) {
+        return Ok(Idle::Answered);
+    }
+    if let Some(answer) = local::deallocate(c, &mut client.statements) {
+        answer.put(out, status);
+        return Ok(Idle::Answered);
+    }
+    Ok(Idle::NeedServer)
+}
+
+/// A BEGIN deferred until the transaction's first statement says where
+/// it runs, the SET TRANSACTIONs after it, and the COMMIT or ROLLBACK of
+/// such a transaction with nothing in it: answered here (true).
+fn deferred_transaction(
+    c: &Classified,
+    frame: &[u8],
+    deferred_begin: &mut Option<Bytes>,
+    routing: &mut ClientRouting,
+    mode: PoolMode,
+    out: &mut BytesMut,
+) -> bool {
+    match &c.info.tx {
         // READ WRITE runs on the primary whatever follows: routed now, so
         // that a replica asked for refuses it at once.
-        (TxEffect::Begin { read_only, .. }, _)
+        TxEffect::Begin { read_only, .. }
             if *read_only != Some(false)
                 && mode == PoolMode::Transaction
-                && client.deferred_begin.is_none() =>
+                && deferred_begin.is_none() =>
         {
-            client.deferred_begin = Some(Bytes::copy_from_slice(frame));
-            backend::command_complete(out, "BEGIN");
-            backend::ready_for_query(out, b'T');
-            return Ok(Idle::Answered);
+            *deferred_begin = Some(Bytes::copy_from_slice(frame));
+            CommandTag::Begin.put(out, TxStatus::InTransaction);
+            true
         }
         // Its modes join the BEGIN's: the transaction's first real
         // statement decides where it runs, knowing them all.
-        (tx, _) if tx_modes::deferrable_set_transaction(*tx) && client.deferred_begin.is_some() => {
-            let deferred = client.deferred_begin.as_ref().expect("checked");
-            client.deferred_begin = Some(tx_modes::append(deferred, frame));
-            backend::command_complete(out, "SET");
-            backend::ready_for_query(out, b'T');
-            return Ok(Idle::Answered);
+        tx if tx_modes::deferrable_set_transaction(*tx) && deferred_begin.is_some() => {
+            let deferred = deferred_begin.as_ref().expect("checked");
+            *deferred_begin = Some(tx_modes::append(deferred, frame));
+            CommandTag::Set.put(out, TxStatus::InTransaction);
+            true
         }
-        (TxEffect::Commit | TxEffect::Rollback, _) if client.deferred_begin.is_some() => {
+        TxEffect::Commit | TxEffect::Rollback if deferred_begin.is_some() => {
             // Nothing ran in it: nothing to commit or roll back anywhere
             // but the proxy's own setting.
-            client.deferred_begin = None;
-            client
-                .routing
-                .end_transaction(c.info.tx == TxEffect::Commit);
+            *deferred_begin = None;
+            routing.end_transaction(c.info.tx == TxEffect::Commit);
             let tag = if c.info.tx == TxEffect::Commit {
-                "COMMIT"
+                CommandTag::Commit
             } else {
-                "ROLLBACK"
+                CommandTag::Rollback
             };
-            backend::command_complete(out, tag);
-            backend::ready_for_query(out, b'I');
-            return Ok(Idle::Answered);
+            tag.put(out, TxStatus::Idle);
+            true
         }
-        (_, Some(Unpin::Deallocate(name)))
-            if client.statements.forget(name.as_bytes()).is_some() =>
-        {
-            "DEALLOCATE"
+        _ => false,
+    }
+}
+
+/// Refuses message types a client may not send after login, as Postgres
+/// does, without bothering a server with them. Checked as soon as the type
+/// byte arrives: a startup-phase packet sent again (SSLRequest,
+/// StartupMessage) has no type byte, so its length's first byte (0) would
+/// otherwise be read as one and the rest of its length as a message length
+/// to wait for.
+#[inline]
+pub fn check_frontend_tag(tag: u8) -> Result<(), WireError> {
+    if FRONTEND_TAGS[tag as usize] {
+        return Ok(());
+    }
+    refuse_frontend_tag(tag)
+}
+
+/// The message types a client may send after login, by type byte (a table:
+/// this runs for every message).
+const FRONTEND_TAGS: [bool; 256] = {
+    let mut table = [false; 256];
+    let tags = [
+        fe::QUERY,
+        fe::PARSE,
+        fe::BIND,
+        fe::DESCRIBE,
+        fe::EXECUTE,
+        fe::CLOSE,
+        fe::SYNC,
+        fe::FLUSH,
+        fe::FUNCTION_CALL,
+        fe::TERMINATE,
+        fe::COPY_DATA,
+        fe::COPY_DONE,
+        fe::COPY_FAIL,
+    ];
+    let mut i = 0;
+    while i < tags.len() {
+        table[tags[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
+#[cold]
+fn refuse_frontend_tag(tag: u8) -> Result<(), WireError> {
+    match tag {
+        0 => Err(WireError::from(ProtocolError::Unexpected {
+            tag: 0,
+            when: "after login",
+        })
+        .with_hint(
+            "a startup packet (StartupMessage, SSLRequest, GSSENCRequest) is only valid before login",
+        )),
+        other => Err(ProtocolError::Unexpected {
+            tag: other,
+            when: "after login",
         }
-        _ => return Ok(Idle::NeedServer),
-    };
-    backend::command_complete(out, tag);
-    backend::ready_for_query(out, status);
-    Ok(Idle::Answered)
+        .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::state::ClassMemo;
+    use crate::protocol::ClientEncoding;
+    use crate::routing::Classifier;
+
+    fn run(
+        text: &str,
+        deferred: &mut Option<Bytes>,
+        routing: &mut ClientRouting,
+        mode: PoolMode,
+    ) -> Option<BytesMut> {
+        let classifier = Classifier::new(&[], 10_000, 0);
+        let mut memo = ClassMemo::default();
+        let c = memo.classify(&classifier, ClientEncoding::Utf8, text.as_bytes());
+        let mut frame = BytesMut::new();
+        frame::put_query(&mut frame, text);
+        let mut out = BytesMut::new();
+        deferred_transaction(&c, &frame, deferred, routing, mode, &mut out).then_some(out)
+    }
+
+    fn answer(tag: CommandTag, status: TxStatus) -> BytesMut {
+        let mut out = BytesMut::new();
+        tag.put(&mut out, status);
+        out
+    }
+
+    #[test]
+    fn a_begin_is_deferred_with_its_set_transaction_until_a_statement_needs_a_server() {
+        let mut deferred = None;
+        let mut routing = ClientRouting::default();
+        let mode = PoolMode::Transaction;
+        let out = run("begin", &mut deferred, &mut routing, mode);
+        assert_eq!(
+            out,
+            Some(answer(CommandTag::Begin, TxStatus::InTransaction))
+        );
+        assert!(deferred.is_some());
+        // A second BEGIN goes to the server (which warns about it).
+        assert_eq!(run("begin", &mut deferred, &mut routing, mode), None);
+        let out = run(
+            "set transaction isolation level repeatable read",
+            &mut deferred,
+            &mut routing,
+            mode,
+        );
+        assert_eq!(out, Some(answer(CommandTag::Set, TxStatus::InTransaction)));
+        let begun = deferred.clone().expect("still deferred");
+        assert_eq!(crate::client::tx_modes::frames(&begun).count(), 2);
+        // A statement is not the proxy's to answer.
+        assert_eq!(run("select 1", &mut deferred, &mut routing, mode), None);
+        let out = run("commit", &mut deferred, &mut routing, mode);
+        assert_eq!(out, Some(answer(CommandTag::Commit, TxStatus::Idle)));
+        assert_eq!(deferred, None);
+    }
+
+    #[test]
+    fn a_begin_that_must_write_or_in_session_mode_is_not_deferred() {
+        let mut deferred = None;
+        let mut routing = ClientRouting::default();
+        let out = run(
+            "begin read write",
+            &mut deferred,
+            &mut routing,
+            PoolMode::Transaction,
+        );
+        assert_eq!(out, None);
+        assert_eq!(
+            run("begin", &mut deferred, &mut routing, PoolMode::Session),
+            None
+        );
+        assert_eq!(
+            run(
+                "rollback",
+                &mut deferred,
+                &mut routing,
+                PoolMode::Transaction
+            ),
+            None,
+            "nothing deferred to roll back"
+        );
+        assert_eq!(deferred, None);
+    }
+
+    #[test]
+    fn only_the_message_types_of_a_logged_in_client_pass() {
+        for tag in [fe::QUERY, fe::PARSE, fe::SYNC, fe::TERMINATE, fe::COPY_DATA] {
+            assert!(check_frontend_tag(tag).is_ok());
+        }
+        for tag in [0, b'p', b'Z'] {
+            assert!(check_frontend_tag(tag).is_err());
+        }
+    }
 }

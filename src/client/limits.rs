@@ -136,12 +136,16 @@ impl RelayTimers {
     /// Checks the timers, registering `cx` for the next one to go off.
     /// `quiet` is the transaction status when nothing is outstanding on
     /// the server, `None` while requests are in flight.
-    pub fn poll(&mut self, cx: &mut Context<'_>, quiet: Option<u8>) -> Option<Fired> {
+    pub fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        quiet: Option<super::tx_status::TxStatus>,
+    ) -> Option<Fired> {
         match quiet {
             Some(status) => {
                 self.query = None;
                 self.cancelled = false;
-                let Some((limit, error)) = self.limits.idle(status != b'I') else {
+                let Some((limit, error)) = self.limits.idle(status.in_transaction()) else {
                     self.idle = None;
                     return None;
                 };

@@ -12,6 +12,7 @@ use super::handshake::{self, Opening};
 use super::registry::ClientAddr;
 use super::unix_socket::UnixSocket;
 use super::{login, session};
+use crate::observe::ErrorKind;
 use crate::proxy::Shared;
 use crate::tls::{ClientStream, ClientTransport};
 
@@ -125,7 +126,7 @@ async fn handle<S: ClientTransport>(shared: Arc<Shared>, mut stream: S, peer: Cl
             return;
         }
         Err(_) => {
-            shared.observer.metrics().error("protocol");
+            shared.observer.metrics().error(ErrorKind::Protocol);
             let error = crate::protocol::WireError::fatal(
                 crate::protocol::SqlState::CANNOT_CONNECT_NOW,
                 format!("login did not complete within {deadline:?} (proxy.client_login_timeout)"),
@@ -144,13 +145,13 @@ async fn handle<S: ClientTransport>(shared: Arc<Shared>, mut stream: S, peer: Cl
 }
 
 /// The `errors_total` kind of a refused login.
-fn login_error_kind(error: &crate::protocol::WireError) -> &'static str {
+fn login_error_kind(error: &crate::protocol::WireError) -> ErrorKind {
     use crate::protocol::SqlState;
     match error.code {
-        SqlState::INVALID_PASSWORD | SqlState::INVALID_AUTHORIZATION => "auth",
-        SqlState::INVALID_CATALOG_NAME => "auth",
-        SqlState::TOO_MANY_CONNECTIONS => "too_many_clients",
-        SqlState::CONNECTION_FAILURE => "no_node",
-        _ => "protocol",
+        SqlState::INVALID_PASSWORD | SqlState::INVALID_AUTHORIZATION => ErrorKind::Auth,
+        SqlState::INVALID_CATALOG_NAME => ErrorKind::Auth,
+        SqlState::TOO_MANY_CONNECTIONS => ErrorKind::TooManyClients,
+        SqlState::CONNECTION_FAILURE => ErrorKind::NoNode,
+        _ => ErrorKind::Protocol,
     }
 }

@@ -15,8 +15,10 @@ use super::registry::ClientInfo;
 use super::session::SessionCtx;
 use super::state::ClientState;
 use super::strings::StringMode;
+use super::tx_status::TxStatus;
 use crate::config::ClientAuth;
 use crate::logsafe;
+use crate::observe::ErrorKind;
 use crate::protocol::backend;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{ClientEncoding, SqlState, WireError};
@@ -146,7 +148,7 @@ where
     if console {
         crate::admin::parameter_status(&mut out);
         backend::backend_key_data(&mut out, 0, 0);
-        backend::ready_for_query(&mut out, b'I');
+        TxStatus::Idle.put_ready(&mut out);
         if !stream_is_ok(stream, &out).await {
             return Ok(None);
         }
@@ -180,7 +182,7 @@ where
                 error = %logsafe::message(&error),
                 "server login failed"
             );
-            shared.observer.metrics().error("server");
+            shared.observer.metrics().error(ErrorKind::Server);
             shared.pools.forget_if_unused(&key);
             match e.to_client() {
                 ClientReport::Forward(frame) => out.extend_from_slice(&frame),
@@ -224,7 +226,7 @@ where
         connected_at: std::time::SystemTime::now(),
     });
     backend::backend_key_data(&mut out, cancel.slot.pid, cancel.slot.secret);
-    backend::ready_for_query(&mut out, b'I');
+    TxStatus::Idle.put_ready(&mut out);
     if !stream_is_ok(stream, &out).await {
         return Ok(None);
     }

@@ -147,7 +147,7 @@ impl StatementRegistry {
         msg: &ParseMsg<'_>,
     ) -> Option<Arc<Statement>> {
         let space = space(encoding, reading, msg.query);
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = crate::sync::lock(&self.inner);
         inner
             .map(space)?
             .get(msg.after_name)
@@ -177,7 +177,7 @@ impl StatementRegistry {
         } else {
             class.unreadable(encoding)
         };
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = crate::sync::lock(&self.inner);
         if let Some(s) = inner
             .map(space)
             .and_then(|m| m.get(after_name))

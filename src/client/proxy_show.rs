@@ -18,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::relay::Later;
 use super::state::ClientState;
+use super::tx_status::TxStatus;
 use crate::cluster::{Lsn, Role};
 use crate::protocol::backend;
 use crate::protocol::{SqlState, WireError};
@@ -47,7 +48,12 @@ pub enum Answer {
 /// sample that covers the write, at least (see [`answer`]).
 const MIN_WAIT: Duration = Duration::from_secs(1);
 
-pub fn answer(param: ProxyParam, client: &ClientState, shared: &Shared, status: u8) -> Answer {
+pub fn answer(
+    param: ProxyParam,
+    client: &ClientState,
+    shared: &Shared,
+    status: TxStatus,
+) -> Answer {
     let value = match param {
         ProxyParam::Route => Ok(client.routing.route_shown().as_str().to_string()),
         ProxyParam::MinLsn => Ok(client.routing.min_lsn_shown().to_string()),
@@ -88,7 +94,7 @@ fn last_write_lsn(client: &ClientState, shared: &Shared) -> Known {
 /// RowDescription, DataRow and CommandComplete of a one-value `SHOW` (or
 /// the error: the primary did not answer within `waited`), then
 /// ReadyForQuery.
-fn reply(param: ProxyParam, value: Result<String, Duration>, status: u8) -> BytesMut {
+fn reply(param: ProxyParam, value: Result<String, Duration>, status: TxStatus) -> BytesMut {
     let mut out = BytesMut::new();
     match value {
         Ok(value) => {
@@ -108,7 +114,7 @@ fn reply(param: ProxyParam, value: Result<String, Duration>, status: u8) -> Byte
             .to_bytes(),
         ),
     }
-    backend::ready_for_query(&mut out, status);
+    status.put_ready(&mut out);
     out
 }
 

@@ -24,9 +24,6 @@ use std::collections::BTreeMap;
 use super::params::{ClientParams, ParamValue};
 use crate::routing::PinReason;
 
-/// Token of the readback query in the server's response queue.
-pub const TOKEN: u64 = u64::MAX - 2;
-
 /// Row kinds of the readback query's first column.
 const SETTING: &str = "s";
 const BY_NAME: &str = "n";

@@ -97,7 +97,7 @@ impl ClientSlot {
     /// Records the server the client now holds (or none).
     pub fn set_server(&self, link: Option<ServerLink>) {
         let active = link.is_some();
-        *self.server.lock().unwrap_or_else(|p| p.into_inner()) = link;
+        *crate::sync::lock(&self.server) = link;
         self.set_activity(if active {
             ClientActivity::Active
         } else {
@@ -106,10 +106,7 @@ impl ClientSlot {
     }
 
     pub fn server(&self) -> Option<ServerLink> {
-        self.server
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::sync::lock(&self.server).clone()
     }
 
     pub fn set_activity(&self, a: ClientActivity) {
@@ -152,9 +149,7 @@ impl Default for ClientRegistry {
 
 impl ClientRegistry {
     fn shard(&self, pid: i32) -> std::sync::MutexGuard<'_, HashMap<i32, Arc<ClientSlot>>> {
-        self.shards[(pid as u32 as usize) % SHARDS]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.shards[(pid as u32 as usize) % SHARDS])
     }
 
     /// Registers a client that just logged in, with a fresh cancel key.
@@ -207,13 +202,7 @@ impl ClientRegistry {
     pub fn all(&self) -> Vec<Arc<ClientSlot>> {
         self.shards
             .iter()
-            .flat_map(|s| {
-                s.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .values()
-                    .cloned()
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|s| crate::sync::lock(s).values().cloned().collect::<Vec<_>>())
             .collect()
     }
 }

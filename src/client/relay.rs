@@ -76,6 +76,18 @@ impl Outbox {
     pub fn push_later(&mut self, later: Later) {
         self.0.push(Own::Later(later));
     }
+
+    /// What is queued now, in order (a `Later` shows as `None`).
+    #[cfg(test)]
+    pub fn drain(&mut self) -> Vec<Option<Bytes>> {
+        self.0
+            .drain(..)
+            .map(|own| match own {
+                Own::Now(b) => Some(b),
+                Own::Later(_) => None,
+            })
+            .collect()
+    }
 }
 
 /// The session's part of the relay.
@@ -102,18 +114,14 @@ pub trait Flow {
         then: &mut Outbox,
     ) -> ServerStep;
     /// The transaction status when the server owes nothing, else `None`.
-    fn quiet_status(&self) -> Option<u8>;
+    fn quiet_status(&self) -> Option<super::tx_status::TxStatus>;
     /// `query_timeout` passed and a cancel was sent: the server's
     /// "canceling statement" error should say why.
     fn query_timed_out(&mut self, limit: std::time::Duration);
 }
 
 /// The server connection's I/O parts the relay drives.
-pub struct ServerIo<'a> {
-    pub stream: &'a mut crate::tls::ServerStream,
-    pub rbuf: &'a mut BytesMut,
-    pub wbuf: &'a mut BytesMut,
-}
+pub use crate::server::ServerIoParts as ServerIo;
 
 /// Why a relay ended.
 #[derive(Debug)]
@@ -332,7 +340,7 @@ fn process_client<F: Flow>(
     let mut outbox = Outbox::default();
     loop {
         if let Some(&tag) = cbuf.first() {
-            super::flow::check_frontend_tag(tag)?;
+            super::idle::check_frontend_tag(tag)?;
         }
         let Some((tag, total)) = frame::header(cbuf)? else {
             return Ok(ClientSide::Open);
@@ -408,12 +416,18 @@ where
             Ok(ClientSide::Paused) => side.client_paused = true,
             Ok(ClientSide::Open) => {}
         }
-        poll_fn(|cx| {
-            poll_relay(
-                cx, client, cbuf, sstream, rbuf, wbuf, &mut side, flow, messages, timers,
-            )
-        })
-        .await
+        let mut relay = Relay {
+            client,
+            cbuf,
+            server: sstream,
+            rbuf,
+            wbuf,
+            side: &mut side,
+            flow,
+            messages,
+            timers,
+        };
+        poll_fn(|cx| relay.poll(cx)).await
     };
     if side.chunks.capacity() <= KEPT_CHUNKS {
         side.chunks.clear();
@@ -444,100 +458,146 @@ const KEPT_CHUNKS: usize = 64;
 /// (every client keeps one).
 const KEPT_REPLAY: usize = 1024;
 
-#[allow(clippy::too_many_arguments)]
-fn poll_relay<S, F>(
-    cx: &mut Context<'_>,
-    client: &mut S,
-    cbuf: &mut BytesMut,
-    server: &mut crate::tls::ServerStream,
-    rbuf: &mut BytesMut,
-    wbuf: &mut BytesMut,
-    side: &mut ServerSide,
-    flow: &mut F,
-    messages: &MessageLimits,
-    timers: &mut RelayTimers,
-) -> Poll<RelayEnd>
+/// The relay's parts while it runs, borrowed for one `relay` call: the
+/// client's socket and buffer, the server's I/O parts, the scanned server
+/// bytes, the flow, and the limits it checks.
+struct Relay<'r, S, F> {
+    client: &'r mut S,
+    cbuf: &'r mut BytesMut,
+    server: &'r mut crate::tls::ServerStream,
+    rbuf: &'r mut BytesMut,
+    wbuf: &'r mut BytesMut,
+    side: &'r mut ServerSide,
+    flow: &'r mut F,
+    messages: &'r MessageLimits,
+    timers: &'r mut RelayTimers,
+}
+
+impl<S, F> Relay<'_, S, F>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: Flow,
 {
-    loop {
-        let mut progress = false;
-
-        // Client → proxy.
-        if wbuf.len() < HIGH_WATER && !side.release && !side.client_paused && side.eof.is_none() {
-            reserve(cbuf, CLIENT_LOW, CLIENT_CHUNK);
-            match poll_read_buf(Pin::new(&mut *client), cx, cbuf) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                    return Poll::Ready(RelayEnd::ClientGone);
-                }
-                Poll::Ready(Ok(_)) => {
-                    progress = true;
-                    timers.client_activity();
-                    match process_client(cbuf, wbuf, side, flow, messages) {
-                        Err(e) => return Poll::Ready(RelayEnd::ClientError(e)),
-                        Ok(ClientSide::Terminated) => return Poll::Ready(RelayEnd::ClientGone),
-                        Ok(ClientSide::Paused) => side.client_paused = true,
-                        Ok(ClientSide::Open) => {}
-                    }
-                }
-                Poll::Pending => {}
+    /// Moves bytes each way until nothing moves, then waits (for a socket
+    /// or a limit).
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        loop {
+            let mut progress = false;
+            if let Some(end) = self.client_to_proxy(cx, &mut progress) {
+                return Poll::Ready(end);
+            }
+            self.proxy_to_server(cx, &mut progress);
+            if let Some(end) = self.server_to_proxy(cx, &mut progress) {
+                return Poll::Ready(end);
+            }
+            if let Some(end) = self.proxy_to_client(cx, &mut progress) {
+                return Poll::Ready(end);
+            }
+            if let Some(end) = self.finished() {
+                return Poll::Ready(end);
+            }
+            if !progress {
+                return self.wait(cx);
             }
         }
+    }
 
-        // Proxy → server.
-        if !wbuf.is_empty() && side.eof.is_none() {
-            match Pin::new(&mut *server).poll_write(cx, wbuf) {
+    /// Reads client bytes and hands their complete frames to the flow.
+    #[inline]
+    fn client_to_proxy(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Option<RelayEnd> {
+        let side = &mut *self.side;
+        if self.wbuf.len() >= HIGH_WATER || side.release || side.client_paused || side.eof.is_some()
+        {
+            return None;
+        }
+        reserve(self.cbuf, CLIENT_LOW, CLIENT_CHUNK);
+        match poll_read_buf(Pin::new(&mut *self.client), cx, self.cbuf) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Some(RelayEnd::ClientGone),
+            Poll::Ready(Ok(_)) => {
+                *progress = true;
+                self.timers.client_activity();
+                match process_client(self.cbuf, self.wbuf, side, self.flow, self.messages) {
+                    Err(e) => Some(RelayEnd::ClientError(e)),
+                    Ok(ClientSide::Terminated) => Some(RelayEnd::ClientGone),
+                    Ok(ClientSide::Paused) => {
+                        side.client_paused = true;
+                        None
+                    }
+                    Ok(ClientSide::Open) => None,
+                }
+            }
+            Poll::Pending => None,
+        }
+    }
+
+    /// Writes and flushes what the flow queued for the server.
+    #[inline]
+    fn proxy_to_server(&mut self, cx: &mut Context<'_>, progress: &mut bool) {
+        let side = &mut *self.side;
+        if !self.wbuf.is_empty() && side.eof.is_none() {
+            match Pin::new(&mut *self.server).poll_write(cx, self.wbuf) {
                 Poll::Ready(Ok(n)) => {
-                    wbuf.advance(n);
+                    self.wbuf.advance(n);
                     side.server_unflushed = true;
-                    progress = true;
+                    *progress = true;
                 }
                 Poll::Ready(Err(e)) => side.eof = Some(Some(e)),
                 Poll::Pending => {}
             }
         }
         // A large message has gone: its buffers and charge go back.
-        messages.settle(cbuf, Some(wbuf));
+        self.messages.settle(self.cbuf, Some(self.wbuf));
         if side.server_unflushed && side.eof.is_none() {
-            match Pin::new(&mut *server).poll_flush(cx) {
+            match Pin::new(&mut *self.server).poll_flush(cx) {
                 Poll::Ready(Ok(())) => side.server_unflushed = false,
                 Poll::Ready(Err(e)) => side.eof = Some(Some(e)),
                 Poll::Pending => {}
             }
         }
+    }
 
-        // Server → proxy.
-        if side.eof.is_none() && !side.release && side.pending_bytes() < HIGH_WATER {
-            reserve(rbuf, SERVER_CHUNK / 4, SERVER_CHUNK);
-            match poll_read_buf(Pin::new(&mut *server), cx, rbuf) {
-                Poll::Ready(Ok(0)) => {
-                    side.eof = Some(None);
-                    progress = true;
-                }
-                Poll::Ready(Ok(_)) => {
-                    progress = true;
-                    if let Err(e) = side.scan(rbuf, wbuf, flow) {
-                        return Poll::Ready(RelayEnd::ServerGone(Some(std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            e,
-                        ))));
-                    }
-                    if side.abandoned
-                        && let Some(replay) = side.take_replay()
-                    {
-                        return Poll::Ready(RelayEnd::Unanswered(replay));
-                    }
-                }
-                Poll::Ready(Err(e)) => {
-                    side.eof = Some(Some(e));
-                    progress = true;
-                }
-                Poll::Pending => {}
-            }
+    /// Reads server bytes and scans them into chunks for the client.
+    #[inline]
+    fn server_to_proxy(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Option<RelayEnd> {
+        let side = &mut *self.side;
+        if side.eof.is_some() || side.release || side.pending_bytes() >= HIGH_WATER {
+            return None;
         }
+        reserve(self.rbuf, SERVER_CHUNK / 4, SERVER_CHUNK);
+        match poll_read_buf(Pin::new(&mut *self.server), cx, self.rbuf) {
+            Poll::Ready(Ok(0)) => {
+                side.eof = Some(None);
+                *progress = true;
+            }
+            Poll::Ready(Ok(_)) => {
+                *progress = true;
+                if let Err(e) = side.scan(self.rbuf, self.wbuf, self.flow) {
+                    return Some(RelayEnd::ServerGone(Some(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        e,
+                    ))));
+                }
+                if side.abandoned
+                    && let Some(replay) = side.take_replay()
+                {
+                    return Some(RelayEnd::Unanswered(replay));
+                }
+            }
+            Poll::Ready(Err(e)) => {
+                side.eof = Some(Some(e));
+                *progress = true;
+            }
+            Poll::Pending => {}
+        }
+        None
+    }
 
-        // Proxy → client.
+    /// Writes the scanned chunks to the client, in order, and flushes.
+    #[inline]
+    fn proxy_to_client(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Option<RelayEnd> {
+        let side = &mut *self.side;
+        let rbuf = &mut *self.rbuf;
+        let client = &mut *self.client;
         let mut wrote = false;
         while let Some(chunk) = side.chunks.front_mut() {
             match chunk {
@@ -549,7 +609,7 @@ where
                 Chunk::Later(later) => match later.as_mut().poll(cx) {
                     Poll::Ready(bytes) => {
                         *chunk = Chunk::Own(bytes);
-                        progress = true;
+                        *progress = true;
                     }
                     Poll::Pending => break,
                 },
@@ -561,7 +621,7 @@ where
                     side.replaying = false;
                     match Pin::new(&mut *client).poll_write(cx, b) {
                         Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                            return Poll::Ready(RelayEnd::ClientGone);
+                            return Some(RelayEnd::ClientGone);
                         }
                         Poll::Ready(Ok(w)) => {
                             b.advance(w);
@@ -569,14 +629,14 @@ where
                                 side.chunks.pop_front();
                             }
                             wrote = true;
-                            progress = true;
+                            *progress = true;
                         }
                         Poll::Pending => break,
                     }
                 }
                 Chunk::Forward(n) => match Pin::new(&mut *client).poll_write(cx, &rbuf[..*n]) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                        return Poll::Ready(RelayEnd::ClientGone);
+                        return Some(RelayEnd::ClientGone);
                     }
                     Poll::Ready(Ok(w)) => {
                         rbuf.advance(w);
@@ -586,7 +646,7 @@ where
                             side.chunks.pop_front();
                         }
                         wrote = true;
-                        progress = true;
+                        *progress = true;
                     }
                     Poll::Pending => break,
                 },
@@ -596,38 +656,46 @@ where
         if side.client_unflushed {
             match Pin::new(&mut *client).poll_flush(cx) {
                 Poll::Ready(Ok(())) => side.client_unflushed = false,
-                Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
+                Poll::Ready(Err(_)) => return Some(RelayEnd::ClientGone),
                 Poll::Pending => {}
             }
         }
+        None
+    }
 
-        if side.chunks.is_empty() && !side.client_unflushed {
-            if side.release {
-                return Poll::Ready(RelayEnd::Released);
-            }
-            if let Some(err) = side.eof.take() {
-                return Poll::Ready(match side.take_replay() {
-                    Some(replay) => RelayEnd::Unanswered(replay),
-                    None if side.told_fatal => RelayEnd::ServerEnded,
-                    None => RelayEnd::ServerGone(err),
-                });
-            }
+    /// How the relay ends once everything owed to the client is written:
+    /// the server released, or gone.
+    #[inline]
+    fn finished(&mut self) -> Option<RelayEnd> {
+        let side = &mut *self.side;
+        if !side.chunks.is_empty() || side.client_unflushed {
+            return None;
         }
-        if !progress {
-            let quiet = flow.quiet_status().filter(|_| {
-                wbuf.is_empty() && side.chunks.is_empty() && !side.release && side.eof.is_none()
-            });
-            return match timers.poll(cx, quiet) {
-                None => Poll::Pending,
-                Some(Fired::Idle(error)) => Poll::Ready(RelayEnd::Idle(error)),
-                Some(Fired::QueryUnanswered(limit)) => {
-                    Poll::Ready(RelayEnd::QueryUnanswered(limit))
-                }
-                Some(Fired::QueryCancelled(limit)) => {
-                    flow.query_timed_out(limit);
-                    Poll::Pending
-                }
-            };
+        if side.release {
+            return Some(RelayEnd::Released);
+        }
+        let err = side.eof.take()?;
+        Some(match side.take_replay() {
+            Some(replay) => RelayEnd::Unanswered(replay),
+            None if side.told_fatal => RelayEnd::ServerEnded,
+            None => RelayEnd::ServerGone(err),
+        })
+    }
+
+    /// Nothing moved: waits, with the idle or query limit that applies.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        let side = &*self.side;
+        let quiet = self.flow.quiet_status().filter(|_| {
+            self.wbuf.is_empty() && side.chunks.is_empty() && !side.release && side.eof.is_none()
+        });
+        match self.timers.poll(cx, quiet) {
+            None => Poll::Pending,
+            Some(Fired::Idle(error)) => Poll::Ready(RelayEnd::Idle(error)),
+            Some(Fired::QueryUnanswered(limit)) => Poll::Ready(RelayEnd::QueryUnanswered(limit)),
+            Some(Fired::QueryCancelled(limit)) => {
+                self.flow.query_timed_out(limit);
+                Poll::Pending
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ use super::prepared::{self, ClientStatements};
 use super::state::{ClassMemo, ClientState};
 use super::tx_modes::{self, Modes};
 use crate::cluster::ClusterView;
+use crate::observe::ErrorKind;
 use crate::protocol::frame::{self, fe};
 use crate::protocol::{ClientEncoding, ProtocolError, SqlState, WireError};
 use crate::proxy::Shared;
@@ -207,7 +208,7 @@ pub fn decide(
     client: &ClientState,
     shared: &Shared,
     cluster: &ClusterView,
-) -> Result<Routed, WireError> {
+) -> Result<Routed, super::hold::Refused> {
     let config = shared.config.load();
     // The transaction the unit starts, if any, and the modes it asked for.
     let declared = match &client.deferred_begin {
@@ -276,7 +277,20 @@ pub fn decide(
         decision,
         transaction: tx.is_some(),
     })
-    .map_err(|refusal| match refusal {
+    .map_err(|refusal| super::hold::Refused {
+        // The kinds as they were counted: only a write on a replica is
+        // `routing`.
+        kind: match refusal {
+            Refusal::WriteOnReplica => ErrorKind::Routing,
+            Refusal::SerializableOnReplica | Refusal::NoReplica(_) => ErrorKind::NoNode,
+        },
+        error: refusal_error(refusal),
+    })
+}
+
+/// What the client is told when the routing policy refuses its request.
+fn refusal_error(refusal: Refusal) -> WireError {
+    match refusal {
         Refusal::WriteOnReplica => WireError::error(
             SqlState::READ_ONLY_TRANSACTION,
             "this statement writes, but it was sent to a replica (pgsidecar:replica hint or pgsidecar.route = 'replica')",
@@ -295,5 +309,5 @@ pub fn decide(
             ),
         )
         .with_hint("set routing.fallback_to_primary = true, or hint the read /* pgsidecar:primary */"),
-    })
+    }
 }

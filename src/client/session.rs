@@ -14,16 +14,17 @@ use tokio_util::sync::WaitForCancellationFuture;
 use super::buffer_budget::MessageLimits;
 use super::cancel::CancelTarget;
 use super::credentials::UserAuth;
-use super::flow::{SessionFlow, check_frontend_tag};
+use super::flow::{HeldEnv, SessionFlow};
 use super::hold::{self, Held, NodePools};
-use super::idle::{self, Idle};
+use super::idle::{self, Idle, check_frontend_tag};
 use super::limits::{self, Limits, RelayTimers};
 use super::registry::{ClientHandle, ServerLink};
-use super::relay::{self, RelayEnd, ServerIo};
+use super::relay::{self, RelayEnd};
 use super::route;
 use super::state::ClientState;
+use super::tx_status::TxStatus;
 use crate::config::PoolMode;
-use crate::protocol::backend;
+use crate::observe::ErrorKind;
 use crate::protocol::frame;
 use crate::protocol::{SqlState, WireError};
 use crate::proxy::Shared;
@@ -61,22 +62,58 @@ where
         ctx,
         client,
     } = &mut *session;
-    let mut held: Option<Box<Held>> = None;
+    let mut phase = Phase::Idle;
     let mut pools = NodePools::default();
     let span = tracing::debug_span!("client", pid = ctx.cancel.slot.pid);
-    let result = serve(stream, cbuf, ctx, client, &mut pools, &mut held)
+    let result = serve(stream, cbuf, ctx, client, &mut pools, &mut phase)
         .instrument(span)
         .await;
     if let Err(e) = result {
         if e.code == SqlState::PROTOCOL_VIOLATION {
-            ctx.shared.observer.metrics().error("protocol");
+            ctx.shared.observer.metrics().error(ErrorKind::Protocol);
         }
         let _ = crate::tls::write_flush(stream, &e.to_bytes()).await;
     }
     ctx.cancel.slot.set_server(None);
-    if let Some(h) = held {
+    if let Phase::Holding(h) = phase {
         Box::pin(hold::leave(*h, client, ctx.mode)).await;
     }
+}
+
+/// What the request loop keeps from one request to the next.
+#[derive(Default)]
+struct Kept {
+    /// A request on a server just taken from the pool may be retried on
+    /// another if that server turns out dead before answering anything.
+    retry: Retry,
+    /// The last hold's bookkeeping, emptied, for the next.
+    spare: hold::Spare,
+}
+
+/// Where a session stands between requests.
+enum Phase {
+    /// No server held: requests are answered locally or routed.
+    Idle,
+    /// A server held (a transaction, a pinned session, session mode): the
+    /// next request goes to it.
+    Holding(Box<Held>),
+}
+
+impl Phase {
+    /// The held server, leaving the session idle.
+    fn release(&mut self) -> Box<Held> {
+        match std::mem::replace(self, Phase::Idle) {
+            Phase::Holding(h) => h,
+            Phase::Idle => unreachable!("a relay ran, so a server was held"),
+        }
+    }
+}
+
+/// What the request loop does next.
+enum Next {
+    Serve,
+    /// The client is gone, or a FATAL error already told it why.
+    Close,
 }
 
 /// The request loop. Returns `Err` with a final error for the client.
@@ -86,17 +123,14 @@ async fn serve<S>(
     ctx: &SessionCtx,
     client: &mut ClientState,
     pools: &mut NodePools,
-    held: &mut Option<Box<Held>>,
+    phase: &mut Phase,
 ) -> Result<(), WireError>
 where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
 {
     // Replies made while idle, written once no further request is buffered.
     let mut out = BytesMut::new();
-    // A request on a server just taken from the pool may be retried on
-    // another if that server turns out dead before answering anything.
-    let mut retry = Retry::default();
-    let mut spare = hold::Spare::default();
+    let mut kept = Kept::default();
     // Made once per client, not per request: a cancellation future
     // registers with its token when first polled, and re-registering on
     // every request costs more than the rest of the idle path.
@@ -104,74 +138,18 @@ where
     let force_close = ctx.shared.force_close.cancelled();
     tokio::pin!(shutdown, force_close);
     loop {
-        if held.is_none() {
-            let limits = Limits::from_config(&ctx.shared.config.load().proxy);
-            // A BEGIN the proxy acknowledged itself is an open transaction.
-            // Boxed, and only with a limit: a timer and an error are large,
-            // and most clients have no limit.
-            let expiry = limits
-                .idle(client.deferred_begin.is_some())
-                .map(|(limit, error)| {
-                    Box::pin(async move {
-                        tokio::time::sleep(limit).await;
-                        error
-                    })
-                });
-            // Biased: no random branch order to draw per request.
-            let next = tokio::select! {
-                biased;
-                _ = &mut shutdown => return Err(shutting_down()),
-                next = next_frame(stream, cbuf, &ctx.messages) => next?,
-                error = idle_expiry(expiry) => return Err(error),
-            };
-            let Some(tag) = next else {
-                return Ok(());
-            };
-            let (_, total) = frame::header(cbuf)?.expect("complete frame");
-            let primary_pool = pools.primary(ctx)?;
-            match idle::answer(
-                tag,
-                &cbuf[..total],
+        if let Phase::Idle = phase {
+            let next = next_unit(
+                stream,
+                cbuf,
+                ctx,
                 client,
-                &ctx.shared,
-                primary_pool,
-                ctx.mode,
+                pools,
                 &mut out,
-            )? {
-                Idle::Terminate => return Ok(()),
-                Idle::Answered => {
-                    cbuf.advance(total);
-                    if !matches!(frame::complete(cbuf), Ok(Some(_))) {
-                        write(stream, &out).await;
-                        out.clear();
-                    }
-                    continue;
-                }
-                Idle::NeedServer => {
-                    write(stream, &out).await;
-                    out.clear();
-                }
-                Idle::Later(later) => {
-                    cbuf.advance(total);
-                    write(stream, &out).await;
-                    out.clear();
-                    write(stream, &later.await).await;
-                    continue;
-                }
-            }
-            let unit = loop {
-                if let Some(unit) = route::find_unit(
-                    cbuf,
-                    &client.statements,
-                    &mut client.memo,
-                    &ctx.shared.classifier,
-                    client.params.encoding(),
-                )? {
-                    break unit;
-                }
-                if !read_more(stream, cbuf, &ctx.messages).await? {
-                    return Ok(());
-                }
+                shutdown.as_mut(),
+            );
+            let Some(unit) = next.await? else {
+                return Ok(());
             };
             let deferred_begin = client.deferred_begin.clone();
             // Boxed (as is the relay below): their states are large and live
@@ -179,21 +157,21 @@ where
             // tasks stay small.
             // The result is taken apart before the next await, so that the
             // (large) Held is not kept in this task's state meanwhile.
-            let refused = match Box::pin(hold::acquire(ctx, client, pools, &unit, &mut spare)).await
-            {
-                Ok(h) => {
-                    *held = Some(Box::new(h));
-                    retry.fresh = Some(deferred_begin);
-                    None
-                }
-                Err(e) => Some(Box::new(e)),
-            };
+            let refused =
+                match Box::pin(hold::acquire(ctx, client, pools, &unit, &mut kept.spare)).await {
+                    Ok(h) => {
+                        *phase = Phase::Holding(Box::new(h));
+                        kept.retry.fresh = Fresh::Taken { deferred_begin };
+                        None
+                    }
+                    Err(e) => Some(Box::new(e)),
+                };
             if let Some(e) = refused {
                 Box::pin(fail_request(stream, cbuf, &unit, client, *e)).await;
                 continue;
             }
         }
-        let Some(h) = held.as_mut() else { continue };
+        let Phase::Holding(h) = phase else { continue };
         // Boxed: the relay's state (flow, timers, buffers in flight) lives
         // only while a server is held; an idle client's task stays small.
         let (end, fresh) = Box::pin(relay_on(
@@ -202,69 +180,170 @@ where
             cbuf,
             ctx,
             client,
-            &mut retry,
+            &mut kept.retry,
             force_close.as_mut(),
         ))
         .await?;
-        match end {
-            RelayEnd::Released => {
-                retry.attempts = 0;
-                let h = held.take().expect("held above");
-                hold::release(*h, client, &mut spare);
-                if ctx.shared.shutdown.is_cancelled() {
-                    return Err(shutting_down());
+        match relay_ended(end, fresh, phase, cbuf, ctx, client, &mut kept)? {
+            Next::Serve => {}
+            Next::Close => return Ok(()),
+        }
+    }
+}
+
+/// Waits for the next request while no server is held: answers what the
+/// proxy can itself, and returns the next unit of work that needs a
+/// server, or `None` when the client left.
+async fn next_unit<S>(
+    stream: &mut S,
+    cbuf: &mut BytesMut,
+    ctx: &SessionCtx,
+    client: &mut ClientState,
+    pools: &mut NodePools,
+    out: &mut BytesMut,
+    mut shutdown: Pin<&mut WaitForCancellationFuture<'_>>,
+) -> Result<Option<route::Unit>, WireError>
+where
+    S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
+{
+    loop {
+        let limits = Limits::from_config(&ctx.shared.config.load().proxy);
+        // A BEGIN the proxy acknowledged itself is an open transaction.
+        // Boxed, and only with a limit: a timer and an error are large,
+        // and most clients have no limit.
+        let expiry = limits
+            .idle(client.deferred_begin.is_some())
+            .map(|(limit, error)| {
+                Box::pin(async move {
+                    tokio::time::sleep(limit).await;
+                    error
+                })
+            });
+        // Biased: no random branch order to draw per request.
+        let next = tokio::select! {
+            biased;
+            _ = &mut shutdown => return Err(shutting_down()),
+            next = next_frame(stream, cbuf, &ctx.messages) => next?,
+            error = idle_expiry(expiry) => return Err(error),
+        };
+        let Some(tag) = next else {
+            return Ok(None);
+        };
+        let (_, total) = frame::header(cbuf)?.expect("complete frame");
+        let primary_pool = pools.primary(ctx)?;
+        match idle::answer(
+            tag,
+            &cbuf[..total],
+            client,
+            &ctx.shared,
+            primary_pool,
+            ctx.mode,
+            out,
+        )? {
+            Idle::Terminate => return Ok(None),
+            Idle::Answered => {
+                cbuf.advance(total);
+                if !matches!(frame::complete(cbuf), Ok(Some(_))) {
+                    write(stream, out).await;
+                    out.clear();
                 }
-            }
-            RelayEnd::ClientGone => return Ok(()),
-            RelayEnd::ClientError(e) => return Err(e),
-            RelayEnd::Unanswered(consumed) => {
-                // Killed while pooled, noticed only once the request got
-                // there: nothing ran and nothing reached the client, so the
-                // request goes to another server as if it had just come.
-                let h = held.take().expect("held above");
-                let mut lease = h.lease;
-                lease.mark_broken();
-                tracing::info!(server = %lease.addr, "server connection was dead; retrying the request on another");
-                let mut restored = consumed;
-                restored.extend_from_slice(cbuf);
-                *cbuf = restored;
-                client.deferred_begin = fresh.flatten();
-                retry.attempts += 1;
                 continue;
             }
-            // The server stays held: leaving rolls it back and returns it.
-            RelayEnd::Idle(e) => return Err(e),
-            RelayEnd::QueryUnanswered(limit) => {
-                let h = held.take().expect("held above");
-                let mut lease = h.lease;
-                lease.mark_broken();
-                tracing::warn!(server = %lease.addr, "server did not answer a query_timeout cancel");
-                return Err(limits::query_unanswered_error(limit));
+            Idle::NeedServer => {
+                write(stream, out).await;
+                out.clear();
             }
-            RelayEnd::ServerEnded => {
-                // The server's own FATAL (57P01 from pg_terminate_backend,
-                // 25P03 from idle_in_transaction_session_timeout) reached the
-                // client: one error, then the close, as on a direct
-                // connection.
-                let h = held.take().expect("held above");
-                let mut lease = h.lease;
-                lease.mark_broken();
-                tracing::info!(server = %lease.addr, "server connection ended with a FATAL error");
-                ctx.shared.observer.metrics().error("server");
-                return Ok(());
+            Idle::Later(later) => {
+                cbuf.advance(total);
+                write(stream, out).await;
+                out.clear();
+                write(stream, &later.await).await;
+                continue;
             }
-            RelayEnd::ServerGone(err) => {
-                let h = held.take().expect("held above");
-                let mut lease = h.lease;
-                lease.mark_broken();
-                tracing::warn!(server = %lease.addr, error = ?err, "server connection lost");
-                ctx.shared.observer.metrics().error("server");
-                return Err(WireError::fatal(
-                    SqlState::ADMIN_SHUTDOWN,
-                    format!("the server connection to {} was lost", lease.addr),
-                )
-                .with_detail("the current transaction, if any, was not committed"));
+        }
+        loop {
+            if let Some(unit) = route::find_unit(
+                cbuf,
+                &client.statements,
+                &mut client.memo,
+                &ctx.shared.classifier,
+                client.params.encoding(),
+            )? {
+                return Ok(Some(unit));
             }
+            if !read_more(stream, cbuf, &ctx.messages).await? {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Every end of a relay, in one place: the server given back (or marked
+/// broken), the request moved to another server, or the session ended.
+#[inline]
+fn relay_ended(
+    end: RelayEnd,
+    fresh: Fresh,
+    phase: &mut Phase,
+    cbuf: &mut BytesMut,
+    ctx: &SessionCtx,
+    client: &mut ClientState,
+    kept: &mut Kept,
+) -> Result<Next, WireError> {
+    match end {
+        RelayEnd::Released => {
+            kept.retry.attempts = 0;
+            hold::release(*phase.release(), client, &mut kept.spare);
+            if ctx.shared.shutdown.is_cancelled() {
+                return Err(shutting_down());
+            }
+            Ok(Next::Serve)
+        }
+        RelayEnd::ClientGone => Ok(Next::Close),
+        RelayEnd::ClientError(e) => Err(e),
+        RelayEnd::Unanswered(consumed) => {
+            // Killed while pooled, noticed only once the request got
+            // there: nothing ran and nothing reached the client, so the
+            // request goes to another server as if it had just come.
+            let mut lease = phase.release().lease;
+            lease.mark_broken();
+            tracing::info!(server = %lease.addr, "server connection was dead; retrying the request on another");
+            let mut restored = consumed;
+            restored.extend_from_slice(cbuf);
+            *cbuf = restored;
+            client.deferred_begin = fresh.deferred_begin();
+            kept.retry.attempts += 1;
+            Ok(Next::Serve)
+        }
+        // The server stays held: leaving rolls it back and returns it.
+        RelayEnd::Idle(e) => Err(e),
+        RelayEnd::QueryUnanswered(limit) => {
+            let mut lease = phase.release().lease;
+            lease.mark_broken();
+            tracing::warn!(server = %lease.addr, "server did not answer a query_timeout cancel");
+            Err(limits::query_unanswered_error(limit))
+        }
+        RelayEnd::ServerEnded => {
+            // The server's own FATAL (57P01 from pg_terminate_backend,
+            // 25P03 from idle_in_transaction_session_timeout) reached the
+            // client: one error, then the close, as on a direct
+            // connection.
+            let mut lease = phase.release().lease;
+            lease.mark_broken();
+            tracing::info!(server = %lease.addr, "server connection ended with a FATAL error");
+            ctx.shared.observer.metrics().error(ErrorKind::Server);
+            Ok(Next::Close)
+        }
+        RelayEnd::ServerGone(err) => {
+            let mut lease = phase.release().lease;
+            lease.mark_broken();
+            tracing::warn!(server = %lease.addr, error = ?err, "server connection lost");
+            ctx.shared.observer.metrics().error(ErrorKind::Server);
+            Err(WireError::fatal(
+                SqlState::ADMIN_SHUTDOWN,
+                format!("the server connection to {} was lost", lease.addr),
+            )
+            .with_detail("the current transaction, if any, was not committed"))
         }
     }
 }
@@ -282,7 +361,7 @@ async fn relay_on<S>(
     client: &mut ClientState,
     retry: &mut Retry,
     force_close: Pin<&mut WaitForCancellationFuture<'_>>,
-) -> Result<(RelayEnd, Option<Option<bytes::Bytes>>), WireError>
+) -> Result<(RelayEnd, Fresh), WireError>
 where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
 {
@@ -300,23 +379,21 @@ where
         server_id: h.lease.id,
     }));
     let (io, state) = h.lease.split();
+    let env = HeldEnv {
+        shared: &ctx.shared,
+        pool: &h.pool,
+    };
     let mut flow = SessionFlow {
         expect: &mut h.expect,
         client,
         hold: &mut h.hold,
         server: state,
-        pool: &h.pool,
-        shared: &ctx.shared,
+        env: &env,
         mode: ctx.mode,
         who: &ctx.cancel.slot.info,
     };
-    let io = ServerIo {
-        stream: io.stream,
-        rbuf: io.rbuf,
-        wbuf: io.wbuf,
-    };
     let mut timers = RelayTimers::new(limits, timer_cancel);
-    let fresh = retry.fresh.take();
+    let fresh = std::mem::take(&mut retry.fresh);
     let end = tokio::select! {
         biased;
         // The server stays held: leaving rolls it back (or closes it).
@@ -328,12 +405,12 @@ where
             &mut flow,
             &ctx.messages,
             &mut timers,
-            (fresh.is_some() && retry.attempts < MAX_RETRIES).then_some(&mut retry.replay),
+            (fresh.is_taken() && retry.attempts < MAX_RETRIES).then_some(&mut retry.replay),
         ) => end,
     };
     ctx.cancel.slot.set_server(None);
     ctx.cancel.slot.set_pinned(client.pins.is_pinned());
-    tracing::trace!(?end, status = %char::from(h.expect.status()), "relay ended");
+    tracing::trace!(?end, status = %h.expect.status(), "relay ended");
     Ok((end, fresh))
 }
 
@@ -354,12 +431,39 @@ const MAX_RETRIES: u32 = 2;
 
 #[derive(Default)]
 struct Retry {
-    /// Set when a server was just acquired: the client's deferred BEGIN as
-    /// it was before (a retry must send it again).
-    fresh: Option<Option<bytes::Bytes>>,
+    /// Whether the held server was just taken for this request.
+    fresh: Fresh,
     attempts: u32,
     /// The relay's copy of the request, reused from one to the next.
     replay: BytesMut,
+}
+
+/// Whether the server a relay runs on was just taken for its request: only
+/// then may the request move to another server if this one turns out dead.
+#[derive(Default)]
+enum Fresh {
+    /// Held from an earlier request (or already relayed on once).
+    #[default]
+    Used,
+    /// Just taken; the client's deferred BEGIN as it was before (taking
+    /// the server sent it, and a retry must send it again).
+    Taken {
+        deferred_begin: Option<bytes::Bytes>,
+    },
+}
+
+impl Fresh {
+    fn is_taken(&self) -> bool {
+        matches!(self, Fresh::Taken { .. })
+    }
+
+    /// The deferred BEGIN to restore when the request moves on.
+    fn deferred_begin(self) -> Option<bytes::Bytes> {
+        match self {
+            Fresh::Taken { deferred_begin } => deferred_begin,
+            Fresh::Used => None,
+        }
+    }
 }
 
 fn closed_at_shutdown() -> WireError {
@@ -469,7 +573,7 @@ async fn fail_request<S>(
     client.deferred_begin = None;
     let mut out = error.to_bytes();
     if unit.ends_with_ready {
-        backend::ready_for_query(&mut out, b'I');
+        TxStatus::Idle.put_ready(&mut out);
     } else {
         // Extended protocol up to Flush: skip to the client's Sync.
         client.skip_to_sync = true;

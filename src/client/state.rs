@@ -117,6 +117,7 @@ impl ClassMemo {
 
     /// The text of `raw`: the memo's copy when it is the text last
     /// classified (no second validation), else read again.
+    #[inline]
     pub fn text_of<'a>(&'a self, encoding: ClientEncoding, raw: &'a [u8]) -> Cow<'a, str> {
         if self.keyed && encoding.is_utf8() && self.text.as_bytes() == raw {
             Cow::Borrowed(&self.text)
@@ -347,7 +348,7 @@ mod tests {
         backend::parameter_status(&mut frame, "standard_conforming_strings", "on");
         memo.server_frame(b'S', &frame, false);
         frame.clear();
-        backend::ready_for_query(&mut frame, b'I');
+        crate::client::tx_status::TxStatus::Idle.put_ready(&mut frame);
         memo.server_frame(b'Z', &frame, true);
         let c = memo.classify(&classifier, UTF8, text);
         assert!(

@@ -50,6 +50,7 @@ impl StringMode {
 
     /// A statement was classified (it is about to be sent): note whether
     /// it may change the setting.
+    #[inline]
     pub fn classified(&mut self, class: &Classified) {
         let info = &class.info;
         let changes = info.has_session_changes && class.session.iter().any(names_setting);
@@ -85,7 +86,7 @@ impl StringMode {
                 if quiet {
                     self.changing = false;
                 }
-                if frame::ready_status(body_frame) == b'I' {
+                if super::tx_status::TxStatus::of_ready(body_frame).is_idle() {
                     self.touched = false;
                 }
             }

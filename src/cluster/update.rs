@@ -119,7 +119,7 @@ impl ClusterView {
         let Some(node) = self.nodes.get(id) else {
             return;
         };
-        let mut st = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = crate::sync::lock(&self.monitor);
         let facts = &mut st.facts[id];
         facts.check = Check::Ok;
         facts.answered = true;
@@ -130,7 +130,7 @@ impl ClusterView {
         node.set_replay_lsn(p.lsn.filter(|_| p.in_recovery));
         node.set_last_ok(answered, self.epoch);
         self.settle(&mut st);
-        let mut timeline = self.timeline.write().unwrap_or_else(|e| e.into_inner());
+        let mut timeline = crate::sync::write(&self.timeline);
         if let Some(lsn) = p.lsn.filter(|_| !p.in_recovery)
             && timeline.owner() == Some(id)
             && self.primary() == Some(id)
@@ -148,7 +148,7 @@ impl ClusterView {
         if id >= self.nodes.len() {
             return;
         }
-        let mut st = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = crate::sync::lock(&self.monitor);
         st.facts[id].check = Check::Failed(error);
         self.settle(&mut st);
     }
@@ -157,7 +157,7 @@ impl ClusterView {
     /// with the file's path; `None` if there is none or another monitor
     /// task is writing it.
     pub(crate) fn take_pending_record(&self) -> Option<(PathBuf, PrimaryRecord)> {
-        let mut st = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = crate::sync::lock(&self.monitor);
         st.memory.take_pending()
     }
 
@@ -165,7 +165,7 @@ impl ClusterView {
     /// [`take_pending_record`](Self::take_pending_record)): once written,
     /// its primary may take writes; a failure is retried at the next check.
     pub(crate) fn record_written(&self, record: PrimaryRecord, result: Result<(), StateFileError>) {
-        let mut st = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = crate::sync::lock(&self.monitor);
         st.memory.written(record, result);
         self.settle(&mut st);
     }
@@ -239,7 +239,7 @@ impl ClusterView {
                 new = ?primary.map(|id| self.nodes[id].addr.to_string()),
                 "primary changed; starting a new WAL timeline"
             );
-            let mut timeline = self.timeline.write().unwrap_or_else(|e| e.into_inner());
+            let mut timeline = crate::sync::write(&self.timeline);
             *timeline = Timeline::new(primary);
             self.head.store(None);
             self.set_primary(primary);

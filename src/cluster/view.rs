@@ -209,10 +209,7 @@ impl ClusterView {
         {
             return answer;
         }
-        self.timeline
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .lsn_after(t)
+        crate::sync::read(&self.timeline).lsn_after(t)
     }
 
     /// [`lsn_after`](Self::lsn_after), waiting for the sample if it has

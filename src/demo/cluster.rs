@@ -93,7 +93,7 @@ impl LocalCluster {
 
     /// The current primary.
     pub fn primary(&self) -> &Node {
-        &self.nodes[*self.primary.lock().unwrap_or_else(|p| p.into_inner())]
+        &self.nodes[*crate::sync::lock(&self.primary)]
     }
 
     /// The `i`-th node started as a replica (stable across promotions).
@@ -127,8 +127,7 @@ impl LocalCluster {
             || Ok((!replica.is_in_recovery()?).then_some(())),
         )?;
         let index = self.nodes.iter().position(|n| n.name() == replica.name());
-        *self.primary.lock().unwrap_or_else(|p| p.into_inner()) =
-            index.expect("node belongs to this cluster");
+        *crate::sync::lock(&self.primary) = index.expect("node belongs to this cluster");
         Ok(())
     }
 

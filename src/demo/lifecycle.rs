@@ -73,7 +73,7 @@ fn register(root: PathBuf) {
 }
 
 fn lock_live() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
-    LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    crate::sync::lock(&LIVE)
 }
 
 extern "C" fn teardown_all_at_exit() {

@@ -73,6 +73,7 @@ mod session;
 mod view;
 pub mod writes;
 
+use crate::sync::lock;
 use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
@@ -188,8 +189,4 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

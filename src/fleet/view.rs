@@ -3,6 +3,7 @@
 //! left lately, with when they were last seen), each one's share and open
 //! connections, and this member's own gate.
 
+use crate::sync::lock;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -112,10 +113,6 @@ impl FleetView {
     pub fn nodes(&self) -> Vec<NodeFleet> {
         lock(&self.nodes).values().cloned().collect()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@
 //! primary's WAL insert position, which is at or past every commit it
 //! announces: the position `SHOW pgsidecar.last_write_lsn` reports.
 
+use crate::sync::lock;
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -368,10 +369,6 @@ fn wall_us() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

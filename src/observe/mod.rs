@@ -60,7 +60,9 @@ pub use budgets::{BUDGET_P95_QUERY_TIME, BUDGET_POOL_USAGE};
 pub use digest::{DigestSnapshot, PlanSample};
 pub use explain::{ExplainError, PlanError, PlanSummary, SeqScan};
 pub use http::HttpHandle;
-pub use metrics::{ERROR_KINDS, LATENCY_BUCKETS, METRIC_NAMES, Metrics, ROUTING_REASONS};
+pub use metrics::{
+    ERROR_KINDS, ErrorKind, LATENCY_BUCKETS, METRIC_NAMES, Metrics, ROUTING_REASONS,
+};
 pub use observer::{Observer, QueryEvent};
 pub use queries::QueryOrder;
 pub use sources::{ClientCounts, FleetSnapshot, PoolSnapshot, Sources};

@@ -46,7 +46,7 @@ impl SlowLog {
             return true;
         }
         let rate = f64::from(rate);
-        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b = crate::sync::lock(&self.bucket);
         let refill = match b.last {
             Some(last) => now.saturating_duration_since(last).as_secs_f64() * rate,
             None => rate,

@@ -134,11 +134,7 @@ impl Shared {
             fleet.start(self.config.clone(), nodes, cluster.clone());
         }
         let handle = cluster.spawn_monitor(self.config.clone());
-        let old = self
-            .monitor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(handle);
+        let old = crate::sync::lock(&self.monitor).replace(handle);
         if let Some(old) = old {
             old.abort();
         }
@@ -148,12 +144,7 @@ impl Shared {
         if let Some(fleet) = &self.fleet {
             fleet.stop();
         }
-        if let Some(h) = self
-            .monitor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        if let Some(h) = crate::sync::lock(&self.monitor).take() {
             h.abort();
         }
     }

@@ -97,7 +97,7 @@ impl Cache {
     pub(crate) fn get(&self, fp: Fingerprint) -> Option<Arc<StatementInfo>> {
         // A poisoned lock only means another thread panicked mid-insert; the
         // map itself is still consistent, so keep using it.
-        let shard = self.shard(fp).read().unwrap_or_else(|e| e.into_inner());
+        let shard = crate::sync::read(self.shard(fp));
         let entry = shard.map.get(&fp)?;
         if !entry.hot.load(Ordering::Relaxed) {
             entry.hot.store(true, Ordering::Relaxed);
@@ -112,7 +112,7 @@ impl Cache {
             return info;
         }
         let fp = info.fingerprint;
-        let mut shard = self.shard(fp).write().unwrap_or_else(|e| e.into_inner());
+        let mut shard = crate::sync::write(self.shard(fp));
         if let Some(existing) = shard.map.get(&fp) {
             return Arc::clone(&existing.info);
         }
@@ -141,7 +141,7 @@ impl Cache {
     pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).map.len())
+            .map(|s| crate::sync::read(s).map.len())
             .sum()
     }
 }

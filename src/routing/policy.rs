@@ -132,7 +132,7 @@ impl WriteLog {
             return;
         }
         let related = self.related.load();
-        let mut map = self.tables.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = crate::sync::write(&self.tables);
         let mut put = |t: &Arc<str>| {
             let slot = map.entry(t.clone()).or_insert(mark);
             if mark.at >= slot.at {
@@ -194,7 +194,7 @@ impl WriteLog {
             }),
         };
         let related = self.related.load();
-        let map = self.tables.read().unwrap_or_else(|p| p.into_inner());
+        let map = crate::sync::read(&self.tables);
         let own = tables.iter().map(|t| &**t);
         let ancestors = tables
             .iter()

@@ -2,12 +2,12 @@ use super::*;
 
 fn client(e: &mut Expectations, tag: u8) {
     let req = Request::of_frontend(tag, b'S');
-    e.sent(tag, req, Audience::Client, 0);
+    e.sent(tag, req, Audience::Client, Token::None);
 }
 
 fn recv(e: &mut Expectations, tags: &[u8]) -> Vec<Disposition> {
     tags.iter()
-        .map(|t| e.received(*t, b'I').disposition.unwrap())
+        .map(|t| e.received(*t, TxStatus::Idle).disposition.unwrap())
         .collect()
 }
 
@@ -48,17 +48,22 @@ fn extended_batch_without_sync_holds_the_server() {
 #[test]
 fn injected_parse_is_dropped_and_client_bind_forwarded() {
     let mut e = Expectations::default();
-    e.sent(fe::PARSE, Some(Request::Parse), Audience::Proxy, 7);
+    e.sent(
+        fe::PARSE,
+        Some(Request::Parse),
+        Audience::Proxy,
+        Token::Statement(7),
+    );
     client(&mut e, fe::BIND);
     client(&mut e, fe::EXECUTE);
     client(&mut e, fe::SYNC);
-    let m = e.received(b'1', 0);
+    let m = e.received(b'1', TxStatus::Idle);
     assert_eq!(m.disposition, Some(D));
     assert_eq!(
         m.events,
         vec![Event::Done {
             request: Request::Parse,
-            token: 7
+            token: Token::Statement(7)
         }]
     );
     assert_eq!(recv(&mut e, b"2DCZ"), vec![F, F, F, F]);
@@ -70,7 +75,7 @@ fn made_up_reply_comes_after_earlier_responses() {
     let mut e = Expectations::default();
     client(&mut e, fe::BIND);
     assert!(!e.reply(Synthetic::ParseComplete));
-    let m = e.received(be::BIND_COMPLETE, 0);
+    let m = e.received(be::BIND_COMPLETE, TxStatus::Idle);
     assert_eq!(m.replies, vec![Synthetic::ParseComplete]);
     let mut idle = Expectations::default();
     assert!(idle.reply(Synthetic::CloseComplete));
@@ -83,7 +88,7 @@ fn error_skips_to_sync_including_made_up_replies() {
     e.reply(Synthetic::ParseComplete);
     client(&mut e, fe::EXECUTE);
     client(&mut e, fe::SYNC);
-    let m = e.received(be::ERROR_RESPONSE, 0);
+    let m = e.received(be::ERROR_RESPONSE, TxStatus::Idle);
     assert_eq!(m.disposition, Some(F));
     assert!(m.replies.is_empty());
     recv(&mut e, b"Z");
@@ -93,16 +98,21 @@ fn error_skips_to_sync_including_made_up_replies() {
 #[test]
 fn failed_injected_parse_is_reported_and_its_error_forwarded() {
     let mut e = Expectations::default();
-    e.sent(fe::PARSE, Some(Request::Parse), Audience::Proxy, 3);
+    e.sent(
+        fe::PARSE,
+        Some(Request::Parse),
+        Audience::Proxy,
+        Token::Statement(3),
+    );
     client(&mut e, fe::BIND);
     client(&mut e, fe::SYNC);
-    let m = e.received(be::ERROR_RESPONSE, 0);
+    let m = e.received(be::ERROR_RESPONSE, TxStatus::Idle);
     assert_eq!(m.disposition, Some(F));
     assert_eq!(
         m.events,
         vec![Event::Failed {
             request: Request::Parse,
-            token: 3
+            token: Token::Statement(3)
         }]
     );
     recv(&mut e, b"Z");
@@ -112,7 +122,12 @@ fn failed_injected_parse_is_reported_and_its_error_forwarded() {
 #[test]
 fn injected_query_is_dropped_entirely() {
     let mut e = Expectations::default();
-    e.sent(fe::QUERY, Some(Request::Query), Audience::Proxy, 0);
+    e.sent(
+        fe::QUERY,
+        Some(Request::Query),
+        Audience::Proxy,
+        Token::None,
+    );
     client(&mut e, fe::QUERY);
     assert_eq!(recv(&mut e, b"CSZ"), vec![D, D, D]);
     assert!(!e.is_quiet());
@@ -163,28 +178,35 @@ fn describe_statement_ends_at_row_description() {
 fn transaction_block_is_not_reusable() {
     let mut e = Expectations::default();
     client(&mut e, fe::QUERY);
-    e.received(be::COMMAND_COMPLETE, 0);
-    e.received(be::READY_FOR_QUERY, b'T');
+    e.received(be::COMMAND_COMPLETE, TxStatus::Idle);
+    e.received(be::READY_FOR_QUERY, TxStatus::InTransaction);
     assert!(e.is_quiet() && !e.is_reusable());
 }
 
-fn sent(e: &mut Expectations, tag: u8, audience: Audience, token: u64) {
+fn sent(e: &mut Expectations, tag: u8, audience: Audience, token: Token) {
     e.sent(tag, Request::of_frontend(tag, b'S'), audience, token);
 }
 
 #[test]
 fn a_failed_batch_is_taken_over_for_a_retry() {
     let mut e = Expectations::default();
-    sent(&mut e, fe::BIND, Audience::Client, 7);
+    sent(&mut e, fe::BIND, Audience::Client, Token::Effect(7));
     assert!(!e.reply(Synthetic::CloseComplete));
-    sent(&mut e, fe::EXECUTE, Audience::Client, 3);
-    sent(&mut e, fe::SYNC, Audience::Client, 0);
-    assert!(!e.settled_but(99), "a Sync is owed");
-    assert_eq!(e.take_over_batch(8), None, "another request's token");
+    sent(&mut e, fe::EXECUTE, Audience::Client, Token::Effect(3));
+    sent(&mut e, fe::SYNC, Audience::Client, Token::None);
+    assert!(!e.settled_but(Token::Effect(99)), "a Sync is owed");
+    assert_eq!(
+        e.take_over_batch(Token::Effect(8)),
+        None,
+        "another request's token"
+    );
     let failed = |request, token| Event::Failed { request, token };
     assert_eq!(
-        e.take_over_batch(7),
-        Some(vec![failed(Request::Bind, 7), failed(Request::Execute, 3)])
+        e.take_over_batch(Token::Effect(7)),
+        Some(vec![
+            failed(Request::Bind, Token::Effect(7)),
+            failed(Request::Execute, Token::Effect(3))
+        ])
     );
     // The batch's ReadyForQuery is now the proxy's.
     assert_eq!(recv(&mut e, b"Z"), vec![D]);
@@ -194,28 +216,42 @@ fn a_failed_batch_is_taken_over_for_a_retry() {
 #[test]
 fn no_take_over_when_more_was_sent_after_the_sync() {
     let mut e = Expectations::default();
-    sent(&mut e, fe::BIND, Audience::Client, 7);
-    sent(&mut e, fe::SYNC, Audience::Client, 0);
-    sent(&mut e, fe::BIND, Audience::Client, 0);
-    assert_eq!(e.take_over_batch(7), None, "a Bind after the Sync");
-    sent(&mut e, fe::SYNC, Audience::Client, 0);
-    assert_eq!(e.take_over_batch(7), None, "a second batch");
+    sent(&mut e, fe::BIND, Audience::Client, Token::Effect(7));
+    sent(&mut e, fe::SYNC, Audience::Client, Token::None);
+    sent(&mut e, fe::BIND, Audience::Client, Token::None);
+    assert_eq!(
+        e.take_over_batch(Token::Effect(7)),
+        None,
+        "a Bind after the Sync"
+    );
+    sent(&mut e, fe::SYNC, Audience::Client, Token::None);
+    assert_eq!(e.take_over_batch(Token::Effect(7)), None, "a second batch");
 
     let mut e = Expectations::default();
-    sent(&mut e, fe::BIND, Audience::Client, 7);
-    assert_eq!(e.take_over_batch(7), None, "no Sync yet");
+    sent(&mut e, fe::BIND, Audience::Client, Token::Effect(7));
+    assert_eq!(e.take_over_batch(Token::Effect(7)), None, "no Sync yet");
 }
 
 #[test]
 fn settled_but_ignores_only_the_named_proxy_query() {
     let mut e = Expectations::default();
-    assert!(e.settled_but(5));
-    e.sent(fe::QUERY, Some(Request::Query), Audience::Proxy, 5);
-    sent(&mut e, fe::BIND, Audience::Client, 0);
-    assert!(e.settled_but(5));
-    e.sent(fe::QUERY, Some(Request::Query), Audience::Proxy, 0);
+    assert!(e.settled_but(Token::ParamSync));
+    e.sent(
+        fe::QUERY,
+        Some(Request::Query),
+        Audience::Proxy,
+        Token::ParamSync,
+    );
+    sent(&mut e, fe::BIND, Audience::Client, Token::None);
+    assert!(e.settled_but(Token::ParamSync));
+    e.sent(
+        fe::QUERY,
+        Some(Request::Query),
+        Audience::Proxy,
+        Token::None,
+    );
     assert!(
-        !e.settled_but(5),
+        !e.settled_but(Token::ParamSync),
         "a BEGIN of the proxy's changes the status"
     );
 }
@@ -223,29 +259,33 @@ fn settled_but_ignores_only_the_named_proxy_query() {
 #[test]
 fn requests_skipped_after_an_error_fail_with_it() {
     let mut e = Expectations::default();
-    sent(&mut e, fe::BIND, Audience::Client, 0);
-    sent(&mut e, fe::EXECUTE, Audience::Client, 0);
+    sent(&mut e, fe::BIND, Audience::Client, Token::None);
+    sent(&mut e, fe::EXECUTE, Audience::Client, Token::None);
     // A statement first used after the failing one: its Parse is skipped.
-    sent(&mut e, fe::PARSE, Audience::Client, 42);
-    sent(&mut e, fe::PARSE, Audience::Proxy, 43);
-    sent(&mut e, fe::EXECUTE, Audience::Client, 5);
-    sent(&mut e, fe::SYNC, Audience::Client, 0);
-    assert!(e.received(be::BIND_COMPLETE, b'I').events.is_empty());
-    let m = e.received(be::ERROR_RESPONSE, b'I');
+    sent(&mut e, fe::PARSE, Audience::Client, Token::Statement(42));
+    sent(&mut e, fe::PARSE, Audience::Proxy, Token::Statement(43));
+    sent(&mut e, fe::EXECUTE, Audience::Client, Token::Effect(5));
+    sent(&mut e, fe::SYNC, Audience::Client, Token::None);
+    assert!(
+        e.received(be::BIND_COMPLETE, TxStatus::Idle)
+            .events
+            .is_empty()
+    );
+    let m = e.received(be::ERROR_RESPONSE, TxStatus::Idle);
     assert_eq!(
         m.events,
         vec![
             Event::Failed {
                 request: Request::Parse,
-                token: 42
+                token: Token::Statement(42)
             },
             Event::Failed {
                 request: Request::Parse,
-                token: 43
+                token: Token::Statement(43)
             },
             Event::Failed {
                 request: Request::Execute,
-                token: 5
+                token: Token::Effect(5)
             },
         ]
     );
@@ -256,29 +296,44 @@ fn requests_skipped_after_an_error_fail_with_it() {
 #[test]
 fn an_error_before_the_sync_was_sent_skips_what_follows_until_it() {
     let mut e = Expectations::default();
-    e.sent(fe::PARSE, Some(Request::Parse), Audience::Client, 7);
-    let m = e.received(be::ERROR_RESPONSE, b'T');
+    e.sent(
+        fe::PARSE,
+        Some(Request::Parse),
+        Audience::Client,
+        Token::Statement(7),
+    );
+    let m = e.received(be::ERROR_RESPONSE, TxStatus::InTransaction);
     assert_eq!(m.disposition, Some(F));
     assert_eq!(
         m.events,
         [Event::Failed {
             request: Request::Parse,
-            token: 7
+            token: Token::Statement(7)
         }]
     );
     // Sent after the error arrived: the server skips them, answering none.
-    e.sent(fe::BIND, Some(Request::Bind), Audience::Client, 8);
-    e.sent(fe::EXECUTE, Some(Request::Execute), Audience::Client, 0);
+    e.sent(
+        fe::BIND,
+        Some(Request::Bind),
+        Audience::Client,
+        Token::Effect(8),
+    );
+    e.sent(
+        fe::EXECUTE,
+        Some(Request::Execute),
+        Audience::Client,
+        Token::None,
+    );
     assert!(!e.reply(Synthetic::ParseComplete));
-    e.sent(fe::SYNC, Some(Request::Sync), Audience::Client, 0);
-    let m = e.received(be::READY_FOR_QUERY, b'E');
+    e.sent(fe::SYNC, Some(Request::Sync), Audience::Client, Token::None);
+    let m = e.received(be::READY_FOR_QUERY, TxStatus::Failed);
     assert_eq!(m.disposition, Some(F));
     assert!(m.ready);
     assert_eq!(
         m.events,
         [Event::Failed {
             request: Request::Bind,
-            token: 8
+            token: Token::Effect(8)
         }]
     );
     assert!(e.is_quiet());
@@ -286,4 +341,12 @@ fn an_error_before_the_sync_was_sent_skips_what_follows_until_it() {
     client(&mut e, fe::QUERY);
     assert_eq!(recv(&mut e, b"CZ"), vec![F, F]);
     assert!(e.is_quiet());
+}
+
+#[test]
+fn queue_entries_stay_small() {
+    // One entry per message sent: a token is a tag and a number, and the
+    // entry no larger than when tokens were bare u64s.
+    assert!(std::mem::size_of::<Token>() <= 16);
+    assert!(std::mem::size_of::<Expect>() <= 24);
 }

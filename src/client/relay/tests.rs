@@ -45,7 +45,7 @@ impl Flow for Preamble {
             ServerStep::Forward
         }
     }
-    fn quiet_status(&self) -> Option<u8> {
+    fn quiet_status(&self) -> Option<crate::client::tx_status::TxStatus> {
         None
     }
     fn query_timed_out(&mut self, _: std::time::Duration) {}

@@ -16,6 +16,7 @@ mod window;
 #[cfg(test)]
 mod tests;
 
+use crate::sync::lock;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -252,8 +253,4 @@ fn capped(text: &Arc<str>, max: usize) -> Arc<str> {
 fn share(max: usize, count: usize, i: usize) -> NonZeroUsize {
     let n = max / count + usize::from(i < max % count);
     NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -126,6 +126,6 @@ impl Queue {
 
     /// The receiving end, for the one worker (`None` after the first call).
     pub(crate) fn take_receiver(&self) -> Option<mpsc::Receiver<ExplainRequest>> {
-        self.rx.lock().unwrap_or_else(|p| p.into_inner()).take()
+        crate::sync::lock(&self.rx).take()
     }
 }

@@ -10,6 +10,7 @@
 //! that thread takes, on its own cache line), and a scrape takes the
 //! shards' counts: exact, and the hot path touches nothing shared.
 
+use crate::sync::lock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -49,10 +50,6 @@ pub(crate) struct Targets<'a> {
     pub(crate) query_duration: &'a [Histogram; 2],
     pub(crate) pool_wait: &'a Histogram,
     pub(crate) transactions: &'a IntCounter,
-}
-
-fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// This thread's shard number, drawn once per thread.

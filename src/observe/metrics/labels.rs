@@ -27,21 +27,9 @@ impl LabelCache {
         cache
     }
 
-    /// Adds one to the counter for `label`.
-    pub(crate) fn inc(&self, label: &'static str) {
-        {
-            let cached = self.cached.read().unwrap_or_else(|p| p.into_inner());
-            if let Some((_, counter)) = cached.iter().find(|(l, _)| same(l, label)) {
-                counter.inc();
-                return;
-            }
-        }
-        self.get(label).inc();
-    }
-
     /// The counter for `label`, for callers that keep it (no lookup at all).
     pub(crate) fn get(&self, label: &'static str) -> IntCounter {
-        let mut cached = self.cached.write().unwrap_or_else(|p| p.into_inner());
+        let mut cached = crate::sync::write(&self.cached);
         if let Some((_, c)) = cached.iter().find(|(l, _)| same(l, label)) {
             return c.clone();
         }

@@ -90,30 +90,74 @@ pub const ROUTING_REASONS: [&str; 12] = [
 ];
 
 /// `errors_total{kind}`: every kind counted, exported at zero from the
-/// start.
-/// - `query`: a client statement the server answered with an error;
-/// - `explain`: a plan sample that failed;
-/// - `auth`: a client refused at login (28P01, 28000, 3D000);
-/// - `too_many_clients`: a login over `proxy.max_client_conn` (53300);
-/// - `checkout_timeout`: no server connection free in time (53300);
-/// - `no_node`: no node could take a request (08006: no primary, no
-///   eligible replica without fallback, the node unreachable);
-/// - `routing`: a write sent to a replica by hint or setting (25006);
-/// - `protocol`: a client broke the protocol (08P01) or did not finish
-///   logging in within `proxy.client_login_timeout`;
-/// - `server`: a server connection failed (its login at a client's
-///   login, or lost while a client held it).
-pub const ERROR_KINDS: [&str; 9] = [
-    "query",
-    "explain",
-    "auth",
-    "too_many_clients",
-    "checkout_timeout",
-    "no_node",
-    "routing",
-    "protocol",
-    "server",
-];
+/// start. The label values are [`ErrorKind::as_str`].
+pub const ERROR_KINDS: [&str; ErrorKind::COUNT] = {
+    let mut kinds = [""; ErrorKind::COUNT];
+    let mut i = 0;
+    while i < ErrorKind::COUNT {
+        kinds[i] = ErrorKind::ALL[i].as_str();
+        i += 1;
+    }
+    kinds
+};
+
+/// What an error counted in `errors_total` was, its `kind` label: a type,
+/// so that a misspelt kind cannot start a new series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A client statement the server answered with an error.
+    Query,
+    /// A plan sample that failed.
+    Explain,
+    /// A client refused at login (28P01, 28000, 3D000).
+    Auth,
+    /// A login over `proxy.max_client_conn` (53300).
+    TooManyClients,
+    /// No server connection free in time (53300).
+    CheckoutTimeout,
+    /// No node could take a request (08006: no primary, no eligible
+    /// replica without fallback, the node unreachable).
+    NoNode,
+    /// A write sent to a replica by hint or setting (25006).
+    Routing,
+    /// A client broke the protocol (08P01) or did not finish logging in
+    /// within `proxy.client_login_timeout`.
+    Protocol,
+    /// A server connection failed (its login at a client's login, or lost
+    /// while a client held it).
+    Server,
+}
+
+impl ErrorKind {
+    pub const COUNT: usize = 9;
+    /// Every kind, in the order of [`ERROR_KINDS`].
+    pub const ALL: [ErrorKind; ErrorKind::COUNT] = [
+        ErrorKind::Query,
+        ErrorKind::Explain,
+        ErrorKind::Auth,
+        ErrorKind::TooManyClients,
+        ErrorKind::CheckoutTimeout,
+        ErrorKind::NoNode,
+        ErrorKind::Routing,
+        ErrorKind::Protocol,
+        ErrorKind::Server,
+    ];
+
+    /// The `kind` label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Query => "query",
+            ErrorKind::Explain => "explain",
+            ErrorKind::Auth => "auth",
+            ErrorKind::TooManyClients => "too_many_clients",
+            ErrorKind::CheckoutTimeout => "checkout_timeout",
+            ErrorKind::NoNode => "no_node",
+            ErrorKind::Routing => "routing",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Server => "server",
+        }
+    }
+}
 
 /// Metric handles. Counting methods take `&self` and never allocate once
 /// a label has been seen.
@@ -130,8 +174,8 @@ pub struct Metrics {
     pub(crate) explain_samples: IntCounter,
     pub(crate) explain_dropped: IntCounter,
     pub(crate) slow_log_suppressed: IntCounter,
-    errors: LabelCache,
-    query_errors: IntCounter,
+    /// `errors_total`, by [`ErrorKind`] (its discriminant).
+    errors: [IntCounter; ErrorKind::COUNT],
     reloads: [IntCounter; 2],
     pub(crate) scraped: Scraped,
 }
@@ -195,7 +239,7 @@ impl Metrics {
             "slow_query_log_suppressed_total",
             "Slow-query log lines suppressed by observability.slow_query_log_rate.",
         );
-        let errors = LabelCache::new(errors, &ERROR_KINDS);
+        let errors = ErrorKind::ALL.map(|kind| errors.with_label_values(&[kind.as_str()]));
         let hot = Hot::new(
             &Targets {
                 queries: &queries,
@@ -206,7 +250,6 @@ impl Metrics {
             LabelCache::new(routing, &ROUTING_REASONS),
         );
         Metrics {
-            query_errors: errors.get("query"),
             queries_vec,
             hot,
             read_your_writes,
@@ -234,7 +277,7 @@ impl Metrics {
 
     /// A statement the server answered with an error (`errors_total{kind="query"}`).
     pub(crate) fn query_error(&self) {
-        self.query_errors.inc();
+        self.error(ErrorKind::Query);
     }
 
     /// Time a client waited for a server connection.
@@ -243,6 +286,7 @@ impl Metrics {
     }
 
     /// A transaction (or autocommit statement outside one) completed.
+    #[inline]
     pub fn transaction(&self) {
         self.hot.transaction();
     }
@@ -262,9 +306,9 @@ impl Metrics {
         self.read_your_writes.inc();
     }
 
-    /// An error of `kind` (see [`ERROR_KINDS`]).
-    pub fn error(&self, kind: &'static str) {
-        self.errors.inc(kind);
+    /// An error of `kind`.
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].inc();
     }
 
     /// A config reload, successful or refused.

@@ -201,11 +201,7 @@ impl Metrics {
     /// (`pool_size` being the configured size per pool), every family
     /// listed even before its first sample.
     pub(crate) fn render(&self, sources: &dyn Sources, pool_size: u32) -> String {
-        let _one_at_a_time = self
-            .scraped
-            .scrape
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = crate::sync::lock(&self.scraped.scrape);
         self.scraped.refresh(sources, pool_size);
         let families = self.registry().gather();
         let mut buf = Vec::new();

@@ -101,7 +101,7 @@ fn hot_path_counts_under_the_right_labels() {
     m.routing("custom_reason");
     m.routing("custom_reason");
     m.routing_counter("write").inc();
-    m.error("auth");
+    m.error(super::ErrorKind::Auth);
     m.query_error();
     m.config_reload(true);
     m.config_reload(false);
@@ -217,4 +217,26 @@ fn scrape_time_gauges_follow_the_sources() {
     assert_eq!(v("pgsidecar_pool_usage_ratio{node=\"10.0.0.1:5432\"}"), 0.9);
     assert_eq!(v("pgsidecar_pool_usage_ratio{node=\"10.0.0.1:5433\"}"), 0.0);
     assert_eq!(v("pgsidecar_pool_size{node=\"10.0.0.1:5433\"}"), 9.0);
+}
+
+#[test]
+fn error_kinds_are_indexed_by_their_discriminant() {
+    for (i, kind) in super::ErrorKind::ALL.iter().enumerate() {
+        assert_eq!(*kind as usize, i);
+        assert_eq!(super::ERROR_KINDS[i], kind.as_str());
+    }
+    assert_eq!(
+        super::ERROR_KINDS,
+        [
+            "query",
+            "explain",
+            "auth",
+            "too_many_clients",
+            "checkout_timeout",
+            "no_node",
+            "routing",
+            "protocol",
+            "server",
+        ]
+    );
 }

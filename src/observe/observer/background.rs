@@ -86,7 +86,7 @@ impl Observer {
             ),
             Err(error) => {
                 conns.discard(&req.target);
-                self.metrics.error("explain");
+                self.metrics.error(crate::observe::ErrorKind::Explain);
                 let error = error.to_string();
                 tracing::warn!(
                     target: "explain",

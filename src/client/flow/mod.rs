@@ -1,0 +1,146 @@
+//! The session's per-message logic while it holds a server, by job:
+//! client frames (`frontend`: names rewritten, statements prepared on
+//! demand, the proxy's own answers), server frames (`backend`: responses
+//! matched through [`Expectations`], events, release), the stale-plan
+//! retry (`retry`) and query observation (`observe`). This file holds the
+//! flow's parts and the [`Flow`] entry points the relay calls.
+
+use bytes::BytesMut;
+
+use super::expect::{Audience, Expectations, Request, Synthetic, Token};
+use super::hold_state::HoldState;
+use super::registry::ClientInfo;
+use super::relay::{ClientStep, Flow, Outbox, ServerStep};
+use super::state::ClientState;
+use super::tx_status::TxStatus;
+use crate::config::PoolMode;
+use crate::protocol::WireError;
+use crate::protocol::frame::{self, be, fe};
+use crate::server::ServerState;
+
+mod backend;
+mod env;
+mod frontend;
+mod observe;
+pub(super) mod retry;
+
+pub use env::{FlowEnv, HeldEnv};
+
+/// One stretch of relaying on one server.
+pub struct SessionFlow<'a, E: FlowEnv = HeldEnv<'a>> {
+    pub expect: &'a mut Expectations,
+    pub client: &'a mut ClientState,
+    pub hold: &'a mut HoldState,
+    pub server: &'a mut ServerState,
+    /// The proxy's parts the flow uses (shared state, the server's pool).
+    pub env: &'a E,
+    pub mode: PoolMode,
+    /// Who the client is, for the slow-query log.
+    pub who: &'a ClientInfo,
+}
+
+impl<E: FlowEnv> SessionFlow<'_, E> {
+    fn send(&mut self, out: &mut BytesMut, frame: &[u8], request: Option<Request>, token: Token) {
+        out.extend_from_slice(frame);
+        self.expect.sent(frame[0], request, Audience::Client, token);
+    }
+
+    fn reply(&mut self, reply: Synthetic, to_client: &mut Outbox) {
+        if self.expect.reply(reply) {
+            to_client.push(reply.bytes(self.expect.status()));
+        }
+    }
+
+    fn may_release(&self) -> bool {
+        self.mode == PoolMode::Transaction
+            && !self.client.pins.is_pinned()
+            && self.client.deferred_begin.is_none()
+            && self.expect.is_reusable()
+    }
+}
+
+impl<E: FlowEnv> Flow for SessionFlow<'_, E> {
+    fn client_frame(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        to_server: &mut BytesMut,
+        to_client: &mut Outbox,
+    ) -> Result<ClientStep, WireError> {
+        // The relay has checked the tag (check_frontend_tag).
+        if let Some(budget) = self.hold.budget.as_mut() {
+            if *budget >= frame.len() || tag == fe::TERMINATE {
+                *budget = budget.saturating_sub(frame.len());
+            } else if self.hold.budget_until_sync && matches!(tag, fe::QUERY | fe::FUNCTION_CALL) {
+                // The client moved on without a Sync (asyncpg's prepare()
+                // then BEGIN): the proxy ends the read's batch with a Sync
+                // of its own, so that this server can be released and the
+                // request routed on its own.
+                self.hold.budget_until_sync = false;
+                frame::put_frame(to_server, fe::SYNC, &[]);
+                self.expect
+                    .sent(fe::SYNC, Some(Request::Sync), Audience::Proxy, Token::None);
+                return Ok(ClientStep::Hold);
+            } else if self.hold.budget_until_sync {
+                self.hold.budget_until_sync = tag != fe::SYNC;
+            } else {
+                return Ok(ClientStep::Hold);
+            }
+        }
+        if tag == fe::TERMINATE {
+            return Ok(ClientStep::Terminate);
+        }
+        let token = if self.record(tag, frame)? {
+            Token::RetryFrom
+        } else {
+            Token::None
+        };
+        self.dispatch(tag, frame, to_server, to_client, token)?;
+        Ok(ClientStep::Continue)
+    }
+
+    fn quiet_status(&self) -> Option<TxStatus> {
+        self.expect.is_quiet().then(|| self.expect.status())
+    }
+
+    fn query_timed_out(&mut self, limit: std::time::Duration) {
+        tracing::info!(
+            limit = %humantime::format_duration(limit),
+            "query_timeout: cancelling the running query"
+        );
+        self.hold.query_timed_out = Some(limit);
+    }
+
+    fn inspects(&self, tag: u8) -> bool {
+        // Rows and COPY data stream through, unless they answer a statement
+        // of the proxy's own.
+        !matches!(tag, b'D' | b'd') || self.expect.head_is_proxy()
+    }
+
+    fn server_frame(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        to_server: &mut BytesMut,
+        then: &mut Outbox,
+    ) -> ServerStep {
+        if let Some(step) = self.retry_sees(tag, frame, to_server) {
+            return step;
+        }
+        let held = self.hold.retry.parameters.take();
+        let before = self.expect.status();
+        let status = if tag == be::READY_FOR_QUERY {
+            TxStatus::of_ready(frame)
+        } else {
+            before
+        };
+        self.note_outcome(tag, frame);
+        let (matched, mut forward) = self.match_response(tag, frame, before, status);
+        let reworded = self.reword(tag, frame, &mut forward);
+        let forward = self.queue_after(frame, forward, held, reworded, &matched, then);
+        self.release_or_go_on(matched.ready, forward, to_server)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,145 @@
+//! Query observation: what a statement about to run does (its `Effect`,
+//! with an `Observed` start time), what its answers say (rows, an error's
+//! SQLSTATE), and the finished statement handed to the observer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{FlowEnv, SessionFlow};
+use crate::client::effects::{self, Effect, Observed};
+use crate::client::route_setting;
+use crate::observe::QueryEvent;
+use crate::protocol::frame::{self, be};
+use crate::routing::{Route, SessionChange, StatementInfo};
+
+impl<E: FlowEnv> SessionFlow<'_, E> {
+    /// Notes what a statement about to run does: writes (for
+    /// read-your-writes) and pins. Returns its effects for completion.
+    pub(super) fn effects_of(
+        &mut self,
+        info: &Arc<StatementInfo>,
+        session: &[SessionChange],
+        sql: Arc<str>,
+    ) -> Effect {
+        if info.route == Route::Write {
+            self.hold.wrote = true;
+            self.hold
+                .tables_written
+                .extend(info.tables_written.iter().cloned());
+        }
+        if let Some(pin) = info.pin {
+            self.client.pins.add(pin);
+        }
+        if info.opaque {
+            self.client.readback.opaque_ran();
+        }
+        let changes = match effects::param_changes(session) {
+            Some(c) => c,
+            None => {
+                // A change the proxy cannot replay elsewhere: stay here.
+                self.client.pins.add_untracked();
+                Vec::new()
+            }
+        };
+        Effect {
+            changes,
+            route: route_setting::after(session),
+            min_lsn: route_setting::min_lsn_after(session),
+            unpin: info.unpin.clone(),
+            observed: Some(Observed {
+                info: info.clone(),
+                sql,
+                start: Instant::now(),
+                rows: 0,
+                error: None,
+            }),
+        }
+    }
+
+    /// The text to hand the observer: the original only if EXPLAIN may use it.
+    pub(super) fn sql_for_observer(&self, raw: &[u8], info: &StatementInfo) -> Arc<str> {
+        if self.env.wants_sql() {
+            Arc::from(self.client.memo.text_of(self.client.params.encoding(), raw))
+        } else {
+            info.normalized.clone()
+        }
+    }
+
+    /// What a CommandComplete or ErrorResponse says about the statement
+    /// at the head of the queue: its rows, its error, and whether a
+    /// transaction block committed.
+    #[inline]
+    pub(super) fn note_outcome(&mut self, tag: u8, frame: &[u8]) {
+        match tag {
+            be::COMMAND_COMPLETE => {
+                let tag_text = frame::body(frame);
+                if tag_text.starts_with(b"COMMIT\0") {
+                    self.hold.last_was_commit = true;
+                    // Committed, even if `COMMIT AND CHAIN` goes on in a
+                    // new block that may roll back.
+                    self.client.params.end_transaction(true);
+                    self.client.routing.end_transaction(true);
+                } else if tag_text.starts_with(b"ROLLBACK\0") {
+                    self.hold.last_was_commit = false;
+                }
+                let token = self.expect.head_statement_token();
+                if let Some(o) = self
+                    .hold
+                    .pending
+                    .get_mut(token)
+                    .and_then(|e| e.observed.as_mut())
+                {
+                    o.rows += rows_of(tag_text);
+                }
+            }
+            be::ERROR_RESPONSE => {
+                let token = self.expect.head_statement_token();
+                if let Some(o) = self
+                    .hold
+                    .pending
+                    .get_mut(token)
+                    .and_then(|e| e.observed.as_mut())
+                {
+                    let (_, code, _) = crate::protocol::error::parse_error_fields(frame);
+                    o.error = Some(code.unwrap_or("XX000").into());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Tells the observer about a finished statement.
+    pub(super) fn observe(&self, o: Observed) {
+        self.env.record(&QueryEvent {
+            fingerprint: o.info.fingerprint.low64(),
+            normalized: &o.info.normalized,
+            sql: &o.sql,
+            params: None,
+            is_write: o.info.route == Route::Write,
+            role: self.hold.role,
+            node: self.hold.node,
+            node_addr: self.env.node_addr(),
+            duration: o.start.elapsed(),
+            rows: o.rows,
+            error: o.error.as_deref(),
+            user: &self.who.user,
+            database: &self.who.database,
+            application_name: &self.who.application_name,
+        });
+    }
+}
+
+/// The row count at the end of a CommandComplete tag ("SELECT 5",
+/// "INSERT 0 1", "UPDATE 3"); 0 for tags without one.
+#[inline]
+fn rows_of(tag: &[u8]) -> u64 {
+    let tag = tag.strip_suffix(b"\0").unwrap_or(tag);
+    let digits = tag.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits == tag.len() {
+        return 0;
+    }
+    std::str::from_utf8(&tag[tag.len() - digits..])
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}

@@ -514,6 +514,17 @@ impl Config {
         }
     }
 
+    /// Largest size of one (database, user) pool on `node`: with a fleet,
+    /// the member may use its whole share of that node, so the node's own
+    /// budget (capped by a fixed `size`); alone, the pool size.
+    pub fn pool_max_on(&self, node: &super::NodeAddr, fleet: bool) -> u32 {
+        match (fleet, self.pool.size) {
+            (false, _) => self.pool.effective_size(),
+            (true, super::PoolSize::Fixed(n)) => n.clamp(1, self.node_budget(node)),
+            (true, super::PoolSize::Auto) => self.node_budget(node),
+        }
+    }
+
     /// Looks a user up by name.
     pub fn user(&self, name: &str) -> Option<&super::schema::UserConfig> {
         self.users.iter().find(|u| u.name == name)

@@ -349,6 +349,9 @@ fn replicas_have_their_own_db_cores_in_the_auto_budget() {
     assert_eq!(c.node_budget(&node("r1:5432")), 4);
     assert_eq!(c.node_budget(&node("r2:5432")), 4);
     assert_eq!(c.pool.pool_max(true), 8, "the larger node's budget");
+    // A pool is sized by its own node's budget.
+    assert_eq!(c.pool_max_on(&node("p:5432"), true), 8);
+    assert_eq!(c.pool_max_on(&node("r1:5432"), true), 4);
     // Bigger replicas: a pool may use a replica's larger share.
     let text = text.replace("replica_db_cores = 2", "replica_db_cores = 16");
     let c = parse(&text).unwrap();

@@ -248,7 +248,7 @@ impl ServerPool {
             last_error: last_error.clone(),
             gate: gate.clone(),
         };
-        let size = config.pool.pool_max(budgeted);
+        let size = config.pool_max_on(&key.node, budgeted);
         let pool = bb8::Pool::builder()
             .max_size(size)
             .min_idle(None)

@@ -93,12 +93,17 @@ async fn a_replica_with_fewer_cores_gets_its_own_smaller_budget_under_read_load(
     let seen = sampler.stop().await;
     let mut on_replica = 0;
     let mut budgets = Vec::new();
+    let mut sizes = Vec::new();
     for m in &members {
         let metrics = m.process.http_get("/metrics").await;
         on_replica += replica_queries(&metrics, &replica);
         budgets.push((
             gauge(&metrics, "pgsidecar_pool_budget", &primary),
             gauge(&metrics, "pgsidecar_pool_budget", &replica),
+        ));
+        sizes.push((
+            gauge(&metrics, "pgsidecar_pool_size", &primary),
+            gauge(&metrics, "pgsidecar_pool_size", &replica),
         ));
     }
     println!(
@@ -131,6 +136,14 @@ async fn a_replica_with_fewer_cores_gets_its_own_smaller_budget_under_read_load(
             (Some(PRIMARY_BUDGET), Some(REPLICA_BUDGET)),
             "pgsidecar_pool_budget of {}",
             m.name
+        );
+    }
+    // Each node's pools are sized by that node's budget.
+    for size in &sizes {
+        assert_eq!(
+            *size,
+            (Some(PRIMARY_BUDGET), Some(REPLICA_BUDGET)),
+            "pgsidecar_pool_size"
         );
     }
 }

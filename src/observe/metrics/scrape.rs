@@ -9,6 +9,7 @@ use prometheus::{Encoder, GaugeVec, IntCounter, IntGauge, IntGaugeVec, TextEncod
 
 use super::Metrics;
 use super::family::{Families, describe_missing};
+use crate::config::NodeAddr;
 use crate::observe::sources::Sources;
 
 /// The scrape-time gauges, plus the budget gauges the budget timer sets.
@@ -120,7 +121,7 @@ impl Scraped {
         }
     }
 
-    fn refresh(&self, sources: &dyn Sources, pool_size: u32) {
+    fn refresh(&self, sources: &dyn Sources, pool_size: &dyn Fn(&NodeAddr) -> u32) {
         let clients = sources.clients();
         for (state, n) in clients.by_state() {
             self.client_connections
@@ -174,7 +175,7 @@ impl Scraped {
             }
             self.pool_size
                 .with_label_values(&[&label])
-                .set(i64::from(pool_size));
+                .set(i64::from(pool_size(&node.addr)));
             per_node.entry(label).or_default();
         }
         for pool in sources.pools() {
@@ -198,9 +199,14 @@ fn clamp(n: u64) -> i64 {
 
 impl Metrics {
     /// The Prometheus text exposition: gauges refreshed from `sources`
-    /// (`pool_size` being the configured size per pool), every family
-    /// listed even before its first sample.
-    pub(crate) fn render(&self, sources: &dyn Sources, pool_size: u32) -> String {
+    /// (`pool_size` giving the configured size of a pool on a node: a
+    /// fleet's replicas may have their own), every family listed even
+    /// before its first sample.
+    pub(crate) fn render(
+        &self,
+        sources: &dyn Sources,
+        pool_size: &dyn Fn(&NodeAddr) -> u32,
+    ) -> String {
         let _one_at_a_time = crate::sync::lock(&self.scraped.scrape);
         self.scraped.refresh(sources, pool_size);
         let families = self.registry().gather();

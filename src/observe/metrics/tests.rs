@@ -81,7 +81,7 @@ fn every_family_is_listed_even_before_its_first_sample() {
     let registered: BTreeSet<&str> = m.families().iter().map(|f| f.name.as_str()).collect();
     let declared: BTreeSet<&str> = METRIC_NAMES.into_iter().collect();
     assert_eq!(registered, declared, "METRIC_NAMES matches the registry");
-    let text = m.render(&Stub, 9);
+    let text = m.render(&Stub, &|_| 9);
     for name in METRIC_NAMES {
         assert!(
             text.contains(&format!("# TYPE {name} ")),
@@ -109,7 +109,7 @@ fn hot_path_counts_under_the_right_labels() {
     m.transaction();
     m.read_your_writes();
     m.pool_wait(Duration::from_millis(20));
-    let t = m.render(&Stub, 9);
+    let t = m.render(&Stub, &|_| 9);
     let v = |p: &str| line_value(&t, p);
     assert_eq!(
         v("pgsidecar_queries_total{node=\"10.0.0.1:5433\",role=\"replica\"}"),
@@ -168,7 +168,7 @@ fn counts_from_many_threads_add_up_at_scrape() {
             });
         }
     });
-    let t = m.render(&Stub, 9);
+    let t = m.render(&Stub, &|_| 9);
     let v = |p: &str| line_value(&t, p);
     assert_eq!(
         v("pgsidecar_queries_total{node=\"10.0.0.1:5432\",role=\"primary\"}"),
@@ -181,13 +181,13 @@ fn counts_from_many_threads_add_up_at_scrape() {
     );
     assert_eq!(v("pgsidecar_pool_wait_seconds_count"), 1000.0);
     // Read twice: the second scrape adds nothing more.
-    let again = m.render(&Stub, 9);
+    let again = m.render(&Stub, &|_| 9);
     assert_eq!(line_value(&again, "pgsidecar_transactions_total"), 1000.0);
 }
 
 #[test]
 fn scrape_time_gauges_follow_the_sources() {
-    let t = metrics().render(&Stub, 9);
+    let t = metrics().render(&Stub, &|_| 9);
     let v = |p: &str| line_value(&t, p);
     assert_eq!(v("pgsidecar_client_connections{state=\"active\"}"), 3.0);
     assert_eq!(v("pgsidecar_client_connections{state=\"idle\"}"), 7.0);

@@ -180,8 +180,10 @@ impl Observer {
     /// The `/metrics` text.
     pub fn render_metrics(&self) -> String {
         let config = self.config.load();
-        let pool_size = config.pool.pool_max(config.fleet.is_some());
-        self.metrics.render(self.sources.as_ref(), pool_size)
+        let fleet = config.fleet.is_some();
+        self.metrics.render(self.sources.as_ref(), &|node| {
+            config.pool_max_on(node, fleet)
+        })
     }
 
     /// A primary is reachable (`/readyz`).

@@ -96,6 +96,28 @@ pub fn fresh_db(prefix: &str) -> String {
         .unwrap_or_else(|e| panic!("creating a test database failed: {e}"))
 }
 
+/// A new database on the shared cluster set up by `sql` (run on the
+/// primary as `app`, which owns what it creates) and replayed on the
+/// replica before it returns; with that direct connection to the primary.
+pub async fn replicated_db(prefix: &str, sql: &str) -> (String, Client) {
+    let cluster = cluster();
+    let db = fresh_db(prefix);
+    let direct = connect(
+        &cluster
+            .primary()
+            .conn_string_as(APP.name, APP.password, &db),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connecting to {db} on the primary: {e}"));
+    direct
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("setting up {db}: {}", error_text(&e)));
+    tokio::task::block_in_place(|| cluster.wait_for_replay(cluster.replica(0)))
+        .unwrap_or_else(|e| panic!("waiting for the replica to replay {db}: {e}"));
+    (db, direct)
+}
+
 /// A database holding `big`: 1.5 million rows, no index, analyzed,
 /// readable by `app` — for plans with a sequential scan worth noticing.
 /// Created once per test binary (it takes a few seconds); read it only.

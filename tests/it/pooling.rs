@@ -269,19 +269,7 @@ async fn waiting_clients_are_served_in_arrival_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_asking_again_does_not_overtake_the_waiting_ones() {
     let cluster = harness::cluster();
-    let db = harness::fresh_db("fifo_barging");
-    let direct = harness::connect(
-        &cluster
-            .primary()
-            .conn_string_as(APP.name, APP.password, &db),
-    )
-    .await
-    .unwrap();
-    direct
-        .batch_execute("CREATE TABLE locked (id int)")
-        .await
-        .unwrap();
-    tokio::task::block_in_place(|| cluster.wait_for_replay(cluster.replica(0))).unwrap();
+    let (db, direct) = harness::replicated_db("fifo_barging", "CREATE TABLE locked (id int)").await;
     let config = format!(
         "{}[routing]\nmax_replica_lag = \"10s\"\n\
          [pool]\nsize = 1\ncheckout_timeout = \"60s\"\n[admin]\nusers = [\"app\"]\n",

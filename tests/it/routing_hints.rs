@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use tokio::task::block_in_place;
 use tokio_postgres::Client;
 
 use crate::harness::{self, APP, PORT_SQL};
@@ -29,19 +28,7 @@ struct Setup {
 /// and the replica serving both clients' reads.
 async fn setup(prefix: &str) -> Setup {
     let cluster = harness::cluster();
-    let db = harness::fresh_db(prefix);
-    let direct = harness::connect(
-        &cluster
-            .primary()
-            .conn_string_as(APP.name, APP.password, &db),
-    )
-    .await
-    .unwrap();
-    direct
-        .batch_execute("create table t (id int primary key)")
-        .await
-        .unwrap();
-    block_in_place(|| cluster.wait_for_replay(cluster.replica(0))).unwrap();
+    let (db, _) = harness::replicated_db(prefix, "create table t (id int primary key)").await;
     let config = format!(
         "{}[routing]\nread_your_writes = \"off\"\nmax_replica_lag = \"30s\"\n",
         harness::shared_replica_toml()

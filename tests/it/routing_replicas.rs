@@ -25,21 +25,11 @@ impl Drop for AbortOnDrop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_of_a_table_nobody_writes_are_served_by_the_replica() {
     let cluster = harness::cluster();
-    let db = harness::fresh_db("routing_quiet");
-    let direct = harness::connect(
-        &cluster
-            .primary()
-            .conn_string_as(APP.name, APP.password, &db),
+    let (db, _) = harness::replicated_db(
+        "routing_quiet",
+        "create table quiet (id int); insert into quiet select generate_series(1, 10)",
     )
-    .await
-    .unwrap();
-    direct
-        .batch_execute(
-            "create table quiet (id int); insert into quiet select generate_series(1, 10)",
-        )
-        .await
-        .unwrap();
-    block_in_place(|| cluster.wait_for_replay(cluster.replica(0))).unwrap();
+    .await;
     // The shared replica's lag under other tests' load is not the subject.
     let config = format!(
         "{}[routing]\nmax_replica_lag = \"10s\"\n",

@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use tokio::task::block_in_place;
 use tokio_postgres::Client;
 
 use crate::harness::{self, APP, PORT_SQL};
@@ -30,20 +29,7 @@ fn config() -> String {
 
 /// A fresh database with table `t`, created on the primary and replayed.
 async fn database(prefix: &str) -> String {
-    let cluster = harness::cluster();
-    let db = harness::fresh_db(prefix);
-    let direct = harness::connect(
-        &cluster
-            .primary()
-            .conn_string_as(APP.name, APP.password, &db),
-    )
-    .await
-    .unwrap();
-    direct
-        .batch_execute("create table t (id int primary key)")
-        .await
-        .unwrap();
-    block_in_place(|| cluster.wait_for_replay(cluster.replica(0))).unwrap();
+    let (db, _) = harness::replicated_db(prefix, "create table t (id int primary key)").await;
     db
 }
 

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use tokio::task::block_in_place;
 use tokio_postgres::Client;
 
 use crate::harness::{self, APP};
@@ -43,22 +42,12 @@ const WRITES: [(&str, &str); 7] = [
 /// fresh database with table `t` (row 0) and sequence `s`, replayed.
 async fn setup(prefix: &str) -> (pgsidecar::proxy::Proxy, Client) {
     let cluster = harness::cluster();
-    let db = harness::fresh_db(prefix);
-    let direct = harness::connect(
-        &cluster
-            .primary()
-            .conn_string_as(APP.name, APP.password, &db),
-    )
-    .await
-    .unwrap();
-    direct
-        .batch_execute(
-            "create table t (id int primary key, how text); insert into t values (0, 'setup'); \
+    let (db, _) = harness::replicated_db(
+        prefix,
+        "create table t (id int primary key, how text); insert into t values (0, 'setup'); \
              create sequence s",
-        )
-        .await
-        .unwrap();
-    block_in_place(|| cluster.wait_for_replay(cluster.replica(0))).unwrap();
+    )
+    .await;
     let config = format!(
         "{}[routing]\nread_your_writes = \"off\"\nmax_replica_lag = \"30s\"\n",
         harness::shared_replica_toml()

@@ -6,8 +6,6 @@
 
 use std::time::Duration;
 
-use tokio::task::block_in_place;
-
 use crate::harness::{self, APP};
 use crate::observe_support::capture;
 use crate::wire::{self, Raw};
@@ -145,19 +143,11 @@ async fn a_statement_sent_before_the_setting_is_known_shows_no_text() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backslash_cannot_hide_a_write_from_the_router() {
     let cluster = harness::cluster();
-    let db = harness::fresh_db("sec_scs_route");
-    let direct = harness::connect(
-        &cluster
-            .primary()
-            .conn_string_as(APP.name, APP.password, &db),
+    let (db, direct) = harness::replicated_db(
+        "sec_scs_route",
+        "create table victim (id int); insert into victim values (1)",
     )
-    .await
-    .unwrap();
-    direct
-        .batch_execute("create table victim (id int); insert into victim values (1)")
-        .await
-        .unwrap();
-    block_in_place(|| cluster.wait_for_replay(cluster.replica(0))).unwrap();
+    .await;
     let config = format!(
         "{}[routing]\nmax_replica_lag = \"10s\"\n",
         harness::shared_replica_toml()
@@ -202,19 +192,11 @@ async fn a_latin1_client_with_backslash_strings_is_read_both_ways() {
     use std::os::unix::ffi::OsStrExt;
 
     let cluster = harness::cluster();
-    let db = harness::fresh_db("sec_scs_latin1");
-    let direct = harness::connect(
-        &cluster
-            .primary()
-            .conn_string_as(APP.name, APP.password, &db),
+    let (db, direct) = harness::replicated_db(
+        "sec_scs_latin1",
+        "create table victim (id int); insert into victim values (1)",
     )
-    .await
-    .unwrap();
-    direct
-        .batch_execute("create table victim (id int); insert into victim values (1)")
-        .await
-        .unwrap();
-    block_in_place(|| cluster.wait_for_replay(cluster.replica(0))).unwrap();
+    .await;
     let config = format!(
         "{}[routing]\nmax_replica_lag = \"10s\"\n[observability]\nexplain = \"off\"\n",
         harness::shared_replica_toml()

@@ -82,30 +82,29 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
                 } else if tag_text.starts_with(b"ROLLBACK\0") {
                     self.hold.last_was_commit = false;
                 }
-                let token = self.expect.head_statement_token();
-                if let Some(o) = self
-                    .hold
-                    .pending
-                    .get_mut(token)
-                    .and_then(|e| e.observed.as_mut())
-                {
+                if let Some(o) = self.head_observed() {
                     o.rows += rows_of(tag_text);
                 }
             }
             be::ERROR_RESPONSE => {
-                let token = self.expect.head_statement_token();
-                if let Some(o) = self
-                    .hold
-                    .pending
-                    .get_mut(token)
-                    .and_then(|e| e.observed.as_mut())
-                {
+                if let Some(o) = self.head_observed() {
                     let (_, code, _) = crate::protocol::error::parse_error_fields(frame);
                     o.error = Some(code.unwrap_or("XX000").into());
                 }
             }
             _ => {}
         }
+    }
+
+    /// The observation of the statement at the head of the queue, if it
+    /// is being observed.
+    #[inline]
+    fn head_observed(&mut self) -> Option<&mut Observed> {
+        let token = self.expect.head_statement_token();
+        self.hold
+            .pending
+            .get_mut(token)
+            .and_then(|e| e.observed.as_mut())
     }
 
     /// Tells the observer about a finished statement.

@@ -25,6 +25,11 @@ cleanup() {
     for d in "$WORK"/primary "$WORK"/replica; do
         [ -f "$d/postmaster.pid" ] && as_pg "$BINDIR/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
     done
+    # Wait (up to 10 s each) for them to exit: a process still writing
+    # into $WORK (callgrind's output at exit) would make the rm fail.
+    for pid in "${PIDS[@]:-}"; do
+        for _ in $(seq 100); do { [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; } || break; sleep 0.1; done
+    done
     [ -n "${PGSIDECAR_BENCH_KEEP:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT

@@ -6,6 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -72,12 +73,39 @@ where
         if e.code == SqlState::PROTOCOL_VIOLATION {
             ctx.shared.observer.metrics().error(ErrorKind::Protocol);
         }
-        let _ = crate::tls::write_flush(stream, &e.to_bytes()).await;
+        let refused_mid_message =
+            e.code == SqlState::PROTOCOL_VIOLATION || e.code == SqlState::OUT_OF_MEMORY;
+        if crate::tls::write_flush(stream, &e.to_bytes()).await.is_ok() && refused_mid_message {
+            linger(stream).await;
+        }
     }
     ctx.cancel.slot.set_server(None);
     if let Phase::Holding(h) = phase {
         Box::pin(hold::leave(*h, client, ctx.mode)).await;
     }
+}
+
+/// How long a refused client's remaining input is read and dropped.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// After a FATAL error sent while the client may still be sending (a
+/// message refused at its header: too large, or past the memory for large
+/// messages): closing with its bytes unread would make the kernel reset
+/// the connection, and the client could lose the error before reading it.
+/// So the proxy stops writing and reads what is still coming, dropping it,
+/// until the client closes or [`LINGER`] passes.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    use tokio::io::AsyncWriteExt;
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 8192];
+    let drain = async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// What the request loop keeps from one request to the next.

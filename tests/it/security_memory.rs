@@ -116,7 +116,9 @@ async fn large_messages_share_a_budget_and_their_memory_is_given_back() {
                 let c = client(port, &db).await;
                 let sql = format!("select length('{}')", "x".repeat(size));
                 c.simple_query(&sql).await.map(|_| ()).map_err(|e| {
-                    let db = e.as_db_error().expect("an ErrorResponse");
+                    let db = e
+                        .as_db_error()
+                        .unwrap_or_else(|| panic!("an ErrorResponse, not {e:?}"));
                     (db.code().code().to_string(), db.message().to_string())
                 })
             })

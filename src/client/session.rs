@@ -75,9 +75,16 @@ where
         }
         let refused_mid_message =
             e.code == SqlState::PROTOCOL_VIOLATION || e.code == SqlState::OUT_OF_MEMORY;
-        if crate::tls::write_flush(stream, &e.to_bytes()).await.is_ok() && refused_mid_message {
-            linger(stream).await;
+        let sent = crate::tls::write_flush(stream, &e.to_bytes()).await.is_ok();
+        ctx.cancel.slot.set_server(None);
+        if let Phase::Holding(h) = std::mem::replace(&mut phase, Phase::Idle) {
+            Box::pin(hold::leave(*h, client, ctx.mode)).await;
         }
+        if sent && refused_mid_message {
+            // Boxed: rare, and kept out of every client task's size.
+            Box::pin(linger(stream)).await;
+        }
+        return;
     }
     ctx.cancel.slot.set_server(None);
     if let Phase::Holding(h) = phase {
@@ -97,7 +104,7 @@ const LINGER: Duration = Duration::from_secs(1);
 async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     use tokio::io::AsyncWriteExt;
     let _ = stream.shutdown().await;
-    let mut sink = [0u8; 8192];
+    let mut sink = vec![0u8; 8192];
     let drain = async {
         while let Ok(n) = stream.read(&mut sink).await {
             if n == 0 {

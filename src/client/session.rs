@@ -301,6 +301,7 @@ where
                 cbuf,
                 &client.statements,
                 &mut client.memo,
+                &mut client.carried,
                 &ctx.shared.classifier,
                 client.params.encoding(),
             )? {
@@ -445,6 +446,8 @@ where
     };
     ctx.cancel.slot.set_server(None);
     ctx.cancel.slot.set_pinned(client.pins.is_pinned());
+    // Only the request that took the server carries classifications.
+    client.carried.clear();
     tracing::trace!(?end, status = %h.expect.status(), "relay ended");
     Ok((end, fresh))
 }
@@ -604,6 +607,7 @@ async fn fail_request<S>(
 {
     tracing::warn!(error = %crate::logsafe::message(&error.to_string()), "request refused");
     cbuf.advance(unit.len);
+    client.carried.clear();
     // A transaction the proxy had acknowledged (deferred BEGIN) is gone.
     client.deferred_begin = None;
     let mut out = error.to_bytes();

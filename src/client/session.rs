@@ -69,26 +69,38 @@ where
     let result = serve(stream, cbuf, ctx, client, &mut pools, &mut phase)
         .instrument(span)
         .await;
+    close(stream, ctx, client, phase, result).await;
+}
+
+/// The end of a session, however it came (Terminate, the client gone, a
+/// FATAL error for it, shutdown, a server's own FATAL): the final error
+/// sent if there is one, the held server left clean, and after a refusal
+/// mid-message, the linger that lets the client read its error.
+async fn close<S>(
+    stream: &mut S,
+    ctx: &SessionCtx,
+    client: &mut ClientState,
+    phase: Phase,
+    result: Result<(), WireError>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut refused_mid_message = false;
     if let Err(e) = result {
         if e.code == SqlState::PROTOCOL_VIOLATION {
             ctx.shared.observer.metrics().error(ErrorKind::Protocol);
         }
-        let refused_mid_message =
-            e.code == SqlState::PROTOCOL_VIOLATION || e.code == SqlState::OUT_OF_MEMORY;
         let sent = crate::tls::write_flush(stream, &e.to_bytes()).await.is_ok();
-        ctx.cancel.slot.set_server(None);
-        if let Phase::Holding(h) = std::mem::replace(&mut phase, Phase::Idle) {
-            Box::pin(hold::leave(*h, client, ctx.mode)).await;
-        }
-        if sent && refused_mid_message {
-            // Boxed: rare, and kept out of every client task's size.
-            Box::pin(linger(stream)).await;
-        }
-        return;
+        refused_mid_message = sent
+            && (e.code == SqlState::PROTOCOL_VIOLATION || e.code == SqlState::OUT_OF_MEMORY);
     }
     ctx.cancel.slot.set_server(None);
     if let Phase::Holding(h) = phase {
         Box::pin(hold::leave(*h, client, ctx.mode)).await;
+    }
+    if refused_mid_message {
+        // Boxed: rare, and kept out of every client task's size.
+        Box::pin(linger(stream)).await;
     }
 }
 

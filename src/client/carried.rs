@@ -18,6 +18,7 @@ pub struct Carried {
 
 impl Carried {
     /// Files the classification of a frame `len` bytes long.
+    #[inline]
     pub fn push(&mut self, len: usize, class: Classified) {
         if self.first.is_none() && self.rest.is_empty() {
             self.first = Some((len, class));
@@ -41,9 +42,12 @@ impl Carried {
         None
     }
 
+    #[inline]
     pub fn clear(&mut self) {
         self.first = None;
-        self.rest.clear();
+        if !self.rest.is_empty() {
+            self.rest.clear();
+        }
     }
 
     #[cfg(test)]

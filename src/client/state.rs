@@ -192,6 +192,7 @@ impl ClassMemo {
     /// it (a statement that may change the string mode makes the next
     /// ones unsure until the server answers). Always called with `class`
     /// set; the fallback only keeps this free of a panic path.
+    #[inline]
     fn noted(&mut self, classifier: &Classifier) -> &Classified {
         let (read_as, text) = (self.read_as, &self.text);
         let class = self

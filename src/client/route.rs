@@ -123,6 +123,26 @@ fn unit_len(cbuf: &[u8]) -> Result<Option<usize>, ProtocolError> {
     Ok(None)
 }
 
+/// Refuses a malformed Parse or Bind in a unit still incomplete at once,
+/// as when units were classified frame by frame (the client would wait
+/// otherwise for an answer to a request the proxy cannot read).
+fn check_partial(cbuf: &[u8]) -> Result<(), ProtocolError> {
+    let mut at = 0;
+    while let Some((tag, f)) = frame::complete(&cbuf[at..])? {
+        at += f.len();
+        match tag {
+            fe::PARSE => {
+                prepared::parse_parse(f)?;
+            }
+            fe::BIND => {
+                prepared::bind_statement(f)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Finds the unit at the start of `cbuf`; `None` if it is not complete yet.
 /// Its text is in the client's `encoding`. Each statement is classified
 /// once on its way to the server: a Query at the start of the unit was by
@@ -138,6 +158,7 @@ pub fn find_unit(
     encoding: ClientEncoding,
 ) -> Result<Option<Unit>, ProtocolError> {
     let Some(len) = unit_len(cbuf)? else {
+        check_partial(cbuf)?;
         return Ok(None);
     };
     let cbuf = &cbuf[..len];

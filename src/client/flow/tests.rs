@@ -516,3 +516,20 @@ fn the_relay_acts_on_the_carried_classification() {
     assert_eq!(replies.len(), 1);
     assert_eq!(parts.client.routing.route_shown(), RouteSetting::Primary);
 }
+
+#[test]
+fn a_malformed_parse_is_refused_before_its_unit_is_complete() {
+    // No Sync yet: the client must not wait for one to hear of it.
+    let mut parts = Parts::new();
+    let bad = msg(fe::PARSE, b"no terminator");
+    let client = &mut parts.client;
+    let found = crate::client::route::find_unit(
+        &bad,
+        &client.statements,
+        &mut client.memo,
+        &mut client.carried,
+        &parts.env.classifier,
+        client.params.encoding(),
+    );
+    assert!(found.is_err());
+}

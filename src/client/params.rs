@@ -44,7 +44,9 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
 #[derive(Clone, Debug)]
 pub struct ClientParams {
     startup: BTreeMap<Box<str>, ParamValue>,
-    current: BTreeMap<Box<str>, ParamValue>,
+    /// `None` while the settings are the startup ones (most clients never
+    /// change them): a copy per idle client would be ~400 bytes each.
+    changed: Option<BTreeMap<Box<str>, ParamValue>>,
     /// Changes made inside the open transaction block: they take effect at
     /// COMMIT and vanish at ROLLBACK, as on the server.
     pending: Vec<ParamChange>,
@@ -106,7 +108,7 @@ impl ClientParams {
             .or_insert_with(|| ParamValue::Raw("".into()));
         let defined = startup.keys().filter(|n| is_custom(n)).cloned().collect();
         let mut p = ClientParams {
-            current: startup.clone(),
+            changed: None,
             startup,
             pending: Vec::new(),
             defined,
@@ -137,8 +139,16 @@ impl ClientParams {
         self.hash
     }
 
+    #[inline]
     pub fn current(&self) -> &BTreeMap<Box<str>, ParamValue> {
-        &self.current
+        self.changed.as_ref().unwrap_or(&self.startup)
+    }
+
+    /// The current settings, to change (copied from the startup ones on
+    /// the first change).
+    fn current_mut(&mut self) -> &mut BTreeMap<Box<str>, ParamValue> {
+        let startup = &self.startup;
+        self.changed.get_or_insert_with(|| startup.clone())
     }
 
     /// A startup value given as a raw string (for ParameterStatus at login).
@@ -164,7 +174,7 @@ impl ClientParams {
     pub fn adopt(&mut self, current: BTreeMap<Box<str>, ParamValue>) {
         self.defined
             .extend(current.keys().filter(|n| is_custom(n)).cloned());
-        self.current = current;
+        self.changed = (current != self.startup).then_some(current);
         self.rehash();
     }
 
@@ -180,17 +190,17 @@ impl ClientParams {
         }
         match change {
             ParamChange::Set(name, value) => {
-                self.current.insert(name, value);
+                self.current_mut().insert(name, value);
             }
-            ParamChange::Reset(name) => match self.startup.get(&name) {
+            ParamChange::Reset(name) => match self.startup.get(&name).cloned() {
                 Some(v) => {
-                    self.current.insert(name, v.clone());
+                    self.current_mut().insert(name, v);
                 }
                 None => {
-                    self.current.remove(&name);
+                    self.current_mut().remove(&name);
                 }
             },
-            ParamChange::ResetAll => self.current = self.startup.clone(),
+            ParamChange::ResetAll => self.changed = None,
             // Outside a block the string that made them resolved them.
             ParamChange::Savepoint(_)
             | ParamChange::ReleaseSavepoint(_)
@@ -246,9 +256,9 @@ impl ClientParams {
     }
 
     fn rehash(&mut self) {
-        self.hash = hash_of(&self.current, &self.defined);
+        self.hash = hash_of(self.current(), &self.defined);
         self.serializable = self
-            .current
+            .current()
             .get("default_transaction_isolation")
             .is_some_and(|v| {
                 let (ParamValue::Sql(text) | ParamValue::Raw(text)) = v;
@@ -257,7 +267,7 @@ impl ClientParams {
             });
         // Quotes and case do not matter to the name lookup: `'latin1'`
         // from a SET is read like `LATIN1` from the startup packet.
-        self.encoding = match self.current.get("client_encoding") {
+        self.encoding = match self.current().get("client_encoding") {
             Some(ParamValue::Sql(v) | ParamValue::Raw(v)) => ClientEncoding::from_name(v),
             None => None,
         }
@@ -302,7 +312,7 @@ impl ServerParamsState {
     /// Records that the server now has the client's settings.
     pub fn assume(&mut self, client: &ClientParams) {
         if !self.matches(client) {
-            self.params = client.current.clone();
+            self.params = client.current().clone();
             self.defined.extend(client.defined.iter().cloned());
             self.hash = hash_of(&self.params, &self.defined);
             self.unknown = false;
@@ -344,27 +354,27 @@ impl ServerParamsState {
             &self.params
         };
         for name in base.keys() {
-            if !client.current.contains_key(name) {
+            if !client.current().contains_key(name) {
                 push_reset(&mut sql, name);
             }
         }
         // Defined in the client's session, reset since: RESET defines it
         // here too.
         for name in client.defined.difference(&self.defined) {
-            if !client.current.contains_key(name) && !base.contains_key(name) {
+            if !client.current().contains_key(name) && !base.contains_key(name) {
                 sql.push_str("RESET ");
                 push_name(&mut sql, name);
                 sql.push(';');
             }
         }
-        for (name, value) in &client.current {
+        for (name, value) in client.current() {
             if base.get(name) != Some(value) {
                 push_set(&mut sql, name, value);
             }
         }
         let utf8_first = !sql.is_ascii();
         if utf8_first {
-            match client.current.get_key_value("client_encoding") {
+            match client.current().get_key_value("client_encoding") {
                 Some((name, value)) => push_set(&mut sql, name, value),
                 None => push_reset(&mut sql, "client_encoding"),
             }

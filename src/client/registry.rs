@@ -95,7 +95,9 @@ pub struct ClientSlot {
     /// it: while there are any, the server goes to no one else (a late
     /// cancel would stop the next client's query).
     cancels: AtomicU32,
-    cancels_done: tokio::sync::Notify,
+    /// The registry's, shared by every slot: a slot's own would cost each
+    /// idle client its size, for something that rarely happens.
+    cancels_done: Arc<tokio::sync::Notify>,
 }
 
 /// A cancel on its way to the server a client holds; counted in its slot
@@ -192,12 +194,15 @@ const SHARDS: usize = 16;
 /// serialise on one lock.
 pub struct ClientRegistry {
     shards: Vec<Mutex<HashMap<i32, Arc<ClientSlot>>>>,
+    /// Woken whenever a client's last cancel in flight has arrived.
+    cancels_done: Arc<tokio::sync::Notify>,
 }
 
 impl Default for ClientRegistry {
     fn default() -> Self {
         ClientRegistry {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            cancels_done: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }
@@ -224,7 +229,7 @@ impl ClientRegistry {
                 pinned: AtomicBool::new(false),
                 server: Mutex::new(None),
                 cancels: AtomicU32::new(0),
-                cancels_done: tokio::sync::Notify::new(),
+                cancels_done: self.cancels_done.clone(),
             });
             shard.insert(pid, slot.clone());
             return ClientHandle {

@@ -16,15 +16,15 @@ use super::expect::{CommandTag, Synthetic};
 use super::local;
 use super::prepared;
 use super::route_setting;
-use super::state::ClientState;
+use super::state::{ClassMemo, ClientState};
 use super::tx_modes;
 use super::tx_status::TxStatus;
 use crate::config::PoolMode;
 use crate::protocol::frame::{self, fe};
-use crate::protocol::{ProtocolError, WireError};
+use crate::protocol::{ClientEncoding, ProtocolError, WireError};
 use crate::proxy::Shared;
 use crate::routing::policy::ClientRouting;
-use crate::routing::{Classified, TxEffect};
+use crate::routing::{Classified, Classifier, TxEffect};
 use crate::server::ServerPool;
 
 /// What to do with a frame received while no server is held.
@@ -33,7 +33,8 @@ pub enum Idle {
     Answered,
     /// The client said goodbye.
     Terminate,
-    /// Needs a server.
+    /// Needs a server. (A Query's classification, made here, is carried
+    /// on in `ClientState::carried` to routing and the relay.)
     NeedServer,
     /// Answered once this resolves (the frame is consumed; what `out`
     /// holds goes first).
@@ -97,12 +98,10 @@ fn query(
     status: TxStatus,
     out: &mut BytesMut,
 ) -> Result<Idle, WireError> {
-    let c = client.memo.classify_ref(
-        &shared.classifier,
-        client.params.encoding(),
-        frame::query_bytes(frame)?,
-    );
+    let encoding = client.params.encoding();
+    let c = classify(frame, &mut client.memo, encoding, &shared.classifier)?;
     if c.info.statement_count != 1 {
+        client.carried.push(frame.len(), c.clone());
         return Ok(Idle::NeedServer);
     }
     if let Some(param) = super::proxy_show::lone_show(c) {
@@ -134,7 +133,19 @@ fn query(
         answer.put(out, status);
         return Ok(Idle::Answered);
     }
+    client.carried.push(frame.len(), c.clone());
     Ok(Idle::NeedServer)
+}
+
+/// The classification of a Query that arrives while no server is held:
+/// the one its unit carries to routing and the relay.
+pub fn classify<'c>(
+    frame: &[u8],
+    memo: &'c mut ClassMemo,
+    encoding: ClientEncoding,
+    classifier: &Classifier,
+) -> Result<&'c Classified, ProtocolError> {
+    Ok(memo.classify_ref(classifier, encoding, frame::query_bytes(frame)?))
 }
 
 /// A BEGIN deferred until the transaction's first statement says where
@@ -247,9 +258,6 @@ fn refuse_frontend_tag(tag: u8) -> Result<(), WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::state::ClassMemo;
-    use crate::protocol::ClientEncoding;
-    use crate::routing::Classifier;
 
     fn run(
         text: &str,

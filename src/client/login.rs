@@ -9,21 +9,21 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::auth::{self, AuthFailure};
 use super::buffer_budget::MessageLimits;
-use super::credentials::UserAuth;
+use super::credentials::{Credentials, UserAuth};
 use super::params::ClientParams;
 use super::registry::ClientInfo;
 use super::session::SessionCtx;
 use super::state::ClientState;
 use super::strings::StringMode;
 use super::tx_status::TxStatus;
-use crate::config::ClientAuth;
+use crate::config::{ClientAuth, Config};
 use crate::logsafe;
 use crate::observe::ErrorKind;
 use crate::protocol::backend;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{ClientEncoding, SqlState, WireError};
 use crate::proxy::Shared;
-use crate::server::{ClientReport, PoolKey};
+use crate::server::{ClientReport, PoolKey, ServerParams};
 
 /// Startup parameters that only the proxy may set on server connections.
 const REFUSED_PARAMS: &[&str] = &["replication"];
@@ -36,7 +36,8 @@ pub enum LoggedIn {
 }
 
 /// Logs a client in. On success the client has received AuthenticationOk,
-/// its ParameterStatus set, BackendKeyData and ReadyForQuery.
+/// its ParameterStatus set, BackendKeyData and ReadyForQuery. `Ok(None)`:
+/// the client went away, or was already told why not.
 pub async fn login<S>(
     shared: &Arc<Shared>,
     stream: &mut S,
@@ -49,6 +50,108 @@ where
 {
     let config = shared.config.load_full();
     let mut out = BytesMut::with_capacity(512);
+    let (user, database) = check_startup(&startup, shared, &config, &mut out)?;
+    let credentials = shared.credentials.load_full();
+    let method = config.auth.client_auth;
+    let user_auth = user_auth(&credentials, user, method)?;
+    if !stream_is_ok(stream, &out).await {
+        return Ok(None);
+    }
+    out.clear();
+    if !authenticate(
+        &credentials,
+        stream,
+        buf,
+        method,
+        &user_auth,
+        user,
+        database,
+    )
+    .await?
+    {
+        return Ok(None);
+    }
+    // Checked after authentication, so that it tells a stranger nothing.
+    let console = database == crate::admin::DATABASE;
+    if console && !config.admin.users.iter().any(|u| u == user) {
+        return Err(WireError::fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            format!("role \"{user}\" may not open the pgsidecar console"),
+        )
+        .with_hint("list it in [admin] users"));
+    }
+    backend::auth_ok(&mut out);
+    if console {
+        // The console's own parameters; it has no cancel key.
+        crate::admin::parameter_status(&mut out);
+        backend::backend_key_data(&mut out, 0, 0);
+        TxStatus::Idle.put_ready(&mut out);
+        return Ok(stream_is_ok(stream, &out)
+            .await
+            .then_some(LoggedIn::Console));
+    }
+    let Some(params) = server_params(
+        shared, &config, stream, &mut out, user, database, &user_auth,
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let client_params = parameter_status(&startup, &params, &mut out);
+    let cancel = shared.clients.register(ClientInfo {
+        user: user.to_string(),
+        database: database.to_string(),
+        application_name: client_params
+            .startup_raw("application_name")
+            .unwrap_or("")
+            .to_string(),
+        addr: peer,
+        connected_at: std::time::SystemTime::now(),
+    });
+    backend::backend_key_data(&mut out, cancel.slot.pid, cancel.slot.secret);
+    TxStatus::Idle.put_ready(&mut out);
+    if !stream_is_ok(stream, &out).await {
+        return Ok(None);
+    }
+    let ctx = SessionCtx {
+        shared: shared.clone(),
+        user: user_auth,
+        database: database.to_string(),
+        mode: config.proxy.pool_mode,
+        messages: MessageLimits::new(
+            config.proxy.max_message_size as usize,
+            shared.message_memory.clone(),
+        ),
+        cancel,
+    };
+    let state = client_state(client_params, &params);
+    Ok(Some(LoggedIn::Session(Box::new((ctx, state)))))
+}
+
+/// What the proxy remembers about the client from its login.
+fn client_state(client_params: ClientParams, params: &ServerParams) -> ClientState {
+    // How the client's statements' strings are read, as the client was
+    // told: its own startup value, else the server's.
+    let strings = StringMode::at_login(
+        client_params
+            .startup_raw("standard_conforming_strings")
+            .or(params.get("standard_conforming_strings")),
+    );
+    let mut state = ClientState::new(client_params);
+    state.memo.strings = strings;
+    state
+}
+
+/// What the StartupMessage asks for, checked before anything else: the
+/// protocol version (a newer 3.x client is told what the proxy speaks, in
+/// `out`), no replication, a user name, and room for another client.
+/// Returns the user and the database.
+fn check_startup<'m>(
+    startup: &'m StartupMessage,
+    shared: &Shared,
+    config: &Config,
+    out: &mut BytesMut,
+) -> Result<(&'m str, &'m str), WireError> {
     if startup.minor > 0 {
         // Newer 3.x clients: say which version and options we speak, as
         // Postgres does, and carry on with 3.0.
@@ -58,7 +161,7 @@ where
             .filter(|(k, _)| k.starts_with("_pq_."))
             .map(|(k, _)| k.clone())
             .collect();
-        backend::negotiate_protocol_version(&mut out, 0, unsupported);
+        backend::negotiate_protocol_version(out, 0, unsupported);
     }
     if let Some((name, _)) = startup
         .params
@@ -93,30 +196,46 @@ where
             ),
         ));
     }
+    Ok((user, database))
+}
 
-    let credentials = shared.credentials.load_full();
-    let method = config.auth.client_auth;
-    let user_auth = match credentials.user(user) {
-        Some(known) => known.clone(),
+/// The credentials `user` authenticates against: its own, or a stand-in
+/// that fails like a wrong password for a name the proxy does not know.
+fn user_auth(
+    credentials: &Credentials,
+    user: &str,
+    method: ClientAuth,
+) -> Result<Arc<UserAuth>, WireError> {
+    match credentials.user(user) {
+        Some(known) => Ok(known.clone()),
         // With trust there is no exchange to hide behind.
-        None if method == ClientAuth::Trust => {
-            return Err(WireError::fatal(
-                SqlState::INVALID_AUTHORIZATION,
-                format!("role \"{user}\" is not allowed to connect through pgsidecar"),
-            )
-            .with_hint("add it to [[users]] in the pgsidecar config"));
-        }
+        None if method == ClientAuth::Trust => Err(WireError::fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            format!("role \"{user}\" is not allowed to connect through pgsidecar"),
+        )
+        .with_hint("add it to [[users]] in the pgsidecar config")),
         // Anyone else learns nothing about which names exist: the exchange
         // runs as for a known user and fails like a wrong password.
-        None => Arc::new(UserAuth::stand_in(user, method)),
-    };
-    if !stream_is_ok(stream, &out).await {
-        return Ok(None);
+        None => Ok(Arc::new(UserAuth::stand_in(user, method))),
     }
-    out.clear();
-    match auth::authenticate(stream, buf, method, &user_auth).await {
+}
+
+/// Runs the authentication exchange; false if the client went away.
+async fn authenticate<S>(
+    credentials: &Credentials,
+    stream: &mut S,
+    buf: &mut BytesMut,
+    method: ClientAuth,
+    user_auth: &UserAuth,
+    user: &str,
+    database: &str,
+) -> Result<bool, WireError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match auth::authenticate(stream, buf, method, user_auth).await {
         Ok(()) => {}
-        Err(AuthFailure::Gone) => return Ok(None),
+        Err(AuthFailure::Gone) => return Ok(false),
         Err(AuthFailure::Refused(e)) => {
             let error = e.to_string();
             tracing::info!(
@@ -135,26 +254,24 @@ where
             format!("password authentication failed for user \"{user}\""),
         ));
     }
-    // Checked after authentication, so that it tells a stranger nothing.
-    let console = database == crate::admin::DATABASE;
-    if console && !config.admin.users.iter().any(|u| u == user) {
-        return Err(WireError::fatal(
-            SqlState::INVALID_AUTHORIZATION,
-            format!("role \"{user}\" may not open the pgsidecar console"),
-        )
-        .with_hint("list it in [admin] users"));
-    }
-    backend::auth_ok(&mut out);
-    if console {
-        crate::admin::parameter_status(&mut out);
-        backend::backend_key_data(&mut out, 0, 0);
-        TxStatus::Idle.put_ready(&mut out);
-        if !stream_is_ok(stream, &out).await {
-            return Ok(None);
-        }
-        return Ok(Some(LoggedIn::Console));
-    }
+    Ok(true)
+}
 
+/// The parameters of a server on the primary (opening the pool's first
+/// connection if need be), so that a server-side refusal reaches the
+/// client at once: then it is written to the client, and `None` returned.
+async fn server_params<S>(
+    shared: &Shared,
+    config: &Config,
+    stream: &mut S,
+    out: &mut BytesMut,
+    user: &str,
+    database: &str,
+    user_auth: &UserAuth,
+) -> Result<Option<Arc<ServerParams>>, WireError>
+where
+    S: AsyncWrite + Unpin,
+{
     let cluster = shared.cluster().clone();
     // Just after a start or a failover the monitor may not have settled on
     // a primary yet: wait for one as a request waits for a server.
@@ -169,11 +286,9 @@ where
         user: user.to_string(),
         node: cluster.addr(primary).clone(),
     };
-    let pool = shared
-        .pools
-        .get(&key, &config, || user_auth.server_secret());
-    let params = match pool.server_params().await {
-        Ok(p) => p,
+    let pool = shared.pools.get(&key, config, || user_auth.server_secret());
+    match pool.server_params().await {
+        Ok(p) => Ok(Some(p)),
         Err(e) => {
             let error = e.to_string();
             tracing::warn!(
@@ -186,15 +301,22 @@ where
             shared.pools.forget_if_unused(&key);
             match e.to_client() {
                 ClientReport::Forward(frame) => out.extend_from_slice(&frame),
-                ClientReport::Error(w) => w.encode(&mut out),
+                ClientReport::Error(w) => w.encode(out),
             }
-            let _ = crate::tls::write_flush(stream, &out).await;
-            return Ok(None);
+            let _ = crate::tls::write_flush(stream, out).await;
+            Ok(None)
         }
-    };
+    }
+}
 
-    // The client sees the server's parameters with its own startup values
-    // (the proxy applies them on whichever server it gets).
+/// The client's session parameters, and the ParameterStatus set it is
+/// shown: the server's parameters with its own startup values (the proxy
+/// applies them on whichever server it gets).
+fn parameter_status(
+    startup: &StartupMessage,
+    params: &ServerParams,
+    out: &mut BytesMut,
+) -> ClientParams {
     let mut client_params = ClientParams::from_startup(&startup.params);
     if let Some(default) = params.get("client_encoding") {
         client_params.set_default_encoding(default);
@@ -207,52 +329,15 @@ where
             Some(v) => v,
             None => value.as_str(),
         };
-        backend::parameter_status(&mut out, name, value);
+        backend::parameter_status(out, name, value);
     }
     if client_params.startup_raw("application_name").is_some()
         && params.get("application_name").is_none()
     {
         let name = client_params.startup_raw("application_name").unwrap_or("");
-        backend::parameter_status(&mut out, "application_name", name);
+        backend::parameter_status(out, "application_name", name);
     }
-    let cancel = shared.clients.register(ClientInfo {
-        user: user.to_string(),
-        database: database.to_string(),
-        application_name: client_params
-            .startup_raw("application_name")
-            .unwrap_or("")
-            .to_string(),
-        addr: peer,
-        connected_at: std::time::SystemTime::now(),
-    });
-    backend::backend_key_data(&mut out, cancel.slot.pid, cancel.slot.secret);
-    TxStatus::Idle.put_ready(&mut out);
-    if !stream_is_ok(stream, &out).await {
-        return Ok(None);
-    }
-    // How the client's statements' strings are read, as the client was
-    // told: its own startup value, else the server's.
-    let strings = StringMode::at_login(
-        client_params
-            .startup_raw("standard_conforming_strings")
-            .or(params.get("standard_conforming_strings")),
-    );
-    let mut state = ClientState::new(client_params);
-    state.memo.strings = strings;
-    Ok(Some(LoggedIn::Session(Box::new((
-        SessionCtx {
-            shared: shared.clone(),
-            user: user_auth,
-            database: database.to_string(),
-            mode: config.proxy.pool_mode,
-            messages: MessageLimits::new(
-                config.proxy.max_message_size as usize,
-                shared.message_memory.clone(),
-            ),
-            cancel,
-        },
-        state,
-    )))))
+    client_params
 }
 
 async fn stream_is_ok<S: AsyncWrite + Unpin>(stream: &mut S, out: &[u8]) -> bool {

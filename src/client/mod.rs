@@ -4,6 +4,7 @@
 mod auth;
 pub mod buffer_budget;
 pub mod cancel;
+mod carried;
 pub mod credentials;
 mod effects;
 mod error_names;

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::carried::Carried;
 use super::prepared::{self, ClientStatements};
 use super::state::{ClassMemo, ClientState};
 use super::tx_modes::{self, Modes};
@@ -105,15 +106,62 @@ impl Unit {
     }
 }
 
+/// Where the unit at the start of `cbuf` ends; `None` if it is not
+/// complete yet. Reads frame headers only: nothing is classified until the
+/// whole unit is there.
+fn unit_len(cbuf: &[u8]) -> Result<Option<usize>, ProtocolError> {
+    let mut at = 0;
+    while let Some((tag, total)) = frame::header(&cbuf[at..])? {
+        if cbuf.len() - at < total {
+            return Ok(None);
+        }
+        at += total;
+        if matches!(tag, fe::QUERY | fe::SYNC | fe::FLUSH | fe::FUNCTION_CALL) {
+            return Ok(Some(at));
+        }
+    }
+    Ok(None)
+}
+
+/// Refuses a malformed Parse or Bind in a unit still incomplete at once,
+/// as when units were classified frame by frame (the client would wait
+/// otherwise for an answer to a request the proxy cannot read).
+fn check_partial(cbuf: &[u8]) -> Result<(), ProtocolError> {
+    let mut at = 0;
+    while let Some((tag, f)) = frame::complete(&cbuf[at..])? {
+        at += f.len();
+        match tag {
+            fe::PARSE => {
+                prepared::parse_parse(f)?;
+            }
+            fe::BIND => {
+                prepared::bind_statement(f)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Finds the unit at the start of `cbuf`; `None` if it is not complete yet.
-/// Its text is in the client's `encoding`.
+/// Its text is in the client's `encoding`. Each statement is classified
+/// once on its way to the server: a Query at the start of the unit was by
+/// the idle path, which left its classification in `carried`; the unit's
+/// other statements are classified here, and those the relay needs (a
+/// Query's, an unnamed Parse's) are left in `carried` for it, in order.
 pub fn find_unit(
     cbuf: &[u8],
     statements: &ClientStatements,
     memo: &mut ClassMemo,
+    carried: &mut Carried,
     classifier: &Classifier,
     encoding: ClientEncoding,
 ) -> Result<Option<Unit>, ProtocolError> {
+    let Some(len) = unit_len(cbuf)? else {
+        check_partial(cbuf)?;
+        return Ok(None);
+    };
+    let cbuf = &cbuf[..len];
     let mut at = 0;
     let mut unit = Unit {
         len: 0,
@@ -129,12 +177,16 @@ pub fn find_unit(
         at += f.len();
         match tag {
             fe::QUERY => {
-                let c = memo.classify(classifier, encoding, frame::query_bytes(f)?);
+                let c = match carried.take(f.len()) {
+                    Some(c) if at == f.len() => c,
+                    _ => memo.classify(classifier, encoding, frame::query_bytes(f)?),
+                };
                 if at == f.len() && c.info.statement_count == 1 {
                     unit.lone_tx = Some(c.info.tx);
                 }
                 unit.hint = unit.hint.or(c.hint);
-                unit.infos.push(c.info);
+                unit.infos.push(c.info.clone());
+                carried.push(f.len(), c);
                 unit.len = at;
                 return Ok(Some(unit));
             }
@@ -142,10 +194,11 @@ pub fn find_unit(
                 let msg = prepared::parse_parse(f)?;
                 let c = memo.classify(classifier, encoding, msg.query);
                 unit.hint = unit.hint.or(c.hint);
+                unit.infos.push(c.info.clone());
                 if msg.name.is_empty() {
                     unnamed = Some(c.info.clone());
+                    carried.push(f.len(), c);
                 }
-                unit.infos.push(c.info);
             }
             fe::BIND => {
                 let (name, _, _) = prepared::bind_statement(f)?;

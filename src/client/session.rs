@@ -69,26 +69,38 @@ where
     let result = serve(stream, cbuf, ctx, client, &mut pools, &mut phase)
         .instrument(span)
         .await;
+    close(stream, ctx, client, phase, result).await;
+}
+
+/// The end of a session, however it came (Terminate, the client gone, a
+/// FATAL error for it, shutdown, a server's own FATAL): the final error
+/// sent if there is one, the held server left clean, and after a refusal
+/// mid-message, the linger that lets the client read its error.
+async fn close<S>(
+    stream: &mut S,
+    ctx: &SessionCtx,
+    client: &mut ClientState,
+    phase: Phase,
+    result: Result<(), WireError>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut refused_mid_message = false;
     if let Err(e) = result {
         if e.code == SqlState::PROTOCOL_VIOLATION {
             ctx.shared.observer.metrics().error(ErrorKind::Protocol);
         }
-        let refused_mid_message =
-            e.code == SqlState::PROTOCOL_VIOLATION || e.code == SqlState::OUT_OF_MEMORY;
         let sent = crate::tls::write_flush(stream, &e.to_bytes()).await.is_ok();
-        unset_server(&ctx.cancel.slot).await;
-        if let Phase::Holding(h) = std::mem::replace(&mut phase, Phase::Idle) {
-            Box::pin(hold::leave(*h, client, ctx.mode)).await;
-        }
-        if sent && refused_mid_message {
-            // Boxed: rare, and kept out of every client task's size.
-            Box::pin(linger(stream)).await;
-        }
-        return;
+        refused_mid_message =
+            sent && (e.code == SqlState::PROTOCOL_VIOLATION || e.code == SqlState::OUT_OF_MEMORY);
     }
     unset_server(&ctx.cancel.slot).await;
     if let Phase::Holding(h) = phase {
         Box::pin(hold::leave(*h, client, ctx.mode)).await;
+    }
+    if refused_mid_message {
+        // Boxed: rare, and kept out of every client task's size.
+        Box::pin(linger(stream)).await;
     }
 }
 
@@ -314,6 +326,7 @@ where
                 cbuf,
                 &client.statements,
                 &mut client.memo,
+                &mut client.carried,
                 &ctx.shared.classifier,
                 client.params.encoding(),
             )? {
@@ -460,6 +473,8 @@ where
     };
     unset_server(&ctx.cancel.slot).await;
     ctx.cancel.slot.set_pinned(client.pins.is_pinned());
+    // Only the request that took the server carries classifications.
+    client.carried.clear();
     tracing::trace!(?end, status = %h.expect.status(), "relay ended");
     Ok((end, fresh))
 }
@@ -619,6 +634,7 @@ async fn fail_request<S>(
 {
     tracing::warn!(error = %crate::logsafe::message(&error.to_string()), "request refused");
     cbuf.advance(unit.len);
+    client.carried.clear();
     // A transaction the proxy had acknowledged (deferred BEGIN) is gone.
     client.deferred_begin = None;
     let mut out = error.to_bytes();

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 
+use super::carried::Carried;
 use super::effects::Pins;
 use super::params::{ClientParams, ParamValue};
 use super::prepared::ClientStatements;
@@ -30,11 +31,16 @@ pub struct ClientState {
     /// A request ending in Flush failed before reaching a server: its
     /// remaining messages are skipped up to Sync, as a server would.
     pub skip_to_sync: bool,
-    /// The last statement text classified, so that the idle path, routing
-    /// and the relay classify each request once.
+    /// The last statement text classified and its classification, reused
+    /// when the client sends the same text again, or the same statement
+    /// with other numbers (each request is classified once, where it
+    /// arrives, and the result carried: `client/carried.rs`).
     pub memo: ClassMemo,
     /// Reading back the held server's session after opaque code ran.
     pub readback: Readback,
+    /// The classifications routing made of the request that took the held
+    /// server, taken by the relay as it sends its statements.
+    pub carried: Carried,
 }
 
 /// Texts longer than this are not remembered (every idle client keeps one).
@@ -57,6 +63,10 @@ pub struct ClassMemo {
     /// Byte ranges of `text`'s numeric literals, and a spare list.
     numbers: Vec<Range<usize>>,
     spare: Vec<Range<usize>>,
+    /// Classifications asked for, so tests can check each statement is
+    /// classified once on its way to the server.
+    #[cfg(test)]
+    pub asked: u32,
 }
 
 impl ClassMemo {
@@ -79,8 +89,7 @@ impl ClassMemo {
     /// (see [`template`]), unless its values matter (a `SET`).
     ///
     /// A UTF-8 client repeating its last statement in the same string
-    /// mode costs one comparison and no validation: the text is checked
-    /// once per request, however many times routing and the relay ask.
+    /// mode costs one comparison and no validation.
     /// Text the proxy cannot read exactly is classified as
     /// [`Classified::unreadable`] (still lexed in the session's string
     /// mode, so that what it shows is what the server would read).
@@ -90,6 +99,10 @@ impl ClassMemo {
         encoding: ClientEncoding,
         raw: &[u8],
     ) -> &Classified {
+        #[cfg(test)]
+        {
+            self.asked += 1;
+        }
         let reading = self.strings.reading();
         // `keyed` implies `text` was read exactly; UTF-8 bytes equal to it
         // are the same text. An unsure reading is as repeatable as a sure
@@ -179,6 +192,7 @@ impl ClassMemo {
     /// it (a statement that may change the string mode makes the next
     /// ones unsure until the server answers). Always called with `class`
     /// set; the fallback only keeps this free of a panic path.
+    #[inline]
     fn noted(&mut self, classifier: &Classifier) -> &Classified {
         let (read_as, text) = (self.read_as, &self.text);
         let class = self

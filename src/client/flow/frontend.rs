@@ -119,11 +119,15 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
         out: &mut BytesMut,
         to_client: &mut Outbox,
     ) -> Result<(), WireError> {
-        let c = self.client.memo.classify(
-            self.env.classifier(),
-            self.client.params.encoding(),
-            frame::query_bytes(frame)?,
-        );
+        let c = match self.client.carried.take(frame.len()) {
+            // Classified when it arrived (idle path, routing).
+            Some(c) => c,
+            None => self.client.memo.classify(
+                self.env.classifier(),
+                self.client.params.encoding(),
+                frame::query_bytes(frame)?,
+            ),
+        };
         if let Some(param) = crate::client::proxy_show::lone_show(&c)
             && self.expect.is_quiet()
             && self.expect.status() != TxStatus::Failed
@@ -174,11 +178,14 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
     ) -> Result<(), ProtocolError> {
         let msg = prepared::parse_parse(frame)?;
         if msg.name.is_empty() {
-            let class = self.client.memo.classify(
-                self.env.classifier(),
-                self.client.params.encoding(),
-                msg.query,
-            );
+            let class = match self.client.carried.take(frame.len()) {
+                Some(c) => c,
+                None => self.client.memo.classify(
+                    self.env.classifier(),
+                    self.client.params.encoding(),
+                    msg.query,
+                ),
+            };
             let stand_in = route_setting::stand_in(&class)
                 .or_else(|| self.env.show_stand_in(&class, self.client, self.hold.role))
                 .map(|q| route_setting::with_query(frame, &q))

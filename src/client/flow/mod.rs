@@ -80,10 +80,13 @@ impl<E: FlowEnv> Flow for SessionFlow<'_, E> {
                 frame::put_frame(to_server, fe::SYNC, &[]);
                 self.expect
                     .sent(fe::SYNC, Some(Request::Sync), Audience::Proxy, Token::None);
+                self.client.carried.clear();
                 return Ok(ClientStep::Hold);
             } else if self.hold.budget_until_sync {
                 self.hold.budget_until_sync = tag != fe::SYNC;
             } else {
+                // Routed on its own later (and classified then).
+                self.client.carried.clear();
                 return Ok(ClientStep::Hold);
             }
         }

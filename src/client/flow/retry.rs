@@ -208,6 +208,9 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
         // Replies the proxy makes for replayed frames queue behind the
         // server's answers, so nothing goes to the client directly.
         let mut to_client = Outbox::default();
+        // Replayed frames are classified afresh (the list is empty by now:
+        // the request's frames were all sent before any answer came).
+        self.client.carried.clear();
         let mut rest = &frames[..];
         while let Ok(Some((tag, f))) = frame::complete(rest) {
             rest = &rest[f.len()..];

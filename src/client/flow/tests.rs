@@ -435,3 +435,101 @@ fn what_moves_per_transaction_stays_the_size_it_was() {
     assert!(std::mem::size_of::<crate::client::hold::Held>() <= 376);
     assert!(std::mem::size_of::<crate::server::Lease>() <= 56);
 }
+
+/// The unit at the start of `buf`, as the idle path and routing hand it to
+/// the relay (the idle path classifies a Query at its start).
+fn unit_of(parts: &mut Parts, buf: &[u8]) -> Option<crate::client::route::Unit> {
+    use crate::client::{idle, route};
+    let encoding = parts.client.params.encoding();
+    let classifier = &parts.env.classifier;
+    let client = &mut parts.client;
+    if let Ok(Some((fe::QUERY, f))) = frame::complete(buf) {
+        let c = idle::classify(f, &mut client.memo, encoding, classifier).expect("a Query");
+        client.carried.push(f.len(), c.clone());
+    }
+    let (statements, memo) = (&client.statements, &mut client.memo);
+    route::find_unit(
+        buf,
+        statements,
+        memo,
+        &mut client.carried,
+        classifier,
+        encoding,
+    )
+    .expect("valid frames")
+}
+
+#[test]
+fn a_query_is_classified_once_on_its_way_to_the_server() {
+    let mut parts = Parts::new();
+    let q = query("select * from t where id = 1");
+    unit_of(&mut parts, &q).expect("a whole unit");
+    assert_eq!(parts.client.memo.asked, 1, "the idle path classified it");
+    let (to_server, _) = parts.client(&[q]);
+    assert_eq!(tags(&to_server), ['Q']);
+    assert_eq!(parts.client.memo.asked, 1, "routing and the relay did not");
+    // A later request on the held server is classified where it arrives.
+    parts.client(&[query("select 2")]);
+    assert_eq!(parts.client.memo.asked, 2);
+}
+
+#[test]
+fn an_extended_unit_is_classified_once_and_only_when_complete() {
+    let mut parts = Parts::new();
+    let frames = [
+        parse("", "select * from t where id = $1"),
+        bind(""),
+        execute(),
+        sync(),
+    ];
+    let buf: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+    let without_sync = buf.len() - sync().len();
+    assert!(unit_of(&mut parts, &buf[..without_sync]).is_none());
+    assert_eq!(
+        parts.client.memo.asked, 0,
+        "nothing classified until the Sync"
+    );
+    unit_of(&mut parts, &buf).expect("a whole unit");
+    assert_eq!(parts.client.memo.asked, 1);
+    let (to_server, _) = parts.client(&frames);
+    assert_eq!(tags(&to_server), ['P', 'B', 'E', 'S']);
+    assert_eq!(
+        parts.client.memo.asked, 1,
+        "the relay used the carried class"
+    );
+}
+
+#[test]
+fn the_relay_acts_on_the_carried_classification() {
+    // What routing decided about the frame is what the relay does with
+    // it: a carried `SET pgsidecar.route` (made up for a frame of the
+    // same length) is answered by the proxy, the frame never reaches
+    // the server.
+    let mut parts = Parts::new();
+    let setting = "set pgsidecar.route = 'primary'";
+    let other = "select 'abcdefghijklmnopqrstuv'";
+    assert_eq!(setting.len(), other.len());
+    let class = parts.env.classifier.classify(setting);
+    parts.client.carried.push(query(other).len(), class);
+    let (to_server, replies) = parts.client(&[query(other)]);
+    assert!(to_server.is_empty(), "answered by the proxy");
+    assert_eq!(replies.len(), 1);
+    assert_eq!(parts.client.routing.route_shown(), RouteSetting::Primary);
+}
+
+#[test]
+fn a_malformed_parse_is_refused_before_its_unit_is_complete() {
+    // No Sync yet: the client must not wait for one to hear of it.
+    let mut parts = Parts::new();
+    let bad = msg(fe::PARSE, b"no terminator");
+    let client = &mut parts.client;
+    let found = crate::client::route::find_unit(
+        &bad,
+        &client.statements,
+        &mut client.memo,
+        &mut client.carried,
+        &parts.env.classifier,
+        client.params.encoding(),
+    );
+    assert!(found.is_err());
+}

@@ -1,0 +1,321 @@
+//! The relay's poll loop: client frames handed to the flow as they come,
+//! the flow's output written to the server, server bytes read and scanned,
+//! and the scanned chunks written to the client, until the server is
+//! released or a side ends.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::io::poll_read_buf;
+
+use super::server_side::{Chunk, ServerSide};
+use super::{
+    CLIENT_CHUNK, CLIENT_LOW, ClientStep, Flow, HIGH_WATER, MAX_REPLAY, Outbox, RelayEnd,
+    SERVER_CHUNK,
+};
+use crate::client::buffer_budget::MessageLimits;
+use crate::client::limits::{Fired, RelayTimers};
+use crate::protocol::WireError;
+use crate::protocol::frame;
+
+/// What processing the client's buffer came to.
+pub(super) enum ClientSide {
+    /// Everything complete was handled; more may come.
+    Open,
+    /// The client sent Terminate.
+    Terminated,
+    /// The flow holds the remaining frames back; stop reading.
+    Paused,
+}
+
+/// Splits complete client frames off `cbuf`, passes them to the flow.
+pub(super) fn process_client<F: Flow>(
+    cbuf: &mut BytesMut,
+    wbuf: &mut BytesMut,
+    side: &mut ServerSide,
+    flow: &mut F,
+    messages: &MessageLimits,
+) -> Result<ClientSide, WireError> {
+    let mut outbox = Outbox::default();
+    loop {
+        if let Some(&tag) = cbuf.first() {
+            crate::client::idle::check_frontend_tag(tag)?;
+        }
+        let Some((tag, total)) = frame::header(cbuf)? else {
+            return Ok(ClientSide::Open);
+        };
+        messages.admit(total)?;
+        if cbuf.len() < total {
+            cbuf.reserve(total - cbuf.len());
+            return Ok(ClientSide::Open);
+        }
+        let step = flow.client_frame(tag, &cbuf[..total], wbuf, &mut outbox)?;
+        side.add_own(&mut outbox);
+        match step {
+            ClientStep::Continue => {
+                if side.replaying {
+                    // Checked before copying: a large message is not
+                    // copied a third time just to find it is too long.
+                    side.replaying = side.replay.len() + total <= MAX_REPLAY;
+                    if side.replaying {
+                        side.replay.extend_from_slice(&cbuf[..total]);
+                    }
+                }
+                cbuf.advance(total);
+            }
+            ClientStep::Terminate => return Ok(ClientSide::Terminated),
+            ClientStep::Hold => return Ok(ClientSide::Paused),
+        }
+    }
+}
+
+/// Makes room for `chunk` more bytes once less than `low` is free.
+fn reserve(buf: &mut BytesMut, low: usize, chunk: usize) {
+    if buf.capacity() - buf.len() < low {
+        buf.reserve(chunk);
+    }
+}
+
+/// The relay's parts while it runs, borrowed for one `relay` call: the
+/// client's socket and buffer, the server's I/O parts, the scanned server
+/// bytes, the flow, and the limits it checks.
+pub(super) struct Relay<'r, S, F> {
+    pub(super) client: &'r mut S,
+    pub(super) cbuf: &'r mut BytesMut,
+    pub(super) server: &'r mut crate::tls::ServerStream,
+    pub(super) rbuf: &'r mut BytesMut,
+    pub(super) wbuf: &'r mut BytesMut,
+    pub(super) side: &'r mut ServerSide,
+    pub(super) flow: &'r mut F,
+    pub(super) messages: &'r MessageLimits,
+    pub(super) timers: &'r mut RelayTimers,
+}
+
+impl<S, F> Relay<'_, S, F>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Flow,
+{
+    /// Moves bytes each way until nothing moves, then waits (for a socket
+    /// or a limit).
+    pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        loop {
+            let mut progress = false;
+            if let Some(end) = self.client_to_proxy(cx, &mut progress) {
+                return Poll::Ready(end);
+            }
+            self.proxy_to_server(cx, &mut progress);
+            if let Some(end) = self.server_to_proxy(cx, &mut progress) {
+                return Poll::Ready(end);
+            }
+            if let Some(end) = self.proxy_to_client(cx, &mut progress) {
+                return Poll::Ready(end);
+            }
+            if let Some(end) = self.finished() {
+                return Poll::Ready(end);
+            }
+            if !progress {
+                return self.wait(cx);
+            }
+        }
+    }
+
+    /// Reads client bytes and hands their complete frames to the flow.
+    #[inline]
+    fn client_to_proxy(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Option<RelayEnd> {
+        let side = &mut *self.side;
+        if self.wbuf.len() >= HIGH_WATER || side.release || side.client_paused || side.eof.is_some()
+        {
+            return None;
+        }
+        reserve(self.cbuf, CLIENT_LOW, CLIENT_CHUNK);
+        match poll_read_buf(Pin::new(&mut *self.client), cx, self.cbuf) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Some(RelayEnd::ClientGone),
+            Poll::Ready(Ok(_)) => {
+                *progress = true;
+                self.timers.client_activity();
+                match process_client(self.cbuf, self.wbuf, side, self.flow, self.messages) {
+                    Err(e) => Some(RelayEnd::ClientError(e)),
+                    Ok(ClientSide::Terminated) => Some(RelayEnd::ClientGone),
+                    Ok(ClientSide::Paused) => {
+                        side.client_paused = true;
+                        None
+                    }
+                    Ok(ClientSide::Open) => None,
+                }
+            }
+            Poll::Pending => None,
+        }
+    }
+
+    /// Writes and flushes what the flow queued for the server.
+    #[inline]
+    fn proxy_to_server(&mut self, cx: &mut Context<'_>, progress: &mut bool) {
+        let side = &mut *self.side;
+        if !self.wbuf.is_empty() && side.eof.is_none() {
+            match Pin::new(&mut *self.server).poll_write(cx, self.wbuf) {
+                Poll::Ready(Ok(n)) => {
+                    self.wbuf.advance(n);
+                    side.server_unflushed = true;
+                    *progress = true;
+                }
+                Poll::Ready(Err(e)) => side.eof = Some(Some(e)),
+                Poll::Pending => {}
+            }
+        }
+        // A large message has gone: its buffers and charge go back.
+        self.messages.settle(self.cbuf, Some(self.wbuf));
+        if side.server_unflushed && side.eof.is_none() {
+            match Pin::new(&mut *self.server).poll_flush(cx) {
+                Poll::Ready(Ok(())) => side.server_unflushed = false,
+                Poll::Ready(Err(e)) => side.eof = Some(Some(e)),
+                Poll::Pending => {}
+            }
+        }
+    }
+
+    /// Reads server bytes and scans them into chunks for the client.
+    #[inline]
+    fn server_to_proxy(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Option<RelayEnd> {
+        let side = &mut *self.side;
+        if side.eof.is_some() || side.release || side.pending_bytes() >= HIGH_WATER {
+            return None;
+        }
+        reserve(self.rbuf, SERVER_CHUNK / 4, SERVER_CHUNK);
+        match poll_read_buf(Pin::new(&mut *self.server), cx, self.rbuf) {
+            Poll::Ready(Ok(0)) => {
+                side.eof = Some(None);
+                *progress = true;
+            }
+            Poll::Ready(Ok(_)) => {
+                *progress = true;
+                if let Err(e) = side.scan(self.rbuf, self.wbuf, self.flow) {
+                    return Some(RelayEnd::ServerGone(Some(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        e,
+                    ))));
+                }
+                if side.abandoned
+                    && let Some(replay) = side.take_replay()
+                {
+                    return Some(RelayEnd::Unanswered(replay));
+                }
+            }
+            Poll::Ready(Err(e)) => {
+                side.eof = Some(Some(e));
+                *progress = true;
+            }
+            Poll::Pending => {}
+        }
+        None
+    }
+
+    /// Writes the scanned chunks to the client, in order, and flushes.
+    #[inline]
+    fn proxy_to_client(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Option<RelayEnd> {
+        let side = &mut *self.side;
+        let rbuf = &mut *self.rbuf;
+        let client = &mut *self.client;
+        let mut wrote = false;
+        while let Some(chunk) = side.chunks.front_mut() {
+            match chunk {
+                Chunk::Skip(n) => {
+                    rbuf.advance(*n);
+                    side.scanned -= *n;
+                    side.chunks.pop_front();
+                }
+                Chunk::Later(later) => match later.as_mut().poll(cx) {
+                    Poll::Ready(bytes) => {
+                        *chunk = Chunk::Own(bytes);
+                        *progress = true;
+                    }
+                    Poll::Pending => break,
+                },
+                Chunk::Own(b) if b.is_empty() => {
+                    side.chunks.pop_front();
+                }
+                Chunk::Own(b) => {
+                    // Something reached the client: no retry from here on.
+                    side.replaying = false;
+                    match Pin::new(&mut *client).poll_write(cx, b) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                            return Some(RelayEnd::ClientGone);
+                        }
+                        Poll::Ready(Ok(w)) => {
+                            b.advance(w);
+                            if b.is_empty() {
+                                side.chunks.pop_front();
+                            }
+                            wrote = true;
+                            *progress = true;
+                        }
+                        Poll::Pending => break,
+                    }
+                }
+                Chunk::Forward(n) => match Pin::new(&mut *client).poll_write(cx, &rbuf[..*n]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Some(RelayEnd::ClientGone);
+                    }
+                    Poll::Ready(Ok(w)) => {
+                        rbuf.advance(w);
+                        side.scanned -= w;
+                        *n -= w;
+                        if *n == 0 {
+                            side.chunks.pop_front();
+                        }
+                        wrote = true;
+                        *progress = true;
+                    }
+                    Poll::Pending => break,
+                },
+            }
+        }
+        side.client_unflushed |= wrote;
+        if side.client_unflushed {
+            match Pin::new(&mut *client).poll_flush(cx) {
+                Poll::Ready(Ok(())) => side.client_unflushed = false,
+                Poll::Ready(Err(_)) => return Some(RelayEnd::ClientGone),
+                Poll::Pending => {}
+            }
+        }
+        None
+    }
+
+    /// How the relay ends once everything owed to the client is written:
+    /// the server released, or gone.
+    #[inline]
+    fn finished(&mut self) -> Option<RelayEnd> {
+        let side = &mut *self.side;
+        if !side.chunks.is_empty() || side.client_unflushed {
+            return None;
+        }
+        if side.release {
+            return Some(RelayEnd::Released);
+        }
+        let err = side.eof.take()?;
+        Some(match side.take_replay() {
+            Some(replay) => RelayEnd::Unanswered(replay),
+            None if side.told_fatal => RelayEnd::ServerEnded,
+            None => RelayEnd::ServerGone(err),
+        })
+    }
+
+    /// Nothing moved: waits, with the idle or query limit that applies.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        let side = &*self.side;
+        let quiet = self.flow.quiet_status().filter(|_| {
+            self.wbuf.is_empty() && side.chunks.is_empty() && !side.release && side.eof.is_none()
+        });
+        match self.timers.poll(cx, quiet) {
+            None => Poll::Pending,
+            Some(Fired::Idle(error)) => Poll::Ready(RelayEnd::Idle(error)),
+            Some(Fired::QueryUnanswered(limit)) => Poll::Ready(RelayEnd::QueryUnanswered(limit)),
+            Some(Fired::QueryCancelled(limit)) => {
+                self.flow.query_timed_out(limit);
+                Poll::Pending
+            }
+        }
+    }
+}

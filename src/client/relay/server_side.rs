@@ -1,0 +1,178 @@
+//! The server's side of a relay: which scanned server bytes go to the
+//! client, which are dropped, and what the proxy adds in between (chunks
+//! written in order by the poll loop), and the scan that hands inspected
+//! frames to the flow.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+use super::{Flow, Later, MAX_INSPECTED, Outbox, Own, ServerStep};
+use crate::protocol::ProtocolError;
+use crate::protocol::frame;
+
+pub(super) enum Chunk {
+    /// The next n bytes of the server buffer go to the client.
+    Forward(usize),
+    /// The next n bytes of the server buffer are dropped.
+    Skip(usize),
+    /// Bytes made by the proxy.
+    Own(Bytes),
+    /// Bytes made by the proxy once the future resolves.
+    Later(Later),
+}
+
+impl std::fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Chunk::Forward(n) => write!(f, "Forward({n})"),
+            Chunk::Skip(n) => write!(f, "Skip({n})"),
+            Chunk::Own(b) => write!(f, "Own({} bytes)", b.len()),
+            Chunk::Later(_) => write!(f, "Later"),
+        }
+    }
+}
+
+/// s2c bookkeeping: which scanned server bytes go where.
+#[derive(Default)]
+pub(super) struct ServerSide {
+    pub(super) chunks: VecDeque<Chunk>,
+    /// Bytes of the server buffer covered by `chunks`.
+    pub(super) scanned: usize,
+    /// Bytes still to come of a frame being streamed through.
+    pub(super) partial: usize,
+    pub(super) release: bool,
+    /// Bytes were written to the client (server) that may still sit in a
+    /// TLS buffer until flushed.
+    pub(super) client_unflushed: bool,
+    pub(super) server_unflushed: bool,
+    /// The flow holds client frames back until the server is released.
+    pub(super) client_paused: bool,
+    /// Client bytes consumed, kept while `replaying`.
+    pub(super) replay: BytesMut,
+    /// Nothing has reached the client yet and the request may still be
+    /// retried elsewhere.
+    pub(super) replaying: bool,
+    /// The server's first frame was a FATAL error: it was dying when the
+    /// request reached it.
+    pub(super) abandoned: bool,
+    /// A FATAL error from the server went to the client.
+    pub(super) told_fatal: bool,
+    pub(super) eof: Option<Option<std::io::Error>>,
+}
+
+impl ServerSide {
+    fn push(&mut self, chunk: Chunk) {
+        match (self.chunks.back_mut(), chunk) {
+            (Some(Chunk::Forward(n)), Chunk::Forward(m)) => *n += m,
+            (_, c) => self.chunks.push_back(c),
+        }
+    }
+
+    pub(super) fn add(&mut self, chunk: Chunk) {
+        if let Chunk::Forward(n) | Chunk::Skip(n) = chunk {
+            self.scanned += n;
+        }
+        self.push(chunk);
+    }
+
+    pub(super) fn add_own(&mut self, outbox: &mut Outbox) {
+        for own in outbox.0.drain(..) {
+            self.push(match own {
+                Own::Now(b) => Chunk::Own(b),
+                Own::Later(later) => Chunk::Later(later),
+            });
+        }
+    }
+
+    /// Scans newly read server bytes into chunks.
+    pub(super) fn scan<F: Flow>(
+        &mut self,
+        buf: &[u8],
+        wbuf: &mut BytesMut,
+        flow: &mut F,
+    ) -> Result<(), ProtocolError> {
+        while !self.release {
+            let rest = &buf[self.scanned..];
+            if self.partial > 0 {
+                let take = self.partial.min(rest.len());
+                if take == 0 {
+                    break;
+                }
+                self.partial -= take;
+                self.add(Chunk::Forward(take));
+                continue;
+            }
+            let Some((tag, total)) = frame::header(rest)? else {
+                break;
+            };
+            if self.replaying {
+                if tag == b'E' && rest.len() < total {
+                    break;
+                }
+                if tag == b'E'
+                    && crate::protocol::error::parse_error_fields(&rest[..total]).0 == Some("FATAL")
+                {
+                    // A backend terminated as the request arrived (killed
+                    // while pooled): nothing of the client's ran to
+                    // completion, nothing is forwarded. Replies to the
+                    // proxy's own preamble (a deferred BEGIN, settings)
+                    // may have come first: the BEGIN dies with the server,
+                    // and the settings are made again on the next one.
+                    self.add(Chunk::Skip(total));
+                    self.abandoned = true;
+                    break;
+                }
+            }
+            if flow.inspects(tag) {
+                if total > MAX_INSPECTED {
+                    return Err(ProtocolError::TooLarge {
+                        len: total,
+                        max: MAX_INSPECTED,
+                        limit: "the limit on server messages the proxy reads whole",
+                    });
+                }
+                if rest.len() < total {
+                    break;
+                }
+                let mut then = Outbox::default();
+                let step = flow.server_frame(tag, &rest[..total], wbuf, &mut then);
+                if matches!(step, ServerStep::Forward | ServerStep::Release(true)) {
+                    self.replaying = false;
+                    self.told_fatal |= tag == b'E'
+                        && crate::protocol::error::parse_error_fields(&rest[..total]).0
+                            == Some("FATAL");
+                }
+                match step {
+                    ServerStep::Forward => self.add(Chunk::Forward(total)),
+                    ServerStep::Drop => self.add(Chunk::Skip(total)),
+                    ServerStep::Release(forward) => {
+                        self.add(if forward {
+                            Chunk::Forward(total)
+                        } else {
+                            Chunk::Skip(total)
+                        });
+                        self.release = true;
+                    }
+                }
+                self.add_own(&mut then);
+            } else {
+                // Streamed through: the client sees it.
+                self.replaying = false;
+                let take = total.min(rest.len());
+                self.partial = total - take;
+                self.add(Chunk::Forward(take));
+            }
+        }
+        Ok(())
+    }
+
+    /// The consumed request, for a retry, if one is still possible.
+    pub(super) fn take_replay(&mut self) -> Option<BytesMut> {
+        std::mem::take(&mut self.replaying).then(|| std::mem::take(&mut self.replay))
+    }
+
+    pub(super) fn pending_bytes(&self) -> usize {
+        self.scanned
+    }
+}

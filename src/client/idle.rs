@@ -116,7 +116,8 @@ fn query(
         );
     }
     if let Some(change) = route_setting::lone_change(c) {
-        local::proxy_setting(change, &mut client.routing, status).put(out, status);
+        let encoding = client.params.encoding();
+        local::proxy_setting(change, &mut client.routing, status).put(out, status, encoding);
         return Ok(Idle::Answered);
     }
     if deferred_transaction(
@@ -130,7 +131,7 @@ fn query(
         return Ok(Idle::Answered);
     }
     if let Some(answer) = local::deallocate(c, &mut client.statements) {
-        answer.put(out, status);
+        answer.put(out, status, client.params.encoding());
         return Ok(Idle::Answered);
     }
     client.carried.push(frame.len(), c.clone());

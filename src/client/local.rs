@@ -15,7 +15,7 @@ use super::expect::CommandTag;
 use super::prepared::{self, ClientStatements, ParseMsg, Statement, StatementRegistry};
 use super::state::ClientState;
 use super::tx_status::TxStatus;
-use crate::protocol::{ProtocolError, WireError};
+use crate::protocol::{ClientEncoding, ProtocolError, WireError};
 use crate::routing::policy::{ClientRouting, ProxyChange};
 use crate::routing::{Classified, Classifier, Unpin};
 
@@ -30,12 +30,13 @@ pub enum Local {
 }
 
 impl Local {
-    /// Appends the answer, ending with ReadyForQuery(`status`).
-    pub fn put(self, out: &mut BytesMut, status: TxStatus) {
+    /// Appends the answer, ending with ReadyForQuery(`status`); an error's
+    /// text in the client's `encoding` (it may quote what the client sent).
+    pub fn put(self, out: &mut BytesMut, status: TxStatus, encoding: ClientEncoding) {
         match self {
             Local::Command(tag) => tag.put(out, status),
             Local::Refused(error) => {
-                out.extend_from_slice(&error.to_bytes());
+                out.extend_from_slice(&error.to_bytes_in(encoding));
                 status.put_ready(out);
             }
         }

@@ -90,7 +90,8 @@ async fn close<S>(
         if e.code == SqlState::PROTOCOL_VIOLATION {
             ctx.shared.observer.metrics().error(ErrorKind::Protocol);
         }
-        let sent = crate::tls::write_flush(stream, &e.to_bytes()).await.is_ok();
+        let text = e.to_bytes_in(client.params.encoding());
+        let sent = crate::tls::write_flush(stream, &text).await.is_ok();
         refused_mid_message =
             sent && (e.code == SqlState::PROTOCOL_VIOLATION || e.code == SqlState::OUT_OF_MEMORY);
     }
@@ -637,7 +638,7 @@ async fn fail_request<S>(
     client.carried.clear();
     // A transaction the proxy had acknowledged (deferred BEGIN) is gone.
     client.deferred_begin = None;
-    let mut out = error.to_bytes();
+    let mut out = error.to_bytes_in(client.params.encoding());
     if unit.ends_with_ready {
         TxStatus::Idle.put_ready(&mut out);
     } else {

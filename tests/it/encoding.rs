@@ -306,3 +306,39 @@ async fn a_client_without_application_name_sees_an_empty_one() {
     raw.send(&wire::query("show application_name")).await;
     assert_eq!(rows(&mut raw).await.unwrap(), [Vec::<u8>::new()]);
 }
+
+/// The proxy's own errors reach a client in its encoding, as Postgres's
+/// do: a refused `SET pgsidecar.route` quotes the value the client sent,
+/// which a LATIN1 client must read back as it wrote it.
+#[tokio::test]
+async fn the_proxys_own_errors_are_in_the_clients_encoding() {
+    let db = harness::fresh_db("enc_own_errors");
+    let proxy = routing_proxy("[auth]\nclient_auth = \"trust\"\n").await;
+    for (encoding, sql, quoted) in [
+        (
+            "LATIN1",
+            &b"set pgsidecar.route = 'r\xe9plica'"[..],
+            &b"'r\xe9plica'"[..],
+        ),
+        (
+            "UTF8",
+            b"set pgsidecar.route = 'r\xc3\xa9plica'",
+            b"'r\xc3\xa9plica'",
+        ),
+    ] {
+        let (mut raw, _) = login(&proxy, &db, &[("client_encoding", encoding)]).await;
+        raw.send(&query_bytes(sql)).await;
+        let (status, seen) = raw.until_ready().await;
+        assert_eq!(status, b'I', "{seen:?}");
+        let (_, body) = seen
+            .iter()
+            .find(|(tag, _)| *tag == b'E')
+            .unwrap_or_else(|| panic!("{encoding}: no error in {seen:?}"));
+        assert_eq!(wire::parse_error(body).code, "22023");
+        assert!(
+            body.windows(quoted.len()).any(|w| w == quoted),
+            "{encoding}: the value as the client wrote it: {:?}",
+            String::from_utf8_lossy(body)
+        );
+    }
+}

@@ -27,7 +27,8 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
             Local::Command(tag) => self.reply(Synthetic::Command(tag), to_client),
             refused @ Local::Refused(_) => {
                 let mut reply = BytesMut::new();
-                refused.put(&mut reply, self.expect.status());
+                let encoding = self.client.params.encoding();
+                refused.put(&mut reply, self.expect.status(), encoding);
                 to_client.push(reply.freeze());
             }
         }

@@ -130,8 +130,9 @@ fn query(
     ) {
         return Ok(Idle::Answered);
     }
-    if let Some(answer) = local::deallocate(c, &mut client.statements) {
-        answer.put(out, status, client.params.encoding());
+    let encoding = client.params.encoding();
+    if let Some(answer) = local::deallocate(c, &mut client.statements, encoding) {
+        answer.put(out, status, encoding);
         return Ok(Idle::Answered);
     }
     client.carried.push(frame.len(), c.clone());

@@ -61,10 +61,17 @@ pub fn proxy_setting(
 
 /// A lone `DEALLOCATE name` of a protocol-level statement of this client:
 /// forgotten here, answered locally.
-pub fn deallocate(c: &Classified, statements: &mut ClientStatements) -> Option<Local> {
+///
+/// The name was read from the client's text: it is looked up in the
+/// client's encoding, which the client's Parse named it in.
+pub fn deallocate(
+    c: &Classified,
+    statements: &mut ClientStatements,
+    encoding: ClientEncoding,
+) -> Option<Local> {
     if c.info.statement_count == 1
         && let Some(Unpin::Deallocate(name)) = &c.info.unpin
-        && statements.forget(name.as_bytes()).is_some()
+        && statements.forget(&encoding.encode(name)).is_some()
     {
         return Some(Local::Command(CommandTag::Deallocate));
     }

@@ -342,3 +342,36 @@ async fn the_proxys_own_errors_are_in_the_clients_encoding() {
         );
     }
 }
+
+/// A LATIN1 client's `DEALLOCATE "sé"` drops the statement it prepared
+/// under that name (named in LATIN1 bytes in its Parse), as it would on a
+/// direct connection, and the name can be prepared again.
+#[tokio::test]
+async fn a_latin1_client_deallocates_its_non_ascii_statement() {
+    let db = harness::fresh_db("enc_deallocate");
+    let proxy = routing_proxy("[auth]\nclient_auth = \"trust\"\n").await;
+    let (mut latin1, _) = login(&proxy, &db, &[("client_encoding", "LATIN1")]).await;
+    let sql = b"select 'caf\xe9'::text";
+    latin1
+        .send(&[parse(b"s\xe9", sql), bind_execute_sync(b"s\xe9")].concat())
+        .await;
+    assert_eq!(rows(&mut latin1).await.unwrap(), [b"caf\xe9".to_vec()]);
+    latin1.send(&query_bytes(b"deallocate \"s\xe9\"")).await;
+    rows(&mut latin1)
+        .await
+        .unwrap_or_else(|e| panic!("DEALLOCATE refused: {e:?}"));
+    // Gone: a Bind to it fails as on a direct connection ...
+    latin1.send(&bind_execute_sync(b"s\xe9")).await;
+    assert_eq!(rows(&mut latin1).await.unwrap_err().code, "26000");
+    // ... and the name is free again.
+    latin1
+        .send(
+            &[
+                parse(b"s\xe9", b"select 'again'::text"),
+                bind_execute_sync(b"s\xe9"),
+            ]
+            .concat(),
+        )
+        .await;
+    assert_eq!(rows(&mut latin1).await.unwrap(), [b"again".to_vec()]);
+}

@@ -157,7 +157,8 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
             }),
             None => None,
         };
-        if let Some(answer) = local::deallocate(&c, &mut self.client.statements) {
+        let encoding = self.client.params.encoding();
+        if let Some(answer) = local::deallocate(&c, &mut self.client.statements, encoding) {
             // A protocol-level statement of this client: the server's
             // copy is shared with others and stays.
             self.answer_locally(answer, to_client);

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio_util::sync::WaitForCancellationFuture;
 
 use super::buffer_budget::MessageLimits;
 use super::cancel::CancelTarget;
@@ -23,6 +22,7 @@ use super::registry::{ClientHandle, ServerLink};
 use super::relay::{self, RelayEnd};
 use super::route;
 use super::state::ClientState;
+use super::stop_signal::StopSignal;
 use super::tx_status::TxStatus;
 use crate::config::PoolMode;
 use crate::observe::ErrorKind;
@@ -166,11 +166,10 @@ where
     // Replies made while idle, written once no further request is buffered.
     let mut out = BytesMut::new();
     let mut kept = Kept::default();
-    // Made once per client, not per request: a cancellation future
-    // registers with its token when first polled, and re-registering on
-    // every request costs more than the rest of the idle path.
-    let shutdown = ctx.shared.shutdown.cancelled();
-    let force_close = ctx.shared.force_close.cancelled();
+    // Made once per client, not per request: registered with its token
+    // when first polled, then one atomic load per poll (stop_signal.rs).
+    let shutdown = StopSignal::new(&ctx.shared.shutdown);
+    let force_close = StopSignal::new(&ctx.shared.force_close);
     tokio::pin!(shutdown, force_close);
     loop {
         if let Phase::Idle = phase {
@@ -220,6 +219,9 @@ where
         ))
         .await?;
         match relay_ended(end, fresh, phase, cbuf, ctx, client, &mut kept)? {
+            // No lock for a cancelled shutdown: the session's registered
+            // signal says it.
+            Next::Serve if shutdown.fired() => return Err(shutting_down()),
             Next::Serve => {}
             Next::Close => return Ok(()),
         }
@@ -236,7 +238,7 @@ async fn next_unit<S>(
     client: &mut ClientState,
     pools: &mut NodePools,
     out: &mut BytesMut,
-    mut shutdown: Pin<&mut WaitForCancellationFuture<'_>>,
+    mut shutdown: Pin<&mut StopSignal<'_>>,
 ) -> Result<Option<route::Unit>, WireError>
 where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
@@ -329,9 +331,6 @@ fn relay_ended(
         RelayEnd::Released => {
             kept.retry.attempts = 0;
             hold::release(*phase.release(), client, &mut kept.spare);
-            if ctx.shared.shutdown.is_cancelled() {
-                return Err(shutting_down());
-            }
             Ok(Next::Serve)
         }
         RelayEnd::ClientGone => Ok(Next::Close),
@@ -395,7 +394,7 @@ async fn relay_on<S>(
     ctx: &SessionCtx,
     client: &mut ClientState,
     retry: &mut Retry,
-    force_close: Pin<&mut WaitForCancellationFuture<'_>>,
+    force_close: Pin<&mut StopSignal<'_>>,
 ) -> Result<(RelayEnd, Fresh), WireError>
 where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin,

@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 CLIENTS=${CLIENTS:-16}
 TXNS=${TXNS:-500}
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-[ -x target/release/pgsidecar ] || { echo "cargo build --release first" >&2; exit 1; }
+[ -x "${PGSIDECAR_BIN:-target/release/pgsidecar}" ] || { echo "cargo build --release first" >&2; exit 1; }
 
 source benches/lib.sh
 start_cluster

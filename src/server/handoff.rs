@@ -46,9 +46,14 @@ pub enum Source {
     Pool,
 }
 
-/// A checkout that found no connection within its `checkout_timeout`.
-#[derive(Debug)]
-pub struct WaitedInVain;
+/// Why a checkout ended without a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotTaken {
+    /// None came within its `checkout_timeout`.
+    WaitedInVain,
+    /// Its caller's `give_up` said so while it waited.
+    GivenUp,
+}
 
 /// The part of a pool its leases share: bb8, and who waits.
 pub struct Handoff {
@@ -134,7 +139,16 @@ impl Handoff {
     /// ahead, else the next one given back (or opened) after every earlier
     /// waiter was served, within `checkout_timeout`. Returns how long it
     /// waited (zero, without reading the clock, when it did not).
-    pub async fn take(self: &Arc<Self>) -> Result<(Lease, Source, Duration), WaitedInVain> {
+    ///
+    /// A checkout that has to wait asks `give_up` when it starts waiting
+    /// and whenever [`wake_waiters`](Self::wake_waiters) wakes it (not when
+    /// served), and leaves the queue if it says so: the caller's watch on
+    /// the node costs nothing when a connection is there at once, and no
+    /// subscription of its own while it waits.
+    pub async fn take(
+        self: &Arc<Self>,
+        give_up: impl Fn() -> bool,
+    ) -> Result<(Lease, Source, Duration), NotTaken> {
         let (slot, since) = {
             let mut queue = lock(&self.queue);
             if queue.waiters.is_empty()
@@ -170,10 +184,22 @@ impl Handoff {
                     return Ok((self.lease(conn), source, since.elapsed()));
                 }
                 if state.expired {
-                    return Err(WaitedInVain);
+                    return Err(NotTaken::WaitedInVain);
                 }
             }
+            if give_up() {
+                return Err(NotTaken::GivenUp);
+            }
             waiting.slot.ready.notified().await;
+        }
+    }
+
+    /// Wakes every queued checkout to ask its `give_up` again (the
+    /// cluster changed: a node went down, or the primary moved).
+    pub fn wake_waiters(&self) {
+        let queue = lock(&self.queue);
+        for slot in &queue.waiters {
+            slot.ready.notify_one();
         }
     }
 

@@ -572,13 +572,13 @@ where
             std::future::poll_fn(|cx| {
                 let ready = stream.poll_readable(cx);
                 if ready.is_pending() && cbuf.capacity() > 0 {
-                    *cbuf = BytesMut::new();
+                    park_buffer(std::mem::take(cbuf));
                 }
                 ready
             })
             .await;
             if cbuf.capacity() < IDLE_BUFFER {
-                cbuf.reserve(IDLE_BUFFER);
+                *cbuf = unpark_buffer();
             }
         } else if cbuf.capacity() > IDLE_BUFFER {
             *cbuf = BytesMut::with_capacity(IDLE_BUFFER);
@@ -587,6 +587,51 @@ where
         cbuf.reserve(IDLE_BUFFER.max(cbuf.len()));
     }
     Ok(matches!(stream.read_buf(cbuf).await, Ok(n) if n > 0))
+}
+
+thread_local! {
+    /// Buffers that idle clients let go of, for the next clients on this
+    /// thread with something to read: a client keeps no buffer between
+    /// requests, and freeing one and allocating another cost a `free` and
+    /// a `malloc` per request. A few per thread, so the memory idle
+    /// clients do not hold stays small.
+    static PARKED: std::cell::Cell<Vec<BytesMut>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Buffers parked per thread, at most.
+const PARKED_BUFFERS: usize = 8;
+/// A buffer larger than this is freed rather than parked.
+const PARKED_MAX: usize = 8 * IDLE_BUFFER;
+
+/// Keeps an idle client's (empty) buffer for another, if it is small.
+fn park_buffer(mut buf: BytesMut) {
+    if buf.capacity() > PARKED_MAX {
+        return;
+    }
+    buf.clear();
+    PARKED.with(|p| {
+        let mut parked = p.take();
+        if parked.len() < PARKED_BUFFERS {
+            parked.push(buf);
+        }
+        p.set(parked);
+    });
+}
+
+/// A parked buffer with room for [`IDLE_BUFFER`] bytes, or a new one.
+fn unpark_buffer() -> BytesMut {
+    let mut buf = PARKED
+        .with(|p| {
+            let mut parked = p.take();
+            let buf = parked.pop();
+            p.set(parked);
+            buf
+        })
+        .unwrap_or_default();
+    if buf.capacity() < IDLE_BUFFER {
+        buf.reserve(IDLE_BUFFER);
+    }
+    buf
 }
 
 /// Answers a request that could not get a server: the error, then

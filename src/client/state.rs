@@ -35,6 +35,8 @@ pub struct ClientState {
     pub memo: ClassMemo,
     /// Reading back the held server's session after opaque code ran.
     pub readback: Readback,
+    /// Texts of the statements being observed (`effects::SqlText`).
+    pub texts: super::effects::Texts,
 }
 
 /// Texts longer than this are not remembered (every idle client keeps one).

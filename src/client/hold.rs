@@ -396,7 +396,6 @@ fn remember_params(held: &mut Held, client: &ClientState) {
         // It holds a statement with a stale plan the proxy did not repair.
         held.lease.mark_broken();
     }
-    held.lease.mark_returned();
     let state = &mut held.lease.state;
     if held.hold.params_diverged {
         state.params.mark_unknown();

@@ -94,7 +94,8 @@ struct Slot {
 }
 
 struct SlotState {
-    lease: Option<(Bb8Lease, Source)>,
+    /// The connection handed over, and when.
+    lease: Option<(Bb8Lease, Source, Instant)>,
     /// Still in the queue (not served, not given up).
     queued: bool,
     /// Its `checkout_timeout` passed before a connection came.
@@ -179,9 +180,10 @@ impl Handoff {
         loop {
             {
                 let mut state = lock(&waiting.slot.state);
-                if let Some((conn, source)) = state.lease.take() {
+                if let Some((conn, source, at)) = state.lease.take() {
                     drop(state);
-                    return Ok((self.lease(conn), source, since.elapsed()));
+                    let waited = at.saturating_duration_since(since);
+                    return Ok((self.lease(conn), source, waited));
                 }
                 if state.expired {
                     return Err(NotTaken::WaitedInVain);
@@ -316,6 +318,11 @@ impl Handoff {
     /// (broken, past `max_lifetime`, asked back by the fleet budget) goes
     /// to bb8 to be closed, and a filler opens another for the waiters.
     fn give(self: &Arc<Self>, mut conn: Bb8Lease, source: Source) {
+        // The one clock read of a connection given back: when it was
+        // returned (its idle time and age are counted from there) and,
+        // for a waiter, when its wait ended.
+        let now = Instant::now();
+        conn.mark_returned_at(now.into_std());
         let mut queue = lock(&self.queue);
         if queue.waiters.is_empty() {
             // Under the queue's lock: a checkout that finds no idle
@@ -335,7 +342,7 @@ impl Handoff {
         {
             let mut state = lock(&slot.state);
             state.queued = false;
-            state.lease = Some((conn, source));
+            state.lease = Some((conn, source, now));
         }
         slot.ready.notify_one();
         // Reusable once its waiter has taken the connection and let go.
@@ -397,7 +404,7 @@ impl Drop for Waiting<'_> {
             state.queued = false;
             late = late.or_else(|| state.lease.take());
         }
-        if let Some((conn, source)) = late {
+        if let Some((conn, source, _)) = late {
             self.hand.give(conn, source);
         }
     }

@@ -7,6 +7,7 @@
 #
 #   cargo build --release && bash benches/callgrind.sh
 #   TXNS=500 CLIENTS=16 bash benches/callgrind.sh
+#   FLAGS="-S -C" TXNS=50 bash benches/callgrind.sh   # per new connection
 #
 # Starts a throwaway primary + replica (benches/lib.sh) and the release
 # pgsidecar under callgrind, warms up, zeroes the counters, runs
@@ -17,6 +18,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=${CLIENTS:-16}
 TXNS=${TXNS:-500}
+FLAGS=${FLAGS:--S}
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 [ -x "${PGSIDECAR_BIN:-target/release/pgsidecar}" ] || { echo "cargo build --release first" >&2; exit 1; }
 
@@ -27,7 +29,7 @@ PGSIDECAR_WRAP="valgrind --tool=callgrind --callgrind-out-file=$out" start_pgsid
 
 bench() {
     PGPASSWORD=$PASSWORD "$BINDIR/pgbench" -n -h 127.0.0.1 -p "$SIDECAR_PORT" -U bench \
-        -S -c "$CLIENTS" -j 2 -t "$1" bench 2>&1
+        $FLAGS -c "$CLIENTS" -j 2 -t "$1" bench 2>&1
 }
 log "warm-up"
 bench 100 >/dev/null
@@ -41,7 +43,7 @@ for _ in $(seq 100); do
 done
 sleep 0.5
 callgrind_control -z "$SIDECAR_PID" >/dev/null 2>&1
-log "pgbench -S -c $CLIENTS -j 2 -t $TXNS under callgrind"
+log "pgbench $FLAGS -c $CLIENTS -j 2 -t $TXNS under callgrind"
 result=$(bench "$TXNS")
 grep -q "number of failed transactions: 0 " <<<"$result" || { echo "$result" >&2; exit 1; }
 callgrind_control -d "$SIDECAR_PID" >/dev/null 2>&1

@@ -195,7 +195,9 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         let proxy = Proxy::start(config).await?;
         // The console's RELOAD re-reads this file.
         let _ = proxy.shared.config_path.set(path.to_path_buf());
-        tracing::info!(addr = %proxy.addr, worker_threads, "ready");
+        // Where it listens is on the "pgsidecar listening" line (with
+        // `listen = ""` there is no TCP address to show here).
+        tracing::info!(worker_threads, "ready");
         let signal = loop {
             tokio::select! {
                 _ = hangup.recv() => {

@@ -13,8 +13,10 @@ use std::time::Duration;
 use tokio::time::Sleep;
 
 use super::cancel::{CancelTarget, send_cancel};
+use super::registry::ClientSlot;
 use crate::config::ProxyConfig;
 use crate::protocol::{SqlState, WireError};
+use std::sync::Arc;
 
 /// Time a server gets to answer a cancel sent for `query_timeout` before
 /// the proxy gives up on it (a node that stopped answering).
@@ -111,14 +113,16 @@ pub enum Fired {
 /// The timers of one relay.
 pub struct RelayTimers {
     limits: Limits,
-    cancel: Option<CancelTarget>,
+    /// Where query_timeout's cancel goes, and the slot that counts it in
+    /// flight (the server is not given up before it has arrived).
+    cancel: Option<(CancelTarget, Arc<ClientSlot>)>,
     idle: Option<Pin<Box<Sleep>>>,
     query: Option<Pin<Box<Sleep>>>,
     cancelled: bool,
 }
 
 impl RelayTimers {
-    pub fn new(limits: Limits, cancel: Option<CancelTarget>) -> Self {
+    pub fn new(limits: Limits, cancel: Option<(CancelTarget, Arc<ClientSlot>)>) -> Self {
         RelayTimers {
             limits,
             cancel,
@@ -171,8 +175,10 @@ impl RelayTimers {
                     return Some(Fired::QueryUnanswered(limit));
                 }
                 self.cancelled = true;
-                if let Some(target) = self.cancel.clone() {
+                if let Some((target, slot)) = &self.cancel {
+                    let (target, in_flight) = (target.clone(), slot.begin_cancel());
                     tokio::spawn(async move {
+                        let _in_flight = in_flight;
                         if let Err(error) = send_cancel(&target).await {
                             tracing::warn!(%error, "query_timeout: cancel request failed");
                         }

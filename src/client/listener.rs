@@ -54,8 +54,37 @@ impl Accept for UnixSocket {
     }
 }
 
+/// How often a run of failed accepts is logged: at descriptor exhaustion
+/// accept fails every 50 ms, and a line each time would flood the log.
+const ACCEPT_ERROR_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Logs the first failed accept of a run, then one line per
+/// [`ACCEPT_ERROR_LOG_EVERY`] with the number of failures in between.
+#[derive(Default)]
+struct AcceptErrors {
+    last_logged: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    fn failed(&mut self, error: &std::io::Error, now: std::time::Instant) -> bool {
+        let due = self
+            .last_logged
+            .is_none_or(|at| now.duration_since(at) >= ACCEPT_ERROR_LOG_EVERY);
+        if !due {
+            self.unlogged += 1;
+            return false;
+        }
+        let since = std::mem::take(&mut self.unlogged);
+        tracing::warn!(%error, failed_since_last_line = since, "accept failed");
+        self.last_logged = Some(now);
+        true
+    }
+}
+
 /// Accepts clients until shutdown starts.
 pub async fn accept_loop<L: Accept>(listener: L, shared: Arc<Shared>) {
+    let mut errors = AcceptErrors::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -72,7 +101,7 @@ pub async fn accept_loop<L: Accept>(listener: L, shared: Arc<Shared>) {
             }
             Err(error) => {
                 // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(%error, "accept failed");
+                errors.failed(&error, std::time::Instant::now());
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
@@ -153,5 +182,30 @@ fn login_error_kind(error: &crate::protocol::WireError) -> ErrorKind {
         SqlState::TOO_MANY_CONNECTIONS => ErrorKind::TooManyClients,
         SqlState::CONNECTION_FAILURE => ErrorKind::NoNode,
         _ => ErrorKind::Protocol,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_run_of_failed_accepts_is_logged_once_per_interval() {
+        let mut errors = AcceptErrors::default();
+        let error = std::io::Error::from_raw_os_error(24);
+        let start = Instant::now();
+        assert!(errors.failed(&error, start), "the first failure is logged");
+        let logged = (1..=200)
+            .filter(|i| errors.failed(&error, start + Duration::from_millis(50 * i)))
+            .count();
+        // 10 s of failures every 50 ms: one more line at the 10 s mark.
+        assert_eq!(logged, 1);
+        assert_eq!(
+            errors.unlogged, 0,
+            "the logged line counted the failures before it"
+        );
+        assert!(!errors.failed(&error, start + Duration::from_millis(10_001)));
+        assert_eq!(errors.unlogged, 1);
     }
 }

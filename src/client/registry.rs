@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -91,6 +91,23 @@ pub struct ClientSlot {
     activity: AtomicU8,
     pinned: AtomicBool,
     server: Mutex<Option<ServerLink>>,
+    /// Cancels forwarded to the client's server and not yet dealt with by
+    /// it: while there are any, the server goes to no one else (a late
+    /// cancel would stop the next client's query).
+    cancels: AtomicU32,
+    cancels_done: tokio::sync::Notify,
+}
+
+/// A cancel on its way to the server a client holds; counted in its slot
+/// until dropped.
+pub struct CancelInFlight(Arc<ClientSlot>);
+
+impl Drop for CancelInFlight {
+    fn drop(&mut self) {
+        if self.0.cancels.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.cancels_done.notify_waiters();
+        }
+    }
 }
 
 impl ClientSlot {
@@ -107,6 +124,44 @@ impl ClientSlot {
 
     pub fn server(&self) -> Option<ServerLink> {
         crate::sync::lock(&self.server).clone()
+    }
+
+    /// Counts a cancel about to go to the client's server (query_timeout's
+    /// own), until the returned guard is dropped.
+    pub fn begin_cancel(self: &Arc<Self>) -> CancelInFlight {
+        self.cancels.fetch_add(1, Ordering::AcqRel);
+        CancelInFlight(self.clone())
+    }
+
+    /// The server the client holds, with its cancel counted: under the
+    /// lock [`set_server`](Self::set_server) takes, so that once the
+    /// server is unset no new cancel can be counted for it.
+    fn claim_for_cancel(self: &Arc<Self>) -> Option<(ServerLink, CancelInFlight)> {
+        let server = crate::sync::lock(&self.server);
+        let link = server.clone()?;
+        Some((link, self.begin_cancel()))
+    }
+
+    /// Whether cancels are still on their way to the server the client
+    /// held ([`cancels_settled`](Self::cancels_settled) waits for them).
+    #[inline]
+    pub fn cancels_in_flight(&self) -> bool {
+        self.cancels.load(Ordering::Acquire) > 0
+    }
+
+    /// Returns once every cancel forwarded to the client's server has been
+    /// dealt with by that server (see [`send_cancel`]). Call after
+    /// `set_server(None)`, before the server goes back to the pool.
+    pub async fn cancels_settled(&self) {
+        loop {
+            let notified = self.cancels_done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.cancels_in_flight() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub fn set_activity(&self, a: ClientActivity) {
@@ -168,6 +223,8 @@ impl ClientRegistry {
                 activity: AtomicU8::new(ClientActivity::Idle as u8),
                 pinned: AtomicBool::new(false),
                 server: Mutex::new(None),
+                cancels: AtomicU32::new(0),
+                cancels_done: tokio::sync::Notify::new(),
             });
             shard.insert(pid, slot.clone());
             return ClientHandle {
@@ -186,7 +243,7 @@ impl ClientRegistry {
         if !bool::from(slot.secret.to_be_bytes().ct_eq(secret)) {
             return false;
         }
-        let Some(link) = slot.server() else {
+        let Some((link, _in_flight)) = slot.claim_for_cancel() else {
             return false;
         };
         match send_cancel(&link.cancel).await {
@@ -216,5 +273,63 @@ pub struct ClientHandle {
 impl Drop for ClientHandle {
     fn drop(&mut self) {
         self.registry.shard(self.slot.pid).remove(&self.slot.pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn client(registry: &Arc<ClientRegistry>) -> ClientHandle {
+        registry.register(ClientInfo {
+            user: "u".into(),
+            database: "d".into(),
+            application_name: String::new(),
+            addr: ClientAddr::Unix { port: 5432 },
+            connected_at: SystemTime::now(),
+        })
+    }
+
+    fn link() -> ServerLink {
+        ServerLink {
+            cancel: CancelTarget {
+                server: "127.0.0.1:1".parse().unwrap(),
+                pid: 7,
+                secret: Arc::from(&[1u8, 2, 3, 4][..]),
+            },
+            node: Arc::from("127.0.0.1:1"),
+            server_id: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_is_given_up_only_once_its_cancels_have_arrived() {
+        let registry = Arc::new(ClientRegistry::default());
+        let handle = client(&registry);
+        let slot = handle.slot.clone();
+        slot.set_server(Some(link()));
+        let (_, in_flight) = slot.claim_for_cancel().expect("a held server");
+        slot.set_server(None);
+        assert!(
+            slot.claim_for_cancel().is_none(),
+            "no new cancel once the server is unset"
+        );
+        assert!(slot.cancels_in_flight());
+        let waiting = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.cancels_settled().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !waiting.is_finished(),
+            "settled while a cancel is in flight"
+        );
+        drop(in_flight);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("settled once the cancel arrived")
+            .unwrap();
+        assert!(!slot.cancels_in_flight());
     }
 }

@@ -278,11 +278,11 @@ pub fn decide(
         transaction: tx.is_some(),
     })
     .map_err(|refusal| super::hold::Refused {
-        // The kinds as they were counted: only a write on a replica is
-        // `routing`.
+        // `routing`: the client's own hint or setting sent it where it
+        // cannot run; `no_node`: no node could take it.
         kind: match refusal {
-            Refusal::WriteOnReplica => ErrorKind::Routing,
-            Refusal::SerializableOnReplica | Refusal::NoReplica(_) => ErrorKind::NoNode,
+            Refusal::WriteOnReplica | Refusal::SerializableOnReplica => ErrorKind::Routing,
+            Refusal::NoReplica(_) => ErrorKind::NoNode,
         },
         error: refusal_error(refusal),
     })

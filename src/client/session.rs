@@ -18,7 +18,7 @@ use super::flow::{HeldEnv, SessionFlow};
 use super::hold::{self, Held, NodePools};
 use super::idle::{self, Idle, check_frontend_tag};
 use super::limits::{self, Limits, RelayTimers};
-use super::registry::{ClientHandle, ServerLink};
+use super::registry::{ClientHandle, ClientSlot, ServerLink};
 use super::relay::{self, RelayEnd};
 use super::route;
 use super::state::ClientState;
@@ -76,7 +76,7 @@ where
         let refused_mid_message =
             e.code == SqlState::PROTOCOL_VIOLATION || e.code == SqlState::OUT_OF_MEMORY;
         let sent = crate::tls::write_flush(stream, &e.to_bytes()).await.is_ok();
-        ctx.cancel.slot.set_server(None);
+        unset_server(&ctx.cancel.slot).await;
         if let Phase::Holding(h) = std::mem::replace(&mut phase, Phase::Idle) {
             Box::pin(hold::leave(*h, client, ctx.mode)).await;
         }
@@ -86,9 +86,22 @@ where
         }
         return;
     }
-    ctx.cancel.slot.set_server(None);
+    unset_server(&ctx.cancel.slot).await;
     if let Phase::Holding(h) = phase {
         Box::pin(hold::leave(*h, client, ctx.mode)).await;
+    }
+}
+
+/// The client no longer holds its server: no cancel can reach it through
+/// the client from now on, and the server goes back to the pool only once
+/// the cancels already on their way have arrived (a late one would stop
+/// whatever the server runs next, possibly another client's query).
+#[inline]
+async fn unset_server(slot: &ClientSlot) {
+    slot.set_server(None);
+    if slot.cancels_in_flight() {
+        // Boxed: rare, and kept out of every client task's size.
+        Box::pin(slot.cancels_settled()).await;
     }
 }
 
@@ -406,7 +419,9 @@ where
     };
     let limits = Limits::from_config(&ctx.shared.config.load().proxy);
     // Only query_timeout sends a cancel of its own.
-    let timer_cancel = limits.query.map(|_| cancel.clone());
+    let timer_cancel = limits
+        .query
+        .map(|_| (cancel.clone(), ctx.cancel.slot.clone()));
     ctx.cancel.slot.set_server(Some(ServerLink {
         cancel,
         node: h.lease.addr.clone(),
@@ -442,7 +457,7 @@ where
             (fresh.is_taken() && retry.attempts < MAX_RETRIES).then_some(&mut retry.replay),
         ) => end,
     };
-    ctx.cancel.slot.set_server(None);
+    unset_server(&ctx.cancel.slot).await;
     ctx.cancel.slot.set_pinned(client.pins.is_pinned());
     tracing::trace!(?end, status = %h.expect.status(), "relay ended");
     Ok((end, fresh))

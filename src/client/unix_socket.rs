@@ -48,6 +48,13 @@ pub enum UnixSocketError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot listen on {}: cannot lock {}: {source}", .path.display(), .lock.display())]
+    Lock {
+        path: PathBuf,
+        lock: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot listen on {}: {source}", .path.display())]
     Bind {
         path: PathBuf,
@@ -101,6 +108,10 @@ pub async fn bind(path: &Path, port: u16, mode: FileMode) -> Result<UnixSocket, 
     if let Some(dir) = path.parent() {
         create_dir(dir)?;
     }
+    // Held until the socket listens: two processes started together could
+    // otherwise both find a stale file, and the second remove the first's
+    // fresh socket and bind over it.
+    let _locked = lock(path).await?;
     remove_stale(path).await?;
     let bind_error = |source: io::Error| {
         if source.kind() == io::ErrorKind::AddrInUse {
@@ -145,6 +156,43 @@ pub async fn bind(path: &Path, port: u16, mode: FileMode) -> Result<UnixSocket, 
         file,
         port,
     })
+}
+
+/// Takes an exclusive lock on `<path>.pgsidecar-lock` (created if missing,
+/// left in place: removing it would race with the next process's open),
+/// released when the returned file is closed, or by the kernel if the
+/// process dies. Not Postgres's `.s.PGSQL.<port>.lock`, whose contents
+/// Postgres reads at its start.
+async fn lock(path: &Path) -> Result<std::fs::File, UnixSocketError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut name = path.as_os_str().to_owned();
+    name.push(".pgsidecar-lock");
+    let lock_path = PathBuf::from(name);
+    let error = |source: io::Error| UnixSocketError::Lock {
+        path: path.to_path_buf(),
+        lock: lock_path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(error)?;
+    // Blocking: another process holds it only while it binds.
+    let locked = tokio::task::spawn_blocking(move || {
+        // SAFETY: flock on a descriptor this closure owns (through `file`).
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            Ok(file)
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    })
+    .await
+    .map_err(|join| error(io::Error::other(join)))?;
+    locked.map_err(error)
 }
 
 /// Creates the socket directory (and its parents) if it is missing.
@@ -208,5 +256,44 @@ async fn remove_stale(path: &Path) -> Result<(), UnixSocketError> {
             path: path.to_path_buf(),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Processes started together over a stale socket file: exactly one
+    /// gets the socket, the others are told it is in use, and the file
+    /// is the winner's (none removed another's fresh socket and bound
+    /// over it, leaving the first listening on a file nobody can reach).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_binds_over_a_stale_file_leave_one_reachable_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..1000u32 {
+            let path = dir.path().join(format!(".s.PGSQL.{}", 5000 + round));
+            drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+            let binds = (0..4).map(|_| {
+                let path = path.clone();
+                tokio::spawn(async move { bind(&path, 5000, FileMode(0o700)).await })
+            });
+            let results = futures_util::future::join_all(binds).await;
+            let winners: Vec<UnixSocket> = results
+                .into_iter()
+                .map(Result::unwrap)
+                .filter_map(|r| match r {
+                    Ok(socket) => Some(socket),
+                    Err(UnixSocketError::InUse { .. }) => None,
+                    Err(e) => panic!("round {round}: {e}"),
+                })
+                .collect();
+            assert_eq!(winners.len(), 1, "round {round}: one winner");
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            assert_eq!(
+                (meta.dev(), meta.ino()),
+                winners[0].file.id,
+                "round {round}: the file is the winner's"
+            );
+        }
     }
 }

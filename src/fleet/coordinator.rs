@@ -23,7 +23,7 @@ use super::policy::{self, Inputs};
 use super::session::{Login, Look, Session, SessionError};
 use super::view::{FleetView, MemberRow};
 use super::writes::{Link, Writes};
-use crate::cluster::ClusterView;
+use crate::cluster::{ClusterView, WalGeometry};
 use crate::config::{Config, ConfigHandle, NodeAddr};
 use crate::server::NodeGate;
 
@@ -87,8 +87,9 @@ struct Up {
     last_waited: u64,
     /// (when, unused capacity) samples.
     unused: VecDeque<(Instant, u32)>,
-    /// The session listens for the fleet's writes (the node is the primary).
-    listening: bool,
+    /// The connection listening for the fleet's writes (the node is the
+    /// primary), beside the session.
+    listener: Option<Session>,
 }
 
 pub(super) struct Coordinator {
@@ -176,8 +177,21 @@ impl Coordinator {
                 }
             };
             let Some(u) = up.as_mut() else { continue };
+            let listener_closed = async {
+                match u.listener.as_mut() {
+                    Some(l) => {
+                        let _ = (&mut l.closed).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let lost = tokio::select! {
                 _ = &mut u.session.closed => true,
+                () = listener_closed => {
+                    tracing::warn!(node = %self.node, "fleet listener connection ended; opening another");
+                    self.drop_listener(u);
+                    false
+                }
                 _ = wait_or_wanted(&self.gate, wait, s.interval) => false,
             };
             if lost {
@@ -195,39 +209,59 @@ impl Coordinator {
     /// The session is gone: if it listened, the member is deaf now.
     fn drop_session(&self, up: &mut Option<Up>) {
         if let Some(u) = up.take()
-            && u.listening
+            && u.listener.is_some()
         {
             self.writes.detach(u.session.pid);
         }
     }
 
-    /// Listens for the fleet's writes while the node is the primary (and
-    /// announces this member's writes through this session). A LISTEN the
-    /// node refuses (it is in recovery after all) is tried again next round.
-    async fn follow_primary(&self, u: &mut Up) -> Result<(), SessionError> {
+    /// The listening connection is gone: deaf until the next round opens
+    /// another.
+    fn drop_listener(&self, u: &mut Up) {
+        if u.listener.take().is_some() {
+            self.writes.detach(u.session.pid);
+        }
+    }
+
+    /// Listens for the fleet's writes while the node is the primary, on a
+    /// connection of its own (announcing this member's writes through the
+    /// session). A listener that cannot be opened, or a LISTEN the node
+    /// refuses (it is in recovery after all), is tried again next round:
+    /// deaf meanwhile, this member sends its reads to the primary.
+    async fn follow_primary(&self, u: &mut Up, s: &Settings) {
         let primary =
             (self.cluster.primary()).is_some_and(|id| *self.cluster.addr(id) == self.node);
-        if primary && !u.listening {
-            match u.session.listen(self.writes.channel()).await {
-                Ok(geometry) => {
-                    u.listening = true;
+        if primary && u.listener.is_none() {
+            match self.open_listener(s).await {
+                Ok((listener, geometry)) => {
+                    u.listener = Some(listener);
                     self.writes.attach(Link {
                         client: u.session.client.clone(),
                         pid: u.session.pid,
                         geometry,
                     });
                 }
-                Err(e @ SessionError::Query { .. }) => {
-                    tracing::debug!(node = %self.node, error = %e, "LISTEN refused; trying again next round");
+                Err(e) => {
+                    tracing::debug!(node = %self.node, error = %e, "cannot listen for the fleet's writes; trying again next round");
                 }
-                Err(e) => return Err(e),
             }
-        } else if !primary && u.listening {
-            self.writes.detach(u.session.pid);
-            u.listening = false;
-            u.session.unlisten().await?;
+        } else if !primary && u.listener.is_some() {
+            self.drop_listener(u);
         }
-        Ok(())
+    }
+
+    async fn open_listener(&self, s: &Settings) -> Result<(Session, WalGeometry), SessionError> {
+        let listener = Session::open_listener(
+            &self.node,
+            &s.login,
+            &self.identity,
+            s.connect_timeout,
+            s.timeout,
+            self.writes.clone(),
+        )
+        .await?;
+        let geometry = listener.listen(self.writes.channel()).await?;
+        Ok((listener, geometry))
     }
 
     async fn connect(&self, s: &Settings) -> Result<Up, SessionError> {
@@ -249,13 +283,13 @@ impl Coordinator {
             free_since: HashMap::new(),
             last_waited: self.gate.state().waited,
             unused: VecDeque::new(),
-            listening: false,
+            listener: None,
         })
     }
 
     /// One round; returns how long to wait before the next.
     async fn round(&self, u: &mut Up, s: &Settings) -> Result<Duration, SessionError> {
-        self.follow_primary(u).await?;
+        self.follow_primary(u, s).await;
         let look = u.session.look(s.budget).await?;
         let now = Instant::now();
         u.free_since.retain(|slot, _| look.free.contains(slot));

@@ -50,6 +50,13 @@ impl Identity {
         format!("{}{}#{open}", self.prefix(), self.instance)
     }
 
+    /// The `application_name` of the member's listening connection on the
+    /// primary (`pgsidecar/<fleet>/<instance>#listen`: no count, so
+    /// nothing reads it as one).
+    pub fn listener_name(&self) -> String {
+        format!("{}{}#listen", self.prefix(), self.instance)
+    }
+
     /// (instance, open connections) from another member's
     /// `application_name`, if it is one of this fleet's.
     pub fn parse<'a>(&self, application_name: &'a str) -> Option<(&'a str, Option<u32>)> {

@@ -52,10 +52,11 @@
 //! taken by a member that wants them within one interval plus [`GRACE`].
 //!
 //! # Read-your-writes across the fleet
-//! The coordinator session to the primary is the member's one long-lived
-//! session there: it also LISTENs on the fleet's channel, and announces
-//! the tables this member's clients wrote with NOTIFY ([`writes`]), so
-//! that a read through any member waits for a replica that has them.
+//! The coordinator session to the primary announces the tables this
+//! member's clients wrote with NOTIFY ([`writes`]), and a second
+//! connection there, which does nothing else, LISTENs on the fleet's
+//! channel (a busy session would hold notifications back), so that a read
+//! through any member waits for a replica that has them.
 //!
 //! # Layout
 //! - `identity`: lock key, application name, default instance name.

@@ -84,11 +84,78 @@ pub struct Session {
 }
 
 impl Session {
-    /// Connects, takes the presence lock and tunes the session. The
-    /// notifications it gets (once it listens) go to `writes`.
+    /// Connects, takes the presence lock and tunes the session.
     pub async fn open(
         addr: &NodeAddr,
         login: &Login,
+        identity: &Identity,
+        connect_timeout: Duration,
+        timeout: Duration,
+        writes: Arc<Writes>,
+    ) -> Result<Session, SessionError> {
+        let name = identity.application_name(0);
+        let session = Session::connect(
+            addr,
+            login,
+            &name,
+            identity,
+            connect_timeout,
+            timeout,
+            writes,
+        )
+        .await?;
+        let present = session
+            .bounded(async {
+                let row = session
+                    .client
+                    .query_one(
+                        "SELECT pg_try_advisory_lock_shared($1, $2)",
+                        &[&identity.key, &PRESENCE],
+                    )
+                    .await?;
+                Ok(row.get::<_, bool>(0))
+            })
+            .await?;
+        // A shared lock is only refused while someone holds it
+        // exclusively, which no member does.
+        debug_assert!(present);
+        Ok(session)
+    }
+
+    /// A second connection that only LISTENs on the fleet's channel, so
+    /// that it is always idle: Postgres passes a notification on to a
+    /// listening session only between its statements, and the
+    /// coordinator session's rounds would hold the fleet's writes back.
+    /// It takes no presence lock: it is not a member. The notifications
+    /// it gets go to `writes`.
+    pub async fn open_listener(
+        addr: &NodeAddr,
+        login: &Login,
+        identity: &Identity,
+        connect_timeout: Duration,
+        timeout: Duration,
+        writes: Arc<Writes>,
+    ) -> Result<Session, SessionError> {
+        let name = identity.listener_name();
+        Session::connect(
+            addr,
+            login,
+            &name,
+            identity,
+            connect_timeout,
+            timeout,
+            writes,
+        )
+        .await
+    }
+
+    /// Logs in as `application_name`, with keepalives and timeouts on
+    /// both ends; the messages the server sends unasked (notifications
+    /// to `writes`) are read by a task of their own.
+    async fn connect(
+        addr: &NodeAddr,
+        login: &Login,
+        application_name: &str,
         identity: &Identity,
         connect_timeout: Duration,
         timeout: Duration,
@@ -100,7 +167,7 @@ impl Session {
             .port(addr.port)
             .user(&login.user)
             .dbname(&login.database)
-            .application_name(identity.application_name(0))
+            .application_name(application_name)
             .connect_timeout(connect_timeout)
             .keepalives(true)
             .keepalives_idle(CLIENT_KEEPALIVE.0)
@@ -158,14 +225,11 @@ impl Session {
             timeout,
             closed,
         };
-        let (pid, present) = session
+        let pid = session
             .bounded(async {
                 let row = session
                     .client
-                    .query_one(
-                        "SELECT pg_backend_pid(), pg_try_advisory_lock_shared($1, $2)",
-                        &[&identity.key, &PRESENCE],
-                    )
+                    .query_one("SELECT pg_backend_pid()", &[])
                     .await?;
                 // A role-level idle_session_timeout (PG 14+) would end the
                 // session, and with it the member's slots, every so often.
@@ -176,12 +240,9 @@ impl Session {
                          WHERE current_setting('server_version_num')::int >= 140000",
                     )
                     .await?;
-                Ok((row.get::<_, i32>(0), row.get::<_, bool>(1)))
+                Ok(row.get::<_, i32>(0))
             })
             .await?;
-        // A shared lock is only refused while someone holds it
-        // exclusively, which no member does.
-        debug_assert!(present);
         session.pid = pid;
         Ok(session)
     }
@@ -311,11 +372,6 @@ impl Session {
             })
             .await?;
         Ok(WalGeometry::new(row.get(0), row.get(1)).unwrap_or_default())
-    }
-
-    /// Stops listening (the node is no longer the primary).
-    pub async fn unlisten(&self) -> Result<(), SessionError> {
-        self.bounded(self.client.batch_execute("UNLISTEN *")).await
     }
 
     /// Publishes `application_name` (with the open connection count).

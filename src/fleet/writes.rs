@@ -57,10 +57,12 @@ const IN_FLIGHT: usize = 4;
 /// `SHOW pgsidecar.last_write_lsn`; older writes use the monitor's samples.
 const RECENT: usize = 1024;
 
-/// The member's session on the primary, listening on the channel.
+/// The member's coordinator session on the primary, which announces, while
+/// its listening connection there is up (attached and detached together).
 pub(super) struct Link {
     pub client: Arc<Client>,
-    /// Its backend pid: notifications from it are this member's own.
+    /// The announcing backend's pid: notifications from it are this
+    /// member's own.
     pub pid: i32,
     pub geometry: WalGeometry,
 }
@@ -227,7 +229,7 @@ impl Writes {
         }
     }
 
-    /// A notification on the listening session (this member's own
+    /// A notification on the listening connection (this member's own
     /// announcements come back too: they are skipped).
     pub(super) fn heard(&self, n: &Notification) {
         let own = self.link.load().as_ref().map(|l| l.pid);
@@ -336,7 +338,8 @@ impl Writes {
         Ok(link.geometry.record_end(lsn))
     }
 
-    /// The listening session, waiting a little for one.
+    /// The announcing session (linked while the member listens), waiting
+    /// a little for one.
     async fn current_link(&self) -> Option<Arc<Link>> {
         let deadline = tokio::time::Instant::now() + PUBLISH_LIMIT / 2;
         loop {

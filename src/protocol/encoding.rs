@@ -319,6 +319,42 @@ impl ClientEncoding {
     }
 }
 
+impl ClientEncoding {
+    /// `text` (the proxy's own words, which may quote what the client
+    /// sent) in this encoding, for a client that reads it: what Postgres
+    /// does with its messages. A character the encoding lacks becomes
+    /// `?`. Borrowed for UTF-8 clients and ASCII text.
+    pub fn encode<'a>(self, text: &'a str) -> Cow<'a, [u8]> {
+        if self.is_utf8() || text.is_ascii() {
+            return Cow::Borrowed(text.as_bytes());
+        }
+        let mut out = Vec::with_capacity(text.len());
+        let mut one = [0u8; 4];
+        for c in text.chars() {
+            if c.is_ascii() {
+                out.push(c as u8);
+                continue;
+            }
+            match self {
+                E::Latin1 => out.push(u8::try_from(u32::from(c)).unwrap_or(b'?')),
+                _ => match self.decoder() {
+                    Some(encoding) => {
+                        let (bytes, _, unmappable) = encoding.encode(c.encode_utf8(&mut one));
+                        if unmappable {
+                            out.push(b'?');
+                        } else {
+                            out.extend_from_slice(&bytes);
+                        }
+                    }
+                    // No table (EUC_TW, MULE_INTERNAL, JOHAB): ASCII only.
+                    None => out.push(b'?'),
+                },
+            }
+        }
+        Cow::Owned(out)
+    }
+}
+
 /// Text a client sent, as UTF-8 for the proxy to read.
 #[derive(Debug)]
 pub struct SqlText<'a> {
@@ -346,6 +382,26 @@ impl<'a> SqlText<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_proxys_words_reach_a_client_in_its_encoding() {
+        let text = "relation «café» ünknown 日本";
+        assert_eq!(E::Utf8.encode(text).as_ref(), text.as_bytes());
+        assert_eq!(E::Latin1.encode("select 1").as_ref(), b"select 1");
+        assert_eq!(
+            E::Latin1.encode(text).as_ref(),
+            b"relation \xabcaf\xe9\xbb \xfcnknown ??"
+        );
+        assert_eq!(
+            E::Win1251.encode("ошибка é").as_ref(),
+            b"\xee\xf8\xe8\xe1\xea\xe0 ?"
+        );
+        assert_eq!(E::Sjis.encode("日本").as_ref(), b"\x93\xfa\x96\x7b");
+        assert_eq!(E::EucTw.encode("a日").as_ref(), b"a?");
+        // Read back, it is the text (where the encoding has the characters).
+        let latin1 = E::Latin1.encode("café");
+        assert_eq!(E::Latin1.decode(&latin1).text, "café");
+    }
 
     #[test]
     fn aliases_are_sorted_for_the_binary_search() {

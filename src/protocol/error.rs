@@ -113,6 +113,46 @@ impl WireError {
         self.encode(&mut b);
         b
     }
+
+    /// The ErrorResponse for a client whose `client_encoding` is
+    /// `encoding`: message, detail and hint in that encoding, as Postgres
+    /// sends its own (the proxy's words may quote the client's statement).
+    pub fn to_bytes_in(&self, encoding: super::ClientEncoding) -> BytesMut {
+        let ascii = self.message.is_ascii()
+            && self.detail.as_deref().is_none_or(str::is_ascii)
+            && self.hint.as_deref().is_none_or(str::is_ascii);
+        if encoding.is_utf8() || ascii {
+            return self.to_bytes();
+        }
+        let sev = self.severity.as_str();
+        let mut fields: Vec<(u8, std::borrow::Cow<'_, [u8]>)> = vec![
+            (b'S', sev.as_bytes().into()),
+            (b'V', sev.as_bytes().into()),
+            (b'C', self.code.0.as_bytes().into()),
+        ];
+        let texts = [
+            (b'M', Some(&self.message)),
+            (b'D', self.detail.as_ref()),
+            (b'H', self.hint.as_ref()),
+        ];
+        for (tag, text) in texts {
+            if let Some(text) = text {
+                let bytes = encoding.encode(&field_text(text)).into_owned();
+                fields.push((tag, bytes.into()));
+            }
+        }
+        let len = 4 + 1 + fields.iter().map(|(_, v)| 2 + v.len()).sum::<usize>();
+        let mut b = BytesMut::with_capacity(1 + len);
+        b.extend_from_slice(b"E");
+        b.extend_from_slice(&(len as i32).to_be_bytes());
+        for (tag, value) in &fields {
+            b.extend_from_slice(&[*tag]);
+            b.extend_from_slice(value);
+            b.extend_from_slice(b"\0");
+        }
+        b.extend_from_slice(b"\0");
+        b
+    }
 }
 
 /// Text for an ErrorResponse field: a NUL (from something a client sent)
@@ -226,6 +266,29 @@ mod tests {
             parse_error_fields(frame),
             (Some("ERROR"), Some("22021"), None)
         );
+    }
+
+    #[test]
+    fn a_client_reads_the_proxys_words_in_its_encoding() {
+        use crate::protocol::ClientEncoding;
+        let e = WireError::error(SqlState::INVALID_PARAMETER_VALUE, "invalid value: \"répl\"")
+            .with_hint("use 'auto'");
+        // UTF-8 clients and ASCII text: the same frame as ever.
+        assert_eq!(e.to_bytes_in(ClientEncoding::Utf8), e.to_bytes());
+        let plain = WireError::error(SqlState::SYNTAX_ERROR, "plain");
+        assert_eq!(plain.to_bytes_in(ClientEncoding::Latin1), plain.to_bytes());
+        // LATIN1: é is one byte, and the frame is well formed.
+        let b = e.to_bytes_in(ClientEncoding::Latin1);
+        assert_eq!(
+            b.as_ref(),
+            &b"E\0\0\0\x3dSERROR\0VERROR\0C22023\0Minvalid value: \"r\xe9pl\"\0Huse 'auto'\0\0"[..]
+        );
+        assert_eq!(
+            u32::from_be_bytes(b[1..5].try_into().unwrap()) as usize,
+            b.len() - 1
+        );
+        let (sev, code, _) = parse_error_fields(&b);
+        assert_eq!((sev, code), (Some("ERROR"), Some("22023")));
     }
 
     #[test]

@@ -7,7 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::fleet_support::{Bench, Member, ONE_AT_A_TIME, Sampler, cluster, settled, total_share};
+use crate::fleet_support::{
+    Bench, Member, ONE_AT_A_TIME, Sampler, cluster, settled, start_settled, total_share,
+};
 use crate::harness;
 
 const BUDGET: u32 = 8;
@@ -20,12 +22,7 @@ const BUDGET: u32 = 8;
 async fn four_members_never_exceed_the_budget_under_200_pgbench_clients() {
     let _one = ONE_AT_A_TIME.lock().await;
     let cluster = cluster(&["fleet_a", "fleet_b"]).await;
-    let node = cluster.primary().addr();
-    let mut members = Vec::new();
-    for i in 1..=4 {
-        members.push(Member::start(&cluster, &format!("m{i}"), BUDGET).await);
-    }
-    settled(&members.iter().collect::<Vec<_>>(), &node).await;
+    let members = start_settled(&cluster, 4, BUDGET).await;
     let sampler = Sampler::start(&cluster);
     let mut benches = Vec::new();
     for m in &members {
@@ -62,11 +59,7 @@ async fn a_killed_members_share_is_reused_and_a_fifth_member_gets_one() {
     let _one = ONE_AT_A_TIME.lock().await;
     let cluster = cluster(&["fleet_a"]).await;
     let node = cluster.primary().addr();
-    let mut members = Vec::new();
-    for i in 1..=4 {
-        members.push(Member::start(&cluster, &format!("m{i}"), BUDGET).await);
-    }
-    settled(&members.iter().collect::<Vec<_>>(), &node).await;
+    let mut members = start_settled(&cluster, 4, BUDGET).await;
     let sampler = Sampler::start(&cluster);
     let benches: Vec<Bench> = members
         .iter()
@@ -138,11 +131,7 @@ async fn a_busy_member_holds_the_budget_less_the_idle_floors() {
     let _one = ONE_AT_A_TIME.lock().await;
     let cluster = cluster(&["fleet_a"]).await;
     let node = cluster.primary().addr();
-    let mut members = Vec::new();
-    for i in 1..=4 {
-        members.push(Member::start(&cluster, &format!("m{i}"), BUDGET).await);
-    }
-    settled(&members.iter().collect::<Vec<_>>(), &node).await;
+    let members = start_settled(&cluster, 4, BUDGET).await;
     let sampler = Sampler::start(&cluster);
     let bench = Bench::start(members[0].port(), "fleet_a", 50, 8);
     harness::eventually(
@@ -210,12 +199,8 @@ async fn the_budget_holds_after_the_primary_restarts_under_load() {
     let _one = ONE_AT_A_TIME.lock().await;
     let cluster = cluster(&["fleet_a"]).await;
     let node = cluster.primary().addr();
-    let mut members = Vec::new();
-    for i in 1..=4 {
-        members.push(Member::start(&cluster, &format!("m{i}"), BUDGET).await);
-    }
+    let members = start_settled(&cluster, 4, BUDGET).await;
     let all: Vec<&Member> = members.iter().collect();
-    settled(&all, &node).await;
     let sampler = Sampler::start(&cluster);
     let before: Vec<Bench> = members
         .iter()

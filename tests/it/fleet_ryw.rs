@@ -157,6 +157,25 @@ async fn a_write_through_one_member_is_seen_by_a_read_through_another() {
             .then_some(())
     })
     .await;
+    // Each member listens on a connection that does nothing else, so that
+    // its coordinator rounds never hold a notification back.
+    let su = harness::connect(&cluster.primary().conn_string())
+        .await
+        .unwrap();
+    let listeners = su
+        .query(
+            "SELECT application_name FROM pg_stat_activity \
+             WHERE application_name LIKE 'pgsidecar/%#listen' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = listeners.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "one listening connection per member: {names:?}"
+    );
 
     let (mut stale, mut on_replica, mut unrelated_on_replica) = (Vec::new(), 0, 0);
     for id in 0..TRIALS {

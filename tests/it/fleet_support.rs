@@ -172,6 +172,21 @@ pub fn gauge(metrics: &str, name: &str, node: &str) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Starts members `m1`…`m{count}` with `budget` and waits until each
+/// holds its floor on the primary.
+pub async fn start_settled(cluster: &LocalCluster, count: usize, budget: u32) -> Vec<Member> {
+    let mut members = Vec::new();
+    for i in 1..=count {
+        members.push(Member::start(cluster, &format!("m{i}"), budget).await);
+    }
+    settled(
+        &members.iter().collect::<Vec<_>>(),
+        &cluster.primary().addr(),
+    )
+    .await;
+    members
+}
+
 /// Waits until every member holds at least its floor on `node`.
 pub async fn settled(members: &[&Member], node: &str) {
     harness::eventually(

@@ -301,6 +301,18 @@ async fn errors_the_proxy_sends_are_counted_by_kind() {
         "{}",
         harness::error_text(&err)
     );
+    // routing: a SERIALIZABLE transaction sent to a replica.
+    other
+        .batch_execute("/* pgsidecar:replica */ begin isolation level serializable read only")
+        .await
+        .unwrap();
+    let err = other.simple_query("select 1").await.unwrap_err();
+    assert!(
+        harness::error_text(&err).starts_with("0A000"),
+        "{}",
+        harness::error_text(&err)
+    );
+    other.batch_execute("rollback").await.unwrap();
     // query: the server refuses.
     let err = other
         .simple_query("insert into t values (1/0)")
@@ -322,7 +334,7 @@ async fn errors_the_proxy_sends_are_counted_by_kind() {
         ("auth", 2.0),
         ("checkout_timeout", 1.0),
         ("no_node", 1.0),
-        ("routing", 1.0),
+        ("routing", 2.0),
         ("query", 1.0),
         ("protocol", 0.0),
         ("too_many_clients", 0.0),

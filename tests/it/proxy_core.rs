@@ -257,6 +257,75 @@ async fn cancel_stops_the_right_query_at_once() {
     assert_eq!(second_column.as_deref(), Some("42"));
 }
 
+/// A TCP forwarder to the shared primary that waits `delay` before it
+/// connects each new connection (a server far away, or behind TLS: a
+/// cancel, which needs a connection of its own, arrives late).
+async fn slow_to_connect(delay: Duration) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let primary = harness::cluster().primary().addr();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let primary = primary.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&primary).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A cancel still on its way to a server when that server's query ends
+/// by itself must not hit the next client's query on that server: the
+/// proxy gives the server to no one else until the cancel has arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_cancel_does_not_hit_the_next_clients_query() {
+    let db = harness::fresh_db("cancel_late");
+    let slow = slow_to_connect(Duration::from_secs(1)).await;
+    let proxy = harness::proxy(&format!(
+        "[cluster]\nprimary = \"{slow}\"\n[pool]\nsize = 1\ncheckout_timeout = \"20s\"\n\
+         [observability]\nexplain = \"off\"\n"
+    ))
+    .await;
+    let su = harness::superuser().await;
+    let a = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+    let b = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+    a.simple_query("select 1").await.unwrap();
+    b.simple_query("select 1").await.unwrap();
+    let token = a.cancel_token();
+
+    // A's query ends 0.3 s after it starts; its cancel reaches the server
+    // 1 s after it is sent. B's query waits for the only server.
+    let short = "select pg_sleep(0.3)";
+    let a_ran = tokio::spawn(async move { a.simple_query(short).await });
+    wait_active(&su, &db, short).await;
+    let cancelled = tokio::spawn(async move { token.cancel_query(NoTls).await });
+    let b_ran = tokio::spawn(async move { b.simple_query("select pg_sleep(2), 42").await });
+
+    // A's query may or may not have been cancelled; either is right.
+    if let Err(e) = a_ran.await.unwrap() {
+        assert_eq!(
+            e.code(),
+            Some(&SqlState::QUERY_CANCELED),
+            "{}",
+            harness::error_text(&e)
+        );
+    }
+    let messages = b_ran
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("A's cancel hit B's query: {}", harness::error_text(&e)));
+    let second_column = messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(1).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(second_column.as_deref(), Some("42"));
+    cancelled.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn a_cancel_request_with_a_wrong_key_cancels_nothing() {
     let db = harness::fresh_db("cancel_wrong_key");

@@ -18,6 +18,23 @@ pub struct Running {
     log: Arc<Mutex<Vec<String>>>,
 }
 
+/// A config file from [`config_text`] in a directory of its own, removed
+/// when dropped (keep it while the proxy may reload it).
+pub struct ConfigFile {
+    _dir: tempfile::TempDir,
+    pub path: std::path::PathBuf,
+}
+
+impl ConfigFile {
+    /// Writes `config_text(listen, extra)` to a fresh `pgsidecar.toml`.
+    pub fn new(listen: Option<u16>, extra: &str) -> ConfigFile {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pgsidecar.toml");
+        std::fs::write(&path, config_text(listen, extra)).unwrap();
+        ConfigFile { _dir: dir, path }
+    }
+}
+
 /// Starts `pgsidecar run --config path` and waits until it listens.
 pub async fn start(path: &Path) -> Running {
     start_full(path, "info", None).await

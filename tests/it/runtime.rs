@@ -64,14 +64,8 @@ async fn concurrent_work(port: u16, db: &str) {
 }
 
 async fn run_with(db: &str, extra_proxy: &str) -> (running::Running, usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pgsidecar.toml");
-    std::fs::write(
-        &path,
-        running::config_text(None, &format!("[proxy]\n{extra_proxy}[pool]\nsize = 2\n")),
-    )
-    .unwrap();
-    let proxy = running::start(&path).await;
+    let conf = running::ConfigFile::new(None, &format!("[proxy]\n{extra_proxy}[pool]\nsize = 2\n"));
+    let proxy = running::start(&conf.path).await;
     concurrent_work(proxy.port, db).await;
     let pid = proxy.pid();
     (proxy, threads(pid))

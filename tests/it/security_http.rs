@@ -44,17 +44,11 @@ async fn the_http_side_leaves_descriptors_to_clients_whatever_its_cap() {
 /// /readyz answer.
 async fn flood_then_login_and_readyz(max_http: u32) {
     let db = harness::fresh_db("sec_http_slowloris");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pgsidecar.toml");
-    std::fs::write(
-        &path,
-        running::config_text(
-            None,
-            &format!("[http]\nheader_timeout = \"1s\"\nmax_connections = {max_http}\n"),
-        ),
-    )
-    .unwrap();
-    let proxy = running::start_with_fd_limit(&path, Some(256)).await;
+    let conf = running::ConfigFile::new(
+        None,
+        &format!("[http]\nheader_timeout = \"1s\"\nmax_connections = {max_http}\n"),
+    );
+    let proxy = running::start_with_fd_limit(&conf.path, Some(256)).await;
     harness::eventually("a primary to be ready", Duration::from_secs(20), || async {
         (readyz(proxy.http_port).await == Some(200)).then_some(())
     })

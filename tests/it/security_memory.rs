@@ -29,17 +29,11 @@ async fn client(port: u16, db: &str) -> tokio_postgres::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_statistics_stay_bounded_in_bytes() {
     let db = harness::fresh_db("sec_digest_bytes");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pgsidecar.toml");
-    std::fs::write(
-        &path,
-        running::config_text(
-            None,
-            "[observability]\nexplain = \"off\"\nmax_query_text = 16384\nmax_query_memory = 4194304\n",
-        ),
-    )
-    .unwrap();
-    let proxy = running::start(&path).await;
+    let conf = running::ConfigFile::new(
+        None,
+        "[observability]\nexplain = \"off\"\nmax_query_text = 16384\nmax_query_memory = 4194304\n",
+    );
+    let proxy = running::start(&conf.path).await;
     let c = client(proxy.port, &db).await;
     for _ in 0..20 {
         c.simple_query("select 1").await.unwrap();
@@ -90,18 +84,12 @@ async fn query_statistics_stay_bounded_in_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_messages_share_a_budget_and_their_memory_is_given_back() {
     let db = harness::fresh_db("sec_big_messages");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pgsidecar.toml");
-    std::fs::write(
-        &path,
-        running::config_text(
-            None,
-            "[proxy]\nmax_message_size = 33554432\nmax_message_memory = 67108864\n\
+    let conf = running::ConfigFile::new(
+        None,
+        "[proxy]\nmax_message_size = 33554432\nmax_message_memory = 67108864\n\
              [pool]\ncheckout_timeout = \"60s\"\n[observability]\nexplain = \"off\"\n",
-        ),
-    )
-    .unwrap();
-    let proxy = running::start(&path).await;
+    );
+    let proxy = running::start(&conf.path).await;
     let warm = client(proxy.port, &db).await;
     warm.simple_query("select 1").await.unwrap();
     let before = proxy.memory("VmRSS");

@@ -36,14 +36,8 @@ async fn count(db: &str) -> i64 {
 #[tokio::test]
 async fn sigterm_lets_a_transaction_commit_then_exits() {
     let db = harness::fresh_db("shutdown_commit");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pgsidecar.toml");
-    std::fs::write(
-        &path,
-        running::config_text(None, "[proxy]\nshutdown_timeout = \"20s\"\n"),
-    )
-    .unwrap();
-    let mut proxy = running::start(&path).await;
+    let conf = running::ConfigFile::new(None, "[proxy]\nshutdown_timeout = \"20s\"\n");
+    let mut proxy = running::start(&conf.path).await;
     let client = connect(proxy.port, &db).await.unwrap();
     client
         .batch_execute("CREATE TABLE t (n int)")
@@ -81,14 +75,8 @@ async fn sigterm_lets_a_transaction_commit_then_exits() {
 #[tokio::test]
 async fn a_query_outliving_shutdown_timeout_is_cancelled_and_the_process_exits() {
     let db = harness::fresh_db("shutdown_cancel");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pgsidecar.toml");
-    std::fs::write(
-        &path,
-        running::config_text(None, "[proxy]\nshutdown_timeout = \"1s\"\n"),
-    )
-    .unwrap();
-    let mut proxy = running::start(&path).await;
+    let conf = running::ConfigFile::new(None, "[proxy]\nshutdown_timeout = \"1s\"\n");
+    let mut proxy = running::start(&conf.path).await;
     // One client idles inside a transaction, one runs a long query.
     let idle = connect(proxy.port, &db).await.unwrap();
     idle.batch_execute("CREATE TABLE t (n int)").await.unwrap();
@@ -146,14 +134,8 @@ async fn rolling_restart_a_second_process_serves_while_the_first_drains() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pgsidecar.toml");
-    std::fs::write(
-        &path,
-        running::config_text(Some(port), "[proxy]\nshutdown_timeout = \"30s\"\n"),
-    )
-    .unwrap();
-    let mut old = running::start(&path).await;
+    let conf = running::ConfigFile::new(Some(port), "[proxy]\nshutdown_timeout = \"30s\"\n");
+    let mut old = running::start(&conf.path).await;
     let draining = connect(port, &db).await.unwrap();
     draining
         .batch_execute("CREATE TABLE t (n int)")
@@ -165,7 +147,7 @@ async fn rolling_restart_a_second_process_serves_while_the_first_drains() {
         .unwrap();
 
     // The new process binds the same port while the old one still listens.
-    let mut new = running::start(&path).await;
+    let mut new = running::start(&conf.path).await;
     assert_eq!(new.port, port);
     old.signal(libc::SIGTERM);
     old.wait_for_log(&["shutting down"]).await;

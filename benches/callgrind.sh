@@ -20,7 +20,7 @@ CLIENTS=${CLIENTS:-16}
 TXNS=${TXNS:-500}
 FLAGS=${FLAGS:--S}
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-[ -x target/release/pgsidecar ] || { echo "cargo build --release first" >&2; exit 1; }
+[ -x "${PGSIDECAR_BIN:-target/release/pgsidecar}" ] || { echo "cargo build --release first" >&2; exit 1; }
 
 source benches/lib.sh
 start_cluster

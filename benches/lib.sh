@@ -109,8 +109,10 @@ size = $POOL
 EOF
     log "pgsidecar on $SIDECAR_PORT (metrics on $SIDECAR_HTTP)"
     # PGSIDECAR_WRAP: a command to run it under (benches/callgrind.sh).
+    # PGSIDECAR_BIN: another build (a copy of main's, to compare while the
+    # next one compiles).
     # shellcheck disable=SC2086
-    PGSIDECAR_LOG=warn ${PGSIDECAR_WRAP:-} ./target/release/pgsidecar run -c "$WORK/pgsidecar.toml" >"$WORK/pgsidecar.log" 2>&1 &
+    PGSIDECAR_LOG=warn ${PGSIDECAR_WRAP:-} "${PGSIDECAR_BIN:-./target/release/pgsidecar}" run -c "$WORK/pgsidecar.toml" >"$WORK/pgsidecar.log" 2>&1 &
     SIDECAR_PID=$!
     PIDS+=("$SIDECAR_PID")
     wait_port "$SIDECAR_PORT" "${PGSIDECAR_WRAP:+600}"

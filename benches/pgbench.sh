@@ -166,7 +166,7 @@ variant() {
         sed -e "s/127.0.0.1:$SIDECAR_PORT/127.0.0.1:$port/" -e "s/127.0.0.1:$SIDECAR_HTTP/127.0.0.1:$(free_port)/" \
             "$WORK/pgsidecar.toml" >"$WORK/pgsidecar-$name.toml"
         printf '%b' "$toml" >>"$WORK/pgsidecar-$name.toml"
-        env "$@" PGSIDECAR_LOG=warn ./target/release/pgsidecar run -c "$WORK/pgsidecar-$name.toml" >"$WORK/pgsidecar-$name.log" 2>&1 &
+        env "$@" PGSIDECAR_LOG=warn "${PGSIDECAR_BIN:-./target/release/pgsidecar}" run -c "$WORK/pgsidecar-$name.toml" >"$WORK/pgsidecar-$name.log" 2>&1 &
         PIDS+=("$!")
         VARIANT_PIDS[$name]=$!
         wait_port "$port"
@@ -212,7 +212,7 @@ memory() {
 }
 
 # --- main --------------------------------------------------------------------
-[ -x target/release/pgsidecar ] || cargo build --release
+[ -n "${PGSIDECAR_BIN:-}" ] || [ -x target/release/pgsidecar ] || cargo build --release
 start_cluster
 start_pgsidecar
 start_pgbouncer

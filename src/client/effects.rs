@@ -146,11 +146,56 @@ pub struct Observed {
     pub info: Arc<StatementInfo>,
     /// The text to EXPLAIN (the original, or the normalised text when
     /// EXPLAIN is off and nothing needs the original).
-    pub sql: Arc<str>,
+    pub sql: SqlText,
     pub start: Instant,
     pub rows: u64,
     /// SQLSTATE of the error that ended it, if any.
     pub error: Option<Box<str>>,
+}
+
+/// Where an observed statement's text is.
+#[derive(Debug)]
+pub enum SqlText {
+    /// Shared: a prepared statement's, or the normalised text.
+    Shared(Arc<str>),
+    /// Copied into the client's [`Texts`] at these bytes: a simple
+    /// query's text would otherwise be allocated and freed for every
+    /// query, in case it turns out slow.
+    Held(std::ops::Range<usize>),
+}
+
+/// The texts of a client's [`SqlText::Held`] observations. Kept by the
+/// client, not the hold, whose size every transaction moves.
+#[derive(Default)]
+pub struct Texts(String);
+
+/// Bytes of text kept at most (every client keeps its buffer): a text
+/// that would not fit gets its own copy.
+const KEPT_TEXTS: usize = 1024;
+
+impl Texts {
+    /// Copies `text` for an observation about to be added to `pending`.
+    /// Emptied first when no effect waits there: each observation is
+    /// reported as soon as its effect is taken.
+    pub fn hold(&mut self, text: &str, pending: &Pending) -> SqlText {
+        if pending.waiting.is_empty() {
+            self.0.clear();
+        }
+        if self.0.len() + text.len() > KEPT_TEXTS {
+            return SqlText::Shared(Arc::from(text));
+        }
+        let start = self.0.len();
+        self.0.push_str(text);
+        SqlText::Held(start..self.0.len())
+    }
+
+    /// The text `sql` stands for.
+    pub fn get<'a>(&'a self, sql: &'a SqlText) -> &'a str {
+        match sql {
+            SqlText::Shared(text) => text,
+            SqlText::Held(at) => self.0.get(at.clone()).unwrap_or_default(),
+        }
+    }
 }
 
 /// Effects by token for one hold.
@@ -200,6 +245,39 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn waiting_effect() -> Effect {
+        Effect {
+            min_lsn: Some(Lsn(1)),
+            ..Effect::default()
+        }
+    }
+
+    #[test]
+    fn observed_texts_are_kept_while_their_effects_wait() {
+        let mut texts = Texts::default();
+        let mut pending = Pending::default();
+        let a = texts.hold("select 1", &pending);
+        let token = pending.add(waiting_effect());
+        // Pipelined: the first still waits, both texts are there.
+        let b = texts.hold("select 2", &pending);
+        pending.add(waiting_effect());
+        assert_eq!(texts.get(&a), "select 1");
+        assert_eq!(texts.get(&b), "select 2");
+        assert!(matches!(a, SqlText::Held(_)), "copied, not allocated");
+        pending.take(token);
+        pending.clear();
+        // Nothing waits: the next text starts the buffer again.
+        let c = texts.hold("select 3", &pending);
+        assert_eq!(texts.get(&c), "select 3");
+        assert_eq!(texts.0.len(), "select 3".len());
+        // One that would not fit gets its own copy.
+        let long = "x".repeat(KEPT_TEXTS + 1);
+        let d = texts.hold(&long, &pending);
+        assert!(matches!(d, SqlText::Shared(_)));
+        assert_eq!(texts.get(&d), long);
+        assert_eq!(texts.get(&SqlText::Shared("select ?".into())), "select ?");
+    }
 
     #[test]
     fn pins_and_releases() {

@@ -163,19 +163,22 @@ impl std::fmt::Display for Lost {
 
 /// Takes a server of `node`'s pool, or gives up as soon as the monitor
 /// says the node is no longer fit for `role` (rather than retrying a
-/// refused connection for the whole checkout_timeout). The watch is only
-/// polled when the checkout has to wait. Returns the server with how long
-/// the checkout waited.
+/// refused connection for the whole checkout_timeout). Asked only when the
+/// checkout has to wait, and again when the cluster moves (the proxy wakes
+/// every waiting checkout then: `Shared::start_monitor`). Returns the
+/// server with how long the checkout waited.
 async fn checkout_unless_given_up(
     pool: &ServerPool,
     cluster: &ClusterView,
     node: NodeId,
     role: Role,
 ) -> Result<(Lease, Duration), Lost> {
-    tokio::select! {
-        biased;
-        got = pool.checkout() => got.map_err(Lost::Checkout),
-        () = cluster.given_up(node, role) => Err(Lost::GivenUp { node: cluster.addr(node).clone() }),
+    match pool.checkout_unless(|| cluster.gives_up(node, role)).await {
+        Ok(Some(got)) => Ok(got),
+        Ok(None) => Err(Lost::GivenUp {
+            node: cluster.addr(node).clone(),
+        }),
+        Err(e) => Err(Lost::Checkout(e)),
     }
 }
 
@@ -393,7 +396,6 @@ fn remember_params(held: &mut Held, client: &ClientState) {
         // It holds a statement with a stale plan the proxy did not repair.
         held.lease.mark_broken();
     }
-    held.lease.mark_returned();
     let state = &mut held.lease.state;
     if held.hold.params_diverged {
         state.params.mark_unknown();

@@ -29,6 +29,7 @@ mod route;
 mod route_setting;
 mod session;
 mod state;
+mod stop_signal;
 mod strings;
 mod tx_modes;
 mod tx_status;

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio_util::sync::WaitForCancellationFuture;
 
 use super::buffer_budget::MessageLimits;
 use super::cancel::CancelTarget;
@@ -23,6 +22,7 @@ use super::registry::{ClientHandle, ClientSlot, ServerLink};
 use super::relay::{self, RelayEnd};
 use super::route;
 use super::state::ClientState;
+use super::stop_signal::StopSignal;
 use super::tx_status::TxStatus;
 use crate::config::PoolMode;
 use crate::observe::ErrorKind;
@@ -192,11 +192,10 @@ where
     // Replies made while idle, written once no further request is buffered.
     let mut out = BytesMut::new();
     let mut kept = Kept::default();
-    // Made once per client, not per request: a cancellation future
-    // registers with its token when first polled, and re-registering on
-    // every request costs more than the rest of the idle path.
-    let shutdown = ctx.shared.shutdown.cancelled();
-    let force_close = ctx.shared.force_close.cancelled();
+    // Made once per client, not per request: registered with its token
+    // when first polled, then one atomic load per poll (stop_signal.rs).
+    let shutdown = StopSignal::new(&ctx.shared.shutdown);
+    let force_close = StopSignal::new(&ctx.shared.force_close);
     tokio::pin!(shutdown, force_close);
     loop {
         if let Phase::Idle = phase {
@@ -246,6 +245,9 @@ where
         ))
         .await?;
         match relay_ended(end, fresh, phase, cbuf, ctx, client, &mut kept)? {
+            // No lock for a cancelled shutdown: the session's registered
+            // signal says it.
+            Next::Serve if shutdown.fired() => return Err(shutting_down()),
             Next::Serve => {}
             Next::Close => return Ok(()),
         }
@@ -262,7 +264,7 @@ async fn next_unit<S>(
     client: &mut ClientState,
     pools: &mut NodePools,
     out: &mut BytesMut,
-    mut shutdown: Pin<&mut WaitForCancellationFuture<'_>>,
+    mut shutdown: Pin<&mut StopSignal<'_>>,
 ) -> Result<Option<route::Unit>, WireError>
 where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
@@ -356,9 +358,6 @@ fn relay_ended(
         RelayEnd::Released => {
             kept.retry.attempts = 0;
             hold::release(*phase.release(), client, &mut kept.spare);
-            if ctx.shared.shutdown.is_cancelled() {
-                return Err(shutting_down());
-            }
             Ok(Next::Serve)
         }
         RelayEnd::ClientGone => Ok(Next::Close),
@@ -422,7 +421,7 @@ async fn relay_on<S>(
     ctx: &SessionCtx,
     client: &mut ClientState,
     retry: &mut Retry,
-    force_close: Pin<&mut WaitForCancellationFuture<'_>>,
+    force_close: Pin<&mut StopSignal<'_>>,
 ) -> Result<(RelayEnd, Fresh), WireError>
 where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
@@ -604,13 +603,13 @@ where
             std::future::poll_fn(|cx| {
                 let ready = stream.poll_readable(cx);
                 if ready.is_pending() && cbuf.capacity() > 0 {
-                    *cbuf = BytesMut::new();
+                    park_buffer(std::mem::take(cbuf));
                 }
                 ready
             })
             .await;
             if cbuf.capacity() < IDLE_BUFFER {
-                cbuf.reserve(IDLE_BUFFER);
+                *cbuf = unpark_buffer();
             }
         } else if cbuf.capacity() > IDLE_BUFFER {
             *cbuf = BytesMut::with_capacity(IDLE_BUFFER);
@@ -619,6 +618,51 @@ where
         cbuf.reserve(IDLE_BUFFER.max(cbuf.len()));
     }
     Ok(matches!(stream.read_buf(cbuf).await, Ok(n) if n > 0))
+}
+
+thread_local! {
+    /// Buffers that idle clients let go of, for the next clients on this
+    /// thread with something to read: a client keeps no buffer between
+    /// requests, and freeing one and allocating another cost a `free` and
+    /// a `malloc` per request. A few per thread, so the memory idle
+    /// clients do not hold stays small.
+    static PARKED: std::cell::Cell<Vec<BytesMut>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Buffers parked per thread, at most.
+const PARKED_BUFFERS: usize = 8;
+/// A buffer larger than this is freed rather than parked.
+const PARKED_MAX: usize = 8 * IDLE_BUFFER;
+
+/// Keeps an idle client's (empty) buffer for another, if it is small.
+fn park_buffer(mut buf: BytesMut) {
+    if buf.capacity() > PARKED_MAX {
+        return;
+    }
+    buf.clear();
+    PARKED.with(|p| {
+        let mut parked = p.take();
+        if parked.len() < PARKED_BUFFERS {
+            parked.push(buf);
+        }
+        p.set(parked);
+    });
+}
+
+/// A parked buffer with room for [`IDLE_BUFFER`] bytes, or a new one.
+fn unpark_buffer() -> BytesMut {
+    let mut buf = PARKED
+        .with(|p| {
+            let mut parked = p.take();
+            let buf = parked.pop();
+            p.set(parked);
+            buf
+        })
+        .unwrap_or_default();
+    if buf.capacity() < IDLE_BUFFER {
+        buf.reserve(IDLE_BUFFER);
+    }
+    buf
 }
 
 /// Answers a request that could not get a server: the error, then

@@ -41,6 +41,8 @@ pub struct ClientState {
     /// The classifications routing made of the request that took the held
     /// server, taken by the relay as it sends its statements.
     pub carried: Carried,
+    /// Texts of the statements being observed (`effects::SqlText`).
+    pub texts: super::effects::Texts,
 }
 
 /// Texts longer than this are not remembered (every idle client keeps one).

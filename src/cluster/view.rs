@@ -287,12 +287,24 @@ impl ClusterView {
     /// at once costs no reference count.
     pub async fn given_up(&self, node: NodeId, role: Role) {
         let mut moves = self.moves.subscribe();
-        let _ = moves
-            .wait_for(|_| match role {
-                Role::Replica => !self.is_healthy(node),
-                Role::Primary => self.primary() != Some(node),
-            })
-            .await;
+        let _ = moves.wait_for(|_| self.gives_up(node, role)).await;
+    }
+
+    /// Whether a request queued for `node` as `role` should stop waiting
+    /// now (what [`given_up`](Self::given_up) waits for). Queued checkouts
+    /// ask it when they start waiting and whenever [`moves`](Self::moves)
+    /// changes.
+    pub fn gives_up(&self, node: NodeId, role: Role) -> bool {
+        match role {
+            Role::Replica => !self.is_healthy(node),
+            Role::Primary => self.primary() != Some(node),
+        }
+    }
+
+    /// Changes when the primary changes or a node's health does: what can
+    /// make [`gives_up`](Self::gives_up) true.
+    pub fn moves(&self) -> watch::Receiver<u64> {
+        self.moves.subscribe()
     }
 
     /// The primary, waiting up to `limit` for one while there is none

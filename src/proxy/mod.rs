@@ -133,6 +133,16 @@ impl Shared {
                 .collect();
             fleet.start(self.config.clone(), nodes, cluster.clone());
         }
+        // Checkouts queued for a node give up when it goes down or stops
+        // being the primary: one subscription wakes them all to look,
+        // rather than one per waiting checkout. It ends with the view.
+        let mut moves = cluster.moves();
+        let waiters = self.pools.waiters();
+        tokio::spawn(async move {
+            while moves.changed().await.is_ok() {
+                waiters.wake();
+            }
+        });
         let handle = cluster.spawn_monitor(self.config.clone());
         let old = crate::sync::lock(&self.monitor).replace(handle);
         if let Some(old) = old {

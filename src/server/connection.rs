@@ -130,9 +130,10 @@ impl ServerConn {
         self.health == Health::Broken
     }
 
-    /// Notes that a client is giving it back now.
-    pub fn mark_returned(&mut self) {
-        self.returned = Instant::now();
+    /// Notes when it was given back (`Handoff::give`, which reads the
+    /// clock once for this and for the waiter it goes to).
+    pub fn mark_returned_at(&mut self, at: Instant) {
+        self.returned = at;
     }
 
     /// How old it was when last given back (what `max_lifetime` limits

@@ -46,9 +46,14 @@ pub enum Source {
     Pool,
 }
 
-/// A checkout that found no connection within its `checkout_timeout`.
-#[derive(Debug)]
-pub struct WaitedInVain;
+/// Why a checkout ended without a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotTaken {
+    /// None came within its `checkout_timeout`.
+    WaitedInVain,
+    /// Its caller's `give_up` said so while it waited.
+    GivenUp,
+}
 
 /// The part of a pool its leases share: bb8, and who waits.
 pub struct Handoff {
@@ -89,7 +94,8 @@ struct Slot {
 }
 
 struct SlotState {
-    lease: Option<(Bb8Lease, Source)>,
+    /// The connection handed over, and when.
+    lease: Option<(Bb8Lease, Source, Instant)>,
     /// Still in the queue (not served, not given up).
     queued: bool,
     /// Its `checkout_timeout` passed before a connection came.
@@ -134,7 +140,16 @@ impl Handoff {
     /// ahead, else the next one given back (or opened) after every earlier
     /// waiter was served, within `checkout_timeout`. Returns how long it
     /// waited (zero, without reading the clock, when it did not).
-    pub async fn take(self: &Arc<Self>) -> Result<(Lease, Source, Duration), WaitedInVain> {
+    ///
+    /// A checkout that has to wait asks `give_up` when it starts waiting
+    /// and whenever [`wake_waiters`](Self::wake_waiters) wakes it (not when
+    /// served), and leaves the queue if it says so: the caller's watch on
+    /// the node costs nothing when a connection is there at once, and no
+    /// subscription of its own while it waits.
+    pub async fn take(
+        self: &Arc<Self>,
+        give_up: impl Fn() -> bool,
+    ) -> Result<(Lease, Source, Duration), NotTaken> {
         let (slot, since) = {
             let mut queue = lock(&self.queue);
             if queue.waiters.is_empty()
@@ -165,15 +180,28 @@ impl Handoff {
         loop {
             {
                 let mut state = lock(&waiting.slot.state);
-                if let Some((conn, source)) = state.lease.take() {
+                if let Some((conn, source, at)) = state.lease.take() {
                     drop(state);
-                    return Ok((self.lease(conn), source, since.elapsed()));
+                    let waited = at.saturating_duration_since(since);
+                    return Ok((self.lease(conn), source, waited));
                 }
                 if state.expired {
-                    return Err(WaitedInVain);
+                    return Err(NotTaken::WaitedInVain);
                 }
             }
+            if give_up() {
+                return Err(NotTaken::GivenUp);
+            }
             waiting.slot.ready.notified().await;
+        }
+    }
+
+    /// Wakes every queued checkout to ask its `give_up` again (the
+    /// cluster changed: a node went down, or the primary moved).
+    pub fn wake_waiters(&self) {
+        let queue = lock(&self.queue);
+        for slot in &queue.waiters {
+            slot.ready.notify_one();
         }
     }
 
@@ -290,6 +318,11 @@ impl Handoff {
     /// (broken, past `max_lifetime`, asked back by the fleet budget) goes
     /// to bb8 to be closed, and a filler opens another for the waiters.
     fn give(self: &Arc<Self>, mut conn: Bb8Lease, source: Source) {
+        // The one clock read of a connection given back: when it was
+        // returned (its idle time and age are counted from there) and,
+        // for a waiter, when its wait ended.
+        let now = Instant::now();
+        conn.mark_returned_at(now.into_std());
         let mut queue = lock(&self.queue);
         if queue.waiters.is_empty() {
             // Under the queue's lock: a checkout that finds no idle
@@ -309,7 +342,7 @@ impl Handoff {
         {
             let mut state = lock(&slot.state);
             state.queued = false;
-            state.lease = Some((conn, source));
+            state.lease = Some((conn, source, now));
         }
         slot.ready.notify_one();
         // Reusable once its waiter has taken the connection and let go.
@@ -371,7 +404,7 @@ impl Drop for Waiting<'_> {
             state.queued = false;
             late = late.or_else(|| state.lease.take());
         }
-        if let Some((conn, source)) = late {
+        if let Some((conn, source, _)) = late {
             self.hand.give(conn, source);
         }
     }

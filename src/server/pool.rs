@@ -13,7 +13,7 @@ use bb8::{ErrorSink, ManageConnection, QueueStrategy};
 use super::budget::{BudgetPermit, IdleConnections, NodeGate, Seat};
 use super::connection::{ServerConn, ServerParams};
 use super::error::{CheckoutError, ServerError};
-use super::handoff::{Handoff, Lease, Source};
+use super::handoff::{Handoff, Lease, NotTaken, Source};
 use super::login::{self, LoginParams, ServerSecret};
 use crate::config::{Config, NodeAddr};
 use crate::tls::ServerTls;
@@ -308,10 +308,27 @@ impl ServerPool {
     /// when it did not). One that turns out dead on the check is closed and
     /// another taken.
     pub async fn checkout(&self) -> Result<(Lease, Duration), CheckoutError> {
+        match self.checkout_unless(|| false).await {
+            Ok(Some(got)) => Ok(got),
+            Ok(None) => unreachable!("never given up"),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`checkout`](Self::checkout), or `None` once `give_up` says so: it
+    /// is asked when the checkout starts waiting and whenever
+    /// [`Pools::waiters`]' `wake` is called while it waits.
+    pub async fn checkout_unless(
+        &self,
+        give_up: impl Fn() -> bool,
+    ) -> Result<Option<(Lease, Duration)>, CheckoutError> {
         let mut total = Duration::ZERO;
         loop {
-            let (mut lease, source, waited) =
-                self.hand.take().await.map_err(|_| self.timed_out())?;
+            let (mut lease, source, waited) = match self.hand.take(&give_up).await {
+                Ok(got) => got,
+                Err(NotTaken::GivenUp) => return Ok(None),
+                Err(NotTaken::WaitedInVain) => return Err(self.timed_out()),
+            };
             total += waited;
             // One handed over was in use a moment ago: only checked while
             // the pool is losing connections.
@@ -323,7 +340,7 @@ impl ServerPool {
                 lease.mark_broken();
                 continue;
             }
-            return Ok((lease, total));
+            return Ok(Some((lease, total)));
         }
     }
 
@@ -415,7 +432,7 @@ impl IdleConnections for ServerPool {
 /// All pools, created on first use.
 #[derive(Default)]
 pub struct Pools {
-    map: RwLock<HashMap<PoolKey, Arc<ServerPool>>>,
+    map: Arc<RwLock<HashMap<PoolKey, Arc<ServerPool>>>>,
     /// How new pools encrypt their connections (`[cluster] server_tls`).
     tls: RwLock<ServerTls>,
     /// With a fleet: one budget gate per node, shared by every pool of the
@@ -427,7 +444,7 @@ impl Pools {
     /// Pools of a proxy acting alone.
     pub fn new(tls: ServerTls) -> Self {
         Pools {
-            map: RwLock::default(),
+            map: Arc::default(),
             tls: RwLock::new(tls),
             gates: None,
         }
@@ -512,6 +529,12 @@ impl Pools {
         self.map.write().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
+    /// What wakes the checkouts waiting in any pool, present or future,
+    /// to ask their `give_up` again (see [`ServerPool::checkout_unless`]).
+    pub fn waiters(&self) -> Waiters {
+        Waiters(self.map.clone())
+    }
+
     /// A snapshot of every pool, for metrics and the admin console.
     pub fn all(&self) -> Vec<Arc<ServerPool>> {
         self.map
@@ -520,5 +543,17 @@ impl Pools {
             .values()
             .cloned()
             .collect()
+    }
+}
+
+/// The checkouts waiting in every pool (see [`Pools::waiters`]).
+pub struct Waiters(Arc<RwLock<HashMap<PoolKey, Arc<ServerPool>>>>);
+
+impl Waiters {
+    /// Wakes them all to ask their `give_up` again.
+    pub fn wake(&self) {
+        for pool in self.0.read().unwrap_or_else(|p| p.into_inner()).values() {
+            pool.hand.wake_waiters();
+        }
     }
 }

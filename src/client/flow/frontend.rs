@@ -8,6 +8,7 @@
 use bytes::BytesMut;
 
 use super::{FlowEnv, SessionFlow};
+use crate::client::effects::SqlText;
 use crate::client::expect::{Audience, Request, Synthetic, Token};
 use crate::client::local::{self, Local};
 use crate::client::prepared::{self, Statement};
@@ -257,7 +258,7 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
         };
         let token = match bound {
             Some((c, sql)) => {
-                let effect = self.effects_of(&c.info, &c.session, sql);
+                let effect = self.effects_of(&c.info, &c.session, SqlText::Shared(sql));
                 self.hold.pending.add(effect)
             }
             None => Token::None,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{FlowEnv, SessionFlow};
-use crate::client::effects::{self, Effect, Observed};
+use crate::client::effects::{self, Effect, Observed, SqlText};
 use crate::client::route_setting;
 use crate::observe::QueryEvent;
 use crate::protocol::frame::{self, be};
@@ -19,7 +19,7 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
         &mut self,
         info: &Arc<StatementInfo>,
         session: &[SessionChange],
-        sql: Arc<str>,
+        sql: SqlText,
     ) -> Effect {
         if info.route == Route::Write {
             self.hold.wrote = true;
@@ -56,12 +56,15 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
         }
     }
 
-    /// The text to hand the observer: the original only if EXPLAIN may use it.
-    pub(super) fn sql_for_observer(&self, raw: &[u8], info: &StatementInfo) -> Arc<str> {
+    /// The text to hand the observer: the original only if EXPLAIN may
+    /// use it (copied into the client's text buffer, not allocated).
+    pub(super) fn sql_for_observer(&mut self, raw: &[u8], info: &StatementInfo) -> SqlText {
         if self.env.wants_sql() {
-            Arc::from(self.client.memo.text_of(self.client.params.encoding(), raw))
+            let client = &mut *self.client;
+            let text = client.memo.text_of(client.params.encoding(), raw);
+            client.texts.hold(&text, &self.hold.pending)
         } else {
-            info.normalized.clone()
+            SqlText::Shared(info.normalized.clone())
         }
     }
 
@@ -112,7 +115,7 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
         self.env.record(&QueryEvent {
             fingerprint: o.info.fingerprint.low64(),
             normalized: &o.info.normalized,
-            sql: &o.sql,
+            sql: self.client.texts.get(&o.sql),
             params: None,
             is_write: o.info.route == Route::Write,
             role: self.hold.role,

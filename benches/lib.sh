@@ -107,6 +107,8 @@ password = "$PASSWORD"
 [pool]
 size = $POOL
 EOF
+    # SIDECAR_EXTRA: more TOML, appended (benches/callgrind.sh).
+    [ -z "${SIDECAR_EXTRA:-}" ] || printf '%b\n' "$SIDECAR_EXTRA" >>"$WORK/pgsidecar.toml"
     log "pgsidecar on $SIDECAR_PORT (metrics on $SIDECAR_HTTP)"
     # PGSIDECAR_WRAP: a command to run it under (benches/callgrind.sh).
     # PGSIDECAR_BIN: another build (a copy of main's, to compare while the

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::identity::Identity;
 use super::policy::{self, Inputs};
-use super::session::{Login, Look, Session, SessionError};
+use super::session::{Dial, Login, Look, Session, SessionError};
 use super::view::{FleetView, MemberRow};
 use super::writes::{Link, Writes};
 use crate::cluster::{ClusterView, WalGeometry};
@@ -250,30 +250,25 @@ impl Coordinator {
         }
     }
 
+    fn dial<'a>(&'a self, s: &'a Settings) -> Dial<'a> {
+        Dial {
+            addr: &self.node,
+            login: &s.login,
+            identity: &self.identity,
+            connect_timeout: s.connect_timeout,
+            timeout: s.timeout,
+            writes: &self.writes,
+        }
+    }
+
     async fn open_listener(&self, s: &Settings) -> Result<(Session, WalGeometry), SessionError> {
-        let listener = Session::open_listener(
-            &self.node,
-            &s.login,
-            &self.identity,
-            s.connect_timeout,
-            s.timeout,
-            self.writes.clone(),
-        )
-        .await?;
+        let listener = Session::open_listener(&self.dial(s)).await?;
         let geometry = listener.listen(self.writes.channel()).await?;
         Ok((listener, geometry))
     }
 
     async fn connect(&self, s: &Settings) -> Result<Up, SessionError> {
-        let session = Session::open(
-            &self.node,
-            &s.login,
-            &self.identity,
-            s.connect_timeout,
-            s.timeout,
-            self.writes.clone(),
-        )
-        .await?;
+        let session = Session::open(&self.dial(s)).await?;
         Ok(Up {
             session,
             login: s.login.clone(),

@@ -69,6 +69,18 @@ pub struct Look {
     pub free: BTreeSet<u32>,
 }
 
+/// Where and as whom a member's connections to a node log in.
+pub struct Dial<'a> {
+    pub addr: &'a NodeAddr,
+    pub login: &'a Login,
+    pub identity: &'a Identity,
+    pub connect_timeout: Duration,
+    /// Bound on each statement.
+    pub timeout: Duration,
+    /// Where the notifications the connection gets go.
+    pub writes: &'a Arc<Writes>,
+}
+
 /// An open coordinator session.
 pub struct Session {
     addr: NodeAddr,
@@ -85,25 +97,9 @@ pub struct Session {
 
 impl Session {
     /// Connects, takes the presence lock and tunes the session.
-    pub async fn open(
-        addr: &NodeAddr,
-        login: &Login,
-        identity: &Identity,
-        connect_timeout: Duration,
-        timeout: Duration,
-        writes: Arc<Writes>,
-    ) -> Result<Session, SessionError> {
-        let name = identity.application_name(0);
-        let session = Session::connect(
-            addr,
-            login,
-            &name,
-            identity,
-            connect_timeout,
-            timeout,
-            writes,
-        )
-        .await?;
+    pub async fn open(dial: &Dial<'_>) -> Result<Session, SessionError> {
+        let identity = dial.identity;
+        let session = Session::connect(dial, &identity.application_name(0)).await?;
         let present = session
             .bounded(async {
                 let row = session
@@ -128,39 +124,17 @@ impl Session {
     /// coordinator session's rounds would hold the fleet's writes back.
     /// It takes no presence lock: it is not a member. The notifications
     /// it gets go to `writes`.
-    pub async fn open_listener(
-        addr: &NodeAddr,
-        login: &Login,
-        identity: &Identity,
-        connect_timeout: Duration,
-        timeout: Duration,
-        writes: Arc<Writes>,
-    ) -> Result<Session, SessionError> {
-        let name = identity.listener_name();
-        Session::connect(
-            addr,
-            login,
-            &name,
-            identity,
-            connect_timeout,
-            timeout,
-            writes,
-        )
-        .await
+    pub async fn open_listener(dial: &Dial<'_>) -> Result<Session, SessionError> {
+        Session::connect(dial, &dial.identity.listener_name()).await
     }
 
     /// Logs in as `application_name`, with keepalives and timeouts on
     /// both ends; the messages the server sends unasked (notifications
     /// to `writes`) are read by a task of their own.
-    async fn connect(
-        addr: &NodeAddr,
-        login: &Login,
-        application_name: &str,
-        identity: &Identity,
-        connect_timeout: Duration,
-        timeout: Duration,
-        writes: Arc<Writes>,
-    ) -> Result<Session, SessionError> {
+    async fn connect(dial: &Dial<'_>, application_name: &str) -> Result<Session, SessionError> {
+        let (addr, login, identity) = (dial.addr, dial.login, dial.identity);
+        let (connect_timeout, timeout) = (dial.connect_timeout, dial.timeout);
+        let writes = dial.writes.clone();
         let (idle, interval, count) = SERVER_KEEPALIVE;
         let mut pg = tokio_postgres::Config::new();
         pg.host(&addr.host)

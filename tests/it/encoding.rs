@@ -163,6 +163,18 @@ async fn rows(raw: &mut Raw) -> Result<Vec<Vec<u8>>, wire::ErrorFields> {
     Ok(out)
 }
 
+/// A LATIN1 client that has prepared and run `s\xe9`, `select 'caf\xe9'`
+/// (its text is returned too).
+async fn latin1_with_statement(proxy: &Proxy, db: &str) -> (Raw, &'static [u8]) {
+    let (mut latin1, _) = login(proxy, db, &[("client_encoding", "LATIN1")]).await;
+    let sql = b"select 'caf\xe9'::text";
+    latin1
+        .send(&[parse(b"s\xe9", sql), bind_execute_sync(b"s\xe9")].concat())
+        .await;
+    assert_eq!(rows(&mut latin1).await.unwrap(), [b"caf\xe9".to_vec()]);
+    (latin1, sql)
+}
+
 fn parse(name: &[u8], sql: &[u8]) -> Vec<u8> {
     wire::message(b'P', &[name, b"\0", sql, b"\0\0\0"].concat())
 }
@@ -205,12 +217,7 @@ async fn bytes_invalid_in_the_clients_encoding_get_22021_and_the_session_goes_on
     // Extended protocol, a named statement: the same bytes are valid from
     // a LATIN1 client, and its statement must not answer for the UTF-8
     // client's (which the server refuses).
-    let (mut latin1, _) = login(&proxy, &db, &[("client_encoding", "LATIN1")]).await;
-    let sql = b"select 'caf\xe9'::text";
-    latin1
-        .send(&[parse(b"s\xe9", sql), bind_execute_sync(b"s\xe9")].concat())
-        .await;
-    assert_eq!(rows(&mut latin1).await.unwrap(), [b"caf\xe9".to_vec()]);
+    let (mut latin1, sql) = latin1_with_statement(&proxy, &db).await;
 
     utf8.send(&[parse(b"s1", sql), bind_execute_sync(b"s1")].concat())
         .await;
@@ -350,12 +357,7 @@ async fn the_proxys_own_errors_are_in_the_clients_encoding() {
 async fn a_latin1_client_deallocates_its_non_ascii_statement() {
     let db = harness::fresh_db("enc_deallocate");
     let proxy = routing_proxy("[auth]\nclient_auth = \"trust\"\n").await;
-    let (mut latin1, _) = login(&proxy, &db, &[("client_encoding", "LATIN1")]).await;
-    let sql = b"select 'caf\xe9'::text";
-    latin1
-        .send(&[parse(b"s\xe9", sql), bind_execute_sync(b"s\xe9")].concat())
-        .await;
-    assert_eq!(rows(&mut latin1).await.unwrap(), [b"caf\xe9".to_vec()]);
+    let (mut latin1, _) = latin1_with_statement(&proxy, &db).await;
     latin1.send(&query_bytes(b"deallocate \"s\xe9\"")).await;
     rows(&mut latin1)
         .await

@@ -15,6 +15,7 @@ mod handshake;
 mod hold;
 mod hold_state;
 mod idle;
+mod input;
 mod limits;
 mod listener;
 mod local;

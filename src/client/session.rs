@@ -16,7 +16,8 @@ use super::cancel::CancelTarget;
 use super::credentials::UserAuth;
 use super::flow::{HeldEnv, SessionFlow};
 use super::hold::{self, Held, NodePools};
-use super::idle::{self, Idle, check_frontend_tag};
+use super::idle::{self, Idle};
+use super::input::{next_frame, read_more};
 use super::limits::{self, Limits, RelayTimers};
 use super::registry::{ClientHandle, ClientSlot, ServerLink};
 use super::relay::{self, RelayEnd};
@@ -409,8 +410,6 @@ fn relay_ended(
     }
 }
 
-/// Buffer kept for a client between requests.
-const IDLE_BUFFER: usize = 512;
 /// Relays between the client and its held server until the server is
 /// released or something ends the stretch; returns how it ended and the
 /// client's deferred BEGIN as it was before a fresh server was taken.
@@ -544,125 +543,6 @@ fn shutting_down() -> WireError {
         SqlState::ADMIN_SHUTDOWN,
         "terminating connection because pgsidecar is shutting down",
     )
-}
-
-/// Waits until `cbuf` starts with a complete frame; returns its tag, or
-/// `None` when the client closed the connection.
-async fn next_frame<S>(
-    stream: &mut S,
-    cbuf: &mut BytesMut,
-    messages: &MessageLimits,
-) -> Result<Option<u8>, WireError>
-where
-    S: AsyncRead + WaitReadable + Unpin,
-{
-    loop {
-        if let Some(&tag) = cbuf.first() {
-            check_frontend_tag(tag)?;
-        }
-        if let Some((tag, total)) = frame::header(cbuf)? {
-            messages.admit(total)?;
-            if cbuf.len() >= total {
-                return Ok(Some(tag));
-            }
-        }
-        if !read_more(stream, cbuf, messages).await? {
-            return Ok(None);
-        }
-    }
-}
-
-/// Reads more client bytes; false when the client is gone. Refuses a
-/// frame in the buffer that is larger than allowed before waiting for it.
-async fn read_more<S>(
-    stream: &mut S,
-    cbuf: &mut BytesMut,
-    messages: &MessageLimits,
-) -> Result<bool, WireError>
-where
-    S: AsyncRead + WaitReadable + Unpin,
-{
-    // Check every complete header so that an oversized message later in
-    // the buffer is refused before the proxy waits for its body.
-    let mut at = 0;
-    while let Some((_, total)) = frame::header(&cbuf[at..])? {
-        messages.admit(total)?;
-        if cbuf.len() - at < total {
-            cbuf.reserve(at + total - cbuf.len());
-            break;
-        }
-        at += total;
-    }
-    messages.settle(cbuf, None);
-    if cbuf.is_empty() {
-        // Between requests an idle client keeps no buffer (a plain socket
-        // says when there is something to read) or a small one (TLS): with
-        // thousands of connected clients this is most of their memory.
-        if stream.can_wait_unbuffered() {
-            // Freed only if the client has nothing for us yet.
-            std::future::poll_fn(|cx| {
-                let ready = stream.poll_readable(cx);
-                if ready.is_pending() && cbuf.capacity() > 0 {
-                    park_buffer(std::mem::take(cbuf));
-                }
-                ready
-            })
-            .await;
-            if cbuf.capacity() < IDLE_BUFFER {
-                *cbuf = unpark_buffer();
-            }
-        } else if cbuf.capacity() > IDLE_BUFFER {
-            *cbuf = BytesMut::with_capacity(IDLE_BUFFER);
-        }
-    } else if cbuf.capacity() - cbuf.len() < 256 {
-        cbuf.reserve(IDLE_BUFFER.max(cbuf.len()));
-    }
-    Ok(matches!(stream.read_buf(cbuf).await, Ok(n) if n > 0))
-}
-
-thread_local! {
-    /// Buffers that idle clients let go of, for the next clients on this
-    /// thread with something to read: a client keeps no buffer between
-    /// requests, and freeing one and allocating another cost a `free` and
-    /// a `malloc` per request. A few per thread, so the memory idle
-    /// clients do not hold stays small.
-    static PARKED: std::cell::Cell<Vec<BytesMut>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-/// Buffers parked per thread, at most.
-const PARKED_BUFFERS: usize = 8;
-/// A buffer larger than this is freed rather than parked.
-const PARKED_MAX: usize = 8 * IDLE_BUFFER;
-
-/// Keeps an idle client's (empty) buffer for another, if it is small.
-fn park_buffer(mut buf: BytesMut) {
-    if buf.capacity() > PARKED_MAX {
-        return;
-    }
-    buf.clear();
-    PARKED.with(|p| {
-        let mut parked = p.take();
-        if parked.len() < PARKED_BUFFERS {
-            parked.push(buf);
-        }
-        p.set(parked);
-    });
-}
-
-/// A parked buffer with room for [`IDLE_BUFFER`] bytes, or a new one.
-fn unpark_buffer() -> BytesMut {
-    let mut buf = PARKED
-        .with(|p| {
-            let mut parked = p.take();
-            let buf = parked.pop();
-            p.set(parked);
-            buf
-        })
-        .unwrap_or_default();
-    if buf.capacity() < IDLE_BUFFER {
-        buf.reserve(IDLE_BUFFER);
-    }
-    buf
 }
 
 /// Answers a request that could not get a server: the error, then

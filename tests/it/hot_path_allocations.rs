@@ -167,6 +167,7 @@ async fn per_transaction(prefix: &str, protocol: Protocol) -> Vec<f64> {
     )
     .await;
     let counted = CountedProxy::start(&config()).await;
+    proxy_logged_in("pgsidecar-monitor", "postgres").await;
     let mut clients = Vec::new();
     let before = counted.allocations.so_far();
     for _ in 0..CLIENTS {
@@ -190,7 +191,7 @@ async fn per_transaction(prefix: &str, protocol: Protocol) -> Vec<f64> {
         ready.push((client, prepared));
     }
     ready = run(ready, protocol, WARM_UP).await;
-    catalog_connected(&db).await;
+    proxy_logged_in("pgsidecar-catalog", &db).await;
     let mut rounds = Vec::new();
     for _ in 0..ROUNDS {
         let before = counted.allocations.so_far();
@@ -202,29 +203,26 @@ async fn per_transaction(prefix: &str, protocol: Protocol) -> Vec<f64> {
     rounds
 }
 
-/// Waits until the proxy's catalog reader has logged into `db`: it does
-/// so within 2 s of the first pool for `db`, and a login allocates
-/// hundreds of times, which is not per transaction.
-async fn catalog_connected(db: &str) {
+/// Waits until the proxy's own session `application_name` is logged into
+/// `db`: the cluster monitor's (at start) and the catalog reader's (within
+/// 2 s of the first pool for `db`). A login allocates hundreds of times,
+/// which is neither a client's login nor a transaction.
+async fn proxy_logged_in(application_name: &str, db: &str) {
     let su = harness::superuser().await;
-    harness::eventually(
-        "the catalog reader's connection",
-        Duration::from_secs(30),
-        || {
-            let su = &su;
-            async move {
-                let rows = su
-                    .query(
-                        "SELECT 1 FROM pg_stat_activity \
-                     WHERE datname = $1 AND application_name = 'pgsidecar-catalog'",
-                        &[&db],
-                    )
-                    .await
-                    .expect("reading pg_stat_activity");
-                (!rows.is_empty()).then_some(())
-            }
-        },
-    )
+    let what = format!("{application_name} in {db}");
+    harness::eventually(&what, Duration::from_secs(30), || {
+        let su = &su;
+        async move {
+            let rows = su
+                .query(
+                    "SELECT 1 FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
+                    &[&db, &application_name],
+                )
+                .await
+                .expect("reading pg_stat_activity");
+            (!rows.is_empty()).then_some(())
+        }
+    })
     .await;
 }
 

@@ -265,12 +265,12 @@ impl Default for Expectations {
 impl Expectations {
     /// Back to a fresh state, keeping the queue's capacity for the next
     /// hold.
-    pub fn recycle(mut self) -> Self {
+    pub fn reset(&mut self) {
         self.queue.clear();
-        Expectations {
-            queue: self.queue,
-            ..Expectations::default()
-        }
+        self.batch_open = false;
+        self.copy_in = false;
+        self.skipping = false;
+        self.status = TxStatus::Idle;
     }
 
     /// Notes a message sent to the server. `token` is [`Token::None`]

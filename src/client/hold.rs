@@ -4,9 +4,10 @@
 //! session (parameters, a deferred BEGIN), and leaving it clean.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::cancel::{CancelTarget, send_cancel};
+use super::clock::BatchClock;
 use super::expect::{Audience, Expectations, Request, Token};
 use super::hold_state::HoldState;
 use super::params::UTF8_FIRST;
@@ -27,23 +28,32 @@ use crate::server::{CheckoutError, Lease, PoolKey, ServerPool};
 /// DISCARD ALL) before the server connection is closed instead.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A server connection held by the session, with what it still owes.
+/// A server connection held by the session. Small (its connection is
+/// boxed in the pool), so the session keeps it in place: taking and
+/// giving back a server allocates nothing and copies a few words.
 pub struct Held {
     pub lease: Lease,
-    pub expect: Expectations,
-    pub hold: HoldState,
     pub pool: Arc<ServerPool>,
     /// Counts this read against the replica's load until released.
     _replica: Option<ReplicaLease>,
 }
 
-/// What a released hold leaves for the next: its bookkeeping, emptied, so
-/// that the lists keep their capacity instead of being allocated again for
-/// every transaction.
-#[derive(Default)]
-pub struct Spare {
-    expect: Option<Expectations>,
-    hold: Option<HoldState>,
+/// What a hold records while the client uses its server: what the server
+/// still owes and the hold's own state. The session keeps one from hold to
+/// hold, emptied at each release and reset at each acquisition in place,
+/// so that its lists keep their capacity and nothing of it moves.
+pub struct Books {
+    pub expect: Expectations,
+    pub hold: HoldState,
+}
+
+impl Default for Books {
+    fn default() -> Self {
+        Books {
+            expect: Expectations::default(),
+            hold: HoldState::new(0, Role::Primary),
+        }
+    }
 }
 
 /// This client's pool for each node, looked up once (again after a reload
@@ -172,8 +182,12 @@ async fn checkout_unless_given_up(
     cluster: &ClusterView,
     node: NodeId,
     role: Role,
+    at: Instant,
 ) -> Result<(Lease, Duration), Lost> {
-    match pool.checkout_unless(|| cluster.gives_up(node, role)).await {
+    match pool
+        .checkout_unless(|now| cluster.gives_up_at(node, role, now), at)
+        .await
+    {
         Ok(Some(got)) => Ok(got),
         Ok(None) => Err(Lost::GivenUp {
             node: cluster.addr(node).clone(),
@@ -194,6 +208,7 @@ async fn checkout_primary(
     ctx: &SessionCtx,
     pools: &mut NodePools,
     cluster: &Arc<ClusterView>,
+    at: Instant,
 ) -> Result<(NodeId, Arc<ServerPool>, (Lease, Duration)), Refused> {
     let mut moves = 0;
     loop {
@@ -205,7 +220,7 @@ async fn checkout_primary(
             }
         };
         let pool = pools.get(ctx, cluster, node).clone();
-        match checkout_unless_given_up(&pool, cluster, node, Role::Primary).await {
+        match checkout_unless_given_up(&pool, cluster, node, Role::Primary, at).await {
             Ok(server) => return Ok((node, pool, server)),
             Err(Lost::Checkout(e)) => return Err(e.into()),
             Err(lost @ Lost::GivenUp { .. }) if moves >= MAX_PRIMARY_MOVES => {
@@ -228,11 +243,11 @@ pub async fn acquire(
     client: &mut ClientState,
     pools: &mut NodePools,
     unit: &Unit,
-    spare: &mut Spare,
+    books: &mut Books,
 ) -> Result<Held, WireError> {
     let slot = &ctx.cancel.slot;
     slot.set_activity(ClientActivity::Waiting);
-    acquire_inner(ctx, client, pools, unit, spare)
+    acquire_inner(ctx, client, pools, unit, books)
         .await
         .map_err(|refused| {
             slot.set_activity(ClientActivity::Idle);
@@ -246,37 +261,42 @@ async fn acquire_inner(
     client: &mut ClientState,
     pools: &mut NodePools,
     unit: &Unit,
-    spare: &mut Spare,
+    books: &mut Books,
 ) -> Result<Held, Refused> {
     // The admin console's PAUSE holds new work here until RESUME.
     ctx.shared.paused.resumed().await;
     // One view of the cluster for the decision and the pool it picks.
     let cluster = ctx.shared.cluster().clone();
-    let routed = route::decide(unit, client, &ctx.shared, &cluster)?;
+    // The request's one clock reading before its answer: routing, the
+    // checkout's wait and the first statement's start share it (clock.rs).
+    let at = Instant::now();
+    let routed = route::decide(unit, client, &ctx.shared, &cluster, at)?;
     let metrics = ctx.shared.observer.metrics();
     metrics.routing(routed.decision.reason);
     if routed.decision.read_your_writes {
         metrics.read_your_writes();
     }
     // The checkout says how long it waited (no clock read when it did not).
-    let (node, pool, (lease, waited), replica) = match routed.decision.target {
+    let (node, pool, (lease, waited), replica, asked) = match routed.decision.target {
         Target::Replica(lease) => {
             let node = lease.id;
             let pool = pools.get(ctx, &cluster, node).clone();
-            match checkout_unless_given_up(&pool, &cluster, node, Role::Replica).await {
-                Ok(server) => (node, pool, server, Some(lease)),
+            match checkout_unless_given_up(&pool, &cluster, node, Role::Replica, at).await {
+                Ok(server) => (node, pool, server, Some(lease), at),
                 Err(why) => {
                     // Nothing was sent yet: a read can run on the primary instead.
                     tracing::warn!(reason = %why, "replica unavailable, reading from the primary");
                     drop(lease);
-                    let (node, pool, server) = checkout_primary(ctx, pools, &cluster).await?;
-                    (node, pool, server, None)
+                    // The replica's wait is over: the primary's starts now.
+                    let at = Instant::now();
+                    let (node, pool, server) = checkout_primary(ctx, pools, &cluster, at).await?;
+                    (node, pool, server, None, at)
                 }
             }
         }
         Target::Primary => {
-            let (node, pool, server) = checkout_primary(ctx, pools, &cluster).await?;
-            (node, pool, server, None)
+            let (node, pool, server) = checkout_primary(ctx, pools, &cluster, at).await?;
+            (node, pool, server, None, at)
         }
     };
     metrics.pool_wait(waited);
@@ -292,27 +312,21 @@ async fn acquire_inner(
     } else {
         Role::Primary
     };
-    let mut held = Held {
-        lease,
-        expect: spare
-            .expect
-            .take()
-            .map(Expectations::recycle)
-            .unwrap_or_default(),
-        hold: match spare.hold.take() {
-            Some(old) => old.recycle(node, role),
-            None => HoldState::new(node, role),
-        },
-        pool,
-        _replica: None,
-    };
+    books.expect.reset();
+    books.hold.reset(node, role);
     if replica.is_some() && !routed.transaction {
         // A single read: later requests are routed on their own.
-        held.hold.budget = Some(unit.len);
-        held.hold.budget_until_sync = !unit.ends_with_ready;
+        books.hold.budget = Some(unit.len);
+        books.hold.budget_until_sync = !unit.ends_with_ready;
     }
-    held._replica = replica;
-    bring_up_to_date(&mut held, client);
+    // A server handed over by another session was ready when its wait ended.
+    books.hold.clock = BatchClock::starting_at(asked + waited);
+    let mut held = Held {
+        lease,
+        pool,
+        _replica: replica,
+    };
+    bring_up_to_date(&mut held, &mut books.expect, client);
     Ok(held)
 }
 
@@ -340,13 +354,13 @@ async fn refit(
 
 /// Queues, ahead of the client's request, what makes the server match the
 /// client: its session parameters and a BEGIN the proxy acknowledged.
-fn bring_up_to_date(held: &mut Held, client: &mut ClientState) {
+fn bring_up_to_date(held: &mut Held, expect: &mut Expectations, client: &mut ClientState) {
     client.readback.forget_running();
     let (io, state) = held.lease.split();
     if let Some(sync) = state.params.sync_sql(&client.params) {
         if sync.utf8_first {
             frame::put_query(io.wbuf, UTF8_FIRST);
-            held.expect.sent(
+            expect.sent(
                 fe::QUERY,
                 Some(Request::Query),
                 Audience::Proxy,
@@ -354,7 +368,7 @@ fn bring_up_to_date(held: &mut Held, client: &mut ClientState) {
             );
         }
         frame::put_query(io.wbuf, &sync.sql);
-        held.expect.sent(
+        expect.sent(
             fe::QUERY,
             Some(Request::Query),
             Audience::Proxy,
@@ -366,7 +380,7 @@ fn bring_up_to_date(held: &mut Held, client: &mut ClientState) {
         io.wbuf.extend_from_slice(&begin);
         // The BEGIN, and any SET TRANSACTION answered after it.
         for _ in super::tx_modes::frames(&begin) {
-            held.expect.sent(
+            expect.sent(
                 fe::QUERY,
                 Some(Request::Query),
                 Audience::Proxy,
@@ -377,27 +391,23 @@ fn bring_up_to_date(held: &mut Held, client: &mut ClientState) {
 }
 
 /// Gives a server back after the client's transaction ended.
-pub fn release(mut held: Held, client: &ClientState, spare: &mut Spare) {
-    remember_params(&mut held, client);
-    let Held {
-        lease,
-        expect,
-        mut hold,
-        ..
-    } = held;
-    drop(lease);
-    hold.empty();
-    spare.expect = Some(expect);
-    spare.hold = Some(hold);
+pub fn release(mut held: Held, books: &mut Books, client: &ClientState) {
+    remember_params(&mut held, &books.hold, client);
+    // The clock was read for the batch that ended the hold, a moment ago.
+    match books.hold.clock.last() {
+        Some(at) => held.lease.give_back_at(at),
+        None => drop(held),
+    }
+    books.hold.empty();
 }
 
-fn remember_params(held: &mut Held, client: &ClientState) {
-    if held.hold.stale_server {
+fn remember_params(held: &mut Held, hold: &HoldState, client: &ClientState) {
+    if hold.stale_server {
         // It holds a statement with a stale plan the proxy did not repair.
         held.lease.mark_broken();
     }
     let state = &mut held.lease.state;
-    if held.hold.params_diverged {
+    if hold.params_diverged {
         state.params.mark_unknown();
     } else {
         state.params.assume(&client.params);
@@ -408,14 +418,13 @@ fn remember_params(held: &mut Held, client: &ClientState) {
 /// ROLLBACK (client left inside a transaction) and, in session mode, after
 /// DISCARD ALL; anything else closes it, so no transaction or session state
 /// reaches the next client.
-pub async fn leave(mut held: Held, client: &ClientState, mode: PoolMode) {
-    remember_params(&mut held, client);
+pub async fn leave(mut held: Held, books: &mut Books, client: &ClientState, mode: PoolMode) {
+    remember_params(&mut held, &books.hold, client);
     // Code the proxy could not see into may have left anything: cleaned
     // as thoroughly as a pinned session's.
     let opaque = client.readback.unread();
-    let Held {
-        mut lease, expect, ..
-    } = held;
+    let expect = &books.expect;
+    let Held { mut lease, .. } = held;
     if !expect.is_quiet() {
         // A query is still running: cancel it and close the connection.
         let target = CancelTarget {

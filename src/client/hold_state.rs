@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::clock::BatchClock;
 use super::effects::Pending;
 use super::flow::retry::Retry;
 use super::prepared::Statement;
@@ -56,6 +57,8 @@ pub struct HoldState {
     /// an evicted statement: its statements are no longer what the proxy
     /// thinks, so it is closed instead of going back to the pool.
     pub(super) stale_server: bool,
+    /// One clock reading per batch of frames (clock.rs).
+    pub(super) clock: BatchClock,
 }
 
 impl HoldState {
@@ -78,6 +81,7 @@ impl HoldState {
             executed: false,
             stale_server: false,
             query_timed_out: None,
+            clock: BatchClock::default(),
         }
     }
 
@@ -90,12 +94,18 @@ impl HoldState {
         self.retry.empty();
     }
 
-    /// A fresh state for a new hold, in this one's (emptied) lists.
-    pub fn recycle(self, node: NodeId, role: Role) -> Self {
-        let mut fresh = HoldState::new(node, role);
-        fresh.pending = self.pending;
-        fresh.tables_written = self.tables_written;
-        fresh.retry.frames = self.retry.frames;
-        fresh
+    /// A fresh state for a new hold, in place, in this one's (emptied)
+    /// lists.
+    pub fn reset(&mut self, node: NodeId, role: Role) {
+        // Emptied already unless the last hold ended without a release
+        // (its server lost, the request retried on another).
+        self.empty();
+        let pending = std::mem::take(&mut self.pending);
+        let tables_written = std::mem::take(&mut self.tables_written);
+        let frames = std::mem::take(&mut self.retry.frames);
+        *self = HoldState::new(node, role);
+        self.pending = pending;
+        self.tables_written = tables_written;
+        self.retry.frames = frames;
     }
 }

@@ -123,6 +123,9 @@ pub trait Flow {
     /// `query_timeout` passed and a cancel was sent: the server's
     /// "canceling statement" error should say why.
     fn query_timed_out(&mut self, limit: std::time::Duration);
+    /// A new batch of frames (one read of either socket) is about to be
+    /// handed over: what it asks of the clock is read once (clock.rs).
+    fn next_batch(&mut self) {}
 }
 
 /// The server connection's I/O parts the relay drives.

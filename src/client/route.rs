@@ -261,6 +261,7 @@ pub fn decide(
     client: &ClientState,
     shared: &Shared,
     cluster: &ClusterView,
+    now: std::time::Instant,
 ) -> Result<Routed, super::hold::Refused> {
     let config = shared.config.load();
     // The transaction the unit starts, if any, and the modes it asked for.
@@ -318,6 +319,7 @@ pub fn decide(
         undeclared_transaction: tx == Some(false)
             && declared.is_some_and(|d| d.read_only.is_none()),
         serializable,
+        now,
     };
     policy::decide(
         &request,

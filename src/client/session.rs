@@ -65,12 +65,13 @@ where
         client,
     } = &mut *session;
     let mut phase = Phase::Idle;
+    let mut kept = Kept::default();
     let mut pools = NodePools::default();
     let span = tracing::debug_span!("client", pid = ctx.cancel.slot.pid);
-    let result = serve(stream, cbuf, ctx, client, &mut pools, &mut phase)
+    let result = serve(stream, cbuf, ctx, client, &mut pools, &mut phase, &mut kept)
         .instrument(span)
         .await;
-    close(stream, ctx, client, phase, result).await;
+    close(stream, ctx, client, phase, &mut kept.books, result).await;
 }
 
 /// The end of a session, however it came (Terminate, the client gone, a
@@ -82,6 +83,7 @@ async fn close<S>(
     ctx: &SessionCtx,
     client: &mut ClientState,
     phase: Phase,
+    books: &mut hold::Books,
     result: Result<(), WireError>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -98,7 +100,7 @@ async fn close<S>(
     }
     unset_server(&ctx.cancel.slot).await;
     if let Phase::Holding(h) = phase {
-        Box::pin(hold::leave(*h, client, ctx.mode)).await;
+        Box::pin(hold::leave(h, books, client, ctx.mode)).await;
     }
     if refused_mid_message {
         // Boxed: rare, and kept out of every client task's size.
@@ -148,8 +150,9 @@ struct Kept {
     /// A request on a server just taken from the pool may be retried on
     /// another if that server turns out dead before answering anything.
     retry: Retry,
-    /// The last hold's bookkeeping, emptied, for the next.
-    spare: hold::Spare,
+    /// The bookkeeping of the current hold, or the last one's, emptied,
+    /// for the next.
+    books: hold::Books,
 }
 
 /// Where a session stands between requests.
@@ -158,12 +161,12 @@ enum Phase {
     Idle,
     /// A server held (a transaction, a pinned session, session mode): the
     /// next request goes to it.
-    Holding(Box<Held>),
+    Holding(Held),
 }
 
 impl Phase {
     /// The held server, leaving the session idle.
-    fn release(&mut self) -> Box<Held> {
+    fn release(&mut self) -> Held {
         match std::mem::replace(self, Phase::Idle) {
             Phase::Holding(h) => h,
             Phase::Idle => unreachable!("a relay ran, so a server was held"),
@@ -186,13 +189,13 @@ async fn serve<S>(
     client: &mut ClientState,
     pools: &mut NodePools,
     phase: &mut Phase,
+    kept: &mut Kept,
 ) -> Result<(), WireError>
 where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
 {
     // Replies made while idle, written once no further request is buffered.
     let mut out = BytesMut::new();
-    let mut kept = Kept::default();
     // Made once per client, not per request: registered with its token
     // when first polled, then one atomic load per poll (stop_signal.rs).
     let shutdown = StopSignal::new(&ctx.shared.shutdown);
@@ -217,11 +220,11 @@ where
             // only while a server is being taken or used, so idle clients'
             // tasks stay small.
             // The result is taken apart before the next await, so that the
-            // (large) Held is not kept in this task's state meanwhile.
+            // error is not kept in this task's state meanwhile.
             let refused =
-                match Box::pin(hold::acquire(ctx, client, pools, &unit, &mut kept.spare)).await {
+                match Box::pin(hold::acquire(ctx, client, pools, &unit, &mut kept.books)).await {
                     Ok(h) => {
-                        *phase = Phase::Holding(Box::new(h));
+                        *phase = Phase::Holding(h);
                         kept.retry.fresh = Fresh::Taken { deferred_begin };
                         None
                     }
@@ -237,15 +240,15 @@ where
         // only while a server is held; an idle client's task stays small.
         let (end, fresh) = Box::pin(relay_on(
             h,
+            kept,
             stream,
             cbuf,
             ctx,
             client,
-            &mut kept.retry,
             force_close.as_mut(),
         ))
         .await?;
-        match relay_ended(end, fresh, phase, cbuf, ctx, client, &mut kept)? {
+        match relay_ended(end, fresh, phase, cbuf, ctx, client, kept)? {
             // No lock for a cancelled shutdown: the session's registered
             // signal says it.
             Next::Serve if shutdown.fired() => return Err(shutting_down()),
@@ -358,7 +361,7 @@ fn relay_ended(
     match end {
         RelayEnd::Released => {
             kept.retry.attempts = 0;
-            hold::release(*phase.release(), client, &mut kept.spare);
+            hold::release(phase.release(), &mut kept.books, client);
             Ok(Next::Serve)
         }
         RelayEnd::ClientGone => Ok(Next::Close),
@@ -415,11 +418,11 @@ fn relay_ended(
 /// client's deferred BEGIN as it was before a fresh server was taken.
 async fn relay_on<S>(
     h: &mut Held,
+    kept: &mut Kept,
     stream: &mut S,
     cbuf: &mut BytesMut,
     ctx: &SessionCtx,
     client: &mut ClientState,
-    retry: &mut Retry,
     force_close: Pin<&mut StopSignal<'_>>,
 ) -> Result<(RelayEnd, Fresh), WireError>
 where
@@ -446,15 +449,16 @@ where
         pool: &h.pool,
     };
     let mut flow = SessionFlow {
-        expect: &mut h.expect,
+        expect: &mut kept.books.expect,
         client,
-        hold: &mut h.hold,
+        hold: &mut kept.books.hold,
         server: state,
         env: &env,
         mode: ctx.mode,
         who: &ctx.cancel.slot.info,
     };
     let mut timers = RelayTimers::new(limits, timer_cancel);
+    let retry = &mut kept.retry;
     let fresh = std::mem::take(&mut retry.fresh);
     let end = tokio::select! {
         biased;
@@ -474,7 +478,7 @@ where
     ctx.cancel.slot.set_pinned(client.pins.is_pinned());
     // Only the request that took the server carries classifications.
     client.carried.clear();
-    tracing::trace!(?end, status = %h.expect.status(), "relay ended");
+    tracing::trace!(?end, status = %kept.books.expect.status(), "relay ended");
     Ok((end, fresh))
 }
 

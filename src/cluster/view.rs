@@ -148,10 +148,15 @@ impl ClusterView {
     /// Its last check succeeded, recently, and it is not a refused second
     /// primary. Unknown ids are not healthy.
     pub fn is_healthy(&self, id: NodeId) -> bool {
+        self.is_healthy_at(id, Instant::now())
+    }
+
+    /// [`is_healthy`](Self::is_healthy) at the caller's clock reading.
+    pub fn is_healthy_at(&self, id: NodeId, now: Instant) -> bool {
         let stale_after = self.stale_after();
         self.nodes
             .get(id)
-            .is_some_and(|n| n.healthy_at(Instant::now(), self.epoch, stale_after))
+            .is_some_and(|n| n.healthy_at(now, self.epoch, stale_after))
     }
 
     /// A primary exists and answered its last check recently (`/readyz`).
@@ -295,8 +300,13 @@ impl ClusterView {
     /// ask it when they start waiting and whenever [`moves`](Self::moves)
     /// changes.
     pub fn gives_up(&self, node: NodeId, role: Role) -> bool {
+        self.gives_up_at(node, role, Instant::now())
+    }
+
+    /// [`gives_up`](Self::gives_up) at the caller's clock reading.
+    pub fn gives_up_at(&self, node: NodeId, role: Role, now: Instant) -> bool {
         match role {
-            Role::Replica => !self.is_healthy(node),
+            Role::Replica => !self.is_healthy_at(node, now),
             Role::Primary => self.primary() != Some(node),
         }
     }

@@ -58,6 +58,9 @@ pub struct Request<'a> {
     /// It runs (or opens) a SERIALIZABLE transaction, which a hot standby
     /// refuses: the primary, whatever its statements.
     pub serializable: bool,
+    /// When the request was taken: the session's one clock reading for
+    /// it, which routing shares with the pool checkout.
+    pub now: Instant,
 }
 
 /// A request the policy refuses.
@@ -363,8 +366,9 @@ pub fn decide(
     // Read-your-writes: an explicit replica request skips it.
     let mut floor = None;
     let mut fleet = false;
-    // One clock read for the read-your-writes window and the replicas' health.
-    let now = Instant::now();
+    // The request's clock reading, for the read-your-writes window and
+    // the replicas' health.
+    let now = req.now;
     if !wants_replica {
         // A replica within max_replica_lag has replayed everything older
         // than that (plus a margin for the sampling interval).
@@ -475,6 +479,7 @@ mod tests {
             read_only_transaction: false,
             undeclared_transaction: false,
             serializable: false,
+            now: Instant::now(),
         }
     }
 

@@ -148,8 +148,14 @@ impl ServerConn {
     /// mass kill leaves many dead ones behind). A backend killed in the
     /// moments between two transactions is still caught: the request that
     /// reaches it is retried on another connection (the session's retry).
-    pub fn needs_check(&self, after: std::time::Duration, pool_troubled: bool) -> bool {
-        pool_troubled || self.returned.elapsed() >= after
+    /// `now`: the caller's clock reading.
+    pub fn needs_check(
+        &self,
+        after: std::time::Duration,
+        pool_troubled: bool,
+        now: Instant,
+    ) -> bool {
+        pool_troubled || now.saturating_duration_since(self.returned) >= after
     }
 
     /// Check before handing an idle connection out: an idle server sends

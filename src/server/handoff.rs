@@ -84,6 +84,8 @@ struct Queue {
     watchdog: bool,
     /// It found the queue empty at its last wake-up.
     watchdog_idle: bool,
+    /// The deadline of the last waiter queued (a later one's is not earlier).
+    last_deadline: Option<Instant>,
 }
 
 /// Where one waiting checkout receives its connection.
@@ -141,14 +143,18 @@ impl Handoff {
     /// waiter was served, within `checkout_timeout`. Returns how long it
     /// waited (zero, without reading the clock, when it did not).
     ///
-    /// A checkout that has to wait asks `give_up` when it starts waiting
+    /// A checkout that has to wait asks `give_up` (telling it the time) when it starts waiting
     /// and whenever [`wake_waiters`](Self::wake_waiters) wakes it (not when
     /// served), and leaves the queue if it says so: the caller's watch on
     /// the node costs nothing when a connection is there at once, and no
     /// subscription of its own while it waits.
+    ///
+    /// `at`: when the caller asked (its request's one clock reading); the
+    /// wait and the `checkout_timeout` deadline count from there.
     pub async fn take(
         self: &Arc<Self>,
-        give_up: impl Fn() -> bool,
+        give_up: impl Fn(std::time::Instant) -> bool,
+        at: std::time::Instant,
     ) -> Result<(Lease, Source, Duration), NotTaken> {
         let (slot, since) = {
             let mut queue = lock(&self.queue);
@@ -160,14 +166,21 @@ impl Handoff {
             if queue.waiters.is_empty() {
                 queue.full = false;
             }
-            // Read under the lock: deadlines are in queue order.
-            let since = Instant::now();
+            let since = Instant::from_std(at);
+            // Deadlines stay in queue order (the watchdog relies on it)
+            // although `at` was read before the lock: a caller that read
+            // the clock a moment earlier but queued later gets its
+            // predecessor's deadline.
+            let deadline = queue
+                .last_deadline
+                .map_or(since + self.timeout, |last| last.max(since + self.timeout));
+            queue.last_deadline = Some(deadline);
             let slot = queue.spare_slot();
             *lock(&slot.state) = SlotState {
                 lease: None,
                 queued: true,
                 expired: false,
-                deadline: since + self.timeout,
+                deadline,
             };
             queue.waiters.push_back(slot.clone());
             self.refill(&mut queue);
@@ -177,6 +190,9 @@ impl Handoff {
             (slot, since)
         };
         let waiting = Waiting { hand: self, slot };
+        // `give_up` is told the time: the request's reading when the
+        // wait starts, a new one when woken.
+        let mut asked_at = Some(at);
         loop {
             {
                 let mut state = lock(&waiting.slot.state);
@@ -189,7 +205,7 @@ impl Handoff {
                     return Err(NotTaken::WaitedInVain);
                 }
             }
-            if give_up() {
+            if give_up(asked_at.take().unwrap_or_else(std::time::Instant::now)) {
                 return Err(NotTaken::GivenUp);
             }
             waiting.slot.ready.notified().await;
@@ -317,11 +333,14 @@ impl Handoff {
     /// waits (bb8 checks it and keeps or closes it). One that must close
     /// (broken, past `max_lifetime`, asked back by the fleet budget) goes
     /// to bb8 to be closed, and a filler opens another for the waiters.
-    fn give(self: &Arc<Self>, mut conn: Bb8Lease, source: Source) {
-        // The one clock read of a connection given back: when it was
-        // returned (its idle time and age are counted from there) and,
-        // for a waiter, when its wait ended.
-        let now = Instant::now();
+    fn give(self: &Arc<Self>, conn: Bb8Lease, source: Source) {
+        self.give_at(conn, source, Instant::now());
+    }
+
+    /// [`give`](Self::give) at `now`: one clock reading serves as the time
+    /// the connection was returned (its idle time and age count from
+    /// there) and, for a waiter, the time its wait ended.
+    fn give_at(self: &Arc<Self>, mut conn: Bb8Lease, source: Source, now: Instant) {
         conn.mark_returned_at(now.into_std());
         let mut queue = lock(&self.queue);
         if queue.waiters.is_empty() {
@@ -434,6 +453,17 @@ impl DerefMut for Lease {
         self.conn
             .as_mut()
             .expect("a lease holds its connection until dropped")
+    }
+}
+
+impl Lease {
+    /// Gives the connection back, as dropping the lease does, with the
+    /// caller's clock reading of a moment ago instead of a new one.
+    pub fn give_back_at(mut self, at: std::time::Instant) {
+        if let Some(conn) = self.conn.take() {
+            self.hand
+                .give_at(conn, Source::Handed, Instant::from_std(at));
+        }
     }
 }
 

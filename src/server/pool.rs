@@ -86,10 +86,15 @@ impl Trouble {
         self.last.store(nanos.max(1), Ordering::Relaxed);
     }
 
-    fn recent(&self) -> bool {
+    /// `now`: the caller's clock reading (once trouble was noted, this
+    /// is asked on every checkout).
+    fn recent(&self, now: Instant) -> bool {
         match self.last.load(Ordering::Relaxed) {
             0 => false,
-            at => self.epoch.elapsed() < Duration::from_nanos(at) + TROUBLE_WINDOW,
+            at => {
+                now.saturating_duration_since(self.epoch)
+                    < Duration::from_nanos(at) + TROUBLE_WINDOW
+            }
         }
     }
 }
@@ -308,7 +313,7 @@ impl ServerPool {
     /// when it did not). One that turns out dead on the check is closed and
     /// another taken.
     pub async fn checkout(&self) -> Result<(Lease, Duration), CheckoutError> {
-        match self.checkout_unless(|| false).await {
+        match self.checkout_unless(|_| false, Instant::now()).await {
             Ok(Some(got)) => Ok(got),
             Ok(None) => unreachable!("never given up"),
             Err(e) => Err(e),
@@ -317,14 +322,17 @@ impl ServerPool {
 
     /// [`checkout`](Self::checkout), or `None` once `give_up` says so: it
     /// is asked when the checkout starts waiting and whenever
-    /// [`Pools::waiters`]' `wake` is called while it waits.
+    /// [`Pools::waiters`]' `wake` is called while it waits. `at`: when the
+    /// request was taken (the session's clock reading for it, shared
+    /// with routing; the wait is counted from there).
     pub async fn checkout_unless(
         &self,
-        give_up: impl Fn() -> bool,
+        give_up: impl Fn(Instant) -> bool,
+        at: std::time::Instant,
     ) -> Result<Option<(Lease, Duration)>, CheckoutError> {
         let mut total = Duration::ZERO;
         loop {
-            let (mut lease, source, waited) = match self.hand.take(&give_up).await {
+            let (mut lease, source, waited) = match self.hand.take(&give_up, at + total).await {
                 Ok(got) => got,
                 Err(NotTaken::GivenUp) => return Ok(None),
                 Err(NotTaken::WaitedInVain) => return Err(self.timed_out()),
@@ -332,9 +340,10 @@ impl ServerPool {
             total += waited;
             // One handed over was in use a moment ago: only checked while
             // the pool is losing connections.
+            let now = at + total;
             let check = match source {
-                Source::Handed => self.trouble.recent(),
-                Source::Pool => lease.needs_check(CHECK_AFTER_IDLE, self.trouble.recent()),
+                Source::Handed => self.trouble.recent(now),
+                Source::Pool => lease.needs_check(CHECK_AFTER_IDLE, self.trouble.recent(now), now),
             };
             if check && !lease.check_idle() {
                 lease.mark_broken();

@@ -213,7 +213,7 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
         // parameter sync at the start of a hold can come before the
         // client's write has even run.
         if status.is_idle() && self.hold.wrote && for_client {
-            let now = std::time::Instant::now();
+            let now = self.hold.clock.now();
             self.client.routing.wrote(now);
             self.hold.announced =
                 self.env

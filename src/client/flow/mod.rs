@@ -106,6 +106,10 @@ impl<E: FlowEnv> Flow for SessionFlow<'_, E> {
         self.expect.is_quiet().then(|| self.expect.status())
     }
 
+    fn next_batch(&mut self) {
+        self.hold.clock.next_batch();
+    }
+
     fn query_timed_out(&mut self, limit: std::time::Duration) {
         tracing::info!(
             limit = %humantime::format_duration(limit),

@@ -3,7 +3,6 @@
 //! SQLSTATE), and the finished statement handed to the observer.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::{FlowEnv, SessionFlow};
 use crate::client::effects::{self, Effect, Observed, SqlText};
@@ -49,7 +48,7 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
             observed: Some(Observed {
                 info: info.clone(),
                 sql,
-                start: Instant::now(),
+                start: self.hold.clock.now(),
                 rows: 0,
                 error: None,
             }),
@@ -111,7 +110,8 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
     }
 
     /// Tells the observer about a finished statement.
-    pub(super) fn observe(&self, o: Observed) {
+    pub(super) fn observe(&mut self, o: Observed) {
+        let duration = self.hold.clock.now().saturating_duration_since(o.start);
         self.env.record(&QueryEvent {
             fingerprint: o.info.fingerprint.low64(),
             normalized: &o.info.normalized,
@@ -121,7 +121,7 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
             role: self.hold.role,
             node: self.hold.node,
             node_addr: self.env.node_addr(),
-            duration: o.start.elapsed(),
+            duration,
             rows: o.rows,
             error: o.error.as_deref(),
             user: &self.who.user,

@@ -39,6 +39,7 @@ pub(super) fn process_client<F: Flow>(
     messages: &MessageLimits,
 ) -> Result<ClientSide, WireError> {
     let mut outbox = Outbox::default();
+    flow.next_batch();
     loop {
         if let Some(&tag) = cbuf.first() {
             crate::client::idle::check_frontend_tag(tag)?;

@@ -92,6 +92,7 @@ impl ServerSide {
         wbuf: &mut BytesMut,
         flow: &mut F,
     ) -> Result<(), ProtocolError> {
+        flow.next_batch();
         while !self.release {
             let rest = &buf[self.scanned..];
             if self.partial > 0 {

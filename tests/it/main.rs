@@ -1,5 +1,6 @@
 //! Integration tests against real PostgreSQL (one binary).
 
+mod alloc_count;
 mod harness;
 mod private;
 mod wire;
@@ -29,6 +30,7 @@ mod fleet_replica_budget;
 mod fleet_ryw;
 mod fleet_support;
 mod fuzz_corpus;
+mod hot_path_allocations;
 mod lexer_props;
 mod limits;
 mod observe_budgets;

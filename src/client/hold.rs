@@ -17,7 +17,7 @@ use super::session::SessionCtx;
 use super::state::ClientState;
 use super::tx_status::TxStatus;
 use crate::cluster::{ClusterView, NodeId, ReplicaLease, Role};
-use crate::config::{NodeAddr, PoolMode};
+use crate::config::{Config, ConfigHandle, NodeAddr, PoolMode};
 use crate::observe::ErrorKind;
 use crate::protocol::frame::{self, fe};
 use crate::protocol::{SqlState, WireError};
@@ -57,15 +57,33 @@ impl Default for Books {
 }
 
 /// This client's pool for each node, looked up once (again after a reload
-/// replaced pools or nodes).
-#[derive(Default)]
+/// replaced pools or nodes), and the configuration it was looked up in.
 pub struct NodePools {
     by_node: Vec<Option<Arc<ServerPool>>>,
     generation: u64,
     view: Option<Arc<ClusterView>>,
+    /// Why a cache: a request reads the configuration three times (limits,
+    /// routing, the relay's timers); arc-swap's `load` costs a few dozen
+    /// instructions each, the cache one atomic load to see that nothing
+    /// changed (a reload is seen at the next request all the same).
+    config: arc_swap::Cache<ConfigHandle, Arc<Config>>,
 }
 
 impl NodePools {
+    pub fn new(config: &ConfigHandle) -> Self {
+        NodePools {
+            by_node: Vec::new(),
+            generation: 0,
+            view: None,
+            config: arc_swap::Cache::new(config.clone()),
+        }
+    }
+
+    /// The current configuration.
+    pub fn config(&mut self) -> &Arc<Config> {
+        self.config.load()
+    }
+
     /// The pool of `node` as numbered by `cluster`.
     pub fn get(
         &mut self,
@@ -209,19 +227,30 @@ async fn checkout_primary(
     pools: &mut NodePools,
     cluster: &Arc<ClusterView>,
     at: Instant,
-) -> Result<(NodeId, Arc<ServerPool>, (Lease, Duration)), Refused> {
+) -> Result<Taken, Refused> {
     let mut moves = 0;
     loop {
         let node = match cluster.primary() {
             Some(node) => node,
             None => {
                 let limit = ctx.shared.config.load().pool.checkout_timeout;
-                primary_node(cluster, cluster.wait_for_primary(limit).await)?
+                // Boxed: rare (no primary), and its timer would otherwise
+                // grow every acquisition's state.
+                primary_node(cluster, Box::pin(cluster.wait_for_primary(limit)).await)?
             }
         };
         let pool = pools.get(ctx, cluster, node).clone();
         match checkout_unless_given_up(&pool, cluster, node, Role::Primary, at).await {
-            Ok(server) => return Ok((node, pool, server)),
+            Ok((lease, waited)) => {
+                return Ok(Taken {
+                    node,
+                    pool,
+                    lease,
+                    asked: at,
+                    waited,
+                    replica: None,
+                });
+            }
             Err(Lost::Checkout(e)) => return Err(e.into()),
             Err(lost @ Lost::GivenUp { .. }) if moves >= MAX_PRIMARY_MOVES => {
                 return Err(Refused::no_node(WireError::error(
@@ -256,6 +285,23 @@ pub async fn acquire(
         })
 }
 
+/// A server just taken for a request, not yet brought up to date.
+struct Taken {
+    node: NodeId,
+    pool: Arc<ServerPool>,
+    lease: Lease,
+    /// When the checkout started, and how long it waited.
+    asked: Instant,
+    waited: Duration,
+    /// Counts a replica read against the replica's load.
+    replica: Option<ReplicaLease>,
+}
+
+// Why acquire_inner is split this way: what it keeps across its awaits
+// is what a session's boxed acquisition allocates per transaction, so it
+// should be small: the routing is done before it, the rare paths (PAUSE,
+// a replica's fallback to the primary, a refit, no primary) are boxed,
+// and the server comes back as one `Taken`.
 async fn acquire_inner(
     ctx: &SessionCtx,
     client: &mut ClientState,
@@ -264,49 +310,39 @@ async fn acquire_inner(
     books: &mut Books,
 ) -> Result<Held, Refused> {
     // The admin console's PAUSE holds new work here until RESUME.
-    ctx.shared.paused.resumed().await;
+    if ctx.shared.paused.is_on() {
+        Box::pin(ctx.shared.paused.resumed()).await;
+    }
     // One view of the cluster for the decision and the pool it picks.
     let cluster = ctx.shared.cluster().clone();
     // The request's one clock reading before its answer: routing, the
     // checkout's wait and the first statement's start share it (clock.rs).
     let at = Instant::now();
-    let routed = route::decide(unit, client, &ctx.shared, &cluster, at)?;
-    let metrics = ctx.shared.observer.metrics();
-    metrics.routing(routed.decision.reason);
-    if routed.decision.read_your_writes {
-        metrics.read_your_writes();
-    }
-    // The checkout says how long it waited (no clock read when it did not).
-    let (node, pool, (lease, waited), replica, asked) = match routed.decision.target {
-        Target::Replica(lease) => {
-            let node = lease.id;
-            let pool = pools.get(ctx, &cluster, node).clone();
-            match checkout_unless_given_up(&pool, &cluster, node, Role::Replica, at).await {
-                Ok(server) => (node, pool, server, Some(lease), at),
-                Err(why) => {
-                    // Nothing was sent yet: a read can run on the primary instead.
-                    tracing::warn!(reason = %why, "replica unavailable, reading from the primary");
-                    drop(lease);
-                    // The replica's wait is over: the primary's starts now.
-                    let at = Instant::now();
-                    let (node, pool, server) = checkout_primary(ctx, pools, &cluster, at).await?;
-                    (node, pool, server, None, at)
-                }
-            }
+    let (target, transaction) = {
+        let config = pools.config();
+        let routed = route::decide(unit, client, &ctx.shared, config, &cluster, at)?;
+        let metrics = ctx.shared.observer.metrics();
+        metrics.routing(routed.decision.reason);
+        if routed.decision.read_your_writes {
+            metrics.read_your_writes();
         }
-        Target::Primary => {
-            let (node, pool, server) = checkout_primary(ctx, pools, &cluster, at).await?;
-            (node, pool, server, None, at)
-        }
+        (routed.decision.target, routed.transaction)
     };
-    metrics.pool_wait(waited);
-    let lease = if lease.state.params.fits(&client.params) {
-        lease
-    } else {
+    let mut taken = take(ctx, pools, &cluster, target, at).await?;
+    ctx.shared.observer.metrics().pool_wait(taken.waited);
+    if !taken.lease.state.params.fits(&client.params) {
         // Boxed: rare, and its state (another checkout) would otherwise
         // grow every acquisition's.
-        Box::pin(refit(lease, &pool, client)).await?
-    };
+        taken.lease = Box::pin(refit(taken.lease, &taken.pool, client)).await?;
+    }
+    let Taken {
+        node,
+        pool,
+        lease,
+        asked,
+        waited,
+        replica,
+    } = taken;
     let role = if replica.is_some() {
         Role::Replica
     } else {
@@ -314,7 +350,7 @@ async fn acquire_inner(
     };
     books.expect.reset();
     books.hold.reset(node, role);
-    if replica.is_some() && !routed.transaction {
+    if replica.is_some() && !transaction {
         // A single read: later requests are routed on their own.
         books.hold.budget = Some(unit.len);
         books.hold.budget_until_sync = !unit.ends_with_ready;
@@ -328,6 +364,52 @@ async fn acquire_inner(
     };
     bring_up_to_date(&mut held, &mut books.expect, client);
     Ok(held)
+}
+
+/// Takes a server where `target` says; a replica that cannot serve sends
+/// the read to the primary. The checkout says how long it waited (no
+/// clock read when it did not).
+async fn take(
+    ctx: &SessionCtx,
+    pools: &mut NodePools,
+    cluster: &Arc<ClusterView>,
+    target: Target,
+    at: Instant,
+) -> Result<Taken, Refused> {
+    let replica = match target {
+        Target::Replica(lease) => lease,
+        Target::Primary => return checkout_primary(ctx, pools, cluster, at).await,
+    };
+    let node = replica.id;
+    let pool = pools.get(ctx, cluster, node).clone();
+    match checkout_unless_given_up(&pool, cluster, node, Role::Replica, at).await {
+        Ok((lease, waited)) => Ok(Taken {
+            node,
+            pool,
+            lease,
+            asked: at,
+            waited,
+            replica: Some(replica),
+        }),
+        Err(why) => to_primary(ctx, pools, cluster, replica, why).await,
+    }
+}
+
+/// A replica read whose replica could not serve it, sent to the primary
+/// instead (nothing was sent yet). Not async itself, so that the reason
+/// and the replica are let go of before the wait: only the boxed checkout
+/// (rare, and kept out of every acquisition's state) is awaited.
+fn to_primary<'a>(
+    ctx: &'a SessionCtx,
+    pools: &'a mut NodePools,
+    cluster: &'a Arc<ClusterView>,
+    replica: ReplicaLease,
+    why: Lost,
+) -> std::pin::Pin<Box<impl std::future::Future<Output = Result<Taken, Refused>> + 'a>> {
+    tracing::warn!(reason = %why, "replica unavailable, reading from the primary");
+    drop(replica);
+    // The replica's wait is over: the primary's starts now.
+    Box::pin(checkout_primary(ctx, pools, cluster, Instant::now()))
 }
 
 /// Another server of `pool` for a client that `lease` does not fit: one

@@ -9,6 +9,7 @@ use super::prepared::{self, ClientStatements};
 use super::state::{ClassMemo, ClientState};
 use super::tx_modes::{self, Modes};
 use crate::cluster::ClusterView;
+use crate::config::Config;
 use crate::observe::ErrorKind;
 use crate::protocol::frame::{self, fe};
 use crate::protocol::{ClientEncoding, ProtocolError, SqlState, WireError};
@@ -260,10 +261,10 @@ pub fn decide(
     unit: &Unit,
     client: &ClientState,
     shared: &Shared,
+    config: &Config,
     cluster: &ClusterView,
     now: std::time::Instant,
 ) -> Result<Routed, super::hold::Refused> {
-    let config = shared.config.load();
     // The transaction the unit starts, if any, and the modes it asked for.
     let declared = match &client.deferred_begin {
         // Inside a transaction the client opened with a BEGIN the proxy

@@ -65,10 +65,13 @@ where
         client,
     } = &mut *session;
     let mut phase = Phase::Idle;
-    let mut kept = Kept::default();
-    let mut pools = NodePools::default();
+    let mut kept = Kept {
+        retry: Retry::default(),
+        books: hold::Books::default(),
+        pools: NodePools::new(&ctx.shared.config),
+    };
     let span = tracing::debug_span!("client", pid = ctx.cancel.slot.pid);
-    let result = serve(stream, cbuf, ctx, client, &mut pools, &mut phase, &mut kept)
+    let result = serve(stream, cbuf, ctx, client, &mut phase, &mut kept)
         .instrument(span)
         .await;
     close(stream, ctx, client, phase, &mut kept.books, result).await;
@@ -145,7 +148,6 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
 }
 
 /// What the request loop keeps from one request to the next.
-#[derive(Default)]
 struct Kept {
     /// A request on a server just taken from the pool may be retried on
     /// another if that server turns out dead before answering anything.
@@ -153,6 +155,8 @@ struct Kept {
     /// The bookkeeping of the current hold, or the last one's, emptied,
     /// for the next.
     books: hold::Books,
+    /// This client's pools and configuration.
+    pools: NodePools,
 }
 
 /// Where a session stands between requests.
@@ -187,7 +191,6 @@ async fn serve<S>(
     cbuf: &mut BytesMut,
     ctx: &SessionCtx,
     client: &mut ClientState,
-    pools: &mut NodePools,
     phase: &mut Phase,
     kept: &mut Kept,
 ) -> Result<(), WireError>
@@ -208,7 +211,7 @@ where
                 cbuf,
                 ctx,
                 client,
-                pools,
+                &mut kept.pools,
                 &mut out,
                 shutdown.as_mut(),
             );
@@ -216,14 +219,15 @@ where
                 return Ok(());
             };
             let deferred_begin = client.deferred_begin.clone();
-            // Boxed, unlike the relay below: unboxed, its state grew every
-            // idle client's task by 0.26 KiB (4.48 -> 4.74 KiB per idle
-            // client at 10,000, against 125 instructions per transaction),
-            // past what the idle budget allows. The result is taken apart
+            // Boxed, unlike the relay below: its state (864 bytes, the
+            // nested checkout futures) would grow every idle client's task
+            // by 176 bytes, and idle clients' memory is the budget that
+            // matters with thousands connected; unboxed it saved 125
+            // instructions per transaction. The result is taken apart
             // before the next await, so that the error is not kept in this
             // task's state meanwhile.
             let refused =
-                match Box::pin(hold::acquire(ctx, client, pools, &unit, &mut kept.books)).await {
+                match Box::pin(hold::acquire(ctx, client, &mut kept.pools, &unit, &mut kept.books)).await {
                     Ok(h) => {
                         *phase = Phase::Holding(h);
                         kept.retry.fresh = Fresh::Taken { deferred_begin };
@@ -265,7 +269,7 @@ where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
 {
     loop {
-        let limits = Limits::from_config(&ctx.shared.config.load().proxy);
+        let limits = Limits::from_config(&pools.config().proxy);
         // A BEGIN the proxy acknowledged itself is an open transaction.
         // Boxed, and only with a limit: a timer and an error are large,
         // and most clients have no limit.
@@ -424,7 +428,7 @@ where
         pid: h.lease.params.backend_pid,
         secret: h.lease.params.backend_secret.clone(),
     };
-    let limits = Limits::from_config(&ctx.shared.config.load().proxy);
+    let limits = Limits::from_config(&kept.pools.config().proxy);
     // Only query_timeout sends a cancel of its own.
     let timer_cancel = limits
         .query

@@ -103,6 +103,12 @@ impl Pause {
         self.changes.send_replace(on);
     }
 
+    /// The admin console's PAUSE is on: new work waits for
+    /// [`resumed`](Self::resumed).
+    pub fn is_on(&self) -> bool {
+        self.on.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Returns once the proxy is not paused.
     pub async fn resumed(&self) {
         if self.on.load(std::sync::atomic::Ordering::SeqCst) {

@@ -319,9 +319,26 @@ impl ClientStatements {
         self.unnamed = None;
     }
 
-    /// Records the client's unnamed Parse and its classification.
+    /// Records the client's unnamed Parse and its classification. The
+    /// frame and text are copied (the client's buffer is reused for the
+    /// next request), unless they are those of the last unnamed Parse: a
+    /// client re-parsing the same query each time (`pgbench -M extended`,
+    /// drivers' unprepared queries) keeps its copies instead of allocating
+    /// two per transaction. The text is compared too, as the same bytes
+    /// read in another `client_encoding` are another text.
     pub fn set_unnamed(&mut self, frame: &[u8], query: &str, class: Classified) {
-        self.unnamed = Some((Bytes::copy_from_slice(frame), class, query.into()));
+        let (frame, query) = match self.unnamed.take() {
+            Some((f, _, q)) => (
+                if *f == *frame {
+                    f
+                } else {
+                    Bytes::copy_from_slice(frame)
+                },
+                if *q == *query { q } else { query.into() },
+            ),
+            None => (Bytes::copy_from_slice(frame), query.into()),
+        };
+        self.unnamed = Some((frame, class, query));
     }
 
     /// The query text of the last unnamed Parse.
@@ -481,6 +498,37 @@ mod tests {
         let ub = define(&mut a, UTF8, bs, both);
         assert_eq!(ub.class.info.reason, crate::routing::Reason::Encoding);
         assert!(lb.id != ls.id && lb.id != ub.id && ls.id != ub.id);
+    }
+
+    #[test]
+    fn the_same_unnamed_parse_keeps_its_copies() {
+        let c = Classifier::new(&[], 10_000, 100);
+        let mut a = ClientStatements::default();
+        let f = parse_frame("", "select 1");
+        a.set_unnamed(&f, "select 1", c.classify("select 1"));
+        let (frame, query) = (
+            a.unnamed_parse().unwrap().clone(),
+            a.unnamed_query().unwrap().clone(),
+        );
+        // Again, same bytes: the copies made the first time stay.
+        a.set_unnamed(&f, "select 1", c.classify("select 1"));
+        assert_eq!(a.unnamed_parse().unwrap().as_ptr(), frame.as_ptr());
+        assert!(Arc::ptr_eq(a.unnamed_query().unwrap(), &query));
+        // The same bytes read as another text (another client_encoding):
+        // the frame stays, the text is the new one.
+        a.set_unnamed(&f, "select 2", c.classify("delete from t"));
+        assert_eq!(a.unnamed_parse().unwrap().as_ptr(), frame.as_ptr());
+        assert_eq!(&**a.unnamed_query().unwrap(), "select 2");
+        // The classification is always the new one.
+        assert_eq!(
+            a.unnamed_class().unwrap().info.route,
+            crate::routing::Route::Write
+        );
+        // Another Parse: both are replaced.
+        let g = parse_frame("", "select 3");
+        a.set_unnamed(&g, "select 3", c.classify("select 3"));
+        assert_eq!(&a.unnamed_parse().unwrap()[..], &g[..]);
+        assert_eq!(&**a.unnamed_query().unwrap(), "select 3");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! client's buffer (a simple Query, or extended-protocol messages up to
 //! Sync or Flush), classify it, and ask the routing policy where it runs.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::carried::Carried;
@@ -35,6 +36,13 @@ pub struct Unit {
 
 /// The classifications of a unit's statements. Most units are one
 /// statement: it is kept inline, so finding a unit allocates nothing.
+///
+/// Routing asks only whether every statement reads, the first one that
+/// writes (else the first), the first's transaction effect and the tables
+/// read: none changes when a classification is listed twice. So one
+/// equal to the last listed (the same `Arc`: a Bind of the statement just
+/// parsed, as in every unprepared extended query, or Binds of one named
+/// statement in a row) is listed once, and such a unit stays inline.
 pub enum Infos {
     One([Arc<StatementInfo>; 1]),
     Many(Vec<Arc<StatementInfo>>),
@@ -48,6 +56,13 @@ impl Default for Infos {
 
 impl Infos {
     fn push(&mut self, info: Arc<StatementInfo>) {
+        if self
+            .as_slice()
+            .last()
+            .is_some_and(|l| Arc::ptr_eq(l, &info))
+        {
+            return;
+        }
         *self = match std::mem::take(self) {
             Infos::Many(v) if v.is_empty() => Infos::One([info]),
             Infos::One([first]) => Infos::Many(vec![first, info]),
@@ -295,18 +310,7 @@ pub fn decide(
         Some(false) => Route::Write,
         None => unit.route(),
     };
-    // Most units are one statement: its list is used as is.
-    let collected: Vec<Arc<str>>;
-    let tables: &[Arc<str>] = match unit.infos.as_slice() {
-        [one] => &one.tables_read,
-        many => {
-            collected = many
-                .iter()
-                .flat_map(|i| i.tables_read.iter().cloned())
-                .collect();
-            &collected
-        }
-    };
+    let tables = tables_read(unit.infos.as_slice());
     let request = policy::Request {
         route,
         reason: if tx.is_some() {
@@ -315,7 +319,7 @@ pub fn decide(
             unit.reason()
         },
         hint: deferred_begin_hint(client).or(unit.hint),
-        tables_read: tables,
+        tables_read: &tables,
         read_only_transaction: tx == Some(true),
         undeclared_transaction: tx == Some(false)
             && declared.is_some_and(|d| d.read_only.is_none()),
@@ -344,6 +348,28 @@ pub fn decide(
     })
 }
 
+/// The tables a unit's statements read, for read-your-writes, which asks
+/// only when any of them was last written: a table listed twice changes
+/// nothing. Most units have one list (one statement, or statements that
+/// read the same tables or none, as a BEGIN): it is used as is; only
+/// statements reading different tables have theirs collected.
+fn tables_read(infos: &[Arc<StatementInfo>]) -> Cow<'_, [Arc<str>]> {
+    let mut lists = infos
+        .iter()
+        .map(|i| &*i.tables_read)
+        .filter(|t| !t.is_empty());
+    let first = lists.next().unwrap_or_default();
+    if lists.all(|t| t == first) {
+        return Cow::Borrowed(first);
+    }
+    Cow::Owned(
+        infos
+            .iter()
+            .flat_map(|i| i.tables_read.iter().cloned())
+            .collect(),
+    )
+}
+
 /// What the client is told when the routing policy refuses its request.
 fn refusal_error(refusal: Refusal) -> WireError {
     match refusal {
@@ -365,5 +391,58 @@ fn refusal_error(refusal: Refusal) -> WireError {
             ),
         )
         .with_hint("set routing.fallback_to_primary = true, or hint the read /* pgsidecar:primary */"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(c: &Classifier, sql: &str) -> Arc<StatementInfo> {
+        c.classify(sql).info
+    }
+
+    fn names(tables: &[Arc<str>]) -> Vec<&str> {
+        tables.iter().map(|t| &**t).collect()
+    }
+
+    #[test]
+    fn a_statement_bound_after_its_parse_is_listed_once() {
+        let c = Classifier::new(&[], 10_000, 100);
+        let read = info(&c, "select * from a");
+        // Parse then Bind of the same statement: inline, one entry.
+        let mut infos = Infos::default();
+        infos.push(read.clone());
+        infos.push(read.clone());
+        assert!(matches!(infos, Infos::One(_)));
+        // Another statement, then the first again: all three listed, in
+        // order (the first that writes gives the reason).
+        let write = info(&c, "delete from b");
+        infos.push(write.clone());
+        infos.push(read.clone());
+        let listed: Vec<_> = infos.iter().map(|i| i.route).collect();
+        assert_eq!(listed, [Route::Read, Route::Write, Route::Read]);
+    }
+
+    #[test]
+    fn a_units_tables_are_collected_only_when_they_differ() {
+        let c = Classifier::new(&[], 10_000, 100);
+        let a = info(&c, "select * from a");
+        let begin = info(&c, "begin");
+        let b = info(&c, "select * from b");
+        let one = tables_read(std::slice::from_ref(&a));
+        assert!(matches!(one, Cow::Borrowed(_)));
+        assert_eq!(names(&one), ["a"]);
+        // A BEGIN reads nothing; the same statement twice reads the same.
+        let units = [begin.clone(), a.clone(), info(&c, "select * from a")];
+        let same = tables_read(&units);
+        assert!(matches!(same, Cow::Borrowed(_)));
+        assert_eq!(names(&same), ["a"]);
+        assert!(tables_read(std::slice::from_ref(&begin)).is_empty());
+        assert!(tables_read(&[]).is_empty());
+        // Different tables: all of them.
+        let units = [a, begin, b];
+        let both = tables_read(&units);
+        assert_eq!(names(&both), ["a", "b"]);
     }
 }

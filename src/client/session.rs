@@ -226,15 +226,22 @@ where
             // instructions per transaction. The result is taken apart
             // before the next await, so that the error is not kept in this
             // task's state meanwhile.
-            let refused =
-                match Box::pin(hold::acquire(ctx, client, &mut kept.pools, &unit, &mut kept.books)).await {
-                    Ok(h) => {
-                        *phase = Phase::Holding(h);
-                        kept.retry.fresh = Fresh::Taken { deferred_begin };
-                        None
-                    }
-                    Err(e) => Some(Box::new(e)),
-                };
+            let refused = match Box::pin(hold::acquire(
+                ctx,
+                client,
+                &mut kept.pools,
+                &unit,
+                &mut kept.books,
+            ))
+            .await
+            {
+                Ok(h) => {
+                    *phase = Phase::Holding(h);
+                    kept.retry.fresh = Fresh::Taken { deferred_begin };
+                    None
+                }
+                Err(e) => Some(Box::new(e)),
+            };
             if let Some(e) = refused {
                 Box::pin(fail_request(stream, cbuf, &unit, client, *e)).await;
                 continue;

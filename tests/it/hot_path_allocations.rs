@@ -42,8 +42,10 @@ const PER_ROUND: usize = 100;
 /// stopped adding a second statement info to the unit (`route.rs`
 /// `Infos::push`), and with it a collected tables list (`decide`): it
 /// costs what the other two cost. The bound catches any new
-/// per-transaction allocation, in every protocol.
-const BOUND: f64 = 1.3;
+/// per-transaction allocation, in every protocol (each would add 1), with
+/// room for the buffers' share, which grows with the machine's load
+/// (medians up to 1.26 seen).
+const BOUND: f64 = 1.5;
 /// Rows of `accounts`.
 const ACCOUNTS: i32 = 1000;
 

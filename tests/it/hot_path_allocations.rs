@@ -258,19 +258,19 @@ fn assert_none_per_transaction(protocol: Protocol, rounds: &[f64]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_simple_query_read_allocates_nothing_in_the_proxy() {
+async fn a_simple_query_read_allocates_at_most_once_in_the_proxy() {
     let rounds = per_transaction("alloc_simple", Protocol::Simple).await;
     assert_none_per_transaction(Protocol::Simple, &rounds);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_extended_query_read_allocates_nothing_in_the_proxy() {
+async fn an_extended_query_read_allocates_at_most_once_in_the_proxy() {
     let rounds = per_transaction("alloc_extended", Protocol::Extended).await;
     assert_none_per_transaction(Protocol::Extended, &rounds);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_prepared_statement_read_allocates_nothing_in_the_proxy() {
+async fn a_prepared_statement_read_allocates_at_most_once_in_the_proxy() {
     let rounds = per_transaction("alloc_prepared", Protocol::Prepared).await;
     assert_none_per_transaction(Protocol::Prepared, &rounds);
 }

@@ -143,9 +143,10 @@ impl Handoff {
     /// waiter was served, within `checkout_timeout`. Returns how long it
     /// waited (zero, without reading the clock, when it did not).
     ///
-    /// A checkout that has to wait asks `give_up` (telling it the time) when it starts waiting
-    /// and whenever [`wake_waiters`](Self::wake_waiters) wakes it (not when
-    /// served), and leaves the queue if it says so: the caller's watch on
+    /// A checkout that has to wait asks `give_up` (telling it the time)
+    /// when it starts waiting and whenever
+    /// [`wake_waiters`](Self::wake_waiters) wakes it (not when served),
+    /// and leaves the queue if it says so: the caller's watch on
     /// the node costs nothing when a connection is there at once, and no
     /// subscription of its own while it waits.
     ///

@@ -250,11 +250,7 @@ async fn cancel_stops_the_right_query_at_once() {
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("the other query was hurt: {}", harness::error_text(&e)));
-    let second_column = messages.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(1).map(str::to_string),
-        _ => None,
-    });
-    assert_eq!(second_column.as_deref(), Some("42"));
+    assert_eq!(second_column(&messages).as_deref(), Some("42"));
 }
 
 /// A TCP forwarder to the shared primary that waits `delay` before it
@@ -318,11 +314,7 @@ async fn a_late_cancel_does_not_hit_the_next_clients_query() {
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("A's cancel hit B's query: {}", harness::error_text(&e)));
-    let second_column = messages.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(1).map(str::to_string),
-        _ => None,
-    });
-    assert_eq!(second_column.as_deref(), Some("42"));
+    assert_eq!(second_column(&messages).as_deref(), Some("42"));
     cancelled.await.unwrap().unwrap();
 }
 
@@ -543,4 +535,12 @@ async fn tokio_postgres_prepared_statements_work_in_transaction_mode() {
     b.batch_execute("COMMIT").await.unwrap();
     let row = row.unwrap_or_else(|e| panic!("{}", harness::error_text(&e)));
     assert_eq!(row.get::<_, i32>(0), 42);
+}
+
+/// The second column of a simple query's first row.
+fn second_column(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
+    messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(1).map(str::to_string),
+        _ => None,
+    })
 }

@@ -8,6 +8,7 @@
 #   cargo build --release && bash benches/callgrind.sh
 #   TXNS=500 CLIENTS=16 bash benches/callgrind.sh
 #   FLAGS="-S -C" TXNS=50 bash benches/callgrind.sh   # per new connection
+#   TARGET=pgbouncer bash benches/callgrind.sh         # PgBouncer's count
 #
 # Starts a throwaway primary + replica (benches/lib.sh) and the release
 # pgsidecar under callgrind, warms up, zeroes the counters, runs
@@ -20,7 +21,12 @@ CLIENTS=${CLIENTS:-16}
 TXNS=${TXNS:-500}
 FLAGS=${FLAGS:--S}
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-[ -x "${PGSIDECAR_BIN:-target/release/pgsidecar}" ] || { echo "cargo build --release first" >&2; exit 1; }
+TARGET=${TARGET:-pgsidecar}
+case $TARGET in
+    pgsidecar) [ -x "${PGSIDECAR_BIN:-target/release/pgsidecar}" ] || { echo "cargo build --release first" >&2; exit 1; } ;;
+    pgbouncer) command -v pgbouncer >/dev/null || { echo "needs pgbouncer (apt-get install pgbouncer)" >&2; exit 1; } ;;
+    *) echo "TARGET is pgsidecar or pgbouncer, not $TARGET" >&2; exit 1 ;;
+esac
 
 source benches/lib.sh
 start_cluster
@@ -30,10 +36,21 @@ start_cluster
 # lands in the counted window). Natively none of that happens on -S.
 SIDECAR_EXTRA=${SIDECAR_EXTRA:-'[observability]\nslow_query_threshold = "1h"'}
 out=$WORK/callgrind.out
-PGSIDECAR_WRAP="valgrind --tool=callgrind --callgrind-out-file=$out" start_pgsidecar
+wrap="valgrind --tool=callgrind --callgrind-out-file=$out"
+if [ "$TARGET" = pgbouncer ]; then
+    # The same pool size and SCRAM verifier as pgbench.sh gives it.
+    BOUNCER_WRAP=$wrap start_pgbouncer
+    PORT=$BOUNCER_PORT PID=$BOUNCER_PID
+    # valgrind's control pipes are named after the user it runs as.
+    ctl() { as_pg callgrind_control "$@"; }
+else
+    ctl() { callgrind_control "$@"; }
+    PGSIDECAR_WRAP=$wrap start_pgsidecar
+    PORT=$SIDECAR_PORT PID=$SIDECAR_PID
+fi
 
 bench() {
-    PGPASSWORD=$PASSWORD "$BINDIR/pgbench" -n -h 127.0.0.1 -p "$SIDECAR_PORT" -U bench \
+    PGPASSWORD=$PASSWORD "$BINDIR/pgbench" -n -h 127.0.0.1 -p "$PORT" -U bench \
         $FLAGS -c "$CLIENTS" -j 2 -t "$1" bench 2>&1
 }
 log "warm-up"
@@ -42,16 +59,17 @@ bench 100 >/dev/null
 # per database when the first client uses it: a SCRAM login costs tens of
 # millions of instructions, so wait until it is done before counting.
 for _ in $(seq 100); do
+    [ "$TARGET" = pgbouncer ] && break
     n=$(psql_su "$PRIMARY_PORT" -Atc "select count(*) from pg_stat_activity where application_name = 'pgsidecar-catalog'" 2>/dev/null)
     [ "${n:-0}" -ge 1 ] && break
     sleep 0.1
 done
 sleep 0.5
-callgrind_control -z "$SIDECAR_PID" >/dev/null 2>&1
+ctl -z "$PID" >/dev/null 2>&1
 log "pgbench $FLAGS -c $CLIENTS -j 2 -t $TXNS under callgrind"
 result=$(bench "$TXNS")
 grep -q "number of failed transactions: 0 " <<<"$result" || { echo "$result" >&2; exit 1; }
-callgrind_control -d "$SIDECAR_PID" >/dev/null 2>&1
+ctl -d "$PID" >/dev/null 2>&1
 for _ in $(seq 100); do compgen -G "$out.*" >/dev/null && break; sleep 0.1; done
 sleep 1
 file=$(ls "$out".* | head -1)

@@ -151,9 +151,11 @@ pidfile = $WORK/pgbouncer.pid
 EOF
     [ "$(id -u)" = 0 ] && chown -R postgres "$WORK"
     log "pgbouncer $(pgbouncer --version | head -1 | cut -d' ' -f2) on $BOUNCER_PORT"
-    as_pg pgbouncer "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
+    # BOUNCER_WRAP: a command to run it under (benches/callgrind.sh).
+    # shellcheck disable=SC2086
+    as_pg ${BOUNCER_WRAP:-} pgbouncer "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
     PIDS+=("$!")
-    wait_port "$BOUNCER_PORT"
+    wait_port "$BOUNCER_PORT" "${BOUNCER_WRAP:+600}"
     # $! is runuser's; the pidfile has PgBouncer's own (for its CPU time).
     for _ in $(seq 100); do [ -s "$WORK/pgbouncer.pid" ] && break; sleep 0.05; done
     BOUNCER_PID=$(cat "$WORK/pgbouncer.pid")

@@ -25,8 +25,9 @@
 # pgsidecar with observability on, and through a second pgsidecar with
 # [observability] enabled = false: the cost of digests and the slow-query
 # log), threads (-S at each CLIENTS count through pgsidecar with its
-# default worker_threads = 0, one worker per core, and through a second one
-# with worker_threads = 1). observe and threads are not in the default list.
+# default worker_threads = 1, one thread, and through a second one with
+# worker_threads = 0, one worker per core). observe and threads are not in
+# the default list.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -250,9 +251,10 @@ for w in $WORKLOADS; do
             for c in $CLIENTS; do side_by_side observability "$c" on pgsidecar off variant-off; done
             ;;
         threads)
-            # [proxy] worker_threads: 1 against the default, one per core.
-            variant one '' PGSIDECAR_PROXY_WORKER_THREADS=1
-            for c in $CLIENTS; do side_by_side worker_threads "$c" one variant-one percore pgsidecar; done
+            # [proxy] worker_threads: the default, one thread, against 0,
+            # one worker per core.
+            variant percore '' PGSIDECAR_PROXY_WORKER_THREADS=0
+            for c in $CLIENTS; do side_by_side worker_threads "$c" one pgsidecar percore variant-percore; done
             ;;
     esac
 done

@@ -161,9 +161,9 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// `[proxy] worker_threads`: 0 one worker per core, 1 every session on
-/// this thread (no cross-thread wake-ups when a server connection passes
-/// between sessions), N exactly N workers.
+/// `[proxy] worker_threads`: 1 (the default) every session on this thread
+/// (no cross-thread wake-ups when a server connection passes between
+/// sessions), 0 one worker per core, N exactly N workers.
 fn runtime_builder(worker_threads: u32) -> tokio::runtime::Builder {
     match worker_threads {
         1 => tokio::runtime::Builder::new_current_thread(),

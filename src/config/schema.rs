@@ -63,11 +63,13 @@ pub struct ProxyConfig {
     pub unix_socket_mode: FileMode,
     pub pool_mode: PoolMode,
     pub max_client_conn: u32,
-    /// Threads that run client sessions, read at start only. 0 (the
-    /// default): one runtime worker per core. 1: a single-threaded runtime,
-    /// which hands connections between sessions without cross-thread
-    /// wake-ups: a little faster with tens of clients on shared cores, a
-    /// little slower with hundreds (docs/benchmarks.md). N: N workers.
+    /// Threads that run client sessions, read at start only. 1 (the
+    /// default): a single-threaded runtime, as PgBouncer runs, which hands
+    /// connections between sessions without cross-thread wake-ups: a
+    /// sidecar's CPU is taken from the application it serves, and one
+    /// thread spent 0.78-0.85x the CPU per transaction of one per core
+    /// (docs/benchmarks.md). 0: one runtime worker per core, for a proxy
+    /// whose one thread is saturated. N: N workers.
     pub worker_threads: u32,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -132,7 +134,7 @@ impl Default for ProxyConfig {
             unix_socket_mode: FileMode(0o777),
             pool_mode: PoolMode::Transaction,
             max_client_conn: 10_000,
-            worker_threads: 0,
+            worker_threads: 1,
             shutdown_timeout: Duration::from_secs(30),
             client_login_timeout: Duration::from_secs(15),
             max_message_size: 64 * 1024 * 1024,

@@ -21,7 +21,7 @@ fn minimal_config_gets_defaults() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(c.proxy.listen, Some("127.0.0.1:6432".parse().unwrap()));
     assert_eq!(c.proxy.pool_mode, PoolMode::Transaction);
-    assert_eq!(c.proxy.worker_threads, 0);
+    assert_eq!(c.proxy.worker_threads, 1);
     assert_eq!(c.auth.client_auth, ClientAuth::ScramSha256);
     assert_eq!(c.pool.checkout_timeout, Duration::from_secs(5));
     assert_eq!(c.pool.effective_size(), 9);

@@ -1,5 +1,6 @@
-//! `[proxy] worker_threads`: the binary runs sessions on one runtime worker
-//! per core by default, on its main thread with 1 and on N workers with N,
+//! `[proxy] worker_threads`: the binary runs sessions on its main thread by
+//! default and with 1, on one runtime worker per core with 0 and on N
+//! workers with N,
 //! and each way serves more clients than it has server connections without
 //! losing or mixing work.
 
@@ -91,9 +92,17 @@ async fn worker_threads_runs_that_many_runtime_workers() {
 }
 
 #[tokio::test]
-async fn the_default_is_one_worker_per_core() {
+async fn the_default_is_one_thread() {
     let db = harness::fresh_db("runtime_default");
     let (proxy, threads) = run_with(&db, "").await;
+    proxy.wait_for_log(&["ready", "worker_threads=1"]).await;
+    assert_eq!(threads, 1, "threads by default");
+}
+
+#[tokio::test]
+async fn zero_is_one_worker_per_core() {
+    let db = harness::fresh_db("runtime_per_core");
+    let (proxy, threads) = run_with(&db, "worker_threads = 0\n").await;
     proxy.wait_for_log(&["ready", "worker_threads=0"]).await;
     let cores = std::thread::available_parallelism().unwrap().get();
     assert!(threads > cores, "{threads} threads on {cores} cores");

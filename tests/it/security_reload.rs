@@ -48,7 +48,7 @@ async fn a_reload_that_changes_start_only_keys_keeps_and_shows_what_is_in_force(
     let rows = console(&proxy, APP, "SHOW CONFIG").await.rows();
     assert_eq!(value(&rows, "proxy.listen"), proxy.addr.to_string());
     assert_eq!(value(&rows, "http.listen"), proxy.http_addr.to_string());
-    assert_eq!(value(&rows, "proxy.worker_threads"), "0");
+    assert_eq!(value(&rows, "proxy.worker_threads"), "1");
     // The rest of the file was applied.
     assert_eq!(value(&rows, "pool.size"), "7");
     // And clients still get in where the proxy listens.

@@ -213,16 +213,36 @@ where
         };
         poll_fn(|cx| relay.poll(cx)).await
     };
-    if side.chunks.capacity() <= KEPT_CHUNKS {
-        side.chunks.clear();
-        SPARE_CHUNKS.set(std::mem::take(&mut side.chunks));
+    let ServerSide {
+        mut chunks,
+        replay: consumed,
+        ..
+    } = side;
+    if chunks.capacity() <= KEPT_CHUNKS {
+        if !chunks.is_empty() {
+            chunks.clear();
+        }
+        // Usually the empty list this relay's own `take` left there.
+        let_go(SPARE_CHUNKS.replace(chunks));
+    } else {
+        drop(chunks);
     }
     if let Some(scratch) = replay
-        && side.replay.capacity() <= KEPT_REPLAY
+        && consumed.capacity() <= KEPT_REPLAY
     {
-        *scratch = side.replay;
+        *scratch = consumed;
     }
     end
+}
+
+/// Drops a chunk list, skipping the drop glue when it never had room for
+/// anything: a deque's drop walks both halves of its ring even when empty,
+/// and the spare list goes through two such empty lists per relay.
+fn let_go(chunks: VecDeque<Chunk>) {
+    if chunks.capacity() == 0 {
+        // Owns no memory and no chunks: nothing leaks.
+        std::mem::forget(chunks);
+    }
 }
 
 thread_local! {

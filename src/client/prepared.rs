@@ -326,19 +326,22 @@ impl ClientStatements {
     /// drivers' unprepared queries) keeps its copies instead of allocating
     /// two per transaction. The text is compared too, as the same bytes
     /// read in another `client_encoding` are another text.
+    ///
+    /// Updated in place: taking the entry out and putting a new one back
+    /// moved it twice per Parse.
     pub fn set_unnamed(&mut self, frame: &[u8], query: &str, class: Classified) {
-        let (frame, query) = match self.unnamed.take() {
-            Some((f, _, q)) => (
-                if *f == *frame {
-                    f
-                } else {
-                    Bytes::copy_from_slice(frame)
-                },
-                if *q == *query { q } else { query.into() },
-            ),
-            None => (Bytes::copy_from_slice(frame), query.into()),
-        };
-        self.unnamed = Some((frame, class, query));
+        match &mut self.unnamed {
+            Some((f, c, q)) => {
+                if **f != *frame {
+                    *f = Bytes::copy_from_slice(frame);
+                }
+                if **q != *query {
+                    *q = query.into();
+                }
+                *c = class;
+            }
+            None => self.unnamed = Some((Bytes::copy_from_slice(frame), class, query.into())),
+        }
     }
 
     /// The query text of the last unnamed Parse.

@@ -55,6 +55,9 @@ impl Default for Infos {
 }
 
 impl Infos {
+    /// Changed in place; only the step from one to two moves the list
+    /// (it ran for every Parse and Bind when the list was taken out and
+    /// put back each time).
     fn push(&mut self, info: Arc<StatementInfo>) {
         if self
             .as_slice()
@@ -63,14 +66,15 @@ impl Infos {
         {
             return;
         }
-        *self = match std::mem::take(self) {
-            Infos::Many(v) if v.is_empty() => Infos::One([info]),
-            Infos::One([first]) => Infos::Many(vec![first, info]),
-            Infos::Many(mut v) => {
-                v.push(info);
-                Infos::Many(v)
+        match self {
+            Infos::Many(v) if v.is_empty() => *self = Infos::One([info]),
+            Infos::Many(v) => v.push(info),
+            Infos::One(_) => {
+                if let Infos::One([first]) = std::mem::take(self) {
+                    *self = Infos::Many(vec![first, info]);
+                }
             }
-        };
+        }
     }
 
     pub fn as_slice(&self) -> &[Arc<StatementInfo>] {

@@ -17,6 +17,7 @@ use crate::client::route_setting;
 use crate::client::tx_status::TxStatus;
 use crate::protocol::frame::{self, fe};
 use crate::protocol::{ProtocolError, WireError};
+use crate::routing::Reason;
 use crate::server::statement_name;
 
 impl<E: FlowEnv> SessionFlow<'_, E> {
@@ -130,7 +131,12 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
                 frame::query_bytes(frame)?,
             ),
         };
-        if let Some(param) = crate::client::proxy_show::lone_show(&c)
+        // Only a statement about the proxy's own settings is answered or
+        // stood in for here, and only a DEALLOCATE is the proxy's to
+        // answer: one comparison each spares every other query the calls.
+        let proxy_setting = c.info.reason == Reason::ProxySetting;
+        if proxy_setting
+            && let Some(param) = crate::client::proxy_show::lone_show(&c)
             && self.expect.is_quiet()
             && self.expect.status() != TxStatus::Failed
         {
@@ -138,7 +144,10 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
             to_client.push_later(crate::client::proxy_show::later(answer));
             return Ok(());
         }
-        let stand_in = match route_setting::lone_change(&c) {
+        let stand_in = match proxy_setting
+            .then(|| route_setting::lone_change(&c))
+            .flatten()
+        {
             // The proxy's own setting, with the session at a known state:
             // answered here, never forwarded.
             Some(change) if self.expect.is_quiet() && self.expect.status() != TxStatus::Failed => {
@@ -159,7 +168,9 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
             None => None,
         };
         let encoding = self.client.params.encoding();
-        if let Some(answer) = local::deallocate(&c, &mut self.client.statements, encoding) {
+        if c.info.unpin.is_some()
+            && let Some(answer) = local::deallocate(&c, &mut self.client.statements, encoding)
+        {
             // A protocol-level statement of this client: the server's
             // copy is shared with others and stays.
             self.answer_locally(answer, to_client);
@@ -189,10 +200,16 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
                     msg.query,
                 ),
             };
-            let stand_in = route_setting::stand_in(&class)
-                .or_else(|| self.env.show_stand_in(&class, self.client, self.hold.role))
-                .map(|q| route_setting::with_query(frame, &q))
-                .transpose()?;
+            // Only a statement about the proxy's own settings has a
+            // stand-in: one comparison spares the rest the two lookups.
+            let stand_in = if class.info.reason == Reason::ProxySetting {
+                route_setting::stand_in(&class)
+                    .or_else(|| self.env.show_stand_in(&class, self.client, self.hold.role))
+                    .map(|q| route_setting::with_query(frame, &q))
+                    .transpose()?
+            } else {
+                None
+            };
             let frame = stand_in.as_deref().unwrap_or(frame);
             let text = self
                 .client
@@ -246,22 +263,31 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
         Ok(())
     }
 
+    /// The bound statement is lent out of the hold while its effects are
+    /// noted (and put back: a portal may be executed again), instead of
+    /// cloning its classification for every Execute.
     pub(super) fn on_execute(&mut self, frame: &[u8], out: &mut BytesMut) {
-        let bound = match (&self.hold.bound, &self.hold.bound_unnamed) {
-            (Some(s), _) => Some((s.class.clone(), s.query.clone())),
-            (None, Some(c)) => self
-                .client
-                .statements
-                .unnamed_query()
-                .map(|q| (c.clone(), q.clone())),
-            _ => None,
-        };
-        let token = match bound {
-            Some((c, sql)) => {
-                let effect = self.effects_of(&c.info, &c.session, SqlText::Shared(sql));
-                self.hold.pending.add(effect)
-            }
-            None => Token::None,
+        let token = if let Some(s) = self.hold.bound.take() {
+            let effect = self.effects_of(
+                &s.class.info,
+                &s.class.session,
+                SqlText::Shared(s.query.clone()),
+            );
+            self.hold.bound = Some(s);
+            self.hold.pending.add(effect)
+        } else if let Some(c) = self.hold.bound_unnamed.take() {
+            let token = match self.client.statements.unnamed_query() {
+                Some(q) => {
+                    let sql = SqlText::Shared(q.clone());
+                    let effect = self.effects_of(&c.info, &c.session, sql);
+                    self.hold.pending.add(effect)
+                }
+                None => Token::None,
+            };
+            self.hold.bound_unnamed = Some(c);
+            token
+        } else {
+            Token::None
         };
         self.send(out, frame, Some(Request::Execute), token);
     }

@@ -32,12 +32,17 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
         if info.opaque {
             self.client.readback.opaque_ran();
         }
-        let changes = match effects::param_changes(session) {
-            Some(c) => c,
-            None => {
-                // A change the proxy cannot replay elsewhere: stay here.
-                self.client.pins.add_untracked();
-                Vec::new()
+        // Nearly every statement changes nothing: no call for it.
+        let changes = if session.is_empty() {
+            Vec::new()
+        } else {
+            match effects::param_changes(session) {
+                Some(c) => c,
+                None => {
+                    // A change the proxy cannot replay elsewhere: stay here.
+                    self.client.pins.add_untracked();
+                    Vec::new()
+                }
             }
         };
         Effect {
@@ -140,8 +145,31 @@ fn rows_of(tag: &[u8]) -> u64 {
     if digits == 0 || digits == tag.len() {
         return 0;
     }
-    std::str::from_utf8(&tag[tag.len() - digits..])
-        .ok()
-        .and_then(|d| d.parse().ok())
+    // Read digit by digit: through `str::parse` it cost a UTF-8 check
+    // and a call per statement. Too large for a u64: 0, as before.
+    tag[tag.len() - digits..]
+        .iter()
+        .try_fold(0u64, |n, d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rows_of;
+
+    #[test]
+    fn row_counts_are_read_from_command_tags() {
+        assert_eq!(rows_of(b"SELECT 5\0"), 5);
+        assert_eq!(rows_of(b"INSERT 0 1\0"), 1);
+        assert_eq!(rows_of(b"UPDATE 1234567\0"), 1_234_567);
+        assert_eq!(rows_of(b"COPY 007"), 7);
+        assert_eq!(rows_of(b"BEGIN\0"), 0);
+        // All digits is no tag; past u64 is no count.
+        assert_eq!(rows_of(b"123\0"), 0);
+        assert_eq!(rows_of(b"SELECT 18446744073709551615\0"), u64::MAX);
+        assert_eq!(rows_of(b"SELECT 18446744073709551616\0"), 0);
+        assert_eq!(rows_of(b""), 0);
+    }
 }

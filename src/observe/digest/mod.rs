@@ -149,20 +149,23 @@ impl Digests {
         let mut shard = self.shard(s.fingerprint);
         let shard = &mut *shard;
         record_latency(&mut shard.window, s.duration);
-        if !shard.digests.contains(&s.fingerprint) {
-            let digest = Digest::new(capped(s.normalized, self.max_text.load(Ordering::Relaxed)));
-            let budget = self.shard_bytes.load(Ordering::Relaxed);
-            shard.make_room(digest.bytes(), budget, None);
-            shard.bytes += digest.bytes();
-            if let Some((_, old)) = shard.digests.push(s.fingerprint, digest) {
-                shard.bytes -= old.bytes();
-            }
-        }
-        let Some(digest) = shard.digests.get_mut(&s.fingerprint) else {
-            return false;
+        let add = |digest: &mut Digest| {
+            digest.add(s.role, s.duration, s.rows, s.error);
+            claim.is_some_and(|(interval, now)| digest.claim_explain(now, interval))
         };
-        digest.add(s.role, s.duration, s.rows, s.error);
-        claim.is_some_and(|(interval, now)| digest.claim_explain(now, interval))
+        // A known fingerprint (nearly every query): one hash lookup, not a
+        // `contains` and then a `get_mut`.
+        if let Some(digest) = shard.digests.get_mut(&s.fingerprint) {
+            return add(digest);
+        }
+        let digest = Digest::new(capped(s.normalized, self.max_text.load(Ordering::Relaxed)));
+        let budget = self.shard_bytes.load(Ordering::Relaxed);
+        shard.make_room(digest.bytes(), budget, None);
+        shard.bytes += digest.bytes();
+        if let Some((_, old)) = shard.digests.push(s.fingerprint, digest) {
+            shard.bytes -= old.bytes();
+        }
+        shard.digests.get_mut(&s.fingerprint).is_some_and(add)
     }
 
     /// Gives a claim back (the request could not be queued).

@@ -188,7 +188,7 @@ where
             .as_deref_mut()
             .map(std::mem::take)
             .unwrap_or_default(),
-        chunks: SPARE_CHUNKS.take(),
+        chunks: take_spare_chunks(),
         ..ServerSide::default()
     };
     side.replay.clear();
@@ -213,30 +213,66 @@ where
         };
         poll_fn(|cx| relay.poll(cx)).await
     };
-    if side.chunks.capacity() <= KEPT_CHUNKS {
-        side.chunks.clear();
-        SPARE_CHUNKS.set(std::mem::take(&mut side.chunks));
-    }
+    let ServerSide {
+        chunks,
+        replay: consumed,
+        ..
+    } = side;
+    keep_spare_chunks(chunks);
     if let Some(scratch) = replay
-        && side.replay.capacity() <= KEPT_REPLAY
+        && consumed.capacity() <= KEPT_REPLAY
     {
-        *scratch = side.replay;
+        *scratch = consumed;
     }
     end
 }
 
+/// A spare chunk list for a relay starting on this thread, or a new one.
+fn take_spare_chunks() -> VecDeque<Chunk> {
+    SPARE_CHUNKS.with_borrow_mut(Vec::pop).unwrap_or_default()
+}
+
+/// Keeps an ended relay's chunk list for the next one on this thread, if
+/// it is small and there is room.
+fn keep_spare_chunks(mut chunks: VecDeque<Chunk>) {
+    let capacity = chunks.capacity();
+    if capacity == 0 {
+        // Owns no memory and no chunks: nothing to keep, nothing leaks,
+        // and a deque's drop would walk both (empty) halves of its ring.
+        std::mem::forget(chunks);
+        return;
+    }
+    if capacity > KEPT_CHUNKS {
+        return;
+    }
+    chunks.clear();
+    // Never borrowed twice: dropping a list of cleared chunks parks none.
+    SPARE_CHUNKS.with_borrow_mut(|spare| {
+        if spare.len() < SPARE_LISTS {
+            spare.push(chunks);
+        }
+    });
+}
+
 thread_local! {
-    /// The chunk list of the relay that ended last on this thread, for the
-    /// next: a relay runs per transaction, and its list would otherwise be
-    /// allocated and freed every time. (A relay in progress keeps its own;
-    /// one that ends on another thread leaves its list there.)
-    static SPARE_CHUNKS: std::cell::Cell<VecDeque<Chunk>> = const {
-        std::cell::Cell::new(VecDeque::new())
+    /// The chunk lists of the relays that ended last on this thread, for
+    /// the next ones: a relay runs per transaction, and its list would
+    /// otherwise be allocated and freed every time. Several, not one:
+    /// relays overlap (16 clients on a pool of 5 run up to five at once on
+    /// one thread), and with a single spare every relay but the first to
+    /// start allocated a list and freed another when it ended (~200
+    /// instructions per `-S` transaction). (One that ends on another
+    /// thread leaves its list there.)
+    static SPARE_CHUNKS: std::cell::RefCell<Vec<VecDeque<Chunk>>> = const {
+        std::cell::RefCell::new(Vec::new())
     };
 }
 
 /// A chunk list longer than this is not kept for the next relay.
 const KEPT_CHUNKS: usize = 64;
+/// Spare chunk lists kept per thread, at most (a few KiB at most: each
+/// holds at most [`KEPT_CHUNKS`] chunks of 40 bytes).
+const SPARE_LISTS: usize = 8;
 
 /// A replay buffer larger than this is not kept for the next request
 /// (every client keeps one).

@@ -103,35 +103,22 @@ impl ServerStream {
 /// Waiting for a client's next request without a read buffer: with
 /// thousands of idle clients, their buffers would be most of the memory.
 pub trait WaitReadable {
-    /// Whether [`Self::wait_readable`] can tell when there is something to
-    /// read. Not for TLS: rustls may already hold decrypted bytes.
+    /// Whether a read that finds nothing leaves no bytes behind in the
+    /// stream itself, so that the buffer can be let go of while waiting
+    /// (`input::read_more`). Not for TLS: rustls may already hold
+    /// decrypted bytes.
     fn can_wait_unbuffered(&self) -> bool;
-    /// Ready once the connection has bytes (or an error, or EOF) to read;
-    /// at once if it cannot tell.
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<()>;
 }
 
 impl WaitReadable for ClientStream {
     fn can_wait_unbuffered(&self) -> bool {
         matches!(self, ClientStream::Plain(_))
     }
-
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<()> {
-        match self {
-            // An error shows again on the read that follows.
-            ClientStream::Plain(tcp) => tcp.poll_read_ready(cx).map(|_| ()),
-            _ => Poll::Ready(()),
-        }
-    }
 }
 
 impl WaitReadable for UnixStream {
     fn can_wait_unbuffered(&self) -> bool {
         true
-    }
-
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.poll_read_ready(cx).map(|_| ())
     }
 }
 

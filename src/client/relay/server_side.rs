@@ -77,6 +77,11 @@ impl ServerSide {
     }
 
     pub(super) fn add_own(&mut self, outbox: &mut Outbox) {
+        // Nearly always empty (it is offered every frame the flow sees):
+        // a drain of nothing still costs its set-up and drop.
+        if outbox.0.is_empty() {
+            return;
+        }
         for own in outbox.0.drain(..) {
             self.push(match own {
                 Own::Now(b) => Chunk::Own(b),

@@ -34,8 +34,9 @@ const PER_ROUND: usize = 100;
 /// future and `Box<Held>` stopped being boxed, 1.14 after: the boxed
 /// acquisition future (kept: unboxed, it grows every idle client's task,
 /// see `session::serve`), and about 0.14 from a parked client buffer
-/// regrown after waking on another worker thread and the relay's chunk
-/// list grown on a thread whose spare another relay took. An unnamed
+/// regrown after waking on another worker thread (this test's runtime has
+/// two) and the relay's chunk list grown on a thread whose spare another
+/// relay took (since each thread keeps eight spares: 1.06-1.08). An unnamed
 /// extended read measured 7.1, then 5.11, then 1.13 once the same
 /// unnamed Parse again kept its copies of the frame and text
 /// (`prepared.rs` `set_unnamed`) and a Bind of the statement just parsed

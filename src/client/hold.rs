@@ -335,10 +335,11 @@ struct Taken {
 }
 
 // Why acquire_inner is split this way: what it keeps across its awaits
-// is what a session's boxed acquisition allocates per transaction, so it
-// should be small: the routing is done before it, the rare paths (PAUSE,
-// a replica's fallback to the primary, a refit, no primary) are boxed,
-// and the server comes back as one `Taken`.
+// is part of every client's task (the session awaits it inline, see
+// `session::serve`), so it must stay small: the routing is done before
+// it, the one common await is a small hand-polled checkout, the rare
+// paths (PAUSE, a replica's fallback to the primary, a refit, no primary)
+// are boxed, and the server comes back as one `Taken`.
 async fn acquire_inner(
     ctx: &SessionCtx,
     client: &mut ClientState,
@@ -355,21 +356,23 @@ async fn acquire_inner(
     // The request's one clock reading before its answer: routing, the
     // checkout's wait and the first statement's start share it (clock.rs).
     let at = Instant::now();
-    let (target, transaction) = {
+    let (target, transaction, reason) = {
         let config = pools.config();
         let routed = route::decide(unit, client, &ctx.shared, config, &cluster, at)?;
-        let metrics = ctx.shared.observer.metrics();
-        metrics.routing(routed.decision.reason);
         if routed.decision.read_your_writes {
-            metrics.read_your_writes();
+            ctx.shared.observer.metrics().read_your_writes();
         }
-        (routed.decision.target, routed.transaction)
+        (
+            routed.decision.target,
+            routed.transaction,
+            routed.decision.reason,
+        )
     };
     // The common path awaits one small checkout in this function's own
     // state (not boxed: see `session::serve`); the rare ones are boxed.
-    let mut taken = match first_node(&cluster, target) {
+    let taken = match first_node(&cluster, target) {
         // No primary yet: wait for one.
-        None => Box::pin(checkout_primary(ctx, pools, &cluster, at, 0)).await?,
+        None => Box::pin(checkout_primary(ctx, pools, &cluster, at, 0)).await,
         Some((node, replica)) => {
             let role = if replica.is_some() {
                 Role::Replica
@@ -381,24 +384,35 @@ async fn acquire_inner(
                 .checkout_unless(|now| cluster.gives_up_at(node, role, now), at)
                 .await;
             match (given_up(&cluster, node, got), replica) {
-                (Ok((lease, waited)), replica) => Taken {
+                (Ok((lease, waited)), replica) => Ok(Taken {
                     node,
                     pool,
                     lease,
                     asked: at,
                     waited,
                     replica,
-                },
-                (Err(why), Some(replica)) => to_primary(ctx, pools, &cluster, replica, why).await?,
-                (Err(Lost::Checkout(e)), None) => return Err(e.into()),
+                }),
+                (Err(why), Some(replica)) => to_primary(ctx, pools, &cluster, replica, why).await,
+                (Err(Lost::Checkout(e)), None) => Err(e.into()),
                 (Err(Lost::GivenUp { .. }), None) => {
                     followed(&cluster, node);
-                    Box::pin(checkout_primary(ctx, pools, &cluster, at, 1)).await?
+                    Box::pin(checkout_primary(ctx, pools, &cluster, at, 1)).await
                 }
             }
         }
     };
-    ctx.shared.observer.metrics().pool_wait(taken.waited);
+    // The routing decision is counted with the wait, under one lock.
+    let metrics = ctx.shared.observer.metrics();
+    let mut taken = match taken {
+        Ok(taken) => {
+            metrics.acquired(reason, taken.waited);
+            taken
+        }
+        Err(refused) => {
+            metrics.routing(reason);
+            return Err(refused);
+        }
+    };
     if !taken.lease.state.params.fits(&client.params) {
         // Boxed: rare, and its state (another checkout) would otherwise
         // grow every acquisition's.

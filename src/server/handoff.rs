@@ -168,7 +168,7 @@ impl Handoff {
     ///
     /// `at`: when the caller asked (its request's one clock reading); the
     /// wait and the `checkout_timeout` deadline count from there.
-    pub fn start(self: &Arc<Self>, at: std::time::Instant) -> Started {
+    pub fn start(self: &Arc<Self>, at: std::time::Instant) -> Started<'_> {
         let mut queue = lock(&self.queue);
         if queue.waiters.is_empty()
             && let Some(conn) = self.idle_now()
@@ -202,7 +202,7 @@ impl Handoff {
             self.start_watchdog(&mut queue);
         }
         Started::Queued(Queued {
-            hand: self.clone(),
+            hand: self,
             slot,
             since,
             asked: false,
@@ -404,16 +404,16 @@ impl Queue {
 }
 
 /// How [`Handoff::start`] began: with a connection, or in the queue.
-pub enum Started {
+pub enum Started<'a> {
     Now(Lease, Source),
-    Queued(Queued),
+    Queued(Queued<'a>),
 }
 
 /// A queued checkout; dropped (served, timed out, or cancelled because the
 /// node went down) it leaves the queue, and a connection handed to it too
 /// late goes on to the next waiter.
-pub struct Queued {
-    hand: Arc<Handoff>,
+pub struct Queued<'a> {
+    hand: &'a Arc<Handoff>,
     slot: Arc<Slot>,
     /// When the caller asked: its wait counts from there.
     since: Instant,
@@ -421,7 +421,7 @@ pub struct Queued {
     asked: bool,
 }
 
-impl Queued {
+impl Queued<'_> {
     /// Polls for the connection. `give_up` (told the time) is asked when
     /// the wait starts and whenever [`Handoff::wake_waiters`] wakes it (not
     /// when served), and the checkout ends with [`NotTaken::GivenUp`] if it
@@ -462,7 +462,7 @@ impl Queued {
     }
 }
 
-impl Drop for Queued {
+impl Drop for Queued<'_> {
     fn drop(&mut self) {
         let (queued, mut late) = {
             let mut state = lock(&self.slot.state);

@@ -453,7 +453,7 @@ pub struct CheckoutUnless<'a, G> {
     /// How long the checkouts so far waited (more than one when a
     /// connection taken turned out dead).
     total: Duration,
-    queued: Option<Queued>,
+    queued: Option<Queued<'a>>,
 }
 
 impl<G: Fn(Instant) -> bool + Unpin> std::future::Future for CheckoutUnless<'_, G> {

@@ -93,14 +93,21 @@ impl NodePools {
     /// atomic load. A reload that replaces the view bumps the generation
     /// right after storing it, so the next request sees it (one already
     /// taken may use the old view, as one taken a moment earlier would).
+    #[inline]
     pub fn cluster(&mut self, ctx: &SessionCtx) -> &Arc<ClusterView> {
         let generation = ctx.shared.generation();
         if generation != self.generation || self.view.is_none() {
-            self.by_node.clear();
-            self.generation = generation;
-            self.view = Some(ctx.shared.cluster().clone());
+            self.look_up_cluster(ctx, generation);
         }
         self.view.as_ref().expect("the view was just looked up")
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn look_up_cluster(&mut self, ctx: &SessionCtx, generation: u64) {
+        self.by_node.clear();
+        self.generation = generation;
+        self.view = Some(ctx.shared.cluster().clone());
     }
 
     /// The pool of `node` as numbered by `cluster`.
@@ -138,7 +145,22 @@ impl NodePools {
 
 /// `node`'s pool in a client's list for `cluster`, looked up the first
 /// time.
+#[inline]
 fn pool_of<'a>(
+    by_node: &'a mut Vec<Option<Arc<ServerPool>>>,
+    ctx: &SessionCtx,
+    cluster: &ClusterView,
+    node: NodeId,
+) -> &'a Arc<ServerPool> {
+    if matches!(by_node.get(node), Some(Some(_))) {
+        return by_node[node].as_ref().expect("just seen");
+    }
+    look_up_pool(by_node, ctx, cluster, node)
+}
+
+#[cold]
+#[inline(never)]
+fn look_up_pool<'a>(
     by_node: &'a mut Vec<Option<Arc<ServerPool>>>,
     ctx: &SessionCtx,
     cluster: &ClusterView,

@@ -183,9 +183,8 @@ impl Handoff {
         // although `at` was read before the lock: a caller that read
         // the clock a moment earlier but queued later gets its
         // predecessor's deadline.
-        let deadline = queue
-            .last_deadline
-            .map_or(since + self.timeout, |last| last.max(since + self.timeout));
+        let own = since + self.timeout;
+        let deadline = queue.last_deadline.map_or(own, |last| last.max(own));
         queue.last_deadline = Some(deadline);
         let slot = queue.spare_slot();
         *lock(&slot.state) = SlotState {

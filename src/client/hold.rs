@@ -84,6 +84,32 @@ impl NodePools {
         self.config.load()
     }
 
+    /// The cluster view this client routes with: the one it last looked
+    /// up, until the proxy's generation changes.
+    ///
+    /// Why cached: every request asked for the view twice (the idle
+    /// client's primary pool, then routing), and each load of the shared
+    /// `ArcSwap` costs dozens of instructions; the generation is one
+    /// atomic load. A reload that replaces the view bumps the generation
+    /// right after storing it, so the next request sees it (one already
+    /// taken may use the old view, as one taken a moment earlier would).
+    #[inline]
+    pub fn cluster(&mut self, ctx: &SessionCtx) -> &Arc<ClusterView> {
+        let generation = ctx.shared.generation();
+        if generation != self.generation || self.view.is_none() {
+            self.look_up_cluster(ctx, generation);
+        }
+        self.view.as_ref().expect("the view was just looked up")
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn look_up_cluster(&mut self, ctx: &SessionCtx, generation: u64) {
+        self.by_node.clear();
+        self.generation = generation;
+        self.view = Some(ctx.shared.cluster().clone());
+    }
+
     /// The pool of `node` as numbered by `cluster`.
     pub fn get(
         &mut self,
@@ -98,20 +124,7 @@ impl NodePools {
             self.generation = generation;
             self.view = Some(cluster.clone());
         }
-        if self.by_node.len() <= node {
-            self.by_node.resize(node + 1, None);
-        }
-        self.by_node[node].get_or_insert_with(|| {
-            let config = ctx.shared.config.load();
-            let key = PoolKey {
-                database: ctx.database.clone(),
-                user: ctx.user.name.clone(),
-                node: cluster.addr(node).clone(),
-            };
-            ctx.shared
-                .pools
-                .get(&key, &config, || ctx.user.server_secret())
-        })
+        pool_of(&mut self.by_node, ctx, cluster, node)
     }
 
     /// The pool of the current primary, for what an idle client's frames
@@ -122,10 +135,51 @@ impl NodePools {
     /// recording a new primary) it is the configured primary's pool: a
     /// request that needs a server waits for a primary in [`acquire`].
     pub fn primary(&mut self, ctx: &SessionCtx) -> Result<&Arc<ServerPool>, WireError> {
-        let cluster = ctx.shared.cluster();
+        self.cluster(ctx);
+        let NodePools { by_node, view, .. } = self;
+        let cluster = view.as_ref().expect("the view was just looked up");
         let node = cluster.primary().unwrap_or(0);
-        Ok(self.get(ctx, &cluster, node))
+        Ok(pool_of(by_node, ctx, cluster, node))
     }
+}
+
+/// `node`'s pool in a client's list for `cluster`, looked up the first
+/// time.
+#[inline]
+fn pool_of<'a>(
+    by_node: &'a mut Vec<Option<Arc<ServerPool>>>,
+    ctx: &SessionCtx,
+    cluster: &ClusterView,
+    node: NodeId,
+) -> &'a Arc<ServerPool> {
+    if matches!(by_node.get(node), Some(Some(_))) {
+        return by_node[node].as_ref().expect("just seen");
+    }
+    look_up_pool(by_node, ctx, cluster, node)
+}
+
+#[cold]
+#[inline(never)]
+fn look_up_pool<'a>(
+    by_node: &'a mut Vec<Option<Arc<ServerPool>>>,
+    ctx: &SessionCtx,
+    cluster: &ClusterView,
+    node: NodeId,
+) -> &'a Arc<ServerPool> {
+    if by_node.len() <= node {
+        by_node.resize(node + 1, None);
+    }
+    by_node[node].get_or_insert_with(|| {
+        let config = ctx.shared.config.load();
+        let key = PoolKey {
+            database: ctx.database.clone(),
+            user: ctx.user.name.clone(),
+            node: cluster.addr(node).clone(),
+        };
+        ctx.shared
+            .pools
+            .get(&key, &config, || ctx.user.server_secret())
+    })
 }
 
 fn primary_node(cluster: &ClusterView, primary: Option<NodeId>) -> Result<NodeId, Refused> {
@@ -189,23 +243,18 @@ impl std::fmt::Display for Lost {
     }
 }
 
-/// Takes a server of `node`'s pool, or gives up as soon as the monitor
-/// says the node is no longer fit for `role` (rather than retrying a
-/// refused connection for the whole checkout_timeout). Asked only when the
-/// checkout has to wait, and again when the cluster moves (the proxy wakes
-/// every waiting checkout then: `Shared::start_monitor`). Returns the
-/// server with how long the checkout waited.
-async fn checkout_unless_given_up(
-    pool: &ServerPool,
+/// What a checkout of `node`'s pool that gives up as soon as the monitor
+/// says the node is no longer fit for its role (rather than retrying a
+/// refused connection for the whole checkout_timeout) came to. The
+/// question is asked only when the checkout has to wait, and again when
+/// the cluster moves (the proxy wakes every waiting checkout then:
+/// `Shared::start_monitor`).
+fn given_up(
     cluster: &ClusterView,
     node: NodeId,
-    role: Role,
-    at: Instant,
+    got: Result<Option<(Lease, Duration)>, CheckoutError>,
 ) -> Result<(Lease, Duration), Lost> {
-    match pool
-        .checkout_unless(|now| cluster.gives_up_at(node, role, now), at)
-        .await
-    {
+    match got {
         Ok(Some(got)) => Ok(got),
         Ok(None) => Err(Lost::GivenUp {
             node: cluster.addr(node).clone(),
@@ -222,13 +271,16 @@ const MAX_PRIMARY_MOVES: usize = 3;
 /// Takes a server of the primary, waiting up to `checkout_timeout` for
 /// one to be chosen; follows the primary if it changes while the request
 /// is queued.
+///
+/// `moves`: how often the primary already changed while this request
+/// waited.
 async fn checkout_primary(
     ctx: &SessionCtx,
     pools: &mut NodePools,
     cluster: &Arc<ClusterView>,
     at: Instant,
+    mut moves: usize,
 ) -> Result<Taken, Refused> {
-    let mut moves = 0;
     loop {
         let node = match cluster.primary() {
             Some(node) => node,
@@ -240,7 +292,10 @@ async fn checkout_primary(
             }
         };
         let pool = pools.get(ctx, cluster, node).clone();
-        match checkout_unless_given_up(&pool, cluster, node, Role::Primary, at).await {
+        let got = pool
+            .checkout_unless(|now| cluster.gives_up_at(node, Role::Primary, now), at)
+            .await;
+        match given_up(cluster, node, got) {
             Ok((lease, waited)) => {
                 return Ok(Taken {
                     node,
@@ -260,10 +315,14 @@ async fn checkout_primary(
             }
             Err(Lost::GivenUp { .. }) => {
                 moves += 1;
-                tracing::info!(old = %cluster.addr(node), "primary changed while a request waited for it; following");
+                followed(cluster, node);
             }
         }
     }
+}
+
+fn followed(cluster: &ClusterView, node: NodeId) {
+    tracing::info!(old = %cluster.addr(node), "primary changed while a request waited for it; following");
 }
 
 /// Routes `unit` and takes a server for it.
@@ -298,10 +357,11 @@ struct Taken {
 }
 
 // Why acquire_inner is split this way: what it keeps across its awaits
-// is what a session's boxed acquisition allocates per transaction, so it
-// should be small: the routing is done before it, the rare paths (PAUSE,
-// a replica's fallback to the primary, a refit, no primary) are boxed,
-// and the server comes back as one `Taken`.
+// is part of every client's task (the session awaits it inline, see
+// `session::serve`), so it must stay small: the routing is done before
+// it, the one common await is a small hand-polled checkout, the rare
+// paths (PAUSE, a replica's fallback to the primary, a refit, no primary)
+// are boxed, and the server comes back as one `Taken`.
 async fn acquire_inner(
     ctx: &SessionCtx,
     client: &mut ClientState,
@@ -314,22 +374,67 @@ async fn acquire_inner(
         Box::pin(ctx.shared.paused.resumed()).await;
     }
     // One view of the cluster for the decision and the pool it picks.
-    let cluster = ctx.shared.cluster().clone();
+    let cluster = pools.cluster(ctx).clone();
     // The request's one clock reading before its answer: routing, the
     // checkout's wait and the first statement's start share it (clock.rs).
     let at = Instant::now();
-    let (target, transaction) = {
+    let (target, transaction, reason) = {
         let config = pools.config();
         let routed = route::decide(unit, client, &ctx.shared, config, &cluster, at)?;
-        let metrics = ctx.shared.observer.metrics();
-        metrics.routing(routed.decision.reason);
         if routed.decision.read_your_writes {
-            metrics.read_your_writes();
+            ctx.shared.observer.metrics().read_your_writes();
         }
-        (routed.decision.target, routed.transaction)
+        (
+            routed.decision.target,
+            routed.transaction,
+            routed.decision.reason,
+        )
     };
-    let mut taken = take(ctx, pools, &cluster, target, at).await?;
-    ctx.shared.observer.metrics().pool_wait(taken.waited);
+    // The common path awaits one small checkout in this function's own
+    // state (not boxed: see `session::serve`); the rare ones are boxed.
+    let taken = match first_node(&cluster, target) {
+        // No primary yet: wait for one.
+        None => Box::pin(checkout_primary(ctx, pools, &cluster, at, 0)).await,
+        Some((node, replica)) => {
+            let role = if replica.is_some() {
+                Role::Replica
+            } else {
+                Role::Primary
+            };
+            let pool = pools.get(ctx, &cluster, node).clone();
+            let got = pool
+                .checkout_unless(|now| cluster.gives_up_at(node, role, now), at)
+                .await;
+            match (given_up(&cluster, node, got), replica) {
+                (Ok((lease, waited)), replica) => Ok(Taken {
+                    node,
+                    pool,
+                    lease,
+                    asked: at,
+                    waited,
+                    replica,
+                }),
+                (Err(why), Some(replica)) => to_primary(ctx, pools, &cluster, replica, why).await,
+                (Err(Lost::Checkout(e)), None) => Err(e.into()),
+                (Err(Lost::GivenUp { .. }), None) => {
+                    followed(&cluster, node);
+                    Box::pin(checkout_primary(ctx, pools, &cluster, at, 1)).await
+                }
+            }
+        }
+    };
+    // The routing decision is counted with the wait, under one lock.
+    let metrics = ctx.shared.observer.metrics();
+    let mut taken = match taken {
+        Ok(taken) => {
+            metrics.acquired(reason, taken.waited);
+            taken
+        }
+        Err(refused) => {
+            metrics.routing(reason);
+            return Err(refused);
+        }
+    };
     if !taken.lease.state.params.fits(&client.params) {
         // Boxed: rare, and its state (another checkout) would otherwise
         // grow every acquisition's.
@@ -366,32 +471,12 @@ async fn acquire_inner(
     Ok(held)
 }
 
-/// Takes a server where `target` says; a replica that cannot serve sends
-/// the read to the primary. The checkout says how long it waited (no
-/// clock read when it did not).
-async fn take(
-    ctx: &SessionCtx,
-    pools: &mut NodePools,
-    cluster: &Arc<ClusterView>,
-    target: Target,
-    at: Instant,
-) -> Result<Taken, Refused> {
-    let replica = match target {
-        Target::Replica(lease) => lease,
-        Target::Primary => return checkout_primary(ctx, pools, cluster, at).await,
-    };
-    let node = replica.id;
-    let pool = pools.get(ctx, cluster, node).clone();
-    match checkout_unless_given_up(&pool, cluster, node, Role::Replica, at).await {
-        Ok((lease, waited)) => Ok(Taken {
-            node,
-            pool,
-            lease,
-            asked: at,
-            waited,
-            replica: Some(replica),
-        }),
-        Err(why) => to_primary(ctx, pools, cluster, replica, why).await,
+/// The node `target` names, with the replica's lease; `None` for the
+/// primary while there is none.
+fn first_node(cluster: &ClusterView, target: Target) -> Option<(NodeId, Option<ReplicaLease>)> {
+    match target {
+        Target::Replica(lease) => Some((lease.id, Some(lease))),
+        Target::Primary => cluster.primary().map(|node| (node, None)),
     }
 }
 
@@ -409,7 +494,7 @@ fn to_primary<'a>(
     tracing::warn!(reason = %why, "replica unavailable, reading from the primary");
     drop(replica);
     // The replica's wait is over: the primary's starts now.
-    Box::pin(checkout_primary(ctx, pools, cluster, Instant::now()))
+    Box::pin(checkout_primary(ctx, pools, cluster, Instant::now(), 0))
 }
 
 /// Another server of `pool` for a client that `lease` does not fit: one

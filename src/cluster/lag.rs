@@ -38,6 +38,9 @@ impl LagMark {
     }
 
     /// Whether the replica is provably no more than `max` behind at `now`.
+    /// (The routing path asks [`AtomicLagMark::within_nanos`], tested
+    /// against this.)
+    #[cfg(test)]
     pub(crate) fn within(self, now: Instant, max: Duration) -> bool {
         match self {
             LagMark::CaughtUp => true,
@@ -62,6 +65,18 @@ impl AtomicLagMark {
 
     pub(crate) fn store(&self, mark: LagMark, epoch: Instant) {
         self.0.store(encode(mark, epoch), Ordering::Release);
+    }
+
+    /// `self.load(epoch).within(now, max)`, with `now` and `max` as
+    /// nanoseconds (since the epoch, and long): the mark is not turned
+    /// back into an instant.
+    pub(crate) fn within_nanos(&self, now: u64, max: u64) -> bool {
+        let bits = self.0.load(Ordering::Acquire);
+        match bits >> TAG_SHIFT {
+            1 => true,
+            2 => now.saturating_sub(bits & NANOS_MASK) <= max,
+            _ => false,
+        }
     }
 
     pub(crate) fn load(&self, epoch: Instant) -> LagMark {
@@ -106,6 +121,32 @@ mod tests {
         ] {
             cell.store(mark, epoch);
             assert_eq!(cell.load(epoch), mark);
+        }
+    }
+
+    #[test]
+    fn within_in_nanoseconds_agrees_with_within() {
+        let epoch = Instant::now();
+        let ms = Duration::from_millis;
+        let cell = AtomicLagMark::new(LagMark::Unknown, epoch);
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap();
+        for mark in [
+            LagMark::Unknown,
+            LagMark::CaughtUp,
+            LagMark::BehindSince(epoch + ms(1000)),
+            LagMark::BeyondTimeline(epoch + ms(1000)),
+        ] {
+            cell.store(mark, epoch);
+            for now in [0, 500, 1000, 1999, 2000, 2001, 50_000] {
+                for max in [Duration::ZERO, ms(1000), Duration::MAX] {
+                    let max_nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+                    assert_eq!(
+                        cell.within_nanos(nanos(ms(now)), max_nanos),
+                        mark.within(epoch + ms(now), max),
+                        "{mark:?} at {now} ms, max {max:?}"
+                    );
+                }
+            }
         }
     }
 

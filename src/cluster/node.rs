@@ -128,6 +128,18 @@ impl NodeState {
                 .is_some_and(|t| now.saturating_duration_since(t) <= stale_after)
     }
 
+    /// [`healthy_at`](Self::healthy_at) with the times as nanoseconds
+    /// since the view's epoch (as `last_ok` is kept): no instant is built
+    /// from the stored count, which the hot path's choice of a replica
+    /// would do for every node.
+    pub(crate) fn healthy_at_nanos(&self, now: u64, stale_after: u64) -> bool {
+        self.healthy()
+            && match self.last_ok.load(Ordering::Acquire) {
+                0 => false,
+                ok => now.saturating_sub(ok) <= stale_after,
+            }
+    }
+
     pub(crate) fn set_health(&self, healthy: bool, error: Option<Arc<String>>) {
         self.last_error.store(error);
         self.healthy.store(healthy, Ordering::Release);

@@ -193,6 +193,13 @@ fn a_node_whose_checks_stopped_goes_stale() {
         .choose_replica_at(t0 + ms(400), None, MAX_LAG)
         .unwrap_err();
     assert_eq!(err, NoReplica::AllUnhealthy);
+    // A waiting checkout's question: healthy up to stale_after after the
+    // answer (received 1 ms after t0), inclusive.
+    assert!(view.is_healthy_at(1, t0 + ms(301)));
+    assert!(!view.is_healthy_at(1, t0 + ms(302)));
+    assert!(!view.gives_up_at(1, Role::Replica, t0 + ms(301)));
+    assert!(view.gives_up_at(1, Role::Replica, t0 + ms(302)));
+    assert!(!view.is_healthy_at(7, t0), "an unknown node is not healthy");
 }
 
 #[test]

@@ -153,10 +153,16 @@ impl ClusterView {
 
     /// [`is_healthy`](Self::is_healthy) at the caller's clock reading.
     pub fn is_healthy_at(&self, id: NodeId, now: Instant) -> bool {
-        let stale_after = self.stale_after();
+        let stale_after = self.stale_after_nanos.load(Ordering::Relaxed);
+        let now = self.nanos_since_epoch(now);
         self.nodes
             .get(id)
-            .is_some_and(|n| n.healthy_at(now, self.epoch, stale_after))
+            .is_some_and(|n| n.healthy_at_nanos(now, stale_after))
+    }
+
+    /// `now` as the nodes keep their times: nanoseconds since the epoch.
+    fn nanos_since_epoch(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// A primary exists and answered its last check recently (`/readyz`).
@@ -184,7 +190,11 @@ impl ClusterView {
         min_lsn: Option<Lsn>,
         max_lag: Duration,
     ) -> Result<ReplicaLease, NoReplica> {
-        let stale_after = self.stale_after();
+        // Times as the nodes keep them (nanoseconds since the epoch): one
+        // subtraction here instead of two instants built per replica.
+        let stale_after = self.stale_after_nanos.load(Ordering::Relaxed);
+        let now = self.nanos_since_epoch(now);
+        let max_lag = u64::try_from(max_lag.as_nanos()).unwrap_or(u64::MAX);
         let n = self.nodes.len();
         let start = next_rotation() % n.max(1);
         // The primary is skipped before its health and lag are read: it is
@@ -196,8 +206,8 @@ impl ClusterView {
             (role == Role::Replica).then(|| Candidate {
                 id,
                 role,
-                healthy: node.healthy_at(now, self.epoch, stale_after),
-                fresh: node.lag.load(self.epoch).within(now, max_lag),
+                healthy: node.healthy_at_nanos(now, stale_after),
+                fresh: node.lag.within_nanos(now, max_lag),
                 replay: node.replay_lsn(),
                 outstanding: node.outstanding(),
             })

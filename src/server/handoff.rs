@@ -21,7 +21,7 @@
 //! metrics read. A connection only goes back into bb8 when no one waits.
 
 use std::collections::VecDeque;
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -157,86 +157,55 @@ impl Handoff {
         }
     }
 
-    /// Takes a connection: an idle one of bb8's if no one is waiting
-    /// ahead, else the next one given back (or opened) after every earlier
-    /// waiter was served, within `checkout_timeout`. Returns how long it
-    /// waited (zero, without reading the clock, when it did not).
+    /// Starts taking a connection: an idle one of bb8's at once if no one
+    /// is waiting ahead, else a place in the queue, where the next one
+    /// given back (or opened) comes after every earlier waiter was served,
+    /// within `checkout_timeout` ([`Queued::poll_taken`]).
     ///
-    /// A checkout that has to wait asks `give_up` (telling it the time)
-    /// when it starts waiting and whenever
-    /// [`wake_waiters`](Self::wake_waiters) wakes it (not when served),
-    /// and leaves the queue if it says so: the caller's watch on
-    /// the node costs nothing when a connection is there at once, and no
-    /// subscription of its own while it waits.
+    /// Why not an async fn: the wait is kept in the session's own state
+    /// (not boxed per transaction), so it must be small; a plain struct
+    /// polled by hand holds only what waiting needs.
     ///
     /// `at`: when the caller asked (its request's one clock reading); the
     /// wait and the `checkout_timeout` deadline count from there.
-    pub async fn take(
-        self: &Arc<Self>,
-        give_up: impl Fn(std::time::Instant) -> bool,
-        at: std::time::Instant,
-    ) -> Result<(Lease, Source, Duration), NotTaken> {
-        let (slot, since) = {
-            let mut queue = lock(&self.queue);
-            if queue.waiters.is_empty()
-                && let Some(conn) = self.idle_now()
-            {
-                return Ok((self.lease(conn), Source::Pool, Duration::ZERO));
-            }
-            if queue.waiters.is_empty() {
-                queue.full = false;
-            }
-            let since = Instant::from_std(at);
-            // Deadlines stay in queue order (the watchdog relies on it)
-            // although `at` was read before the lock: a caller that read
-            // the clock a moment earlier but queued later gets its
-            // predecessor's deadline.
-            let deadline = queue
-                .last_deadline
-                .map_or(since + self.timeout, |last| last.max(since + self.timeout));
-            queue.last_deadline = Some(deadline);
-            let slot = queue.spare_slot();
-            *lock(&slot.state) = SlotState {
-                lease: None,
-                queued: true,
-                expired: false,
-                nudged: false,
-                deadline,
-                waker: None,
-            };
-            queue.waiters.push_back(slot.clone());
-            self.refill(&mut queue);
-            if !queue.watchdog {
-                self.start_watchdog(&mut queue);
-            }
-            (slot, since)
+    pub fn start(self: &Arc<Self>, at: std::time::Instant) -> Started<'_> {
+        let mut queue = lock(&self.queue);
+        if queue.waiters.is_empty()
+            && let Some(conn) = self.idle_now()
+        {
+            return Started::Now(self.lease(conn), Source::Pool);
+        }
+        if queue.waiters.is_empty() {
+            queue.full = false;
+        }
+        let since = Instant::from_std(at);
+        // Deadlines stay in queue order (the watchdog relies on it)
+        // although `at` was read before the lock: a caller that read
+        // the clock a moment earlier but queued later gets its
+        // predecessor's deadline.
+        let own = since + self.timeout;
+        let deadline = queue.last_deadline.map_or(own, |last| last.max(own));
+        queue.last_deadline = Some(deadline);
+        let slot = queue.spare_slot();
+        *lock(&slot.state) = SlotState {
+            lease: None,
+            queued: true,
+            expired: false,
+            nudged: false,
+            deadline,
+            waker: None,
         };
-        let waiting = Waiting { hand: self, slot };
-        // `give_up` is told the time: the request's reading when the
-        // wait starts, a new one when nudged.
-        let mut asked_at = Some(at);
-        let (conn, source, at) = poll_fn(|cx| {
-            let mut state = lock(&waiting.slot.state);
-            if let Some(got) = state.lease.take() {
-                return Poll::Ready(Ok(got));
-            }
-            if state.expired {
-                return Poll::Ready(Err(NotTaken::WaitedInVain));
-            }
-            let ask = asked_at.is_some() || std::mem::take(&mut state.nudged);
-            if ask && give_up(asked_at.take().unwrap_or_else(std::time::Instant::now)) {
-                return Poll::Ready(Err(NotTaken::GivenUp));
-            }
-            match &mut state.waker {
-                Some(waker) => waker.clone_from(cx.waker()),
-                none => *none = Some(cx.waker().clone()),
-            }
-            Poll::Pending
+        queue.waiters.push_back(slot.clone());
+        self.refill(&mut queue);
+        if !queue.watchdog {
+            self.start_watchdog(&mut queue);
+        }
+        Started::Queued(Queued {
+            hand: self,
+            slot,
+            since,
+            asked: false,
         })
-        .await?;
-        drop(waiting);
-        let waited = at.saturating_duration_since(since);
-        Ok((self.lease(conn), source, waited))
     }
 
     /// Wakes every queued checkout to ask its `give_up` again (the
@@ -433,15 +402,66 @@ impl Queue {
     }
 }
 
+/// How [`Handoff::start`] began: with a connection, or in the queue.
+pub enum Started<'a> {
+    Now(Lease, Source),
+    Queued(Queued<'a>),
+}
+
 /// A queued checkout; dropped (served, timed out, or cancelled because the
 /// node went down) it leaves the queue, and a connection handed to it too
 /// late goes on to the next waiter.
-struct Waiting<'a> {
+pub struct Queued<'a> {
     hand: &'a Arc<Handoff>,
     slot: Arc<Slot>,
+    /// When the caller asked: its wait counts from there.
+    since: Instant,
+    /// `give_up` was asked when the wait started.
+    asked: bool,
 }
 
-impl Drop for Waiting<'_> {
+impl Queued<'_> {
+    /// Polls for the connection. `give_up` (told the time) is asked when
+    /// the wait starts and whenever [`Handoff::wake_waiters`] wakes it (not
+    /// when served), and the checkout ends with [`NotTaken::GivenUp`] if it
+    /// says so: the caller's watch on the node costs nothing when a
+    /// connection is there at once, and no subscription of its own while
+    /// it waits. Not to be polled again once ready.
+    pub fn poll_taken(
+        &mut self,
+        cx: &mut Context<'_>,
+        give_up: impl Fn(std::time::Instant) -> bool,
+    ) -> Poll<Result<(Lease, Source, Duration), NotTaken>> {
+        let mut state = lock(&self.slot.state);
+        if let Some((conn, source, at)) = state.lease.take() {
+            drop(state);
+            let waited = at.saturating_duration_since(self.since);
+            return Poll::Ready(Ok((self.hand.lease(conn), source, waited)));
+        }
+        if state.expired {
+            return Poll::Ready(Err(NotTaken::WaitedInVain));
+        }
+        // Told the request's reading when the wait starts, a new one when
+        // nudged.
+        let asked_at = if !std::mem::replace(&mut self.asked, true) {
+            Some(self.since.into_std())
+        } else if std::mem::take(&mut state.nudged) {
+            Some(std::time::Instant::now())
+        } else {
+            None
+        };
+        if asked_at.is_some_and(give_up) {
+            return Poll::Ready(Err(NotTaken::GivenUp));
+        }
+        match &mut state.waker {
+            Some(waker) => waker.clone_from(cx.waker()),
+            none => *none = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Queued<'_> {
     fn drop(&mut self) {
         let (queued, mut late) = {
             let mut state = lock(&self.slot.state);

@@ -15,5 +15,5 @@ pub use connection::{ServerConn, ServerIoParts, ServerParams, ServerState};
 pub use error::{CheckoutError, ClientReport, ServerError};
 pub use handoff::Lease;
 pub use login::{LoginParams, ServerSecret};
-pub use pool::{PoolKey, Pools, ServerEntry, ServerPool, Waiters};
+pub use pool::{CheckoutUnless, PoolKey, Pools, ServerEntry, ServerPool, Waiters};
 pub use prepared::{PreparedOnServer, statement_name};

@@ -13,7 +13,7 @@ use bb8::{ErrorSink, ManageConnection, QueueStrategy};
 use super::budget::{BudgetPermit, IdleConnections, NodeGate, Seat};
 use super::connection::{ServerConn, ServerParams};
 use super::error::{CheckoutError, ServerError};
-use super::handoff::{Handoff, Lease, NotTaken, Source};
+use super::handoff::{Handoff, Lease, NotTaken, Queued, Source, Started};
 use super::login::{self, LoginParams, ServerSecret};
 use crate::config::{Config, NodeAddr};
 use crate::tls::ServerTls;
@@ -325,32 +325,34 @@ impl ServerPool {
     /// [`Pools::waiters`]' `wake` is called while it waits. `at`: when the
     /// request was taken (the session's clock reading for it, shared
     /// with routing; the wait is counted from there).
-    pub async fn checkout_unless(
+    pub fn checkout_unless<G: Fn(Instant) -> bool + Unpin>(
         &self,
-        give_up: impl Fn(Instant) -> bool,
-        at: std::time::Instant,
-    ) -> Result<Option<(Lease, Duration)>, CheckoutError> {
-        let mut total = Duration::ZERO;
-        loop {
-            let (mut lease, source, waited) = match self.hand.take(&give_up, at + total).await {
-                Ok(got) => got,
-                Err(NotTaken::GivenUp) => return Ok(None),
-                Err(NotTaken::WaitedInVain) => return Err(self.timed_out()),
-            };
-            total += waited;
-            // One handed over was in use a moment ago: only checked while
-            // the pool is losing connections.
-            let now = at + total;
-            let check = match source {
-                Source::Handed => self.trouble.recent(now),
-                Source::Pool => lease.needs_check(CHECK_AFTER_IDLE, self.trouble.recent(now), now),
-            };
-            if check && !lease.check_idle() {
-                lease.mark_broken();
-                continue;
-            }
-            return Ok(Some((lease, total)));
+        give_up: G,
+        at: Instant,
+    ) -> CheckoutUnless<'_, G> {
+        CheckoutUnless {
+            pool: self,
+            give_up,
+            at,
+            total: Duration::ZERO,
+            queued: None,
         }
+    }
+
+    /// A connection just taken, checked if it needs to be: `Err` gives
+    /// back one that turned out dead (closed) so that another is taken.
+    fn checked(&self, mut lease: Lease, source: Source, now: Instant) -> Result<Lease, ()> {
+        // One handed over was in use a moment ago: only checked while
+        // the pool is losing connections.
+        let check = match source {
+            Source::Handed => self.trouble.recent(now),
+            Source::Pool => lease.needs_check(CHECK_AFTER_IDLE, self.trouble.recent(now), now),
+        };
+        if check && !lease.check_idle() {
+            lease.mark_broken();
+            return Err(());
+        }
+        Ok(lease)
     }
 
     /// Why no connection came within `checkout_timeout`: the node's last
@@ -434,6 +436,61 @@ impl IdleConnections for ServerPool {
                 true
             }
             _ => false,
+        }
+    }
+}
+
+/// A checkout under way ([`ServerPool::checkout_unless`]).
+///
+/// Why a struct polled by hand rather than an async fn: a session keeps
+/// it in its own state while it waits (nothing boxed per transaction), so
+/// it holds only what waiting needs; nested async fns kept their
+/// arguments at every level, several times this size.
+pub struct CheckoutUnless<'a, G> {
+    pool: &'a ServerPool,
+    give_up: G,
+    at: Instant,
+    /// How long the checkouts so far waited (more than one when a
+    /// connection taken turned out dead).
+    total: Duration,
+    queued: Option<Queued<'a>>,
+}
+
+impl<G: Fn(Instant) -> bool + Unpin> std::future::Future for CheckoutUnless<'_, G> {
+    type Output = Result<Option<(Lease, Duration)>, CheckoutError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            let taken = match &mut this.queued {
+                None => match this.pool.hand.start(this.at + this.total) {
+                    Started::Now(lease, source) => Ok((lease, source, Duration::ZERO)),
+                    Started::Queued(queued) => {
+                        this.queued = Some(queued);
+                        continue;
+                    }
+                },
+                Some(queued) => match queued.poll_taken(cx, &this.give_up) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(taken) => {
+                        this.queued = None;
+                        taken
+                    }
+                },
+            };
+            let (lease, source, waited) = match taken {
+                Ok(got) => got,
+                Err(NotTaken::GivenUp) => return Poll::Ready(Ok(None)),
+                Err(NotTaken::WaitedInVain) => return Poll::Ready(Err(this.pool.timed_out())),
+            };
+            this.total += waited;
+            if let Ok(lease) = this.pool.checked(lease, source, this.at + this.total) {
+                return Poll::Ready(Ok(Some((lease, this.total))));
+            }
         }
     }
 }

@@ -214,3 +214,36 @@ fn text_and_plans_are_bounded_in_bytes() {
     d.set_byte_limits(100, 1_600);
     assert!(d.bytes() <= 1_600, "{}", d.bytes());
 }
+
+#[test]
+fn the_windows_running_sum_matches_merging_it_afresh() {
+    let mut w = RecentLatency::new();
+    let mut kept: std::collections::VecDeque<Histogram<u32>> = Default::default();
+    // Seconds of varied latencies (some empty), and a window that shrinks
+    // and grows again as a reload would make it.
+    for i in 0..200u64 {
+        let mut h = latency_histogram();
+        for j in 0..(i % 7) * 13 {
+            let micros = 1 + (i * 7919 + j * 104_729) % 5_000_000;
+            entry::record_latency(&mut h, Duration::from_micros(micros));
+        }
+        let seconds = match i {
+            0..=79 => 30,
+            80..=119 => 5,
+            _ => 60,
+        };
+        w.push(h.clone(), seconds);
+        kept.push_back(h);
+        while kept.len() > seconds {
+            kept.pop_front();
+        }
+        let mut afresh = latency_histogram();
+        for h in &kept {
+            afresh.add(h).unwrap();
+        }
+        for q in [0.5, 0.95, 0.99, 1.0] {
+            let expected = (!afresh.is_empty()).then(|| entry::quantile(&afresh, q));
+            assert_eq!(w.quantile(q), expected, "second {i}, q {q}");
+        }
+    }
+}

@@ -35,6 +35,19 @@ struct Shard {
     routing: Vec<(&'static str, u64)>,
 }
 
+impl Shard {
+    fn count_routing(&mut self, reason: &'static str) {
+        match self
+            .routing
+            .iter_mut()
+            .find(|(r, _)| std::ptr::eq(*r, reason) || *r == reason)
+        {
+            Some((_, n)) => *n += 1,
+            None => self.routing.push((reason, 1)),
+        }
+    }
+}
+
 /// Keeps the shard on a cache line of its own.
 #[repr(align(128))]
 struct Padded(Mutex<Shard>);
@@ -108,15 +121,15 @@ impl Hot {
     }
 
     pub(crate) fn routing(&self, reason: &'static str) {
+        self.shard().count_routing(reason);
+    }
+
+    /// A request routed for `reason` took a server after `waited`: both
+    /// counted under one lock of the shard.
+    pub(crate) fn acquired(&self, reason: &'static str, waited: Duration) {
         let shard = &mut *self.shard();
-        match shard
-            .routing
-            .iter_mut()
-            .find(|(r, _)| std::ptr::eq(*r, reason) || *r == reason)
-        {
-            Some((_, n)) => *n += 1,
-            None => shard.routing.push((reason, 1)),
-        }
+        shard.count_routing(reason);
+        shard.pool_wait.observe(waited.as_secs_f64());
     }
 
     /// The routing counters, by label (also counted into directly).

@@ -285,6 +285,13 @@ impl Metrics {
         self.hot.pool_wait(waited);
     }
 
+    /// A routing decision (as [`routing`](Self::routing)) whose request
+    /// then waited `waited` for its server (as [`pool_wait`](Self::pool_wait)):
+    /// one lock of the thread's counters instead of two per request.
+    pub fn acquired(&self, reason: &'static str, waited: Duration) {
+        self.hot.acquired(reason, waited);
+    }
+
     /// A transaction (or autocommit statement outside one) completed.
     #[inline]
     pub fn transaction(&self) {

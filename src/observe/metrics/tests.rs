@@ -109,6 +109,8 @@ fn hot_path_counts_under_the_right_labels() {
     m.transaction();
     m.read_your_writes();
     m.pool_wait(Duration::from_millis(20));
+    // A request's routing and its wait, counted together.
+    m.acquired("custom_reason", Duration::from_millis(2));
     let t = m.render(&Stub, &|_| 9);
     let v = |p: &str| line_value(&t, p);
     assert_eq!(
@@ -135,7 +137,7 @@ fn hot_path_counts_under_the_right_labels() {
     assert_eq!(v("pgsidecar_routing_decisions_total{reason=\"read\"}"), 1.0);
     assert_eq!(
         v("pgsidecar_routing_decisions_total{reason=\"custom_reason\"}"),
-        2.0
+        3.0
     );
     assert_eq!(
         v("pgsidecar_routing_decisions_total{reason=\"write\"}"),
@@ -148,7 +150,12 @@ fn hot_path_counts_under_the_right_labels() {
     assert_eq!(v("pgsidecar_config_reloads_total{result=\"error\"}"), 2.0);
     assert_eq!(v("pgsidecar_transactions_total"), 1.0);
     assert_eq!(v("pgsidecar_read_your_writes_total"), 1.0);
-    assert_eq!(v("pgsidecar_pool_wait_seconds_count"), 1.0);
+    assert_eq!(v("pgsidecar_pool_wait_seconds_count"), 2.0);
+    assert_eq!(
+        v("pgsidecar_pool_wait_seconds_bucket{le=\"0.005\"}"),
+        1.0,
+        "the 2 ms wait, not the 20 ms one"
+    );
 }
 
 /// The hot-path metrics count per thread; a scrape adds every thread's

@@ -196,6 +196,7 @@ pub struct Events {
 }
 
 impl Events {
+    #[inline]
     fn push(&mut self, event: Event) {
         if self.first.is_none() {
             self.first = Some(event);

@@ -99,13 +99,15 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
         match tag {
             be::COMMAND_COMPLETE => {
                 let tag_text = frame::body(frame);
-                if tag_text.starts_with(b"COMMIT\0") {
+                // Nearly every tag is neither: one byte tells.
+                let first = tag_text.first().copied();
+                if first == Some(b'C') && tag_text.starts_with(b"COMMIT\0") {
                     self.hold.last_was_commit = true;
                     // Committed, even if `COMMIT AND CHAIN` goes on in a
                     // new block that may roll back.
                     self.client.params.end_transaction(true);
                     self.client.routing.end_transaction(true);
-                } else if tag_text.starts_with(b"ROLLBACK\0") {
+                } else if first == Some(b'R') && tag_text.starts_with(b"ROLLBACK\0") {
                     self.hold.last_was_commit = false;
                 }
                 if let Some(o) = self.head_observed() {

@@ -164,7 +164,9 @@ impl<E: FlowEnv> Flow for SessionFlow<'_, E> {
         if in_line(tag) && self.nothing_held() {
             // No retry or rewording concerns it, and it cannot release the
             // server: matched, and what the proxy made up goes after it.
-            self.note_outcome(tag, frame);
+            if tag == be::COMMAND_COMPLETE {
+                self.note_outcome(tag, frame);
+            }
             let status = self.expect.status();
             if let Some(done) = self.expect.completes_plain(tag) {
                 // The client's request done, nothing made up after it.
@@ -193,7 +195,10 @@ impl<E: FlowEnv> Flow for SessionFlow<'_, E> {
         } else {
             before
         };
-        self.note_outcome(tag, frame);
+        if matches!(tag, be::COMMAND_COMPLETE | be::ERROR_RESPONSE) {
+            // Only these say anything about the statement's outcome.
+            self.note_outcome(tag, frame);
+        }
         let (matched, mut forward) = self.match_response(tag, frame, before, status);
         let reworded = self.reword(tag, frame, &mut forward);
         let forward = self.queue_after(frame, forward, held, reworded, &matched, then);

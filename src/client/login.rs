@@ -322,7 +322,16 @@ fn parameter_status(
         client_params.set_default_encoding(default);
     }
     for (name, value) in &params.params {
-        let value = match client_params.startup_raw(&name.to_lowercase()) {
+        // Server parameter names are ASCII, most already lower case
+        // (`DateStyle`, `TimeZone` are not): no copy for the others.
+        let lower;
+        let key = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = name.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            name.as_str()
+        };
+        let value = match client_params.startup_raw(key) {
             // As the server reports it: `UTF8` for `utf8`, `EUC_JP` for
             // `eucjp` (drivers look the name up in their own tables).
             Some(v) if name == "client_encoding" => ClientEncoding::reported(v).unwrap_or(v),

@@ -8,7 +8,7 @@ use pgwire::messages::response::{
     CommandComplete, NoticeResponse, ReadyForQuery, TransactionStatus,
 };
 use pgwire::messages::startup::{
-    Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
+    Authentication, BackendKeyData, NegotiateProtocolVersion, SecretKey,
 };
 
 // Encoding into a growable BytesMut only fails when a message is larger than
@@ -30,8 +30,18 @@ pub fn auth_sasl_final(out: &mut BytesMut, data: Vec<u8>) {
     authentication(out, Authentication::SASLFinal(Bytes::from(data)));
 }
 
+/// Written by hand: every login writes one per server parameter (about
+/// fifteen), and pgwire's `ParameterStatus` would first copy both strings
+/// (`parameter_status_is_encoded_as_pgwire_does` checks the bytes).
 pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
-    let _ = ParameterStatus::new(name.to_string(), value.to_string()).encode(out);
+    let len = 4 + name.len() + 1 + value.len() + 1;
+    out.reserve(1 + len);
+    out.put_u8(b'S');
+    out.put_i32(len as i32);
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+    out.put_slice(value.as_bytes());
+    out.put_u8(0);
 }
 
 pub fn backend_key_data(out: &mut BytesMut, pid: i32, secret: i32) {
@@ -104,6 +114,29 @@ pub fn data_row(out: &mut BytesMut, values: &[Option<&str>]) {
                 out.put_slice(s.as_bytes());
             }
             None => out.put_i32(-1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgwire::messages::startup::ParameterStatus;
+
+    #[test]
+    fn parameter_status_is_encoded_as_pgwire_does() {
+        for (name, value) in [
+            ("DateStyle", "ISO, MDY"),
+            ("application_name", ""),
+            ("", ""),
+        ] {
+            let mut ours = BytesMut::new();
+            parameter_status(&mut ours, name, value);
+            let mut theirs = BytesMut::new();
+            ParameterStatus::new(name.into(), value.into())
+                .encode(&mut theirs)
+                .unwrap();
+            assert_eq!(ours, theirs, "{name}={value}");
         }
     }
 }

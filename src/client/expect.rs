@@ -196,6 +196,7 @@ pub struct Events {
 }
 
 impl Events {
+    #[inline]
     fn push(&mut self, event: Event) {
         if self.first.is_none() {
             self.first = Some(event);
@@ -391,6 +392,41 @@ impl Expectations {
         m
     }
 
+    /// [`received`](Self::received) for the common answer, in short: one
+    /// that completes the client's request at the head of the queue (a
+    /// ParseComplete, BindComplete, CloseComplete, a Describe's
+    /// RowDescription or NoData, an Execute's CommandComplete) with no
+    /// made-up reply due right after it. Pops the request and returns the
+    /// event it completes with, if it carries a token; `None` (changing
+    /// nothing) for any other frame.
+    #[inline]
+    pub fn completes_plain(&mut self, tag: u8) -> Option<Option<Event>> {
+        let Some(&Expect::Response {
+            request,
+            audience: Audience::Client,
+            token,
+        }) = self.queue.front()
+        else {
+            return None;
+        };
+        let completes = match tag {
+            be::PARSE_COMPLETE => request == Request::Parse,
+            be::BIND_COMPLETE => request == Request::Bind,
+            be::CLOSE_COMPLETE => request == Request::Close,
+            b'T' | b'n' => matches!(
+                request,
+                Request::DescribeStatement | Request::DescribePortal
+            ),
+            be::COMMAND_COMPLETE => request == Request::Execute,
+            _ => false,
+        };
+        if !completes || matches!(self.queue.get(1), Some(Expect::Reply(_))) {
+            return None;
+        }
+        self.queue.pop_front();
+        Some(token.is_some().then_some(Event::Done { request, token }))
+    }
+
     /// After an ErrorResponse: a simple Query or FunctionCall still ends
     /// with ReadyForQuery; an extended-query request fails and the server
     /// skips everything up to the next Sync, so those entries (and replies
@@ -541,6 +577,36 @@ impl Expectations {
             Some(Expect::Response { token, .. }) => Some(*token),
             _ => None,
         }
+    }
+
+    /// The next response answers a request of the client's that a
+    /// RowDescription does not complete (anything but a Describe): such a
+    /// frame is passed on with nothing to note.
+    #[inline]
+    pub fn head_takes_rows(&self) -> bool {
+        matches!(
+            self.queue.front(),
+            Some(Expect::Response {
+                audience: Audience::Client,
+                request,
+                ..
+            }) if !matches!(request, Request::DescribeStatement | Request::DescribePortal)
+        )
+    }
+
+    /// The next response answers the client's simple Query: a
+    /// CommandComplete does not complete it (its ReadyForQuery does) and
+    /// is the client's.
+    #[inline]
+    pub fn head_is_client_query(&self) -> bool {
+        matches!(
+            self.queue.front(),
+            Some(Expect::Response {
+                audience: Audience::Client,
+                request: Request::Query,
+                ..
+            })
+        )
     }
 
     /// The next response answers a message of the proxy's own.

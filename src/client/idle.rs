@@ -24,7 +24,7 @@ use crate::protocol::frame::{self, fe};
 use crate::protocol::{ClientEncoding, ProtocolError, WireError};
 use crate::proxy::Shared;
 use crate::routing::policy::ClientRouting;
-use crate::routing::{Classified, Classifier, TxEffect};
+use crate::routing::{Classified, Classifier, Reason, TxEffect};
 use crate::server::ServerPool;
 
 /// What to do with a frame received while no server is held.
@@ -67,11 +67,16 @@ pub fn answer(
         fe::FLUSH => Ok(Idle::Answered),
         fe::PARSE => {
             let msg = prepared::parse_parse(frame)?;
+            // The unnamed statement always goes to a server: checked before
+            // the shared registry's lock and its lookup of the query.
+            if msg.name.is_empty() {
+                return Ok(Idle::NeedServer);
+            }
             let reading = client.memo.reading();
             let known = shared
                 .statements
                 .get(client.params.encoding(), reading, &msg);
-            if msg.name.is_empty() || !pool.statement_ok(known.map(|s| s.id)) {
+            if !pool.statement_ok(known.map(|s| s.id)) {
                 return Ok(Idle::NeedServer);
             }
             local::define(&msg, client, &shared.statements, &shared.classifier);
@@ -104,21 +109,26 @@ fn query(
         client.carried.push(frame.len(), c.clone());
         return Ok(Idle::NeedServer);
     }
-    if let Some(param) = super::proxy_show::lone_show(c) {
-        return Ok(
-            match super::proxy_show::answer(param, client, shared, status) {
-                super::proxy_show::Answer::Now(reply) => {
-                    out.extend_from_slice(&reply);
-                    Idle::Answered
-                }
-                super::proxy_show::Answer::Later(later) => Idle::Later(later),
-            },
-        );
-    }
-    if let Some(change) = route_setting::lone_change(c) {
-        let encoding = client.params.encoding();
-        local::proxy_setting(change, &mut client.routing, status).put(out, status, encoding);
-        return Ok(Idle::Answered);
+    // Only a statement about the proxy's own settings is a SHOW or SET the
+    // proxy answers, and only one that releases something a DEALLOCATE:
+    // one comparison each spares every other query the calls.
+    if c.info.reason == Reason::ProxySetting {
+        if let Some(param) = super::proxy_show::lone_show(c) {
+            return Ok(
+                match super::proxy_show::answer(param, client, shared, status) {
+                    super::proxy_show::Answer::Now(reply) => {
+                        out.extend_from_slice(&reply);
+                        Idle::Answered
+                    }
+                    super::proxy_show::Answer::Later(later) => Idle::Later(later),
+                },
+            );
+        }
+        if let Some(change) = route_setting::lone_change(c) {
+            let encoding = client.params.encoding();
+            local::proxy_setting(change, &mut client.routing, status).put(out, status, encoding);
+            return Ok(Idle::Answered);
+        }
     }
     if deferred_transaction(
         c,
@@ -131,7 +141,9 @@ fn query(
         return Ok(Idle::Answered);
     }
     let encoding = client.params.encoding();
-    if let Some(answer) = local::deallocate(c, &mut client.statements, encoding) {
+    if c.info.unpin.is_some()
+        && let Some(answer) = local::deallocate(c, &mut client.statements, encoding)
+    {
         answer.put(out, status, encoding);
         return Ok(Idle::Answered);
     }

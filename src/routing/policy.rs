@@ -196,8 +196,13 @@ impl WriteLog {
                 fleet: true,
             }),
         };
-        let related = self.related.load();
         let map = crate::sync::read(&self.tables);
+        if map.is_empty() {
+            // No write recorded: neither the tables nor their ancestors
+            // have a mark (and what writes reach need not be loaded).
+            return all;
+        }
+        let related = self.related.load();
         let own = tables.iter().map(|t| &**t);
         let ancestors = tables
             .iter()
@@ -370,16 +375,22 @@ pub fn decide(
     // the replicas' health.
     let now = req.now;
     if !wants_replica {
-        // A replica within max_replica_lag has replayed everything older
-        // than that (plus a margin for the sampling interval).
-        let horizon = horizon(config);
-        let recent = |m: &Mark| now.saturating_duration_since(m.at) < horizon;
         let own = client.last_write.map(|at| Mark { at, fleet: false });
-        let latest = [own, log.latest(req.tables_read, now)]
-            .into_iter()
-            .flatten()
-            .filter(recent)
-            .max_by_key(|m| m.at);
+        let marks = [own, log.latest(req.tables_read, now)];
+        // A replica within max_replica_lag has replayed everything older
+        // than that (plus a margin for the sampling interval). Worked out
+        // only when there is a write to weigh (most reads have none).
+        let latest = if marks.iter().any(Option::is_some) {
+            let horizon = horizon(config);
+            let recent = |m: &Mark| now.saturating_duration_since(m.at) < horizon;
+            marks
+                .into_iter()
+                .flatten()
+                .filter(recent)
+                .max_by_key(|m| m.at)
+        } else {
+            None
+        };
         if let Some(Mark { at: t, fleet: f }) = latest {
             fleet = f;
             match config.read_your_writes {

@@ -350,7 +350,7 @@ pub struct StatementInfo {
 }
 
 /// The result of [`super::Classifier::classify`].
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Classified {
     /// From a comment before the first token; found on every call.
     pub hint: Option<Hint>,
@@ -359,6 +359,25 @@ pub struct Classified {
     /// Session effects computed from this very text (empty and
     /// allocation-free unless `info.has_session_changes`).
     pub session: Vec<SessionChange>,
+}
+
+/// Cloned once or twice per request (carried from the idle path to the
+/// relay, kept for a Bind of the unnamed statement): nearly every
+/// statement has no session effects, whose empty list is made, not
+/// cloned.
+impl Clone for Classified {
+    #[inline]
+    fn clone(&self) -> Self {
+        Classified {
+            hint: self.hint,
+            info: self.info.clone(),
+            session: if self.session.is_empty() {
+                Vec::new()
+            } else {
+                self.session.clone()
+            },
+        }
+    }
 }
 
 impl Classified {

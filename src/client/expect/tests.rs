@@ -350,3 +350,94 @@ fn queue_entries_stay_small() {
     assert!(std::mem::size_of::<Token>() <= 16);
     assert!(std::mem::size_of::<Expect>() <= 24);
 }
+
+#[test]
+fn a_plain_completion_is_matched_as_received_would() {
+    // Queues of requests (with a token, a reply made up behind, the
+    // proxy's own) and every answer: where the short way takes a frame,
+    // it pops and reports what `received` would; elsewhere it changes
+    // nothing.
+    type Setup = fn(&mut Expectations);
+    let setups: [Setup; 5] = [
+        |e| {
+            for tag in [fe::PARSE, fe::BIND, fe::DESCRIBE, fe::EXECUTE, fe::SYNC] {
+                client(e, tag);
+            }
+        },
+        |e| {
+            e.sent(
+                fe::BIND,
+                Some(Request::Bind),
+                Audience::Client,
+                Token::RetryFrom,
+            );
+            e.sent(
+                fe::EXECUTE,
+                Some(Request::Execute),
+                Audience::Client,
+                Token::Effect(3),
+            );
+            client(e, fe::SYNC);
+        },
+        |e| {
+            client(e, fe::PARSE);
+            e.sent(fe::PARSE, None, Audience::Client, Token::None);
+            assert!(!e.reply(Synthetic::ParseComplete));
+            client(e, fe::SYNC);
+        },
+        |e| {
+            e.sent(
+                fe::PARSE,
+                Some(Request::Parse),
+                Audience::Proxy,
+                Token::Statement(1),
+            );
+            client(e, fe::EXECUTE);
+        },
+        |e| {
+            client(e, fe::QUERY);
+            client(e, fe::CLOSE);
+        },
+    ];
+    for setup in setups {
+        for &tag in b"123TnCIsZED" {
+            let (mut short, mut long) = (Expectations::default(), Expectations::default());
+            setup(&mut short);
+            setup(&mut long);
+            let before = short.queue.clone();
+            match short.completes_plain(tag) {
+                Some(event) => {
+                    let m = long.received(tag, TxStatus::Idle);
+                    assert_eq!(m.disposition, Some(Disposition::Forward));
+                    assert!(m.replies.is_empty() && !m.ready);
+                    assert_eq!(m.events, event.into_iter().collect::<Vec<_>>());
+                    assert_eq!(short.queue, long.queue, "{}", char::from(tag));
+                }
+                None => assert_eq!(short.queue, before, "{}", char::from(tag)),
+            }
+        }
+    }
+    // Taken: the ones that complete the head, and nothing else.
+    let mut e = Expectations::default();
+    setups[0](&mut e);
+    assert_eq!(e.completes_plain(b'2'), None);
+    assert_eq!(e.completes_plain(b'1'), Some(None));
+    assert_eq!(e.completes_plain(b'2'), Some(None));
+    assert_eq!(e.completes_plain(b'T'), Some(None));
+    assert_eq!(e.completes_plain(b'C'), Some(None));
+    assert_eq!(e.completes_plain(b'Z'), None);
+    let mut e = Expectations::default();
+    setups[1](&mut e);
+    e.completes_plain(b'2');
+    assert_eq!(
+        e.completes_plain(b'C'),
+        Some(Some(Event::Done {
+            request: Request::Execute,
+            token: Token::Effect(3)
+        }))
+    );
+    // A made-up ParseComplete due after it: the long way.
+    let mut e = Expectations::default();
+    setups[2](&mut e);
+    assert_eq!(e.completes_plain(b'1'), None);
+}

@@ -9,7 +9,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::{FlowEnv, SessionFlow};
-use crate::client::effects::Effect;
+use crate::client::effects::Changes;
 use crate::client::error_names;
 use crate::client::expect::{Audience, Disposition, Event, Matched, Request, Token};
 use crate::client::fleet_announce;
@@ -181,11 +181,13 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
                 token: Token::Readback,
             } => self.adopt_readback(),
             Event::Done { token, .. } => {
-                if let Some(mut effect) = self.hold.pending.take(token) {
-                    if let Some(o) = effect.observed.take() {
+                if let Some(effect) = self.hold.pending.take(token) {
+                    if let Some(o) = effect.observed {
                         self.observe(o);
                     }
-                    self.apply(effect, status);
+                    if let Some(changes) = effect.changes {
+                        self.apply(*changes, status);
+                    }
                 }
             }
             Event::Failed { token, .. } => {
@@ -223,10 +225,10 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
         }
     }
 
-    /// A request with effects completed successfully.
-    pub(super) fn apply(&mut self, effect: Effect, status: TxStatus) {
+    /// A request that changes the session completed successfully.
+    pub(super) fn apply(&mut self, effect: Changes, status: TxStatus) {
         let in_transaction = status.in_transaction();
-        for change in effect.changes {
+        for change in effect.params {
             if matches!(change, ParamChange::Reset(_) | ParamChange::ResetAll) {
                 self.hold.params_diverged = true;
             }

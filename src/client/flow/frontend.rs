@@ -101,6 +101,7 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
         true
     }
 
+    #[inline]
     pub(super) fn ensure_unnamed(&mut self, out: &mut BytesMut) {
         if !self.hold.unnamed_here
             && let Some(parse) = self.client.statements.unnamed_parse().cloned()

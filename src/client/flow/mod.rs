@@ -51,6 +51,21 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
         }
     }
 
+    /// Nothing a retry holds back or the fleet waits for goes with the
+    /// next frame.
+    #[inline]
+    fn nothing_held(&self) -> bool {
+        self.hold.retry.parameters.is_none() && self.hold.announced.is_none()
+    }
+
+    /// The next frame answers the client's simple Query, with nothing held
+    /// to go with it: such a frame other than ReadyForQuery or an error
+    /// completes nothing.
+    #[inline]
+    fn plain_query_answer(&self) -> bool {
+        self.expect.head_is_client_query() && self.nothing_held()
+    }
+
     fn may_release(&self) -> bool {
         self.mode == PoolMode::Transaction
             && !self.client.pins.is_pinned()
@@ -118,10 +133,19 @@ impl<E: FlowEnv> Flow for SessionFlow<'_, E> {
         self.hold.query_timed_out = Some(limit);
     }
 
+    #[inline]
     fn inspects(&self, tag: u8) -> bool {
-        // Rows and COPY data stream through, unless they answer a statement
-        // of the proxy's own.
-        !matches!(tag, b'D' | b'd') || self.expect.head_is_proxy()
+        match tag {
+            // Rows and COPY data stream through, unless they answer a
+            // statement of the proxy's own.
+            b'D' | b'd' => self.expect.head_is_proxy(),
+            // So does a RowDescription answering the client's Query or
+            // Execute: it completes nothing and says nothing the proxy
+            // notes, unless a retry holds a ParameterDescription back (it
+            // then goes after that).
+            b'T' => !self.expect.head_takes_rows() || self.hold.retry.parameters.is_some(),
+            _ => true,
+        }
     }
 
     fn server_frame(
@@ -131,6 +155,36 @@ impl<E: FlowEnv> Flow for SessionFlow<'_, E> {
         to_server: &mut BytesMut,
         then: &mut Outbox,
     ) -> ServerStep {
+        if tag == be::COMMAND_COMPLETE && self.plain_query_answer() {
+            // A simple Query's CommandComplete: its rows (and a COMMIT)
+            // noted, nothing else to match, reword or add.
+            self.note_outcome(tag, frame);
+            return ServerStep::Forward;
+        }
+        if in_line(tag) && self.nothing_held() {
+            // No retry or rewording concerns it, and it cannot release the
+            // server: matched, and what the proxy made up goes after it.
+            if tag == be::COMMAND_COMPLETE {
+                self.note_outcome(tag, frame);
+            }
+            let status = self.expect.status();
+            if let Some(done) = self.expect.completes_plain(tag) {
+                // The client's request done, nothing made up after it.
+                if let Some(event) = done {
+                    self.on_event(&event, status);
+                }
+                return ServerStep::Forward;
+            }
+            let (matched, forward) = self.match_response(tag, frame, status, status);
+            for reply in &matched.replies {
+                then.push(reply.bytes(self.expect.status()));
+            }
+            return if forward {
+                ServerStep::Forward
+            } else {
+                ServerStep::Drop
+            };
+        }
         if let Some(step) = self.retry_sees(tag, frame, to_server) {
             return step;
         }
@@ -141,12 +195,34 @@ impl<E: FlowEnv> Flow for SessionFlow<'_, E> {
         } else {
             before
         };
-        self.note_outcome(tag, frame);
+        if matches!(tag, be::COMMAND_COMPLETE | be::ERROR_RESPONSE) {
+            // Only these say anything about the statement's outcome.
+            self.note_outcome(tag, frame);
+        }
         let (matched, mut forward) = self.match_response(tag, frame, before, status);
         let reworded = self.reword(tag, frame, &mut forward);
         let forward = self.queue_after(frame, forward, held, reworded, &matched, then);
         self.release_or_go_on(matched.ready, forward, to_server)
     }
+}
+
+/// Answers in the middle of a request's exchange: no retry takes them (a
+/// ParameterDescription or an error may be a retry's), none is reworded
+/// (an error), none ends a transaction or sets the string mode
+/// (ReadyForQuery, ParameterStatus), none is a row a readback reads.
+#[inline]
+fn in_line(tag: u8) -> bool {
+    matches!(
+        tag,
+        be::PARSE_COMPLETE
+            | be::BIND_COMPLETE
+            | be::CLOSE_COMPLETE
+            | be::COMMAND_COMPLETE
+            | b'T'
+            | b'n'
+            | b'I'
+            | b's'
+    )
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{FlowEnv, SessionFlow};
-use crate::client::effects::{self, Effect, Observed, SqlText};
+use crate::client::effects::{self, Changes, Effect, Observed, SqlText};
 use crate::client::route_setting;
 use crate::observe::QueryEvent;
 use crate::protocol::frame::{self, be};
@@ -33,7 +33,32 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
             self.client.readback.opaque_ran();
         }
         // Nearly every statement changes nothing: no call for it.
-        let changes = if session.is_empty() {
+        let changes = if session.is_empty() && info.unpin.is_none() {
+            None
+        } else {
+            self.changes_of(info, session)
+        };
+        Effect {
+            changes,
+            observed: Some(Observed {
+                info: info.clone(),
+                sql,
+                start: self.hold.clock.now(),
+                rows: 0,
+                error: None,
+            }),
+        }
+    }
+
+    /// What a statement with session changes or a release changes once
+    /// it completes.
+    #[cold]
+    fn changes_of(
+        &mut self,
+        info: &StatementInfo,
+        session: &[SessionChange],
+    ) -> Option<Box<Changes>> {
+        let params = if session.is_empty() {
             Vec::new()
         } else {
             match effects::param_changes(session) {
@@ -45,19 +70,13 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
                 }
             }
         };
-        Effect {
-            changes,
+        Changes {
+            params,
             route: route_setting::after(session),
             min_lsn: route_setting::min_lsn_after(session),
             unpin: info.unpin.clone(),
-            observed: Some(Observed {
-                info: info.clone(),
-                sql,
-                start: self.hold.clock.now(),
-                rows: 0,
-                error: None,
-            }),
         }
+        .boxed()
     }
 
     /// The text to hand the observer: the original only if EXPLAIN may
@@ -80,13 +99,15 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
         match tag {
             be::COMMAND_COMPLETE => {
                 let tag_text = frame::body(frame);
-                if tag_text.starts_with(b"COMMIT\0") {
+                // Nearly every tag is neither: one byte tells.
+                let first = tag_text.first().copied();
+                if first == Some(b'C') && tag_text.starts_with(b"COMMIT\0") {
                     self.hold.last_was_commit = true;
                     // Committed, even if `COMMIT AND CHAIN` goes on in a
                     // new block that may roll back.
                     self.client.params.end_transaction(true);
                     self.client.routing.end_transaction(true);
-                } else if tag_text.starts_with(b"ROLLBACK\0") {
+                } else if first == Some(b'R') && tag_text.starts_with(b"ROLLBACK\0") {
                     self.hold.last_was_commit = false;
                 }
                 if let Some(o) = self.head_observed() {

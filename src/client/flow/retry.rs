@@ -140,6 +140,15 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
             }
             Recording::Off => {}
         }
+        if !matches!(tag, fe::BIND | fe::DESCRIBE)
+            || executed_before
+            || !self.expect.status().is_idle()
+            || self.client.statements.is_empty()
+        {
+            // Nothing to record from (a malformed Bind or Describe is
+            // refused by its dispatch, which reads it again).
+            return Ok(false);
+        }
         let name = match tag {
             fe::BIND => prepared::bind_statement(frame)?.0,
             fe::DESCRIBE => match prepared::target(frame)? {
@@ -148,11 +157,7 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
             },
             _ => return Ok(false),
         };
-        if name.is_empty()
-            || executed_before
-            || !self.expect.status().is_idle()
-            || !self.expect.settled_but(Token::ParamSync)
-        {
+        if name.is_empty() || !self.expect.settled_but(Token::ParamSync) {
             return Ok(false);
         }
         let Some(statement) = self.client.statements.get(name).cloned() else {

@@ -427,6 +427,41 @@ fn a_failed_statement_is_observed_with_its_sqlstate() {
 }
 
 #[test]
+fn a_querys_row_description_streams_through_and_its_rows_are_still_counted() {
+    let mut parts = Parts::new();
+    parts.client(&[query("select * from t where id = 1")]);
+    // Nothing to note in a Query's RowDescription: the relay streams it
+    // like a row. Its CommandComplete and ReadyForQuery are seen.
+    assert!(!parts.flow().inspects(b'T'));
+    assert!(parts.flow().inspects(be::COMMAND_COMPLETE));
+    assert!(parts.flow().inspects(be::READY_FOR_QUERY));
+    let (step, _, then) = parts.server(&command_complete("SELECT 5"));
+    assert!(is_forward(&step) && then.is_empty());
+    assert!(matches!(
+        parts.server(&ready(TxStatus::Idle)).0,
+        ServerStep::Release(true)
+    ));
+    let recorded = parts.env.recorded.borrow().clone();
+    assert_eq!((recorded[0].1, recorded[0].2.as_deref()), (5, None));
+    assert_eq!(parts.env.transactions.get(), 1);
+
+    // A Describe's RowDescription completes it, and goes after the
+    // ParameterDescription a retry held back: seen.
+    prepared(&mut parts, "s1", "select * from t");
+    parts.client(&[describe_statement("s1"), sync()]);
+    assert!(parts.flow().inspects(b'T'));
+    assert!(is_drop(&parts.server(&msg(b't', b"\0\0")).0), "held back");
+    assert!(parts.flow().inspects(b'T'));
+    let (step, _, then) = parts.server(&msg(b'T', b"\0\0"));
+    assert!(is_drop(&step));
+    assert_eq!(then, [msg(b't', b"\0\0"), msg(b'T', b"\0\0")]);
+    assert!(matches!(
+        parts.server(&ready(TxStatus::Idle)).0,
+        ServerStep::Release(true)
+    ));
+}
+
+#[test]
 fn what_moves_per_transaction_stays_the_size_it_was() {
     // A held server moves into the session's phase and out at release:
     // 376 bytes when it carried its bookkeeping (HoldState 256 then), 80

@@ -9,6 +9,17 @@
 //! is polled once to register, with a waker that notes being woken; later
 //! polls only read that note, and poll the token's future again only once
 //! it woke (the token was cancelled) or the task's waker changed.
+//!
+//! Why the note is read through a process-wide flag first: the noting
+//! waker is an allocation of its own per session, cold by the time the
+//! session is polled again when hundreds of clients take turns (a cache
+//! miss per poll, a few polls per transaction). Until some signal's token
+//! fired, no waker has noted anything, so a poll reads one flag that every
+//! session shares and no one writes (it stays in every core's cache), and
+//! compares the task's waker with a copy kept in the signal itself. The
+//! token's future and the noting waker are boxed together, out of the
+//! session's state: only the first poll, a wake-up and `fired` after some
+//! token fired read them, and the signal is no larger for the waker copy.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,15 +29,27 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
+/// Resolves once `token` is cancelled; made once per session and polled
+/// through `Pin<&mut>` as often as needed.
+pub struct StopSignal<'a> {
+    registration: Pin<Box<Registration<'a>>>,
+    /// The task waker `registration` wakes (`None` before the first
+    /// poll), compared here without reading the registration.
+    task: Option<Waker>,
+}
+
 pin_project_lite::pin_project! {
-    /// Resolves once `token` is cancelled; made once per session and
-    /// polled through `Pin<&mut>` as often as needed.
-    pub struct StopSignal<'a> {
+    /// The token's future and the waker it was last polled with.
+    struct Registration<'a> {
         #[pin]
         inner: WaitForCancellationFuture<'a>,
-        registered: Option<Arc<NotingWaker>>,
+        noting: Option<Arc<NotingWaker>>,
     }
 }
+
+/// Set once any noting waker was woken (some signal's token fired): until
+/// then no signal needs to read its own note.
+static SOME_WOKEN: AtomicBool = AtomicBool::new(false);
 
 /// Wakes the session's task, noting that the token woke it.
 struct NotingWaker {
@@ -41,15 +64,43 @@ impl Wake for NotingWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.woken.store(true, Ordering::Release);
+        SOME_WOKEN.store(true, Ordering::Release);
         self.task.wake_by_ref();
+    }
+}
+
+impl Registration<'_> {
+    /// Whether the token woke its noting waker (`false` before the first
+    /// poll).
+    fn woken(&self) -> bool {
+        self.noting
+            .as_ref()
+            .is_some_and(|r| r.woken.load(Ordering::Acquire))
+    }
+
+    /// Asks the token itself, leaving a fresh noting waker that wakes
+    /// `task`.
+    fn register(self: Pin<&mut Self>, task: &Waker) -> Poll<()> {
+        let this = self.project();
+        let noting = Arc::new(NotingWaker {
+            woken: AtomicBool::new(false),
+            task: task.clone(),
+        });
+        let waker = Waker::from(noting.clone());
+        let polled = this.inner.poll(&mut Context::from_waker(&waker));
+        *this.noting = Some(noting);
+        polled
     }
 }
 
 impl<'a> StopSignal<'a> {
     pub fn new(token: &'a CancellationToken) -> Self {
         StopSignal {
-            inner: token.cancelled(),
-            registered: None,
+            registration: Box::pin(Registration {
+                inner: token.cancelled(),
+                noting: None,
+            }),
+            task: None,
         }
     }
 
@@ -57,33 +108,30 @@ impl<'a> StopSignal<'a> {
     /// is cancelled), without taking its lock. `false` before the first
     /// poll.
     pub fn fired(&self) -> bool {
-        self.registered
-            .as_ref()
-            .is_some_and(|r| r.woken.load(Ordering::Acquire))
+        SOME_WOKEN.load(Ordering::Acquire) && self.registration.woken()
     }
 }
 
 impl Future for StopSignal<'_> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.project();
-        if let Some(r) = this.registered
-            && !r.woken.load(Ordering::Acquire)
-            && r.task.will_wake(cx.waker())
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if let Some(task) = &this.task
+            && task.will_wake(cx.waker())
+            && (!SOME_WOKEN.load(Ordering::Acquire) || !this.registration.woken())
         {
-            // Still registered with the same task, and not woken since.
+            // Still registered with the same task, and not woken since
+            // (no waker was, or this one was not).
             return Poll::Pending;
         }
         // The first poll, a wake-up from the token, or another task's
-        // waker: ask the token itself, leaving a fresh noting waker.
-        let noting = Arc::new(NotingWaker {
-            woken: AtomicBool::new(false),
-            task: cx.waker().clone(),
-        });
-        let waker = Waker::from(noting.clone());
-        let polled = this.inner.poll(&mut Context::from_waker(&waker));
-        *this.registered = Some(noting);
+        // waker.
+        let polled = this.registration.as_mut().register(cx.waker());
+        match &mut this.task {
+            Some(task) => task.clone_from(cx.waker()),
+            none => *none = Some(cx.waker().clone()),
+        }
         polled
     }
 }
@@ -141,6 +189,42 @@ mod tests {
         waited.await.expect("the task waits");
         token.cancel();
         waiter.await.expect("the waiting task finished");
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_waker_of_the_latest_poll_is_woken() {
+        let token = CancellationToken::new();
+        let mut signal = Box::pin(StopSignal::new(&token));
+        let (first, second) = (Arc::new(Counting::default()), Arc::new(Counting::default()));
+        for counting in [&first, &first, &second, &second] {
+            let waker = Waker::from(counting.clone());
+            let polled = signal.as_mut().poll(&mut Context::from_waker(&waker));
+            assert!(polled.is_pending(), "not cancelled yet");
+        }
+        token.cancel();
+        assert_eq!(
+            second.0.load(Ordering::SeqCst),
+            1,
+            "the latest waker is woken"
+        );
+        assert_eq!(first.0.load(Ordering::SeqCst), 0, "the replaced one is not");
+        let waker = Waker::from(second.clone());
+        assert!(
+            signal
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_ready()
+        );
     }
 
     /// Polls `f` once.

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
@@ -54,7 +54,10 @@ pub struct ServerConn {
     pub addr: Arc<str>,
     pub peer: std::net::SocketAddr,
     pub params: Arc<ServerParams>,
-    pub created: Instant,
+    /// When it reaches `max_lifetime` (`None`: beyond any clock), worked
+    /// out once at login so that each handoff compares two instants
+    /// instead of subtracting them.
+    retire_at: Option<Instant>,
     /// When a client last gave it back (see [`ServerConn::needs_check`]).
     returned: Instant,
     health: Health,
@@ -86,7 +89,9 @@ impl ServerConn {
         peer: std::net::SocketAddr,
         params: ServerParams,
         prepared_capacity: usize,
+        max_lifetime: Duration,
     ) -> Self {
+        let created = Instant::now();
         ServerConn {
             stream,
             rbuf,
@@ -95,8 +100,8 @@ impl ServerConn {
             addr,
             peer,
             params: Arc::new(params),
-            created: Instant::now(),
-            returned: Instant::now(),
+            retire_at: created.checked_add(max_lifetime),
+            returned: created,
             health: Health::Clean,
             state: ServerState {
                 prepared: PreparedOnServer::new(prepared_capacity),
@@ -136,10 +141,10 @@ impl ServerConn {
         self.returned = at;
     }
 
-    /// How old it was when last given back (what `max_lifetime` limits
-    /// when it goes straight to the next client).
-    pub fn age_when_returned(&self) -> std::time::Duration {
-        self.returned.saturating_duration_since(self.created)
+    /// Whether it had reached `max_lifetime` when last given back (what
+    /// closes it instead of handing it straight to the next client).
+    pub fn too_old_when_returned(&self) -> bool {
+        self.retire_at.is_some_and(|at| self.returned >= at)
     }
 
     /// Whether [`check_idle`](Self::check_idle) is worth its system call

@@ -60,7 +60,6 @@ pub struct Handoff {
     queue: Mutex<Queue>,
     size: u32,
     timeout: Duration,
-    max_lifetime: Duration,
     gate: GateSlot,
 }
 
@@ -144,7 +143,6 @@ impl Handoff {
         bb8: bb8::Pool<ServerManager>,
         size: u32,
         timeout: Duration,
-        max_lifetime: Duration,
         gate: GateSlot,
     ) -> Self {
         Handoff {
@@ -152,7 +150,6 @@ impl Handoff {
             queue: Mutex::default(),
             size,
             timeout,
-            max_lifetime,
             gate,
         }
     }
@@ -380,7 +377,7 @@ impl Handoff {
     /// marked retired (if not broken) so that bb8, checking it again, closes it.
     fn must_close(&self, conn: &mut Bb8Lease) -> bool {
         let close = conn.is_broken()
-            || conn.age_when_returned() >= self.max_lifetime
+            || conn.too_old_when_returned()
             || self
                 .gate
                 .get()

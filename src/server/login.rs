@@ -29,6 +29,9 @@ pub struct LoginParams {
     pub connect_timeout: Duration,
     /// Capacity of the connection's prepared-statement LRU.
     pub prepared_capacity: usize,
+    /// Age at which a connection is closed when given back rather than
+    /// handed to the next client (`pool.max_lifetime`).
+    pub max_lifetime: Duration,
     /// Whether and how to encrypt the connection.
     pub tls: crate::tls::ServerTls,
 }
@@ -215,6 +218,7 @@ async fn connect_inner(p: &LoginParams, addr: Arc<str>) -> Result<ServerConn, Se
                     peer,
                     params,
                     p.prepared_capacity,
+                    p.max_lifetime,
                 ));
             }
             be::ERROR_RESPONSE => {

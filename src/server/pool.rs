@@ -247,6 +247,7 @@ impl ServerPool {
                 secret,
                 connect_timeout: config.cluster.connect_timeout,
                 prepared_capacity: config.pool.prepared_statements_cache as usize,
+                max_lifetime: config.pool.max_lifetime,
                 tls,
             },
             addr: key.node.to_string().into(),
@@ -269,7 +270,6 @@ impl ServerPool {
             pool.clone(),
             size,
             config.pool.checkout_timeout,
-            config.pool.max_lifetime,
             gate.clone(),
         ));
         ServerPool {

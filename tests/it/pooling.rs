@@ -260,6 +260,61 @@ async fn waiting_clients_are_served_in_arrival_order() {
     );
 }
 
+/// A server older than `max_lifetime` when its client gives it back is
+/// closed, not handed to the client waiting for it: the waiter gets a
+/// newly opened server (another backend).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_past_max_lifetime_is_not_handed_to_the_waiting_client() {
+    let db = harness::fresh_db("lifetime_handoff");
+    let proxy = harness::proxy(
+        "[pool]\nsize = 1\ncheckout_timeout = \"60s\"\nmax_lifetime = \"1s\"\n\
+         [admin]\nusers = [\"app\"]\n",
+    )
+    .await;
+    let holder = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+    // A lone BEGIN is answered by the proxy; the first statement takes the server.
+    holder.batch_execute("BEGIN").await.unwrap();
+    let first = harness::scalar(&holder, "SELECT pg_backend_pid()")
+        .await
+        .unwrap();
+    let client = harness::connect_proxy(&proxy, APP, &db).await.unwrap();
+    let waiter = tokio::spawn(async move {
+        harness::scalar(&client, "SELECT pg_backend_pid()")
+            .await
+            .map(|pid| (client, pid))
+    });
+    harness::eventually("a client waiting", Duration::from_secs(20), || async {
+        let pools = harness::console(&proxy, APP, "SHOW POOLS").await.rows();
+        pools
+            .iter()
+            .any(|p| p["database"] == db && p["cl_waiting"] == "1")
+            .then_some(())
+    })
+    .await;
+    harness::eventually(
+        "the held server past max_lifetime",
+        Duration::from_secs(20),
+        || async {
+            let older = harness::scalar(
+                &holder,
+                "SELECT clock_timestamp() - backend_start > interval '1.2 s' \
+                 FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            )
+            .await
+            .unwrap();
+            (older.as_deref() == Some("t")).then_some(())
+        },
+    )
+    .await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let (_client, second) = waiter.await.unwrap().unwrap();
+    assert!(first.is_some());
+    assert_ne!(
+        first, second,
+        "the waiter was handed the server past max_lifetime instead of a new one"
+    );
+}
+
 /// A client whose next read was already waiting in the proxy when it gave
 /// its replica server back (pipelined behind a lone read, which is released
 /// at its end) queues behind the clients that were waiting for that server,

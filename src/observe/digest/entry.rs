@@ -22,10 +22,28 @@ pub(crate) fn latency_histogram() -> Histogram<u32> {
 }
 
 /// Records `d` (whole microseconds, at least 1, at most 1 h).
+#[cfg(test)]
 pub(crate) fn record_latency(h: &mut Histogram<u32>, d: Duration) {
-    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    record_micros(h, LatencyMicros::of(d));
+}
+
+/// A latency as the histograms record it: whole microseconds, at least
+/// 1, at most 1 h. Worked out once per query for the two histograms it
+/// goes into (the all-query window and its fingerprint's).
+#[derive(Clone, Copy)]
+pub(crate) struct LatencyMicros(u64);
+
+impl LatencyMicros {
+    pub(crate) fn of(d: Duration) -> LatencyMicros {
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        LatencyMicros(micros.clamp(1, MAX_MICROS))
+    }
+}
+
+/// Records a latency already in microseconds.
+pub(crate) fn record_micros(h: &mut Histogram<u32>, micros: LatencyMicros) {
     // Auto-resize only fails on absurd values, excluded by the clamp.
-    let _ = h.record(micros.clamp(1, MAX_MICROS));
+    let _ = h.record(micros.0);
 }
 
 /// `q`-quantile of `h` as a duration (zero if empty).
@@ -89,7 +107,15 @@ impl Digest {
         }
     }
 
-    pub(crate) fn add(&mut self, role: Role, duration: Duration, rows: u64, error: bool) {
+    /// Adds one query; `micros` is `duration` as the histogram records it.
+    pub(crate) fn add(
+        &mut self,
+        role: Role,
+        duration: Duration,
+        micros: LatencyMicros,
+        rows: u64,
+        error: bool,
+    ) {
         self.calls += 1;
         self.errors += u64::from(error);
         self.rows = self.rows.saturating_add(rows);
@@ -97,7 +123,7 @@ impl Digest {
         self.min = self.min.min(duration);
         self.max = self.max.max(duration);
         self.by_role[usize::from(role == Role::Replica)] += 1;
-        record_latency(&mut self.latency, duration);
+        record_micros(&mut self.latency, micros);
     }
 
     /// Claims the right to request a plan now if none was requested within

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use lru::LruCache;
 
-use entry::{Digest, record_latency};
+use entry::{Digest, LatencyMicros, record_micros};
 pub use entry::{DigestSnapshot, PlanSample};
 pub(crate) use entry::{latency_histogram, quantile};
 pub(crate) use window::RecentLatency;
@@ -148,9 +148,10 @@ impl Digests {
     pub(crate) fn record(&self, s: &Sample<'_>, claim: Option<(Duration, Instant)>) -> bool {
         let mut shard = self.shard(s.fingerprint);
         let shard = &mut *shard;
-        record_latency(&mut shard.window, s.duration);
+        let micros = LatencyMicros::of(s.duration);
+        record_micros(&mut shard.window, micros);
         let add = |digest: &mut Digest| {
-            digest.add(s.role, s.duration, s.rows, s.error);
+            digest.add(s.role, s.duration, micros, s.rows, s.error);
             claim.is_some_and(|(interval, now)| digest.claim_explain(now, interval))
         };
         // A known fingerprint (nearly every query): one hash lookup, not a

@@ -113,7 +113,7 @@ impl ClassMemo {
             && self.keyed
             && self.read_as == reading
             && self.class.is_some()
-            && self.text.as_bytes() == raw
+            && (self.text.as_bytes() == raw || self.took_shape_of(raw))
         {
             return self.noted(classifier);
         }
@@ -128,6 +128,40 @@ impl ClassMemo {
             return self.noted(classifier);
         }
         self.classify_text(classifier, &view.text, reading)
+    }
+
+    /// For a UTF-8 client: whether `raw` is the remembered text with other
+    /// integers (what [`classify_text`](Self::classify_text) reuses), and if
+    /// so takes it as the remembered text. Matched on the bytes, before
+    /// any validation: up to the first literal they are the remembered
+    /// text, so only the rest is validated (a few bytes, for most
+    /// statements, instead of all).
+    #[inline]
+    fn took_shape_of(&mut self, raw: &[u8]) -> bool {
+        let valueless = self
+            .class
+            .as_ref()
+            .is_some_and(|c| !c.info.has_session_changes);
+        if !valueless
+            || self.numbers.is_empty()
+            || raw.len() > MEMO_MAX
+            || !template::same_shape(&self.text, &self.numbers, raw, &mut self.spare)
+        {
+            return false;
+        }
+        // `same_shape` checked that the bytes before the first literal
+        // are those of `text`.
+        let from = self.numbers[0].start;
+        if !self.text.is_char_boundary(from) {
+            return false;
+        }
+        let Ok(rest) = std::str::from_utf8(&raw[from..]) else {
+            return false;
+        };
+        self.text.truncate(from);
+        self.text.push_str(rest);
+        std::mem::swap(&mut self.numbers, &mut self.spare);
+        true
     }
 
     /// The text of `raw`: the memo's copy when it is the text last
@@ -161,7 +195,7 @@ impl ClassMemo {
             && valueless
             && !self.numbers.is_empty()
             && text.len() <= MEMO_MAX
-            && template::same_shape(&self.text, &self.numbers, text, &mut self.spare)
+            && template::same_shape(&self.text, &self.numbers, text.as_bytes(), &mut self.spare)
         {
             self.text.clear();
             self.text.push_str(text);
@@ -372,5 +406,53 @@ mod tests {
             "{}",
             c.info.normalized
         );
+    }
+
+    #[test]
+    fn a_statement_of_the_same_shape_is_matched_on_its_bytes_as_on_its_text() {
+        // After `prev`, `raw` is classified as a memo that has not seen
+        // `prev` classifies it, in every encoding, and the memo keeps
+        // `raw`'s text (matched on bytes before validation for UTF-8).
+        let classifier = Classifier::new(&[], 10_000, 100);
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"select 1", b"select 22"),
+            (
+                "select 'café', 1 -- é".as_bytes(),
+                "select 'café', 22 -- é".as_bytes(),
+            ),
+            ("select 'é', 1".as_bytes(), b"select '\xc3', 1"),
+            ("select 'é', 1".as_bytes(), b"select '\xc3\xa9', 7"),
+            (b"select 1, '\xff'", b"select 2, '\xff'"),
+            ("select 1, 'é'".as_bytes(), b"select 2, '\xe9'"),
+            ("select 1, 'é'".as_bytes(), b"select 2, '\xc3'"),
+            (b"select 1 /* x */", b"select 2 /* \xff */"),
+            (
+                "select 10 /* \u{1F600} */".as_bytes(),
+                "select 9 /* \u{1F600} */".as_bytes(),
+            ),
+        ];
+        let encodings = [
+            UTF8,
+            ClientEncoding::SqlAscii,
+            ClientEncoding::Latin1,
+            ClientEncoding::Sjis,
+        ];
+        for &(prev, raw) in cases {
+            for encoding in encodings {
+                let mut memo = ClassMemo::default();
+                memo.classify(&classifier, encoding, prev);
+                let reused = memo.classify(&classifier, encoding, raw);
+                let fresh = ClassMemo::default().classify(&classifier, encoding, raw);
+                let what = format!("{encoding:?}: {prev:?} then {raw:?}");
+                assert_eq!(reused.info.route, fresh.info.route, "{what}");
+                assert_eq!(reused.info.reason, fresh.info.reason, "{what}");
+                assert_eq!(reused.info.normalized, fresh.info.normalized, "{what}");
+                assert_eq!(
+                    memo.text_of(encoding, raw),
+                    encoding.decode(raw).text,
+                    "{what}"
+                );
+            }
+        }
     }
 }

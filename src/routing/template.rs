@@ -24,14 +24,18 @@ use std::ops::Range;
 /// `numbers` (byte ranges in `prev`, in order, as the fingerprint pass
 /// found them) replaced by other runs of digits; everything else must be
 /// the same bytes. When it is, `out` holds the literals' ranges in `text`.
+///
+/// `text` is raw bytes, so that a UTF-8 client's statement can be matched
+/// before it is validated (bytes of `prev`'s shape differ from it only
+/// in ASCII digits).
 pub fn same_shape(
     prev: &str,
     numbers: &[Range<usize>],
-    text: &str,
+    text: &[u8],
     out: &mut Vec<Range<usize>>,
 ) -> bool {
     out.clear();
-    let (p, q) = (prev.as_bytes(), text.as_bytes());
+    let (p, q) = (prev.as_bytes(), text);
     let (mut i, mut j) = (0, 0);
     for r in numbers {
         let (Some(gap), Some(literal)) = (p.get(i..r.start), p.get(r.clone())) else {
@@ -68,7 +72,7 @@ mod tests {
         let mut numbers = Vec::new();
         let (fp, _) = fingerprint_noting_numbers(prev, Quoting::Standard, &mut numbers);
         let mut out = Vec::new();
-        let same = same_shape(prev, &numbers, text, &mut out);
+        let same = same_shape(prev, &numbers, text.as_bytes(), &mut out);
         if same {
             let mut again = Vec::new();
             let (fq, _) = fingerprint_noting_numbers(text, Quoting::Standard, &mut again);

@@ -147,7 +147,7 @@ proptest! {
             }
         }
         let mut out = Vec::new();
-        if pgsidecar::routing::template::same_shape(&prev, &numbers, &text, &mut out) {
+        if pgsidecar::routing::template::same_shape(&prev, &numbers, text.as_bytes(), &mut out) {
             let (fp, hint) = Classifier::fingerprint(&text);
             prop_assert_eq!(fp, class.info.fingerprint, "{:?} vs {:?}", prev, text);
             prop_assert_eq!(hint, class.hint, "{:?} vs {:?}", prev, text);
@@ -181,7 +181,7 @@ proptest! {
         text.push_str(&prev[at..]);
         let mut out = Vec::new();
         prop_assert!(
-            pgsidecar::routing::template::same_shape(&prev, &numbers, &text, &mut out),
+            pgsidecar::routing::template::same_shape(&prev, &numbers, text.as_bytes(), &mut out),
             "{:?} vs {:?}", prev, text
         );
     }

@@ -62,6 +62,7 @@ pub(super) struct ServerSide {
 }
 
 impl ServerSide {
+    #[inline]
     fn push(&mut self, chunk: Chunk) {
         match (self.chunks.back_mut(), chunk) {
             (Some(Chunk::Forward(n)), Chunk::Forward(m)) => *n += m,
@@ -69,6 +70,7 @@ impl ServerSide {
         }
     }
 
+    #[inline]
     pub(super) fn add(&mut self, chunk: Chunk) {
         if let Chunk::Forward(n) | Chunk::Skip(n) = chunk {
             self.scanned += n;
@@ -76,12 +78,17 @@ impl ServerSide {
         self.push(chunk);
     }
 
+    #[inline]
     pub(super) fn add_own(&mut self, outbox: &mut Outbox) {
         // Nearly always empty (it is offered every frame the flow sees):
         // a drain of nothing still costs its set-up and drop.
-        if outbox.0.is_empty() {
-            return;
+        if !outbox.0.is_empty() {
+            self.add_outbox(outbox);
         }
+    }
+
+    #[inline(never)]
+    fn add_outbox(&mut self, outbox: &mut Outbox) {
         for own in outbox.0.drain(..) {
             self.push(match own {
                 Own::Now(b) => Chunk::Own(b),

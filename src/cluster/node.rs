@@ -6,7 +6,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 
@@ -120,18 +120,10 @@ impl NodeState {
     }
 
     /// Healthy, and its last success is no older than `stale_after` (so a
-    /// node whose monitor stopped running does not stay routable forever).
-    pub(crate) fn healthy_at(&self, now: Instant, epoch: Instant, stale_after: Duration) -> bool {
-        self.healthy()
-            && self
-                .last_ok(epoch)
-                .is_some_and(|t| now.saturating_duration_since(t) <= stale_after)
-    }
-
-    /// [`healthy_at`](Self::healthy_at) with the times as nanoseconds
-    /// since the view's epoch (as `last_ok` is kept): no instant is built
-    /// from the stored count, which the hot path's choice of a replica
-    /// would do for every node.
+    /// node whose monitor stopped running does not stay routable forever),
+    /// with the times as nanoseconds since the view's epoch (as `last_ok`
+    /// is kept): no instant is built from the stored count, which the hot
+    /// path's choice of a replica would do for every node.
     pub(crate) fn healthy_at_nanos(&self, now: u64, stale_after: u64) -> bool {
         self.healthy()
             && match self.last_ok.load(Ordering::Acquire) {
@@ -147,13 +139,6 @@ impl NodeState {
 
     pub(crate) fn last_error(&self) -> Option<String> {
         self.last_error.load().as_deref().cloned()
-    }
-
-    pub(crate) fn last_ok(&self, epoch: Instant) -> Option<Instant> {
-        match self.last_ok.load(Ordering::Acquire) {
-            0 => None,
-            n => Some(epoch + Duration::from_nanos(n)),
-        }
     }
 
     pub(crate) fn set_last_ok(&self, at: Instant, epoch: Instant) {

@@ -261,7 +261,6 @@ impl ClusterView {
 
     /// [`status`](Self::status) as of `now`.
     pub(crate) fn status_at(&self, now: Instant) -> Vec<NodeStatus> {
-        let stale_after = self.stale_after();
         let latest = self.latest_primary_lsn();
         self.nodes
             .iter()
@@ -274,7 +273,7 @@ impl ClusterView {
                     id,
                     addr: node.addr.clone(),
                     role,
-                    healthy: node.healthy_at(now, self.epoch, stale_after),
+                    healthy: self.is_healthy_at(id, now),
                     replay_lsn,
                     lag_bytes: replay_lsn.zip(latest).map(|(r, l)| l.bytes_since(r)),
                     lag_seconds: replica
@@ -341,10 +340,6 @@ impl ClusterView {
         let found = moves.wait_for(|_| self.primary().is_some());
         let _ = tokio::time::timeout(limit, found).await;
         self.primary()
-    }
-
-    pub(crate) fn stale_after(&self) -> Duration {
-        Duration::from_nanos(self.stale_after_nanos.load(Ordering::Relaxed))
     }
 
     pub(crate) fn set_primary(&self, id: Option<NodeId>) {

@@ -61,6 +61,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    fix_malloc_threshold();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => check(&config),
@@ -148,6 +149,25 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
 fn colour(stream_is_terminal: bool) -> bool {
     stream_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
+
+/// Keeps every allocation of 1 MiB or more in a mapping of its own, given
+/// back to the system when freed. Why: the only such allocations are large
+/// messages (up to `max_message_size`), and glibc's default threshold
+/// moves up to the size of the first large block freed, so later ones come
+/// from the heap, which keeps their memory (up to twice the largest
+/// message) after they are gone: with one thread every session allocates
+/// from that heap. A threshold set explicitly stays where it is.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn fix_malloc_threshold() {
+    // SAFETY: mallopt only sets an allocator parameter; nothing else runs
+    // yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn fix_malloc_threshold() {}
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGSIDECAR_LOG")

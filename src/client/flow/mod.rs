@@ -185,6 +185,33 @@ impl<E: FlowEnv> Flow for SessionFlow<'_, E> {
                 ServerStep::Drop
             };
         }
+        if tag == be::READY_FOR_QUERY && self.nothing_held() {
+            // The end of the client's request, nearly always with nothing
+            // to match past it, drop or reword: what the general path
+            // below does for it, without building a `Matched`.
+            let before = self.expect.status();
+            let status = TxStatus::of_ready(frame);
+            if let Some(done) = self.expect.completes_ready(status) {
+                if let Some(event) = done {
+                    self.on_event(&event, status);
+                }
+                self.on_ready(before, status, true);
+                let quiet = self.expect.is_quiet();
+                self.client.memo.server_frame(tag, frame, quiet);
+                // A committed write's ReadyForQuery waits for the fleet to
+                // hear of it (as in `queue_after`).
+                let forward = match self.hold.announced.take() {
+                    Some(announced) => {
+                        then.push_later(crate::client::fleet_announce::ready_after(
+                            announced, frame,
+                        ));
+                        false
+                    }
+                    None => true,
+                };
+                return self.release_or_go_on(true, forward, to_server);
+            }
+        }
         if let Some(step) = self.retry_sees(tag, frame, to_server) {
             return step;
         }

@@ -34,8 +34,13 @@ pub(crate) fn record_latency(h: &mut Histogram<u32>, d: Duration) {
 pub(crate) struct LatencyMicros(u64);
 
 impl LatencyMicros {
+    /// Why not `as_micros()`: its 128-bit result and the conversion back
+    /// cost more than the rest of this, once per query; whole seconds
+    /// past the bound are clamped before they could overflow.
+    #[inline]
     pub(crate) fn of(d: Duration) -> LatencyMicros {
-        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let secs = d.as_secs().min(MAX_MICROS / 1_000_000);
+        let micros = secs * 1_000_000 + u64::from(d.subsec_micros());
         LatencyMicros(micros.clamp(1, MAX_MICROS))
     }
 }
@@ -197,4 +202,23 @@ pub struct DigestSnapshot {
     pub primary: u64,
     pub replica: u64,
     pub plan: Option<Arc<PlanSample>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LatencyMicros, MAX_MICROS};
+    use std::time::Duration;
+
+    #[test]
+    fn latencies_are_whole_microseconds_from_one_to_an_hour() {
+        let of = |d: Duration| LatencyMicros::of(d).0;
+        assert_eq!(of(Duration::ZERO), 1);
+        assert_eq!(of(Duration::from_nanos(1_999)), 1);
+        assert_eq!(of(Duration::from_nanos(2_000)), 2);
+        assert_eq!(of(Duration::new(3, 456_789_999)), 3_456_789);
+        assert_eq!(of(Duration::from_secs(3_600)), MAX_MICROS);
+        assert_eq!(of(Duration::new(3_599, 999_999_999)), MAX_MICROS - 1);
+        assert_eq!(of(Duration::new(3_600, 1_000)), MAX_MICROS);
+        assert_eq!(of(Duration::MAX), MAX_MICROS);
+    }
 }

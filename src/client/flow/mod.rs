@@ -148,6 +148,10 @@ impl<E: FlowEnv> Flow for SessionFlow<'_, E> {
         }
     }
 
+    /// Inlined into the relay's scan, which calls it for every inspected
+    /// frame (five per extended-protocol request): the common answers are
+    /// settled here without a call, the rest in [`Self::other_frame`].
+    #[inline]
     fn server_frame(
         &mut self,
         tag: u8,
@@ -175,16 +179,45 @@ impl<E: FlowEnv> Flow for SessionFlow<'_, E> {
                 }
                 return ServerStep::Forward;
             }
-            let (matched, forward) = self.match_response(tag, frame, status, status);
-            for reply in &matched.replies {
-                then.push(reply.bytes(self.expect.status()));
-            }
-            return if forward {
-                ServerStep::Forward
-            } else {
-                ServerStep::Drop
-            };
+            return self.in_line_matched(tag, frame, status, then);
         }
+        self.other_frame(tag, frame, to_server, then)
+    }
+}
+
+impl<E: FlowEnv> SessionFlow<'_, E> {
+    /// An answer in the middle of a request's exchange that
+    /// `completes_plain` left: matched, with what the proxy made up after
+    /// it.
+    #[inline(never)]
+    fn in_line_matched(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        status: TxStatus,
+        then: &mut Outbox,
+    ) -> ServerStep {
+        let (matched, forward) = self.match_response(tag, frame, status, status);
+        for reply in &matched.replies {
+            then.push(reply.bytes(self.expect.status()));
+        }
+        if forward {
+            ServerStep::Forward
+        } else {
+            ServerStep::Drop
+        }
+    }
+
+    /// Every server frame but the common answers of `server_frame`: a
+    /// ReadyForQuery, an error, a retry's, one with something held back.
+    #[inline(never)]
+    fn other_frame(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        to_server: &mut BytesMut,
+        then: &mut Outbox,
+    ) -> ServerStep {
         if tag == be::READY_FOR_QUERY && self.nothing_held() {
             // The end of the client's request, nearly always with nothing
             // to match past it, drop or reword: what the general path

@@ -79,7 +79,9 @@ impl NodePools {
         }
     }
 
-    /// The current configuration.
+    /// The current configuration. Inlined: asked on every request, and
+    /// the call cost as much as the cache's check.
+    #[inline]
     pub fn config(&mut self) -> &Arc<Config> {
         self.config.load()
     }

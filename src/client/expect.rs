@@ -427,6 +427,31 @@ impl Expectations {
         Some(token.is_some().then_some(Event::Done { request, token }))
     }
 
+    /// [`received`](Self::received) for a ReadyForQuery (with `status`)
+    /// that ends the client's request at the head of the queue (its Query,
+    /// Sync or FunctionCall) with no made-up reply due right after it: the
+    /// end of nearly every transaction. Pops the request and returns the
+    /// event it completes with, if it carries a token; `None` (changing
+    /// nothing) when the queue is otherwise.
+    #[inline]
+    pub fn completes_ready(&mut self, status: TxStatus) -> Option<Option<Event>> {
+        let Some(&Expect::Response {
+            request,
+            audience: Audience::Client,
+            token,
+        }) = self.queue.front()
+        else {
+            return None;
+        };
+        if !request.ends_with_ready() || matches!(self.queue.get(1), Some(Expect::Reply(_))) {
+            return None;
+        }
+        self.status = status;
+        self.copy_in = false;
+        self.queue.pop_front();
+        Some(token.is_some().then_some(Event::Done { request, token }))
+    }
+
     /// After an ErrorResponse: a simple Query or FunctionCall still ends
     /// with ReadyForQuery; an extended-query request fails and the server
     /// skips everything up to the next Sync, so those entries (and replies

@@ -182,15 +182,10 @@ where
         wbuf,
     } = server;
     // The caller's buffer, so that a request's copy costs no allocation.
-    let mut side = ServerSide {
-        replaying: replay.is_some(),
-        replay: replay
-            .as_deref_mut()
-            .map(std::mem::take)
-            .unwrap_or_default(),
-        chunks: take_spare_chunks(),
-        ..ServerSide::default()
-    };
+    let mut side = ServerSide::new(
+        take_spare_chunks(),
+        replay.as_deref_mut().map(std::mem::take),
+    );
     side.replay.clear();
     let end = 'relay: {
         // Frames already read from the client are handled before any I/O.

@@ -441,3 +441,48 @@ fn a_plain_completion_is_matched_as_received_would() {
     setups[2](&mut e);
     assert_eq!(e.completes_plain(b'1'), None);
 }
+
+#[test]
+fn the_short_ready_path_matches_only_what_the_long_one_would_end_alike() {
+    // The client's Query, with a token: popped, done, status taken.
+    let mut e = Expectations::default();
+    e.sent(
+        fe::QUERY,
+        Some(Request::Query),
+        Audience::Client,
+        Token::Effect(3),
+    );
+    assert_eq!(
+        e.completes_ready(TxStatus::InTransaction),
+        Some(Some(Event::Done {
+            request: Request::Query,
+            token: Token::Effect(3)
+        }))
+    );
+    assert!(e.is_quiet());
+    assert_eq!(e.status(), TxStatus::InTransaction);
+
+    // A Sync without a token: popped, no event.
+    client(&mut e, fe::SYNC);
+    assert_eq!(e.completes_ready(TxStatus::Idle), Some(None));
+    assert!(e.is_reusable());
+
+    // Left to `received`: a made-up reply due after it, the proxy's own
+    // request, a request a ReadyForQuery does not end.
+    client(&mut e, fe::QUERY);
+    assert!(!e.reply(Synthetic::ParseComplete));
+    assert_eq!(e.completes_ready(TxStatus::Idle), None);
+    let m = e.received(be::READY_FOR_QUERY, TxStatus::Idle);
+    assert_eq!(m.replies, vec![Synthetic::ParseComplete]);
+    e.sent(
+        fe::QUERY,
+        Some(Request::Query),
+        Audience::Proxy,
+        Token::None,
+    );
+    assert_eq!(e.completes_ready(TxStatus::Idle), None);
+    e.reset();
+    client(&mut e, fe::EXECUTE);
+    assert_eq!(e.completes_ready(TxStatus::Idle), None);
+    assert!(!e.is_quiet());
+}

@@ -148,6 +148,10 @@ impl<E: FlowEnv> Flow for SessionFlow<'_, E> {
         }
     }
 
+    /// Inlined into the relay's scan, which calls it for every inspected
+    /// frame (five per extended-protocol request): the common answers are
+    /// settled here without a call, the rest in [`Self::other_frame`].
+    #[inline]
     fn server_frame(
         &mut self,
         tag: u8,
@@ -175,15 +179,71 @@ impl<E: FlowEnv> Flow for SessionFlow<'_, E> {
                 }
                 return ServerStep::Forward;
             }
-            let (matched, forward) = self.match_response(tag, frame, status, status);
-            for reply in &matched.replies {
-                then.push(reply.bytes(self.expect.status()));
+            return self.in_line_matched(tag, frame, status, then);
+        }
+        self.other_frame(tag, frame, to_server, then)
+    }
+}
+
+impl<E: FlowEnv> SessionFlow<'_, E> {
+    /// An answer in the middle of a request's exchange that
+    /// `completes_plain` left: matched, with what the proxy made up after
+    /// it.
+    #[inline(never)]
+    fn in_line_matched(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        status: TxStatus,
+        then: &mut Outbox,
+    ) -> ServerStep {
+        let (matched, forward) = self.match_response(tag, frame, status, status);
+        for reply in &matched.replies {
+            then.push(reply.bytes(self.expect.status()));
+        }
+        if forward {
+            ServerStep::Forward
+        } else {
+            ServerStep::Drop
+        }
+    }
+
+    /// Every server frame but the common answers of `server_frame`: a
+    /// ReadyForQuery, an error, a retry's, one with something held back.
+    #[inline(never)]
+    fn other_frame(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        to_server: &mut BytesMut,
+        then: &mut Outbox,
+    ) -> ServerStep {
+        if tag == be::READY_FOR_QUERY && self.nothing_held() {
+            // The end of the client's request, nearly always with nothing
+            // to match past it, drop or reword: what the general path
+            // below does for it, without building a `Matched`.
+            let before = self.expect.status();
+            let status = TxStatus::of_ready(frame);
+            if let Some(done) = self.expect.completes_ready(status) {
+                if let Some(event) = done {
+                    self.on_event(&event, status);
+                }
+                self.on_ready(before, status, true);
+                let quiet = self.expect.is_quiet();
+                self.client.memo.server_frame(tag, frame, quiet);
+                // A committed write's ReadyForQuery waits for the fleet to
+                // hear of it (as in `queue_after`).
+                let forward = match self.hold.announced.take() {
+                    Some(announced) => {
+                        then.push_later(crate::client::fleet_announce::ready_after(
+                            announced, frame,
+                        ));
+                        false
+                    }
+                    None => true,
+                };
+                return self.release_or_go_on(true, forward, to_server);
             }
-            return if forward {
-                ServerStep::Forward
-            } else {
-                ServerStep::Drop
-            };
         }
         if let Some(step) = self.retry_sees(tag, frame, to_server) {
             return step;

@@ -31,8 +31,48 @@ pub(super) enum ClientSide {
 }
 
 /// Splits complete client frames off `cbuf`, passes them to the flow.
+///
+/// Why the buffer is advanced (and the replay copy made) once, after the
+/// loop, not per frame: an extended-protocol request is five frames, and
+/// each `advance` and small copy cost tens of instructions.
 pub(super) fn process_client<F: Flow>(
     cbuf: &mut BytesMut,
+    wbuf: &mut BytesMut,
+    side: &mut ServerSide,
+    flow: &mut F,
+    messages: &MessageLimits,
+) -> Result<ClientSide, WireError> {
+    let mut done = Consumed::default();
+    let end = client_frames(cbuf, &mut done, wbuf, side, flow, messages);
+    if done.replayed > 0 {
+        side.replay.extend_from_slice(&cbuf[..done.replayed]);
+    }
+    if done.used > 0 {
+        cbuf.advance(done.used);
+    }
+    if done.wanted > 0 {
+        cbuf.reserve(done.wanted);
+    }
+    end
+}
+
+/// What [`client_frames`] took from the client's buffer.
+#[derive(Default)]
+struct Consumed {
+    /// Bytes of frames handled (they leave the buffer).
+    used: usize,
+    /// Bytes at the start of those kept for a retry.
+    replayed: usize,
+    /// More room the incomplete frame at the end needs.
+    wanted: usize,
+}
+
+/// The loop of [`process_client`], over the buffer's bytes from
+/// `done.used` on.
+#[inline]
+fn client_frames<F: Flow>(
+    cbuf: &[u8],
+    done: &mut Consumed,
     wbuf: &mut BytesMut,
     side: &mut ServerSide,
     flow: &mut F,
@@ -41,30 +81,31 @@ pub(super) fn process_client<F: Flow>(
     let mut outbox = Outbox::default();
     flow.next_batch();
     loop {
-        if let Some(&tag) = cbuf.first() {
+        let rest = &cbuf[done.used..];
+        if let Some(&tag) = rest.first() {
             crate::client::idle::check_frontend_tag(tag)?;
         }
-        let Some((tag, total)) = frame::header(cbuf)? else {
+        let Some((tag, total)) = frame::header(rest)? else {
             return Ok(ClientSide::Open);
         };
         messages.admit(total)?;
-        if cbuf.len() < total {
-            cbuf.reserve(total - cbuf.len());
+        if rest.len() < total {
+            done.wanted = total - rest.len();
             return Ok(ClientSide::Open);
         }
-        let step = flow.client_frame(tag, &cbuf[..total], wbuf, &mut outbox)?;
+        let step = flow.client_frame(tag, &rest[..total], wbuf, &mut outbox)?;
         side.add_own(&mut outbox);
         match step {
             ClientStep::Continue => {
                 if side.replaying {
                     // Checked before copying: a large message is not
                     // copied a third time just to find it is too long.
-                    side.replaying = side.replay.len() + total <= MAX_REPLAY;
+                    side.replaying = side.replay.len() + done.replayed + total <= MAX_REPLAY;
                     if side.replaying {
-                        side.replay.extend_from_slice(&cbuf[..total]);
+                        done.replayed += total;
                     }
                 }
-                cbuf.advance(total);
+                done.used += total;
             }
             ClientStep::Terminate => return Ok(ClientSide::Terminated),
             ClientStep::Hold => return Ok(ClientSide::Paused),

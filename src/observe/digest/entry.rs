@@ -34,8 +34,13 @@ pub(crate) fn record_latency(h: &mut Histogram<u32>, d: Duration) {
 pub(crate) struct LatencyMicros(u64);
 
 impl LatencyMicros {
+    /// Why not `as_micros()`: its 128-bit result and the conversion back
+    /// cost more than the rest of this, once per query; whole seconds
+    /// past the bound are clamped before they could overflow.
+    #[inline]
     pub(crate) fn of(d: Duration) -> LatencyMicros {
-        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let secs = d.as_secs().min(MAX_MICROS / 1_000_000);
+        let micros = secs * 1_000_000 + u64::from(d.subsec_micros());
         LatencyMicros(micros.clamp(1, MAX_MICROS))
     }
 }
@@ -53,6 +58,14 @@ pub(crate) fn quantile(h: &Histogram<u32>, q: f64) -> Duration {
     } else {
         Duration::from_micros(h.value_at_quantile(q))
     }
+}
+
+/// `d` in whole nanoseconds, saturating (at 584 years).
+#[inline]
+pub(crate) fn nanos_of(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
 }
 
 /// A plan the EXPLAIN sampler got for a fingerprint.
@@ -79,9 +92,12 @@ pub(crate) struct Digest {
     pub(crate) calls: u64,
     pub(crate) errors: u64,
     pub(crate) rows: u64,
-    pub(crate) total: Duration,
-    pub(crate) min: Duration,
-    pub(crate) max: Duration,
+    /// Times in whole nanoseconds (see [`nanos_of`]): adding and
+    /// comparing `Duration`s (seconds and nanoseconds, carried) cost
+    /// several times as much, once per query.
+    pub(crate) total_nanos: u64,
+    pub(crate) min_nanos: u64,
+    pub(crate) max_nanos: u64,
     /// Calls by role: `[primary, replica]`.
     pub(crate) by_role: [u64; 2],
     pub(crate) latency: Histogram<u32>,
@@ -97,9 +113,9 @@ impl Digest {
             calls: 0,
             errors: 0,
             rows: 0,
-            total: Duration::ZERO,
-            min: Duration::MAX,
-            max: Duration::ZERO,
+            total_nanos: 0,
+            min_nanos: u64::MAX,
+            max_nanos: 0,
             by_role: [0; 2],
             latency: latency_histogram(),
             plan: None,
@@ -119,9 +135,10 @@ impl Digest {
         self.calls += 1;
         self.errors += u64::from(error);
         self.rows = self.rows.saturating_add(rows);
-        self.total = self.total.saturating_add(duration);
-        self.min = self.min.min(duration);
-        self.max = self.max.max(duration);
+        let nanos = nanos_of(duration);
+        self.total_nanos = self.total_nanos.saturating_add(nanos);
+        self.min_nanos = self.min_nanos.min(nanos);
+        self.max_nanos = self.max_nanos.max(nanos);
         self.by_role[usize::from(role == Role::Replica)] += 1;
         record_micros(&mut self.latency, micros);
     }
@@ -150,13 +167,13 @@ impl Digest {
             calls: self.calls,
             errors: self.errors,
             rows: self.rows,
-            total: self.total,
+            total: Duration::from_nanos(self.total_nanos),
             min: if self.calls == 0 {
                 Duration::ZERO
             } else {
-                self.min
+                Duration::from_nanos(self.min_nanos)
             },
-            max: self.max,
+            max: Duration::from_nanos(self.max_nanos),
             mean: self.mean(),
             p50: quantile(&self.latency, 0.50),
             p95: quantile(&self.latency, 0.95),
@@ -168,11 +185,7 @@ impl Digest {
     }
 
     fn mean(&self) -> Duration {
-        match u32::try_from(self.calls) {
-            Ok(0) => Duration::ZERO,
-            Ok(n) => self.total / n,
-            Err(_) => Duration::from_secs_f64(self.total.as_secs_f64() / self.calls as f64),
-        }
+        Duration::from_nanos(self.total_nanos.checked_div(self.calls).unwrap_or(0))
     }
 }
 
@@ -197,4 +210,52 @@ pub struct DigestSnapshot {
     pub primary: u64,
     pub replica: u64,
     pub plan: Option<Arc<PlanSample>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Digest, LatencyMicros, MAX_MICROS, nanos_of};
+    use crate::cluster::Role;
+    use std::time::Duration;
+
+    #[test]
+    fn times_add_up_in_whole_nanoseconds() {
+        assert_eq!(nanos_of(Duration::new(2, 5)), 2_000_000_005);
+        assert_eq!(nanos_of(Duration::MAX), u64::MAX);
+        let mut d = Digest::new("select $1".into());
+        assert_eq!(d.snapshot(1).min, Duration::ZERO, "no call yet");
+        for (role, us) in [(Role::Primary, 1_500), (Role::Replica, 500)] {
+            let t = Duration::from_micros(us);
+            d.add(role, t, LatencyMicros::of(t), 1, false);
+        }
+        let s = d.snapshot(1);
+        assert_eq!(s.total, Duration::from_millis(2));
+        assert_eq!(
+            (s.min, s.max),
+            (Duration::from_micros(500), Duration::from_micros(1_500))
+        );
+        assert_eq!(s.mean, Duration::from_millis(1));
+        // Saturates rather than wrapping.
+        d.add(
+            Role::Primary,
+            Duration::MAX,
+            LatencyMicros::of(Duration::MAX),
+            0,
+            false,
+        );
+        assert_eq!(d.snapshot(1).total, Duration::from_nanos(u64::MAX));
+    }
+
+    #[test]
+    fn latencies_are_whole_microseconds_from_one_to_an_hour() {
+        let of = |d: Duration| LatencyMicros::of(d).0;
+        assert_eq!(of(Duration::ZERO), 1);
+        assert_eq!(of(Duration::from_nanos(1_999)), 1);
+        assert_eq!(of(Duration::from_nanos(2_000)), 2);
+        assert_eq!(of(Duration::new(3, 456_789_999)), 3_456_789);
+        assert_eq!(of(Duration::from_secs(3_600)), MAX_MICROS);
+        assert_eq!(of(Duration::new(3_599, 999_999_999)), MAX_MICROS - 1);
+        assert_eq!(of(Duration::new(3_600, 1_000)), MAX_MICROS);
+        assert_eq!(of(Duration::MAX), MAX_MICROS);
+    }
 }

@@ -79,7 +79,9 @@ impl NodePools {
         }
     }
 
-    /// The current configuration.
+    /// The current configuration. Inlined: asked on every request, and
+    /// the call cost as much as the cache's check.
+    #[inline]
     pub fn config(&mut self) -> &Arc<Config> {
         self.config.load()
     }
@@ -224,6 +226,11 @@ impl From<CheckoutError> for Refused {
     }
 }
 
+/// A server taken, how long the request waited for it, and when it was
+/// ready (the request's own reading if it did not wait): see
+/// [`ServerPool::checkout_unless`].
+type Got = (Lease, Duration, Instant);
+
 /// Why a queued checkout ended without a server.
 enum Lost {
     Checkout(CheckoutError),
@@ -252,8 +259,8 @@ impl std::fmt::Display for Lost {
 fn given_up(
     cluster: &ClusterView,
     node: NodeId,
-    got: Result<Option<(Lease, Duration)>, CheckoutError>,
-) -> Result<(Lease, Duration), Lost> {
+    got: Result<Option<Got>, CheckoutError>,
+) -> Result<Got, Lost> {
     match got {
         Ok(Some(got)) => Ok(got),
         Ok(None) => Err(Lost::GivenUp {
@@ -296,13 +303,11 @@ async fn checkout_primary(
             .checkout_unless(|now| cluster.gives_up_at(node, Role::Primary, now), at)
             .await;
         match given_up(cluster, node, got) {
-            Ok((lease, waited)) => {
+            Ok(got) => {
                 return Ok(Taken {
                     node,
                     pool,
-                    lease,
-                    asked: at,
-                    waited,
+                    got,
                     replica: None,
                 });
             }
@@ -326,6 +331,12 @@ fn followed(cluster: &ClusterView, node: NodeId) {
 }
 
 /// Routes `unit` and takes a server for it.
+///
+/// Why one async fn (not a wrapper mapping the error of an inner one):
+/// the request's future is polled at least twice when it queues for a
+/// server (when it starts waiting and when it is handed one), and each
+/// layer of future costs its own poll and its own drop on every
+/// transaction (~100 instructions per `-S` transaction).
 pub async fn acquire(
     ctx: &SessionCtx,
     client: &mut ClientState,
@@ -333,42 +344,7 @@ pub async fn acquire(
     unit: &Unit,
     books: &mut Books,
 ) -> Result<Held, WireError> {
-    let slot = &ctx.cancel.slot;
-    slot.set_activity(ClientActivity::Waiting);
-    acquire_inner(ctx, client, pools, unit, books)
-        .await
-        .map_err(|refused| {
-            slot.set_activity(ClientActivity::Idle);
-            ctx.shared.observer.metrics().error(refused.kind);
-            refused.error
-        })
-}
-
-/// A server just taken for a request, not yet brought up to date.
-struct Taken {
-    node: NodeId,
-    pool: Arc<ServerPool>,
-    lease: Lease,
-    /// When the checkout started, and how long it waited.
-    asked: Instant,
-    waited: Duration,
-    /// Counts a replica read against the replica's load.
-    replica: Option<ReplicaLease>,
-}
-
-// Why acquire_inner is split this way: what it keeps across its awaits
-// is part of every client's task (the session awaits it inline, see
-// `session::serve`), so it must stay small: the routing is done before
-// it, the one common await is a small hand-polled checkout, the rare
-// paths (PAUSE, a replica's fallback to the primary, a refit, no primary)
-// are boxed, and the server comes back as one `Taken`.
-async fn acquire_inner(
-    ctx: &SessionCtx,
-    client: &mut ClientState,
-    pools: &mut NodePools,
-    unit: &Unit,
-    books: &mut Books,
-) -> Result<Held, Refused> {
+    ctx.cancel.slot.set_activity(ClientActivity::Waiting);
     // The admin console's PAUSE holds new work here until RESUME.
     if ctx.shared.paused.is_on() {
         Box::pin(ctx.shared.paused.resumed()).await;
@@ -380,7 +356,10 @@ async fn acquire_inner(
     let at = Instant::now();
     let (target, transaction, reason) = {
         let config = pools.config();
-        let routed = route::decide(unit, client, &ctx.shared, config, &cluster, at)?;
+        let routed = match route::decide(unit, client, &ctx.shared, config, &cluster, at) {
+            Ok(routed) => routed,
+            Err(refused) => return Err(refused_now(ctx, refused)),
+        };
         if routed.decision.read_your_writes {
             ctx.shared.observer.metrics().read_your_writes();
         }
@@ -401,17 +380,17 @@ async fn acquire_inner(
             } else {
                 Role::Primary
             };
-            let pool = pools.get(ctx, &cluster, node).clone();
+            // `pools` was brought up to `cluster` just above, with no
+            // await since: its list is that view's (no second check).
+            let pool = pool_of(&mut pools.by_node, ctx, &cluster, node).clone();
             let got = pool
                 .checkout_unless(|now| cluster.gives_up_at(node, role, now), at)
                 .await;
             match (given_up(&cluster, node, got), replica) {
-                (Ok((lease, waited)), replica) => Ok(Taken {
+                (Ok(got), replica) => Ok(Taken {
                     node,
                     pool,
-                    lease,
-                    asked: at,
-                    waited,
+                    got,
                     replica,
                 }),
                 (Err(why), Some(replica)) => to_primary(ctx, pools, &cluster, replica, why).await,
@@ -427,25 +406,26 @@ async fn acquire_inner(
     let metrics = ctx.shared.observer.metrics();
     let mut taken = match taken {
         Ok(taken) => {
-            metrics.acquired(reason, taken.waited);
+            metrics.acquired(reason, taken.got.1);
             taken
         }
         Err(refused) => {
             metrics.routing(reason);
-            return Err(refused);
+            return Err(refused_now(ctx, refused));
         }
     };
-    if !taken.lease.state.params.fits(&client.params) {
+    if !taken.got.0.state.params.fits(&client.params) {
         // Boxed: rare, and its state (another checkout) would otherwise
         // grow every acquisition's.
-        taken.lease = Box::pin(refit(taken.lease, &taken.pool, client)).await?;
+        match Box::pin(refit(taken.got.0, &taken.pool, client)).await {
+            Ok(lease) => taken.got.0 = lease,
+            Err(e) => return Err(refused_now(ctx, e.into())),
+        }
     }
     let Taken {
         node,
         pool,
-        lease,
-        asked,
-        waited,
+        got: (lease, _, ready),
         replica,
     } = taken;
     let role = if replica.is_some() {
@@ -461,7 +441,7 @@ async fn acquire_inner(
         books.hold.budget_until_sync = !unit.ends_with_ready;
     }
     // A server handed over by another session was ready when its wait ended.
-    books.hold.clock = BatchClock::starting_at(asked + waited);
+    books.hold.clock = BatchClock::starting_at(ready);
     let mut held = Held {
         lease,
         pool,
@@ -469,6 +449,25 @@ async fn acquire_inner(
     };
     bring_up_to_date(&mut held, &mut books.expect, client);
     Ok(held)
+}
+
+/// A request refused: the client is idle again, and the error counted.
+#[cold]
+#[inline(never)]
+fn refused_now(ctx: &SessionCtx, refused: Refused) -> WireError {
+    ctx.cancel.slot.set_activity(ClientActivity::Idle);
+    ctx.shared.observer.metrics().error(refused.kind);
+    refused.error
+}
+
+/// A server just taken for a request, not yet brought up to date.
+struct Taken {
+    node: NodeId,
+    pool: Arc<ServerPool>,
+    /// The server, how long it was waited for, and when it was ready.
+    got: Got,
+    /// Counts a replica read against the replica's load.
+    replica: Option<ReplicaLease>,
 }
 
 /// The node `target` names, with the replica's lease; `None` for the

@@ -12,7 +12,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{Notify, watch};
 
 use super::NodeId;
-use super::choose::{self, Candidate, NoReplica, ReplicaLease};
+use super::choose::{Candidate, NoReplica, Picker, ReplicaLease};
 use super::lsn::Lsn;
 use super::memory::Memory;
 use super::node::{NodeState, NodeStatus, Role};
@@ -196,23 +196,30 @@ impl ClusterView {
         let now = self.nanos_since_epoch(now);
         let max_lag = u64::try_from(max_lag.as_nanos()).unwrap_or(u64::MAX);
         let n = self.nodes.len();
-        let start = next_rotation() % n.max(1);
+        let mut id = next_rotation() % n.max(1);
+        let mut picker = Picker::new(min_lsn);
         // The primary is skipped before its health and lag are read: it is
         // never a candidate, and reading them cost half of every choice.
-        let candidates = (0..n).filter_map(|i| {
-            let id = (start + i) % n;
+        for _ in 0..n {
             let node = &self.nodes[id];
             let role = node.role();
-            (role == Role::Replica).then(|| Candidate {
-                id,
-                role,
-                healthy: node.healthy_at_nanos(now, stale_after),
-                fresh: node.lag.within_nanos(now, max_lag),
-                replay: node.replay_lsn(),
-                outstanding: node.outstanding(),
-            })
-        });
-        let id = choose::pick(candidates, min_lsn)?;
+            if role == Role::Replica {
+                picker.offer(Candidate {
+                    id,
+                    role,
+                    healthy: node.healthy_at_nanos(now, stale_after),
+                    fresh: node.lag.within_nanos(now, max_lag),
+                    replay: node.replay_lsn(),
+                    outstanding: node.outstanding(),
+                });
+            }
+            // The next node in rotation, without a division per node.
+            id += 1;
+            if id == n {
+                id = 0;
+            }
+        }
+        let id = picker.picked()?;
         Ok(ReplicaLease::new(id, self.nodes[id].outstanding.clone()))
     }
 

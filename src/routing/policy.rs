@@ -5,7 +5,7 @@
 //! this sidecar).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -94,6 +94,10 @@ struct Mark {
 /// [`set_deaf`](Self::set_deaf)).
 pub struct WriteLog {
     tables: RwLock<HashMap<Arc<str>, Mark>>,
+    /// `tables` has a mark. Why: every read asks [`latest`](Self::latest),
+    /// and while nothing was written (a read-only load, or before the
+    /// first write) this one load answers without taking the lock.
+    marked: AtomicBool,
     related: ArcSwap<Related>,
     /// Origin of the instant in `all`.
     epoch: Instant,
@@ -109,6 +113,7 @@ impl Default for WriteLog {
     fn default() -> Self {
         WriteLog {
             tables: RwLock::default(),
+            marked: AtomicBool::new(false),
             related: ArcSwap::default(),
             epoch: Instant::now(),
             all: AtomicU64::new(0),
@@ -153,6 +158,9 @@ impl WriteLog {
         {
             map.retain(|_, m| m.at >= before);
         }
+        // Under the lock, after the marks: a reader that sees `false`
+        // reads as if a moment before this write was recorded.
+        self.marked.store(!map.is_empty(), Ordering::Release);
     }
 
     /// Every table counts as written (by the fleet) at `at`: for writes
@@ -196,6 +204,9 @@ impl WriteLog {
                 fleet: true,
             }),
         };
+        if !self.marked.load(Ordering::Acquire) {
+            return all;
+        }
         let map = crate::sync::read(&self.tables);
         if map.is_empty() {
             // No write recorded: neither the tables nor their ancestors

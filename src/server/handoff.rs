@@ -202,6 +202,7 @@ impl Handoff {
             slot,
             since,
             asked: false,
+            served: false,
         })
     }
 
@@ -298,10 +299,20 @@ impl Handoff {
     /// the pool has room: each takes one connection from bb8 (which opens
     /// it, waiting for a fleet budget permit first) and gives it to the
     /// queue like a released one.
+    ///
+    /// Inlined up to its first test: a busy pool (every queued checkout
+    /// of a `-S` run) is found full at once, and the call cost more than
+    /// the test.
+    #[inline]
     fn refill(self: &Arc<Self>, queue: &mut Queue) {
         if queue.full || queue.opening as usize >= queue.waiters.len() {
             return;
         }
+        self.start_fillers(queue);
+    }
+
+    #[inline(never)]
+    fn start_fillers(self: &Arc<Self>, queue: &mut Queue) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -399,6 +410,10 @@ impl Queue {
     }
 }
 
+/// A connection a queued checkout was given: where it came from, and when
+/// it was handed over (`None`: not waited for).
+pub type Handed = (Lease, Source, Option<std::time::Instant>);
+
 /// How [`Handoff::start`] began: with a connection, or in the queue.
 pub enum Started<'a> {
     Now(Lease, Source),
@@ -415,6 +430,8 @@ pub struct Queued<'a> {
     since: Instant,
     /// `give_up` was asked when the wait started.
     asked: bool,
+    /// It took its connection: nothing left to undo on drop.
+    served: bool,
 }
 
 impl Queued<'_> {
@@ -423,17 +440,21 @@ impl Queued<'_> {
     /// when served), and the checkout ends with [`NotTaken::GivenUp`] if it
     /// says so: the caller's watch on the node costs nothing when a
     /// connection is there at once, and no subscription of its own while
-    /// it waits. Not to be polled again once ready.
+    /// it waits. Not to be polled again once ready. Gives the connection
+    /// with the time it was handed over (which, read by the session that
+    /// gave it back, may be earlier than this wait's start).
     pub fn poll_taken(
         &mut self,
         cx: &mut Context<'_>,
         give_up: impl Fn(std::time::Instant) -> bool,
-    ) -> Poll<Result<(Lease, Source, Duration), NotTaken>> {
+    ) -> Poll<Result<Handed, NotTaken>> {
         let mut state = lock(&self.slot.state);
         if let Some((conn, source, at)) = state.lease.take() {
+            // Served: `give_at` took the waiter out of the queue and its
+            // waker, so dropping this has nothing to undo (no second lock).
             drop(state);
-            let waited = at.saturating_duration_since(self.since);
-            return Poll::Ready(Ok((self.hand.lease(conn), source, waited)));
+            self.served = true;
+            return Poll::Ready(Ok((self.hand.lease(conn), source, Some(at.into_std()))));
         }
         if state.expired {
             return Poll::Ready(Err(NotTaken::WaitedInVain));
@@ -460,6 +481,9 @@ impl Queued<'_> {
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
+        if self.served {
+            return;
+        }
         let (queued, mut late) = {
             let mut state = lock(&self.slot.state);
             // No longer waiting: a spare slot keeps no task alive.

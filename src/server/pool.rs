@@ -312,7 +312,7 @@ impl ServerPool {
     /// clients already waiting; returns it with how long it waited (zero
     /// when it did not). One that turns out dead on the check is closed and
     /// another taken.
-    pub async fn checkout(&self) -> Result<(Lease, Duration), CheckoutError> {
+    pub async fn checkout(&self) -> Result<(Lease, Duration, Instant), CheckoutError> {
         match self.checkout_unless(|_| false, Instant::now()).await {
             Ok(Some(got)) => Ok(got),
             Ok(None) => unreachable!("never given up"),
@@ -324,7 +324,9 @@ impl ServerPool {
     /// is asked when the checkout starts waiting and whenever
     /// [`Pools::waiters`]' `wake` is called while it waits. `at`: when the
     /// request was taken (the session's clock reading for it, shared
-    /// with routing; the wait is counted from there).
+    /// with routing; the wait is counted from there). Gives the lease, how
+    /// long it waited, and when the connection was ready (`at` itself if
+    /// it did not wait), which the session's clock starts from.
     pub fn checkout_unless<G: Fn(Instant) -> bool + Unpin>(
         &self,
         give_up: G,
@@ -334,7 +336,7 @@ impl ServerPool {
             pool: self,
             give_up,
             at,
-            total: Duration::ZERO,
+            ready: at,
             queued: None,
         }
     }
@@ -450,14 +452,17 @@ pub struct CheckoutUnless<'a, G> {
     pool: &'a ServerPool,
     give_up: G,
     at: Instant,
-    /// How long the checkouts so far waited (more than one when a
-    /// connection taken turned out dead).
-    total: Duration,
+    /// When the last connection taken was handed over (`at` until one
+    /// waited): more than one is taken when one turns out dead. Why an
+    /// instant rather than the wait so far: what is asked of it (the next
+    /// wait's start, the check's clock, the session's first batch) is a
+    /// time, and `Instant + Duration` cost ~30 instructions each time.
+    ready: Instant,
     queued: Option<Queued<'a>>,
 }
 
 impl<G: Fn(Instant) -> bool + Unpin> std::future::Future for CheckoutUnless<'_, G> {
-    type Output = Result<Option<(Lease, Duration)>, CheckoutError>;
+    type Output = Result<Option<(Lease, Duration, Instant)>, CheckoutError>;
 
     fn poll(
         self: std::pin::Pin<&mut Self>,
@@ -467,8 +472,8 @@ impl<G: Fn(Instant) -> bool + Unpin> std::future::Future for CheckoutUnless<'_, 
         let this = self.get_mut();
         loop {
             let taken = match &mut this.queued {
-                None => match this.pool.hand.start(this.at + this.total) {
-                    Started::Now(lease, source) => Ok((lease, source, Duration::ZERO)),
+                None => match this.pool.hand.start(this.ready) {
+                    Started::Now(lease, source) => Ok((lease, source, None)),
                     Started::Queued(queued) => {
                         this.queued = Some(queued);
                         continue;
@@ -482,14 +487,26 @@ impl<G: Fn(Instant) -> bool + Unpin> std::future::Future for CheckoutUnless<'_, 
                     }
                 },
             };
-            let (lease, source, waited) = match taken {
+            let (lease, source, handed) = match taken {
                 Ok(got) => got,
                 Err(NotTaken::GivenUp) => return Poll::Ready(Ok(None)),
                 Err(NotTaken::WaitedInVain) => return Poll::Ready(Err(this.pool.timed_out())),
             };
-            this.total += waited;
-            if let Ok(lease) = this.pool.checked(lease, source, this.at + this.total) {
-                return Poll::Ready(Ok(Some((lease, this.total))));
+            // Handed over by a session whose clock was read before this
+            // wait started, it counts as no wait (as a saturating
+            // subtraction of the two would).
+            if let Some(handed) = handed {
+                this.ready = this.ready.max(handed);
+            }
+            if let Ok(lease) = this.pool.checked(lease, source, this.ready) {
+                // No wait (the common case without queueing): no clock
+                // arithmetic either.
+                let waited = if this.ready == this.at {
+                    Duration::ZERO
+                } else {
+                    this.ready.saturating_duration_since(this.at)
+                };
+                return Poll::Ready(Ok(Some((lease, waited, this.ready))));
             }
         }
     }

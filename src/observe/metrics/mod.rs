@@ -288,6 +288,9 @@ impl Metrics {
     /// A routing decision (as [`routing`](Self::routing)) whose request
     /// then waited `waited` for its server (as [`pool_wait`](Self::pool_wait)):
     /// one lock of the thread's counters instead of two per request.
+    /// Inlined (as [`transaction`](Self::transaction)): once per request,
+    /// and the call cost a fifth of it.
+    #[inline]
     pub fn acquired(&self, reason: &'static str, waited: Duration) {
         self.hot.acquired(reason, waited);
     }

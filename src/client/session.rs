@@ -275,10 +275,10 @@ where
                 continue;
             }
         }
-        if let Phase::Idle = phase {
-            continue;
-        }
-        match relay_on(phase, kept, stream, cbuf, ctx, client, force_close.as_mut()).await? {
+        let Phase::Holding(h) = phase else { continue };
+        let (end, fresh) =
+            relay_on(h, kept, stream, cbuf, ctx, client, force_close.as_mut()).await?;
+        match relay_ended(end, fresh, phase, cbuf, ctx, client, kept)? {
             // No lock for a cancelled shutdown: the session's registered
             // signal says it.
             Next::Serve if shutdown.fired() => return Err(shutting_down()),
@@ -458,25 +458,22 @@ fn relay_ended(
 }
 
 /// Relays between the client and its held server until the server is
-/// released or something ends the stretch, and deals with how it ended
-/// ([`relay_ended`]). Dealt with here rather than returned: the relay's
-/// end is as large as an error, and each move of it through the await
-/// and the `?` was a copy (~50 instructions per transaction).
+/// released or something ends the stretch; returns how it ended and the
+/// client's deferred BEGIN as it was before a fresh server was taken.
+/// (Calling `relay_ended` in here instead saved a copy of the end, but
+/// keeping `phase` across the relay grew every client's task by 16 bytes.)
 async fn relay_on<S>(
-    phase: &mut Phase,
+    h: &mut Held,
     kept: &mut Kept,
     stream: &mut S,
     cbuf: &mut BytesMut,
     ctx: &SessionCtx,
     client: &mut ClientState,
     force_close: Pin<&mut StopSignal<'_>>,
-) -> Result<Next, WireError>
+) -> Result<(RelayEnd, Fresh), WireError>
 where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
 {
-    let Phase::Holding(h) = phase else {
-        unreachable!("relay_on runs with a server held")
-    };
     let cancel = CancelTarget {
         server: h.lease.peer,
         pid: h.lease.params.backend_pid,
@@ -542,7 +539,7 @@ where
     // Only the request that took the server carries classifications.
     client.carried.clear();
     tracing::trace!(?end, status = %kept.books.expect.status(), "relay ended");
-    relay_ended(end, fresh, phase, cbuf, ctx, client, kept)
+    Ok((end, fresh))
 }
 
 /// How often one request may be moved to another server.

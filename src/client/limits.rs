@@ -44,7 +44,9 @@ impl Limits {
     }
 
     /// How long a client without outstanding requests may stay silent, and
-    /// the error it then gets; `in_transaction` picks the limit.
+    /// the error it then gets; `in_transaction` picks the limit. Inlined:
+    /// asked once per request, and most clients have no limit.
+    #[inline]
     pub fn idle(&self, in_transaction: bool) -> Option<(Duration, WireError)> {
         if in_transaction {
             let limit = self.idle_transaction?;

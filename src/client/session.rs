@@ -4,8 +4,10 @@
 //! transaction mode, disconnect in session mode or while pinned), and leave
 //! the server clean when the client goes.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -57,7 +59,6 @@ pub async fn run<S>(mut session: Box<Session<S>>)
 where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
 {
-    use tracing::Instrument;
     let Session {
         stream,
         cbuf,
@@ -71,10 +72,41 @@ where
         pools: NodePools::new(&ctx.shared.config),
     };
     let span = tracing::debug_span!("client", pid = ctx.cancel.slot.pid);
-    let result = serve(stream, cbuf, ctx, client, &mut phase, &mut kept)
-        .instrument(span)
-        .await;
+    let result = InSpan {
+        inner: serve(stream, cbuf, ctx, client, &mut phase, &mut kept),
+        span,
+    }
+    .await;
     close(stream, ctx, client, phase, &mut kept.books, result).await;
+}
+
+pin_project_lite::pin_project! {
+    /// `tracing::Instrumented`, minus its cost when the span is off (the
+    /// default: it is a debug span). Instrumented enters and leaves the
+    /// span on every poll of the session, a few times per transaction,
+    /// and even a disabled span asks each time whether a `log` logger
+    /// should hear of it (tracing's `log` feature is on through a
+    /// dependency): ~40 instructions per poll for nothing. A disabled
+    /// span never becomes enabled, so here it is checked once per poll.
+    struct InSpan<F> {
+        #[pin]
+        inner: F,
+        span: tracing::Span,
+    }
+}
+
+impl<F: Future> Future for InSpan<F> {
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if this.span.is_disabled() {
+            return this.inner.poll(cx);
+        }
+        let _entered = this.span.enter();
+        this.inner.poll(cx)
+    }
 }
 
 /// The end of a session, however it came (Terminate, the client gone, a
@@ -101,7 +133,10 @@ async fn close<S>(
         refused_mid_message =
             sent && (e.code == SqlState::PROTOCOL_VIOLATION || e.code == SqlState::OUT_OF_MEMORY);
     }
-    unset_server(&ctx.cancel.slot).await;
+    if unset_server(&ctx.cancel.slot) {
+        // Boxed: rare, and kept out of every client task's size.
+        Box::pin(ctx.cancel.slot.cancels_settled()).await;
+    }
     if let Phase::Holding(h) = phase {
         Box::pin(hold::leave(h, books, client, ctx.mode)).await;
     }
@@ -112,16 +147,16 @@ async fn close<S>(
 }
 
 /// The client no longer holds its server: no cancel can reach it through
-/// the client from now on, and the server goes back to the pool only once
-/// the cancels already on their way have arrived (a late one would stop
-/// whatever the server runs next, possibly another client's query).
+/// the client from now on. True while cancels already on their way have
+/// not arrived: the server then goes back to the pool only once
+/// `cancels_settled` says so (a late one would stop whatever the server
+/// runs next, possibly another client's query). A plain function, not an
+/// async one awaited: that cost ~20 instructions per transaction for the
+/// future's states, and the wait almost never happens.
 #[inline]
-async fn unset_server(slot: &ClientSlot) {
+fn unset_server(slot: &ClientSlot) -> bool {
     slot.set_server(None);
-    if slot.cancels_in_flight() {
-        // Boxed: rare, and kept out of every client task's size.
-        Box::pin(slot.cancels_settled()).await;
-    }
+    slot.cancels_in_flight()
 }
 
 /// How long a refused client's remaining input is read and dropped.
@@ -273,20 +308,34 @@ where
         // A BEGIN the proxy acknowledged itself is an open transaction.
         // Boxed, and only with a limit: a timer and an error are large,
         // and most clients have no limit.
-        let expiry = limits
-            .idle(client.deferred_begin.is_some())
-            .map(|(limit, error)| {
-                Box::pin(async move {
-                    tokio::time::sleep(limit).await;
-                    error
-                })
-            });
-        // Biased: no random branch order to draw per request.
-        let next = tokio::select! {
-            biased;
-            _ = &mut shutdown => return Err(shutting_down()),
-            next = next_frame(stream, cbuf, &ctx.messages) => next?,
-            error = idle_expiry(expiry) => return Err(error),
+        let next = {
+            let mut expiry = limits
+                .idle(client.deferred_begin.is_some())
+                .map(|(limit, error)| {
+                    Box::pin(async move {
+                        tokio::time::sleep(limit).await;
+                        error
+                    })
+                });
+            let reading = next_frame(stream, cbuf, &ctx.messages);
+            tokio::pin!(reading);
+            // In a fixed order, like a biased `select!`, without its branch
+            // mask, task budget check and the idle limit's never-ready future
+            // when there is no limit (~50 instructions per request). The
+            // budget still applies: the socket's read checks it.
+            std::future::poll_fn(|cx| {
+                if shutdown.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(shutting_down()));
+                }
+                if let Poll::Ready(next) = reading.as_mut().poll(cx) {
+                    return Poll::Ready(next);
+                }
+                match expiry.as_mut().map(|expiry| expiry.as_mut().poll(cx)) {
+                    Some(Poll::Ready(error)) => Poll::Ready(Err(error)),
+                    _ => Poll::Pending,
+                }
+            })
+            .await?
         };
         let Some(tag) = next else {
             return Ok(None);
@@ -411,6 +460,8 @@ fn relay_ended(
 /// Relays between the client and its held server until the server is
 /// released or something ends the stretch; returns how it ended and the
 /// client's deferred BEGIN as it was before a fresh server was taken.
+/// (Calling `relay_ended` in here instead saved a copy of the end, but
+/// keeping `phase` across the relay grew every client's task by 16 bytes.)
 async fn relay_on<S>(
     h: &mut Held,
     kept: &mut Kept,
@@ -455,11 +506,8 @@ where
     let mut timers = RelayTimers::new(limits, timer_cancel);
     let retry = &mut kept.retry;
     let fresh = std::mem::take(&mut retry.fresh);
-    let end = tokio::select! {
-        biased;
-        // The server stays held: leaving rolls it back (or closes it).
-        _ = force_close => return Err(closed_at_shutdown()),
-        end = relay::relay(
+    let end = {
+        let relay = relay::relay(
             stream,
             cbuf,
             io,
@@ -467,26 +515,31 @@ where
             &ctx.messages,
             &mut timers,
             (fresh.is_taken() && retry.attempts < MAX_RETRIES).then_some(&mut retry.replay),
-        ) => end,
+        );
+        tokio::pin!(relay);
+        let mut force_close = force_close;
+        // As in `next_unit`: a biased select without the macro's overhead.
+        std::future::poll_fn(|cx| {
+            if force_close.as_mut().poll(cx).is_ready() {
+                // The server stays held: leaving rolls it back (or closes it).
+                return Poll::Ready(None);
+            }
+            relay.as_mut().poll(cx).map(Some)
+        })
+        .await
     };
-    unset_server(&ctx.cancel.slot).await;
+    let Some(end) = end else {
+        return Err(closed_at_shutdown());
+    };
+    if unset_server(&ctx.cancel.slot) {
+        // Boxed: rare, and kept out of every client task's size.
+        Box::pin(ctx.cancel.slot.cancels_settled()).await;
+    }
     ctx.cancel.slot.set_pinned(client.pins.is_pinned());
     // Only the request that took the server carries classifications.
     client.carried.clear();
     tracing::trace!(?end, status = %kept.books.expect.status(), "relay ended");
     Ok((end, fresh))
-}
-
-/// Resolves with the error for an idle client once its limit passes; never
-/// without a limit.
-async fn idle_expiry<F>(expiry: Option<std::pin::Pin<Box<F>>>) -> WireError
-where
-    F: std::future::Future<Output = WireError>,
-{
-    match expiry {
-        Some(expiry) => expiry.await,
-        None => std::future::pending().await,
-    }
 }
 
 /// How often one request may be moved to another server.

@@ -115,20 +115,42 @@ impl<'a> StopSignal<'a> {
 impl Future for StopSignal<'_> {
     type Output = ();
 
+    /// Inlined into the sessions' loops: the usual poll (registered with
+    /// this task, nothing fired) is a pointer comparison and one load of
+    /// a flag, and everything else is out of line, so that the caller
+    /// does not pay a call and the registration's register spills on
+    /// every request (measured: ~25 instructions per poll, polled four
+    /// times per transaction).
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         if let Some(task) = &this.task
             && task.will_wake(cx.waker())
-            && (!SOME_WOKEN.load(Ordering::Acquire) || !this.registration.woken())
+            && !SOME_WOKEN.load(Ordering::Acquire)
         {
-            // Still registered with the same task, and not woken since
-            // (no waker was, or this one was not).
+            // Still registered with the same task, and no waker was
+            // woken since.
             return Poll::Pending;
         }
-        // The first poll, a wake-up from the token, or another task's
-        // waker.
-        let polled = this.registration.as_mut().register(cx.waker());
-        match &mut this.task {
+        this.poll_slow(cx)
+    }
+}
+
+impl StopSignal<'_> {
+    /// The first poll, a wake-up from some token (this one's or
+    /// another's), or another task's waker.
+    #[cold]
+    #[inline(never)]
+    fn poll_slow(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(task) = &self.task
+            && task.will_wake(cx.waker())
+            && !self.registration.woken()
+        {
+            // Some other signal's token fired, not this one's.
+            return Poll::Pending;
+        }
+        let polled = self.registration.as_mut().register(cx.waker());
+        match &mut self.task {
             Some(task) => task.clone_from(cx.waker()),
             none => *none = Some(cx.waker().clone()),
         }

@@ -401,14 +401,7 @@ impl Expectations {
     /// nothing) for any other frame.
     #[inline]
     pub fn completes_plain(&mut self, tag: u8) -> Option<Option<Event>> {
-        let Some(&Expect::Response {
-            request,
-            audience: Audience::Client,
-            token,
-        }) = self.queue.front()
-        else {
-            return None;
-        };
+        let (request, token) = self.client_head()?;
         let completes = match tag {
             be::PARSE_COMPLETE => request == Request::Parse,
             be::BIND_COMPLETE => request == Request::Bind,
@@ -420,11 +413,30 @@ impl Expectations {
             be::COMMAND_COMPLETE => request == Request::Execute,
             _ => false,
         };
-        if !completes || matches!(self.queue.get(1), Some(Expect::Reply(_))) {
+        if !completes {
             return None;
         }
         self.queue.pop_front();
         Some(token.is_some().then_some(Event::Done { request, token }))
+    }
+
+    /// The request at the head of the queue, with its token, when it is the
+    /// client's and no made-up reply is due right after it: the case the
+    /// short paths settle.
+    #[inline]
+    fn client_head(&self) -> Option<(Request, Token)> {
+        let Some(&Expect::Response {
+            request,
+            audience: Audience::Client,
+            token,
+        }) = self.queue.front()
+        else {
+            return None;
+        };
+        if matches!(self.queue.get(1), Some(Expect::Reply(_))) {
+            return None;
+        }
+        Some((request, token))
     }
 
     /// [`received`](Self::received) for a ReadyForQuery (with `status`)
@@ -435,15 +447,8 @@ impl Expectations {
     /// nothing) when the queue is otherwise.
     #[inline]
     pub fn completes_ready(&mut self, status: TxStatus) -> Option<Option<Event>> {
-        let Some(&Expect::Response {
-            request,
-            audience: Audience::Client,
-            token,
-        }) = self.queue.front()
-        else {
-            return None;
-        };
-        if !request.ends_with_ready() || matches!(self.queue.get(1), Some(Expect::Reply(_))) {
+        let (request, token) = self.client_head()?;
+        if !request.ends_with_ready() {
             return None;
         }
         self.status = status;

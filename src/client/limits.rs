@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio::time::Sleep;
 
-use super::cancel::{CancelTarget, send_cancel};
-use super::registry::ClientSlot;
+use super::cancel::send_cancel;
+use super::registry::{ClientSlot, ServerLink};
 use crate::config::ProxyConfig;
 use crate::protocol::{SqlState, WireError};
 use std::sync::Arc;
@@ -117,14 +117,14 @@ pub struct RelayTimers {
     limits: Limits,
     /// Where query_timeout's cancel goes, and the slot that counts it in
     /// flight (the server is not given up before it has arrived).
-    cancel: Option<(CancelTarget, Arc<ClientSlot>)>,
+    cancel: Option<(Arc<ServerLink>, Arc<ClientSlot>)>,
     idle: Option<Pin<Box<Sleep>>>,
     query: Option<Pin<Box<Sleep>>>,
     cancelled: bool,
 }
 
 impl RelayTimers {
-    pub fn new(limits: Limits, cancel: Option<(CancelTarget, Arc<ClientSlot>)>) -> Self {
+    pub fn new(limits: Limits, cancel: Option<(Arc<ServerLink>, Arc<ClientSlot>)>) -> Self {
         RelayTimers {
             limits,
             cancel,
@@ -177,11 +177,11 @@ impl RelayTimers {
                     return Some(Fired::QueryUnanswered(limit));
                 }
                 self.cancelled = true;
-                if let Some((target, slot)) = &self.cancel {
-                    let (target, in_flight) = (target.clone(), slot.begin_cancel());
+                if let Some((link, slot)) = &self.cancel {
+                    let (link, in_flight) = (link.clone(), slot.begin_cancel());
                     tokio::spawn(async move {
                         let _in_flight = in_flight;
-                        if let Err(error) = send_cancel(&target).await {
+                        if let Err(error) = send_cancel(&link.cancel).await {
                             tracing::warn!(%error, "query_timeout: cancel request failed");
                         }
                     });

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use rand::RngExt;
 use subtle::ConstantTimeEq;
 
-use super::cancel::{CancelTarget, send_cancel};
+use super::cancel::send_cancel;
 
 /// Who a client is (fixed at login).
 #[derive(Clone, Debug)]
@@ -75,13 +75,8 @@ impl ClientActivity {
     }
 }
 
-/// The server a client holds.
-#[derive(Clone, Debug)]
-pub struct ServerLink {
-    pub cancel: CancelTarget,
-    pub node: Arc<str>,
-    pub server_id: u64,
-}
+/// The server a client holds: its connection's own link, shared.
+pub use crate::server::ServerLink;
 
 /// One client's entry.
 pub struct ClientSlot {
@@ -90,7 +85,7 @@ pub struct ClientSlot {
     pub info: ClientInfo,
     activity: AtomicU8,
     pinned: AtomicBool,
-    server: Mutex<Option<ServerLink>>,
+    server: Mutex<Option<Arc<ServerLink>>>,
     /// Cancels forwarded to the client's server and not yet dealt with by
     /// it: while there are any, the server goes to no one else (a late
     /// cancel would stop the next client's query).
@@ -113,10 +108,12 @@ impl Drop for CancelInFlight {
 }
 
 impl ClientSlot {
-    /// Records the server the client now holds (or none).
-    pub fn set_server(&self, link: Option<ServerLink>) {
+    /// Records the server the client now holds (or none). The link is
+    /// the connection's own (made at login), so this swaps a pointer; the
+    /// one let go of is dropped after the lock.
+    pub fn set_server(&self, link: Option<Arc<ServerLink>>) {
         let active = link.is_some();
-        *crate::sync::lock(&self.server) = link;
+        let _old = std::mem::replace(&mut *crate::sync::lock(&self.server), link);
         self.set_activity(if active {
             ClientActivity::Active
         } else {
@@ -124,7 +121,7 @@ impl ClientSlot {
         });
     }
 
-    pub fn server(&self) -> Option<ServerLink> {
+    pub fn server(&self) -> Option<Arc<ServerLink>> {
         crate::sync::lock(&self.server).clone()
     }
 
@@ -138,7 +135,7 @@ impl ClientSlot {
     /// The server the client holds, with its cancel counted: under the
     /// lock [`set_server`](Self::set_server) takes, so that once the
     /// server is unset no new cancel can be counted for it.
-    fn claim_for_cancel(self: &Arc<Self>) -> Option<(ServerLink, CancelInFlight)> {
+    fn claim_for_cancel(self: &Arc<Self>) -> Option<(Arc<ServerLink>, CancelInFlight)> {
         let server = crate::sync::lock(&self.server);
         let link = server.clone()?;
         Some((link, self.begin_cancel()))
@@ -284,6 +281,7 @@ impl Drop for ClientHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::cancel::CancelTarget;
     use std::time::Duration;
 
     fn client(registry: &Arc<ClientRegistry>) -> ClientHandle {
@@ -296,8 +294,8 @@ mod tests {
         })
     }
 
-    fn link() -> ServerLink {
-        ServerLink {
+    fn link() -> Arc<ServerLink> {
+        Arc::new(ServerLink {
             cancel: CancelTarget {
                 server: "127.0.0.1:1".parse().unwrap(),
                 pid: 7,
@@ -305,7 +303,7 @@ mod tests {
             },
             node: Arc::from("127.0.0.1:1"),
             server_id: 1,
-        }
+        })
     }
 
     #[tokio::test]

@@ -14,14 +14,13 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::buffer_budget::MessageLimits;
-use super::cancel::CancelTarget;
 use super::credentials::UserAuth;
 use super::flow::{HeldEnv, SessionFlow};
 use super::hold::{self, Held, NodePools};
 use super::idle::{self, Idle};
 use super::input::{next_frame, read_more};
 use super::limits::{self, Limits, RelayTimers};
-use super::registry::{ClientHandle, ClientSlot, ServerLink};
+use super::registry::{ClientHandle, ClientSlot};
 use super::relay::{self, RelayEnd};
 use super::route;
 use super::state::ClientState;
@@ -474,21 +473,12 @@ async fn relay_on<S>(
 where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
 {
-    let cancel = CancelTarget {
-        server: h.lease.peer,
-        pid: h.lease.params.backend_pid,
-        secret: h.lease.params.backend_secret.clone(),
-    };
     let limits = Limits::from_config(&kept.pools.config().proxy);
     // Only query_timeout sends a cancel of its own.
     let timer_cancel = limits
         .query
-        .map(|_| (cancel.clone(), ctx.cancel.slot.clone()));
-    ctx.cancel.slot.set_server(Some(ServerLink {
-        cancel,
-        node: h.lease.addr.clone(),
-        server_id: h.lease.id,
-    }));
+        .map(|_| (h.lease.link.clone(), ctx.cancel.slot.clone()));
+    ctx.cancel.slot.set_server(Some(h.lease.link.clone()));
     let (io, state) = h.lease.split();
     let env = HeldEnv {
         shared: &ctx.shared,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use super::prepared::PreparedOnServer;
+use crate::client::cancel::CancelTarget;
 use crate::tls::ServerStream;
 
 /// What a server reported at login: its ParameterStatus values and the key
@@ -43,6 +44,18 @@ pub enum Health {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// How a server connection is reached from outside the client holding it:
+/// where a cancel for its query goes, and how the admin console names it.
+/// Built once at login and shared: recording the server a client holds
+/// (twice a transaction, `ClientSlot::set_server`) then copies a pointer
+/// instead of building and dropping a link with its shared parts.
+#[derive(Debug)]
+pub struct ServerLink {
+    pub cancel: CancelTarget,
+    pub node: Arc<str>,
+    pub server_id: u64,
+}
+
 /// A logged-in server connection.
 pub struct ServerConn {
     pub(crate) stream: ServerStream,
@@ -54,6 +67,8 @@ pub struct ServerConn {
     pub addr: Arc<str>,
     pub peer: std::net::SocketAddr,
     pub params: Arc<ServerParams>,
+    /// Handed to the client's cancel slot while a client holds it.
+    pub link: Arc<ServerLink>,
     /// When it reaches `max_lifetime` (`None`: beyond any clock), worked
     /// out once at login so that each handoff compares two instants
     /// instead of subtracting them.
@@ -92,14 +107,25 @@ impl ServerConn {
         max_lifetime: Duration,
     ) -> Self {
         let created = Instant::now();
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let link = Arc::new(ServerLink {
+            cancel: CancelTarget {
+                server: peer,
+                pid: params.backend_pid,
+                secret: params.backend_secret.clone(),
+            },
+            node: addr.clone(),
+            server_id: id,
+        });
         ServerConn {
             stream,
             rbuf,
             wbuf: BytesMut::with_capacity(4096),
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id,
             addr,
             peer,
             params: Arc::new(params),
+            link,
             retire_at: created.checked_add(max_lifetime),
             returned: created,
             health: Health::Clean,

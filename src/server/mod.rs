@@ -11,7 +11,7 @@ mod pool;
 mod prepared;
 
 pub use budget::{BudgetPermit, GateState, IdleConnections, NoPermit, NodeGate};
-pub use connection::{ServerConn, ServerIoParts, ServerParams, ServerState};
+pub use connection::{ServerConn, ServerIoParts, ServerLink, ServerParams, ServerState};
 pub use error::{CheckoutError, ClientReport, ServerError};
 pub use handoff::Lease;
 pub use login::{LoginParams, ServerSecret};

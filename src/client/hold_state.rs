@@ -13,6 +13,13 @@ use super::prepared::Statement;
 use crate::cluster::{NodeId, Role};
 use crate::routing::Classified;
 
+/// The `node` of no hold: [`HoldState::empty`] ran and nothing was
+/// recorded since, so the next [`HoldState::reset`] need not empty the
+/// lists again (it did on every transaction, after the release had: ~50
+/// instructions). A value in a field every hold sets, rather than a flag
+/// of its own, which would grow every client's task by 8 bytes.
+const EMPTIED: NodeId = NodeId::MAX;
+
 /// Per-hold bookkeeping that the relay's stretches share.
 pub struct HoldState {
     /// The client's unnamed statement exists on this server.
@@ -42,7 +49,8 @@ pub struct HoldState {
     /// the client's Sync, must run here too (the server would otherwise
     /// wait for that Sync forever).
     pub(super) budget_until_sync: bool,
-    /// The node this server belongs to, for metrics.
+    /// The node this server belongs to, for metrics; [`EMPTIED`] between
+    /// holds once [`empty`](HoldState::empty) ran.
     pub(super) node: NodeId,
     pub(super) role: Role,
     /// `query_timeout` cancelled the running query: its 57014 error is
@@ -95,6 +103,7 @@ impl HoldState {
         self.bound = None;
         self.bound_unnamed = None;
         self.retry.empty();
+        self.node = EMPTIED;
     }
 
     /// A fresh state for a new hold, in place, in this one's (emptied)
@@ -105,7 +114,9 @@ impl HoldState {
     pub fn reset(&mut self, node: NodeId, role: Role) {
         // Emptied already unless the last hold ended without a release
         // (its server lost, the request retried on another).
-        self.empty();
+        if self.node != EMPTIED {
+            self.empty();
+        }
         let HoldState {
             unnamed_here,
             pending: _,

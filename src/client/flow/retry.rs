@@ -61,6 +61,36 @@ impl Retry {
         }
         self.frames.clear();
     }
+
+    /// Ready for a new hold, in place: what `Retry::default()` is, keeping
+    /// the frames' buffer. Why not `*self = Retry::default()`: that drops
+    /// every field of the old one (an `Arc`, a `Bytes` and the buffer,
+    /// each checked) and writes a new one, ~50 instructions per
+    /// transaction; after [`empty`](Self::empty) the options are `None`
+    /// already, and a flag costs a store.
+    #[inline]
+    pub(in crate::client) fn restart(&mut self) {
+        let Retry {
+            state,
+            frames,
+            statement,
+            described,
+            executed,
+            parameters,
+            parameters_sent,
+        } = self;
+        *state = Recording::Off;
+        frames.clear();
+        if statement.is_some() {
+            *statement = None;
+        }
+        *described = false;
+        *executed = false;
+        if parameters.is_some() {
+            *parameters = None;
+        }
+        *parameters_sent = false;
+    }
 }
 
 /// ParameterDescription, the first answer to a Describe of a statement.
@@ -103,6 +133,11 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
     /// retry: one outside a transaction, from its first Bind or Describe of
     /// a proxy statement (with no Execute before it) to its Sync. Returns
     /// true if this frame starts the recording.
+    ///
+    /// Why split: it sees every client frame, and nearly every one is
+    /// neither recorded (no recording is on) nor one a recording starts
+    /// from: that is answered here, inline, before the rest is called.
+    #[inline]
     pub(super) fn record(&mut self, tag: u8, frame: &[u8]) -> Result<bool, ProtocolError> {
         let executed_before = self.hold.executed;
         match tag {
@@ -110,6 +145,20 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
             fe::EXECUTE => self.hold.executed = true,
             _ => {}
         }
+        if self.hold.retry.state == Recording::Off && !matches!(tag, fe::BIND | fe::DESCRIBE) {
+            return Ok(false);
+        }
+        self.record_more(tag, frame, executed_before)
+    }
+
+    /// [`record`](Self::record) for a frame a recording goes on with or
+    /// may start from.
+    fn record_more(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        executed_before: bool,
+    ) -> Result<bool, ProtocolError> {
         let retry = &mut self.hold.retry;
         match retry.state {
             Recording::On

@@ -133,11 +133,6 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
     /// retry: one outside a transaction, from its first Bind or Describe of
     /// a proxy statement (with no Execute before it) to its Sync. Returns
     /// true if this frame starts the recording.
-    ///
-    /// Why split: it sees every client frame, and nearly every one is
-    /// neither recorded (no recording is on) nor one a recording starts
-    /// from: that is answered here, inline, before the rest is called.
-    #[inline]
     pub(super) fn record(&mut self, tag: u8, frame: &[u8]) -> Result<bool, ProtocolError> {
         let executed_before = self.hold.executed;
         match tag {
@@ -145,20 +140,6 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
             fe::EXECUTE => self.hold.executed = true,
             _ => {}
         }
-        if self.hold.retry.state == Recording::Off && !matches!(tag, fe::BIND | fe::DESCRIBE) {
-            return Ok(false);
-        }
-        self.record_more(tag, frame, executed_before)
-    }
-
-    /// [`record`](Self::record) for a frame a recording goes on with or
-    /// may start from.
-    fn record_more(
-        &mut self,
-        tag: u8,
-        frame: &[u8],
-        executed_before: bool,
-    ) -> Result<bool, ProtocolError> {
         let retry = &mut self.hold.retry;
         match retry.state {
             Recording::On

@@ -34,10 +34,6 @@ struct Shard {
     transactions: LocalIntCounter,
     /// Per routing reason, found by pointer (the reasons are static).
     routing: Vec<(&'static str, u64)>,
-    /// Where in `routing` the last reason counted was: a client's
-    /// requests are nearly all routed for the same reason, which is then
-    /// found without walking the list (it walked several entries).
-    last_routing: usize,
 }
 
 impl Shard {
@@ -46,21 +42,12 @@ impl Shard {
     /// every entry passed on the way cost a `memcmp` call each.
     #[inline]
     fn count_routing(&mut self, reason: &'static str) {
-        if let Some((r, n)) = self.routing.get_mut(self.last_routing)
-            && std::ptr::eq(*r, reason)
-        {
-            *n += 1;
-            return;
-        }
         match self
             .routing
-            .iter()
-            .position(|(r, _)| std::ptr::eq(*r, reason))
+            .iter_mut()
+            .find(|(r, _)| std::ptr::eq(*r, reason))
         {
-            Some(i) => {
-                self.routing[i].1 += 1;
-                self.last_routing = i;
-            }
+            Some((_, n)) => *n += 1,
             None => self.count_routing_by_text(reason),
         }
     }
@@ -129,7 +116,6 @@ impl Hot {
                     pool_wait: t.pool_wait.local(),
                     transactions: t.transactions.local(),
                     routing: Vec::new(),
-                    last_routing: 0,
                 }))
             })
             .collect();

@@ -29,12 +29,26 @@ impl Carried {
 
     /// The classification filed for the next frame, if it is `len` bytes
     /// long (the frame it was made for).
+    ///
+    /// Why the length is looked at in place: taking the pair out first and
+    /// then the classification out of it moved the whole `Classified`
+    /// twice, every statement.
     #[inline]
     pub fn take(&mut self, len: usize) -> Option<Classified> {
-        let (filed, class) = match self.first.take() {
-            Some(first) => first,
-            None => self.rest.pop_front()?,
-        };
+        match &self.first {
+            Some((filed, _)) if *filed == len => self.first.take().map(|(_, class)| class),
+            Some(_) => {
+                self.clear();
+                None
+            }
+            None => self.take_rest(len),
+        }
+    }
+
+    /// [`take`](Self::take) past the first (a pipelined unit's later
+    /// frames).
+    fn take_rest(&mut self, len: usize) -> Option<Classified> {
+        let (filed, class) = self.rest.pop_front()?;
         if filed == len {
             return Some(class);
         }
@@ -42,9 +56,13 @@ impl Carried {
         None
     }
 
+    /// Forgets every classification; nothing to drop when nothing is
+    /// filed (the usual case, once per unit).
     #[inline]
     pub fn clear(&mut self) {
-        self.first = None;
+        if self.first.is_some() {
+            self.first = None;
+        }
         if !self.rest.is_empty() {
             self.rest.clear();
         }

@@ -147,9 +147,7 @@ impl HoldState {
         *held_node = node;
         *held_role = role;
         *query_timed_out = None;
-        let frames = std::mem::take(&mut retry.frames);
-        *retry = Retry::default();
-        retry.frames = frames;
+        retry.restart();
         *executed = false;
         *stale_server = false;
         *clock = BatchClock::default();

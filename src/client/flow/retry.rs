@@ -61,6 +61,36 @@ impl Retry {
         }
         self.frames.clear();
     }
+
+    /// Ready for a new hold, in place: what `Retry::default()` is, keeping
+    /// the frames' buffer. Why not `*self = Retry::default()`: that drops
+    /// every field of the old one (an `Arc`, a `Bytes` and the buffer,
+    /// each checked) and writes a new one, ~50 instructions per
+    /// transaction; after [`empty`](Self::empty) the options are `None`
+    /// already, and a flag costs a store.
+    #[inline]
+    pub(in crate::client) fn restart(&mut self) {
+        let Retry {
+            state,
+            frames,
+            statement,
+            described,
+            executed,
+            parameters,
+            parameters_sent,
+        } = self;
+        *state = Recording::Off;
+        frames.clear();
+        if statement.is_some() {
+            *statement = None;
+        }
+        *described = false;
+        *executed = false;
+        if parameters.is_some() {
+            *parameters = None;
+        }
+        *parameters_sent = false;
+    }
 }
 
 /// ParameterDescription, the first answer to a Describe of a statement.

@@ -82,6 +82,8 @@ fn client_frames<F: Flow>(
 ) -> Result<ClientSide, WireError> {
     let mut outbox = Outbox::default();
     flow.next_batch();
+    // What earlier batches kept for a retry (this one's is added after).
+    let kept = side.replay.as_deref().map_or(0, BytesMut::len);
     loop {
         let rest = &cbuf[done.used..];
         if let Some(&tag) = rest.first() {
@@ -102,7 +104,6 @@ fn client_frames<F: Flow>(
                 if side.replaying {
                     // Checked before copying: a large message is not
                     // copied a third time just to find it is too long.
-                    let kept = side.replay.as_deref().map_or(0, BytesMut::len);
                     side.replaying = kept + done.replayed + total <= MAX_REPLAY;
                     if side.replaying {
                         done.replayed += total;

@@ -131,7 +131,9 @@ pub trait Flow {
 /// The server connection's I/O parts the relay drives.
 pub use crate::server::ServerIoParts as ServerIo;
 
-/// Why a relay ended.
+/// Why a relay ended. Its errors are boxed: they are rare, and an end is
+/// moved several times on its way out of every relay (a `WireError` inline
+/// made it 104 bytes, copied at each move).
 #[derive(Debug)]
 pub enum RelayEnd {
     /// The session's release point was reached and everything before it was
@@ -140,7 +142,7 @@ pub enum RelayEnd {
     /// The client closed the connection or sent Terminate.
     ClientGone,
     /// The client broke the protocol; the error says how.
-    ClientError(WireError),
+    ClientError(Box<WireError>),
     /// The server connection closed or failed; its last bytes (a FATAL
     /// error, usually) were delivered to the client.
     ServerGone(Option<std::io::Error>),
@@ -149,7 +151,7 @@ pub enum RelayEnd {
     /// closed: the client has its one error already.
     ServerEnded,
     /// The client stayed idle past a limit; the error says which.
-    Idle(WireError),
+    Idle(Box<WireError>),
     /// The server answered neither a query nor its cancel in time.
     QueryUnanswered(std::time::Duration),
     /// The server connection failed before any of its answer (or anything
@@ -170,7 +172,7 @@ pub async fn relay<S, F>(
     flow: &mut F,
     messages: &MessageLimits,
     timers: &mut RelayTimers,
-    mut replay: Option<&mut BytesMut>,
+    replay: Option<&mut BytesMut>,
 ) -> RelayEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -182,15 +184,11 @@ where
         wbuf,
     } = server;
     // The caller's buffer, so that a request's copy costs no allocation.
-    let mut side = ServerSide::new(
-        take_spare_chunks(),
-        replay.as_deref_mut().map(std::mem::take),
-    );
-    side.replay.clear();
+    let mut side = ServerSide::new(replay);
     let end = 'relay: {
         // Frames already read from the client are handled before any I/O.
         match process_client(cbuf, wbuf, &mut side, flow, messages) {
-            Err(e) => break 'relay RelayEnd::ClientError(e),
+            Err(e) => break 'relay RelayEnd::ClientError(Box::new(e)),
             Ok(ClientSide::Terminated) => break 'relay RelayEnd::ClientGone,
             Ok(ClientSide::Paused) => side.client_paused = true,
             Ok(ClientSide::Open) => {}
@@ -208,21 +206,17 @@ where
         };
         poll_fn(|cx| relay.poll(cx)).await
     };
-    let ServerSide {
-        chunks,
-        replay: consumed,
-        ..
-    } = side;
+    let ServerSide { chunks, replay, .. } = side;
     keep_spare_chunks(chunks);
     if let Some(scratch) = replay
-        && consumed.capacity() <= KEPT_REPLAY
+        && scratch.capacity() > KEPT_REPLAY
     {
-        *scratch = consumed;
+        *scratch = BytesMut::new();
     }
     end
 }
 
-/// A spare chunk list for a relay starting on this thread, or a new one.
+/// A spare chunk list for a relay on this thread, or a new one.
 fn take_spare_chunks() -> VecDeque<Chunk> {
     SPARE_CHUNKS.with_borrow_mut(Vec::pop).unwrap_or_default()
 }
@@ -251,8 +245,10 @@ fn keep_spare_chunks(mut chunks: VecDeque<Chunk>) {
 
 thread_local! {
     /// The chunk lists of the relays that ended last on this thread, for
-    /// the next ones: a relay runs per transaction, and its list would
-    /// otherwise be allocated and freed every time. Several, not one:
+    /// the next ones that need one (a relay whose server bytes are all
+    /// forwarded needs none: `ServerSide::lead`): a relay runs per
+    /// transaction, and its list would otherwise be allocated and freed
+    /// every time. Several, not one:
     /// relays overlap (16 clients on a pool of 5 run up to five at once on
     /// one thread), and with a single spare every relay but the first to
     /// start allocated a list and freed another when it ended (~200

@@ -24,8 +24,6 @@ pub struct Unit {
     pub len: usize,
     pub infos: Infos,
     pub hint: Option<Hint>,
-    /// The unit is a lone simple-Query statement: its transaction effect.
-    pub lone_tx: Option<TxEffect>,
     /// It ends with Query, Sync or FunctionCall (not Flush): the client
     /// gets a ReadyForQuery at its end.
     pub ends_with_ready: bool,
@@ -187,7 +185,6 @@ pub fn find_unit(
         len: 0,
         infos: Infos::default(),
         hint: None,
-        lone_tx: None,
         ends_with_ready: true,
         unknown: None,
     };
@@ -201,8 +198,19 @@ pub fn find_unit(
                     Some(c) if at == f.len() => c,
                     _ => memo.classify(classifier, encoding, frame::query_bytes(f)?),
                 };
-                if at == f.len() && c.info.statement_count == 1 {
-                    unit.lone_tx = Some(c.info.tx);
+                if at == f.len() {
+                    // The unit is this one Query (nearly every simple-protocol
+                    // request): made whole, not pushed into the empty unit,
+                    // which replaced (and dropped) its empty list.
+                    let unit = Unit {
+                        len: at,
+                        infos: Infos::One([c.info.clone()]),
+                        hint: c.hint,
+                        ends_with_ready: true,
+                        unknown: None,
+                    };
+                    carried.push(f.len(), c);
+                    return Ok(Some(unit));
                 }
                 unit.hint = unit.hint.or(c.hint);
                 unit.infos.push(c.info.clone());

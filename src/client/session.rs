@@ -274,10 +274,10 @@ where
                 continue;
             }
         }
-        let Phase::Holding(h) = phase else { continue };
-        let (end, fresh) =
-            relay_on(h, kept, stream, cbuf, ctx, client, force_close.as_mut()).await?;
-        match relay_ended(end, fresh, phase, cbuf, ctx, client, kept)? {
+        if let Phase::Idle = phase {
+            continue;
+        }
+        match relay_on(phase, kept, stream, cbuf, ctx, client, force_close.as_mut()).await? {
             // No lock for a cancelled shutdown: the session's registered
             // signal says it.
             Next::Serve if shutdown.fired() => return Err(shutting_down()),
@@ -408,7 +408,7 @@ fn relay_ended(
             Ok(Next::Serve)
         }
         RelayEnd::ClientGone => Ok(Next::Close),
-        RelayEnd::ClientError(e) => Err(e),
+        RelayEnd::ClientError(e) => Err(*e),
         RelayEnd::Unanswered(consumed) => {
             // Killed while pooled, noticed only once the request got
             // there: nothing ran and nothing reached the client, so the
@@ -424,7 +424,7 @@ fn relay_ended(
             Ok(Next::Serve)
         }
         // The server stays held: leaving rolls it back and returns it.
-        RelayEnd::Idle(e) => Err(e),
+        RelayEnd::Idle(e) => Err(*e),
         RelayEnd::QueryUnanswered(limit) => {
             let mut lease = phase.release().lease;
             lease.mark_broken();
@@ -457,22 +457,27 @@ fn relay_ended(
 }
 
 /// Relays between the client and its held server until the server is
-/// released or something ends the stretch; returns how it ended and the
-/// client's deferred BEGIN as it was before a fresh server was taken.
-/// (Calling `relay_ended` in here instead saved a copy of the end, but
-/// keeping `phase` across the relay grew every client's task by 16 bytes.)
+/// released or something ends the stretch, and deals with how it ended
+/// (`relay_ended`, called here: the end is not moved out to the loop,
+/// ~50 instructions per transaction; keeping `phase` across the relay
+/// grew every client's task by 16 bytes until the relay's server side
+/// borrowed its replay buffer instead of holding it).
 async fn relay_on<S>(
-    h: &mut Held,
+    phase: &mut Phase,
     kept: &mut Kept,
     stream: &mut S,
     cbuf: &mut BytesMut,
     ctx: &SessionCtx,
     client: &mut ClientState,
     force_close: Pin<&mut StopSignal<'_>>,
-) -> Result<(RelayEnd, Fresh), WireError>
+) -> Result<Next, WireError>
 where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
 {
+    // (Never idle here: the loop checked.)
+    let Phase::Holding(h) = phase else {
+        return Ok(Next::Serve);
+    };
     let limits = Limits::from_config(&kept.pools.config().proxy);
     // Only query_timeout sends a cancel of its own.
     let timer_cancel = limits
@@ -522,7 +527,7 @@ where
     // Only the request that took the server carries classifications.
     client.carried.clear();
     tracing::trace!(?end, status = %kept.books.expect.status(), "relay ended");
-    Ok((end, fresh))
+    relay_ended(end, fresh, phase, cbuf, ctx, client, kept)
 }
 
 /// How often one request may be moved to another server.
@@ -632,12 +637,15 @@ mod tests {
         let session = future_size(run::<crate::tls::ClientStream>);
         let unix = future_size(run::<tokio::net::UnixStream>);
         eprintln!("session future: {session} bytes (unix {unix})");
-        // 1,616 bytes since be75909 (1,728 at 33e8a18 with the acquisition
+        // 1,496 bytes once the server's cancel link was made at login and
+        // shared (relay_on no longer keeps a CancelTarget across its await)
+        // and the relay borrowed its replay buffer, with relay_ended
+        // called inside relay_on (which needs 16 of them). 1,616 since be75909 (1,728 at 33e8a18 with the acquisition
         // boxed; 1,864 with its old nested futures inline). A hand-written
         // poll_fn in place of relay_on's select! measured 1,728 (+112 bytes,
         // ~140 more bytes of RSS per idle client): the bound is the size.
         assert!(
-            session <= 1616 && unix <= 1616,
+            session <= 1496 && unix <= 1496,
             "a client's task grew to {session} bytes: every idle client pays it (keep rare or large states boxed)"
         );
     }

@@ -155,11 +155,19 @@ impl ClassMemo {
         if !self.text.is_char_boundary(from) {
             return false;
         }
-        let Ok(rest) = std::str::from_utf8(&raw[from..]) else {
-            return false;
-        };
-        self.text.truncate(from);
-        self.text.push_str(rest);
+        let tail = &raw[from..];
+        if tail.len() <= SHORT_TAIL && tail.is_ascii() {
+            // Most often a number and a `;`: pushed a byte at a time, which
+            // costs less than validating them (~80 instructions).
+            self.text.truncate(from);
+            self.text.extend(tail.iter().map(|&b| char::from(b)));
+        } else {
+            let Ok(rest) = std::str::from_utf8(tail) else {
+                return false;
+            };
+            self.text.truncate(from);
+            self.text.push_str(rest);
+        }
         std::mem::swap(&mut self.numbers, &mut self.spare);
         true
     }
@@ -252,6 +260,10 @@ impl ClassMemo {
 
 /// Literal positions kept between requests are at most this many.
 const MEMO_NUMBERS: usize = 64;
+
+/// An ASCII tail of a statement (from its first literal on) up to this
+/// long is copied without calling the UTF-8 validator.
+const SHORT_TAIL: usize = 32;
 
 impl ClientState {
     pub fn new(params: ClientParams) -> Self {
@@ -416,6 +428,11 @@ mod tests {
         let classifier = Classifier::new(&[], 10_000, 100);
         let cases: &[(&[u8], &[u8])] = &[
             (b"select 1", b"select 22"),
+            // A tail past the first literal longer than SHORT_TAIL.
+            (
+                b"select 1 from t where note = 'an ascii tail of some length'",
+                b"select 22 from t where note = 'an ascii tail of some length'",
+            ),
             (
                 "select 'café', 1 -- é".as_bytes(),
                 "select 'café', 22 -- é".as_bytes(),

@@ -38,14 +38,16 @@ pub(super) enum ClientSide {
 pub(super) fn process_client<F: Flow>(
     cbuf: &mut BytesMut,
     wbuf: &mut BytesMut,
-    side: &mut ServerSide,
+    side: &mut ServerSide<'_>,
     flow: &mut F,
     messages: &MessageLimits,
 ) -> Result<ClientSide, WireError> {
     let mut done = Consumed::default();
     let end = client_frames(cbuf, &mut done, wbuf, side, flow, messages);
-    if done.replayed > 0 {
-        side.replay.extend_from_slice(&cbuf[..done.replayed]);
+    if done.replayed > 0
+        && let Some(replay) = side.replay.as_deref_mut()
+    {
+        replay.extend_from_slice(&cbuf[..done.replayed]);
     }
     if done.used > 0 {
         cbuf.advance(done.used);
@@ -74,12 +76,14 @@ fn client_frames<F: Flow>(
     cbuf: &[u8],
     done: &mut Consumed,
     wbuf: &mut BytesMut,
-    side: &mut ServerSide,
+    side: &mut ServerSide<'_>,
     flow: &mut F,
     messages: &MessageLimits,
 ) -> Result<ClientSide, WireError> {
     let mut outbox = Outbox::default();
     flow.next_batch();
+    // What earlier batches kept for a retry (this one's is added after).
+    let kept = side.replay.as_deref().map_or(0, BytesMut::len);
     loop {
         let rest = &cbuf[done.used..];
         if let Some(&tag) = rest.first() {
@@ -100,7 +104,7 @@ fn client_frames<F: Flow>(
                 if side.replaying {
                     // Checked before copying: a large message is not
                     // copied a third time just to find it is too long.
-                    side.replaying = side.replay.len() + done.replayed + total <= MAX_REPLAY;
+                    side.replaying = kept + done.replayed + total <= MAX_REPLAY;
                     if side.replaying {
                         done.replayed += total;
                     }
@@ -130,19 +134,19 @@ struct Drained {
 /// The relay's parts while it runs, borrowed for one `relay` call: the
 /// client's socket and buffer, the server's I/O parts, the scanned server
 /// bytes, the flow, and the limits it checks.
-pub(super) struct Relay<'r, S, F> {
+pub(super) struct Relay<'r, 's, S, F> {
     pub(super) client: &'r mut S,
     pub(super) cbuf: &'r mut BytesMut,
     pub(super) server: &'r mut crate::tls::ServerStream,
     pub(super) rbuf: &'r mut BytesMut,
     pub(super) wbuf: &'r mut BytesMut,
-    pub(super) side: &'r mut ServerSide,
+    pub(super) side: &'r mut ServerSide<'s>,
     pub(super) flow: &'r mut F,
     pub(super) messages: &'r MessageLimits,
     pub(super) timers: &'r mut RelayTimers,
 }
 
-impl<S, F> Relay<'_, S, F>
+impl<S, F> Relay<'_, '_, S, F>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: Flow,
@@ -194,7 +198,7 @@ where
             || self.wbuf.len() >= HIGH_WATER
             || side.release
             || side.client_paused
-            || side.eof.is_some()
+            || side.server_ended()
         {
             return None;
         }
@@ -205,7 +209,7 @@ where
                 *progress = true;
                 self.timers.client_activity();
                 match process_client(self.cbuf, self.wbuf, side, self.flow, self.messages) {
-                    Err(e) => Some(RelayEnd::ClientError(e)),
+                    Err(e) => Some(RelayEnd::ClientError(Box::new(e))),
                     Ok(ClientSide::Terminated) => Some(RelayEnd::ClientGone),
                     Ok(ClientSide::Paused) => {
                         side.client_paused = true;
@@ -225,23 +229,23 @@ where
     #[inline]
     fn proxy_to_server(&mut self, cx: &mut Context<'_>, progress: &mut bool) {
         let side = &mut *self.side;
-        if !self.wbuf.is_empty() && side.eof.is_none() {
+        if !self.wbuf.is_empty() && !side.server_ended() {
             match Pin::new(&mut *self.server).poll_write(cx, self.wbuf) {
                 Poll::Ready(Ok(n)) => {
                     self.wbuf.advance(n);
                     side.server_unflushed = true;
                     *progress = true;
                 }
-                Poll::Ready(Err(e)) => side.eof = Some(Some(e)),
+                Poll::Ready(Err(e)) => side.end_server(Some(e)),
                 Poll::Pending => {}
             }
         }
         // A large message has gone: its buffers and charge go back.
         self.messages.settle(self.cbuf, Some(self.wbuf));
-        if side.server_unflushed && side.eof.is_none() {
+        if side.server_unflushed && !side.server_ended() {
             match Pin::new(&mut *self.server).poll_flush(cx) {
                 Poll::Ready(Ok(())) => side.server_unflushed = false,
-                Poll::Ready(Err(e)) => side.eof = Some(Some(e)),
+                Poll::Ready(Err(e)) => side.end_server(Some(e)),
                 Poll::Pending => {}
             }
         }
@@ -256,13 +260,13 @@ where
         drained: &mut bool,
     ) -> Option<RelayEnd> {
         let side = &mut *self.side;
-        if *drained || side.eof.is_some() || side.release || side.pending_bytes() >= HIGH_WATER {
+        if *drained || side.server_ended() || side.release || side.pending_bytes() >= HIGH_WATER {
             return None;
         }
         reserve(self.rbuf, SERVER_CHUNK / 4, SERVER_CHUNK);
         match poll_read_buf(Pin::new(&mut *self.server), cx, self.rbuf) {
             Poll::Ready(Ok(0)) => {
-                side.eof = Some(None);
+                side.end_server(None);
                 *progress = true;
             }
             Poll::Ready(Ok(_)) => {
@@ -280,7 +284,7 @@ where
                 }
             }
             Poll::Ready(Err(e)) => {
-                side.eof = Some(Some(e));
+                side.end_server(Some(e));
                 *progress = true;
             }
             Poll::Pending => *drained = true,
@@ -295,7 +299,27 @@ where
         let rbuf = &mut *self.rbuf;
         let client = &mut *self.client;
         let mut wrote = false;
-        while let Some(chunk) = side.chunks.front_mut() {
+        loop {
+            if side.lead > 0 {
+                match Pin::new(&mut *client).poll_write(cx, &rbuf[..side.lead]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Some(RelayEnd::ClientGone);
+                    }
+                    Poll::Ready(Ok(w)) => {
+                        // (Scanning a forwarded frame already ended any retry.)
+                        rbuf.advance(w);
+                        side.scanned -= w;
+                        side.lead -= w;
+                        wrote = true;
+                        *progress = true;
+                        continue;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            let Some(chunk) = side.chunks.front_mut() else {
+                break;
+            };
             match chunk {
                 Chunk::Skip(n) => {
                     rbuf.advance(*n);
@@ -364,13 +388,13 @@ where
     #[inline]
     fn finished(&mut self) -> Option<RelayEnd> {
         let side = &mut *self.side;
-        if !side.chunks.is_empty() || side.client_unflushed {
+        if side.owes_client() || side.client_unflushed {
             return None;
         }
         if side.release {
             return Some(RelayEnd::Released);
         }
-        let err = side.eof.take()?;
+        let err = side.take_server_end()?;
         Some(match side.take_replay() {
             Some(replay) => RelayEnd::Unanswered(replay),
             None if side.told_fatal => RelayEnd::ServerEnded,
@@ -382,11 +406,11 @@ where
     fn wait(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
         let side = &*self.side;
         let quiet = self.flow.quiet_status().filter(|_| {
-            self.wbuf.is_empty() && side.chunks.is_empty() && !side.release && side.eof.is_none()
+            self.wbuf.is_empty() && !side.owes_client() && !side.release && !side.server_ended()
         });
         match self.timers.poll(cx, quiet) {
             None => Poll::Pending,
-            Some(Fired::Idle(error)) => Poll::Ready(RelayEnd::Idle(error)),
+            Some(Fired::Idle(error)) => Poll::Ready(RelayEnd::Idle(Box::new(error))),
             Some(Fired::QueryUnanswered(limit)) => Poll::Ready(RelayEnd::QueryUnanswered(limit)),
             Some(Fired::QueryCancelled(limit)) => {
                 self.flow.query_timed_out(limit);

@@ -34,9 +34,18 @@ impl std::fmt::Debug for Chunk {
 }
 
 /// s2c bookkeeping: which scanned server bytes go where.
-pub(super) struct ServerSide {
+pub(super) struct ServerSide<'r> {
+    /// Server bytes that go to the client before anything in `chunks`.
+    /// Why not a `Forward` chunk like the others: nearly every reply is
+    /// only forwarded frames, and a plain count costs no list operations
+    /// (each added frame used to look at and merge into the list's back)
+    /// and no list at all (one is taken from the thread's spares only
+    /// when something else comes; ~100 instructions per `-S`
+    /// transaction, more for extended with its five replies).
+    pub(super) lead: usize,
+    /// What comes after `lead`, in order; no memory until first used.
     pub(super) chunks: VecDeque<Chunk>,
-    /// Bytes of the server buffer covered by `chunks`.
+    /// Bytes of the server buffer covered by `lead` and `chunks`.
     pub(super) scanned: usize,
     /// Bytes still to come of a frame being streamed through.
     pub(super) partial: usize,
@@ -47,8 +56,11 @@ pub(super) struct ServerSide {
     pub(super) server_unflushed: bool,
     /// The flow holds client frames back until the server is released.
     pub(super) client_paused: bool,
-    /// Client bytes consumed, kept while `replaying`.
-    pub(super) replay: BytesMut,
+    /// Client bytes consumed, kept while `replaying`: the session's buffer
+    /// for them, borrowed, not moved in and back out (32 bytes more in the
+    /// relay's state, which is part of every client's task, and two moves
+    /// per transaction).
+    pub(super) replay: Option<&'r mut BytesMut>,
     /// Nothing has reached the client yet and the request may still be
     /// retried elsewhere.
     pub(super) replaying: bool,
@@ -57,21 +69,25 @@ pub(super) struct ServerSide {
     pub(super) abandoned: bool,
     /// A FATAL error from the server went to the client.
     pub(super) told_fatal: bool,
-    pub(super) eof: Option<Option<std::io::Error>>,
+    /// The server connection closed (or failed: `server_error`). Two
+    /// fields, not an `Option<Option<io::Error>>`: that takes 16 bytes,
+    /// this one byte more beside the flags above, and the relay's state is
+    /// part of every client's task (`lead` took the 8 bytes).
+    server_ended: bool,
+    server_error: Option<std::io::Error>,
 }
 
-impl ServerSide {
-    /// A relay's server side, writing into `chunks` (a spare list) and
-    /// keeping the client's bytes in `replay` for a retry when `replaying`.
-    ///
-    /// Why every field is spelled out, not `..Default::default()`: the
-    /// default's list and buffer that the struct update replaces were
-    /// built and dropped on every relay, once per transaction (~65
-    /// instructions per `-S` transaction for the list's drop alone).
+impl<'r> ServerSide<'r> {
+    /// A relay's server side, keeping the client's bytes in `replay` (its
+    /// earlier content dropped) for a retry when there is one.
     #[inline]
-    pub(super) fn new(chunks: VecDeque<Chunk>, replay: Option<BytesMut>) -> Self {
+    pub(super) fn new(mut replay: Option<&'r mut BytesMut>) -> Self {
+        if let Some(replay) = replay.as_deref_mut() {
+            replay.clear();
+        }
         ServerSide {
-            chunks,
+            lead: 0,
+            chunks: VecDeque::new(),
             scanned: 0,
             partial: 0,
             release: false,
@@ -79,19 +95,55 @@ impl ServerSide {
             server_unflushed: false,
             client_paused: false,
             replaying: replay.is_some(),
-            replay: replay.unwrap_or_default(),
+            replay,
             abandoned: false,
             told_fatal: false,
-            eof: None,
+            server_ended: false,
+            server_error: None,
         }
+    }
+
+    /// Whether the server connection closed or failed.
+    #[inline]
+    pub(super) fn server_ended(&self) -> bool {
+        self.server_ended
+    }
+
+    /// The server connection closed (`None`) or failed.
+    pub(super) fn end_server(&mut self, error: Option<std::io::Error>) {
+        self.server_ended = true;
+        self.server_error = error;
+    }
+
+    /// How the server connection ended, if it did (taken: the relay ends).
+    pub(super) fn take_server_end(&mut self) -> Option<Option<std::io::Error>> {
+        std::mem::take(&mut self.server_ended).then(|| self.server_error.take())
     }
 
     #[inline]
     fn push(&mut self, chunk: Chunk) {
+        match chunk {
+            Chunk::Forward(n) if self.chunks.is_empty() => self.lead += n,
+            chunk => self.push_listed(chunk),
+        }
+    }
+
+    /// Adds a chunk after the others, taking a spare list for the first.
+    #[inline(never)]
+    fn push_listed(&mut self, chunk: Chunk) {
+        if self.chunks.capacity() == 0 {
+            self.chunks = super::take_spare_chunks();
+        }
         match (self.chunks.back_mut(), chunk) {
             (Some(Chunk::Forward(n)), Chunk::Forward(m)) => *n += m,
             (_, c) => self.chunks.push_back(c),
         }
+    }
+
+    /// Whether scanned bytes or the proxy's own still wait for the client.
+    #[inline]
+    pub(super) fn owes_client(&self) -> bool {
+        self.lead > 0 || !self.chunks.is_empty()
     }
 
     #[inline]
@@ -208,7 +260,9 @@ impl ServerSide {
 
     /// The consumed request, for a retry, if one is still possible.
     pub(super) fn take_replay(&mut self) -> Option<BytesMut> {
-        std::mem::take(&mut self.replaying).then(|| std::mem::take(&mut self.replay))
+        std::mem::take(&mut self.replaying)
+            .then(|| self.replay.as_deref_mut().map(std::mem::take))
+            .flatten()
     }
 
     pub(super) fn pending_bytes(&self) -> usize {

@@ -43,17 +43,40 @@ impl Limits {
         }
     }
 
-    /// How long a client without outstanding requests may stay silent, and
-    /// the error it then gets; `in_transaction` picks the limit. Inlined:
-    /// asked once per request, and most clients have no limit.
+    /// How long a client without outstanding requests may stay silent;
+    /// `in_transaction` picks the limit. Inlined: asked once per request,
+    /// and most clients have no limit.
     #[inline]
-    pub fn idle(&self, in_transaction: bool) -> Option<(Duration, WireError)> {
-        if in_transaction {
-            let limit = self.idle_transaction?;
-            Some((limit, idle_in_transaction_error(limit)))
+    pub fn idle(&self, in_transaction: bool) -> Option<IdleLimit> {
+        let limit = if in_transaction {
+            self.idle_transaction?
         } else {
-            let limit = self.client_idle?;
-            Some((limit, idle_session_error(limit)))
+            self.client_idle?
+        };
+        Some(IdleLimit {
+            limit,
+            in_transaction,
+        })
+    }
+}
+
+/// An idle limit in force, and which one: its error is written only when
+/// it goes off. (It was written each time the limit was looked up, once
+/// per request and on every wake-up of a quiet relay: a formatted
+/// message, allocated and dropped unused, for every client with a limit.)
+#[derive(Clone, Copy, Debug)]
+pub struct IdleLimit {
+    pub limit: Duration,
+    in_transaction: bool,
+}
+
+impl IdleLimit {
+    /// The error the client gets when the limit passes.
+    pub fn error(self) -> WireError {
+        if self.in_transaction {
+            idle_in_transaction_error(self.limit)
+        } else {
+            idle_session_error(self.limit)
         }
     }
 }
@@ -151,18 +174,18 @@ impl RelayTimers {
             Some(status) => {
                 self.query = None;
                 self.cancelled = false;
-                let Some((limit, error)) = self.limits.idle(status.in_transaction()) else {
+                let Some(idle) = self.limits.idle(status.in_transaction()) else {
                     self.idle = None;
                     return None;
                 };
                 let sleep = self
                     .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle.limit)));
                 sleep
                     .as_mut()
                     .poll(cx)
                     .is_ready()
-                    .then_some(Fired::Idle(error))
+                    .then(|| Fired::Idle(idle.error()))
             }
             None => {
                 self.idle = None;

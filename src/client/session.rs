@@ -308,14 +308,12 @@ where
         // Boxed, and only with a limit: a timer and an error are large,
         // and most clients have no limit.
         let next = {
-            let mut expiry = limits
-                .idle(client.deferred_begin.is_some())
-                .map(|(limit, error)| {
-                    Box::pin(async move {
-                        tokio::time::sleep(limit).await;
-                        error
-                    })
-                });
+            let mut expiry = limits.idle(client.deferred_begin.is_some()).map(|idle| {
+                Box::pin(async move {
+                    tokio::time::sleep(idle.limit).await;
+                    idle.error()
+                })
+            });
             let reading = next_frame(stream, cbuf, &ctx.messages);
             tokio::pin!(reading);
             // In a fixed order, like a biased `select!`, without its branch

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::cancel::{CancelTarget, send_cancel};
+use super::cancel::send_cancel;
 use super::clock::BatchClock;
 use super::expect::{Audience, Expectations, Request, Token};
 use super::hold_state::HoldState;
@@ -593,13 +593,10 @@ pub async fn leave(mut held: Held, books: &mut Books, client: &ClientState, mode
     let Held { mut lease, .. } = held;
     if !expect.is_quiet() {
         // A query is still running: cancel it and close the connection.
-        let target = CancelTarget {
-            server: lease.peer,
-            pid: lease.params.backend_pid,
-            secret: lease.params.backend_secret.clone(),
-        };
+        // The connection's own link, made at login, says where it goes.
+        let link = lease.link.clone();
         tokio::spawn(async move {
-            let _ = send_cancel(&target).await;
+            let _ = send_cancel(&link.cancel).await;
         });
         lease.mark_broken();
         return;

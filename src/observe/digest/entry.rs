@@ -1,11 +1,12 @@
-//! One fingerprint's statistics: counts, times, a latency histogram for
-//! percentiles, routes, and the last sampled plan.
+//! One fingerprint's statistics: counts, times, latencies by histogram
+//! bucket for percentiles, routes, and the last sampled plan.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 
+use super::counts::LatencyCounts;
 use crate::cluster::Role;
 use crate::observe::explain::PlanSummary;
 
@@ -24,12 +25,14 @@ pub(crate) fn latency_histogram() -> Histogram<u32> {
 /// Records `d` (whole microseconds, at least 1, at most 1 h).
 #[cfg(test)]
 pub(crate) fn record_latency(h: &mut Histogram<u32>, d: Duration) {
-    record_micros(h, LatencyMicros::of(d));
+    // Auto-resize only fails on absurd values, excluded by the clamp.
+    let _ = h.record(LatencyMicros::of(d).0);
 }
 
 /// A latency as the histograms record it: whole microseconds, at least
-/// 1, at most 1 h. Worked out once per query for the two histograms it
-/// goes into (the all-query window and its fingerprint's).
+/// 1, at most 1 h. Worked out once per query for the two places it is
+/// counted in (its fingerprint's [`LatencyCounts`] and the all-query
+/// window's).
 #[derive(Clone, Copy)]
 pub(crate) struct LatencyMicros(u64);
 
@@ -43,12 +46,12 @@ impl LatencyMicros {
         let micros = secs * 1_000_000 + u64::from(d.subsec_micros());
         LatencyMicros(micros.clamp(1, MAX_MICROS))
     }
-}
 
-/// Records a latency already in microseconds.
-pub(crate) fn record_micros(h: &mut Histogram<u32>, micros: LatencyMicros) {
-    // Auto-resize only fails on absurd values, excluded by the clamp.
-    let _ = h.record(micros.0);
+    /// The microseconds.
+    #[inline]
+    pub(crate) fn get(self) -> u64 {
+        self.0
+    }
 }
 
 /// `q`-quantile of `h` as a duration (zero if empty).
@@ -100,7 +103,9 @@ pub(crate) struct Digest {
     pub(crate) max_nanos: u64,
     /// Calls by role: `[primary, replica]`.
     pub(crate) by_role: [u64; 2],
-    pub(crate) latency: Histogram<u32>,
+    /// In the buckets of [`latency_histogram`], made a histogram when a
+    /// snapshot is taken (see [`LatencyCounts`]).
+    pub(crate) latency: LatencyCounts,
     pub(crate) plan: Option<Arc<PlanSample>>,
     /// Last time a plan was requested, for `explain_min_interval`.
     pub(crate) explain_requested: Option<Instant>,
@@ -117,7 +122,7 @@ impl Digest {
             min_nanos: u64::MAX,
             max_nanos: 0,
             by_role: [0; 2],
-            latency: latency_histogram(),
+            latency: LatencyCounts::new(),
             plan: None,
             explain_requested: None,
         }
@@ -140,7 +145,7 @@ impl Digest {
         self.min_nanos = self.min_nanos.min(nanos);
         self.max_nanos = self.max_nanos.max(nanos);
         self.by_role[usize::from(role == Role::Replica)] += 1;
-        record_micros(&mut self.latency, micros);
+        self.latency.record(micros);
     }
 
     /// Claims the right to request a plan now if none was requested within
@@ -161,6 +166,7 @@ impl Digest {
     }
 
     pub(crate) fn snapshot(&self, fingerprint: u64) -> DigestSnapshot {
+        let latency = self.latency.histogram();
         DigestSnapshot {
             fingerprint,
             query: self.normalized.clone(),
@@ -175,9 +181,9 @@ impl Digest {
             },
             max: Duration::from_nanos(self.max_nanos),
             mean: self.mean(),
-            p50: quantile(&self.latency, 0.50),
-            p95: quantile(&self.latency, 0.95),
-            p99: quantile(&self.latency, 0.99),
+            p50: quantile(&latency, 0.50),
+            p95: quantile(&latency, 0.95),
+            p99: quantile(&latency, 0.99),
             primary: self.by_role[0],
             replica: self.by_role[1],
             plan: self.plan.clone(),

@@ -10,6 +10,7 @@
 //! bound, so eviction is least-recently-seen per shard — close to global
 //! LRU when fingerprints spread evenly, which hashes do.
 
+mod counts;
 mod entry;
 mod window;
 
@@ -25,7 +26,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use lru::LruCache;
 
-use entry::{Digest, LatencyMicros, record_micros};
+use counts::LatencyCounts;
+use entry::{Digest, LatencyMicros};
 pub use entry::{DigestSnapshot, PlanSample};
 pub(crate) use entry::{latency_histogram, quantile};
 pub(crate) use window::RecentLatency;
@@ -40,7 +42,7 @@ struct Shard {
     /// Text and plan bytes its digests hold ([`Digest::bytes`]).
     bytes: usize,
     /// Latencies of every query since the window timer last took them.
-    window: Histogram<u32>,
+    window: LatencyCounts,
 }
 
 impl Shard {
@@ -98,7 +100,7 @@ impl Digests {
                 Mutex::new(Shard {
                     digests: LruCache::new(share(max, count, i)),
                     bytes: 0,
-                    window: latency_histogram(),
+                    window: LatencyCounts::new(),
                 })
             })
             .collect();
@@ -149,7 +151,7 @@ impl Digests {
         let mut shard = self.shard(s.fingerprint);
         let shard = &mut *shard;
         let micros = LatencyMicros::of(s.duration);
-        record_micros(&mut shard.window, micros);
+        shard.window.record(micros);
         let add = |digest: &mut Digest| {
             digest.add(s.role, s.duration, micros, s.rows, s.error);
             claim.is_some_and(|(interval, now)| digest.claim_explain(now, interval))
@@ -225,10 +227,7 @@ impl Digests {
     /// latencies recorded since the previous call).
     pub(crate) fn take_window(&self, into: &mut Histogram<u32>) {
         for shard in self.shards.iter() {
-            let mut shard = lock(shard);
-            // Both histograms auto-resize, so adding cannot run out of range.
-            let _ = into.add(&shard.window);
-            shard.window.reset();
+            lock(shard).window.take_into(into);
         }
     }
 

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::cancel::send_cancel;
 use super::clock::BatchClock;
 use super::expect::{Audience, Expectations, Request, Token};
 use super::hold_state::HoldState;
@@ -22,7 +21,7 @@ use crate::observe::ErrorKind;
 use crate::protocol::frame::{self, fe};
 use crate::protocol::{SqlState, WireError};
 use crate::routing::policy::Target;
-use crate::server::{CheckoutError, Lease, PoolKey, ServerPool};
+use crate::server::{CheckoutError, Lease, PoolKey, ServerPool, send_cancel};
 
 /// Time allowed for the proxy's own clean-up statements (ROLLBACK,
 /// DISCARD ALL) before the server connection is closed instead.

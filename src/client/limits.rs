@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use tokio::time::Sleep;
 
-use super::cancel::send_cancel;
 use super::registry::{ClientSlot, ServerLink};
 use crate::config::ProxyConfig;
 use crate::protocol::{SqlState, WireError};
+use crate::server::send_cancel;
 use std::sync::Arc;
 
 /// Time a server gets to answer a cancel sent for `query_timeout` before

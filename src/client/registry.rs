@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use rand::RngExt;
 use subtle::ConstantTimeEq;
 
-use super::cancel::send_cancel;
+use crate::server::send_cancel;
 
 /// Who a client is (fixed at login).
 #[derive(Clone, Debug)]
@@ -281,7 +281,7 @@ impl Drop for ClientHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::cancel::CancelTarget;
+    use crate::server::CancelTarget;
     use std::time::Duration;
 
     fn client(registry: &Arc<ClientRegistry>) -> ClientHandle {

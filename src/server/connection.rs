@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
+use super::cancel::CancelTarget;
 use super::prepared::PreparedOnServer;
-use crate::client::cancel::CancelTarget;
 use crate::tls::ServerStream;
 
 /// What a server reported at login: its ParameterStatus values and the key

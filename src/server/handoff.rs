@@ -63,13 +63,26 @@ pub struct Handoff {
     gate: GateSlot,
 }
 
-/// Waiting checkouts, oldest first, under one lock with the slots kept for
-/// reuse (so that waiting allocates nothing once a pool has been busy).
+/// Waiting checkouts, oldest first, and where each receives its
+/// connection, all under one lock (so that waiting allocates nothing once
+/// a pool has been busy).
+///
+/// Why the slots live here, numbered, rather than each behind its own
+/// lock and `Arc`: a queued checkout took four locks (queue and slot to
+/// start, queue and slot to be served) besides its own polls, and a
+/// reference count going up and down, and looked for a reusable slot
+/// among those of waiters not yet gone; under the queue's lock alone it
+/// takes two, and its number is free again as soon as it took its
+/// connection (~50 instructions per queued checkout).
 #[derive(Default)]
 struct Queue {
-    waiters: VecDeque<Arc<Slot>>,
-    /// Slots of served waiters; reusable once the waiter let go of it.
-    spare: Vec<Arc<Slot>>,
+    /// Slot numbers of the waiting checkouts, oldest first.
+    waiters: VecDeque<u32>,
+    /// Every slot; one is used by exactly one [`Queued`] from
+    /// [`Handoff::start`] until it took its connection or was dropped.
+    slots: Vec<Slot>,
+    /// Numbers of the slots no checkout uses.
+    free: Vec<u32>,
     /// Fillers started and not yet finished.
     opening: u32,
     /// The pool was found at its size since the queue last started; while
@@ -82,25 +95,21 @@ struct Queue {
     watchdog: bool,
     /// It found the queue empty at its last wake-up.
     watchdog_idle: bool,
-    /// The deadline of the last waiter queued (a later one's is not earlier).
-    last_deadline: Option<Instant>,
+    /// When the last waiter queued started its wait (a later one's start
+    /// is not earlier): see [`Slot::since`].
+    last_since: Option<Instant>,
 }
 
 /// Where one waiting checkout receives its connection.
 ///
-/// Why a waker under the slot's own lock rather than a `Notify`: the
-/// waiter already takes that lock to look for its connection, so
-/// registering there costs nothing more, and whoever serves, fails or
-/// nudges it wakes it under the same lock; a `Notify` took its own lock
-/// to register, again to notify and again when its wait was dropped
-/// (~250 instructions per waiting checkout), and its wait made every
-/// acquisition's state larger.
-#[derive(Default)]
+/// Why a waker in the slot rather than a `Notify`: the waiter already
+/// takes the queue's lock to look for its connection, so registering
+/// there costs nothing more, and whoever serves, fails or nudges it wakes
+/// it under the same lock; a `Notify` took its own lock to register,
+/// again to notify and again when its wait was dropped (~250 instructions
+/// per waiting checkout), and its wait made every acquisition's state
+/// larger.
 struct Slot {
-    state: Mutex<SlotState>,
-}
-
-struct SlotState {
     /// The connection handed over, and when.
     lease: Option<(Bb8Lease, Source, Instant)>,
     /// Still in the queue (not served, not given up).
@@ -109,26 +118,17 @@ struct SlotState {
     expired: bool,
     /// [`Handoff::wake_waiters`] asks it to ask its `give_up` again.
     nudged: bool,
-    deadline: Instant,
+    /// When its wait started, kept in queue order: its `checkout_timeout`
+    /// deadline is this plus the timeout. Why the start rather than the
+    /// deadline: only the watchdog, which rarely runs, needs the sum.
+    since: Instant,
     /// The waiting task, once it found nothing yet.
     waker: Option<Waker>,
 }
 
-impl Default for SlotState {
-    fn default() -> Self {
-        SlotState {
-            lease: None,
-            queued: false,
-            expired: false,
-            nudged: false,
-            deadline: Instant::now(),
-            waker: None,
-        }
-    }
-}
-
-impl SlotState {
-    /// The waiting task, to wake once this lock is let go of.
+impl Slot {
+    /// The waiting task, to wake (under the queue's lock: waking only
+    /// schedules it).
     fn wake(&mut self) -> Option<Waker> {
         self.waker.take()
     }
@@ -180,19 +180,10 @@ impl Handoff {
         // although `at` was read before the lock: a caller that read
         // the clock a moment earlier but queued later gets its
         // predecessor's deadline.
-        let own = since + self.timeout;
-        let deadline = queue.last_deadline.map_or(own, |last| last.max(own));
-        queue.last_deadline = Some(deadline);
-        let slot = queue.spare_slot();
-        *lock(&slot.state) = SlotState {
-            lease: None,
-            queued: true,
-            expired: false,
-            nudged: false,
-            deadline,
-            waker: None,
-        };
-        queue.waiters.push_back(slot.clone());
+        let start = queue.last_since.map_or(since, |last| last.max(since));
+        queue.last_since = Some(start);
+        let slot = queue.take_slot(start);
+        queue.waiters.push_back(slot);
         self.refill(&mut queue);
         if !queue.watchdog {
             self.start_watchdog(&mut queue);
@@ -209,14 +200,12 @@ impl Handoff {
     /// Wakes every queued checkout to ask its `give_up` again (the
     /// cluster changed: a node went down, or the primary moved).
     pub fn wake_waiters(&self) {
-        let queue = lock(&self.queue);
-        for slot in &queue.waiters {
-            let waker = {
-                let mut state = lock(&slot.state);
-                state.nudged = true;
-                state.wake()
-            };
-            if let Some(waker) = waker {
+        let mut queue = lock(&self.queue);
+        let Queue { waiters, slots, .. } = &mut *queue;
+        for &i in waiters.iter() {
+            let slot = &mut slots[i as usize];
+            slot.nudged = true;
+            if let Some(waker) = slot.wake() {
                 waker.wake();
             }
         }
@@ -247,27 +236,19 @@ impl Handoff {
     fn expire(&self) -> Option<Instant> {
         let mut queue = lock(&self.queue);
         let now = Instant::now();
-        while let Some(first) = queue.waiters.front() {
-            let (later, waker) = {
-                let mut state = lock(&first.state);
-                if state.deadline > now {
-                    (Some(state.deadline), None)
-                } else {
-                    state.queued = false;
-                    state.expired = true;
-                    (None, state.wake())
-                }
-            };
-            if let Some(deadline) = later {
+        while let Some(&first) = queue.waiters.front() {
+            let slot = &mut queue.slots[first as usize];
+            let deadline = slot.since + self.timeout;
+            if deadline > now {
                 queue.watchdog_idle = false;
                 return Some(deadline);
             }
-            if let Some(waker) = waker {
+            slot.queued = false;
+            slot.expired = true;
+            if let Some(waker) = slot.wake() {
                 waker.wake();
             }
-            if let Some(slot) = queue.waiters.pop_front() {
-                queue.spare.push(slot);
-            }
+            queue.waiters.pop_front();
         }
         if !queue.watchdog_idle {
             queue.watchdog_idle = true;
@@ -368,20 +349,15 @@ impl Handoff {
             self.refill(&mut queue);
             return;
         }
-        let Some(slot) = queue.waiters.pop_front() else {
+        let Some(first) = queue.waiters.pop_front() else {
             return;
         };
-        let waker = {
-            let mut state = lock(&slot.state);
-            state.queued = false;
-            state.lease = Some((conn, source, now));
-            state.wake()
-        };
-        if let Some(waker) = waker {
+        let slot = &mut queue.slots[first as usize];
+        slot.queued = false;
+        slot.lease = Some((conn, source, now));
+        if let Some(waker) = slot.wake() {
             waker.wake();
         }
-        // Reusable once its waiter has taken the connection and let go.
-        queue.spare.push(slot);
     }
 
     /// Whether a connection must close instead of serving a waiter. It is
@@ -401,11 +377,36 @@ impl Handoff {
 }
 
 impl Queue {
-    /// A slot no one else holds, reused if one is free.
-    fn spare_slot(&mut self) -> Arc<Slot> {
-        match self.spare.iter().rposition(|s| Arc::strong_count(s) == 1) {
-            Some(i) => self.spare.swap_remove(i),
-            None => Arc::new(Slot::default()),
+    /// A slot for a new waiter whose wait started `since`: a free one
+    /// reused, else a new one (the list grows to the most waiters the
+    /// pool has had at once).
+    fn take_slot(&mut self, since: Instant) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                // Set field by field: a free slot holds no connection and
+                // no waker (its last waiter took the one, the hand-over or
+                // its drop the other), so nothing needs dropping, and
+                // writing the whole slot over cost ~25 instructions.
+                let slot = &mut self.slots[i as usize];
+                debug_assert!(slot.lease.is_none() && slot.waker.is_none());
+                slot.queued = true;
+                slot.expired = false;
+                slot.nudged = false;
+                slot.since = since;
+                i
+            }
+            None => {
+                let i = u32::try_from(self.slots.len()).expect("fewer waiters than 2^32");
+                self.slots.push(Slot {
+                    lease: None,
+                    queued: true,
+                    expired: false,
+                    nudged: false,
+                    since,
+                    waker: None,
+                });
+                i
+            }
         }
     }
 }
@@ -425,7 +426,8 @@ pub enum Started<'a> {
 /// late goes on to the next waiter.
 pub struct Queued<'a> {
     hand: &'a Arc<Handoff>,
-    slot: Arc<Slot>,
+    /// Its slot's number in the queue's list.
+    slot: u32,
     /// When the caller asked: its wait counts from there.
     since: Instant,
     /// `give_up` was asked when the wait started.
@@ -448,11 +450,15 @@ impl Queued<'_> {
         cx: &mut Context<'_>,
         give_up: impl Fn(std::time::Instant) -> bool,
     ) -> Poll<Result<Handed, NotTaken>> {
-        let mut state = lock(&self.slot.state);
+        let mut queue = lock(&self.hand.queue);
+        let Queue { slots, free, .. } = &mut *queue;
+        let state = &mut slots[self.slot as usize];
         if let Some((conn, source, at)) = state.lease.take() {
             // Served: `give_at` took the waiter out of the queue and its
-            // waker, so dropping this has nothing to undo (no second lock).
-            drop(state);
+            // waker, so the slot is free at once and dropping this has
+            // nothing to undo (no second lock).
+            free.push(self.slot);
+            drop(queue);
             self.served = true;
             return Poll::Ready(Ok((self.hand.lease(conn), source, Some(at.into_std()))));
         }
@@ -484,27 +490,27 @@ impl Drop for Queued<'_> {
         if self.served {
             return;
         }
-        let (queued, mut late) = {
-            let mut state = lock(&self.slot.state);
-            // No longer waiting: a spare slot keeps no task alive.
-            state.waker = None;
-            (state.queued, state.lease.take())
-        };
-        if queued {
+        let late = {
             let mut queue = lock(&self.hand.queue);
-            if let Some(i) = queue
-                .waiters
-                .iter()
-                .position(|s| Arc::ptr_eq(s, &self.slot))
+            let Queue {
+                waiters,
+                slots,
+                free,
+                ..
+            } = &mut *queue;
+            let state = &mut slots[self.slot as usize];
+            // No longer waiting: a free slot keeps no task alive.
+            state.waker = None;
+            let late = state.lease.take();
+            if std::mem::take(&mut state.queued)
+                && let Some(i) = waiters.iter().position(|&s| s == self.slot)
             {
-                queue.waiters.remove(i);
-                queue.spare.push(self.slot.clone());
+                waiters.remove(i);
             }
-            // Served after all, between the two locks.
-            let mut state = lock(&self.slot.state);
-            state.queued = false;
-            late = late.or_else(|| state.lease.take());
-        }
+            free.push(self.slot);
+            late
+        };
+        // Served after all, before it looked: the next waiter gets it.
         if let Some((conn, source, _)) = late {
             self.hand.give(conn, source);
         }

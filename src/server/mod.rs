@@ -3,6 +3,7 @@
 //! a fleet, the per-node budget gate all pools of a node share.
 
 mod budget;
+mod cancel;
 mod connection;
 mod error;
 mod handoff;
@@ -11,6 +12,7 @@ mod pool;
 mod prepared;
 
 pub use budget::{BudgetPermit, GateState, IdleConnections, NoPermit, NodeGate};
+pub use cancel::{CancelTarget, send_cancel};
 pub use connection::{ServerConn, ServerIoParts, ServerLink, ServerParams, ServerState};
 pub use error::{CheckoutError, ClientReport, ServerError};
 pub use handoff::Lease;

@@ -344,10 +344,9 @@ where
             })
             .await?
         };
-        let Some(tag) = next else {
+        let Some((tag, total)) = next else {
             return Ok(None);
         };
-        let (_, total) = frame::header(cbuf)?.expect("complete frame");
         let primary_pool = pools.primary(ctx)?;
         match idle::answer(
             tag,

@@ -248,6 +248,11 @@ pub struct Expectations {
     /// the server ignores every message until that Sync, including ones
     /// sent after the error arrived, so they are owed nothing.
     skipping: bool,
+    /// A made-up reply may be queued: set when one is, cleared when the
+    /// queue is emptied. Without one, [`client_head`](Self::client_head)
+    /// need not look past the head (a `VecDeque::get(1)` per response,
+    /// five per extended-query transaction, saved).
+    replies_queued: bool,
     status: TxStatus,
 }
 
@@ -258,6 +263,7 @@ impl Default for Expectations {
             batch_open: false,
             copy_in: false,
             skipping: false,
+            replies_queued: false,
             status: TxStatus::Idle,
         }
     }
@@ -271,6 +277,7 @@ impl Expectations {
         self.batch_open = false;
         self.copy_in = false;
         self.skipping = false;
+        self.replies_queued = false;
         self.status = TxStatus::Idle;
     }
 
@@ -322,6 +329,7 @@ impl Expectations {
             true
         } else {
             self.queue.push_back(Expect::Reply(reply));
+            self.replies_queued = true;
             false
         }
     }
@@ -433,7 +441,7 @@ impl Expectations {
         else {
             return None;
         };
-        if matches!(self.queue.get(1), Some(Expect::Reply(_))) {
+        if self.replies_queued && matches!(self.queue.get(1), Some(Expect::Reply(_))) {
             return None;
         }
         Some((request, token))
@@ -526,6 +534,9 @@ impl Expectations {
         while let Some(Expect::Reply(r)) = self.queue.front() {
             m.replies.push(*r);
             self.queue.pop_front();
+        }
+        if self.queue.is_empty() {
+            self.replies_queued = false;
         }
     }
 

@@ -16,13 +16,14 @@ use crate::tls::WaitReadable;
 /// Buffer kept for a client between requests.
 const IDLE_BUFFER: usize = 512;
 
-/// Waits until `cbuf` starts with a complete frame; returns its tag, or
-/// `None` when the client closed the connection.
+/// Waits until `cbuf` starts with a complete frame; returns its tag and
+/// length (header included, so the caller need not read the header
+/// again), or `None` when the client closed the connection.
 pub(super) async fn next_frame<S>(
     stream: &mut S,
     cbuf: &mut BytesMut,
     messages: &MessageLimits,
-) -> Result<Option<u8>, WireError>
+) -> Result<Option<(u8, usize)>, WireError>
 where
     S: AsyncRead + WaitReadable + Unpin,
 {
@@ -33,7 +34,7 @@ where
         if let Some((tag, total)) = frame::header(cbuf)? {
             messages.admit(total)?;
             if cbuf.len() >= total {
-                return Ok(Some(tag));
+                return Ok(Some((tag, total)));
             }
         }
         if !read_more(stream, cbuf, messages).await? {

@@ -305,14 +305,21 @@ where
     loop {
         let limits = Limits::from_config(&pools.config().proxy);
         // A BEGIN the proxy acknowledged itself is an open transaction.
-        // Boxed, and only with a limit: a timer and an error are large,
-        // and most clients have no limit.
+        // Only with a limit; its timer is boxed (a timer is large, and
+        // most clients have no limit) and kept from one request to the
+        // next, reset rather than made again (no allocation per request).
         let next = {
-            let mut expiry = limits.idle(client.deferred_begin.is_some()).map(|idle| {
-                Box::pin(async move {
-                    tokio::time::sleep(idle.limit).await;
-                    idle.error()
-                })
+            let idle = limits.idle(client.deferred_begin.is_some());
+            let mut expiry = idle.map(|idle| {
+                let deadline = tokio::time::Instant::now() + idle.limit;
+                let timer = match &mut client.idle_timer {
+                    Some(timer) => {
+                        timer.as_mut().reset(deadline);
+                        timer
+                    }
+                    none => none.insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                (timer, idle)
             });
             let reading = next_frame(stream, cbuf, &ctx.messages);
             tokio::pin!(reading);
@@ -327,17 +334,19 @@ where
                 if let Poll::Ready(next) = reading.as_mut().poll(cx) {
                     return Poll::Ready(next);
                 }
-                match expiry.as_mut().map(|expiry| expiry.as_mut().poll(cx)) {
-                    Some(Poll::Ready(error)) => Poll::Ready(Err(error)),
-                    _ => Poll::Pending,
+                match &mut expiry {
+                    Some((timer, idle)) => match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Err(idle.error())),
+                        Poll::Pending => Poll::Pending,
+                    },
+                    None => Poll::Pending,
                 }
             })
             .await?
         };
-        let Some(tag) = next else {
+        let Some((tag, total)) = next else {
             return Ok(None);
         };
-        let (_, total) = frame::header(cbuf)?.expect("complete frame");
         let primary_pool = pools.primary(ctx)?;
         match idle::answer(
             tag,

@@ -70,6 +70,38 @@ async fn an_idle_transaction_is_rolled_back_and_its_server_returned_clean() {
     assert_eq!(raw.fatal().await.code, "25P03");
 }
 
+/// A client's idle timer is made once and reset for each request (not made
+/// per request: an allocation per transaction): after several requests,
+/// and when a BEGIN the proxy acknowledged switches to the transaction's
+/// limit, the limit in force still fires, with its own error.
+#[tokio::test]
+async fn the_limit_in_force_fires_after_earlier_requests() {
+    let db = harness::fresh_db("limit_idle_reset");
+    let proxy = trust_proxy(
+        "[proxy]\nclient_idle_timeout = \"1s\"\nidle_transaction_timeout = \"300ms\"\n",
+    )
+    .await;
+    let (mut raw, _, _) = Raw::login_trust(proxy.addr, "app", &db).await;
+    for _ in 0..3 {
+        raw.send(&wire::query("SELECT 1")).await;
+        assert_eq!(raw.until_ready().await.0, b'I');
+    }
+    let e = raw.fatal().await;
+    assert_eq!(e.code, "57P05", "{e:?}");
+
+    let (mut raw, _, _) = Raw::login_trust(proxy.addr, "app", &db).await;
+    raw.send(&wire::query("SELECT 1")).await;
+    assert_eq!(raw.until_ready().await.0, b'I');
+    raw.send(&wire::query("BEGIN")).await;
+    assert_eq!(raw.until_ready().await.0, b'T');
+    let e = raw.fatal().await;
+    assert_eq!(e.code, "25P03", "{e:?}");
+    assert!(
+        e.message.contains("proxy.idle_transaction_timeout (300ms)"),
+        "{e:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_long_query_is_cancelled_by_query_timeout_and_the_client_carries_on() {
     let db = harness::fresh_db("limit_query");

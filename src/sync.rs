@@ -1,7 +1,10 @@
 //! Taking a std lock whose holder panicked: the one way the proxy does it.
 //! A panic while a lock was held (a bug) leaves data that every lock in
 //! this crate keeps consistent between statements, so the guard is taken
-//! anyway rather than spreading the panic to every client.
+//! anyway rather than spreading the panic to every client. The locks
+//! taken on every transaction (server hand-off, client registry, metrics
+//! and digest shards) are `parking_lot`'s instead, which never poison and
+//! skip std's panic-count checks on lock and unlock.
 
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 

@@ -2,10 +2,11 @@
 //! it is doing and the server it holds right now. CancelRequests are
 //! matched here, and the admin console lists clients from here.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use rand::RngExt;
@@ -113,7 +114,7 @@ impl ClientSlot {
     /// one let go of is dropped after the lock.
     pub fn set_server(&self, link: Option<Arc<ServerLink>>) {
         let active = link.is_some();
-        let _old = std::mem::replace(&mut *crate::sync::lock(&self.server), link);
+        let _old = std::mem::replace(&mut *self.server.lock(), link);
         self.set_activity(if active {
             ClientActivity::Active
         } else {
@@ -122,7 +123,7 @@ impl ClientSlot {
     }
 
     pub fn server(&self) -> Option<Arc<ServerLink>> {
-        crate::sync::lock(&self.server).clone()
+        self.server.lock().clone()
     }
 
     /// Counts a cancel about to go to the client's server (query_timeout's
@@ -136,7 +137,7 @@ impl ClientSlot {
     /// lock [`set_server`](Self::set_server) takes, so that once the
     /// server is unset no new cancel can be counted for it.
     fn claim_for_cancel(self: &Arc<Self>) -> Option<(Arc<ServerLink>, CancelInFlight)> {
-        let server = crate::sync::lock(&self.server);
+        let server = self.server.lock();
         let link = server.clone()?;
         Some((link, self.begin_cancel()))
     }
@@ -205,8 +206,8 @@ impl Default for ClientRegistry {
 }
 
 impl ClientRegistry {
-    fn shard(&self, pid: i32) -> std::sync::MutexGuard<'_, HashMap<i32, Arc<ClientSlot>>> {
-        crate::sync::lock(&self.shards[(pid as u32 as usize) % SHARDS])
+    fn shard(&self, pid: i32) -> MutexGuard<'_, HashMap<i32, Arc<ClientSlot>>> {
+        self.shards[(pid as u32 as usize) % SHARDS].lock()
     }
 
     /// Registers a client that just logged in, with a fresh cancel key.
@@ -261,7 +262,7 @@ impl ClientRegistry {
     pub fn all(&self) -> Vec<Arc<ClientSlot>> {
         self.shards
             .iter()
-            .flat_map(|s| crate::sync::lock(s).values().cloned().collect::<Vec<_>>())
+            .flat_map(|s| s.lock().values().cloned().collect::<Vec<_>>())
             .collect()
     }
 }

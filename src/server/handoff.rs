@@ -20,10 +20,11 @@
 //! `idle_timeout` of connections idle in bb8, and the counts the pool
 //! metrics read. A connection only goes back into bb8 when no one waits.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -134,10 +135,6 @@ impl Slot {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Handoff {
     pub(super) fn new(
         bb8: bb8::Pool<ServerManager>,
@@ -166,7 +163,7 @@ impl Handoff {
     /// `at`: when the caller asked (its request's one clock reading); the
     /// wait and the `checkout_timeout` deadline count from there.
     pub fn start(self: &Arc<Self>, at: std::time::Instant) -> Started<'_> {
-        let mut queue = lock(&self.queue);
+        let mut queue = self.queue.lock();
         if queue.waiters.is_empty()
             && let Some(conn) = self.idle_now()
         {
@@ -200,7 +197,7 @@ impl Handoff {
     /// Wakes every queued checkout to ask its `give_up` again (the
     /// cluster changed: a node went down, or the primary moved).
     pub fn wake_waiters(&self) {
-        let mut queue = lock(&self.queue);
+        let mut queue = self.queue.lock();
         let Queue { waiters, slots, .. } = &mut *queue;
         for &i in waiters.iter() {
             let slot = &mut slots[i as usize];
@@ -234,7 +231,7 @@ impl Handoff {
     /// whole `checkout_timeout` (it lingers that long, so that a pool
     /// whose queue empties and fills again does not start a task each time).
     fn expire(&self) -> Option<Instant> {
-        let mut queue = lock(&self.queue);
+        let mut queue = self.queue.lock();
         let now = Instant::now();
         while let Some(&first) = queue.waiters.front() {
             let slot = &mut queue.slots[first as usize];
@@ -303,7 +300,7 @@ impl Handoff {
             let hand = self.clone();
             runtime.spawn(async move {
                 let got = hand.bb8.get_owned().await;
-                let mut queue = lock(&hand.queue);
+                let mut queue = hand.queue.lock();
                 queue.opening -= 1;
                 match got {
                     Ok(conn) => {
@@ -336,7 +333,7 @@ impl Handoff {
     /// there) and, for a waiter, the time its wait ended.
     fn give_at(self: &Arc<Self>, mut conn: Bb8Lease, source: Source, now: Instant) {
         conn.mark_returned_at(now.into_std());
-        let mut queue = lock(&self.queue);
+        let mut queue = self.queue.lock();
         if queue.waiters.is_empty() {
             // Under the queue's lock: a checkout that finds no idle
             // connection and starts waiting cannot slip in between.
@@ -450,7 +447,7 @@ impl Queued<'_> {
         cx: &mut Context<'_>,
         give_up: impl Fn(std::time::Instant) -> bool,
     ) -> Poll<Result<Handed, NotTaken>> {
-        let mut queue = lock(&self.hand.queue);
+        let mut queue = self.hand.queue.lock();
         let Queue { slots, free, .. } = &mut *queue;
         let state = &mut slots[self.slot as usize];
         if let Some((conn, source, at)) = state.lease.take() {
@@ -491,7 +488,7 @@ impl Drop for Queued<'_> {
             return;
         }
         let late = {
-            let mut queue = lock(&self.hand.queue);
+            let mut queue = self.hand.queue.lock();
             let Queue {
                 waiters,
                 slots,

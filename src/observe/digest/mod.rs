@@ -17,10 +17,10 @@ mod window;
 #[cfg(test)]
 mod tests;
 
-use crate::sync::lock;
+use parking_lot::{Mutex, MutexGuard};
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -120,20 +120,20 @@ impl Digests {
         self.max_text.store(max_text, Ordering::Relaxed);
         self.shard_bytes.store(per_shard, Ordering::Relaxed);
         for shard in self.shards.iter() {
-            lock(shard).make_room(0, per_shard, None);
+            shard.lock().make_room(0, per_shard, None);
         }
     }
 
     /// Text and plan bytes held by every digest.
     pub fn bytes(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).bytes).sum()
+        self.shards.iter().map(|s| s.lock().bytes).sum()
     }
 
     /// Changes the bound (a reload), evicting least recently seen entries.
     pub(crate) fn resize(&self, max: usize) {
         let count = self.shards.len();
         for (i, shard) in self.shards.iter().enumerate() {
-            let mut shard = lock(shard);
+            let mut shard = shard.lock();
             let cap = share(max, count, i);
             while shard.digests.len() > cap.get() {
                 if let Some((_, old)) = shard.digests.pop_lru() {
@@ -202,7 +202,7 @@ impl Digests {
     pub(crate) fn snapshots(&self) -> Vec<DigestSnapshot> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            let shard = lock(shard);
+            let shard = shard.lock();
             out.extend(shard.digests.iter().map(|(fp, d)| d.snapshot(*fp)));
         }
         out
@@ -220,14 +220,14 @@ impl Digests {
     /// Fingerprints kept.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).digests.len()).sum()
+        self.shards.iter().map(|s| s.lock().digests.len()).sum()
     }
 
     /// Moves every shard's window into `into` (which then holds the
     /// latencies recorded since the previous call).
     pub(crate) fn take_window(&self, into: &mut Histogram<u32>) {
         for shard in self.shards.iter() {
-            lock(shard).window.take_into(into);
+            shard.lock().window.take_into(into);
         }
     }
 
@@ -243,7 +243,7 @@ impl Digests {
         } else {
             high % count
         };
-        lock(&self.shards[index])
+        self.shards[index].lock()
     }
 }
 

@@ -10,10 +10,9 @@
 //! that thread takes, on its own cache line), and a scrape takes the
 //! shards' counts: exact, and the hot path touches nothing shared.
 
-use crate::sync::lock;
+use parking_lot::{Mutex, MutexGuard};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use prometheus::local::{LocalHistogram, LocalIntCounter};
@@ -134,7 +133,7 @@ impl Hot {
     }
 
     fn shard(&self) -> MutexGuard<'_, Shard> {
-        lock(&self.shards[shard_index()].shard)
+        self.shards[shard_index()].shard.lock()
     }
 
     /// Counts a statement; false if `node` has no counters (the node list
@@ -186,7 +185,7 @@ impl Hot {
             if n > 0 {
                 self.transactions.inc_by(n);
             }
-            let shard = &mut *lock(&padded.shard);
+            let shard = &mut *padded.shard.lock();
             for counters in &shard.queries {
                 counters.iter().for_each(LocalIntCounter::flush);
             }

@@ -240,6 +240,16 @@ enum Lost {
     },
 }
 
+impl Lost {
+    /// The monitor says `node` is no longer fit for the role it was
+    /// asked for.
+    fn given_up(cluster: &ClusterView, node: NodeId) -> Lost {
+        Lost::GivenUp {
+            node: cluster.addr(node).clone(),
+        }
+    }
+}
+
 impl std::fmt::Display for Lost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -262,9 +272,7 @@ fn given_up(
 ) -> Result<Got, Lost> {
     match got {
         Ok(Some(got)) => Ok(got),
-        Ok(None) => Err(Lost::GivenUp {
-            node: cluster.addr(node).clone(),
-        }),
+        Ok(None) => Err(Lost::given_up(cluster, node)),
         Err(e) => Err(Lost::Checkout(e)),
     }
 }
@@ -403,9 +411,7 @@ pub async fn acquire(
                 },
                 Ok(None) => match replica {
                     Some(replica) => {
-                        let why = Lost::GivenUp {
-                            node: cluster.addr(node).clone(),
-                        };
+                        let why = Lost::given_up(&cluster, node);
                         to_primary(ctx, pools, &cluster, replica, why).await
                     }
                     None => {

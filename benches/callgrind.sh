@@ -9,6 +9,7 @@
 #   TXNS=500 CLIENTS=16 bash benches/callgrind.sh
 #   FLAGS="-S -C" TXNS=50 bash benches/callgrind.sh   # per new connection
 #   TARGET=pgbouncer bash benches/callgrind.sh         # PgBouncer's count
+#   CACHE_SIM=1 bash benches/callgrind.sh              # + simulated L1 misses
 #
 # Starts a throwaway primary + replica (benches/lib.sh) and the release
 # pgsidecar under callgrind, warms up, zeroes the counters, runs
@@ -36,7 +37,10 @@ start_cluster
 # lands in the counted window). Natively none of that happens on -S.
 SIDECAR_EXTRA=${SIDECAR_EXTRA:-'[observability]\nslow_query_threshold = "1h"'}
 out=$WORK/callgrind.out
-wrap="valgrind --tool=callgrind --callgrind-out-file=$out"
+# CACHE_SIM=1: valgrind also simulates the caches (this CPU's L1 sizes) and
+# the script prints L1 instruction and data misses per transaction: the
+# memory a transaction touches, which instruction counts do not show.
+wrap="valgrind --tool=callgrind ${CACHE_SIM:+--cache-sim=yes} --callgrind-out-file=$out"
 if [ "$TARGET" = pgbouncer ]; then
     # The same pool size and SCRAM verifier as pgbench.sh gives it.
     BOUNCER_WRAP=$wrap start_pgbouncer
@@ -75,4 +79,10 @@ sleep 1
 file=$(ls "$out".* | head -1)
 total=$(awk '/^summary:/ {print $2}' "$file")
 awk -v t="$total" -v n=$((CLIENTS * TXNS)) 'BEGIN {printf "instructions per transaction: %.0f (%d transactions)\n", t / n, n}'
+if [ -n "${CACHE_SIM:-}" ]; then
+    # events: Ir Dr Dw I1mr D1mr D1mw ... and the summary in the same order.
+    awk -v n=$((CLIENTS * TXNS)) '/^events:/ {for (i = 2; i <= NF; i++) name[i] = $i}
+        /^summary:/ {for (i = 2; i <= NF; i++) if (name[i] ~ /^(I1mr|D1mr|D1mw)$/) m[name[i]] = $i / n}
+        END {printf "L1 misses per transaction: instructions %.1f, data reads %.1f, data writes %.1f\n", m["I1mr"], m["D1mr"], m["D1mw"]}' "$file"
+fi
 if [ -n "${CALLGRIND_OUT:-}" ]; then cp "$file" "$CALLGRIND_OUT" && log "profile kept in $CALLGRIND_OUT"; fi

@@ -53,17 +53,39 @@ impl Default for Infos {
 }
 
 impl Infos {
-    /// Changed in place; only the step from one to two moves the list
-    /// (it ran for every Parse and Bind when the list was taken out and
-    /// put back each time).
-    fn push(&mut self, info: Arc<StatementInfo>) {
-        if self
-            .as_slice()
-            .last()
-            .is_some_and(|l| Arc::ptr_eq(l, &info))
-        {
+    /// Lists `info` unless it is the last listed; cloned only then.
+    /// Why by reference: a Bind of the statement just parsed (every
+    /// unprepared extended query) lists nothing, and a clone taken and
+    /// dropped again was two atomic operations on a count every client
+    /// running that statement shares.
+    #[inline]
+    fn push_ref(&mut self, info: &Arc<StatementInfo>) {
+        if self.as_slice().last().is_some_and(|l| Arc::ptr_eq(l, info)) {
             return;
         }
+        self.push(info.clone());
+    }
+
+    /// Lists again the statement listed at `i` (unless it is the last
+    /// listed, as [`push_ref`](Self::push_ref)).
+    #[inline]
+    fn push_listed(&mut self, i: usize) {
+        let slice = self.as_slice();
+        let (Some(info), Some(last)) = (slice.get(i), slice.last()) else {
+            return;
+        };
+        if Arc::ptr_eq(info, last) {
+            return;
+        }
+        let info = info.clone();
+        self.push(info);
+    }
+
+    /// Changed in place; only the step from one to two moves the list
+    /// (it ran for every Parse and Bind when the list was taken out and
+    /// put back each time). Callers have checked that `info` is not the
+    /// last listed.
+    fn push(&mut self, info: Arc<StatementInfo>) {
         match self {
             Infos::Many(v) if v.is_empty() => *self = Infos::One([info]),
             Infos::Many(v) => v.push(info),
@@ -179,7 +201,6 @@ pub fn find_unit(
         check_partial(cbuf)?;
         return Ok(None);
     };
-    let cbuf = &cbuf[..len];
     let mut at = 0;
     let mut unit = Unit {
         len: 0,
@@ -188,9 +209,11 @@ pub fn find_unit(
         ends_with_ready: true,
         unknown: None,
     };
-    // The unnamed statement parsed within this unit, if any.
-    let mut unnamed: Option<Arc<StatementInfo>> = None;
-    while let Some((tag, f)) = frame::complete(&cbuf[at..])? {
+    // Where the unnamed statement parsed within this unit, if any, is
+    // listed in `unit.infos`: a Bind of it lists it again without a
+    // reference count of its own.
+    let mut unnamed: Option<usize> = None;
+    for (tag, f) in checked_frames(&cbuf[..len]) {
         at += f.len();
         match tag {
             fe::QUERY => {
@@ -213,38 +236,40 @@ pub fn find_unit(
                     return Ok(Some(unit));
                 }
                 unit.hint = unit.hint.or(c.hint);
-                unit.infos.push(c.info.clone());
+                unit.infos.push_ref(&c.info);
                 carried.push(f.len(), c);
                 unit.len = at;
                 return Ok(Some(unit));
             }
             fe::PARSE => {
                 let msg = prepared::parse_parse(f)?;
-                let c = memo.classify(classifier, encoding, msg.query);
+                // Borrowed from the memo: only the relay's copy (an unnamed
+                // statement's) is cloned.
+                let c = memo.classify_ref(classifier, encoding, msg.query);
                 unit.hint = unit.hint.or(c.hint);
-                unit.infos.push(c.info.clone());
+                unit.infos.push_ref(&c.info);
                 if msg.name.is_empty() {
-                    unnamed = Some(c.info.clone());
-                    carried.push(f.len(), c);
+                    unnamed = Some(unit.infos.as_slice().len() - 1);
+                    carried.push(f.len(), c.clone());
                 }
             }
             fe::BIND => {
                 let (name, _, _) = prepared::bind_statement(f)?;
                 // A statement parsed in an earlier unit brings its hint.
-                let found = if name.is_empty() {
-                    unnamed
-                        .clone()
-                        .map(|info| (info, None))
-                        .or_else(|| statements.unnamed_class().map(|c| (c.info.clone(), c.hint)))
-                } else {
-                    statements
-                        .get(name)
-                        .map(|s| (s.class.info.clone(), s.class.hint))
+                let found = match unnamed {
+                    Some(i) if name.is_empty() => {
+                        unit.infos.push_listed(i);
+                        continue;
+                    }
+                    None if name.is_empty() => {
+                        statements.unnamed_class().map(|c| (&c.info, c.hint))
+                    }
+                    _ => statements.get(name).map(|s| (&s.class.info, s.class.hint)),
                 };
                 match found {
                     Some((info, hint)) => {
                         unit.hint = unit.hint.or(hint);
-                        unit.infos.push(info);
+                        unit.infos.push_ref(info);
                     }
                     // Not one of ours (SQL-level PREPARE): be safe.
                     None => unit.unknown = Some("unknown_statement"),
@@ -262,6 +287,26 @@ pub fn find_unit(
         }
     }
     Ok(None)
+}
+
+/// The frames of a unit whose headers [`unit_len`] has checked, as
+/// `(tag, whole frame)`.
+///
+/// Why not `frame::complete` again: it checks each header's length
+/// against the protocol's bounds and the buffer a second time (~30
+/// instructions a frame, five frames an extended-protocol query); here
+/// only what slicing needs is looked at. A frame that does not fit ends
+/// the walk, as `complete`'s `None` did (it cannot happen after
+/// `unit_len`).
+fn checked_frames(unit: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut rest = unit;
+    std::iter::from_fn(move || {
+        let (&tag, after) = rest.split_first()?;
+        let len: [u8; 4] = after.get(..4)?.try_into().ok()?;
+        let (f, later) = rest.split_at_checked(u32::from_be_bytes(len) as usize + 1)?;
+        rest = later;
+        Some((tag, f))
+    })
 }
 
 /// A routing decision for a unit.
@@ -424,16 +469,79 @@ mod tests {
         let read = info(&c, "select * from a");
         // Parse then Bind of the same statement: inline, one entry.
         let mut infos = Infos::default();
-        infos.push(read.clone());
-        infos.push(read.clone());
+        infos.push_ref(&read);
+        infos.push_ref(&read);
         assert!(matches!(infos, Infos::One(_)));
         // Another statement, then the first again: all three listed, in
         // order (the first that writes gives the reason).
         let write = info(&c, "delete from b");
-        infos.push(write.clone());
-        infos.push(read.clone());
+        infos.push_ref(&write);
+        infos.push_ref(&read);
         let listed: Vec<_> = infos.iter().map(|i| i.route).collect();
         assert_eq!(listed, [Route::Read, Route::Write, Route::Read]);
+    }
+
+    fn frame_of(tag: u8, body: &[&[u8]]) -> Vec<u8> {
+        let mut out = bytes::BytesMut::new();
+        frame::put_frame(&mut out, tag, &body.concat());
+        out.to_vec()
+    }
+
+    fn parse(name: &str, sql: &str) -> Vec<u8> {
+        frame_of(
+            fe::PARSE,
+            &[name.as_bytes(), b"\0", sql.as_bytes(), b"\0\0\0"],
+        )
+    }
+
+    fn bind(name: &str) -> Vec<u8> {
+        frame_of(fe::BIND, &[b"\0", name.as_bytes(), b"\0\0\0\0\0\0\0"])
+    }
+
+    #[test]
+    fn a_bind_of_the_unnamed_statement_lists_it_again_after_another() {
+        let c = Classifier::new(&[], 10_000, 100);
+        let (statements, mut memo, mut carried) = Default::default();
+        let describe = frame_of(fe::DESCRIBE, &[b"P\0"]);
+        let execute = frame_of(fe::EXECUTE, &[b"\0\0\0\0\0"]);
+        let sync = frame_of(fe::SYNC, &[]);
+        let frames = [
+            parse("", "/* pgsidecar:primary */ select * from a"),
+            bind(""),
+            describe,
+            execute.clone(),
+            parse("s", "delete from b"),
+            bind(""),
+            execute,
+            sync,
+        ];
+        let buf = frames.concat();
+        let find = |buf: &[u8], memo: &mut ClassMemo, carried: &mut Carried| {
+            find_unit(buf, &statements, memo, carried, &c, ClientEncoding::Utf8)
+        };
+        // Incomplete: nothing yet.
+        let partial = &buf[..buf.len() - 1];
+        assert!(find(partial, &mut memo, &mut carried).unwrap().is_none());
+        let unit = find(&buf, &mut memo, &mut carried).unwrap().expect("whole");
+        assert_eq!(unit.len, buf.len());
+        assert!(unit.ends_with_ready && unit.unknown.is_none());
+        assert_eq!(unit.hint, Some(Hint::Primary));
+        let listed: Vec<_> = unit.infos.iter().map(|i| i.route).collect();
+        assert_eq!(listed, [Route::Read, Route::Write, Route::Read]);
+        assert!(Arc::ptr_eq(
+            &unit.infos.as_slice()[0],
+            &unit.infos.as_slice()[2]
+        ));
+        // The unnamed Parse's classification waits for the relay; the
+        // named one's does not.
+        let first = carried.take(frames[0].len()).expect("carried");
+        assert!(Arc::ptr_eq(&first.info, &unit.infos.as_slice()[0]));
+        assert!(carried.take(frames[4].len()).is_none());
+        // A Bind of a statement named nowhere: the primary, to be safe.
+        let unknown = [bind("nowhere"), frame_of(fe::SYNC, &[])].concat();
+        let unit = find(&unknown, &mut memo, &mut carried).unwrap().unwrap();
+        assert_eq!(unit.reason(), "unknown_statement");
+        assert_eq!(unit.route(), Route::Write);
     }
 
     #[test]

@@ -200,6 +200,16 @@ fn a_node_whose_checks_stopped_goes_stale() {
     assert!(!view.gives_up_at(1, Role::Replica, t0 + ms(301)));
     assert!(view.gives_up_at(1, Role::Replica, t0 + ms(302)));
     assert!(!view.is_healthy_at(7, t0), "an unknown node is not healthy");
+    // The same questions at a reading already in the view's time.
+    let (healthy, stale) = (
+        view.nanos_since_epoch(t0 + ms(301)),
+        view.nanos_since_epoch(t0 + ms(302)),
+    );
+    assert!(view.is_healthy_on(1, healthy) && !view.is_healthy_on(1, stale));
+    assert!(!view.gives_up_on(1, Role::Replica, healthy));
+    assert!(view.gives_up_on(1, Role::Replica, stale));
+    assert!(view.choose_replica_on(healthy, None, MAX_LAG).is_ok());
+    assert!(view.choose_replica_on(stale, None, MAX_LAG).is_err());
 }
 
 #[test]

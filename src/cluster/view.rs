@@ -153,16 +153,33 @@ impl ClusterView {
 
     /// [`is_healthy`](Self::is_healthy) at the caller's clock reading.
     pub fn is_healthy_at(&self, id: NodeId, now: Instant) -> bool {
-        let stale_after = self.stale_after_nanos.load(Ordering::Relaxed);
-        let now = self.nanos_since_epoch(now);
-        self.nodes
-            .get(id)
-            .is_some_and(|n| n.healthy_at_nanos(now, stale_after))
+        self.is_healthy_on(id, self.nanos_since_epoch(now))
     }
 
-    /// `now` as the nodes keep their times: nanoseconds since the epoch.
-    fn nanos_since_epoch(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    /// [`is_healthy`](Self::is_healthy) at a reading already in the
+    /// view's time ([`nanos_since_epoch`](Self::nanos_since_epoch)).
+    pub fn is_healthy_on(&self, id: NodeId, now_nanos: u64) -> bool {
+        let stale_after = self.stale_after_nanos.load(Ordering::Relaxed);
+        self.nodes
+            .get(id)
+            .is_some_and(|n| n.healthy_at_nanos(now_nanos, stale_after))
+    }
+
+    /// `now` as the view keeps its times: nanoseconds since its epoch
+    /// (zero before it, at most `u64::MAX`, 584 years on), meaningful to
+    /// this view only.
+    ///
+    /// Why callers work it out themselves: the view compares every node's
+    /// last answer and lag with the request's one clock reading, and
+    /// turning an `Instant` into this is a subtraction of two instants (a
+    /// call into std, ~40 instructions). Routing does it once per request
+    /// and asks every question of that request in these terms (the
+    /// replica's choice, the health of the node its checkout waits for).
+    /// The seconds and nanoseconds are combined here rather than through
+    /// `as_nanos`, whose 128-bit product and conversion back cost a
+    /// third as much again.
+    pub fn nanos_since_epoch(&self, now: Instant) -> u64 {
+        nanos_of(now.saturating_duration_since(self.epoch))
     }
 
     /// A primary exists and answered its last check recently (`/readyz`).
@@ -180,21 +197,34 @@ impl ClusterView {
         min_lsn: Option<Lsn>,
         max_lag: Duration,
     ) -> Result<ReplicaLease, NoReplica> {
-        self.choose_replica_at(Instant::now(), min_lsn, max_lag)
+        self.choose_replica_on(self.nanos_since_epoch(Instant::now()), min_lsn, max_lag)
     }
 
     /// [`choose_replica`](Self::choose_replica) as of `now`.
+    #[cfg(test)]
     pub(crate) fn choose_replica_at(
         &self,
         now: Instant,
         min_lsn: Option<Lsn>,
         max_lag: Duration,
     ) -> Result<ReplicaLease, NoReplica> {
-        // Times as the nodes keep them (nanoseconds since the epoch): one
-        // subtraction here instead of two instants built per replica.
+        self.choose_replica_on(self.nanos_since_epoch(now), min_lsn, max_lag)
+    }
+
+    /// [`choose_replica`](Self::choose_replica) as of a reading already
+    /// in the view's time ([`nanos_since_epoch`](Self::nanos_since_epoch)).
+    pub(crate) fn choose_replica_on(
+        &self,
+        now_nanos: u64,
+        min_lsn: Option<Lsn>,
+        max_lag: Duration,
+    ) -> Result<ReplicaLease, NoReplica> {
+        // Times as the nodes keep them (nanoseconds since the epoch),
+        // worked out by the caller once per request instead of two
+        // instants built per replica.
         let stale_after = self.stale_after_nanos.load(Ordering::Relaxed);
-        let now = self.nanos_since_epoch(now);
-        let max_lag = u64::try_from(max_lag.as_nanos()).unwrap_or(u64::MAX);
+        let now = now_nanos;
+        let max_lag = nanos_of(max_lag);
         let n = self.nodes.len();
         let mut id = next_rotation(n);
         let mut picker = Picker::new(min_lsn);
@@ -269,6 +299,7 @@ impl ClusterView {
     /// [`status`](Self::status) as of `now`.
     pub(crate) fn status_at(&self, now: Instant) -> Vec<NodeStatus> {
         let latest = self.latest_primary_lsn();
+        let now_nanos = self.nanos_since_epoch(now);
         self.nodes
             .iter()
             .enumerate()
@@ -280,7 +311,7 @@ impl ClusterView {
                     id,
                     addr: node.addr.clone(),
                     role,
-                    healthy: self.is_healthy_at(id, now),
+                    healthy: self.is_healthy_on(id, now_nanos),
                     replay_lsn,
                     lag_bytes: replay_lsn.zip(latest).map(|(r, l)| l.bytes_since(r)),
                     lag_seconds: replica
@@ -330,6 +361,16 @@ impl ClusterView {
         }
     }
 
+    /// [`gives_up`](Self::gives_up) at a reading already in the view's
+    /// time: the request's own, which routing worked out
+    /// ([`nanos_since_epoch`](Self::nanos_since_epoch)).
+    pub fn gives_up_on(&self, node: NodeId, role: Role, now_nanos: u64) -> bool {
+        match role {
+            Role::Replica => !self.is_healthy_on(node, now_nanos),
+            Role::Primary => self.primary() != Some(node),
+        }
+    }
+
     /// Changes when the primary changes or a node's health does: what can
     /// make [`gives_up`](Self::gives_up) true.
     pub fn moves(&self) -> watch::Receiver<u64> {
@@ -355,6 +396,16 @@ impl ClusterView {
     }
 }
 
+/// `d` in whole nanoseconds, saturating (at 584 years): the same as
+/// `u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)` without its
+/// 128-bit arithmetic.
+#[inline]
+fn nanos_of(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
+}
+
 /// A per-thread rotating start index below `n` (0 if there is none), so
 /// equal candidates share the load without every read bumping one shared
 /// counter. Wrapped by a comparison rather than taken modulo `n`: a
@@ -370,4 +421,25 @@ fn next_rotation(n: usize) -> usize {
         c.set(v + 1);
         v
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nanoseconds_are_those_of_as_nanos_saturated() {
+        let as_nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        for d in [
+            Duration::ZERO,
+            Duration::new(0, 999_999_999),
+            Duration::new(3, 7),
+            Duration::new(u64::MAX / 1_000_000_000, 0),
+            Duration::new(u64::MAX / 1_000_000_000, 999_999_999),
+            Duration::new(u64::MAX / 1_000_000_000 + 1, 0),
+            Duration::MAX,
+        ] {
+            assert_eq!(nanos_of(d), as_nanos(d), "{d:?}");
+        }
+    }
 }

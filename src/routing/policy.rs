@@ -427,7 +427,10 @@ pub fn decide(
     if by_token {
         floor = Some(token);
     }
-    match cluster.choose_replica_at(now, floor, config.max_replica_lag) {
+    // The request's reading as the view keeps its times, worked out only
+    // here: a request that reaches no replica needs none.
+    let now_nanos = cluster.nanos_since_epoch(now);
+    match cluster.choose_replica_on(now_nanos, floor, config.max_replica_lag) {
         Ok(lease) => Ok(Decision {
             target: Target::Replica(lease),
             reason,

@@ -32,20 +32,33 @@ struct Shard {
     pool_wait: LocalHistogram,
     /// Per routing reason, found by pointer (the reasons are static).
     routing: Vec<(&'static str, u64)>,
+    /// Where in `routing` the last reason counted is.
+    last_routing: usize,
 }
 
 impl Shard {
     /// Why by pointer first: the reasons are static strings, so the same
     /// reason is nearly always the same pointer, and comparing the text of
-    /// every entry passed on the way cost a `memcmp` call each.
+    /// every entry passed on the way cost a `memcmp` call each. Why the
+    /// last one first: a load routes most requests for one reason, and
+    /// walking the entries before it cost ~30 instructions a transaction.
     #[inline]
     fn count_routing(&mut self, reason: &'static str) {
+        if let Some((r, n)) = self.routing.get_mut(self.last_routing)
+            && std::ptr::eq(*r, reason)
+        {
+            *n += 1;
+            return;
+        }
         match self
             .routing
-            .iter_mut()
-            .find(|(r, _)| std::ptr::eq(*r, reason))
+            .iter()
+            .position(|(r, _)| std::ptr::eq(*r, reason))
         {
-            Some((_, n)) => *n += 1,
+            Some(i) => {
+                self.routing[i].1 += 1;
+                self.last_routing = i;
+            }
             None => self.count_routing_by_text(reason),
         }
     }
@@ -55,9 +68,15 @@ impl Shard {
     #[cold]
     #[inline(never)]
     fn count_routing_by_text(&mut self, reason: &'static str) {
-        match self.routing.iter_mut().find(|(r, _)| *r == reason) {
-            Some((_, n)) => *n += 1,
-            None => self.routing.push((reason, 1)),
+        match self.routing.iter().position(|(r, _)| *r == reason) {
+            Some(i) => {
+                self.routing[i].1 += 1;
+                self.last_routing = i;
+            }
+            None => {
+                self.last_routing = self.routing.len();
+                self.routing.push((reason, 1));
+            }
         }
     }
 }
@@ -121,6 +140,7 @@ impl Hot {
                     query_duration: t.query_duration.each_ref().map(|h| h.local()),
                     pool_wait: t.pool_wait.local(),
                     routing: Vec::new(),
+                    last_routing: 0,
                 }),
                 transactions: AtomicU64::new(0),
             })

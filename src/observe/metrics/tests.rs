@@ -100,6 +100,10 @@ fn hot_path_counts_under_the_right_labels() {
     m.routing("read");
     m.routing("custom_reason");
     m.routing("custom_reason");
+    // Back to an earlier reason, and the same text at another address.
+    m.routing("read");
+    m.routing(String::from("custom_reason").leak());
+    m.routing("read");
     m.routing_counter("write").inc();
     m.error(super::ErrorKind::Auth);
     m.query_error();
@@ -134,10 +138,10 @@ fn hot_path_counts_under_the_right_labels() {
         v("pgsidecar_query_duration_seconds_bucket{role=\"primary\",le=\"0.0001\"}"),
         1.0
     );
-    assert_eq!(v("pgsidecar_routing_decisions_total{reason=\"read\"}"), 1.0);
+    assert_eq!(v("pgsidecar_routing_decisions_total{reason=\"read\"}"), 3.0);
     assert_eq!(
         v("pgsidecar_routing_decisions_total{reason=\"custom_reason\"}"),
-        3.0
+        4.0
     );
     assert_eq!(
         v("pgsidecar_routing_decisions_total{reason=\"write\"}"),

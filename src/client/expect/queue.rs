@@ -112,3 +112,65 @@ impl PartialEq for Queue {
 }
 
 impl Eq for Queue {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::expect::Synthetic;
+
+    fn reply(n: usize) -> Expect {
+        Expect::Reply(if n % 2 == 0 {
+            Synthetic::ParseComplete
+        } else {
+            Synthetic::CloseComplete
+        })
+    }
+
+    #[test]
+    fn first_in_first_out_and_empty_starts_over() {
+        let mut q = Queue::default();
+        assert!(q.is_empty() && q.front().is_none() && q.pop_front().is_none());
+        q.push_back(reply(0));
+        q.push_back(reply(1));
+        assert_eq!((q.len(), q.get(1)), (2, Some(&reply(1))));
+        assert_eq!(q.pop_front(), Some(reply(0)));
+        assert_eq!(q.front(), Some(&reply(1)));
+        assert_eq!(q.pop_front(), Some(reply(1)));
+        // Emptied: back to the start of its buffer.
+        assert!(q.is_empty());
+        assert_eq!((q.head, q.items.len()), (0, 0));
+    }
+
+    /// A queue that is never emptied (requests always outstanding) stays
+    /// within about twice what is queued.
+    #[test]
+    fn a_queue_never_emptied_stays_bounded() {
+        let mut q = Queue::default();
+        q.push_back(reply(0));
+        for n in 1..10_000 {
+            q.push_back(reply(n));
+            assert_eq!(q.pop_front(), Some(reply(n - 1)));
+            assert_eq!(q.len(), 1);
+        }
+        assert!(q.items.len() <= 2 * COMPACT_AT + 2, "{}", q.items.len());
+        assert_eq!(q.front(), Some(&reply(9_999)));
+    }
+
+    #[test]
+    fn drain_retain_and_equality_see_only_what_is_queued() {
+        let mut q = Queue::default();
+        for n in 0..5 {
+            q.push_back(reply(n));
+        }
+        q.pop_front();
+        let drained: Vec<_> = q.drain_front(2).collect();
+        assert_eq!(drained, vec![reply(1), reply(2)]);
+        assert_eq!(q.as_slice(), &[reply(3), reply(4)]);
+        let mut other = Queue::default();
+        other.push_back(reply(3));
+        other.push_back(reply(4));
+        assert_eq!(q, other);
+        q.retain(|e| *e != reply(3));
+        assert_eq!(q.as_slice(), &[reply(4)]);
+    }
+}

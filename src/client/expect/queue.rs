@@ -119,7 +119,7 @@ mod tests {
     use crate::client::expect::Synthetic;
 
     fn reply(n: usize) -> Expect {
-        Expect::Reply(if n % 2 == 0 {
+        Expect::Reply(if n.is_multiple_of(2) {
             Synthetic::ParseComplete
         } else {
             Synthetic::CloseComplete

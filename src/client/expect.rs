@@ -5,8 +5,6 @@
 //! made-up answers (ParseComplete for a statement it did not need to send)
 //! at the right place, and knows when a server can change hands.
 
-use std::collections::VecDeque;
-
 use super::tx_status::TxStatus;
 use crate::protocol::frame::{be, fe};
 
@@ -143,7 +141,7 @@ impl CommandTag {
 
 /// One queue entry. `token` lets the session recognise its own entries when
 /// they complete or fail (e.g. which statement a failed Parse was for).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
     Response {
         request: Request,
@@ -239,7 +237,7 @@ impl<const N: usize> PartialEq<[Event; N]> for Events {
 /// that decides when it may be released.
 #[derive(Debug)]
 pub struct Expectations {
-    queue: VecDeque<Expect>,
+    queue: Queue,
     /// Extended-query messages sent since the last Sync.
     batch_open: bool,
     /// Between the server's CopyInResponse and the client's CopyDone/Fail.
@@ -250,7 +248,7 @@ pub struct Expectations {
     skipping: bool,
     /// A made-up reply may be queued: set when one is, cleared when the
     /// queue is emptied. Without one, [`client_head`](Self::client_head)
-    /// need not look past the head (a `VecDeque::get(1)` per response,
+    /// need not look past the head (a second look per response,
     /// five per extended-query transaction, saved).
     replies_queued: bool,
     status: TxStatus,
@@ -259,7 +257,7 @@ pub struct Expectations {
 impl Default for Expectations {
     fn default() -> Self {
         Expectations {
-            queue: VecDeque::new(),
+            queue: Queue::default(),
             batch_open: false,
             copy_in: false,
             skipping: false,
@@ -340,7 +338,7 @@ impl Expectations {
         self.drain_skipped(&mut m);
         let Some(Expect::Response {
             request, audience, ..
-        }) = self.queue.front().cloned()
+        }) = self.queue.front().copied()
         else {
             // Nothing expected: asynchronous messages (NOTICE, NOTIFY,
             // ParameterStatus) or a confused server; pass them on.
@@ -472,7 +470,7 @@ impl Expectations {
     /// dropped request with a token fails too: a Parse the server skipped
     /// did not prepare its statement.
     fn fail_head(&mut self, m: &mut Matched) {
-        let Some(Expect::Response { request, token, .. }) = self.queue.front().cloned() else {
+        let Some(Expect::Response { request, token, .. }) = self.queue.front().copied() else {
             return;
         };
         if request.ends_with_ready() {
@@ -503,9 +501,8 @@ impl Expectations {
     /// entered COPY IN are ignored by the server.
     fn start_copy_in(&mut self) {
         self.copy_in = true;
-        let mut kept = VecDeque::with_capacity(self.queue.len());
         let mut first = true;
-        for e in self.queue.drain(..) {
+        self.queue.retain(|e| {
             let is_sync = matches!(
                 e,
                 Expect::Response {
@@ -513,12 +510,10 @@ impl Expectations {
                     ..
                 }
             );
-            if first || !is_sync {
-                kept.push_back(e);
-            }
+            let keep = first || !is_sync;
             first = false;
-        }
-        self.queue = kept;
+            keep
+        });
     }
 
     /// Requests the server skipped fail (they lead the queue, up to the
@@ -559,7 +554,7 @@ impl Expectations {
     ///
     /// [`status`]: Self::status
     pub fn settled_but(&self, token: Token) -> bool {
-        self.queue.iter().all(|e| match e {
+        self.queue.as_slice().iter().all(|e| match e {
             Expect::Response {
                 request,
                 audience,
@@ -583,22 +578,21 @@ impl Expectations {
         );
         let last = self.queue.len().checked_sub(1)?;
         let ends_with_sync = matches!(
-            self.queue[last],
+            self.queue.as_slice()[last],
             Expect::Response {
                 request: Request::Sync,
                 ..
             }
         );
-        let one_batch =
-            self.queue.iter().take(last).all(
-                |e| !matches!(e, Expect::Response { request, .. } if request.ends_with_ready()),
-            );
+        let one_batch = self.queue.as_slice()[..last]
+            .iter()
+            .all(|e| !matches!(e, Expect::Response { request, .. } if request.ends_with_ready()));
         if !head_matches || !ends_with_sync || !one_batch || self.batch_open || self.copy_in {
             return None;
         }
         let dropped = self
             .queue
-            .drain(..last)
+            .drain_front(last)
             .filter_map(|e| match e {
                 Expect::Response { request, token, .. } if token.is_some() => {
                     Some(Event::Failed { request, token })
@@ -676,6 +670,10 @@ impl Expectations {
         self.status
     }
 }
+
+mod queue;
+
+use queue::Queue;
 
 #[cfg(test)]
 mod tests;

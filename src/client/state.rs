@@ -73,6 +73,9 @@ pub struct ClassMemo {
     /// Byte ranges of `text`'s numeric literals, and a spare list.
     numbers: Vec<Range<usize>>,
     spare: Vec<Range<usize>>,
+    /// Every literal in `numbers` is digits only ([`template::all_digits`],
+    /// looked at once per text classified, not once per match).
+    digits_only: bool,
     /// Classifications asked for, so tests can check each statement is
     /// classified once on its way to the server.
     #[cfg(test)]
@@ -117,11 +120,16 @@ impl ClassMemo {
         // `keyed` implies `text` was read exactly; UTF-8 bytes equal to it
         // are the same text. An unsure reading is as repeatable as a sure
         // one: the same text gets the same (cautious) classification.
+        // The shape is tried first: a text with numbers nearly always
+        // comes back with other numbers (the same text matches its shape
+        // too), and an equal length made the comparison a `memcmp` that
+        // found nothing; a text without numbers (or a `SET`) is turned
+        // down by the shape check before it reads a byte.
         if encoding.is_utf8()
             && self.keyed
             && self.read_as == reading
             && self.class.is_some()
-            && (self.text.as_bytes() == raw || self.took_shape_of(raw))
+            && (self.took_shape_of(raw) || self.text.as_bytes() == raw)
         {
             return self.noted(classifier);
         }
@@ -153,7 +161,13 @@ impl ClassMemo {
         if !valueless
             || self.numbers.is_empty()
             || raw.len() > MEMO_MAX
-            || !template::same_shape(&self.text, &self.numbers, raw, &mut self.spare)
+            || !template::same_shape_as(
+                &self.text,
+                &self.numbers,
+                self.digits_only,
+                raw,
+                &mut self.spare,
+            )
         {
             return false;
         }
@@ -216,7 +230,13 @@ impl ClassMemo {
             && valueless
             && !self.numbers.is_empty()
             && text.len() <= MEMO_MAX
-            && template::same_shape(&self.text, &self.numbers, text.as_bytes(), &mut self.spare)
+            && template::same_shape_as(
+                &self.text,
+                &self.numbers,
+                self.digits_only,
+                text.as_bytes(),
+                &mut self.spare,
+            )
         {
             self.text.clear();
             self.text.push_str(text);
@@ -241,6 +261,7 @@ impl ClassMemo {
         if self.numbers.capacity() > MEMO_NUMBERS {
             self.numbers = Vec::new();
         }
+        self.digits_only = template::all_digits(text, &self.numbers);
         self.class = Some(class);
         self.noted(classifier)
     }

@@ -32,9 +32,10 @@ pub(super) enum ClientSide {
 
 /// Splits complete client frames off `cbuf`, passes them to the flow.
 ///
-/// Why the buffer is advanced (and the replay copy made) once, after the
-/// loop, not per frame: an extended-protocol request is five frames, and
-/// each `advance` and small copy cost tens of instructions.
+/// Why the buffer is advanced (and the replay copy made, and its size
+/// checked) once, after the loop, not per frame: an extended-protocol
+/// request is five frames, and each `advance`, small copy and check cost
+/// tens of instructions.
 pub(super) fn process_client<F: Flow>(
     cbuf: &mut BytesMut,
     wbuf: &mut BytesMut,
@@ -44,10 +45,18 @@ pub(super) fn process_client<F: Flow>(
 ) -> Result<ClientSide, WireError> {
     let mut done = Consumed::default();
     let end = client_frames(cbuf, &mut done, wbuf, side, flow, messages);
-    if done.replayed > 0
-        && let Some(replay) = side.replay.as_deref_mut()
-    {
-        replay.extend_from_slice(&cbuf[..done.replayed]);
+    if side.replaying && done.used > 0 {
+        // What earlier batches kept for a retry, and this one's frames:
+        // checked before copying, so a large message is not copied a
+        // third time just to find it is too long. Once too long, no retry
+        // (nothing later is kept either: `replaying` stays false).
+        let kept = side.replay.as_deref().map_or(0, BytesMut::len);
+        side.replaying = kept + done.used <= MAX_REPLAY;
+        if side.replaying
+            && let Some(replay) = side.replay.as_deref_mut()
+        {
+            replay.extend_from_slice(&cbuf[..done.used]);
+        }
     }
     if done.used > 0 {
         cbuf.advance(done.used);
@@ -61,10 +70,9 @@ pub(super) fn process_client<F: Flow>(
 /// What [`client_frames`] took from the client's buffer.
 #[derive(Default)]
 struct Consumed {
-    /// Bytes of frames handled (they leave the buffer).
+    /// Bytes of frames handled (they leave the buffer, and are kept for a
+    /// retry while one is possible).
     used: usize,
-    /// Bytes at the start of those kept for a retry.
-    replayed: usize,
     /// More room the incomplete frame at the end needs.
     wanted: usize,
 }
@@ -82,8 +90,6 @@ fn client_frames<F: Flow>(
 ) -> Result<ClientSide, WireError> {
     let mut outbox = Outbox::default();
     flow.next_batch();
-    // What earlier batches kept for a retry (this one's is added after).
-    let kept = side.replay.as_deref().map_or(0, BytesMut::len);
     loop {
         let rest = &cbuf[done.used..];
         if let Some(&tag) = rest.first() {
@@ -100,17 +106,8 @@ fn client_frames<F: Flow>(
         let step = flow.client_frame(tag, &rest[..total], wbuf, &mut outbox)?;
         side.add_own(&mut outbox);
         match step {
-            ClientStep::Continue => {
-                if side.replaying {
-                    // Checked before copying: a large message is not
-                    // copied a third time just to find it is too long.
-                    side.replaying = kept + done.replayed + total <= MAX_REPLAY;
-                    if side.replaying {
-                        done.replayed += total;
-                    }
-                }
-                done.used += total;
-            }
+            // (Kept for a retry after the loop, all at once.)
+            ClientStep::Continue => done.used += total,
             ClientStep::Terminate => return Ok(ClientSide::Terminated),
             ClientStep::Hold => return Ok(ClientSide::Paused),
         }

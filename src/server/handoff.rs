@@ -162,12 +162,28 @@ impl Handoff {
     ///
     /// `at`: when the caller asked (its request's one clock reading); the
     /// wait and the `checkout_timeout` deadline count from there.
-    pub fn start(self: &Arc<Self>, at: std::time::Instant) -> Started<'_> {
+    /// `give_up` (told `at`) is asked once the checkout has to wait, before
+    /// it joins the queue; a checkout that does join it is registered to
+    /// be woken (`cx`) at once.
+    ///
+    /// Why all under the one lock taken here: a checkout that waits (every
+    /// one, at 16 clients on pools of 5) took the queue's lock a second
+    /// time, in a second call, to register its waker and ask `give_up`.
+    pub fn start(
+        self: &Arc<Self>,
+        at: std::time::Instant,
+        cx: &mut Context<'_>,
+        give_up: impl Fn(std::time::Instant) -> bool,
+    ) -> Started<'_> {
         let mut queue = self.queue.lock();
         if queue.waiters.is_empty()
             && let Some(conn) = self.idle_now()
         {
             return Started::Now(self.lease(conn), Source::Pool);
+        }
+        // Nothing joined yet: giving up leaves nothing to undo.
+        if give_up(at) {
+            return Started::GivenUp;
         }
         if queue.waiters.is_empty() {
             queue.full = false;
@@ -179,7 +195,7 @@ impl Handoff {
         // predecessor's deadline.
         let start = queue.last_since.map_or(since, |last| last.max(since));
         queue.last_since = Some(start);
-        let slot = queue.take_slot(start);
+        let slot = queue.take_slot(start, cx.waker().clone());
         queue.waiters.push_back(slot);
         self.refill(&mut queue);
         if !queue.watchdog {
@@ -188,8 +204,6 @@ impl Handoff {
         Started::Queued(Queued {
             hand: self,
             slot,
-            since,
-            asked: false,
             served: false,
         })
     }
@@ -374,10 +388,10 @@ impl Handoff {
 }
 
 impl Queue {
-    /// A slot for a new waiter whose wait started `since`: a free one
-    /// reused, else a new one (the list grows to the most waiters the
-    /// pool has had at once).
-    fn take_slot(&mut self, since: Instant) -> u32 {
+    /// A slot for a new waiter whose wait started `since`, to be woken
+    /// through `waker`: a free one reused, else a new one (the list grows
+    /// to the most waiters the pool has had at once).
+    fn take_slot(&mut self, since: Instant, waker: Waker) -> u32 {
         match self.free.pop() {
             Some(i) => {
                 // Set field by field: a free slot holds no connection and
@@ -390,6 +404,7 @@ impl Queue {
                 slot.expired = false;
                 slot.nudged = false;
                 slot.since = since;
+                slot.waker = Some(waker);
                 i
             }
             None => {
@@ -400,7 +415,7 @@ impl Queue {
                     expired: false,
                     nudged: false,
                     since,
-                    waker: None,
+                    waker: Some(waker),
                 });
                 i
             }
@@ -412,10 +427,12 @@ impl Queue {
 /// it was handed over (`None`: not waited for).
 pub type Handed = (Lease, Source, Option<std::time::Instant>);
 
-/// How [`Handoff::start`] began: with a connection, or in the queue.
+/// How [`Handoff::start`] began: with a connection, in the queue, or not
+/// at all (its `give_up` said so).
 pub enum Started<'a> {
     Now(Lease, Source),
     Queued(Queued<'a>),
+    GivenUp,
 }
 
 /// A queued checkout; dropped (served, timed out, or cancelled because the
@@ -425,23 +442,20 @@ pub struct Queued<'a> {
     hand: &'a Arc<Handoff>,
     /// Its slot's number in the queue's list.
     slot: u32,
-    /// When the caller asked: its wait counts from there.
-    since: Instant,
-    /// `give_up` was asked when the wait started.
-    asked: bool,
     /// It took its connection: nothing left to undo on drop.
     served: bool,
 }
 
 impl Queued<'_> {
-    /// Polls for the connection. `give_up` (told the time) is asked when
-    /// the wait starts and whenever [`Handoff::wake_waiters`] wakes it (not
-    /// when served), and the checkout ends with [`NotTaken::GivenUp`] if it
-    /// says so: the caller's watch on the node costs nothing when a
-    /// connection is there at once, and no subscription of its own while
-    /// it waits. Not to be polled again once ready. Gives the connection
-    /// with the time it was handed over (which, read by the session that
-    /// gave it back, may be earlier than this wait's start).
+    /// Polls for the connection. `give_up` (told the time) is asked
+    /// whenever [`Handoff::wake_waiters`] wakes it (not when served; it
+    /// was asked when the wait started, in [`Handoff::start`]), and the
+    /// checkout ends with [`NotTaken::GivenUp`] if it says so: the
+    /// caller's watch on the node costs nothing when a connection is there
+    /// at once, and no subscription of its own while it waits. Not to be
+    /// polled again once ready. Gives the connection with the time it was
+    /// handed over (which, read by the session that gave it back, may be
+    /// earlier than this wait's start).
     pub fn poll_taken(
         &mut self,
         cx: &mut Context<'_>,
@@ -462,16 +476,7 @@ impl Queued<'_> {
         if state.expired {
             return Poll::Ready(Err(NotTaken::WaitedInVain));
         }
-        // Told the request's reading when the wait starts, a new one when
-        // nudged.
-        let asked_at = if !std::mem::replace(&mut self.asked, true) {
-            Some(self.since.into_std())
-        } else if std::mem::take(&mut state.nudged) {
-            Some(std::time::Instant::now())
-        } else {
-            None
-        };
-        if asked_at.is_some_and(give_up) {
+        if std::mem::take(&mut state.nudged) && give_up(std::time::Instant::now()) {
             return Poll::Ready(Err(NotTaken::GivenUp));
         }
         match &mut state.waker {
@@ -483,10 +488,21 @@ impl Queued<'_> {
 }
 
 impl Drop for Queued<'_> {
+    /// Inlined: a served checkout (nearly every one) has nothing to undo,
+    /// and the call cost more than the test.
+    #[inline]
     fn drop(&mut self) {
-        if self.served {
-            return;
+        if !self.served {
+            self.leave();
         }
+    }
+}
+
+impl Queued<'_> {
+    /// Leaves the queue unserved (timed out, given up, or cancelled).
+    #[cold]
+    #[inline(never)]
+    fn leave(&mut self) {
         let late = {
             let mut queue = self.hand.queue.lock();
             let Queue {

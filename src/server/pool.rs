@@ -485,12 +485,15 @@ impl<G: Fn(Instant) -> bool + Unpin> std::future::Future for CheckoutUnless<'_, 
         let this = self.get_mut();
         loop {
             let taken = match &mut this.queued {
-                None => match this.pool.hand.start(this.ready) {
+                // Queued, it is registered to be woken: nothing more to
+                // ask until then.
+                None => match this.pool.hand.start(this.ready, cx, &this.give_up) {
                     Started::Now(lease, source) => Ok((lease, source, None)),
                     Started::Queued(queued) => {
                         this.queued = Some(queued);
-                        continue;
+                        return Poll::Pending;
                     }
+                    Started::GivenUp => Err(NotTaken::GivenUp),
                 },
                 Some(queued) => match queued.poll_taken(cx, &this.give_up) {
                     Poll::Pending => return Poll::Pending,

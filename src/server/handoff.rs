@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::connection::ServerConn;
-use super::pool::{GateSlot, ServerManager};
+use super::pool::{GateSlot, ServerManager, ServerPool};
 
 /// A connection as bb8 lends it.
 type Bb8Lease = bb8::PooledConnection<'static, ServerManager>;
@@ -55,7 +55,8 @@ pub enum NotTaken {
     GivenUp,
 }
 
-/// The part of a pool its leases share: bb8, and who waits.
+/// The part of a pool its leases use: bb8, and who waits. Part of its
+/// [`ServerPool`], which each lease holds (see [`Lease`]).
 pub struct Handoff {
     bb8: bb8::Pool<ServerManager>,
     queue: Mutex<Queue>,
@@ -111,8 +112,9 @@ struct Queue {
 /// per waiting checkout), and its wait made every acquisition's state
 /// larger.
 struct Slot {
-    /// The connection handed over, and when.
-    lease: Option<(Bb8Lease, Source, Instant)>,
+    /// The connection handed over, its pool (the giver's reference,
+    /// passed on: see [`Handoff::give_at`]), where it came from, and when.
+    lease: Option<(Bb8Lease, Arc<ServerPool>, Source, Instant)>,
     /// Still in the queue (not served, not given up).
     queued: bool,
     /// Its `checkout_timeout` passed before a connection came.
@@ -169,17 +171,18 @@ impl Handoff {
     /// Why all under the one lock taken here: a checkout that waits (every
     /// one, at 16 clients on pools of 5) took the queue's lock a second
     /// time, in a second call, to register its waker and ask `give_up`.
-    pub fn start(
-        self: &Arc<Self>,
+    pub fn start<'a>(
+        &'a self,
+        home: &Arc<ServerPool>,
         at: std::time::Instant,
         cx: &mut Context<'_>,
         give_up: impl Fn(std::time::Instant) -> bool,
-    ) -> Started<'_> {
+    ) -> Started<'a> {
         let mut queue = self.queue.lock();
         if queue.waiters.is_empty()
             && let Some(conn) = self.idle_now()
         {
-            return Started::Now(self.lease(conn), Source::Pool);
+            return Started::Now(Lease::new(conn, home.clone()), Source::Pool);
         }
         // Nothing joined yet: giving up leaves nothing to undo.
         if give_up(at) {
@@ -197,9 +200,9 @@ impl Handoff {
         queue.last_since = Some(start);
         let slot = queue.take_slot(start, cx.waker().clone());
         queue.waiters.push_back(slot);
-        self.refill(&mut queue);
+        Self::refill(home, &mut queue);
         if !queue.watchdog {
-            self.start_watchdog(&mut queue);
+            Self::start_watchdog(home, &mut queue);
         }
         Started::Queued(Queued {
             hand: self,
@@ -227,14 +230,14 @@ impl Handoff {
     /// queue is in deadline order, so it sleeps until the oldest waiter's
     /// deadline and, woken, fails those past theirs; a waiter served
     /// before its deadline costs it nothing.
-    fn start_watchdog(self: &Arc<Self>, queue: &mut Queue) {
+    fn start_watchdog(home: &Arc<ServerPool>, queue: &mut Queue) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         queue.watchdog = true;
-        let hand = self.clone();
+        let home = home.clone();
         runtime.spawn(async move {
-            while let Some(next) = hand.expire() {
+            while let Some(next) = home.hand.expire() {
                 tokio::time::sleep_until(next).await;
             }
         });
@@ -270,13 +273,6 @@ impl Handoff {
         None
     }
 
-    fn lease(self: &Arc<Self>, conn: Bb8Lease) -> Lease {
-        Lease {
-            conn: Some(conn),
-            hand: self.clone(),
-        }
-    }
-
     /// An idle connection of bb8's, without waiting. Polled once: bb8
     /// answers at once when it has one (its timer is never armed then).
     fn idle_now(&self) -> Option<Bb8Lease> {
@@ -296,68 +292,84 @@ impl Handoff {
     /// of a `-S` run) is found full at once, and the call cost more than
     /// the test.
     #[inline]
-    fn refill(self: &Arc<Self>, queue: &mut Queue) {
+    fn refill(home: &Arc<ServerPool>, queue: &mut Queue) {
         if queue.full || queue.opening as usize >= queue.waiters.len() {
             return;
         }
-        self.start_fillers(queue);
+        Self::start_fillers(home, queue);
     }
 
     #[inline(never)]
-    fn start_fillers(self: &Arc<Self>, queue: &mut Queue) {
+    fn start_fillers(home: &Arc<ServerPool>, queue: &mut Queue) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let open = self.bb8.state().connections;
-        while (queue.opening as usize) < queue.waiters.len() && open + queue.opening < self.size {
+        let hand = &home.hand;
+        let open = hand.bb8.state().connections;
+        while (queue.opening as usize) < queue.waiters.len() && open + queue.opening < hand.size {
             queue.opening += 1;
-            let hand = self.clone();
+            let home = home.clone();
             runtime.spawn(async move {
-                let got = hand.bb8.get_owned().await;
-                let mut queue = hand.queue.lock();
+                let got = home.hand.bb8.get_owned().await;
+                let mut queue = home.hand.queue.lock();
                 queue.opening -= 1;
                 match got {
                     Ok(conn) => {
                         drop(queue);
-                        hand.give(conn, Source::Pool);
+                        Self::give(conn, home, Source::Pool);
                     }
                     // The failure went to the error sink (the pool's last
                     // error, which waiters that time out report); those
                     // still waiting get another try.
                     Err(_) => {
                         queue.full = false;
-                        hand.refill(&mut queue);
+                        Self::refill(&home, &mut queue);
                     }
                 }
             });
         }
-        queue.full = open + queue.opening >= self.size;
+        queue.full = open + queue.opening >= hand.size;
     }
 
     /// Gives a connection back: to the oldest waiter, or to bb8 when no one
     /// waits (bb8 checks it and keeps or closes it). One that must close
     /// (broken, past `max_lifetime`, asked back by the fleet budget) goes
     /// to bb8 to be closed, and a filler opens another for the waiters.
-    fn give(self: &Arc<Self>, conn: Bb8Lease, source: Source) {
-        self.give_at(conn, source, Instant::now());
+    fn give(conn: Bb8Lease, home: Arc<ServerPool>, source: Source) {
+        Self::give_at(conn, home, source, Instant::now());
     }
 
     /// [`give`](Self::give) at `now`: one clock reading serves as the time
     /// the connection was returned (its idle time and age count from
     /// there) and, for a waiter, the time its wait ended.
-    fn give_at(self: &Arc<Self>, mut conn: Bb8Lease, source: Source, now: Instant) {
+    ///
+    /// `home`, the giver's reference to the pool, goes to the waiter with
+    /// the connection: handing a connection over moves it, and no
+    /// reference count goes up or down (two atomic operations per
+    /// transaction, on a count every session of the pool shares).
+    fn give_at(mut conn: Bb8Lease, home: Arc<ServerPool>, source: Source, now: Instant) {
         conn.mark_returned_at(now.into_std());
-        let mut queue = self.queue.lock();
+        // SAFETY: the pool is alive while `hand` is used. `home` keeps it
+        // alive until it is dropped at the end of this function, after the
+        // queue's guard (declared later, dropped first), or until it is
+        // moved into a slot of this very queue below; a slot's lease is
+        // taken out only under the queue's lock (`poll_taken`,
+        // `Queued::leave`), which this function holds until its guard is
+        // dropped, and neither `hand` nor the guard is used after that.
+        // Why not a reference borrowed from `home`: it would forbid moving
+        // `home` into the slot while the queue is locked.
+        let hand: &Handoff = unsafe { &(*Arc::as_ptr(&home)).hand };
+        let mut queue = hand.queue.lock();
         if queue.waiters.is_empty() {
             // Under the queue's lock: a checkout that finds no idle
             // connection and starts waiting cannot slip in between.
             drop(conn);
             return;
         }
-        if self.must_close(&mut conn) {
+        if hand.must_close(&mut conn) {
             drop(conn);
             queue.full = false;
-            self.refill(&mut queue);
+            Self::refill(&home, &mut queue);
             return;
         }
         let Some(first) = queue.waiters.pop_front() else {
@@ -365,7 +377,7 @@ impl Handoff {
         };
         let slot = &mut queue.slots[first as usize];
         slot.queued = false;
-        slot.lease = Some((conn, source, now));
+        slot.lease = Some((conn, home, source, now));
         if let Some(waker) = slot.wake() {
             waker.wake();
         }
@@ -391,6 +403,10 @@ impl Queue {
     /// A slot for a new waiter whose wait started `since`, to be woken
     /// through `waker`: a free one reused, else a new one (the list grows
     /// to the most waiters the pool has had at once).
+    ///
+    /// Inlined: every queued checkout takes one (not inlined, the call
+    /// and its moves cost ~35 instructions).
+    #[inline]
     fn take_slot(&mut self, since: Instant, waker: Waker) -> u32 {
         match self.free.pop() {
             Some(i) => {
@@ -439,7 +455,7 @@ pub enum Started<'a> {
 /// node went down) it leaves the queue, and a connection handed to it too
 /// late goes on to the next waiter.
 pub struct Queued<'a> {
-    hand: &'a Arc<Handoff>,
+    hand: &'a Handoff,
     /// Its slot's number in the queue's list.
     slot: u32,
     /// It took its connection: nothing left to undo on drop.
@@ -464,14 +480,14 @@ impl Queued<'_> {
         let mut queue = self.hand.queue.lock();
         let Queue { slots, free, .. } = &mut *queue;
         let state = &mut slots[self.slot as usize];
-        if let Some((conn, source, at)) = state.lease.take() {
+        if let Some((conn, home, source, at)) = state.lease.take() {
             // Served: `give_at` took the waiter out of the queue and its
             // waker, so the slot is free at once and dropping this has
             // nothing to undo (no second lock).
             free.push(self.slot);
             drop(queue);
             self.served = true;
-            return Poll::Ready(Ok((self.hand.lease(conn), source, Some(at.into_std()))));
+            return Poll::Ready(Ok((Lease::new(conn, home), source, Some(at.into_std()))));
         }
         if state.expired {
             return Poll::Ready(Err(NotTaken::WaitedInVain));
@@ -524,8 +540,8 @@ impl Queued<'_> {
             late
         };
         // Served after all, before it looked: the next waiter gets it.
-        if let Some((conn, source, _)) = late {
-            self.hand.give(conn, source);
+        if let Some((conn, home, source, _)) = late {
+            Handoff::give(conn, home, source);
         }
     }
 }
@@ -533,45 +549,66 @@ impl Queued<'_> {
 /// A server connection checked out of its pool; dropping it gives it to
 /// the next waiting client, or back to the pool (which closes it if it was
 /// marked broken).
+///
+/// It holds its pool (what it goes back to, and what the session holding
+/// it asks about the pool), and passes that reference on with the
+/// connection when it is handed over: see [`Handoff::give_at`].
 pub struct Lease {
-    /// Always `Some` until dropped.
-    conn: Option<Bb8Lease>,
-    hand: Arc<Handoff>,
+    /// Always `Some` until given back.
+    held: Option<(Bb8Lease, Arc<ServerPool>)>,
 }
 
 impl Deref for Lease {
     type Target = ServerConn;
 
     fn deref(&self) -> &ServerConn {
-        self.conn
+        &self
+            .held
             .as_ref()
             .expect("a lease holds its connection until dropped")
+            .0
     }
 }
 
 impl DerefMut for Lease {
     fn deref_mut(&mut self) -> &mut ServerConn {
-        self.conn
+        &mut self
+            .held
             .as_mut()
             .expect("a lease holds its connection until dropped")
+            .0
     }
 }
 
 impl Lease {
+    fn new(conn: Bb8Lease, home: Arc<ServerPool>) -> Lease {
+        Lease {
+            held: Some((conn, home)),
+        }
+    }
+
+    /// The pool the connection belongs to.
+    pub fn pool(&self) -> &Arc<ServerPool> {
+        &self
+            .held
+            .as_ref()
+            .expect("a lease holds its connection until dropped")
+            .1
+    }
+
     /// Gives the connection back, as dropping the lease does, with the
     /// caller's clock reading of a moment ago instead of a new one.
     pub fn give_back_at(mut self, at: std::time::Instant) {
-        if let Some(conn) = self.conn.take() {
-            self.hand
-                .give_at(conn, Source::Handed, Instant::from_std(at));
+        if let Some((conn, home)) = self.held.take() {
+            Handoff::give_at(conn, home, Source::Handed, Instant::from_std(at));
         }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.hand.give(conn, Source::Handed);
+        if let Some((conn, home)) = self.held.take() {
+            Handoff::give(conn, home, Source::Handed);
         }
     }
 }

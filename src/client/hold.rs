@@ -523,7 +523,7 @@ fn to_primary<'a>(
 /// servers, one is used anyway.
 async fn refit(
     mut lease: Lease,
-    pool: &ServerPool,
+    pool: &Arc<ServerPool>,
     client: &ClientState,
 ) -> Result<Lease, CheckoutError> {
     for _ in 0..=pool.size {

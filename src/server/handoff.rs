@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::connection::ServerConn;
-use super::pool::{GateSlot, ServerManager};
+use super::pool::{GateSlot, ServerManager, ServerPool};
 
 /// A connection as bb8 lends it.
 type Bb8Lease = bb8::PooledConnection<'static, ServerManager>;
@@ -55,7 +55,8 @@ pub enum NotTaken {
     GivenUp,
 }
 
-/// The part of a pool its leases share: bb8, and who waits.
+/// The part of a pool its leases use: bb8, and who waits. Part of its
+/// [`ServerPool`], which each lease holds (see [`Lease`]).
 pub struct Handoff {
     bb8: bb8::Pool<ServerManager>,
     queue: Mutex<Queue>,
@@ -111,8 +112,9 @@ struct Queue {
 /// per waiting checkout), and its wait made every acquisition's state
 /// larger.
 struct Slot {
-    /// The connection handed over, and when.
-    lease: Option<(Bb8Lease, Source, Instant)>,
+    /// The connection handed over, its pool (the giver's reference,
+    /// passed on: see [`Handoff::give_at`]), where it came from, and when.
+    lease: Option<(Bb8Lease, Arc<ServerPool>, Source, Instant)>,
     /// Still in the queue (not served, not given up).
     queued: bool,
     /// Its `checkout_timeout` passed before a connection came.
@@ -162,12 +164,29 @@ impl Handoff {
     ///
     /// `at`: when the caller asked (its request's one clock reading); the
     /// wait and the `checkout_timeout` deadline count from there.
-    pub fn start(self: &Arc<Self>, at: std::time::Instant) -> Started<'_> {
+    /// `give_up` (told `at`) is asked once the checkout has to wait, before
+    /// it joins the queue; a checkout that does join it is registered to
+    /// be woken (`cx`) at once.
+    ///
+    /// Why all under the one lock taken here: a checkout that waits (every
+    /// one, at 16 clients on pools of 5) took the queue's lock a second
+    /// time, in a second call, to register its waker and ask `give_up`.
+    pub fn start<'a>(
+        &'a self,
+        home: &Arc<ServerPool>,
+        at: std::time::Instant,
+        cx: &mut Context<'_>,
+        give_up: impl Fn(std::time::Instant) -> bool,
+    ) -> Started<'a> {
         let mut queue = self.queue.lock();
         if queue.waiters.is_empty()
             && let Some(conn) = self.idle_now()
         {
-            return Started::Now(self.lease(conn), Source::Pool);
+            return Started::Now(Lease::new(conn, home.clone()), Source::Pool);
+        }
+        // Nothing joined yet: giving up leaves nothing to undo.
+        if give_up(at) {
+            return Started::GivenUp;
         }
         if queue.waiters.is_empty() {
             queue.full = false;
@@ -179,17 +198,15 @@ impl Handoff {
         // predecessor's deadline.
         let start = queue.last_since.map_or(since, |last| last.max(since));
         queue.last_since = Some(start);
-        let slot = queue.take_slot(start);
+        let slot = queue.take_slot(start, cx.waker().clone());
         queue.waiters.push_back(slot);
-        self.refill(&mut queue);
+        Self::refill(home, &mut queue);
         if !queue.watchdog {
-            self.start_watchdog(&mut queue);
+            Self::start_watchdog(home, &mut queue);
         }
         Started::Queued(Queued {
             hand: self,
             slot,
-            since,
-            asked: false,
             served: false,
         })
     }
@@ -213,14 +230,14 @@ impl Handoff {
     /// queue is in deadline order, so it sleeps until the oldest waiter's
     /// deadline and, woken, fails those past theirs; a waiter served
     /// before its deadline costs it nothing.
-    fn start_watchdog(self: &Arc<Self>, queue: &mut Queue) {
+    fn start_watchdog(home: &Arc<ServerPool>, queue: &mut Queue) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         queue.watchdog = true;
-        let hand = self.clone();
+        let home = home.clone();
         runtime.spawn(async move {
-            while let Some(next) = hand.expire() {
+            while let Some(next) = home.hand.expire() {
                 tokio::time::sleep_until(next).await;
             }
         });
@@ -256,13 +273,6 @@ impl Handoff {
         None
     }
 
-    fn lease(self: &Arc<Self>, conn: Bb8Lease) -> Lease {
-        Lease {
-            conn: Some(conn),
-            hand: self.clone(),
-        }
-    }
-
     /// An idle connection of bb8's, without waiting. Polled once: bb8
     /// answers at once when it has one (its timer is never armed then).
     fn idle_now(&self) -> Option<Bb8Lease> {
@@ -282,68 +292,84 @@ impl Handoff {
     /// of a `-S` run) is found full at once, and the call cost more than
     /// the test.
     #[inline]
-    fn refill(self: &Arc<Self>, queue: &mut Queue) {
+    fn refill(home: &Arc<ServerPool>, queue: &mut Queue) {
         if queue.full || queue.opening as usize >= queue.waiters.len() {
             return;
         }
-        self.start_fillers(queue);
+        Self::start_fillers(home, queue);
     }
 
     #[inline(never)]
-    fn start_fillers(self: &Arc<Self>, queue: &mut Queue) {
+    fn start_fillers(home: &Arc<ServerPool>, queue: &mut Queue) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let open = self.bb8.state().connections;
-        while (queue.opening as usize) < queue.waiters.len() && open + queue.opening < self.size {
+        let hand = &home.hand;
+        let open = hand.bb8.state().connections;
+        while (queue.opening as usize) < queue.waiters.len() && open + queue.opening < hand.size {
             queue.opening += 1;
-            let hand = self.clone();
+            let home = home.clone();
             runtime.spawn(async move {
-                let got = hand.bb8.get_owned().await;
-                let mut queue = hand.queue.lock();
+                let got = home.hand.bb8.get_owned().await;
+                let mut queue = home.hand.queue.lock();
                 queue.opening -= 1;
                 match got {
                     Ok(conn) => {
                         drop(queue);
-                        hand.give(conn, Source::Pool);
+                        Self::give(conn, home, Source::Pool);
                     }
                     // The failure went to the error sink (the pool's last
                     // error, which waiters that time out report); those
                     // still waiting get another try.
                     Err(_) => {
                         queue.full = false;
-                        hand.refill(&mut queue);
+                        Self::refill(&home, &mut queue);
                     }
                 }
             });
         }
-        queue.full = open + queue.opening >= self.size;
+        queue.full = open + queue.opening >= hand.size;
     }
 
     /// Gives a connection back: to the oldest waiter, or to bb8 when no one
     /// waits (bb8 checks it and keeps or closes it). One that must close
     /// (broken, past `max_lifetime`, asked back by the fleet budget) goes
     /// to bb8 to be closed, and a filler opens another for the waiters.
-    fn give(self: &Arc<Self>, conn: Bb8Lease, source: Source) {
-        self.give_at(conn, source, Instant::now());
+    fn give(conn: Bb8Lease, home: Arc<ServerPool>, source: Source) {
+        Self::give_at(conn, home, source, Instant::now());
     }
 
     /// [`give`](Self::give) at `now`: one clock reading serves as the time
     /// the connection was returned (its idle time and age count from
     /// there) and, for a waiter, the time its wait ended.
-    fn give_at(self: &Arc<Self>, mut conn: Bb8Lease, source: Source, now: Instant) {
+    ///
+    /// `home`, the giver's reference to the pool, goes to the waiter with
+    /// the connection: handing a connection over moves it, and no
+    /// reference count goes up or down (two atomic operations per
+    /// transaction, on a count every session of the pool shares).
+    fn give_at(mut conn: Bb8Lease, home: Arc<ServerPool>, source: Source, now: Instant) {
         conn.mark_returned_at(now.into_std());
-        let mut queue = self.queue.lock();
+        // SAFETY: the pool is alive while `hand` is used. `home` keeps it
+        // alive until it is dropped at the end of this function, after the
+        // queue's guard (declared later, dropped first), or until it is
+        // moved into a slot of this very queue below; a slot's lease is
+        // taken out only under the queue's lock (`poll_taken`,
+        // `Queued::leave`), which this function holds until its guard is
+        // dropped, and neither `hand` nor the guard is used after that.
+        // Why not a reference borrowed from `home`: it would forbid moving
+        // `home` into the slot while the queue is locked.
+        let hand: &Handoff = unsafe { &(*Arc::as_ptr(&home)).hand };
+        let mut queue = hand.queue.lock();
         if queue.waiters.is_empty() {
             // Under the queue's lock: a checkout that finds no idle
             // connection and starts waiting cannot slip in between.
             drop(conn);
             return;
         }
-        if self.must_close(&mut conn) {
+        if hand.must_close(&mut conn) {
             drop(conn);
             queue.full = false;
-            self.refill(&mut queue);
+            Self::refill(&home, &mut queue);
             return;
         }
         let Some(first) = queue.waiters.pop_front() else {
@@ -351,7 +377,7 @@ impl Handoff {
         };
         let slot = &mut queue.slots[first as usize];
         slot.queued = false;
-        slot.lease = Some((conn, source, now));
+        slot.lease = Some((conn, home, source, now));
         if let Some(waker) = slot.wake() {
             waker.wake();
         }
@@ -374,37 +400,46 @@ impl Handoff {
 }
 
 impl Queue {
-    /// A slot for a new waiter whose wait started `since`: a free one
-    /// reused, else a new one (the list grows to the most waiters the
-    /// pool has had at once).
-    fn take_slot(&mut self, since: Instant) -> u32 {
-        match self.free.pop() {
-            Some(i) => {
-                // Set field by field: a free slot holds no connection and
-                // no waker (its last waiter took the one, the hand-over or
-                // its drop the other), so nothing needs dropping, and
-                // writing the whole slot over cost ~25 instructions.
-                let slot = &mut self.slots[i as usize];
-                debug_assert!(slot.lease.is_none() && slot.waker.is_none());
-                slot.queued = true;
-                slot.expired = false;
-                slot.nudged = false;
-                slot.since = since;
-                i
-            }
-            None => {
-                let i = u32::try_from(self.slots.len()).expect("fewer waiters than 2^32");
-                self.slots.push(Slot {
-                    lease: None,
-                    queued: true,
-                    expired: false,
-                    nudged: false,
-                    since,
-                    waker: None,
-                });
-                i
-            }
-        }
+    /// A slot for a new waiter whose wait started `since`, to be woken
+    /// through `waker`: a free one reused, else a new one (the list grows
+    /// to the most waiters the pool has had at once).
+    ///
+    /// Inlined: every queued checkout takes one (not inlined, the call
+    /// and its moves cost ~35 instructions).
+    #[inline]
+    fn take_slot(&mut self, since: Instant, waker: Waker) -> u32 {
+        let Some(i) = self.free.pop() else {
+            return self.new_slot(since, waker);
+        };
+        // Set field by field: a free slot holds no connection and no
+        // waker (its last waiter took the one, the hand-over or its drop
+        // the other), so nothing needs dropping, and writing the whole
+        // slot over cost ~25 instructions.
+        let slot = &mut self.slots[i as usize];
+        debug_assert!(slot.lease.is_none() && slot.waker.is_none());
+        slot.queued = true;
+        slot.expired = false;
+        slot.nudged = false;
+        slot.since = since;
+        slot.waker = Some(waker);
+        i
+    }
+
+    /// A slot added to the list: only until the pool has had its most
+    /// waiters at once (kept out of line, so that `take_slot` inlines).
+    #[cold]
+    #[inline(never)]
+    fn new_slot(&mut self, since: Instant, waker: Waker) -> u32 {
+        let i = u32::try_from(self.slots.len()).expect("fewer waiters than 2^32");
+        self.slots.push(Slot {
+            lease: None,
+            queued: true,
+            expired: false,
+            nudged: false,
+            since,
+            waker: Some(waker),
+        });
+        i
     }
 }
 
@@ -412,36 +447,35 @@ impl Queue {
 /// it was handed over (`None`: not waited for).
 pub type Handed = (Lease, Source, Option<std::time::Instant>);
 
-/// How [`Handoff::start`] began: with a connection, or in the queue.
+/// How [`Handoff::start`] began: with a connection, in the queue, or not
+/// at all (its `give_up` said so).
 pub enum Started<'a> {
     Now(Lease, Source),
     Queued(Queued<'a>),
+    GivenUp,
 }
 
 /// A queued checkout; dropped (served, timed out, or cancelled because the
 /// node went down) it leaves the queue, and a connection handed to it too
 /// late goes on to the next waiter.
 pub struct Queued<'a> {
-    hand: &'a Arc<Handoff>,
+    hand: &'a Handoff,
     /// Its slot's number in the queue's list.
     slot: u32,
-    /// When the caller asked: its wait counts from there.
-    since: Instant,
-    /// `give_up` was asked when the wait started.
-    asked: bool,
     /// It took its connection: nothing left to undo on drop.
     served: bool,
 }
 
 impl Queued<'_> {
-    /// Polls for the connection. `give_up` (told the time) is asked when
-    /// the wait starts and whenever [`Handoff::wake_waiters`] wakes it (not
-    /// when served), and the checkout ends with [`NotTaken::GivenUp`] if it
-    /// says so: the caller's watch on the node costs nothing when a
-    /// connection is there at once, and no subscription of its own while
-    /// it waits. Not to be polled again once ready. Gives the connection
-    /// with the time it was handed over (which, read by the session that
-    /// gave it back, may be earlier than this wait's start).
+    /// Polls for the connection. `give_up` (told the time) is asked
+    /// whenever [`Handoff::wake_waiters`] wakes it (not when served; it
+    /// was asked when the wait started, in [`Handoff::start`]), and the
+    /// checkout ends with [`NotTaken::GivenUp`] if it says so: the
+    /// caller's watch on the node costs nothing when a connection is there
+    /// at once, and no subscription of its own while it waits. Not to be
+    /// polled again once ready. Gives the connection with the time it was
+    /// handed over (which, read by the session that gave it back, may be
+    /// earlier than this wait's start).
     pub fn poll_taken(
         &mut self,
         cx: &mut Context<'_>,
@@ -450,28 +484,19 @@ impl Queued<'_> {
         let mut queue = self.hand.queue.lock();
         let Queue { slots, free, .. } = &mut *queue;
         let state = &mut slots[self.slot as usize];
-        if let Some((conn, source, at)) = state.lease.take() {
+        if let Some((conn, home, source, at)) = state.lease.take() {
             // Served: `give_at` took the waiter out of the queue and its
             // waker, so the slot is free at once and dropping this has
             // nothing to undo (no second lock).
             free.push(self.slot);
             drop(queue);
             self.served = true;
-            return Poll::Ready(Ok((self.hand.lease(conn), source, Some(at.into_std()))));
+            return Poll::Ready(Ok((Lease::new(conn, home), source, Some(at.into_std()))));
         }
         if state.expired {
             return Poll::Ready(Err(NotTaken::WaitedInVain));
         }
-        // Told the request's reading when the wait starts, a new one when
-        // nudged.
-        let asked_at = if !std::mem::replace(&mut self.asked, true) {
-            Some(self.since.into_std())
-        } else if std::mem::take(&mut state.nudged) {
-            Some(std::time::Instant::now())
-        } else {
-            None
-        };
-        if asked_at.is_some_and(give_up) {
+        if std::mem::take(&mut state.nudged) && give_up(std::time::Instant::now()) {
             return Poll::Ready(Err(NotTaken::GivenUp));
         }
         match &mut state.waker {
@@ -483,10 +508,21 @@ impl Queued<'_> {
 }
 
 impl Drop for Queued<'_> {
+    /// Inlined: a served checkout (nearly every one) has nothing to undo,
+    /// and the call cost more than the test.
+    #[inline]
     fn drop(&mut self) {
-        if self.served {
-            return;
+        if !self.served {
+            self.leave();
         }
+    }
+}
+
+impl Queued<'_> {
+    /// Leaves the queue unserved (timed out, given up, or cancelled).
+    #[cold]
+    #[inline(never)]
+    fn leave(&mut self) {
         let late = {
             let mut queue = self.hand.queue.lock();
             let Queue {
@@ -508,8 +544,8 @@ impl Drop for Queued<'_> {
             late
         };
         // Served after all, before it looked: the next waiter gets it.
-        if let Some((conn, source, _)) = late {
-            self.hand.give(conn, source);
+        if let Some((conn, home, source, _)) = late {
+            Handoff::give(conn, home, source);
         }
     }
 }
@@ -517,45 +553,70 @@ impl Drop for Queued<'_> {
 /// A server connection checked out of its pool; dropping it gives it to
 /// the next waiting client, or back to the pool (which closes it if it was
 /// marked broken).
+///
+/// It holds its pool (what it goes back to, and what the session holding
+/// it asks about the pool), and passes that reference on with the
+/// connection when it is handed over: see [`Handoff::give_at`].
 pub struct Lease {
-    /// Always `Some` until dropped.
-    conn: Option<Bb8Lease>,
-    hand: Arc<Handoff>,
+    /// Always `Some` until given back.
+    held: Option<(Bb8Lease, Arc<ServerPool>)>,
 }
 
 impl Deref for Lease {
     type Target = ServerConn;
 
     fn deref(&self) -> &ServerConn {
-        self.conn
+        &self
+            .held
             .as_ref()
             .expect("a lease holds its connection until dropped")
+            .0
     }
 }
 
 impl DerefMut for Lease {
     fn deref_mut(&mut self) -> &mut ServerConn {
-        self.conn
+        &mut self
+            .held
             .as_mut()
             .expect("a lease holds its connection until dropped")
+            .0
     }
 }
 
 impl Lease {
+    fn new(conn: Bb8Lease, home: Arc<ServerPool>) -> Lease {
+        Lease {
+            held: Some((conn, home)),
+        }
+    }
+
+    /// The pool the connection belongs to.
+    pub fn pool(&self) -> &Arc<ServerPool> {
+        &self
+            .held
+            .as_ref()
+            .expect("a lease holds its connection until dropped")
+            .1
+    }
+
     /// Gives the connection back, as dropping the lease does, with the
     /// caller's clock reading of a moment ago instead of a new one.
-    pub fn give_back_at(mut self, at: std::time::Instant) {
-        if let Some(conn) = self.conn.take() {
-            self.hand
-                .give_at(conn, Source::Handed, Instant::from_std(at));
+    ///
+    /// Not dropped afterwards (nothing is left in it to drop): the drop's
+    /// call found nothing to give back, ~14 instructions per transaction.
+    pub fn give_back_at(self, at: std::time::Instant) {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        if let Some((conn, home)) = this.held.take() {
+            Handoff::give_at(conn, home, Source::Handed, Instant::from_std(at));
         }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.hand.give(conn, Source::Handed);
+        if let Some((conn, home)) = self.held.take() {
+            Handoff::give(conn, home, Source::Handed);
         }
     }
 }

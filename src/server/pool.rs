@@ -210,7 +210,7 @@ pub struct ServerPool {
     pub size: u32,
     pool: bb8::Pool<ServerManager>,
     /// Who waits for a connection, and the hand-off of released ones.
-    hand: Arc<Handoff>,
+    pub(super) hand: Handoff,
     checkout_timeout: Duration,
     params: ArcSwapOption<ServerParams>,
     first_connect: tokio::sync::Mutex<()>,
@@ -266,12 +266,12 @@ impl ServerPool {
             .test_on_check_out(false)
             .error_sink(Box::new(RecordError(last_error.clone())))
             .build_unchecked(manager);
-        let hand = Arc::new(Handoff::new(
+        let hand = Handoff::new(
             pool.clone(),
             size,
             config.pool.checkout_timeout,
             gate.clone(),
-        ));
+        );
         ServerPool {
             key,
             size,
@@ -312,7 +312,7 @@ impl ServerPool {
     /// clients already waiting; returns it with how long it waited (zero
     /// when it did not). One that turns out dead on the check is closed and
     /// another taken.
-    pub async fn checkout(&self) -> Result<(Lease, Duration, Instant), CheckoutError> {
+    pub async fn checkout(self: &Arc<Self>) -> Result<(Lease, Duration, Instant), CheckoutError> {
         match self.checkout_unless(|_| false, Instant::now()).await {
             Ok(Some(got)) => Ok(got),
             Ok(None) => unreachable!("never given up"),
@@ -328,7 +328,7 @@ impl ServerPool {
     /// long it waited, and when the connection was ready (`at` itself if
     /// it did not wait), which the session's clock starts from.
     pub fn checkout_unless<G: Fn(Instant) -> bool + Unpin>(
-        &self,
+        self: &Arc<Self>,
         give_up: G,
         at: Instant,
     ) -> CheckoutUnless<'_, G> {
@@ -462,7 +462,7 @@ impl IdleConnections for ServerPool {
 /// it holds only what waiting needs; nested async fns kept their
 /// arguments at every level, several times this size.
 pub struct CheckoutUnless<'a, G> {
-    pool: &'a ServerPool,
+    pool: &'a Arc<ServerPool>,
     give_up: G,
     at: Instant,
     /// When the last connection taken was handed over (`at` until one
@@ -485,12 +485,19 @@ impl<G: Fn(Instant) -> bool + Unpin> std::future::Future for CheckoutUnless<'_, 
         let this = self.get_mut();
         loop {
             let taken = match &mut this.queued {
-                None => match this.pool.hand.start(this.ready) {
+                // Queued, it is registered to be woken: nothing more to
+                // ask until then.
+                None => match this
+                    .pool
+                    .hand
+                    .start(this.pool, this.ready, cx, &this.give_up)
+                {
                     Started::Now(lease, source) => Ok((lease, source, None)),
                     Started::Queued(queued) => {
                         this.queued = Some(queued);
-                        continue;
+                        return Poll::Pending;
                     }
+                    Started::GivenUp => Err(NotTaken::GivenUp),
                 },
                 Some(queued) => match queued.poll_taken(cx, &this.give_up) {
                     Poll::Pending => return Poll::Pending,

@@ -31,8 +31,10 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// boxed in the pool), so the session keeps it in place: taking and
 /// giving back a server allocates nothing and copies a few words.
 pub struct Held {
+    /// The server, and its pool (`Lease::split_with_pool`): the session borrows the
+    /// pool from the lease, which holds it anyway, instead of a second
+    /// reference (a count up and down per transaction).
     pub lease: Lease,
-    pub pool: Arc<ServerPool>,
     /// Counts this read against the replica's load until released.
     _replica: Option<ReplicaLease>,
 }
@@ -305,15 +307,14 @@ async fn checkout_primary(
                 primary_node(cluster, Box::pin(cluster.wait_for_primary(limit)).await)?
             }
         };
-        let pool = pools.get(ctx, cluster, node).clone();
-        let got = pool
+        let got = pools
+            .get(ctx, cluster, node)
             .checkout_unless(|now| cluster.gives_up_at(node, Role::Primary, now), at)
             .await;
         match given_up(cluster, node, got) {
             Ok(got) => {
                 return Ok(Taken {
                     node,
-                    pool,
                     got,
                     replica: None,
                 });
@@ -389,20 +390,14 @@ pub async fn acquire(
             };
             // `pools` was brought up to `cluster` just above, with no
             // await since: its list is that view's (no second check).
-            let pool = pool_of(&mut pools.by_node, ctx, &cluster, node).clone();
-            let got = pool
+            let got = pool_of(&mut pools.by_node, ctx, &cluster, node)
                 .checkout_unless(|now| cluster.gives_up_at(node, role, now), at)
                 .await;
             // The server goes straight into what the request takes (not
             // through `given_up`'s result and a tuple with the replica
             // first: fewer moves of a lease, ~40 instructions a transaction).
             match got {
-                Ok(Some(got)) => Ok(Taken {
-                    node,
-                    pool,
-                    got,
-                    replica,
-                }),
+                Ok(Some(got)) => Ok(Taken { node, got, replica }),
                 Err(e) => match replica {
                     Some(replica) => {
                         to_primary(ctx, pools, &cluster, replica, Lost::Checkout(e)).await
@@ -437,14 +432,14 @@ pub async fn acquire(
     if !taken.got.0.state.params.fits(&client.params) {
         // Boxed: rare, and its state (another checkout) would otherwise
         // grow every acquisition's.
-        match Box::pin(refit(taken.got.0, &taken.pool, client)).await {
+        let pool = taken.got.0.pool().clone();
+        match Box::pin(refit(taken.got.0, &pool, client)).await {
             Ok(lease) => taken.got.0 = lease,
             Err(e) => return Err(refused_now(ctx, e.into())),
         }
     }
     let Taken {
         node,
-        pool,
         got: (lease, _, ready),
         replica,
     } = taken;
@@ -464,7 +459,6 @@ pub async fn acquire(
     books.hold.clock = BatchClock::starting_at(ready);
     let mut held = Held {
         lease,
-        pool,
         _replica: replica,
     };
     bring_up_to_date(&mut held, &mut books.expect, client);
@@ -483,7 +477,6 @@ fn refused_now(ctx: &SessionCtx, refused: Refused) -> WireError {
 /// A server just taken for a request, not yet brought up to date.
 struct Taken {
     node: NodeId,
-    pool: Arc<ServerPool>,
     /// The server, how long it was waited for, and when it was ready.
     got: Got,
     /// Counts a replica read against the replica's load.

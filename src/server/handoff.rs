@@ -591,6 +591,24 @@ impl Lease {
         }
     }
 
+    /// The connection split as [`ServerConn::split`] does, with the pool
+    /// it belongs to: the session relays through the one while it tells
+    /// the other how its statements went.
+    pub fn split_with_pool(
+        &mut self,
+    ) -> (
+        super::ServerIoParts<'_>,
+        &mut super::ServerState,
+        &ServerPool,
+    ) {
+        let (conn, pool) = self
+            .held
+            .as_mut()
+            .expect("a lease holds its connection until dropped");
+        let (io, state) = conn.split();
+        (io, state, pool)
+    }
+
     /// The pool the connection belongs to.
     pub fn pool(&self) -> &Arc<ServerPool> {
         &self

@@ -43,6 +43,12 @@ impl Limits {
         }
     }
 
+    /// Whether any limit is set.
+    #[inline]
+    pub fn any(&self) -> bool {
+        self.client_idle.is_some() || self.idle_transaction.is_some() || self.query.is_some()
+    }
+
     /// How long a client without outstanding requests may stay silent;
     /// `in_transaction` picks the limit. Inlined: asked once per request,
     /// and most clients have no limit.
@@ -144,17 +150,11 @@ pub struct RelayTimers {
     idle: Option<Pin<Box<Sleep>>>,
     query: Option<Pin<Box<Sleep>>>,
     cancelled: bool,
-    /// Some limit is set: without one (most clients) no timer is ever
-    /// armed, and [`poll`](Self::poll) has nothing to do.
-    any: bool,
 }
 
 impl RelayTimers {
     pub fn new(limits: Limits, cancel: Option<(Arc<ServerLink>, Arc<ClientSlot>)>) -> Self {
         RelayTimers {
-            any: limits.client_idle.is_some()
-                || limits.idle_transaction.is_some()
-                || limits.query.is_some(),
             limits,
             cancel,
             idle: None,
@@ -181,7 +181,8 @@ impl RelayTimers {
         cx: &mut Context<'_>,
         quiet: Option<super::tx_status::TxStatus>,
     ) -> Option<Fired> {
-        if !self.any {
+        // Without a limit (most clients) no timer is ever armed.
+        if !self.limits.any() {
             return None;
         }
         self.poll_limits(cx, quiet)

@@ -361,16 +361,6 @@ impl ClusterView {
         }
     }
 
-    /// [`gives_up`](Self::gives_up) at a reading already in the view's
-    /// time: the request's own, which routing worked out
-    /// ([`nanos_since_epoch`](Self::nanos_since_epoch)).
-    pub fn gives_up_on(&self, node: NodeId, role: Role, now_nanos: u64) -> bool {
-        match role {
-            Role::Replica => !self.is_healthy_on(node, now_nanos),
-            Role::Primary => self.primary() != Some(node),
-        }
-    }
-
     /// Changes when the primary changes or a node's health does: what can
     /// make [`gives_up`](Self::gives_up) true.
     pub fn moves(&self) -> watch::Receiver<u64> {

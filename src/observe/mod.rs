@@ -44,6 +44,7 @@
 //! - `explain/`: the EXPLAIN sampler, its connections and plan summaries.
 //! - `budgets`: budget evaluation with one warning per crossing.
 //! - `http`: the HTTP server.
+//! - `thread_slot`: the per-thread slot the metrics and digests count in.
 
 mod budgets;
 mod digest;
@@ -55,6 +56,7 @@ mod queries;
 mod settings;
 mod slowlog;
 mod sources;
+mod thread_slot;
 
 pub use budgets::{BUDGET_P95_QUERY_TIME, BUDGET_POOL_USAGE};
 pub use digest::{DigestSnapshot, PlanSample};

@@ -76,6 +76,20 @@ impl LatencyCounts {
         }
     }
 
+    /// Adds the counts into `into` (same buckets, grown if need be) and
+    /// zeroes them: a thread's private counts merged into the table's.
+    pub(crate) fn take_into_counts(&mut self, into: &mut LatencyCounts) {
+        if into.counts.len() < self.counts.len() {
+            into.counts.resize(self.counts.len(), 0);
+        }
+        for (c, sum) in self.counts.iter_mut().zip(into.counts.iter_mut()) {
+            if *c > 0 {
+                *sum = sum.saturating_add(*c);
+                *c = 0;
+            }
+        }
+    }
+
     /// The counts as a [`latency_histogram`].
     pub(crate) fn histogram(&self) -> Histogram<u32> {
         let mut h = latency_histogram();

@@ -6,8 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 
-use super::counts::LatencyCounts;
-use crate::cluster::Role;
+use super::tally::Tally;
 use crate::observe::explain::PlanSummary;
 
 /// Highest latency a histogram tracks (longer ones count as this): 1 h.
@@ -92,20 +91,7 @@ pub struct PlanSample {
 /// Live statistics of one fingerprint (behind its shard's lock).
 pub(crate) struct Digest {
     pub(crate) normalized: Arc<str>,
-    pub(crate) calls: u64,
-    pub(crate) errors: u64,
-    pub(crate) rows: u64,
-    /// Times in whole nanoseconds (see [`nanos_of`]): adding and
-    /// comparing `Duration`s (seconds and nanoseconds, carried) cost
-    /// several times as much, once per query.
-    pub(crate) total_nanos: u64,
-    pub(crate) min_nanos: u64,
-    pub(crate) max_nanos: u64,
-    /// Calls by role: `[primary, replica]`.
-    pub(crate) by_role: [u64; 2],
-    /// In the buckets of [`latency_histogram`], made a histogram when a
-    /// snapshot is taken (see [`LatencyCounts`]).
-    pub(crate) latency: LatencyCounts,
+    pub(crate) tally: Tally,
     pub(crate) plan: Option<Arc<PlanSample>>,
     /// Last time a plan was requested, for `explain_min_interval`.
     pub(crate) explain_requested: Option<Instant>,
@@ -115,46 +101,19 @@ impl Digest {
     pub(crate) fn new(normalized: Arc<str>) -> Digest {
         Digest {
             normalized,
-            calls: 0,
-            errors: 0,
-            rows: 0,
-            total_nanos: 0,
-            min_nanos: u64::MAX,
-            max_nanos: 0,
-            by_role: [0; 2],
-            latency: LatencyCounts::new(),
+            tally: Tally::new(),
             plan: None,
             explain_requested: None,
         }
     }
 
-    /// Adds one query; `micros` is `duration` as the histogram records it.
-    pub(crate) fn add(
-        &mut self,
-        role: Role,
-        duration: Duration,
-        micros: LatencyMicros,
-        rows: u64,
-        error: bool,
-    ) {
-        self.calls += 1;
-        self.errors += u64::from(error);
-        self.rows = self.rows.saturating_add(rows);
-        let nanos = nanos_of(duration);
-        self.total_nanos = self.total_nanos.saturating_add(nanos);
-        self.min_nanos = self.min_nanos.min(nanos);
-        self.max_nanos = self.max_nanos.max(nanos);
-        self.by_role[usize::from(role == Role::Replica)] += 1;
-        self.latency.record(micros);
-    }
-
-    /// Claims the right to request a plan now if none was requested within
-    /// `interval`.
     /// Text and plan bytes, what `max_query_memory` bounds.
     pub(crate) fn bytes(&self) -> usize {
         self.normalized.len() + self.plan.as_ref().map_or(0, |p| p.bytes)
     }
 
+    /// Claims the right to request a plan now if none was requested within
+    /// `interval`.
     pub(crate) fn claim_explain(&mut self, now: Instant, interval: Duration) -> bool {
         let due = self
             .explain_requested
@@ -166,32 +125,34 @@ impl Digest {
     }
 
     pub(crate) fn snapshot(&self, fingerprint: u64) -> DigestSnapshot {
-        let latency = self.latency.histogram();
+        let t = &self.tally;
+        let latency = t.latency.histogram();
         DigestSnapshot {
             fingerprint,
             query: self.normalized.clone(),
-            calls: self.calls,
-            errors: self.errors,
-            rows: self.rows,
-            total: Duration::from_nanos(self.total_nanos),
-            min: if self.calls == 0 {
+            calls: t.calls,
+            errors: t.errors,
+            rows: t.rows,
+            total: Duration::from_nanos(t.total_nanos),
+            min: if t.calls == 0 {
                 Duration::ZERO
             } else {
-                Duration::from_nanos(self.min_nanos)
+                Duration::from_nanos(t.min_nanos)
             },
-            max: Duration::from_nanos(self.max_nanos),
+            max: Duration::from_nanos(t.max_nanos),
             mean: self.mean(),
             p50: quantile(&latency, 0.50),
             p95: quantile(&latency, 0.95),
             p99: quantile(&latency, 0.99),
-            primary: self.by_role[0],
-            replica: self.by_role[1],
+            primary: t.by_role[0],
+            replica: t.by_role[1],
             plan: self.plan.clone(),
         }
     }
 
     fn mean(&self) -> Duration {
-        Duration::from_nanos(self.total_nanos.checked_div(self.calls).unwrap_or(0))
+        let t = &self.tally;
+        Duration::from_nanos(t.total_nanos.checked_div(t.calls).unwrap_or(0))
     }
 }
 
@@ -232,7 +193,7 @@ mod tests {
         assert_eq!(d.snapshot(1).min, Duration::ZERO, "no call yet");
         for (role, us) in [(Role::Primary, 1_500), (Role::Replica, 500)] {
             let t = Duration::from_micros(us);
-            d.add(role, t, LatencyMicros::of(t), 1, false);
+            d.tally.add(role, t, LatencyMicros::of(t), 1, false);
         }
         let s = d.snapshot(1);
         assert_eq!(s.total, Duration::from_millis(2));
@@ -242,7 +203,7 @@ mod tests {
         );
         assert_eq!(s.mean, Duration::from_millis(1));
         // Saturates rather than wrapping.
-        d.add(
+        d.tally.add(
             Role::Primary,
             Duration::MAX,
             LatencyMicros::of(Duration::MAX),

@@ -9,9 +9,15 @@
 //! fingerprints share a shard. Each shard is an LRU of its share of the
 //! bound, so eviction is least-recently-seen per shard — close to global
 //! LRU when fingerprints spread evenly, which hashes do.
+//!
+//! A worker thread first adds into its own slot (`local`): the table
+//! gathers the slots whenever it is read and once a second (the window
+//! timer), so reads are exact and recency is the gathering's.
 
 mod counts;
 mod entry;
+mod local;
+mod tally;
 mod window;
 
 #[cfg(test)]
@@ -30,9 +36,11 @@ use counts::LatencyCounts;
 use entry::{Digest, LatencyMicros};
 pub use entry::{DigestSnapshot, PlanSample};
 pub(crate) use entry::{latency_histogram, quantile};
+use local::Local;
 pub(crate) use window::RecentLatency;
 
 use crate::cluster::Role;
+use crate::observe::thread_slot;
 
 /// Shards at most (fewer when the bound is smaller, so none is empty).
 const MAX_SHARDS: usize = 16;
@@ -85,6 +93,8 @@ pub(crate) struct Sample<'a> {
 /// The digest table.
 pub(crate) struct Digests {
     shards: Box<[Mutex<Shard>]>,
+    /// Per-thread pending tallies ([`thread_slot::index`]).
+    locals: Box<[Local]>,
     /// Bytes of text kept per fingerprint.
     max_text: AtomicUsize,
     /// Each shard's share of the bytes all digests may hold.
@@ -106,6 +116,7 @@ impl Digests {
             .collect();
         let digests = Digests {
             shards,
+            locals: (0..thread_slot::SLOTS).map(|_| Local::new()).collect(),
             max_text: AtomicUsize::new(0),
             shard_bytes: AtomicUsize::new(0),
         };
@@ -126,6 +137,7 @@ impl Digests {
 
     /// Text and plan bytes held by every digest.
     pub fn bytes(&self) -> usize {
+        self.gather();
         self.shards.iter().map(|s| s.lock().bytes).sum()
     }
 
@@ -148,27 +160,61 @@ impl Digests {
     /// plan was requested for this fingerprint within `interval`, claims
     /// one and returns true (the caller then queues the request).
     pub(crate) fn record(&self, s: &Sample<'_>, claim: Option<(Duration, Instant)>) -> bool {
+        let micros = LatencyMicros::of(s.duration);
+        // Nearly every query: counted in this thread's slot. A claim needs
+        // the table's last request time, and a slot full of other
+        // fingerprints leaves the query to the table.
+        if claim.is_none() && self.locals[thread_slot::index()].0.lock().add(s, micros) {
+            return false;
+        }
         let mut shard = self.shard(s.fingerprint);
         let shard = &mut *shard;
-        let micros = LatencyMicros::of(s.duration);
         shard.window.record(micros);
-        let add = |digest: &mut Digest| {
-            digest.add(s.role, s.duration, micros, s.rows, s.error);
+        self.with_entry(shard, s.fingerprint, s.normalized, |digest| {
+            digest
+                .tally
+                .add(s.role, s.duration, micros, s.rows, s.error);
             claim.is_some_and(|(interval, now)| digest.claim_explain(now, interval))
-        };
-        // A known fingerprint (nearly every query): one hash lookup, not a
+        })
+    }
+
+    /// Runs `f` on `fingerprint`'s digest in `shard` (made most recent),
+    /// added first if new (making room for its text).
+    fn with_entry<R>(
+        &self,
+        shard: &mut Shard,
+        fingerprint: u64,
+        normalized: &Arc<str>,
+        f: impl FnOnce(&mut Digest) -> R,
+    ) -> R {
+        // A known fingerprint (nearly always): one hash lookup, not a
         // `contains` and then a `get_mut`.
-        if let Some(digest) = shard.digests.get_mut(&s.fingerprint) {
-            return add(digest);
+        if let Some(digest) = shard.digests.get_mut(&fingerprint) {
+            return f(digest);
         }
-        let digest = Digest::new(capped(s.normalized, self.max_text.load(Ordering::Relaxed)));
+        let mut digest = Digest::new(capped(normalized, self.max_text.load(Ordering::Relaxed)));
+        let result = f(&mut digest);
         let budget = self.shard_bytes.load(Ordering::Relaxed);
         shard.make_room(digest.bytes(), budget, None);
         shard.bytes += digest.bytes();
-        if let Some((_, old)) = shard.digests.push(s.fingerprint, digest) {
+        if let Some((_, old)) = shard.digests.push(fingerprint, digest) {
             shard.bytes -= old.bytes();
         }
-        shard.digests.get_mut(&s.fingerprint).is_some_and(add)
+        result
+    }
+
+    /// Adds every thread's pending tallies into the table (before it is
+    /// read, and once a second by the window timer).
+    fn gather(&self) {
+        for local in self.locals.iter() {
+            let mut pending = local.0.lock();
+            for e in pending.entries.iter_mut().filter(|e| e.tally.calls > 0) {
+                let mut shard = self.shard(e.fingerprint);
+                self.with_entry(&mut shard, e.fingerprint, &e.normalized, |digest| {
+                    e.tally.take_into(&mut digest.tally);
+                });
+            }
+        }
     }
 
     /// Gives a claim back (the request could not be queued).
@@ -200,6 +246,7 @@ impl Digests {
 
     /// Copies of every digest (unordered). Does not touch recency.
     pub(crate) fn snapshots(&self) -> Vec<DigestSnapshot> {
+        self.gather();
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.lock();
@@ -210,6 +257,7 @@ impl Digests {
 
     /// One fingerprint's statistics.
     pub(crate) fn get(&self, fingerprint: u64) -> Option<DigestSnapshot> {
+        self.gather();
         let shard = self.shard(fingerprint);
         shard
             .digests
@@ -220,12 +268,17 @@ impl Digests {
     /// Fingerprints kept.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
+        self.gather();
         self.shards.iter().map(|s| s.lock().digests.len()).sum()
     }
 
     /// Moves every shard's window into `into` (which then holds the
     /// latencies recorded since the previous call).
     pub(crate) fn take_window(&self, into: &mut Histogram<u32>) {
+        self.gather();
+        for local in self.locals.iter() {
+            local.0.lock().window.take_into(into);
+        }
         for shard in self.shards.iter() {
             shard.lock().window.take_into(into);
         }

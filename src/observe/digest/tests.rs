@@ -99,6 +99,43 @@ fn explain_is_claimed_once_per_interval() {
     // A claim given back (queue full) can be taken again at once.
     d.unclaim_explain(1);
     assert!(d.record(&s, Some((minute, t0 + minute))));
+    // Claimed and unclaimed queries are counted alike (the unclaimed in
+    // this thread's slot until the table is read).
+    assert_eq!(d.get(1).unwrap().calls, 5);
+}
+
+/// More fingerprints than a thread's slot tallies, one of them hot: every
+/// query is counted once, in its own fingerprint, whether it went through
+/// the slot or straight to the table, and reads see all of them.
+#[test]
+fn a_threads_pending_tallies_are_exact_when_read() {
+    let d = Digests::new(1000);
+    let text: Arc<str> = "q".into();
+    for round in 1..=3u64 {
+        for fp in 0..40u64 {
+            d.record(&sample(fp, &text, Role::Replica, 1), None);
+            d.record(&sample(1_000, &text, Role::Primary, 2), None);
+        }
+        assert_eq!(d.get(1_000).unwrap().calls, 40 * round);
+        for fp in 0..40u64 {
+            let s = d.get(fp).unwrap();
+            assert_eq!((s.calls, s.replica, s.rows), (round, round, 2 * round));
+        }
+        assert_eq!(d.get(1_000).unwrap().primary, 40 * round);
+        let mut window = latency_histogram();
+        d.take_window(&mut window);
+        assert_eq!(window.len(), 80, "round {round}");
+    }
+    assert_eq!(d.len(), 41);
+    let s = d.get(1_000).unwrap();
+    assert_eq!(
+        (s.min, s.max, s.total),
+        (
+            Duration::from_millis(2),
+            Duration::from_millis(2),
+            Duration::from_millis(240)
+        )
+    );
 }
 
 #[test]

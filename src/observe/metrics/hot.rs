@@ -11,18 +11,14 @@
 //! shards' counts: exact, and the hot path touches nothing shared.
 
 use parking_lot::{Mutex, MutexGuard};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{Histogram, IntCounter};
 
 use super::labels::LabelCache;
-
-/// Shards: more than the worker threads of any sensible configuration;
-/// threads beyond that share (correct, just slower).
-const SHARDS: usize = 16;
+use crate::observe::thread_slot;
 
 /// One thread's counts since the last flush.
 struct Shard {
@@ -106,30 +102,9 @@ pub(crate) struct Targets<'a> {
     pub(crate) transactions: &'a IntCounter,
 }
 
-/// This thread's shard number, drawn once per thread. Why a `const`
-/// thread-local with a "not drawn yet" value rather than a lazy one: the
-/// lazy kind checks its own state on every access (three per
-/// transaction), this one only compares the number.
-#[inline]
-fn shard_index() -> usize {
-    const UNDRAWN: usize = usize::MAX;
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: Cell<usize> = const { Cell::new(UNDRAWN) };
-    }
-    INDEX.with(|i| match i.get() {
-        UNDRAWN => {
-            let drawn = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-            i.set(drawn);
-            drawn
-        }
-        drawn => drawn,
-    })
-}
-
 impl Hot {
     pub(crate) fn new(t: &Targets<'_>, routing: LabelCache) -> Hot {
-        let shards = (0..SHARDS)
+        let shards = (0..thread_slot::SLOTS)
             .map(|_| Padded {
                 shard: Mutex::new(Shard {
                     queries: t
@@ -153,7 +128,7 @@ impl Hot {
     }
 
     fn shard(&self) -> MutexGuard<'_, Shard> {
-        self.shards[shard_index()].shard.lock()
+        self.shards[thread_slot::index()].shard.lock()
     }
 
     /// Counts a statement; false if `node` has no counters (the node list
@@ -176,7 +151,7 @@ impl Hot {
 
     #[inline]
     pub(crate) fn transaction(&self) {
-        self.shards[shard_index()]
+        self.shards[thread_slot::index()]
             .transactions
             .fetch_add(1, Ordering::Relaxed);
     }

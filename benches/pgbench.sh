@@ -22,7 +22,7 @@
 # a new connection per transaction), latency (-S -c 1: p50/p99 from
 # pgbench's per-transaction log; direct, pgsidecar and PgBouncer), memory (RSS per idle client at
 # IDLE_CLIENTS connections), observe (-S at each CLIENTS count through
-# pgsidecar with observability on, and through a second pgsidecar with
+# two fresh pgsidecars, one with observability on and one with
 # [observability] enabled = false: the cost of digests and the slow-query
 # log), threads (-S at each CLIENTS count through pgsidecar with its
 # default worker_threads = 1, one thread, and through a second one with
@@ -247,8 +247,12 @@ for w in $WORKLOADS; do
         memory) MEMORY=$(memory) ;;
         observe)
             # The cost of digests, the slow-query log and EXPLAIN sampling.
+            # Two fresh processes started together, so that both have the
+            # same history (the main pgsidecar has served every earlier
+            # workload, 10,000 idle clients among them).
+            variant on ''
             variant off '[observability]\nenabled = false\n'
-            for c in $CLIENTS; do side_by_side observability "$c" on pgsidecar off variant-off; done
+            for c in $CLIENTS; do side_by_side observability "$c" on variant-on off variant-off; done
             ;;
         threads)
             # [proxy] worker_threads: the default, one thread, against 0,

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
 
 use crate::protocol::ClientEncoding;
 
@@ -37,13 +38,17 @@ pub enum ParamChange {
     Define(Box<str>),
 }
 
+/// Settings by name, in the form they must be re-applied in.
+pub type Settings = BTreeMap<Box<str>, ParamValue>;
+
 /// Startup parameters that are not session settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
 
 /// Parameters of one client.
 #[derive(Clone, Debug)]
 pub struct ClientParams {
-    startup: BTreeMap<Box<str>, ParamValue>,
+    /// Shared with every client that sent the same (`shared_startup`).
+    startup: Arc<Settings>,
     /// `None` while the settings are the startup ones (most clients never
     /// change them): a copy per idle client would be ~400 bytes each.
     changed: Option<BTreeMap<Box<str>, ParamValue>>,
@@ -109,7 +114,7 @@ impl ClientParams {
         let defined = startup.keys().filter(|n| is_custom(n)).cloned().collect();
         let mut p = ClientParams {
             changed: None,
-            startup,
+            startup: shared_startup::share(startup),
             pending: Vec::new(),
             defined,
             hash: 0,
@@ -148,7 +153,7 @@ impl ClientParams {
     /// the first change).
     fn current_mut(&mut self) -> &mut BTreeMap<Box<str>, ParamValue> {
         let startup = &self.startup;
-        self.changed.get_or_insert_with(|| startup.clone())
+        self.changed.get_or_insert_with(|| Settings::clone(startup))
     }
 
     /// A startup value given as a raw string (for ParameterStatus at login).
@@ -174,7 +179,7 @@ impl ClientParams {
     pub fn adopt(&mut self, current: BTreeMap<Box<str>, ParamValue>) {
         self.defined
             .extend(current.keys().filter(|n| is_custom(n)).cloned());
-        self.changed = (current != self.startup).then_some(current);
+        self.changed = (current != *self.startup).then_some(current);
         self.rehash();
     }
 
@@ -489,5 +494,6 @@ fn parse_options(options: &str) -> Vec<(String, String)> {
     out
 }
 
+mod shared_startup;
 #[cfg(test)]
 mod tests;

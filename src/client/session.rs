@@ -154,8 +154,7 @@ async fn close<S>(
 /// future's states, and the wait almost never happens.
 #[inline]
 fn unset_server(slot: &ClientSlot) -> bool {
-    slot.set_server(None);
-    slot.cancels_in_flight()
+    slot.unset_server()
 }
 
 /// How long a refused client's remaining input is read and dropped.
@@ -490,7 +489,7 @@ where
     let timer_cancel = limits
         .query
         .map(|_| (h.lease.link.clone(), ctx.cancel.slot.clone()));
-    ctx.cancel.slot.set_server(Some(h.lease.link.clone()));
+    ctx.cancel.slot.set_server(&h.lease.link);
     let (io, state, pool) = h.lease.split_with_pool();
     let env = HeldEnv {
         shared: &ctx.shared,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::clock::BatchClock;
 use super::expect::{Audience, Expectations, Request, Token};
 use super::hold_state::HoldState;
+use super::limits::Limits;
 use super::params::UTF8_FIRST;
 use super::registry::ClientActivity;
 use super::route::{self, Unit};
@@ -68,6 +69,13 @@ pub struct NodePools {
     /// instructions each, the cache one atomic load to see that nothing
     /// changed (a reload is seen at the next request all the same).
     config: arc_swap::Cache<ConfigHandle, Arc<Config>>,
+    /// The `[proxy]` limits of the configuration last loaded, with that
+    /// configuration's address (compared, never followed): why kept,
+    /// rather than made from the configuration on each request (twice: for
+    /// the idle limit, then the relay's timers), see [`limits`](Self::limits).
+    /// Boxed (made once per client): inline, its 56 bytes grew every
+    /// client's task.
+    limits: Box<(usize, Limits)>,
 }
 
 impl NodePools {
@@ -77,7 +85,27 @@ impl NodePools {
             generation: 0,
             view: None,
             config: arc_swap::Cache::new(config.clone()),
+            limits: Box::new((0, Limits::default())),
         }
+    }
+
+    /// The limits of the current configuration, made again only when a
+    /// reload replaced it. Why: `Limits::from_config` tests three durations
+    /// for zero, and was run twice per request (~60 instructions per `-S`
+    /// transaction); the check that the configuration is the same is a
+    /// comparison of two addresses. (The configuration is kept alive by
+    /// the cache while its address is kept here, so a new one cannot take
+    /// the same address unseen.)
+    #[inline]
+    pub fn limits(&mut self) -> &Limits {
+        let config = self.config.load();
+        let at = Arc::as_ptr(config) as usize;
+        let (of, limits) = &mut *self.limits;
+        if at != *of {
+            *limits = Limits::from_config(&config.proxy);
+            *of = at;
+        }
+        limits
     }
 
     /// The current configuration. Inlined: asked on every request, and

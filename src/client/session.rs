@@ -193,7 +193,7 @@ struct Kept {
 }
 
 /// Where a session stands between requests.
-enum Phase {
+pub(super) enum Phase {
     /// No server held: requests are answered locally or routed.
     Idle,
     /// A server held (a transaction, a pinned session, session mode): the
@@ -203,7 +203,7 @@ enum Phase {
 
 impl Phase {
     /// The held server, leaving the session idle.
-    fn release(&mut self) -> Held {
+    pub(super) fn release(&mut self) -> Held {
         match std::mem::replace(self, Phase::Idle) {
             Phase::Holding(h) => h,
             Phase::Idle => unreachable!("a relay ran, so a server was held"),
@@ -259,10 +259,12 @@ where
             // transaction allocates nothing to take its server. The
             // result is taken apart before the next await, so that the
             // error is not kept in this task's state meanwhile.
+            // The server is written straight into `phase`.
             let refused =
-                match hold::acquire(ctx, client, &mut kept.pools, &unit, &mut kept.books).await {
-                    Ok(h) => {
-                        *phase = Phase::Holding(h);
+                match hold::acquire(ctx, client, &mut kept.pools, &unit, &mut kept.books, phase)
+                    .await
+                {
+                    Ok(()) => {
                         kept.retry.fresh = Fresh::Taken { deferred_begin };
                         None
                     }
@@ -643,9 +645,9 @@ mod tests {
         let session = future_size(run::<crate::tls::ClientStream>);
         let unix = future_size(run::<tokio::net::UnixStream>);
         eprintln!("session future: {session} bytes (unix {unix})");
-        // 1,480 bytes once the relay's timers kept what only a limit needs
-        // boxed apart (and the client's limits were kept, boxed, from one
-        // request to the next). 1,488 once the held server's pool was borrowed from its
+        // 1,480 bytes once the relay's timers were boxed apart, made only
+        // once one is armed (and the client's limits were kept, boxed, from
+        // one request to the next). 1,488 once the held server's pool was borrowed from its
         // lease (no second reference kept in `Held`); 1,496 once the server's cancel link was made at login and
         // shared (relay_on no longer keeps a CancelTarget across its await)
         // and the relay borrowed its replay buffer, with relay_ended

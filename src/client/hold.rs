@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use super::clock::BatchClock;
 use super::expect::{Audience, Expectations, Request, Token};
 use super::hold_state::HoldState;
+use super::limits::Limits;
 use super::params::UTF8_FIRST;
 use super::registry::ClientActivity;
 use super::route::{self, Unit};
-use super::session::SessionCtx;
+use super::session::{Phase, SessionCtx};
 use super::state::ClientState;
 use super::tx_status::TxStatus;
 use crate::cluster::{ClusterView, NodeId, ReplicaLease, Role};
@@ -68,6 +69,13 @@ pub struct NodePools {
     /// instructions each, the cache one atomic load to see that nothing
     /// changed (a reload is seen at the next request all the same).
     config: arc_swap::Cache<ConfigHandle, Arc<Config>>,
+    /// The `[proxy]` limits of the configuration last loaded, with that
+    /// configuration's address (compared, never followed): why kept,
+    /// rather than made from the configuration on each request (twice: for
+    /// the idle limit, then the relay's timers), see [`limits`](Self::limits).
+    /// Boxed (made once per client): inline, its 56 bytes grew every
+    /// client's task.
+    limits: Box<(usize, Limits)>,
 }
 
 impl NodePools {
@@ -77,7 +85,27 @@ impl NodePools {
             generation: 0,
             view: None,
             config: arc_swap::Cache::new(config.clone()),
+            limits: Box::new((0, Limits::default())),
         }
+    }
+
+    /// The limits of the current configuration, made again only when a
+    /// reload replaced it. Why: `Limits::from_config` tests three durations
+    /// for zero, and was run twice per request (~60 instructions per `-S`
+    /// transaction); the check that the configuration is the same is a
+    /// comparison of two addresses. (The configuration is kept alive by
+    /// the cache while its address is kept here, so a new one cannot take
+    /// the same address unseen.)
+    #[inline]
+    pub fn limits(&mut self) -> &Limits {
+        let config = self.config.load();
+        let at = Arc::as_ptr(config) as usize;
+        let (of, limits) = &mut *self.limits;
+        if at != *of {
+            *limits = Limits::from_config(&config.proxy);
+            *of = at;
+        }
+        limits
     }
 
     /// The current configuration. Inlined: asked on every request, and
@@ -201,6 +229,59 @@ fn primary_node(cluster: &ClusterView, primary: Option<NodeId>) -> Result<NodeId
 pub struct Refused {
     pub kind: ErrorKind,
     pub error: WireError,
+}
+
+impl Taken {
+    /// Held in `phase`: the node, its role, the wait and when it ended.
+    fn hold(self, phase: &mut Phase) -> (NodeId, Role, Duration, Instant) {
+        let Taken {
+            node,
+            got: (lease, waited, ready),
+            replica,
+        } = self;
+        let role = if replica.is_some() {
+            Role::Replica
+        } else {
+            Role::Primary
+        };
+        *phase = Phase::Holding(Held {
+            lease,
+            _replica: replica,
+        });
+        (node, role, waited, ready)
+    }
+}
+
+/// A checkout of `node` that gave no server: a replica's read goes to the
+/// primary instead, a write follows the primary that replaced `node`, and
+/// a failure of the primary's own pool is the client's error. Boxed by
+/// the caller: rare, and kept out of every acquisition's state.
+async fn elsewhere(
+    ctx: &SessionCtx,
+    pools: &mut NodePools,
+    cluster: &Arc<ClusterView>,
+    node: NodeId,
+    replica: Option<ReplicaLease>,
+    at: Instant,
+    got: Result<Option<Got>, CheckoutError>,
+) -> Result<Taken, Refused> {
+    match got {
+        Ok(Some(got)) => Ok(Taken { node, got, replica }),
+        Err(e) => match replica {
+            Some(replica) => to_primary(ctx, pools, cluster, replica, Lost::Checkout(e)).await,
+            None => Err(e.into()),
+        },
+        Ok(None) => match replica {
+            Some(replica) => {
+                let why = Lost::given_up(cluster, node);
+                to_primary(ctx, pools, cluster, replica, why).await
+            }
+            None => {
+                followed(cluster, node);
+                checkout_primary(ctx, pools, cluster, at, 1).await
+            }
+        },
+    }
 }
 
 impl Refused {
@@ -338,7 +419,8 @@ fn followed(cluster: &ClusterView, node: NodeId) {
     tracing::info!(old = %cluster.addr(node), "primary changed while a request waited for it; following");
 }
 
-/// Routes `unit` and takes a server for it.
+/// Routes `unit` and takes a server for it, written straight into
+/// `phase` (left idle if the request is refused).
 ///
 /// Why one async fn (not a wrapper mapping the error of an inner one):
 /// the request's future is polled at least twice when it queues for a
@@ -351,7 +433,8 @@ pub async fn acquire(
     pools: &mut NodePools,
     unit: &Unit,
     books: &mut Books,
-) -> Result<Held, WireError> {
+    phase: &mut Phase,
+) -> Result<(), WireError> {
     ctx.cancel.slot.set_activity(ClientActivity::Waiting);
     // The admin console's PAUSE holds new work here until RESUME.
     if ctx.shared.paused.is_on() {
@@ -379,9 +462,10 @@ pub async fn acquire(
     };
     // The common path awaits one small checkout in this function's own
     // state (not boxed: see `session::serve`); the rare ones are boxed.
-    let taken = match first_node(&cluster, target) {
-        // No primary yet: wait for one.
-        None => Box::pin(checkout_primary(ctx, pools, &cluster, at, 0)).await,
+    // The server goes straight from the checkout's answer into the
+    // session's phase: not through a `Taken`, a `Held` and a `Result` on
+    // the way, each of which moved the 56-byte lease.
+    let (node, role, waited, ready) = match first_node(&cluster, target) {
         Some((node, replica)) => {
             let role = if replica.is_some() {
                 Role::Replica
@@ -393,76 +477,67 @@ pub async fn acquire(
             let got = pool_of(&mut pools.by_node, ctx, &cluster, node)
                 .checkout_unless(|now| cluster.gives_up_at(node, role, now), at)
                 .await;
-            // The server goes straight into what the request takes (not
-            // through `given_up`'s result and a tuple with the replica
-            // first: fewer moves of a lease, ~40 instructions a transaction).
             match got {
-                Ok(Some(got)) => Ok(Taken { node, got, replica }),
-                Err(e) => match replica {
-                    Some(replica) => {
-                        to_primary(ctx, pools, &cluster, replica, Lost::Checkout(e)).await
+                Ok(Some((lease, waited, ready))) => {
+                    *phase = Phase::Holding(Held {
+                        lease,
+                        _replica: replica,
+                    });
+                    (node, role, waited, ready)
+                }
+                other => {
+                    let taken = Box::pin(elsewhere(ctx, pools, &cluster, node, replica, at, other));
+                    match taken.await {
+                        Ok(taken) => taken.hold(phase),
+                        Err(refused) => return Err(not_acquired(ctx, reason, refused)),
                     }
-                    None => Err(e.into()),
-                },
-                Ok(None) => match replica {
-                    Some(replica) => {
-                        let why = Lost::given_up(&cluster, node);
-                        to_primary(ctx, pools, &cluster, replica, why).await
-                    }
-                    None => {
-                        followed(&cluster, node);
-                        Box::pin(checkout_primary(ctx, pools, &cluster, at, 1)).await
-                    }
-                },
+                }
             }
         }
+        // No primary yet: wait for one.
+        None => match Box::pin(checkout_primary(ctx, pools, &cluster, at, 0)).await {
+            Ok(taken) => taken.hold(phase),
+            Err(refused) => return Err(not_acquired(ctx, reason, refused)),
+        },
     };
     // The routing decision is counted with the wait, under one lock.
-    let metrics = ctx.shared.observer.metrics();
-    let mut taken = match taken {
-        Ok(taken) => {
-            metrics.acquired(reason, taken.got.1);
-            taken
-        }
-        Err(refused) => {
-            metrics.routing(reason);
-            return Err(refused_now(ctx, refused));
-        }
+    ctx.shared.observer.metrics().acquired(reason, waited);
+    let Phase::Holding(held) = phase else {
+        unreachable!("just set")
     };
-    if !taken.got.0.state.params.fits(&client.params) {
+    if !held.lease.state.params.fits(&client.params) {
         // Boxed: rare, and its state (another checkout) would otherwise
         // grow every acquisition's.
-        let pool = taken.got.0.pool().clone();
-        match Box::pin(refit(taken.got.0, &pool, client)).await {
-            Ok(lease) => taken.got.0 = lease,
+        let Held { lease, _replica } = phase.release();
+        let pool = lease.pool().clone();
+        match Box::pin(refit(lease, &pool, client)).await {
+            Ok(lease) => *phase = Phase::Holding(Held { lease, _replica }),
             Err(e) => return Err(refused_now(ctx, e.into())),
         }
     }
-    let Taken {
-        node,
-        got: (lease, _, ready),
-        replica,
-    } = taken;
-    let role = if replica.is_some() {
-        Role::Replica
-    } else {
-        Role::Primary
+    let Phase::Holding(held) = phase else {
+        unreachable!("just set")
     };
     books.expect.reset();
     books.hold.reset(node, role);
-    if replica.is_some() && !transaction {
+    if role == Role::Replica && !transaction {
         // A single read: later requests are routed on their own.
         books.hold.budget = Some(unit.len);
         books.hold.budget_until_sync = !unit.ends_with_ready;
     }
     // A server handed over by another session was ready when its wait ended.
     books.hold.clock = BatchClock::starting_at(ready);
-    let mut held = Held {
-        lease,
-        _replica: replica,
-    };
-    bring_up_to_date(&mut held, &mut books.expect, client);
-    Ok(held)
+    bring_up_to_date(held, &mut books.expect, client);
+    Ok(())
+}
+
+/// No server for the request: counted with its routing reason, and the
+/// client idle again.
+#[cold]
+#[inline(never)]
+fn not_acquired(ctx: &SessionCtx, reason: &'static str, refused: Refused) -> WireError {
+    ctx.shared.observer.metrics().routing(reason);
+    refused_now(ctx, refused)
 }
 
 /// A request refused: the client is idle again, and the error counted.

@@ -142,30 +142,44 @@ pub enum Fired {
 }
 
 /// The timers of one relay.
+///
+/// Why the timers are boxed apart, made only once one is armed: a relay is
+/// made and dropped per transaction, and the two timers and the flag made
+/// it 16 bytes larger in every client's task (which the client's limits,
+/// now kept from one request to the next, need); a relay that arms no timer
+/// (no limit, or one that never had to wait) allocates nothing.
 pub struct RelayTimers {
     limits: Limits,
     /// Where query_timeout's cancel goes, and the slot that counts it in
     /// flight (the server is not given up before it has arrived).
     cancel: Option<(Arc<ServerLink>, Arc<ClientSlot>)>,
+    armed: Option<Box<Armed>>,
+}
+
+/// The timers a relay armed.
+#[derive(Default)]
+struct Armed {
     idle: Option<Pin<Box<Sleep>>>,
     query: Option<Pin<Box<Sleep>>>,
     cancelled: bool,
 }
 
 impl RelayTimers {
+    #[inline]
     pub fn new(limits: Limits, cancel: Option<(Arc<ServerLink>, Arc<ClientSlot>)>) -> Self {
         RelayTimers {
             limits,
             cancel,
-            idle: None,
-            query: None,
-            cancelled: false,
+            armed: None,
         }
     }
 
     /// The client sent something: its idle time starts over.
+    #[inline]
     pub fn client_activity(&mut self) {
-        self.idle = None;
+        if let Some(armed) = &mut self.armed {
+            armed.idle = None;
+        }
     }
 
     /// Checks the timers, registering `cx` for the next one to go off.
@@ -196,13 +210,18 @@ impl RelayTimers {
     ) -> Option<Fired> {
         match quiet {
             Some(status) => {
-                self.query = None;
-                self.cancelled = false;
+                if let Some(armed) = &mut self.armed {
+                    armed.query = None;
+                    armed.cancelled = false;
+                }
                 let Some(idle) = self.limits.idle(status.in_transaction()) else {
-                    self.idle = None;
+                    if let Some(armed) = &mut self.armed {
+                        armed.idle = None;
+                    }
                     return None;
                 };
-                let sleep = self
+                let armed = self.armed.get_or_insert_with(Box::default);
+                let sleep = armed
                     .idle
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle.limit)));
                 sleep
@@ -212,18 +231,21 @@ impl RelayTimers {
                     .then(|| Fired::Idle(idle.error()))
             }
             None => {
-                self.idle = None;
+                if let Some(armed) = &mut self.armed {
+                    armed.idle = None;
+                }
                 let limit = self.limits.query?;
-                let sleep = self
+                let armed = self.armed.get_or_insert_with(Box::default);
+                let sleep = armed
                     .query
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
                 if sleep.as_mut().poll(cx).is_pending() {
                     return None;
                 }
-                if self.cancelled {
+                if armed.cancelled {
                     return Some(Fired::QueryUnanswered(limit));
                 }
-                self.cancelled = true;
+                armed.cancelled = true;
                 if let Some((link, slot)) = &self.cancel {
                     let (link, in_flight) = (link.clone(), slot.begin_cancel());
                     tokio::spawn(async move {
@@ -235,7 +257,7 @@ impl RelayTimers {
                 }
                 let mut grace = Box::pin(tokio::time::sleep(CANCEL_GRACE));
                 let _ = grace.as_mut().poll(cx);
-                self.query = Some(grace);
+                armed.query = Some(grace);
                 Some(Fired::QueryCancelled(limit))
             }
         }

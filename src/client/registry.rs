@@ -79,6 +79,10 @@ impl ClientActivity {
 /// The server a client holds: its connection's own link, shared.
 pub use crate::server::ServerLink;
 
+/// The bit of [`ClientSlot`]'s state saying that the client holds its
+/// server (the rest counts cancels in flight).
+const HELD: u32 = 1 << 31;
+
 /// One client's entry.
 pub struct ClientSlot {
     pub pid: i32,
@@ -86,11 +90,16 @@ pub struct ClientSlot {
     pub info: ClientInfo,
     activity: AtomicU8,
     pinned: AtomicBool,
+    /// The server the client holds while [`HELD`] is set in `state`; the
+    /// last one it held otherwise (kept, so that letting go of it touches
+    /// neither this lock nor the link's reference count).
     server: Mutex<Option<Arc<ServerLink>>>,
-    /// Cancels forwarded to the client's server and not yet dealt with by
-    /// it: while there are any, the server goes to no one else (a late
-    /// cancel would stop the next client's query).
-    cancels: AtomicU32,
+    /// [`HELD`], and the number of cancels forwarded to the client's
+    /// server and not yet dealt with by it: while there are any, the
+    /// server goes to no one else (a late cancel would stop the next
+    /// client's query). One word, so that letting go of the server and
+    /// learning whether cancels are on their way is one atomic operation.
+    state: AtomicU32,
     /// The registry's, shared by every slot: a slot's own would cost each
     /// idle client its size, for something that rarely happens.
     cancels_done: Arc<tokio::sync::Notify>,
@@ -102,34 +111,58 @@ pub struct CancelInFlight(Arc<ClientSlot>);
 
 impl Drop for CancelInFlight {
     fn drop(&mut self) {
-        if self.0.cancels.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.0.state.fetch_sub(1, Ordering::AcqRel) & !HELD == 1 {
             self.0.cancels_done.notify_waiters();
         }
     }
 }
 
 impl ClientSlot {
-    /// Records the server the client now holds (or none). The link is
-    /// the connection's own (made at login), so this swaps a pointer; the
-    /// one let go of is dropped after the lock.
-    pub fn set_server(&self, link: Option<Arc<ServerLink>>) {
-        let active = link.is_some();
-        let _old = std::mem::replace(&mut *self.server.lock(), link);
-        self.set_activity(if active {
-            ClientActivity::Active
-        } else {
-            ClientActivity::Idle
-        });
+    /// Records the server the client now holds. The link is the
+    /// connection's own (made at login); the slot keeps the last one after
+    /// the client let go of it, so this swaps pointers only when the server
+    /// changed (the one let go of is dropped after the lock).
+    pub fn set_server(&self, link: &Arc<ServerLink>) {
+        let _old = {
+            let mut server = self.server.lock();
+            match &*server {
+                Some(held) if Arc::ptr_eq(held, link) => None,
+                _ => server.replace(link.clone()),
+            }
+        };
+        self.state.fetch_or(HELD, Ordering::Release);
+        self.set_activity(ClientActivity::Active);
+    }
+
+    /// The client no longer holds its server: no cancel can reach it
+    /// through the client from now on. True while cancels already on
+    /// their way have not arrived: the server then goes back to the pool
+    /// only once [`cancels_settled`](Self::cancels_settled) says so.
+    ///
+    /// Why one atomic operation and no lock: it ran on every transaction,
+    /// and the lock (and the link's reference count going down) cost more
+    /// than the rest of it. Claims for a cancel are made under the lock
+    /// and only while [`HELD`] is set, so none is counted once it is
+    /// cleared here, and any counted before shows in the returned count.
+    #[inline]
+    pub fn unset_server(&self) -> bool {
+        let before = self.state.fetch_and(!HELD, Ordering::AcqRel);
+        self.set_activity(ClientActivity::Idle);
+        before & !HELD > 0
     }
 
     pub fn server(&self) -> Option<Arc<ServerLink>> {
-        self.server.lock().clone()
+        let server = self.server.lock();
+        if self.state.load(Ordering::Acquire) & HELD == 0 {
+            return None;
+        }
+        server.clone()
     }
 
     /// Counts a cancel about to go to the client's server (query_timeout's
     /// own), until the returned guard is dropped.
     pub fn begin_cancel(self: &Arc<Self>) -> CancelInFlight {
-        self.cancels.fetch_add(1, Ordering::AcqRel);
+        self.state.fetch_add(1, Ordering::AcqRel);
         CancelInFlight(self.clone())
     }
 
@@ -138,15 +171,23 @@ impl ClientSlot {
     /// server is unset no new cancel can be counted for it.
     fn claim_for_cancel(self: &Arc<Self>) -> Option<(Arc<ServerLink>, CancelInFlight)> {
         let server = self.server.lock();
-        let link = server.clone()?;
-        Some((link, self.begin_cancel()))
+        // Counted only while the server is held: once `unset_server`
+        // cleared the bit, the count cannot grow.
+        self.state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s & HELD != 0).then_some(s + 1)
+            })
+            .ok()?;
+        let in_flight = CancelInFlight(self.clone());
+        let link = server.clone().expect("a held server has a link");
+        Some((link, in_flight))
     }
 
     /// Whether cancels are still on their way to the server the client
     /// held ([`cancels_settled`](Self::cancels_settled) waits for them).
     #[inline]
     pub fn cancels_in_flight(&self) -> bool {
-        self.cancels.load(Ordering::Acquire) > 0
+        self.state.load(Ordering::Acquire) & !HELD > 0
     }
 
     /// Returns once every cancel forwarded to the client's server has been
@@ -226,7 +267,7 @@ impl ClientRegistry {
                 activity: AtomicU8::new(ClientActivity::Idle as u8),
                 pinned: AtomicBool::new(false),
                 server: Mutex::new(None),
-                cancels: AtomicU32::new(0),
+                state: AtomicU32::new(0),
                 cancels_done: self.cancels_done.clone(),
             });
             shard.insert(pid, slot.clone());
@@ -312,13 +353,14 @@ mod tests {
         let registry = Arc::new(ClientRegistry::default());
         let handle = client(&registry);
         let slot = handle.slot.clone();
-        slot.set_server(Some(link()));
+        slot.set_server(&link());
         let (_, in_flight) = slot.claim_for_cancel().expect("a held server");
-        slot.set_server(None);
+        assert!(slot.unset_server(), "a cancel is in flight");
         assert!(
             slot.claim_for_cancel().is_none(),
             "no new cancel once the server is unset"
         );
+        assert!(slot.server().is_none(), "no server shown once unset");
         assert!(slot.cancels_in_flight());
         let waiting = tokio::spawn({
             let slot = slot.clone();
@@ -335,5 +377,9 @@ mod tests {
             .expect("settled once the cancel arrived")
             .unwrap();
         assert!(!slot.cancels_in_flight());
+        let again = link();
+        slot.set_server(&again);
+        assert!(Arc::ptr_eq(&slot.server().expect("held"), &again));
+        assert!(!slot.unset_server(), "nothing in flight");
     }
 }

@@ -177,7 +177,7 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
             self.answer_locally(answer, to_client);
             return Ok(());
         }
-        let sql = self.sql_for_observer(frame::query_bytes(frame)?, &c.info);
+        let sql = self.sql_for_observer(self.client.memo.query_bytes(frame)?, &c.info);
         let effect = self.effects_of(&c.info, &c.session, sql);
         let token = self.hold.pending.add(effect);
         let frame = stand_in.as_deref().unwrap_or(frame);

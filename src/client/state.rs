@@ -232,13 +232,16 @@ impl ClassMemo {
         if tail.len() <= SHORT_TAIL && tail.is_ascii() {
             // Most often a number and a `;`: copied in one go, which costs
             // less than validating them (~80 instructions) or pushing them
-            // a char at a time (~150 for six bytes).
-            self.text.truncate(from);
+            // a char at a time (~150 for six bytes). Truncated as bytes:
+            // `String::truncate` was a call (~14 instructions per `-S`
+            // statement) that checked the boundary checked above again.
             // SAFETY: `from` is a char boundary of `text` (checked above),
             // so the truncated text is valid UTF-8, and every byte of
             // `tail` is ASCII (checked above), which is valid UTF-8 on its
             // own: their concatenation is valid UTF-8.
-            unsafe { self.text.as_mut_vec() }.extend_from_slice(tail);
+            let bytes = unsafe { self.text.as_mut_vec() };
+            bytes.truncate(from);
+            bytes.extend_from_slice(tail);
         } else {
             let Ok(rest) = std::str::from_utf8(tail) else {
                 return false;

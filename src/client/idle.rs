@@ -20,7 +20,7 @@ use super::state::{ClassMemo, ClientState};
 use super::tx_modes;
 use super::tx_status::TxStatus;
 use crate::config::PoolMode;
-use crate::protocol::frame::{self, fe};
+use crate::protocol::frame::fe;
 use crate::protocol::{ClientEncoding, ProtocolError, WireError};
 use crate::proxy::Shared;
 use crate::routing::policy::ClientRouting;
@@ -161,7 +161,7 @@ pub fn classify<'c>(
     encoding: ClientEncoding,
     classifier: &Classifier,
 ) -> Result<&'c Classified, ProtocolError> {
-    Ok(memo.classify_ref(classifier, encoding, frame::query_bytes(frame)?))
+    memo.classify_query(classifier, encoding, frame)
 }
 
 /// A BEGIN deferred until the transaction's first statement says where
@@ -274,6 +274,7 @@ fn refuse_frontend_tag(tag: u8) -> Result<(), WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::frame;
 
     fn run(
         text: &str,

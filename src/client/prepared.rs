@@ -286,6 +286,11 @@ pub struct ClientStatements {
     /// The client's last unnamed Parse, re-sent if a later Bind of the
     /// unnamed statement lands on a server that never saw it.
     unnamed: Option<(Bytes, Classified, Arc<str>)>,
+    /// How the kept unnamed Parse was read, when it is the client's own
+    /// frame (not a stand-in): the `client_encoding` its text was read in
+    /// and its query's length in bytes. See
+    /// [`last_unnamed_query`](Self::last_unnamed_query).
+    unnamed_read: Option<(ClientEncoding, usize)>,
 }
 
 impl ClientStatements {
@@ -317,6 +322,7 @@ impl ClientStatements {
     pub fn forget_all(&mut self) {
         self.named.clear();
         self.unnamed = None;
+        self.unnamed_read = None;
     }
 
     /// Records the client's unnamed Parse and its classification. The
@@ -329,7 +335,18 @@ impl ClientStatements {
     ///
     /// Updated in place: taking the entry out and putting a new one back
     /// moved it twice per Parse.
-    pub fn set_unnamed(&mut self, frame: &[u8], query: &str, class: Classified) {
+    ///
+    /// `read`: the encoding `query` was read in from `frame` and the
+    /// length of its bytes there, when `frame` is the client's own Parse
+    /// of the unnamed statement (`None` for a stand-in).
+    pub fn set_unnamed(
+        &mut self,
+        frame: &[u8],
+        query: &str,
+        class: Classified,
+        read: Option<(ClientEncoding, usize)>,
+    ) {
+        self.unnamed_read = read;
         match &mut self.unnamed {
             Some((f, c, q)) => {
                 if **f != *frame {
@@ -341,6 +358,43 @@ impl ClientStatements {
                 *c = class;
             }
             None => self.unnamed = Some((Bytes::copy_from_slice(frame), class, query.into())),
+        }
+    }
+
+    /// The query bytes of `frame` when it is the client's last unnamed
+    /// Parse again, byte for byte, and (for the relay, which reuses its
+    /// text) read in the same `encoding`.
+    ///
+    /// Why: a client re-parsing one statement (`pgbench -M extended`,
+    /// drivers' unprepared queries) sends the same Parse every request,
+    /// and its query's end was searched for twice (routing, relay: ~70
+    /// instructions each) and its text compared three times. One
+    /// comparison of the frame with the kept copy (which `set_unnamed`
+    /// made anyway) tells where the query is.
+    #[inline]
+    pub fn last_unnamed_query<'f>(
+        &self,
+        frame: &'f [u8],
+        encoding: ClientEncoding,
+    ) -> Option<&'f [u8]> {
+        let (read_in, len) = self.unnamed_read?;
+        let (kept, _, _) = self.unnamed.as_ref()?;
+        if read_in != encoding || **kept != *frame {
+            return None;
+        }
+        // An empty name (one NUL), then the query: as `parse_parse` found
+        // them in the same bytes.
+        let at = frame::HEADER_LEN + 1;
+        frame.get(at..at + len)
+    }
+
+    /// The unnamed Parse is [`last_unnamed_query`](Self::last_unnamed_query)'s
+    /// again: only its classification is replaced (`set_unnamed` would
+    /// find its frame and text the same, after comparing both).
+    #[inline]
+    pub fn reclassify_unnamed(&mut self, class: Classified) {
+        if let Some((_, c, _)) = &mut self.unnamed {
+            *c = class;
         }
     }
 
@@ -508,18 +562,18 @@ mod tests {
         let c = Classifier::new(&[], 10_000, 100);
         let mut a = ClientStatements::default();
         let f = parse_frame("", "select 1");
-        a.set_unnamed(&f, "select 1", c.classify("select 1"));
+        a.set_unnamed(&f, "select 1", c.classify("select 1"), None);
         let (frame, query) = (
             a.unnamed_parse().unwrap().clone(),
             a.unnamed_query().unwrap().clone(),
         );
         // Again, same bytes: the copies made the first time stay.
-        a.set_unnamed(&f, "select 1", c.classify("select 1"));
+        a.set_unnamed(&f, "select 1", c.classify("select 1"), None);
         assert_eq!(a.unnamed_parse().unwrap().as_ptr(), frame.as_ptr());
         assert!(Arc::ptr_eq(a.unnamed_query().unwrap(), &query));
         // The same bytes read as another text (another client_encoding):
         // the frame stays, the text is the new one.
-        a.set_unnamed(&f, "select 2", c.classify("delete from t"));
+        a.set_unnamed(&f, "select 2", c.classify("delete from t"), None);
         assert_eq!(a.unnamed_parse().unwrap().as_ptr(), frame.as_ptr());
         assert_eq!(&**a.unnamed_query().unwrap(), "select 2");
         // The classification is always the new one.
@@ -529,9 +583,44 @@ mod tests {
         );
         // Another Parse: both are replaced.
         let g = parse_frame("", "select 3");
-        a.set_unnamed(&g, "select 3", c.classify("select 3"));
+        a.set_unnamed(&g, "select 3", c.classify("select 3"), None);
         assert_eq!(&a.unnamed_parse().unwrap()[..], &g[..]);
         assert_eq!(&**a.unnamed_query().unwrap(), "select 3");
+    }
+
+    #[test]
+    fn the_last_unnamed_parse_is_found_again_only_as_it_was_read() {
+        let c = Classifier::new(&[], 10_000, 100);
+        let mut a = ClientStatements::default();
+        let f = parse_frame("", "select 1");
+        let latin1 = ClientEncoding::from_name("LATIN1").expect("LATIN1");
+        // A stand-in (no reading given) is never found again.
+        a.set_unnamed(&f, "select 1", c.classify("select 1"), None);
+        assert_eq!(a.last_unnamed_query(&f, UTF8), None);
+        a.set_unnamed(&f, "select 1", c.classify("select 1"), Some((UTF8, 8)));
+        // The same bytes: the query is where `parse_parse` finds it.
+        let again = parse_frame("", "select 1");
+        let query = a.last_unnamed_query(&again, UTF8).expect("found again");
+        assert_eq!(query, parse_parse(&again).unwrap().query);
+        // Read in another encoding, other bytes, a named Parse: not found.
+        assert_eq!(a.last_unnamed_query(&again, latin1), None);
+        assert_eq!(
+            a.last_unnamed_query(&parse_frame("", "select 2"), UTF8),
+            None
+        );
+        assert_eq!(
+            a.last_unnamed_query(&parse_frame("s", "select 1"), UTF8),
+            None
+        );
+        // Only the classification changes.
+        a.reclassify_unnamed(c.classify("delete from t"));
+        assert_eq!(
+            a.unnamed_class().unwrap().info.route,
+            crate::routing::Route::Write
+        );
+        assert!(a.last_unnamed_query(&again, UTF8).is_some());
+        a.forget_all();
+        assert_eq!(a.last_unnamed_query(&again, UTF8), None);
     }
 
     #[test]

@@ -242,13 +242,21 @@ pub fn find_unit(
                 return Ok(Some(unit));
             }
             fe::PARSE => {
-                let msg = prepared::parse_parse(f)?;
+                // The client's last unnamed Parse again: its query is found
+                // without searching for its end (`last_unnamed_query`).
+                let (unnamed_parse, query) = match statements.last_unnamed_query(f, encoding) {
+                    Some(query) => (true, query),
+                    None => {
+                        let msg = prepared::parse_parse(f)?;
+                        (msg.name.is_empty(), msg.query)
+                    }
+                };
                 // Borrowed from the memo: only the relay's copy (an unnamed
                 // statement's) is cloned.
-                let c = memo.classify_ref(classifier, encoding, msg.query);
+                let c = memo.classify_ref(classifier, encoding, query);
                 unit.hint = unit.hint.or(c.hint);
                 unit.infos.push_ref(&c.info);
-                if msg.name.is_empty() {
+                if unnamed_parse {
                     unnamed = Some(unit.infos.as_slice().len() - 1);
                     carried.push(f.len(), c.clone());
                 }

@@ -177,7 +177,7 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
             self.answer_locally(answer, to_client);
             return Ok(());
         }
-        let sql = self.sql_for_observer(frame::query_bytes(frame)?, &c.info);
+        let sql = self.sql_for_observer(self.client.memo.query_bytes(frame)?, &c.info);
         let effect = self.effects_of(&c.info, &c.session, sql);
         let token = self.hold.pending.add(effect);
         let frame = stand_in.as_deref().unwrap_or(frame);
@@ -191,15 +191,25 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
         out: &mut BytesMut,
         to_client: &mut Outbox,
     ) -> Result<(), ProtocolError> {
-        let msg = prepared::parse_parse(frame)?;
+        let encoding = self.client.params.encoding();
+        // The client's last unnamed Parse again (`last_unnamed_query`): its
+        // query found without searching for its end, its text the kept one.
+        let again = self.client.statements.last_unnamed_query(frame, encoding);
+        let msg = match again {
+            Some(query) => prepared::ParseMsg {
+                name: &[],
+                query,
+                after_name: frame.get(frame::HEADER_LEN + 1..).unwrap_or_default(),
+            },
+            None => prepared::parse_parse(frame)?,
+        };
         if msg.name.is_empty() {
             let class = match self.client.carried.take(frame.len()) {
                 Some(c) => c,
-                None => self.client.memo.classify(
-                    self.env.classifier(),
-                    self.client.params.encoding(),
-                    msg.query,
-                ),
+                None => self
+                    .client
+                    .memo
+                    .classify(self.env.classifier(), encoding, msg.query),
             };
             // Only a statement about the proxy's own settings has a
             // stand-in: one comparison spares the rest the two lookups.
@@ -211,12 +221,17 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
             } else {
                 None
             };
+            if again.is_some() && stand_in.is_none() {
+                self.client.statements.reclassify_unnamed(class);
+            } else {
+                let read = stand_in.is_none().then_some((encoding, msg.query.len()));
+                let frame = stand_in.as_deref().unwrap_or(frame);
+                let text = self.client.memo.text_of(encoding, msg.query);
+                self.client
+                    .statements
+                    .set_unnamed(frame, &text, class, read);
+            }
             let frame = stand_in.as_deref().unwrap_or(frame);
-            let text = self
-                .client
-                .memo
-                .text_of(self.client.params.encoding(), msg.query);
-            self.client.statements.set_unnamed(frame, &text, class);
             self.hold.unnamed_here = true;
             self.send(out, frame, Some(Request::Parse), Token::None);
             return Ok(());

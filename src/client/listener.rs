@@ -237,15 +237,16 @@ mod task_size {
     /// keeps it in a 128-byte-aligned cell with ~100 bytes of its own:
     /// each 128 bytes crossed is 128 more per idle client.
     #[test]
-    fn a_clients_task_stays_small() {
+    fn a_clients_whole_task_stays_small() {
         let tcp = future_size(handle::<ClientStream>);
         let unix = future_size(handle::<tokio::net::UnixStream>);
         eprintln!("client task: {tcp} bytes (unix {unix})");
-        // 1,632 with the login boxed apart and `handle` spawned itself: a
+        // 1,624 with the login boxed apart and `handle` spawned itself
+        // (the session's own future 1,480: `session::tests`): a
         // 1,792-byte cell (massif). 1,912 with an async block around
         // `handle` and the login inline: a 2,048-byte cell.
         assert!(
-            tcp <= 1632 && unix <= 1632,
+            tcp <= 1624 && unix <= 1624,
             "a client's task grew to {tcp} bytes: every idle client pays it (keep rare or large states boxed)"
         );
     }

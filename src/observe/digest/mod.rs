@@ -244,7 +244,8 @@ impl Digests {
         shard.make_room(0, budget, Some(fingerprint));
     }
 
-    /// Copies of every digest (unordered). Does not touch recency.
+    /// Copies of every digest (unordered). Touches recency only by
+    /// gathering the threads' tallies first.
     pub(crate) fn snapshots(&self) -> Vec<DigestSnapshot> {
         self.gather();
         let mut out = Vec::new();

@@ -1,8 +1,9 @@
 //! [`Observer`]: the one object the proxy holds to report what it does.
 //! [`Observer::record`] is called for every finished statement and is
-//! built to be cheap when the statement is neither slow nor sampled: a few
-//! atomic adds, one shard lock for the digest, no allocation once the
-//! fingerprint is known.
+//! built to be cheap when the statement is neither slow nor sampled: the
+//! calling thread's own metrics shard and digest slot (locks no other
+//! thread takes but to read them), no allocation once the fingerprint is
+//! known.
 
 mod background;
 

@@ -8,7 +8,7 @@
 //! client makes copies it (`ClientParams::current_mut`).
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, LazyLock, Weak};
 
 use parking_lot::Mutex;
@@ -21,6 +21,7 @@ use super::Settings;
 /// two proxies in one process (tests) sharing it changes nothing.
 static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(|| {
     Mutex::new(Table {
+        keys: RandomState::new(),
         by_hash: HashMap::new(),
         sweep_at: SWEEP_MIN,
     })
@@ -30,6 +31,9 @@ static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(|| {
 const SWEEP_MIN: usize = 64;
 
 struct Table {
+    /// Random keys: the settings are what clients sent, and hashes they
+    /// could predict would let them pile their logins into one list.
+    keys: RandomState,
     /// Weak: settings the last client using them dropped go with it
     /// (their entry is swept later).
     by_hash: HashMap<u64, Vec<Weak<Settings>>>,
@@ -40,10 +44,8 @@ struct Table {
 
 /// The shared copy of `settings` (made and kept if none is in use).
 pub(super) fn share(settings: Settings) -> Arc<Settings> {
-    let mut h = DefaultHasher::new();
-    settings.hash(&mut h);
-    let hash = h.finish();
     let mut table = TABLE.lock();
+    let hash = table.keys.hash_one(&settings);
     let same = table.by_hash.entry(hash).or_default();
     same.retain(|w| w.strong_count() > 0);
     if let Some(found) = same

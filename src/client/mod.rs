@@ -30,6 +30,7 @@ mod relay;
 mod route;
 mod route_setting;
 mod session;
+mod shapes;
 mod state;
 mod stop_signal;
 mod strings;

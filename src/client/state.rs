@@ -9,6 +9,7 @@ use super::effects::Pins;
 use super::params::{ClientParams, ParamValue};
 use super::prepared::ClientStatements;
 use super::readback::Readback;
+use super::shapes::{self, Shape};
 use super::strings::{self, StringMode};
 use crate::routing::policy::ClientRouting;
 use std::borrow::Cow;
@@ -55,7 +56,7 @@ pub struct ClientState {
 }
 
 /// Texts longer than this are not remembered (every idle client keeps one).
-const MEMO_MAX: usize = 1024;
+const MEMO_MAX: usize = shapes::MAX_TEXT;
 
 /// Remembers the last classification of this client, and reads each text
 /// the way this client's server reads it: in the client's encoding, with
@@ -64,19 +65,14 @@ const MEMO_MAX: usize = 1024;
 pub struct ClassMemo {
     /// The session's `standard_conforming_strings` as far as known.
     pub strings: StringMode,
-    /// How `class` was read (`None`: unsure).
-    read_as: Option<Quoting>,
-    text: String,
-    class: Option<Classified>,
-    /// `text` is the text `class` is for (false after a text too long to
-    /// keep, or one that could not be read exactly).
+    /// The text last classified, how it was read, its literals and its
+    /// classification (what `query_bytes` and `text_of` find again).
+    cur: Shape,
+    /// `cur.text` is the text `cur.class` is for (false after a text too
+    /// long to keep, or one that could not be read exactly).
     keyed: bool,
-    /// Byte ranges of `text`'s numeric literals, and a spare list.
-    numbers: Vec<Range<usize>>,
+    /// A spare list of literal positions (a match's, swapped in).
     spare: Vec<Range<usize>>,
-    /// Every literal in `numbers` is digits only ([`template::all_digits`],
-    /// looked at once per text classified, not once per match).
-    digits_only: bool,
     /// Classifications asked for, so tests can check each statement is
     /// classified once on its way to the server.
     #[cfg(test)]
@@ -129,17 +125,23 @@ impl ClassMemo {
         if self.repeated(encoding, reading, raw) {
             return self.noted(classifier);
         }
+        // Another statement this thread classified lately, matched on the
+        // bytes too (another encoding's, after decoding, in `classify_text`).
+        let utf8 = encoding.is_utf8();
+        if utf8 && self.recall(classifier, reading, raw) {
+            return self.noted(classifier);
+        }
         let view = encoding.decode(raw);
         if !view.exact {
             self.keyed = false;
-            self.text.clear();
-            self.numbers.clear();
-            self.read_as = reading;
+            self.cur.text.clear();
+            self.cur.numbers.clear();
+            self.cur.read_as = reading;
             let class = strings::classify(classifier, &view.text, reading).unreadable(encoding);
-            self.class = Some(class);
+            self.cur.class = Some(class);
             return self.noted(classifier);
         }
-        self.classify_text(classifier, &view.text, reading)
+        self.classify_text(classifier, &view.text, reading, !utf8)
     }
 
     /// [`classify_ref`](Self::classify_ref)'s short way: a UTF-8 client's
@@ -149,9 +151,9 @@ impl ClassMemo {
     fn repeated(&mut self, encoding: ClientEncoding, reading: Option<Quoting>, raw: &[u8]) -> bool {
         encoding.is_utf8()
             && self.keyed
-            && self.read_as == reading
-            && self.class.is_some()
-            && (self.took_shape_of(raw) || self.text.as_bytes() == raw)
+            && self.cur.read_as == reading
+            && self.cur.class.is_some()
+            && (self.took_shape_of(raw) || self.cur.text.as_bytes() == raw)
     }
 
     /// [`classify_ref`](Self::classify_ref) of a whole Query frame's text.
@@ -170,8 +172,10 @@ impl ClassMemo {
         encoding: ClientEncoding,
         frame: &[u8],
     ) -> Result<&Classified, ProtocolError> {
+        let reading = self.strings.reading();
         if let Some((&0, text)) = frame::body(frame).split_last()
-            && self.repeated(encoding, self.strings.reading(), text)
+            && (self.repeated(encoding, reading, text)
+                || (encoding.is_utf8() && self.recall(classifier, reading, text)))
         {
             #[cfg(test)]
             {
@@ -190,7 +194,7 @@ impl ClassMemo {
     pub fn query_bytes<'f>(&self, frame: &'f [u8]) -> Result<&'f [u8], ProtocolError> {
         if let Some((&0, text)) = frame::body(frame).split_last()
             && self.keyed
-            && text == self.text.as_bytes()
+            && text == self.cur.text.as_bytes()
         {
             return Ok(text);
         }
@@ -206,16 +210,17 @@ impl ClassMemo {
     #[inline]
     fn took_shape_of(&mut self, raw: &[u8]) -> bool {
         let valueless = self
+            .cur
             .class
             .as_ref()
             .is_some_and(|c| !c.info.has_session_changes);
         if !valueless
-            || self.numbers.is_empty()
+            || self.cur.numbers.is_empty()
             || raw.len() > MEMO_MAX
             || !template::same_shape_as(
-                &self.text,
-                &self.numbers,
-                self.digits_only,
+                &self.cur.text,
+                &self.cur.numbers,
+                self.cur.digits_only,
                 raw,
                 &mut self.spare,
             )
@@ -224,8 +229,8 @@ impl ClassMemo {
         }
         // `same_shape` checked that the bytes before the first literal
         // are those of `text`.
-        let from = self.numbers[0].start;
-        if !self.text.is_char_boundary(from) {
+        let from = self.cur.numbers[0].start;
+        if !self.cur.text.is_char_boundary(from) {
             return false;
         }
         let tail = &raw[from..];
@@ -239,17 +244,17 @@ impl ClassMemo {
             // so the truncated text is valid UTF-8, and every byte of
             // `tail` is ASCII (checked above), which is valid UTF-8 on its
             // own: their concatenation is valid UTF-8.
-            let bytes = unsafe { self.text.as_mut_vec() };
+            let bytes = unsafe { self.cur.text.as_mut_vec() };
             bytes.truncate(from);
             bytes.extend_from_slice(tail);
         } else {
             let Ok(rest) = std::str::from_utf8(tail) else {
                 return false;
             };
-            self.text.truncate(from);
-            self.text.push_str(rest);
+            self.cur.text.truncate(from);
+            self.cur.text.push_str(rest);
         }
-        std::mem::swap(&mut self.numbers, &mut self.spare);
+        std::mem::swap(&mut self.cur.numbers, &mut self.spare);
         true
     }
 
@@ -257,24 +262,49 @@ impl ClassMemo {
     /// classified (no second validation), else read again.
     #[inline]
     pub fn text_of<'a>(&'a self, encoding: ClientEncoding, raw: &'a [u8]) -> Cow<'a, str> {
-        if self.keyed && encoding.is_utf8() && self.text.as_bytes() == raw {
-            Cow::Borrowed(&self.text)
+        if self.keyed && encoding.is_utf8() && self.cur.text.as_bytes() == raw {
+            Cow::Borrowed(&self.cur.text)
         } else {
             encoding.decode(raw).text
         }
     }
 
+    /// Whether `raw` is a statement this thread classified lately
+    /// ([`shapes::recall`]), which it then takes as the remembered text.
+    /// Its bytes are matched before any validation (`raw` is a UTF-8
+    /// client's, or text already decoded), as in
+    /// [`took_shape_of`](Self::took_shape_of). A hit makes the text a
+    /// frame's whole text (no NUL in it) as `repeated` does.
+    #[inline]
+    fn recall(&mut self, classifier: &Classifier, reading: Option<Quoting>, raw: &[u8]) -> bool {
+        let found = shapes::recall(
+            classifier.id(),
+            reading,
+            raw,
+            &mut self.cur,
+            &mut self.spare,
+        );
+        if found {
+            self.keyed = true;
+        }
+        found
+    }
+
+    /// `recall`: look for the decoded text among the thread's shapes
+    /// (a UTF-8 client's bytes were looked for before validation).
     fn classify_text(
         &mut self,
         classifier: &Classifier,
         text: &str,
         reading: Option<Quoting>,
+        recall: bool,
     ) -> &Classified {
-        let same_reading = self.read_as == reading;
-        if same_reading && self.keyed && self.class.is_some() && self.text == text {
+        let same_reading = self.cur.read_as == reading;
+        if same_reading && self.keyed && self.cur.class.is_some() && self.cur.text == text {
             return self.noted(classifier);
         }
         let valueless = self
+            .cur
             .class
             .as_ref()
             .is_some_and(|c| !c.info.has_session_changes);
@@ -282,41 +312,47 @@ impl ClassMemo {
         if same_reading
             && self.keyed
             && valueless
-            && !self.numbers.is_empty()
+            && !self.cur.numbers.is_empty()
             && text.len() <= MEMO_MAX
             && template::same_shape_as(
-                &self.text,
-                &self.numbers,
-                self.digits_only,
+                &self.cur.text,
+                &self.cur.numbers,
+                self.cur.digits_only,
                 text.as_bytes(),
                 &mut self.spare,
             )
         {
-            self.text.clear();
-            self.text.push_str(text);
-            std::mem::swap(&mut self.numbers, &mut self.spare);
+            self.cur.text.clear();
+            self.cur.text.push_str(text);
+            std::mem::swap(&mut self.cur.numbers, &mut self.spare);
             return self.noted(classifier);
         }
-        self.text.clear();
+        if recall && self.recall(classifier, reading, text.as_bytes()) {
+            return self.noted(classifier);
+        }
+        self.cur.text.clear();
         self.keyed = text.len() <= MEMO_MAX;
         if self.keyed {
-            self.text.push_str(text);
+            self.cur.text.push_str(text);
         }
-        self.read_as = reading;
+        self.cur.read_as = reading;
         let class = match reading {
             Some(quoting) => {
-                classifier.classify_noting_numbers_in(text, quoting, &mut self.numbers)
+                classifier.classify_noting_numbers_in(text, quoting, &mut self.cur.numbers)
             }
             None => {
-                self.numbers.clear();
+                self.cur.numbers.clear();
                 classifier.classify_unsure(text)
             }
         };
-        if self.numbers.capacity() > MEMO_NUMBERS {
-            self.numbers = Vec::new();
+        if self.cur.numbers.capacity() > MEMO_NUMBERS {
+            self.cur.numbers = Vec::new();
         }
-        self.digits_only = template::all_digits(text, &self.numbers);
-        self.class = Some(class);
+        self.cur.digits_only = template::all_digits(text, &self.cur.numbers);
+        self.cur.class = Some(class);
+        if self.keyed {
+            shapes::remember(classifier.id(), &self.cur);
+        }
         self.noted(classifier)
     }
 
@@ -326,8 +362,9 @@ impl ClassMemo {
     /// set; the fallback only keeps this free of a panic path.
     #[inline]
     fn noted(&mut self, classifier: &Classifier) -> &Classified {
-        let (read_as, text) = (self.read_as, &self.text);
+        let (read_as, text) = (self.cur.read_as, &self.cur.text);
         let class = self
+            .cur
             .class
             .get_or_insert_with(|| strings::classify(classifier, text, read_as));
         self.strings.classified(class);
@@ -408,7 +445,7 @@ mod tests {
         let next = query_frame(b"select * from t where id = 22");
         let c = memo.classify_query(&classifier, UTF8, &next).unwrap();
         assert!(Arc::ptr_eq(&info, &c.info));
-        assert_eq!(memo.text, "select * from t where id = 22");
+        assert_eq!(memo.cur.text, "select * from t where id = 22");
         assert_eq!(
             memo.query_bytes(&next).unwrap(),
             b"select * from t where id = 22"
@@ -423,7 +460,7 @@ mod tests {
         );
         let other = query_frame(b"select * from t where id = 3\0 or true");
         memo.classify_query(&classifier, UTF8, &other).unwrap();
-        assert_eq!(memo.text, "select * from t where id = 3");
+        assert_eq!(memo.cur.text, "select * from t where id = 3");
         // No NUL at all: refused, as `frame::query_bytes` refuses it.
         let mut bad = bytes::BytesMut::new();
         crate::protocol::frame::put_frame(&mut bad, b'Q', b"select 1");
@@ -454,6 +491,44 @@ mod tests {
             "{:?}",
             set.session
         );
+    }
+
+    #[test]
+    fn statements_this_thread_classified_lately_are_recalled_by_shape() {
+        // No cache: a classification that is not recalled is a new Arc.
+        let classifier = Classifier::new(&[], 10_000, 0);
+        let texts = [
+            "UPDATE pgbench_accounts SET abalance = abalance + 17 WHERE aid = 4711;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 4711;",
+            "END;",
+        ];
+        let mut first = ClassMemo::default();
+        let infos: Vec<_> = texts
+            .iter()
+            .map(|t| first.classify(&classifier, UTF8, t.as_bytes()).info)
+            .collect();
+        // The same client going round again, and another client of this
+        // thread: each statement's classification, with its own text.
+        let mut other = ClassMemo::default();
+        for memo in [&mut first, &mut other] {
+            for (text, info) in texts.iter().zip(&infos) {
+                let text = text.replace("4711", "815");
+                let frame = query_frame(text.as_bytes());
+                let c = memo.classify_query(&classifier, UTF8, &frame).unwrap();
+                assert!(Arc::ptr_eq(info, &c.info), "{text}");
+                assert_eq!(memo.cur.text, text);
+                assert_eq!(memo.query_bytes(&frame).unwrap(), text.as_bytes());
+                assert_eq!(memo.text_of(UTF8, text.as_bytes()), text);
+            }
+        }
+        // In another encoding, after decoding.
+        let mut latin1 = ClassMemo::default();
+        let c = latin1.classify(&classifier, ClientEncoding::Latin1, texts[1].as_bytes());
+        assert!(Arc::ptr_eq(&infos[1], &c.info));
+        // Another classifier decides for itself.
+        let another = Classifier::new(&[], 10_000, 0);
+        let c = ClassMemo::default().classify(&another, UTF8, texts[1].as_bytes());
+        assert!(!Arc::ptr_eq(&infos[1], &c.info));
     }
 
     #[test]

@@ -101,6 +101,9 @@ const PARSER_RED_ZONE: usize = 1 << 20;
 /// Classifies SQL text; cheap to share (`Arc<Classifier>`) across tasks.
 #[derive(Debug)]
 pub struct Classifier {
+    /// Tells this classifier from any other in the process (see
+    /// [`id`](Self::id)).
+    id: u64,
     cache: Cache,
     functions: FunctionPolicy,
     max_query_len: usize,
@@ -123,11 +126,23 @@ impl Classifier {
                 recursive::get_minimum_stack_size().max(PARSER_RED_ZONE),
             )
         });
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Self {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             cache: Cache::new(cache_capacity, CACHE_TEXT_BUDGET),
             functions: FunctionPolicy::new(extra_read_only_functions),
             max_query_len,
         }
+    }
+
+    /// Unique among the classifiers of this process, never reused: what
+    /// a classification kept outside it (`client/shapes.rs`, per thread)
+    /// is checked against, since another classifier (other
+    /// `read_only_functions`, another proxy in the same process) may
+    /// decide otherwise.
+    #[inline]
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Classifies one simple-Query string or one Parse statement text (which

@@ -8,22 +8,23 @@
 //! needs no lock and no atomic, and what it holds stays in its core's
 //! cache; with several worker threads each warms its own.
 //!
-//! Why direct-mapped by the bytes before the first digit: they are the
-//! same for every value of a statement with other integers in it (what
-//! [`template::same_shape_as`] accepts), one pass finds them, and a
-//! wrong guess costs only the comparison that turns it down. A slot holds
-//! the last shape classified there; every match is checked byte for byte
-//! (the literals excepted) against it, so a collision is a miss, never a
-//! wrong classification.
+//! Why placed by the bytes before the first digit: they are the same for
+//! every value of a statement with other integers in it (what
+//! [`template::same_shape_as`] accepts), and one pass finds them. A set
+//! of four slots holds the last shapes classified there; every match is
+//! checked byte for byte (the literals excepted) against a kept shape,
+//! so a collision costs a miss, never a wrong classification.
 
 use std::cell::RefCell;
 use std::ops::Range;
 
 use crate::routing::{Classified, Quoting, template};
 
-/// Slots per thread (a power of two).
-const SLOTS: usize = 64;
-
+/// Sets of slots per thread (a power of two), and slots per set: a
+/// statement whose variants share the bytes before the first digit
+/// (`VALUES (1, 2, 3, -4)` and `(1, 2, 3, 4)`) keeps both.
+const SETS: usize = 16;
+const WAYS: usize = 4;
 /// Longest text kept, in bytes (the memo's own limit).
 pub const MAX_TEXT: usize = 1024;
 
@@ -56,34 +57,38 @@ struct Slot {
     shape: Shape,
 }
 
-thread_local! {
-    /// Allocated on the thread's first [`remember`].
-    static TABLE: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
+#[derive(Default)]
+struct Set {
+    ways: [Slot; WAYS],
+    /// The way the next shape kept in this set replaces (first in, first
+    /// out: a shape in use is kept again as soon as it misses).
+    next: usize,
 }
 
-/// The slot for `raw`, and the tag that tells its shape from others there.
-/// Hashes the length of the bytes before the first digit and the first and
-/// last eight of them: enough to tell statements apart (a collision only
-/// costs a miss) without reading them twice.
+thread_local! {
+    /// Allocated on the thread's first [`remember`].
+    static TABLE: RefCell<Vec<Set>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The set for `raw`, and the tag that tells its shape from others
+/// there: a hash of the bytes before the first digit, eight at a time.
 #[inline]
 fn place(raw: &[u8]) -> (usize, u64) {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
     let prefix = raw
         .iter()
         .position(|b| b.is_ascii_digit())
         .unwrap_or(raw.len());
-    let word = |s: &[u8]| {
-        let mut w = [0u8; 8];
-        let n = s.len().min(8);
-        w[..n].copy_from_slice(&s[..n]);
-        u64::from_le_bytes(w)
-    };
-    let head = word(&raw[..prefix]);
-    let tail = word(&raw[prefix.saturating_sub(8)..prefix]);
-    let mut h = (prefix as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ head.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
-        ^ tail.rotate_left(31).wrapping_mul(0x1656_67B1_9E37_79F9);
-    h ^= h >> 29;
-    ((h as usize) & (SLOTS - 1), h)
+    let (words, rest) = raw[..prefix].as_chunks::<8>();
+    let mut h = prefix as u64;
+    for w in words {
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(*w)).wrapping_mul(K);
+    }
+    let mut last = [0u8; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    h = (h.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(K);
+    // The high bits are the well-mixed ones.
+    ((h >> (64 - SETS.trailing_zeros())) as usize, h)
 }
 
 /// Takes `raw` as `cur` when a shape this thread classified with
@@ -104,20 +109,26 @@ pub fn recall(
     }
     let (at, tag) = place(raw);
     TABLE.with_borrow(|table| {
-        let Some(slot) = table.get(at) else {
+        let Some(set) = table.get(at) else {
             return false;
         };
-        let shape = &slot.shape;
-        let Some(class) = &shape.class else {
+        let Some((shape, class)) = set.ways.iter().find_map(|slot| {
+            let shape = &slot.shape;
+            let class = shape.class.as_ref()?;
+            (slot.tag == tag
+                && slot.classifier == classifier
+                && shape.read_as == reading
+                && template::same_shape_as(
+                    &shape.text,
+                    &shape.numbers,
+                    shape.digits_only,
+                    raw,
+                    spare,
+                ))
+            .then_some((shape, class))
+        }) else {
             return false;
         };
-        if slot.tag != tag
-            || slot.classifier != classifier
-            || shape.read_as != reading
-            || !template::same_shape_as(&shape.text, &shape.numbers, shape.digits_only, raw, spare)
-        {
-            return false;
-        }
         // Up to its first literal `raw` is the shape's text (checked
         // above), which is a char boundary: a literal starts with a digit.
         let from = shape.numbers.first().map_or(raw.len(), |r| r.start);
@@ -139,7 +150,7 @@ pub fn recall(
 }
 
 /// Keeps `shape` (just classified by `classifier`) for this thread's
-/// clients, in place of what its slot held. Not kept: texts longer than
+/// clients, in place of the oldest shape kept in its set. Not kept: texts longer than
 /// [`MAX_TEXT`] and statements whose values matter (a `SET`: its session
 /// changes are computed from its very text). The slot's buffers are
 /// reused, so a thread that has filled its table allocates no more.
@@ -156,11 +167,14 @@ pub fn remember(classifier: u64, shape: &Shape) {
     let (at, tag) = place(shape.text.as_bytes());
     TABLE.with_borrow_mut(|table| {
         if table.is_empty() {
-            table.resize_with(SLOTS, Slot::default);
+            table.resize_with(SETS, Set::default);
         }
-        let Some(slot) = table.get_mut(at) else {
+        let Some(set) = table.get_mut(at) else {
             return;
         };
+        let way = set.next % WAYS;
+        set.next = way + 1;
+        let slot = &mut set.ways[way];
         slot.tag = tag;
         slot.classifier = classifier;
         let kept = &mut slot.shape;
@@ -217,6 +231,27 @@ mod tests {
         assert!(Arc::ptr_eq(&class.info, &kept.class.as_ref().unwrap().info));
         // The literals' ranges are the new text's, as the lexer finds them.
         assert_eq!(cur.numbers, shape_of(&classifier, next).numbers);
+    }
+
+    #[test]
+    fn variants_with_the_same_bytes_before_their_first_digit_are_both_kept() {
+        let classifier = Classifier::new(&[], 10_000, 0);
+        let insert = |delta: &str| {
+            format!(
+                "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
+                 VALUES (1, 2, 3, {delta}, CURRENT_TIMESTAMP);"
+            )
+        };
+        let (up, down) = (insert("5"), insert("-5"));
+        assert_eq!(place(up.as_bytes()), place(down.as_bytes()));
+        for text in [&up, &down] {
+            remember(classifier.id(), &shape_of(&classifier, text));
+        }
+        let standard = Some(Quoting::Standard);
+        for text in [insert("77"), insert("-77")] {
+            let cur = recalled(&classifier, standard, &text).expect("recalled");
+            assert_eq!(cur.text, text);
+        }
     }
 
     #[test]

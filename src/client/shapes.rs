@@ -71,22 +71,42 @@ thread_local! {
 }
 
 /// The set for `raw`, and the tag that tells its shape from others
-/// there: a hash of the bytes before the first digit, eight at a time.
+/// there: a hash of the bytes before the first digit and their count.
+///
+/// Why eight bytes at a time, digits found with a bit trick: a byte loop
+/// looking for the first digit cost ~3 instructions per byte, ~200 per
+/// statement of TPC-B.
 #[inline]
 fn place(raw: &[u8]) -> (usize, u64) {
     const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let prefix = raw
-        .iter()
-        .position(|b| b.is_ascii_digit())
-        .unwrap_or(raw.len());
-    let (words, rest) = raw[..prefix].as_chunks::<8>();
-    let mut h = prefix as u64;
-    for w in words {
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(*w)).wrapping_mul(K);
-    }
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let mix = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(K);
+    let (words, rest) = raw.as_chunks::<8>();
     let mut last = [0u8; 8];
     last[..rest.len()].copy_from_slice(rest);
-    h = (h.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(K);
+    let mut h = 0;
+    for (i, w) in words.iter().chain([&last]).enumerate() {
+        let w = u64::from_le_bytes(*w);
+        // Digits become bytes below 10 (and nothing else does); the
+        // lowest byte flagged is the first such byte (a false flag only
+        // follows a true one). The padding (zeros) is not flagged.
+        let t = w ^ (0x30 * ONES);
+        let digits = t.wrapping_sub(10 * ONES) & !t & (0x80 * ONES);
+        if digits != 0 {
+            let n = (digits.trailing_zeros() / 8) as usize;
+            let before = w & (1u64 << (n * 8)).wrapping_sub(1);
+            let prefix = i * 8 + n;
+            return finish(mix(h, before), prefix);
+        }
+        h = mix(h, w);
+    }
+    finish(h, raw.len())
+}
+
+/// [`place`]'s result from the hash of a prefix `len` bytes long.
+#[inline]
+fn finish(h: u64, len: usize) -> (usize, u64) {
+    let h = (h ^ len as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     // The high bits are the well-mixed ones.
     ((h >> (64 - SETS.trailing_zeros())) as usize, h)
 }
@@ -231,6 +251,40 @@ mod tests {
         assert!(Arc::ptr_eq(&class.info, &kept.class.as_ref().unwrap().info));
         // The literals' ranges are the new text's, as the lexer finds them.
         assert_eq!(cur.numbers, shape_of(&classifier, next).numbers);
+    }
+
+    #[test]
+    fn the_place_depends_on_the_bytes_before_the_first_digit_only() {
+        let texts = [
+            "",
+            "BEGIN;",
+            "12345678",
+            "SELECT 1",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 4711;",
+            "UPDATE pgbench_accounts SET abalance = abalance + -5 WHERE aid = 3;",
+            "select 'caf\u{e9}' /* \u{1F600} */ from t8",
+            "abcdefg7",
+            "abcdefgh7",
+            "abcdefghabcdefghabcdefgh",
+        ];
+        for text in texts {
+            let p = text
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(text.len());
+            let place = place(text.as_bytes());
+            for tail in ["", "0", "9; delete from t", "42 and x = 'y'"] {
+                let other = format!("{}{tail}", &text[..p]);
+                assert_eq!(
+                    place,
+                    super::place(other.as_bytes()),
+                    "{text:?} / {other:?}"
+                );
+            }
+            if p > 0 {
+                let shorter = &text[..p - 1];
+                assert_ne!(place.1, super::place(shorter.as_bytes()).1, "{text:?}");
+            }
+        }
     }
 
     #[test]

@@ -343,7 +343,7 @@ pub fn decide(
     shared: &Shared,
     config: &Config,
     cluster: &ClusterView,
-    now: std::time::Instant,
+    now: super::clock::Tick,
 ) -> Result<Routed, super::hold::Refused> {
     // The transaction the unit starts, if any, and the modes it asked for.
     let declared = match &client.deferred_begin {

@@ -24,7 +24,7 @@ use super::registry::{ClientHandle, ClientSlot};
 use super::relay::{self, RelayEnd};
 use super::route;
 use super::state::ClientState;
-use super::stop_signal::StopSignal;
+use super::stop_signal::{ForceClose, StopSignal};
 use super::tx_status::TxStatus;
 use crate::config::PoolMode;
 use crate::observe::ErrorKind;
@@ -509,15 +509,15 @@ where
     let mut timers = RelayTimers::new(limits, timer_cancel);
     let retry = &mut kept.retry;
     let fresh = std::mem::take(&mut retry.fresh);
-    // A select!, not a hand-written poll_fn as in `next_unit`: that saved
-    // a few dozen instructions here but kept both futures' references and
-    // a moved copy of `force_close` across the await, +112 bytes in every
-    // client's task (`tests::a_clients_task_stays_small`).
-    let end = tokio::select! {
-        biased;
-        // The server stays held: leaving rolls it back (or closes it).
-        _ = stop.force_close() => return Err(closed_at_shutdown()),
-        end = relay::relay(
+    // Not a hand-written poll_fn as in `next_unit`: that kept both
+    // futures' references and a moved copy of the signal across the
+    // await, +112 bytes in every client's task
+    // (`tests::a_clients_task_stays_small`). Nor a select!: the same race
+    // as a struct owning both futures costs no more room, and none of the
+    // select!'s task budget check and branch mask on every poll.
+    let raced = UnlessForced {
+        stop: stop.force_close(),
+        relay: relay::relay(
             stream,
             cbuf,
             io,
@@ -525,7 +525,11 @@ where
             &ctx.messages,
             &mut timers,
             (fresh.is_taken() && retry.attempts < MAX_RETRIES).then_some(&mut retry.replay),
-        ) => end,
+        ),
+    };
+    let Some(end) = raced.await else {
+        // The server stays held: leaving rolls it back (or closes it).
+        return Err(closed_at_shutdown());
     };
     if unset_server(&ctx.cancel.slot) {
         // Boxed: rare, and kept out of every client task's size.
@@ -536,6 +540,30 @@ where
     client.carried.clear();
     tracing::trace!(?end, status = %kept.books.expect.status(), "relay ended");
     relay_ended(end, fresh, phase, cbuf, ctx, client, kept)
+}
+
+pin_project_lite::pin_project! {
+    /// A relay raced against the forced close, which is polled first (as
+    /// in a biased `select!`); `None` once the forced close fired. The
+    /// budget still applies: the relay's socket reads check it.
+    struct UnlessForced<'s, 'a, F> {
+        stop: ForceClose<'s, 'a>,
+        #[pin]
+        relay: F,
+    }
+}
+
+impl<F: Future> Future for UnlessForced<'_, '_, F> {
+    type Output = Option<F::Output>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if Pin::new(this.stop).poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        this.relay.poll(cx).map(Some)
+    }
 }
 
 /// How often one request may be moved to another server.

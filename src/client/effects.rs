@@ -5,11 +5,11 @@
 //! carries them completes.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::cluster::Lsn;
 use crate::routing::{PinReason, RouteSetting, SessionChange, StatementInfo, Unpin};
 
+use super::clock::Tick;
 use super::expect::Token;
 use super::params::{ParamChange, ParamValue};
 
@@ -168,7 +168,7 @@ pub struct Observed {
     /// The text to EXPLAIN (the original, or the normalised text when
     /// EXPLAIN is off and nothing needs the original).
     pub sql: SqlText,
-    pub start: Instant,
+    pub start: Tick,
     pub rows: u64,
     /// SQLSTATE of the error that ended it, if any.
     pub error: Option<Box<str>>,

@@ -4,9 +4,9 @@
 //! session (parameters, a deferred BEGIN), and leaving it clean.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::clock::BatchClock;
+use super::clock::{BatchClock, Tick};
 use super::expect::{Audience, Expectations, Request, Token};
 use super::hold_state::HoldState;
 use super::limits::Limits;
@@ -233,7 +233,7 @@ pub struct Refused {
 
 impl Taken {
     /// Held in `phase`: the node, its role, the wait and when it ended.
-    fn hold(self, phase: &mut Phase) -> (NodeId, Role, Duration, Instant) {
+    fn hold(self, phase: &mut Phase) -> (NodeId, Role, Duration, Tick) {
         let Taken {
             node,
             got: (lease, waited, ready),
@@ -262,7 +262,7 @@ async fn elsewhere(
     cluster: &Arc<ClusterView>,
     node: NodeId,
     replica: Option<ReplicaLease>,
-    at: Instant,
+    at: Tick,
     got: Result<Option<Got>, CheckoutError>,
 ) -> Result<Taken, Refused> {
     match got {
@@ -311,7 +311,7 @@ impl From<CheckoutError> for Refused {
 /// A server taken, how long the request waited for it, and when it was
 /// ready (the request's own reading if it did not wait): see
 /// [`ServerPool::checkout_unless`].
-type Got = (Lease, Duration, Instant);
+type Got = (Lease, Duration, Tick);
 
 /// Why a queued checkout ended without a server.
 enum Lost {
@@ -375,7 +375,7 @@ async fn checkout_primary(
     ctx: &SessionCtx,
     pools: &mut NodePools,
     cluster: &Arc<ClusterView>,
-    at: Instant,
+    at: Tick,
     mut moves: usize,
 ) -> Result<Taken, Refused> {
     loop {
@@ -444,7 +444,7 @@ pub async fn acquire(
     let cluster = pools.cluster(ctx).clone();
     // The request's one clock reading before its answer: routing, the
     // checkout's wait and the first statement's start share it (clock.rs).
-    let at = Instant::now();
+    let at = Tick::now();
     let (target, transaction, reason) = {
         let config = pools.config();
         let routed = match route::decide(unit, client, &ctx.shared, config, &cluster, at) {
@@ -581,7 +581,7 @@ fn to_primary<'a>(
     tracing::warn!(reason = %why, "replica unavailable, reading from the primary");
     drop(replica);
     // The replica's wait is over: the primary's starts now.
-    Box::pin(checkout_primary(ctx, pools, cluster, Instant::now(), 0))
+    Box::pin(checkout_primary(ctx, pools, cluster, Tick::now(), 0))
 }
 
 /// Another server of `pool` for a client that `lease` does not fit: one

@@ -5,7 +5,7 @@ mod auth;
 pub mod buffer_budget;
 pub mod cancel;
 mod carried;
-mod clock;
+pub mod clock;
 pub mod credentials;
 mod effects;
 mod error_names;

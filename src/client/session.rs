@@ -24,7 +24,7 @@ use super::registry::{ClientHandle, ClientSlot};
 use super::relay::{self, RelayEnd};
 use super::route;
 use super::state::ClientState;
-use super::stop_signal::StopSignal;
+use super::stop_signal::{ForceClose, StopSignal};
 use super::tx_status::TxStatus;
 use crate::config::PoolMode;
 use crate::observe::ErrorKind;
@@ -233,10 +233,10 @@ where
     // Replies made while idle, written once no further request is buffered.
     let mut out = BytesMut::new();
     // Made once per client, not per request: registered with its token
-    // when first polled, then one atomic load per poll (stop_signal.rs).
-    let shutdown = StopSignal::new(&ctx.shared.shutdown);
-    let force_close = StopSignal::new(&ctx.shared.force_close);
-    tokio::pin!(shutdown, force_close);
+    // when first polled, then one atomic load per poll; one for shutdown
+    // and the forced close after it (stop_signal.rs).
+    let stop = StopSignal::new(&ctx.shared.shutdown, &ctx.shared.force_close);
+    tokio::pin!(stop);
     loop {
         if let Phase::Idle = phase {
             let next = next_unit(
@@ -246,7 +246,7 @@ where
                 client,
                 &mut kept.pools,
                 &mut out,
-                shutdown.as_mut(),
+                stop.as_mut(),
             );
             let Some(unit) = next.await? else {
                 return Ok(());
@@ -278,10 +278,10 @@ where
         if let Phase::Idle = phase {
             continue;
         }
-        match relay_on(phase, kept, stream, cbuf, ctx, client, force_close.as_mut()).await? {
+        match relay_on(phase, kept, stream, cbuf, ctx, client, stop.as_mut()).await? {
             // No lock for a cancelled shutdown: the session's registered
             // signal says it.
-            Next::Serve if shutdown.fired() => return Err(shutting_down()),
+            Next::Serve if stop.fired() => return Err(shutting_down()),
             Next::Serve => {}
             Next::Close => return Ok(()),
         }
@@ -298,7 +298,7 @@ async fn next_unit<S>(
     client: &mut ClientState,
     pools: &mut NodePools,
     out: &mut BytesMut,
-    mut shutdown: Pin<&mut StopSignal<'_>>,
+    mut stop: Pin<&mut StopSignal<'_>>,
 ) -> Result<Option<route::Unit>, WireError>
 where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
@@ -329,7 +329,7 @@ where
             // when there is no limit (~50 instructions per request). The
             // budget still applies: the socket's read checks it.
             std::future::poll_fn(|cx| {
-                if shutdown.as_mut().poll(cx).is_ready() {
+                if stop.as_mut().poll_shutdown(cx).is_ready() {
                     return Poll::Ready(Err(shutting_down()));
                 }
                 if let Poll::Ready(next) = reading.as_mut().poll(cx) {
@@ -477,7 +477,7 @@ async fn relay_on<S>(
     cbuf: &mut BytesMut,
     ctx: &SessionCtx,
     client: &mut ClientState,
-    force_close: Pin<&mut StopSignal<'_>>,
+    stop: Pin<&mut StopSignal<'_>>,
 ) -> Result<Next, WireError>
 where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
@@ -509,15 +509,15 @@ where
     let mut timers = RelayTimers::new(limits, timer_cancel);
     let retry = &mut kept.retry;
     let fresh = std::mem::take(&mut retry.fresh);
-    // A select!, not a hand-written poll_fn as in `next_unit`: that saved
-    // a few dozen instructions here but kept both futures' references and
-    // a moved copy of `force_close` across the await, +112 bytes in every
-    // client's task (`tests::a_clients_task_stays_small`).
-    let end = tokio::select! {
-        biased;
-        // The server stays held: leaving rolls it back (or closes it).
-        _ = force_close => return Err(closed_at_shutdown()),
-        end = relay::relay(
+    // Not a hand-written poll_fn as in `next_unit`: that kept both
+    // futures' references and a moved copy of the signal across the
+    // await, +112 bytes in every client's task
+    // (`tests::a_clients_task_stays_small`). Nor a select!: the same race
+    // as a struct owning both futures costs no more room, and none of the
+    // select!'s task budget check and branch mask on every poll.
+    let raced = UnlessForced {
+        stop: stop.force_close(),
+        relay: relay::relay(
             stream,
             cbuf,
             io,
@@ -525,7 +525,11 @@ where
             &ctx.messages,
             &mut timers,
             (fresh.is_taken() && retry.attempts < MAX_RETRIES).then_some(&mut retry.replay),
-        ) => end,
+        ),
+    };
+    let Some(end) = raced.await else {
+        // The server stays held: leaving rolls it back (or closes it).
+        return Err(closed_at_shutdown());
     };
     if unset_server(&ctx.cancel.slot) {
         // Boxed: rare, and kept out of every client task's size.
@@ -536,6 +540,30 @@ where
     client.carried.clear();
     tracing::trace!(?end, status = %kept.books.expect.status(), "relay ended");
     relay_ended(end, fresh, phase, cbuf, ctx, client, kept)
+}
+
+pin_project_lite::pin_project! {
+    /// A relay raced against the forced close, which is polled first (as
+    /// in a biased `select!`); `None` once the forced close fired. The
+    /// budget still applies: the relay's socket reads check it.
+    struct UnlessForced<'s, 'a, F> {
+        stop: ForceClose<'s, 'a>,
+        #[pin]
+        relay: F,
+    }
+}
+
+impl<F: Future> Future for UnlessForced<'_, '_, F> {
+    type Output = Option<F::Output>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if Pin::new(this.stop).poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        this.relay.poll(cx).map(Some)
+    }
 }
 
 /// How often one request may be moved to another server.
@@ -655,6 +683,7 @@ mod tests {
         // boxed; 1,864 with its old nested futures inline). A hand-written
         // poll_fn in place of relay_on's select! measured 1,728 (+112 bytes,
         // ~140 more bytes of RSS per idle client): the bound is the size.
+        // 1,448 once shutdown and the forced close shared one StopSignal.
         assert!(
             session <= 1480 && unix <= 1480,
             "a client's task grew to {session} bytes: every idle client pays it (keep rare or large states boxed)"

@@ -197,8 +197,10 @@ fn a_node_whose_checks_stopped_goes_stale() {
     // answer (received 1 ms after t0), inclusive.
     assert!(view.is_healthy_at(1, t0 + ms(301)));
     assert!(!view.is_healthy_at(1, t0 + ms(302)));
-    assert!(!view.gives_up_at(1, Role::Replica, t0 + ms(301)));
-    assert!(view.gives_up_at(1, Role::Replica, t0 + ms(302)));
+    // A request asks at a tick, converted exactly to the same time.
+    let tick = |at| crate::client::clock::Tick::of(at);
+    assert!(!view.gives_up_at(1, Role::Replica, tick(t0 + ms(301))));
+    assert!(view.gives_up_at(1, Role::Replica, tick(t0 + ms(302))));
     assert!(!view.is_healthy_at(7, t0), "an unknown node is not healthy");
     // The same questions at a reading already in the view's time.
     let (healthy, stale) = (
@@ -206,6 +208,7 @@ fn a_node_whose_checks_stopped_goes_stale() {
         view.nanos_since_epoch(t0 + ms(302)),
     );
     assert!(view.is_healthy_on(1, healthy) && !view.is_healthy_on(1, stale));
+    assert_eq!(view.nanos_at(tick(t0 + ms(301))), healthy);
     assert!(view.choose_replica_on(healthy, None, MAX_LAG).is_ok());
     assert!(view.choose_replica_on(stale, None, MAX_LAG).is_err());
 }

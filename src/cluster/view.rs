@@ -18,6 +18,7 @@ use super::memory::Memory;
 use super::node::{NodeState, NodeStatus, Role};
 use super::timeline::{Head, Timeline};
 use super::update::MonitorState;
+use crate::client::clock::Tick;
 use crate::config::{Config, NodeAddr};
 
 /// `primary` value meaning no node holds the primary role.
@@ -52,6 +53,9 @@ pub struct ClusterView {
     pub(crate) nodes: Vec<NodeState>,
     /// Origin of the instants packed into atomics.
     pub(crate) epoch: Instant,
+    /// `epoch` as a tick: what a request's tick is measured from
+    /// ([`nanos_at`](Self::nanos_at)).
+    epoch_tick: Tick,
     pub(crate) primary: AtomicUsize,
     /// While `primary` is none: why, for the clients refused.
     pub(crate) no_primary: ArcSwapOption<String>,
@@ -101,6 +105,7 @@ impl ClusterView {
             monitor: Mutex::new(monitor),
             nodes,
             epoch,
+            epoch_tick: Tick::of(epoch),
             primary: AtomicUsize::new(primary.unwrap_or(NO_PRIMARY)),
             no_primary: ArcSwapOption::new(why_none.map(Arc::new)),
             timeline: RwLock::new(Timeline::new(primary)),
@@ -180,6 +185,18 @@ impl ClusterView {
     /// third as much again.
     pub fn nanos_since_epoch(&self, now: Instant) -> u64 {
         nanos_of(now.saturating_duration_since(self.epoch))
+    }
+
+    /// [`nanos_since_epoch`](Self::nanos_since_epoch) of a tick: one
+    /// integer subtraction. What a request asks in (its one reading of
+    /// the clock is a tick); the same, for a tick converted from an
+    /// `Instant`, as the `Instant`'s (the conversions are exact), and a
+    /// tick read now looks later than an `Instant` read now by at most
+    /// the calibration's few nanoseconds (clock.rs), which makes the
+    /// nodes look as much older.
+    #[inline]
+    pub fn nanos_at(&self, now: Tick) -> u64 {
+        now.nanos_since(self.epoch_tick)
     }
 
     /// A primary exists and answered its last check recently (`/readyz`).
@@ -350,13 +367,13 @@ impl ClusterView {
     /// ask it when they start waiting and whenever [`moves`](Self::moves)
     /// changes.
     pub fn gives_up(&self, node: NodeId, role: Role) -> bool {
-        self.gives_up_at(node, role, Instant::now())
+        self.gives_up_at(node, role, Tick::now())
     }
 
     /// [`gives_up`](Self::gives_up) at the caller's clock reading.
-    pub fn gives_up_at(&self, node: NodeId, role: Role, now: Instant) -> bool {
+    pub fn gives_up_at(&self, node: NodeId, role: Role, now: Tick) -> bool {
         match role {
-            Role::Replica => !self.is_healthy_at(node, now),
+            Role::Replica => !self.is_healthy_on(node, self.nanos_at(now)),
             Role::Primary => self.primary() != Some(node),
         }
     }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use super::related::Related;
+use crate::client::clock::Tick;
 use crate::cluster::{ClusterView, Lsn, NoReplica, ReplicaLease};
 use crate::config::{ReadYourWrites, RoutingConfig};
 
@@ -60,7 +61,7 @@ pub struct Request<'a> {
     pub serializable: bool,
     /// When the request was taken: the session's one clock reading for
     /// it, which routing shares with the pool checkout.
-    pub now: Instant,
+    pub now: Tick,
 }
 
 /// A request the policy refuses.
@@ -189,14 +190,14 @@ impl WriteLog {
         self.all.load(Ordering::Acquire) == DEAF
     }
 
-    fn latest(&self, tables: &[Arc<str>], now: Instant) -> Option<Mark> {
+    fn latest(&self, tables: &[Arc<str>], now: Tick) -> Option<Mark> {
         if tables.is_empty() {
             return None;
         }
         let all = match self.all.load(Ordering::Acquire) {
             0 => None,
             DEAF => Some(Mark {
-                at: now,
+                at: now.instant(),
                 fleet: true,
             }),
             nanos => Some(Mark {
@@ -390,31 +391,32 @@ pub fn decide(
         let marks = [own, log.latest(req.tables_read, now)];
         // A replica within max_replica_lag has replayed everything older
         // than that (plus a margin for the sampling interval). Worked out
-        // only when there is a write to weigh (most reads have none).
-        let latest = if marks.iter().any(Option::is_some) {
+        // only when there is a write to weigh (most reads have none), as
+        // is the reading as an `Instant` (the writes' times are kept as
+        // such).
+        if marks.iter().any(Option::is_some) {
+            let now = now.instant();
             let horizon = horizon(config);
             let recent = |m: &Mark| now.saturating_duration_since(m.at) < horizon;
-            marks
+            let latest = marks
                 .into_iter()
                 .flatten()
                 .filter(recent)
-                .max_by_key(|m| m.at)
-        } else {
-            None
-        };
-        if let Some(Mark { at: t, fleet: f }) = latest {
-            fleet = f;
-            match config.read_your_writes {
-                ReadYourWrites::Off => {}
-                ReadYourWrites::Window => {
-                    if now.saturating_duration_since(t) < config.read_your_writes_window {
-                        return Ok(ryw(fleet));
+                .max_by_key(|m| m.at);
+            if let Some(Mark { at: t, fleet: f }) = latest {
+                fleet = f;
+                match config.read_your_writes {
+                    ReadYourWrites::Off => {}
+                    ReadYourWrites::Window => {
+                        if now.saturating_duration_since(t) < config.read_your_writes_window {
+                            return Ok(ryw(fleet));
+                        }
                     }
+                    ReadYourWrites::Lsn => match cluster.lsn_after(t) {
+                        Some(lsn) => floor = Some(lsn),
+                        None => return Ok(ryw(fleet)),
+                    },
                 }
-                ReadYourWrites::Lsn => match cluster.lsn_after(t) {
-                    Some(lsn) => floor = Some(lsn),
-                    None => return Ok(ryw(fleet)),
-                },
             }
         }
     }
@@ -427,9 +429,10 @@ pub fn decide(
     if by_token {
         floor = Some(token);
     }
-    // The request's reading as the view keeps its times, worked out only
-    // here: a request that reaches no replica needs none.
-    let now_nanos = cluster.nanos_since_epoch(now);
+    // The request's reading as the view keeps its times (one integer
+    // subtraction), worked out only here: a request that reaches no
+    // replica needs none.
+    let now_nanos = cluster.nanos_at(now);
     match cluster.choose_replica_on(now_nanos, floor, config.max_replica_lag) {
         Ok(lease) => Ok(Decision {
             target: Target::Replica(lease),
@@ -504,7 +507,7 @@ mod tests {
             read_only_transaction: false,
             undeclared_transaction: false,
             serializable: false,
-            now: Instant::now(),
+            now: Tick::now(),
         }
     }
 

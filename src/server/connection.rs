@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 
 use super::cancel::CancelTarget;
 use super::prepared::PreparedOnServer;
+use crate::client::clock::Tick;
 use crate::tls::ServerStream;
 
 /// What a server reported at login: its ParameterStatus values and the key
@@ -72,9 +73,9 @@ pub struct ServerConn {
     /// When it reaches `max_lifetime` (`None`: beyond any clock), worked
     /// out once at login so that each handoff compares two instants
     /// instead of subtracting them.
-    retire_at: Option<Instant>,
+    retire_at: Option<Tick>,
     /// When a client last gave it back (see [`ServerConn::needs_check`]).
-    returned: Instant,
+    returned: Tick,
     health: Health,
     pub state: ServerState,
     /// Keeps it listed in its pool until closed.
@@ -106,7 +107,7 @@ impl ServerConn {
         prepared_capacity: usize,
         max_lifetime: Duration,
     ) -> Self {
-        let created = Instant::now();
+        let created = Tick::now();
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let link = Arc::new(ServerLink {
             cancel: CancelTarget {
@@ -163,7 +164,7 @@ impl ServerConn {
 
     /// Notes when it was given back (`Handoff::give`, which reads the
     /// clock once for this and for the waiter it goes to).
-    pub fn mark_returned_at(&mut self, at: Instant) {
+    pub fn mark_returned_at(&mut self, at: Tick) {
         self.returned = at;
     }
 
@@ -180,12 +181,7 @@ impl ServerConn {
     /// moments between two transactions is still caught: the request that
     /// reaches it is retried on another connection (the session's retry).
     /// `now`: the caller's clock reading.
-    pub fn needs_check(
-        &self,
-        after: std::time::Duration,
-        pool_troubled: bool,
-        now: Instant,
-    ) -> bool {
+    pub fn needs_check(&self, after: std::time::Duration, pool_troubled: bool, now: Tick) -> bool {
         pool_troubled || now.saturating_duration_since(self.returned) >= after
     }
 

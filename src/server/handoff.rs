@@ -28,10 +28,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use super::connection::ServerConn;
 use super::pool::{GateSlot, ServerManager, ServerPool};
+use crate::client::clock::Tick;
 
 /// A connection as bb8 lends it.
 type Bb8Lease = bb8::PooledConnection<'static, ServerManager>;
@@ -99,7 +98,7 @@ struct Queue {
     watchdog_idle: bool,
     /// When the last waiter queued started its wait (a later one's start
     /// is not earlier): see [`Slot::since`].
-    last_since: Option<Instant>,
+    last_since: Option<Tick>,
 }
 
 /// Where one waiting checkout receives its connection.
@@ -114,7 +113,7 @@ struct Queue {
 struct Slot {
     /// The connection handed over, its pool (the giver's reference,
     /// passed on: see [`Handoff::give_at`]), where it came from, and when.
-    lease: Option<(Bb8Lease, Arc<ServerPool>, Source, Instant)>,
+    lease: Option<(Bb8Lease, Arc<ServerPool>, Source, Tick)>,
     /// Still in the queue (not served, not given up).
     queued: bool,
     /// Its `checkout_timeout` passed before a connection came.
@@ -124,7 +123,7 @@ struct Slot {
     /// When its wait started, kept in queue order: its `checkout_timeout`
     /// deadline is this plus the timeout. Why the start rather than the
     /// deadline: only the watchdog, which rarely runs, needs the sum.
-    since: Instant,
+    since: Tick,
     /// The waiting task, once it found nothing yet.
     waker: Option<Waker>,
 }
@@ -174,9 +173,9 @@ impl Handoff {
     pub fn start<'a>(
         &'a self,
         home: &Arc<ServerPool>,
-        at: std::time::Instant,
+        at: Tick,
         cx: &mut Context<'_>,
-        give_up: impl Fn(std::time::Instant) -> bool,
+        give_up: impl Fn(Tick) -> bool,
     ) -> Started<'a> {
         let mut queue = self.queue.lock();
         if queue.waiters.is_empty()
@@ -191,7 +190,7 @@ impl Handoff {
         if queue.waiters.is_empty() {
             queue.full = false;
         }
-        let since = Instant::from_std(at);
+        let since = at;
         // Deadlines stay in queue order (the watchdog relies on it)
         // although `at` was read before the lock: a caller that read
         // the clock a moment earlier but queued later gets its
@@ -247,12 +246,16 @@ impl Handoff {
     /// or `None` (and the watchdog stops) when no one has waited for a
     /// whole `checkout_timeout` (it lingers that long, so that a pool
     /// whose queue empties and fills again does not start a task each time).
-    fn expire(&self) -> Option<Instant> {
+    ///
+    /// In tokio's time, which its timer sleeps in (tokio's clock may be
+    /// paused in tests): a waiter's start is converted (clock.rs), here
+    /// only, where no request waits for it.
+    fn expire(&self) -> Option<tokio::time::Instant> {
         let mut queue = self.queue.lock();
-        let now = Instant::now();
+        let now = tokio::time::Instant::now();
         while let Some(&first) = queue.waiters.front() {
             let slot = &mut queue.slots[first as usize];
-            let deadline = slot.since + self.timeout;
+            let deadline = tokio::time::Instant::from_std(slot.since.instant()) + self.timeout;
             if deadline > now {
                 queue.watchdog_idle = false;
                 return Some(deadline);
@@ -336,7 +339,7 @@ impl Handoff {
     /// (broken, past `max_lifetime`, asked back by the fleet budget) goes
     /// to bb8 to be closed, and a filler opens another for the waiters.
     fn give(conn: Bb8Lease, home: Arc<ServerPool>, source: Source) {
-        Self::give_at(conn, home, source, Instant::now());
+        Self::give_at(conn, home, source, Tick::now());
     }
 
     /// [`give`](Self::give) at `now`: one clock reading serves as the time
@@ -347,8 +350,8 @@ impl Handoff {
     /// the connection: handing a connection over moves it, and no
     /// reference count goes up or down (two atomic operations per
     /// transaction, on a count every session of the pool shares).
-    fn give_at(mut conn: Bb8Lease, home: Arc<ServerPool>, source: Source, now: Instant) {
-        conn.mark_returned_at(now.into_std());
+    fn give_at(mut conn: Bb8Lease, home: Arc<ServerPool>, source: Source, now: Tick) {
+        conn.mark_returned_at(now);
         // SAFETY: the pool is alive while `hand` is used. `home` keeps it
         // alive until it is dropped at the end of this function, after the
         // queue's guard (declared later, dropped first), or until it is
@@ -407,7 +410,7 @@ impl Queue {
     /// Inlined: every queued checkout takes one (not inlined, the call
     /// and its moves cost ~35 instructions).
     #[inline]
-    fn take_slot(&mut self, since: Instant, waker: Waker) -> u32 {
+    fn take_slot(&mut self, since: Tick, waker: Waker) -> u32 {
         let Some(i) = self.free.pop() else {
             return self.new_slot(since, waker);
         };
@@ -429,7 +432,7 @@ impl Queue {
     /// waiters at once (kept out of line, so that `take_slot` inlines).
     #[cold]
     #[inline(never)]
-    fn new_slot(&mut self, since: Instant, waker: Waker) -> u32 {
+    fn new_slot(&mut self, since: Tick, waker: Waker) -> u32 {
         let i = u32::try_from(self.slots.len()).expect("fewer waiters than 2^32");
         self.slots.push(Slot {
             lease: None,
@@ -445,7 +448,7 @@ impl Queue {
 
 /// A connection a queued checkout was given: where it came from, and when
 /// it was handed over (`None`: not waited for).
-pub type Handed = (Lease, Source, Option<std::time::Instant>);
+pub type Handed = (Lease, Source, Option<Tick>);
 
 /// How [`Handoff::start`] began: with a connection, in the queue, or not
 /// at all (its `give_up` said so).
@@ -479,7 +482,7 @@ impl Queued<'_> {
     pub fn poll_taken(
         &mut self,
         cx: &mut Context<'_>,
-        give_up: impl Fn(std::time::Instant) -> bool,
+        give_up: impl Fn(Tick) -> bool,
     ) -> Poll<Result<Handed, NotTaken>> {
         let mut queue = self.hand.queue.lock();
         let Queue { slots, free, .. } = &mut *queue;
@@ -491,12 +494,12 @@ impl Queued<'_> {
             free.push(self.slot);
             drop(queue);
             self.served = true;
-            return Poll::Ready(Ok((Lease::new(conn, home), source, Some(at.into_std()))));
+            return Poll::Ready(Ok((Lease::new(conn, home), source, Some(at))));
         }
         if state.expired {
             return Poll::Ready(Err(NotTaken::WaitedInVain));
         }
-        if std::mem::take(&mut state.nudged) && give_up(std::time::Instant::now()) {
+        if std::mem::take(&mut state.nudged) && give_up(Tick::now()) {
             return Poll::Ready(Err(NotTaken::GivenUp));
         }
         match &mut state.waker {
@@ -623,10 +626,10 @@ impl Lease {
     ///
     /// Not dropped afterwards (nothing is left in it to drop): the drop's
     /// call found nothing to give back, ~14 instructions per transaction.
-    pub fn give_back_at(self, at: std::time::Instant) {
+    pub fn give_back_at(self, at: Tick) {
         let mut this = std::mem::ManuallyDrop::new(self);
         if let Some((conn, home)) = this.held.take() {
-            Handoff::give_at(conn, home, Source::Handed, Instant::from_std(at));
+            Handoff::give_at(conn, home, Source::Handed, at);
         }
     }
 }

@@ -15,6 +15,7 @@ use super::connection::{ServerConn, ServerParams};
 use super::error::{CheckoutError, ServerError};
 use super::handoff::{Handoff, Lease, NotTaken, Queued, Source, Started};
 use super::login::{self, LoginParams, ServerSecret};
+use crate::client::clock::Tick;
 use crate::config::{Config, NodeAddr};
 use crate::tls::ServerTls;
 
@@ -62,39 +63,34 @@ impl Drop for Registration {
 /// for an operator or a restart to kill it is checked.
 const CHECK_AFTER_IDLE: Duration = Duration::from_millis(10);
 /// After a pool closes a broken connection, checkouts check every
-/// connection for this long.
-const TROUBLE_WINDOW: Duration = Duration::from_secs(2);
+/// connection for this long (2 s, in nanoseconds).
+const TROUBLE_WINDOW_NANOS: u64 = 2_000_000_000;
 
-/// When a pool last closed a broken connection (nanoseconds since
-/// `epoch`, 0 = never).
+/// When a pool last closed a broken connection (a tick's nanoseconds, 0 =
+/// never).
 #[derive(Debug)]
 struct Trouble {
-    epoch: Instant,
     last: AtomicU64,
 }
 
 impl Trouble {
     fn new() -> Self {
         Trouble {
-            epoch: Instant::now(),
             last: AtomicU64::new(0),
         }
     }
 
     fn note(&self) {
-        let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let nanos = Tick::now().as_nanos();
         self.last.store(nanos.max(1), Ordering::Relaxed);
     }
 
     /// `now`: the caller's clock reading (once trouble was noted, this
     /// is asked on every checkout).
-    fn recent(&self, now: Instant) -> bool {
+    fn recent(&self, now: Tick) -> bool {
         match self.last.load(Ordering::Relaxed) {
             0 => false,
-            at => {
-                now.saturating_duration_since(self.epoch)
-                    < Duration::from_nanos(at) + TROUBLE_WINDOW
-            }
+            at => now.as_nanos().saturating_sub(at) < TROUBLE_WINDOW_NANOS,
         }
     }
 }
@@ -312,8 +308,8 @@ impl ServerPool {
     /// clients already waiting; returns it with how long it waited (zero
     /// when it did not). One that turns out dead on the check is closed and
     /// another taken.
-    pub async fn checkout(self: &Arc<Self>) -> Result<(Lease, Duration, Instant), CheckoutError> {
-        match self.checkout_unless(|_| false, Instant::now()).await {
+    pub async fn checkout(self: &Arc<Self>) -> Result<(Lease, Duration, Tick), CheckoutError> {
+        match self.checkout_unless(|_| false, Tick::now()).await {
             Ok(Some(got)) => Ok(got),
             Ok(None) => unreachable!("never given up"),
             Err(e) => Err(e),
@@ -327,10 +323,10 @@ impl ServerPool {
     /// with routing; the wait is counted from there). Gives the lease, how
     /// long it waited, and when the connection was ready (`at` itself if
     /// it did not wait), which the session's clock starts from.
-    pub fn checkout_unless<G: Fn(Instant) -> bool + Unpin>(
+    pub fn checkout_unless<G: Fn(Tick) -> bool + Unpin>(
         self: &Arc<Self>,
         give_up: G,
-        at: Instant,
+        at: Tick,
     ) -> CheckoutUnless<'_, G> {
         CheckoutUnless {
             pool: self,
@@ -349,7 +345,7 @@ impl ServerPool {
     /// checkout (every transaction) asks, and the answer is nearly always
     /// "a connection handed over, in a pool without trouble": two loads.
     #[inline]
-    fn usable(&self, lease: &mut Lease, source: Source, now: Instant) -> bool {
+    fn usable(&self, lease: &mut Lease, source: Source, now: Tick) -> bool {
         // One handed over was in use a moment ago: only checked while
         // the pool is losing connections.
         let check = match source {
@@ -464,18 +460,18 @@ impl IdleConnections for ServerPool {
 pub struct CheckoutUnless<'a, G> {
     pool: &'a Arc<ServerPool>,
     give_up: G,
-    at: Instant,
+    at: Tick,
     /// When the last connection taken was handed over (`at` until one
-    /// waited): more than one is taken when one turns out dead. Why an
-    /// instant rather than the wait so far: what is asked of it (the next
+    /// waited): more than one is taken when one turns out dead. Why a
+    /// time rather than the wait so far: what is asked of it (the next
     /// wait's start, the check's clock, the session's first batch) is a
-    /// time, and `Instant + Duration` cost ~30 instructions each time.
-    ready: Instant,
+    /// time.
+    ready: Tick,
     queued: Option<Queued<'a>>,
 }
 
-impl<G: Fn(Instant) -> bool + Unpin> std::future::Future for CheckoutUnless<'_, G> {
-    type Output = Result<Option<(Lease, Duration, Instant)>, CheckoutError>;
+impl<G: Fn(Tick) -> bool + Unpin> std::future::Future for CheckoutUnless<'_, G> {
+    type Output = Result<Option<(Lease, Duration, Tick)>, CheckoutError>;
 
     fn poll(
         self: std::pin::Pin<&mut Self>,
@@ -519,13 +515,7 @@ impl<G: Fn(Instant) -> bool + Unpin> std::future::Future for CheckoutUnless<'_, 
                 this.ready = this.ready.max(handed);
             }
             if this.pool.usable(&mut lease, source, this.ready) {
-                // No wait (the common case without queueing): no clock
-                // arithmetic either.
-                let waited = if this.ready == this.at {
-                    Duration::ZERO
-                } else {
-                    this.ready.saturating_duration_since(this.at)
-                };
+                let waited = this.ready.saturating_duration_since(this.at);
                 return Poll::Ready(Ok(Some((lease, waited, this.ready))));
             }
         }

@@ -215,7 +215,8 @@ impl<E: FlowEnv> SessionFlow<'_, E> {
         // parameter sync at the start of a hold can come before the
         // client's write has even run.
         if status.is_idle() && self.hold.wrote && for_client {
-            let now = self.hold.clock.now();
+            // As an `Instant`: the write times are kept as such.
+            let now = self.hold.clock.now().instant();
             self.client.routing.wrote(now);
             self.hold.announced =
                 self.env

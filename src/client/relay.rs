@@ -82,6 +82,17 @@ impl Outbox {
         self.0.push(Own::Later(later));
     }
 
+    /// Drops an outbox that has been emptied: one that never held
+    /// anything (nearly always) owns no memory and is forgotten. Why:
+    /// its drop is a call out of line (~24 instructions), made twice per
+    /// request (the client's frames, the server's answer).
+    #[inline]
+    fn finish(self) {
+        if self.0.capacity() == 0 {
+            std::mem::forget(self);
+        }
+    }
+
     /// What is queued now, in order (a `Later` shows as `None`).
     #[cfg(test)]
     pub fn drain(&mut self) -> Vec<Option<Bytes>> {

@@ -44,7 +44,9 @@ pub(super) fn process_client<F: Flow>(
     messages: &MessageLimits,
 ) -> Result<ClientSide, WireError> {
     let mut done = Consumed::default();
-    let end = client_frames(cbuf, &mut done, wbuf, side, flow, messages);
+    let mut outbox = Outbox::default();
+    let end = client_frames(cbuf, &mut done, &mut outbox, wbuf, side, flow, messages);
+    outbox.finish();
     if side.replaying && done.used > 0 {
         // What earlier batches kept for a retry, and this one's frames:
         // checked before copying, so a large message is not copied a
@@ -78,17 +80,18 @@ struct Consumed {
 }
 
 /// The loop of [`process_client`], over the buffer's bytes from
-/// `done.used` on.
+/// `done.used` on. `outbox` is the flow's for this batch (emptied after
+/// each frame).
 #[inline]
 fn client_frames<F: Flow>(
     cbuf: &[u8],
     done: &mut Consumed,
+    outbox: &mut Outbox,
     wbuf: &mut BytesMut,
     side: &mut ServerSide<'_>,
     flow: &mut F,
     messages: &MessageLimits,
 ) -> Result<ClientSide, WireError> {
-    let mut outbox = Outbox::default();
     flow.next_batch();
     loop {
         let rest = &cbuf[done.used..];
@@ -103,8 +106,8 @@ fn client_frames<F: Flow>(
             done.wanted = total - rest.len();
             return Ok(ClientSide::Open);
         }
-        let step = flow.client_frame(tag, &rest[..total], wbuf, &mut outbox)?;
-        side.add_own(&mut outbox);
+        let step = flow.client_frame(tag, &rest[..total], wbuf, outbox)?;
+        side.add_own(outbox);
         match step {
             // (Kept for a retry after the loop, all at once.)
             ClientStep::Continue => done.used += total,

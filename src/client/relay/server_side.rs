@@ -184,6 +184,20 @@ impl<'r> ServerSide<'r> {
         // One for the whole read, not one per frame: `add_own` leaves it
         // empty, and each per-frame one cost an out-of-line drop.
         let mut then = Outbox::default();
+        let scanned = self.scan_frames(buf, wbuf, flow, &mut then);
+        then.finish();
+        scanned
+    }
+
+    /// The loop of [`scan`](Self::scan), with its outbox.
+    #[inline]
+    fn scan_frames<F: Flow>(
+        &mut self,
+        buf: &[u8],
+        wbuf: &mut BytesMut,
+        flow: &mut F,
+        then: &mut Outbox,
+    ) -> Result<(), ProtocolError> {
         while !self.release {
             let rest = &buf[self.scanned..];
             if self.partial > 0 {
@@ -227,7 +241,7 @@ impl<'r> ServerSide<'r> {
                 if rest.len() < total {
                     break;
                 }
-                let step = flow.server_frame(tag, &rest[..total], wbuf, &mut then);
+                let step = flow.server_frame(tag, &rest[..total], wbuf, then);
                 if matches!(step, ServerStep::Forward | ServerStep::Release(true)) {
                     self.replaying = false;
                     self.told_fatal |= tag == b'E'
@@ -246,7 +260,7 @@ impl<'r> ServerSide<'r> {
                         self.release = true;
                     }
                 }
-                self.add_own(&mut then);
+                self.add_own(then);
             } else {
                 // Streamed through: the client sees it.
                 self.replaying = false;

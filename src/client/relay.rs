@@ -21,6 +21,7 @@ use server_side::{Chunk, ServerSide};
 use super::buffer_budget::MessageLimits;
 use super::limits::RelayTimers;
 use crate::protocol::WireError;
+use crate::tls::WaitReadable;
 
 /// Stop reading a side once this much is waiting to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -186,7 +187,7 @@ pub async fn relay<S, F>(
     replay: Option<&mut BytesMut>,
 ) -> RelayEnd
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
     F: Flow,
 {
     let ServerIo {

@@ -33,6 +33,61 @@ impl std::fmt::Debug for Chunk {
     }
 }
 
+/// [`ServerSide::fatal`]: the server's first frame was a FATAL error.
+const ABANDONED: u8 = 1;
+/// [`ServerSide::fatal`]: a FATAL error from the server went to the client.
+const TOLD_FATAL: u8 = 2;
+
+/// The sockets whose last read in this relay found nothing (and so left
+/// the task's waker registered with them, until they become readable).
+///
+/// Why: each wake-up is for one socket, but the relay does not know which,
+/// and reading the other (the server when the client sent a statement,
+/// the client when the server answered) cost a readiness check under the
+/// socket's lock and a waker comparison (~170 instructions), about ten
+/// times per TPC-B transaction. A socket armed and not readable is not
+/// read: its readiness is one atomic load
+/// ([`WaitReadable::surely_unreadable`](crate::tls::WaitReadable::surely_unreadable)).
+/// A socket that last gave bytes is read until it finds nothing, as
+/// before: that read registers the waker. One byte, a bit per socket
+/// (the relay's state is part of every client's task).
+#[derive(Default, Clone, Copy)]
+pub(super) struct Armed(u8);
+
+impl Armed {
+    const CLIENT: u8 = 1;
+    const SERVER: u8 = 2;
+
+    #[inline]
+    pub(super) fn client(self) -> bool {
+        self.0 & Self::CLIENT != 0
+    }
+
+    #[inline]
+    pub(super) fn server(self) -> bool {
+        self.0 & Self::SERVER != 0
+    }
+
+    #[inline]
+    pub(super) fn set_client(&mut self, armed: bool) {
+        self.set(Self::CLIENT, armed);
+    }
+
+    #[inline]
+    pub(super) fn set_server(&mut self, armed: bool) {
+        self.set(Self::SERVER, armed);
+    }
+
+    #[inline]
+    fn set(&mut self, bit: u8, armed: bool) {
+        if armed {
+            self.0 |= bit;
+        } else {
+            self.0 &= !bit;
+        }
+    }
+}
+
 /// s2c bookkeeping: which scanned server bytes go where.
 pub(super) struct ServerSide<'r> {
     /// Server bytes that go to the client before anything in `chunks`.
@@ -64,11 +119,13 @@ pub(super) struct ServerSide<'r> {
     /// Nothing has reached the client yet and the request may still be
     /// retried elsewhere.
     pub(super) replaying: bool,
-    /// The server's first frame was a FATAL error: it was dying when the
-    /// request reached it.
-    pub(super) abandoned: bool,
-    /// A FATAL error from the server went to the client.
-    pub(super) told_fatal: bool,
+    /// FATAL errors from the server, one bit each: [`ABANDONED`], the
+    /// server's first frame was one (it was dying when the request reached
+    /// it); [`TOLD_FATAL`], one went to the client. One byte for both:
+    /// `armed` took the other.
+    fatal: u8,
+    /// The sockets whose last read found nothing (see [`Armed`]).
+    pub(super) armed: Armed,
     /// The server connection closed (or failed: `server_error`). Two
     /// fields, not an `Option<Option<io::Error>>`: that takes 16 bytes,
     /// this one byte more beside the flags above, and the relay's state is
@@ -96,11 +153,23 @@ impl<'r> ServerSide<'r> {
             client_paused: false,
             replaying: replay.is_some(),
             replay,
-            abandoned: false,
-            told_fatal: false,
+            fatal: 0,
+            armed: Armed::default(),
             server_ended: false,
             server_error: None,
         }
+    }
+
+    /// The server's first frame was a FATAL error.
+    #[inline]
+    pub(super) fn abandoned(&self) -> bool {
+        self.fatal & ABANDONED != 0
+    }
+
+    /// A FATAL error from the server went to the client.
+    #[inline]
+    pub(super) fn told_fatal(&self) -> bool {
+        self.fatal & TOLD_FATAL != 0
     }
 
     /// Whether the server connection closed or failed.
@@ -226,7 +295,7 @@ impl<'r> ServerSide<'r> {
                     // may have come first: the BEGIN dies with the server,
                     // and the settings are made again on the next one.
                     self.add(Chunk::Skip(total));
-                    self.abandoned = true;
+                    self.fatal |= ABANDONED;
                     break;
                 }
             }
@@ -244,9 +313,12 @@ impl<'r> ServerSide<'r> {
                 let step = flow.server_frame(tag, &rest[..total], wbuf, then);
                 if matches!(step, ServerStep::Forward | ServerStep::Release(true)) {
                     self.replaying = false;
-                    self.told_fatal |= tag == b'E'
+                    if tag == b'E'
                         && crate::protocol::error::parse_error_fields(&rest[..total]).0
-                            == Some("FATAL");
+                            == Some("FATAL")
+                    {
+                        self.fatal |= TOLD_FATAL;
+                    }
                 }
                 match step {
                     ServerStep::Forward => self.add(Chunk::Forward(total)),

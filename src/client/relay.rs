@@ -21,6 +21,7 @@ use server_side::{Chunk, ServerSide};
 use super::buffer_budget::MessageLimits;
 use super::limits::RelayTimers;
 use crate::protocol::WireError;
+use crate::tls::WaitReadable;
 
 /// Stop reading a side once this much is waiting to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -80,6 +81,17 @@ impl Outbox {
     /// Bytes that come when `later` resolves; what follows waits for them.
     pub fn push_later(&mut self, later: Later) {
         self.0.push(Own::Later(later));
+    }
+
+    /// Drops an outbox that has been emptied: one that never held
+    /// anything (nearly always) owns no memory and is forgotten. Why:
+    /// its drop is a call out of line (~24 instructions), made twice per
+    /// request (the client's frames, the server's answer).
+    #[inline]
+    fn finish(self) {
+        if self.0.capacity() == 0 {
+            std::mem::forget(self);
+        }
     }
 
     /// What is queued now, in order (a `Later` shows as `None`).
@@ -175,7 +187,7 @@ pub async fn relay<S, F>(
     replay: Option<&mut BytesMut>,
 ) -> RelayEnd
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
     F: Flow,
 {
     let ServerIo {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::config::{Config, ExplainMode};
+use crate::observe::digest::nanos_of;
 
 #[derive(Debug)]
 pub(crate) struct Settings {
@@ -64,8 +65,11 @@ impl Settings {
     }
 
     /// `duration` is over `slow_query_threshold`.
+    /// (Whole nanoseconds by `nanos_of`, saturating like `nanos`: without
+    /// the 128-bit `as_nanos` and its conversion, once per query.)
+    #[inline]
     pub(crate) fn is_slow(&self, duration: Duration) -> bool {
-        nanos(duration) > self.slow_nanos.load(Ordering::Relaxed)
+        nanos_of(duration) > self.slow_nanos.load(Ordering::Relaxed)
     }
 
     pub(crate) fn explain(&self) -> ExplainMode {

@@ -94,7 +94,7 @@ struct Mark {
 /// for writes that may have gone unheard ([`mark_all`](Self::mark_all),
 /// [`set_deaf`](Self::set_deaf)).
 pub struct WriteLog {
-    tables: RwLock<HashMap<Arc<str>, Mark>>,
+    tables: RwLock<Tables>,
     /// `tables` has a mark. Why: every read asks [`latest`](Self::latest),
     /// and while nothing was written (a read-only load, or before the
     /// first write) this one load answers without taking the lock.
@@ -109,6 +109,11 @@ pub struct WriteLog {
 
 /// `WriteLog::all` while writes of the fleet cannot be heard.
 const DEAF: u64 = u64::MAX;
+
+/// The marks per table. Hashed with foldhash, randomly seeded per map:
+/// every write transaction hashes each table it wrote under the write lock
+/// (SipHash cost over 200 instructions a name there), and the names are short.
+type Tables = HashMap<Arc<str>, Mark, foldhash::fast::RandomState>;
 
 impl Default for WriteLog {
     fn default() -> Self {
@@ -143,9 +148,18 @@ impl WriteLog {
         let related = self.related.load();
         let mut map = crate::sync::write(&self.tables);
         let mut put = |t: &Arc<str>| {
-            let slot = map.entry(t.clone()).or_insert(mark);
-            if mark.at >= slot.at {
-                *slot = mark;
+            // Looked up by name first: a table written before (the steady
+            // state) costs one hash and no reference count traffic; only a
+            // new one is hashed again to be inserted.
+            match map.get_mut(&**t) {
+                Some(slot) => {
+                    if mark.at >= slot.at {
+                        *slot = mark;
+                    }
+                }
+                None => {
+                    map.insert(t.clone(), mark);
+                }
             }
         };
         for t in tables {

@@ -6,7 +6,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -108,11 +108,27 @@ pub trait WaitReadable {
     /// (`input::read_more`). Not for TLS: rustls may already hold
     /// decrypted bytes.
     fn can_wait_unbuffered(&self) -> bool;
+
+    /// Whether the stream holds no bytes of its own and its socket is not
+    /// readable as the runtime last heard (a look at its readiness: nothing
+    /// read, cleared or registered). `false` when unsure (TLS). The relay
+    /// asks this of a socket whose last read found nothing: its waker is
+    /// then still registered, so a read now would only find nothing again
+    /// (see `relay::poll`).
+    #[inline]
+    fn surely_unreadable(&self) -> bool {
+        false
+    }
 }
 
 impl WaitReadable for ClientStream {
     fn can_wait_unbuffered(&self) -> bool {
         matches!(self, ClientStream::Plain(_))
+    }
+
+    #[inline]
+    fn surely_unreadable(&self) -> bool {
+        matches!(self, ClientStream::Plain(tcp) if not_readable(tcp))
     }
 }
 
@@ -120,6 +136,27 @@ impl WaitReadable for UnixStream {
     fn can_wait_unbuffered(&self) -> bool {
         true
     }
+
+    #[inline]
+    fn surely_unreadable(&self) -> bool {
+        self.try_io(Interest::READABLE, || Ok(())).is_err()
+    }
+}
+
+impl ServerStream {
+    /// As [`WaitReadable::surely_unreadable`].
+    #[inline]
+    pub fn surely_unreadable(&self) -> bool {
+        matches!(self, ServerStream::Plain(tcp) if not_readable(tcp))
+    }
+}
+
+/// The socket's readiness says not readable. `try_io` calls the closure
+/// only when it is, and a closure that does no I/O and returns `Ok`
+/// leaves the readiness as it was.
+#[inline]
+fn not_readable(tcp: &TcpStream) -> bool {
+    tcp.try_io(Interest::READABLE, || Ok(())).is_err()
 }
 
 fn detached() -> io::Error {

@@ -19,6 +19,7 @@ use crate::client::buffer_budget::MessageLimits;
 use crate::client::limits::{Fired, RelayTimers};
 use crate::protocol::WireError;
 use crate::protocol::frame;
+use crate::tls::WaitReadable;
 
 /// What processing the client's buffer came to.
 pub(super) enum ClientSide {
@@ -44,7 +45,9 @@ pub(super) fn process_client<F: Flow>(
     messages: &MessageLimits,
 ) -> Result<ClientSide, WireError> {
     let mut done = Consumed::default();
-    let end = client_frames(cbuf, &mut done, wbuf, side, flow, messages);
+    let mut outbox = Outbox::default();
+    let end = client_frames(cbuf, &mut done, &mut outbox, wbuf, side, flow, messages);
+    outbox.finish();
     if side.replaying && done.used > 0 {
         // What earlier batches kept for a retry, and this one's frames:
         // checked before copying, so a large message is not copied a
@@ -78,17 +81,18 @@ struct Consumed {
 }
 
 /// The loop of [`process_client`], over the buffer's bytes from
-/// `done.used` on.
+/// `done.used` on. `outbox` is the flow's for this batch (emptied after
+/// each frame).
 #[inline]
 fn client_frames<F: Flow>(
     cbuf: &[u8],
     done: &mut Consumed,
+    outbox: &mut Outbox,
     wbuf: &mut BytesMut,
     side: &mut ServerSide<'_>,
     flow: &mut F,
     messages: &MessageLimits,
 ) -> Result<ClientSide, WireError> {
-    let mut outbox = Outbox::default();
     flow.next_batch();
     loop {
         let rest = &cbuf[done.used..];
@@ -103,8 +107,8 @@ fn client_frames<F: Flow>(
             done.wanted = total - rest.len();
             return Ok(ClientSide::Open);
         }
-        let step = flow.client_frame(tag, &rest[..total], wbuf, &mut outbox)?;
-        side.add_own(&mut outbox);
+        let step = flow.client_frame(tag, &rest[..total], wbuf, outbox)?;
+        side.add_own(outbox);
         match step {
             // (Kept for a retry after the loop, all at once.)
             ClientStep::Continue => done.used += total,
@@ -112,6 +116,15 @@ fn client_frames<F: Flow>(
             ClientStep::Hold => return Ok(ClientSide::Paused),
         }
     }
+}
+
+/// After a read that found nothing: whether it left the waker registered
+/// with the socket. Not when the task's budget ran out: the read may then
+/// have yielded without looking at the socket (tokio's cooperative
+/// scheduling), and only a read that did look may be skipped later.
+#[inline]
+fn registered() -> bool {
+    tokio::task::coop::has_budget_remaining()
 }
 
 /// Makes room for `chunk` more bytes once less than `low` is free.
@@ -145,7 +158,7 @@ pub(super) struct Relay<'r, 's, S, F> {
 
 impl<S, F> Relay<'_, '_, S, F>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + WaitReadable + Unpin,
     F: Flow,
 {
     /// Moves bytes each way until nothing moves, then waits (for a socket
@@ -199,8 +212,14 @@ where
         {
             return None;
         }
+        if side.armed.client() && self.client.surely_unreadable() {
+            *drained = true;
+            return None;
+        }
         reserve(self.cbuf, CLIENT_LOW, CLIENT_CHUNK);
-        match poll_read_buf(Pin::new(&mut *self.client), cx, self.cbuf) {
+        let read = poll_read_buf(Pin::new(&mut *self.client), cx, self.cbuf);
+        side.armed.set_client(read.is_pending() && registered());
+        match read {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Some(RelayEnd::ClientGone),
             Poll::Ready(Ok(_)) => {
                 *progress = true;
@@ -260,8 +279,14 @@ where
         if *drained || side.server_ended() || side.release || side.pending_bytes() >= HIGH_WATER {
             return None;
         }
+        if side.armed.server() && self.server.surely_unreadable() {
+            *drained = true;
+            return None;
+        }
         reserve(self.rbuf, SERVER_CHUNK / 4, SERVER_CHUNK);
-        match poll_read_buf(Pin::new(&mut *self.server), cx, self.rbuf) {
+        let read = poll_read_buf(Pin::new(&mut *self.server), cx, self.rbuf);
+        side.armed.set_server(read.is_pending() && registered());
+        match read {
             Poll::Ready(Ok(0)) => {
                 side.end_server(None);
                 *progress = true;
@@ -274,7 +299,7 @@ where
                         e,
                     ))));
                 }
-                if side.abandoned
+                if side.abandoned()
                     && let Some(replay) = side.take_replay()
                 {
                     return Some(RelayEnd::Unanswered(replay));
@@ -394,7 +419,7 @@ where
         let err = side.take_server_end()?;
         Some(match side.take_replay() {
             Some(replay) => RelayEnd::Unanswered(replay),
-            None if side.told_fatal => RelayEnd::ServerEnded,
+            None if side.told_fatal() => RelayEnd::ServerEnded,
             None => RelayEnd::ServerGone(err),
         })
     }

@@ -33,6 +33,61 @@ impl std::fmt::Debug for Chunk {
     }
 }
 
+/// [`ServerSide::fatal`]: the server's first frame was a FATAL error.
+const ABANDONED: u8 = 1;
+/// [`ServerSide::fatal`]: a FATAL error from the server went to the client.
+const TOLD_FATAL: u8 = 2;
+
+/// The sockets whose last read in this relay found nothing (and so left
+/// the task's waker registered with them, until they become readable).
+///
+/// Why: each wake-up is for one socket, but the relay does not know which,
+/// and reading the other (the server when the client sent a statement,
+/// the client when the server answered) cost a readiness check under the
+/// socket's lock and a waker comparison (~170 instructions), about ten
+/// times per TPC-B transaction. A socket armed and not readable is not
+/// read: its readiness is one atomic load
+/// ([`WaitReadable::surely_unreadable`](crate::tls::WaitReadable::surely_unreadable)).
+/// A socket that last gave bytes is read until it finds nothing, as
+/// before: that read registers the waker. One byte, a bit per socket
+/// (the relay's state is part of every client's task).
+#[derive(Default, Clone, Copy)]
+pub(super) struct Armed(u8);
+
+impl Armed {
+    const CLIENT: u8 = 1;
+    const SERVER: u8 = 2;
+
+    #[inline]
+    pub(super) fn client(self) -> bool {
+        self.0 & Self::CLIENT != 0
+    }
+
+    #[inline]
+    pub(super) fn server(self) -> bool {
+        self.0 & Self::SERVER != 0
+    }
+
+    #[inline]
+    pub(super) fn set_client(&mut self, armed: bool) {
+        self.set(Self::CLIENT, armed);
+    }
+
+    #[inline]
+    pub(super) fn set_server(&mut self, armed: bool) {
+        self.set(Self::SERVER, armed);
+    }
+
+    #[inline]
+    fn set(&mut self, bit: u8, armed: bool) {
+        if armed {
+            self.0 |= bit;
+        } else {
+            self.0 &= !bit;
+        }
+    }
+}
+
 /// s2c bookkeeping: which scanned server bytes go where.
 pub(super) struct ServerSide<'r> {
     /// Server bytes that go to the client before anything in `chunks`.
@@ -64,11 +119,13 @@ pub(super) struct ServerSide<'r> {
     /// Nothing has reached the client yet and the request may still be
     /// retried elsewhere.
     pub(super) replaying: bool,
-    /// The server's first frame was a FATAL error: it was dying when the
-    /// request reached it.
-    pub(super) abandoned: bool,
-    /// A FATAL error from the server went to the client.
-    pub(super) told_fatal: bool,
+    /// FATAL errors from the server, one bit each: [`ABANDONED`], the
+    /// server's first frame was one (it was dying when the request reached
+    /// it); [`TOLD_FATAL`], one went to the client. One byte for both:
+    /// `armed` took the other.
+    fatal: u8,
+    /// The sockets whose last read found nothing (see [`Armed`]).
+    pub(super) armed: Armed,
     /// The server connection closed (or failed: `server_error`). Two
     /// fields, not an `Option<Option<io::Error>>`: that takes 16 bytes,
     /// this one byte more beside the flags above, and the relay's state is
@@ -96,11 +153,23 @@ impl<'r> ServerSide<'r> {
             client_paused: false,
             replaying: replay.is_some(),
             replay,
-            abandoned: false,
-            told_fatal: false,
+            fatal: 0,
+            armed: Armed::default(),
             server_ended: false,
             server_error: None,
         }
+    }
+
+    /// The server's first frame was a FATAL error.
+    #[inline]
+    pub(super) fn abandoned(&self) -> bool {
+        self.fatal & ABANDONED != 0
+    }
+
+    /// A FATAL error from the server went to the client.
+    #[inline]
+    pub(super) fn told_fatal(&self) -> bool {
+        self.fatal & TOLD_FATAL != 0
     }
 
     /// Whether the server connection closed or failed.
@@ -184,6 +253,20 @@ impl<'r> ServerSide<'r> {
         // One for the whole read, not one per frame: `add_own` leaves it
         // empty, and each per-frame one cost an out-of-line drop.
         let mut then = Outbox::default();
+        let scanned = self.scan_frames(buf, wbuf, flow, &mut then);
+        then.finish();
+        scanned
+    }
+
+    /// The loop of [`scan`](Self::scan), with its outbox.
+    #[inline]
+    fn scan_frames<F: Flow>(
+        &mut self,
+        buf: &[u8],
+        wbuf: &mut BytesMut,
+        flow: &mut F,
+        then: &mut Outbox,
+    ) -> Result<(), ProtocolError> {
         while !self.release {
             let rest = &buf[self.scanned..];
             if self.partial > 0 {
@@ -212,7 +295,7 @@ impl<'r> ServerSide<'r> {
                     // may have come first: the BEGIN dies with the server,
                     // and the settings are made again on the next one.
                     self.add(Chunk::Skip(total));
-                    self.abandoned = true;
+                    self.fatal |= ABANDONED;
                     break;
                 }
             }
@@ -227,12 +310,15 @@ impl<'r> ServerSide<'r> {
                 if rest.len() < total {
                     break;
                 }
-                let step = flow.server_frame(tag, &rest[..total], wbuf, &mut then);
+                let step = flow.server_frame(tag, &rest[..total], wbuf, then);
                 if matches!(step, ServerStep::Forward | ServerStep::Release(true)) {
                     self.replaying = false;
-                    self.told_fatal |= tag == b'E'
+                    if tag == b'E'
                         && crate::protocol::error::parse_error_fields(&rest[..total]).0
-                            == Some("FATAL");
+                            == Some("FATAL")
+                    {
+                        self.fatal |= TOLD_FATAL;
+                    }
                 }
                 match step {
                     ServerStep::Forward => self.add(Chunk::Forward(total)),
@@ -246,7 +332,7 @@ impl<'r> ServerSide<'r> {
                         self.release = true;
                     }
                 }
-                self.add_own(&mut then);
+                self.add_own(then);
             } else {
                 // Streamed through: the client sees it.
                 self.replaying = false;

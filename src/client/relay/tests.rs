@@ -13,6 +13,13 @@ use crate::client::limits::Limits;
 use crate::protocol::backend;
 use crate::protocol::error::SqlState;
 
+/// The tests' client end: always read (never surely unreadable).
+impl crate::tls::WaitReadable for tokio::io::DuplexStream {
+    fn can_wait_unbuffered(&self) -> bool {
+        false
+    }
+}
+
 /// Sends the proxy's own BEGIN before the client's first frame, and
 /// swallows the first `own_replies` server frames (its answer).
 struct Preamble {

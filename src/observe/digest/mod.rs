@@ -35,7 +35,7 @@ use lru::LruCache;
 use counts::LatencyCounts;
 use entry::{Digest, LatencyMicros};
 pub use entry::{DigestSnapshot, PlanSample};
-pub(crate) use entry::{latency_histogram, quantile};
+pub(crate) use entry::{latency_histogram, nanos_of, quantile};
 use local::Local;
 pub(crate) use window::RecentLatency;
 

@@ -683,9 +683,11 @@ mod tests {
         // boxed; 1,864 with its old nested futures inline). A hand-written
         // poll_fn in place of relay_on's select! measured 1,728 (+112 bytes,
         // ~140 more bytes of RSS per idle client): the bound is the size.
-        // 1,448 once shutdown and the forced close shared one StopSignal.
+        // 1,448 once shutdown and the forced close shared one StopSignal;
+        // 1,432 with the relay raced against the forced close by a small
+        // struct future (`relay_on`, no select!).
         assert!(
-            session <= 1480 && unix <= 1480,
+            session <= 1432 && unix <= 1432,
             "a client's task grew to {session} bytes: every idle client pays it (keep rare or large states boxed)"
         );
     }
